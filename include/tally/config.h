@@ -1,0 +1,57 @@
+#ifndef TALLY_CONFIG_H
+#define TALLY_CONFIG_H
+
+/**
+ * @file tally/config.h
+ * @brief Configuration: one table of keys (type, default, SIGHUP-reloadable,
+ *        environment override), parsed from a libconfig file.
+ *
+ * Keys are dotted paths ("kafka.brokers", "aggregate.batch_size") into the
+ * libconfig groups of the file. Unknown keys are an error (a typo must not
+ * pass silently); errors read "file:line: message". Secrets (Stripe keys,
+ * webhook secrets) come only from the environment and are never printed.
+ * Values are read with typed accessors; asking for a key that is not in the
+ * table is a programmer error (assert).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tally/common.h"
+
+typedef struct tally_config tally_config;
+
+/**
+ * Load a config file; path may be NULL for defaults + environment only.
+ * @param[out] out new config; free with tally_config_free()
+ * @return 0 or TALLY_EINVALID with "file:line: message" in err
+ */
+int tally_config_load(tally_config **out, const char *path, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * Re-read the file the config came from (SIGHUP). Reloadable keys take their
+ * new values; changed non-reloadable keys are logged and keep their value.
+ * On any error nothing changes and the old config stays in force.
+ * Call from the thread that reads the config.
+ */
+int tally_config_reload(tally_config *cfg, tally_error *err) TALLY_MUSTCHECK;
+
+void tally_config_free(tally_config *cfg);
+
+/** String value (never NULL; "" when unset). Borrowed from cfg. */
+const char *tally_config_str(const tally_config *cfg, const char *key);
+int64_t tally_config_int(const tally_config *cfg, const char *key);
+bool tally_config_bool(const tally_config *cfg, const char *key);
+
+/** Override a value in memory (tests, command-line flags). */
+void tally_config_set(tally_config *cfg, const char *key, const char *value);
+
+/** Print every key, its effective value (secrets masked) and reloadability. */
+void tally_config_show(const tally_config *cfg, FILE *fp);
+
+/** The file the config was loaded from, or "" when none. */
+const char *tally_config_path(const tally_config *cfg);
+
+#endif /* TALLY_CONFIG_H */

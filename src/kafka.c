@@ -1,0 +1,349 @@
+/*
+ * kafka.c - librdkafka plumbing. The consumer wraps the consumer queue with
+ * a batch poll and an eager rebalance callback that asks the caller for
+ * start offsets; positions live in PostgreSQL, so a rebalance simply seeks
+ * each new partition to what the database says was last committed.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/pg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tally_consumer {
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *q;
+	tally_consumer_opts opts;
+	unsigned generation;
+};
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+		   const char *buf)
+{
+	/* runs on librdkafka threads: must not call librdkafka APIs */
+	tally_log_level lv = level <= 3 ? TALLY_ERR :
+			     level <= 4 ? TALLY_WARN :
+			     level <= 6 ? TALLY_INFO : TALLY_DEBUG;
+
+	(void)rk;
+	tally_log(lv, "kafka.log", TALLY_KV_STR("facility", fac),
+		  TALLY_KV_STR("message", buf));
+}
+
+rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char errstr[256];
+
+	rd_kafka_conf_set_log_cb(conf, log_cb);
+	if (rd_kafka_conf_set(conf, "bootstrap.servers",
+			      tally_config_str(cfg, "kafka.brokers"), errstr,
+			      sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+	    rd_kafka_conf_set(conf, "client.id",
+			      tally_config_str(cfg, "kafka.client_id"), errstr,
+			      sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		tally_log(TALLY_ERR, "kafka.conf", TALLY_KV_STR("error", errstr));
+	return conf;
+}
+
+int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
+			 const char *value, tally_error *err)
+{
+	char errstr[256];
+
+	if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) !=
+	    RD_KAFKA_CONF_OK)
+		return tally_error_set(err, TALLY_EINVALID, "kafka %s: %s", name,
+				       errstr);
+	return 0;
+}
+
+int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
+			     tally_error *err)
+{
+	char errstr[512], v[16];
+	size_t vlen = sizeof(v);
+	rd_kafka_t *rk;
+
+	if (rd_kafka_conf_get(conf, "enable.idempotence", v, &vlen) ==
+		    RD_KAFKA_CONF_OK &&
+	    strcmp(v, "false") == 0) {
+		char tid[8];
+		size_t tlen = sizeof(tid);
+		/* transactional producers imply idempotence */
+		if (rd_kafka_conf_get(conf, "transactional.id", tid, &tlen) !=
+			    RD_KAFKA_CONF_OK || tlen <= 1)
+			rd_kafka_conf_set(conf, "enable.idempotence", "true",
+					  errstr, sizeof(errstr));
+	}
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		return tally_error_set(err, TALLY_ERROR, "kafka producer: %s",
+				       errstr);
+	}
+	*out = rk;
+	return 0;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
+			 rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+	tally_consumer *c = opaque;
+	int i, attempt = 0;
+
+	c->generation++;
+	if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+		for (i = 0; i < parts->cnt; i++)
+			parts->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+		while (c->opts.on_assign != NULL &&
+		       c->opts.on_assign(parts, c->opts.payload) != 0) {
+			int64_t wait = tally_backoff_ms(attempt++, 200, 5000);
+			tally_log(TALLY_WARN, "kafka.assign_retry",
+				  TALLY_KV_INT("wait_ms", wait));
+			tally_sleep_ms(wait);
+		}
+		for (i = 0; i < parts->cnt; i++)
+			tally_log(TALLY_INFO, "kafka.assigned",
+				  TALLY_KV_STR("topic", parts->elems[i].topic),
+				  TALLY_KV_INT("partition", parts->elems[i].partition),
+				  TALLY_KV_INT("offset", parts->elems[i].offset));
+		rd_kafka_assign(rk, parts);
+	} else {
+		if (c->opts.on_revoke != NULL)
+			c->opts.on_revoke(parts, c->opts.payload);
+		for (i = 0; i < parts->cnt; i++)
+			tally_log(TALLY_INFO, "kafka.revoked",
+				  TALLY_KV_STR("topic", parts->elems[i].topic),
+				  TALLY_KV_INT("partition", parts->elems[i].partition));
+		rd_kafka_assign(rk, NULL);
+	}
+}
+
+int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
+		       const tally_consumer_opts *opts, tally_error *err)
+{
+	tally_consumer *c = tally_xcalloc(1, sizeof(*c));
+	char errstr[512];
+	rd_kafka_topic_partition_list_t *subs = NULL;
+	rd_kafka_resp_err_t kerr;
+	int rc, n;
+
+	c->opts = *opts;
+	rc = tally_kafka_conf_set(conf, "group.id", opts->group, err);
+	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "enable.auto.offset.store",
+					  "false", err);
+	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "auto.offset.reset", "earliest",
+					  err);
+	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "isolation.level",
+					  opts->read_committed ?
+					  "read_committed" : "read_uncommitted",
+					  err);
+	if (rc != 0) {
+		rd_kafka_conf_destroy(conf);
+		free(c);
+		return rc;
+	}
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_opaque(conf, c);
+	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (c->rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		free(c);
+		return tally_error_set(err, TALLY_ERROR, "kafka consumer: %s",
+				       errstr);
+	}
+	rd_kafka_poll_set_consumer(c->rk);
+	c->q = rd_kafka_queue_get_consumer(c->rk);
+	for (n = 0; opts->topics[n] != NULL; n++)
+		;
+	subs = rd_kafka_topic_partition_list_new(n);
+	for (n = 0; opts->topics[n] != NULL; n++)
+		rd_kafka_topic_partition_list_add(subs, opts->topics[n],
+						  RD_KAFKA_PARTITION_UA);
+	kerr = rd_kafka_subscribe(c->rk, subs);
+	rd_kafka_topic_partition_list_destroy(subs);
+	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		tally_consumer_free(c);
+		return tally_error_set(err, TALLY_ERROR, "kafka subscribe: %s",
+				       rd_kafka_err2str(kerr));
+	}
+	*out = c;
+	return 0;
+}
+
+size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
+				 size_t max, int timeout_ms)
+{
+	size_t n = 0, i;
+	int64_t deadline = tally_mono_ns() + (int64_t)timeout_ms * 1000000;
+	unsigned gen = c->generation;
+
+	while (n < max) {
+		int64_t left = (deadline - tally_mono_ns()) / 1000000;
+		ssize_t got;
+
+		if (left <= 0)
+			break;
+		got = rd_kafka_consume_batch_queue(c->q, (int)left, msgs + n,
+						   max - n);
+		if (c->generation != gen) {
+			/* rebalanced while filling: drop what we gathered */
+			for (i = 0; i < n; i++)
+				rd_kafka_message_destroy(msgs[i]);
+			if (got > 0)
+				for (i = n; i < n + (size_t)got; i++)
+					rd_kafka_message_destroy(msgs[i]);
+			n = 0;
+			gen = c->generation;
+			continue;
+		}
+		if (got <= 0)
+			continue;
+		/* compact out EOFs and errors */
+		size_t end = n + (size_t)got;
+		for (i = n; i < end; i++) {
+			rd_kafka_message_t *m = msgs[i];
+			if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+				msgs[n++] = m;
+				continue;
+			}
+			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				tally_log(TALLY_WARN, "kafka.consume_error",
+					  TALLY_KV_STR("error",
+						       rd_kafka_message_errstr(m)));
+			rd_kafka_message_destroy(m);
+		}
+	}
+	return n;
+}
+
+unsigned tally_consumer_generation(const tally_consumer *c)
+{
+	return c->generation;
+}
+
+int tally_consumer_store(tally_consumer *c, rd_kafka_message_t **msgs,
+			 size_t n, tally_error *err)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	rd_kafka_resp_err_t kerr;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		const char *t = rd_kafka_topic_name(msgs[i]->rkt);
+		rd_kafka_topic_partition_t *p =
+			rd_kafka_topic_partition_list_find(l, t,
+							   msgs[i]->partition);
+		if (p == NULL)
+			p = rd_kafka_topic_partition_list_add(l, t,
+							      msgs[i]->partition);
+		if (msgs[i]->offset + 1 > p->offset)
+			p->offset = msgs[i]->offset + 1;
+	}
+	kerr = l->cnt ? rd_kafka_offsets_store(c->rk, l) : 0;
+	rd_kafka_topic_partition_list_destroy(l);
+	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return tally_error_set(err, TALLY_ERROR, "kafka store: %s",
+				       rd_kafka_err2str(kerr));
+	return 0;
+}
+
+rd_kafka_t *tally_consumer_rk(tally_consumer *c)
+{
+	return c->rk;
+}
+
+void tally_consumer_free(tally_consumer *c)
+{
+	if (c == NULL)
+		return;
+	if (c->q != NULL)
+		rd_kafka_queue_destroy(c->q);
+	rd_kafka_consumer_close(c->rk);
+	rd_kafka_destroy(c->rk);
+	free(c);
+}
+
+int tally_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
+		   const rd_kafka_message_t *rkm, const char *consumer,
+		   const char *reason, const char *detail, tally_error *err)
+{
+	rd_kafka_headers_t *hdrs = NULL, *orig = NULL;
+	rd_kafka_resp_err_t kerr;
+	char part[16], off[24];
+
+	if (rd_kafka_message_headers(rkm, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		hdrs = rd_kafka_headers_copy(orig);
+	else
+		hdrs = rd_kafka_headers_new(8);
+	snprintf(part, sizeof(part), "%d", (int)rkm->partition);
+	snprintf(off, sizeof(off), "%lld", (long long)rkm->offset);
+	rd_kafka_header_add(hdrs, "x-tally-reason", -1, reason, -1);
+	rd_kafka_header_add(hdrs, "x-tally-detail", -1, detail, -1);
+	rd_kafka_header_add(hdrs, "x-tally-source-topic", -1,
+			    rkm->rkt ? rd_kafka_topic_name(rkm->rkt) : "", -1);
+	rd_kafka_header_add(hdrs, "x-tally-source-partition", -1, part, -1);
+	rd_kafka_header_add(hdrs, "x-tally-source-offset", -1, off, -1);
+	rd_kafka_header_add(hdrs, "x-tally-consumer", -1, consumer, -1);
+	kerr = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(dlq_topic),
+				 RD_KAFKA_V_KEY(rkm->key, rkm->key_len),
+				 RD_KAFKA_V_VALUE(rkm->payload, rkm->len),
+				 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+				 RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_END);
+	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		rd_kafka_headers_destroy(hdrs);
+		return tally_error_set(err, TALLY_ETRANSIENT, "dlq produce: %s",
+				       rd_kafka_err2str(kerr));
+	}
+	return 0;
+}
+
+int tally_kafka_create_topics(rd_kafka_t *rk, const char **topics,
+			      int partitions, tally_error *err)
+{
+	rd_kafka_NewTopic_t *nt[64];
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_event_t *ev;
+	char errstr[256];
+	int n, i, rc = 0;
+
+	for (n = 0; topics[n] != NULL && n < 64; n++)
+		nt[n] = rd_kafka_NewTopic_new(topics[n], partitions, 1, errstr,
+					      sizeof(errstr));
+	rd_kafka_CreateTopics(rk, nt, (size_t)n, NULL, q);
+	ev = rd_kafka_queue_poll(q, 30000);
+	if (ev == NULL) {
+		rc = tally_error_set(err, TALLY_ETRANSIENT,
+				     "create topics: timed out");
+	} else {
+		const rd_kafka_CreateTopics_result_t *res =
+			rd_kafka_event_CreateTopics_result(ev);
+		size_t cnt = 0;
+		const rd_kafka_topic_result_t **tr =
+			res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
+		if (res == NULL)
+			rc = tally_error_set(err, TALLY_ERROR, "create topics: %s",
+					     rd_kafka_event_error_string(ev));
+		for (i = 0; rc == 0 && i < (int)cnt; i++) {
+			rd_kafka_resp_err_t te = rd_kafka_topic_result_error(tr[i]);
+			if (te != RD_KAFKA_RESP_ERR_NO_ERROR &&
+			    te != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+				rc = tally_error_set(err, TALLY_ERROR,
+						     "create topic %s: %s",
+						     rd_kafka_topic_result_name(tr[i]),
+						     rd_kafka_err2str(te));
+		}
+		rd_kafka_event_destroy(ev);
+	}
+	for (i = 0; i < n; i++)
+		rd_kafka_NewTopic_destroy(nt[i]);
+	rd_kafka_queue_destroy(q);
+	return rc;
+}

@@ -1,0 +1,214 @@
+/*
+ * migrate.c - numbered SQL migrations. The advisory lock is a session lock
+ * taken before schema_migrations is even created, so two `tally migrate`
+ * processes started together apply each file exactly once. A file's script
+ * runs through PQexec (a migration is a multi-statement script, the one
+ * place we do not use parameters) inside BEGIN/COMMIT together with its
+ * schema_migrations row.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tally/migrate.h"
+#include "tally/log.h"
+
+#include <dirent.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef TALLY_SOURCE_DIR
+#define TALLY_SOURCE_DIR "."
+#endif
+
+#define MIGRATE_LOCK "7245880101" /* arbitrary, stable advisory lock key */
+
+const char *tally_migrate_default_dir(void)
+{
+	const char *d = getenv("TALLY_MIGRATIONS_DIR");
+
+	return (d != NULL && *d != '\0') ? d : TALLY_SOURCE_DIR "/migrations";
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int read_file(char **out, size_t *len, const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+
+	if (fp == NULL)
+		return -1;
+	if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 ||
+	    fseek(fp, 0, SEEK_SET) != 0) {
+		fclose(fp);
+		return -1;
+	}
+	buf = tally_xmalloc((size_t)n + 1);
+	if (fread(buf, 1, (size_t)n, fp) != (size_t)n) {
+		free(buf);
+		fclose(fp);
+		return -1;
+	}
+	buf[n] = '\0';
+	fclose(fp);
+	*out = buf;
+	*len = (size_t)n;
+	return 0;
+}
+
+static void sha256_hex(char out[65], const char *data, size_t len)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+
+	EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+	for (i = 0; i < mdlen && i < 32; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	out[64] = '\0';
+}
+
+static int apply_one(tally_pg *pg, const char *name, const char *version,
+		     const char *sql, const char *sum, tally_error *err)
+{
+	PGresult *res;
+	const char *params[3] = { version, name, sum };
+	int rc;
+
+	rc = tally_pg_exec(pg, NULL, "BEGIN", 0, NULL, err);
+	if (rc != 0)
+		return rc;
+	res = PQexec(tally_pg_conn(pg), sql);
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+		rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+		PQclear(res);
+		tally_error e2;
+		if (tally_pg_exec(pg, NULL, "ROLLBACK", 0, NULL, &e2) != 0) {
+			/* connection broken: nothing was committed */
+		}
+		return tally_error_set(err, rc, "%s: %s", name, err->msg);
+	}
+	PQclear(res);
+	rc = tally_pg_exec(pg, NULL,
+			   "INSERT INTO schema_migrations(version, name, checksum)"
+			   " VALUES ($1::int, $2, $3)", 3, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, "COMMIT", 0, NULL, err);
+	return rc;
+}
+
+int tally_migrate(tally_pg *pg, const char *dir, int *applied,
+		  tally_error *err)
+{
+	DIR *d = NULL;
+	struct dirent *de;
+	char **files = NULL, path[4096], sum[65], version[16];
+	size_t nfiles = 0, cap = 0, i, len;
+	char *sql = NULL;
+	PGresult *res = NULL;
+	int rc = 0, count = 0;
+	const char *lockp[1] = { MIGRATE_LOCK };
+
+	if (applied != NULL)
+		*applied = 0;
+	d = opendir(dir);
+	if (d == NULL)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "cannot open migrations dir %s", dir);
+	while ((de = readdir(d)) != NULL) {
+		size_t n = strlen(de->d_name);
+		if (n < 10 || strcmp(de->d_name + n - 4, ".sql") != 0)
+			continue;
+		if (nfiles == cap) {
+			cap = cap ? cap * 2 : 16;
+			files = tally_xrealloc(files, cap * sizeof(*files));
+		}
+		files[nfiles++] = tally_xstrdup(de->d_name);
+	}
+	closedir(d);
+	qsort(files, nfiles, sizeof(*files), cmp_str);
+
+	rc = tally_pg_exec(pg, NULL, "SELECT pg_advisory_lock($1::bigint)", 1,
+			   lockp, err);
+	if (rc != 0)
+		goto cleanup;
+	rc = tally_pg_exec(pg, NULL,
+			   "CREATE TABLE IF NOT EXISTS schema_migrations ("
+			   " version int PRIMARY KEY, name text NOT NULL,"
+			   " checksum text NOT NULL,"
+			   " applied_at timestamptz NOT NULL DEFAULT now())",
+			   0, NULL, err);
+	if (rc != 0)
+		goto unlock;
+
+	for (i = 0; i < nfiles; i++) {
+		const char *name = files[i];
+		const char *vp[1];
+		size_t k;
+
+		for (k = 0; k < 4; k++)
+			if (name[k] < '0' || name[k] > '9' || name[4] != '_') {
+				rc = tally_error_set(err, TALLY_EINVALID,
+						     "%s: name is not NNNN_<what>.sql",
+						     name);
+				goto unlock;
+			}
+		snprintf(version, sizeof(version), "%.4s", name);
+		snprintf(path, sizeof(path), "%s/%s", dir, name);
+		if (read_file(&sql, &len, path) != 0) {
+			rc = tally_error_set(err, TALLY_EINVALID,
+					     "cannot read %s", path);
+			goto unlock;
+		}
+		sha256_hex(sum, sql, len);
+		vp[0] = version;
+		rc = tally_pg_exec(pg, &res,
+				   "SELECT checksum, name FROM schema_migrations"
+				   " WHERE version = $1::int", 1, vp, err);
+		if (rc != 0)
+			goto unlock;
+		if (PQntuples(res) == 1) {
+			if (strcmp(PQgetvalue(res, 0, 0), sum) != 0) {
+				rc = tally_error_set(err, TALLY_EINVALID,
+						     "%s was changed after it was "
+						     "applied (checksum %.12s, "
+						     "recorded %.12s); add a new "
+						     "migration instead", name,
+						     sum, PQgetvalue(res, 0, 0));
+				goto unlock;
+			}
+		} else {
+			rc = apply_one(pg, name, version, sql, sum, err);
+			if (rc != 0)
+				goto unlock;
+			tally_log(TALLY_INFO, "migrate.applied",
+				  TALLY_KV_STR("file", name));
+			count++;
+		}
+		PQclear(res);
+		res = NULL;
+		free(sql);
+		sql = NULL;
+	}
+unlock:
+	{
+		tally_error e2;
+		if (tally_pg_exec(pg, NULL,
+				  "SELECT pg_advisory_unlock($1::bigint)", 1,
+				  lockp, &e2) != 0) {
+			/* the lock dies with the session anyway */
+		}
+	}
+cleanup:
+	PQclear(res);
+	free(sql);
+	for (i = 0; i < nfiles; i++)
+		free(files[i]);
+	free(files);
+	if (applied != NULL)
+		*applied = count;
+	return rc;
+}

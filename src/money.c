@@ -1,0 +1,155 @@
+/*
+ * money.c - exact decimal <-> pico-unit conversion and checked arithmetic.
+ * Everything is integer: a decimal string is read digit by digit into a
+ * 128-bit accumulator, so "0.1" is exactly 100000000000 pico.
+ */
+#include "tally/money.h"
+
+#include <string.h>
+
+int tally_money_parse(int64_t *out, const char *s, size_t len)
+{
+	size_t i = 0;
+	bool neg = false, seen_digit = false, seen_dot = false;
+	int frac = 0, exp = 0, exp_sign = 1, exp_digits = 0;
+	tally_money128 acc = 0;
+	const tally_money128 lim = (tally_money128)1 << 100;
+
+	if (len > 0 && (s[0] == '-' || s[0] == '+')) {
+		neg = s[0] == '-';
+		i++;
+	}
+	for (; i < len; i++) {
+		char c = s[i];
+
+		if (c >= '0' && c <= '9') {
+			seen_digit = true;
+			if (acc > lim)
+				return TALLY_EOVERFLOW;
+			acc = acc * 10 + (c - '0');
+			if (seen_dot)
+				frac++;
+		} else if (c == '.' && !seen_dot) {
+			seen_dot = true;
+		} else if ((c == 'e' || c == 'E') && seen_digit) {
+			i++;
+			if (i < len && (s[i] == '-' || s[i] == '+')) {
+				exp_sign = s[i] == '-' ? -1 : 1;
+				i++;
+			}
+			for (; i < len; i++) {
+				if (s[i] < '0' || s[i] > '9' || exp > 100)
+					return TALLY_EINVALID;
+				exp = exp * 10 + (s[i] - '0');
+				exp_digits++;
+			}
+			if (exp_digits == 0)
+				return TALLY_EINVALID;
+			break;
+		} else {
+			return TALLY_EINVALID;
+		}
+	}
+	if (!seen_digit)
+		return TALLY_EINVALID;
+	/* value = acc * 10^(exp*sign - frac); want value * 10^12 */
+	int shift = 12 + exp_sign * exp - frac;
+	while (shift > 0) {
+		if (acc > lim)
+			return TALLY_EOVERFLOW;
+		acc *= 10;
+		shift--;
+	}
+	while (shift < 0) {
+		if (acc % 10 != 0)
+			return TALLY_EINVALID; /* finer than a pico-unit */
+		acc /= 10;
+		shift++;
+	}
+	if (acc > (tally_money128)INT64_MAX)
+		return TALLY_EOVERFLOW;
+	*out = neg ? -(int64_t)acc : (int64_t)acc;
+	return 0;
+}
+
+size_t tally_money_fmt128(char *out, size_t outlen, tally_money128 pico)
+{
+	char digits[64];
+	size_t nd = 0, n = 0, i;
+	unsigned __int128 v;
+	bool neg = pico < 0;
+	char buf[80];
+	int frac_len = 12;
+
+	v = neg ? (unsigned __int128)(-(pico + 1)) + 1 : (unsigned __int128)pico;
+	do {
+		digits[nd++] = (char)('0' + (int)(v % 10));
+		v /= 10;
+	} while (v != 0);
+	while (nd <= 12)
+		digits[nd++] = '0';
+	/* digits[] is little-endian; trim trailing fractional zeros */
+	size_t lo = 0;
+	while (lo < 12 && digits[lo] == '0') {
+		lo++;
+		frac_len--;
+	}
+	if (neg)
+		buf[n++] = '-';
+	for (i = nd; i > 12; i--)
+		buf[n++] = digits[i - 1];
+	if (frac_len > 0) {
+		buf[n++] = '.';
+		for (i = 12; i > lo; i--)
+			buf[n++] = digits[i - 1];
+	}
+	buf[n] = '\0';
+	if (outlen > 0) {
+		size_t c = n < outlen - 1 ? n : outlen - 1;
+		memcpy(out, buf, c);
+		out[c] = '\0';
+	}
+	return n;
+}
+
+size_t tally_money_fmt(char *out, size_t outlen, int64_t pico)
+{
+	return tally_money_fmt128(out, outlen, (tally_money128)pico);
+}
+
+int tally_money_add(int64_t *out, int64_t a, int64_t b)
+{
+	if (__builtin_add_overflow(a, b, out))
+		return TALLY_EOVERFLOW;
+	return 0;
+}
+
+int tally_money_muldiv(int64_t *out, int64_t qty, int64_t price, int64_t div)
+{
+	tally_money128 p = (tally_money128)qty * price;
+	tally_money128 q = p / div, r = p % div;
+	tally_money128 r2 = r < 0 ? -r : r;
+
+	/* round half to even */
+	if (r2 * 2 > div || (r2 * 2 == div && (q % 2) != 0))
+		q += p < 0 ? -1 : 1;
+	if (q > INT64_MAX || q < INT64_MIN)
+		return TALLY_EOVERFLOW;
+	*out = (int64_t)q;
+	return 0;
+}
+
+tally_money128 tally_money_round_minor(tally_money128 pico, int digits)
+{
+	tally_money128 div = 1;
+	int i;
+
+	for (i = 0; i < 12 - digits; i++)
+		div *= 10;
+	tally_money128 q = pico / div, r = pico % div;
+	if (r < 0)
+		r = -r;
+	if (r * 2 >= div)
+		q += pico < 0 ? -1 : 1;
+	return q;
+}
