@@ -18,6 +18,8 @@ struct tally_consumer {
 	rd_kafka_queue_t *q;
 	tally_consumer_opts opts;
 	unsigned generation;
+	/* start offsets of the current assignment (NULL when none) */
+	rd_kafka_topic_partition_list_t *assigned;
 };
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -44,6 +46,11 @@ rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 	    rd_kafka_conf_set(conf, "client.id",
 			      tally_config_str(cfg, "kafka.client_id"), errstr,
+			      sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		tally_log(TALLY_ERR, "kafka.conf", TALLY_KV_STR("error", errstr));
+	/* TALLY_KAFKA_DEBUG=cgrp,fetch turns on librdkafka's debug contexts */
+	if (getenv("TALLY_KAFKA_DEBUG") != NULL &&
+	    rd_kafka_conf_set(conf, "debug", getenv("TALLY_KAFKA_DEBUG"), errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		tally_log(TALLY_ERR, "kafka.conf", TALLY_KV_STR("error", errstr));
 	return conf;
@@ -111,6 +118,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 				  TALLY_KV_STR("topic", parts->elems[i].topic),
 				  TALLY_KV_INT("partition", parts->elems[i].partition),
 				  TALLY_KV_INT("offset", parts->elems[i].offset));
+		if (c->assigned != NULL)
+			rd_kafka_topic_partition_list_destroy(c->assigned);
+		c->assigned = rd_kafka_topic_partition_list_copy(parts);
 		rd_kafka_assign(rk, parts);
 	} else {
 		if (c->opts.on_revoke != NULL)
@@ -119,6 +129,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			tally_log(TALLY_INFO, "kafka.revoked",
 				  TALLY_KV_STR("topic", parts->elems[i].topic),
 				  TALLY_KV_INT("partition", parts->elems[i].partition));
+		if (c->assigned != NULL)
+			rd_kafka_topic_partition_list_destroy(c->assigned);
+		c->assigned = NULL;
 		rd_kafka_assign(rk, NULL);
 	}
 }
@@ -178,12 +191,37 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 	return 0;
 }
 
+/*
+ * After a rebalance inside one consume call, only messages of the new
+ * assignment may stay: partition assigned now, offset at or after the start
+ * offset chosen in on_assign, strictly increasing per partition.
+ */
+static bool after_assign(tally_consumer *c, rd_kafka_message_t **kept,
+			 size_t nkept, const rd_kafka_message_t *m)
+{
+	rd_kafka_topic_partition_t *p;
+	const char *t = rd_kafka_topic_name(m->rkt);
+	size_t i;
+
+	if (c->assigned == NULL)
+		return false;
+	p = rd_kafka_topic_partition_list_find(c->assigned, t, m->partition);
+	if (p == NULL || (p->offset >= 0 && m->offset < p->offset))
+		return false;
+	for (i = 0; i < nkept; i++)
+		if (kept[i]->partition == m->partition &&
+		    kept[i]->rkt == m->rkt && kept[i]->offset >= m->offset)
+			return false;
+	return true;
+}
+
 size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 				 size_t max, int timeout_ms)
 {
-	size_t n = 0, i;
+	size_t n = 0, i, end;
 	int64_t deadline = tally_mono_ns() + (int64_t)timeout_ms * 1000000;
 	unsigned gen = c->generation;
+	bool rebalanced;
 
 	while (n < max) {
 		int64_t left = (deadline - tally_mono_ns()) / 1000000;
@@ -193,28 +231,29 @@ size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 			break;
 		got = rd_kafka_consume_batch_queue(c->q, (int)left, msgs + n,
 						   max - n);
-		if (c->generation != gen) {
-			/* rebalanced while filling: drop what we gathered */
+		rebalanced = c->generation != gen;
+		if (rebalanced) {
+			/* what we gathered before belongs to the old assignment */
 			for (i = 0; i < n; i++)
 				rd_kafka_message_destroy(msgs[i]);
 			if (got > 0)
-				for (i = n; i < n + (size_t)got; i++)
-					rd_kafka_message_destroy(msgs[i]);
+				memmove(msgs, msgs + n, (size_t)got * sizeof(*msgs));
 			n = 0;
 			gen = c->generation;
-			continue;
 		}
 		if (got <= 0)
 			continue;
-		/* compact out EOFs and errors */
-		size_t end = n + (size_t)got;
+		/* compact out EOFs, errors and (after a rebalance) stale ones */
+		end = n + (size_t)got;
 		for (i = n; i < end; i++) {
 			rd_kafka_message_t *m = msgs[i];
-			if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			    (!rebalanced || after_assign(c, msgs, n, m))) {
 				msgs[n++] = m;
 				continue;
 			}
-			if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+			    m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				tally_log(TALLY_WARN, "kafka.consume_error",
 					  TALLY_KV_STR("error",
 						       rd_kafka_message_errstr(m)));
@@ -268,6 +307,8 @@ void tally_consumer_free(tally_consumer *c)
 		rd_kafka_queue_destroy(c->q);
 	rd_kafka_consumer_close(c->rk);
 	rd_kafka_destroy(c->rk);
+	if (c->assigned != NULL)
+		rd_kafka_topic_partition_list_destroy(c->assigned);
 	free(c);
 }
 

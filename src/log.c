@@ -10,6 +10,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,8 +22,12 @@ static const char *level_names[] = { "debug", "info", "warn", "error",
 
 void tally_log_init(const char *program, tally_log_level min)
 {
+	const char *env = getenv("TALLY_LOG_LEVEL");
+	int lv = env != NULL ? tally_log_level_parse(env) : -1;
+
 	snprintf(log_program, sizeof(log_program), "%s", program);
-	tally_log__min_level = (int)min;
+	/* the environment wins, so tests and tools can be made verbose */
+	tally_log__min_level = lv >= 0 ? lv : (int)min;
 }
 
 void tally_log_set_level(tally_log_level min)

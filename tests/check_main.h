@@ -18,6 +18,7 @@
 		SRunner *sr = srunner_create(suite_fn());              \
 		int failed;                                            \
 		srunner_run_all(sr, CK_NORMAL);                        \
+		putchar('\n');                                     \
 		failed = srunner_ntests_failed(sr);                    \
 		srunner_free(sr);                                      \
 		return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;      \

@@ -13,6 +13,7 @@
  * Never pass payload bytes, customer data or secrets: log ids, keys, offsets.
  */
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef enum {

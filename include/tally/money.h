@@ -20,7 +20,7 @@
 
 #define TALLY_PICO_PER_UNIT INT64_C(1000000000000)
 
-typedef __int128 tally_money128;
+__extension__ typedef __int128 tally_money128;
 
 /**
  * Parse an exact decimal ("3", "-0.075", "1.5e-3", "2E+2") into pico-units.

@@ -1,0 +1,194 @@
+/* test_config.c - config table: file:line errors, unknown keys, types,
+ * ranges, secrets from the environment only, env overrides, reload. */
+#define _POSIX_C_SOURCE 200809L
+#include "check_main.h"
+#include "tally/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char path[64];
+
+static void write_cfg(const char *text)
+{
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "/tmp/tally_cfg_%d.cfg", (int)getpid());
+	fp = fopen(path, "w");
+	ck_assert_ptr_nonnull(fp);
+	fputs(text, fp);
+	fclose(fp);
+}
+
+static void teardown(void)
+{
+	unlink(path);
+	unsetenv("KAFKA_BROKERS");
+	unsetenv("DATABASE_URL");
+	unsetenv("STRIPE_SECRET_KEY");
+}
+
+START_TEST(test_config_defaults_without_file)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	unsetenv("KAFKA_BROKERS");
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), 0);
+	ck_assert_str_eq(tally_config_str(cfg, "topics.usage"), "billing.usage");
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.lateness_days"), 35);
+	ck_assert_str_eq(tally_config_str(cfg, "stripe.secret_key"), "");
+	tally_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_reads_file_values)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("kafka: { brokers = \"10.0.0.1:9092\"; };\n"
+		  "aggregate: { batch_size = 5000; };\n");
+	ck_assert_msg(tally_config_load(&cfg, path, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(tally_config_str(cfg, "kafka.brokers"), "10.0.0.1:9092");
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.batch_size"), 5000);
+	tally_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_syntax_error_has_file_and_line)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+	char want[128];
+
+	write_cfg("kafka: {\n  brokers = \"x\"\n  oops\n};\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	snprintf(want, sizeof(want), "%s:", path);
+	ck_assert_msg(strncmp(err.msg, want, strlen(want)) == 0,
+		      "error should start with file: got '%s'", err.msg);
+	ck_assert_msg(strstr(err.msg, ":3:") || strstr(err.msg, ":4:"),
+		      "error should name the line: '%s'", err.msg);
+}
+END_TEST
+
+START_TEST(test_config_unknown_key_rejected_with_line)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("kafka: { brokers = \"x\"; };\n"
+		  "aggregate: { batch_sise = 10; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, ":2: unknown key 'aggregate.batch_sise'"),
+		      "got '%s'", err.msg);
+}
+END_TEST
+
+START_TEST(test_config_type_and_range_checked)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("aggregate: { batch_size = \"many\"; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, ":1:") && strstr(err.msg, "integer"),
+		      "got '%s'", err.msg);
+	write_cfg("aggregate: { batch_size = 0; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "out of range"), "got '%s'", err.msg);
+}
+END_TEST
+
+START_TEST(test_config_secret_only_from_env)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("stripe: { secret_key = \"sk_live_oops\"; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "STRIPE_SECRET_KEY") != NULL, "got '%s'",
+		      err.msg);
+	ck_assert_msg(strstr(err.msg, "sk_live_oops") == NULL,
+		      "the secret must not appear in the error");
+	setenv("STRIPE_SECRET_KEY", "sk_test_abc", 1);
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), 0);
+	ck_assert_str_eq(tally_config_str(cfg, "stripe.secret_key"),
+			 "sk_test_abc");
+	tally_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_env_overrides_file)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("kafka: { brokers = \"file:1\"; };\n"
+		  "database: { url = \"postgresql:///file\"; };\n");
+	setenv("KAFKA_BROKERS", "env:2", 1);
+	setenv("DATABASE_URL", "postgresql:///env", 1);
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), 0);
+	ck_assert_str_eq(tally_config_str(cfg, "kafka.brokers"), "env:2");
+	ck_assert_str_eq(tally_config_str(cfg, "database.url"),
+			 "postgresql:///env");
+	tally_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_reload_keeps_non_reloadable)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	write_cfg("kafka: { brokers = \"a:1\"; };\n"
+		  "aggregate: { batch_size = 100; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), 0);
+	write_cfg("kafka: { brokers = \"b:2\"; };\n"
+		  "aggregate: { batch_size = 200; };\n");
+	ck_assert_int_eq(tally_config_reload(cfg, &err), 0);
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.batch_size"), 200);
+	ck_assert_msg(strcmp(tally_config_str(cfg, "kafka.brokers"), "a:1") == 0,
+		      "kafka.brokers needs a restart and must keep its value");
+	/* a broken file on reload keeps the old config */
+	write_cfg("aggregate: { batch_size = ; };\n");
+	ck_assert_int_eq(tally_config_reload(cfg, &err), TALLY_EINVALID);
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.batch_size"), 200);
+	tally_config_free(cfg);
+}
+END_TEST
+
+START_TEST(test_config_missing_file)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	ck_assert_int_eq(tally_config_load(&cfg, "/nonexistent/x.cfg", &err),
+			 TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "/nonexistent/x.cfg:0: cannot read"),
+		      "got '%s'", err.msg);
+}
+END_TEST
+
+static Suite *config_suite(void)
+{
+	Suite *s = suite_create("config");
+	TCase *tc = tcase_create("Core");
+
+	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_add_test(tc, test_config_defaults_without_file);
+	tcase_add_test(tc, test_config_reads_file_values);
+	tcase_add_test(tc, test_config_syntax_error_has_file_and_line);
+	tcase_add_test(tc, test_config_unknown_key_rejected_with_line);
+	tcase_add_test(tc, test_config_type_and_range_checked);
+	tcase_add_test(tc, test_config_secret_only_from_env);
+	tcase_add_test(tc, test_config_env_overrides_file);
+	tcase_add_test(tc, test_config_reload_keeps_non_reloadable);
+	tcase_add_test(tc, test_config_missing_file);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+TALLY_CHECK_MAIN(config_suite)
