@@ -398,6 +398,15 @@ void tally_config_set(tally_config *cfg, const char *key, const char *value)
 	cfg->values[k] = tally_xstrdup(value);
 }
 
+const char *tally_config_key(size_t i, bool *secret)
+{
+	if (i >= NKEYS)
+		return NULL;
+	if (secret != NULL)
+		*secret = keys[i].secret;
+	return keys[i].key;
+}
+
 const char *tally_config_path(const tally_config *cfg)
 {
 	return cfg->path;

@@ -51,6 +51,12 @@ void tally_config_set(tally_config *cfg, const char *key, const char *value);
 /** Print every key, its effective value (secrets masked) and reloadability. */
 void tally_config_show(const tally_config *cfg, FILE *fp);
 
+/**
+ * The i-th key of the table (dotted path), or NULL past the end; *secret
+ * (if non-NULL) tells whether it comes only from the environment.
+ */
+const char *tally_config_key(size_t i, bool *secret);
+
 /** The file the config was loaded from, or "" when none. */
 const char *tally_config_path(const tally_config *cfg);
 

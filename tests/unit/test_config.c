@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <libconfig.h>
 
 static char path[64];
 
@@ -172,6 +173,27 @@ START_TEST(test_config_missing_file)
 }
 END_TEST
 
+START_TEST(test_config_example_documents_every_key)
+{
+	const char *ex = TALLY_SOURCE_DIR "/ops/tally.cfg.example";
+	tally_config *cfg = NULL;
+	tally_error err;
+	config_t lc;
+	const char *key;
+	bool secret;
+	size_t i;
+
+	ck_assert_msg(tally_config_load(&cfg, ex, &err) == 0, "%s", err.msg);
+	tally_config_free(cfg);
+	config_init(&lc);
+	ck_assert(config_read_file(&lc, ex) == CONFIG_TRUE);
+	for (i = 0; (key = tally_config_key(i, &secret)) != NULL; i++)
+		ck_assert_msg(secret || config_lookup(&lc, key) != NULL,
+			      "ops/tally.cfg.example lacks key %s", key);
+	config_destroy(&lc);
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
 	Suite *s = suite_create("config");
@@ -187,6 +209,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_config_env_overrides_file);
 	tcase_add_test(tc, test_config_reload_keeps_non_reloadable);
 	tcase_add_test(tc, test_config_missing_file);
+	tcase_add_test(tc, test_config_example_documents_every_key);
 	suite_add_tcase(s, tc);
 	return s;
 }
