@@ -107,9 +107,7 @@ int tally_cli_pg(tally_cli *cli, tally_pg **out)
 	if (tally_cli_config(cli, &cfg) != 0)
 		return 1;
 	tally_error_clear(&err);
-	if (tally_pg_connect(out, tally_config_str(cfg, "database.url"),
-			     (int)tally_config_int(cfg, "database.retry_max_ms"),
-			     &err) != 0) {
+	if (tally_pg_connect_cfg(out, cfg, &err) != 0) {
 		fprintf(stderr, "tally: %s\n", err.msg);
 		return 1;
 	}

@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/pg.h"
+#include "tally/config.h"
 #include "tally/log.h"
 
 #include <errno.h>
@@ -16,6 +17,7 @@ struct tally_pg {
 	PGconn *conn;
 	char *url;
 	int retry_max_ms;
+	int64_t statement_timeout_ms; /* 0 = server default */
 };
 
 static void notice_cb(void *payload, const char *msg)
@@ -72,6 +74,22 @@ static int try_connect(tally_pg *pg, tally_error *err)
 				       "postgres connect: %s", msg);
 	}
 	PQsetNoticeProcessor(conn, notice_cb, NULL);
+	if (pg->statement_timeout_ms > 0) {
+		char ms[24];
+		const char *p[1] = { ms };
+		PGresult *res;
+
+		snprintf(ms, sizeof(ms), "%lld", (long long)pg->statement_timeout_ms);
+		res = PQexecParams(conn, "SELECT set_config('statement_timeout',"
+				   " $1, false)", 1, NULL, p, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+			int rc = tally_pg__classify(conn, res, err);
+			PQclear(res);
+			PQfinish(conn);
+			return rc;
+		}
+		PQclear(res);
+	}
 	if (pg->conn != NULL)
 		PQfinish(pg->conn);
 	pg->conn = conn;
@@ -111,6 +129,25 @@ int tally_pg_connect(tally_pg **out, const char *url, int retry_max_ms,
 
 	pg->url = tally_xstrdup(url);
 	pg->retry_max_ms = retry_max_ms;
+	rc = reconnect(pg, err);
+	if (rc != 0) {
+		tally_pg_free(pg);
+		return rc;
+	}
+	*out = pg;
+	return 0;
+}
+
+int tally_pg_connect_cfg(tally_pg **out, const tally_config *cfg,
+			 tally_error *err)
+{
+	tally_pg *pg = tally_xcalloc(1, sizeof(*pg));
+	int rc;
+
+	pg->url = tally_xstrdup(tally_config_str(cfg, "database.url"));
+	pg->retry_max_ms = (int)tally_config_int(cfg, "database.retry_max_ms");
+	pg->statement_timeout_ms =
+		tally_config_int(cfg, "database.statement_timeout_ms");
 	rc = reconnect(pg, err);
 	if (rc != 0) {
 		tally_pg_free(pg);

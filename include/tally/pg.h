@@ -18,6 +18,8 @@
 
 #include "tally/common.h"
 
+struct tally_config;
+
 typedef struct tally_pg tally_pg;
 
 /**
@@ -27,6 +29,13 @@ typedef struct tally_pg tally_pg;
  */
 int tally_pg_connect(tally_pg **out, const char *url, int retry_max_ms,
 		     tally_error *err) TALLY_MUSTCHECK;
+
+/**
+ * Connect with the config's database.url, database.retry_max_ms and
+ * database.statement_timeout_ms (applied again after every reconnect).
+ */
+int tally_pg_connect_cfg(tally_pg **out, const struct tally_config *cfg,
+			 tally_error *err) TALLY_MUSTCHECK;
 
 void tally_pg_free(tally_pg *pg);
 

@@ -210,6 +210,29 @@ START_TEST(test_pg_classifies_errors)
 }
 END_TEST
 
+START_TEST(test_pg_statement_timeout_from_config)
+{
+	char db[64], dsn[512];
+	tally_config *cfg = NULL;
+	tally_pg *pg = NULL;
+	tally_error err;
+
+	tally_test_unique(db, sizeof(db), "t_pgto");
+	tally_test_db_create(dsn, sizeof(dsn), db, 0);
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), 0);
+	tally_config_set(cfg, "database.url", dsn);
+	tally_config_set(cfg, "database.statement_timeout_ms", "100");
+	ck_assert_int_eq(tally_pg_connect_cfg(&pg, cfg, &err), 0);
+	ck_assert_int_ne(tally_pg_exec(pg, NULL, "SELECT pg_sleep(2)", 0, NULL,
+				       &err), 0);
+	ck_assert_msg(strstr(err.msg, "57014") != NULL,
+		      "statement_timeout must cancel: got '%s'", err.msg);
+	tally_pg_free(pg);
+	tally_config_free(cfg);
+	tally_test_db_drop(db);
+}
+END_TEST
+
 static int assign_from_table(rd_kafka_topic_partition_list_t *parts,
 			     void *payload)
 {
@@ -317,6 +340,7 @@ static Suite *foundation_suite(void)
 	tcase_add_test(tm, test_migrate_refuses_changed_file);
 	tcase_add_test(tp, test_pg_reconnects_after_backend_killed);
 	tcase_add_test(tp, test_pg_classifies_errors);
+	tcase_add_test(tp, test_pg_statement_timeout_from_config);
 	tcase_add_test(tk, test_kafka_round_trip_with_headers);
 	suite_add_tcase(s, tm);
 	suite_add_tcase(s, tp);
