@@ -1,0 +1,138 @@
+#ifndef TALLY_AGGREGATE_H
+#define TALLY_AGGREGATE_H
+
+/**
+ * @file tally/aggregate.h
+ * @brief Rated usage -> usage_ledger, usage_hourly, tenant_period_usage and
+ *        usage_adjustments in PostgreSQL, exactly once (docs/aggregate.md).
+ *
+ * Key design decision: one PostgreSQL transaction per batch, set-based (one
+ * COPY into a temporary staging table and one statement of chained
+ * data-modifying CTEs), and the Kafka positions of the batch are committed
+ * in the same transaction behind a fence: consumer_offsets.next_offset must
+ * still hold the value this instance last read or wrote for the partition
+ * (compare-and-set), so an instance that lost its partitions without
+ * noticing (a zombie) cannot apply a batch twice. Deduplication by (tenant,
+ * 128-bit digest of source and id) catches everything else.
+ *
+ * Works on plain message views, so tests drive it without a broker. Not
+ * thread-safe: one tally_agg per consumer thread.
+ */
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tally/common.h"
+#include "tally/pg.h"
+
+/**
+ * Returned by tally_agg_process() when the positions in PostgreSQL are not
+ * the ones this instance expected: another instance advanced a partition.
+ * Nothing was written; the caller re-seeks with tally_agg_reseek().
+ */
+#define TALLY_AGG_FENCED TALLY_EDUPLICATE
+
+typedef struct tally_agg tally_agg;
+
+typedef struct tally_agg_opts {
+	const char *group;          /* consumer_offsets.consumer_group */
+	int64_t lateness_ms;        /* older than now - lateness: dead letter */
+	int64_t future_ms;          /* newer than now + future: dead letter */
+	rd_kafka_t *producer;       /* DLQ + totals; NULL = PG only (tests) */
+	const char *dlq_topic;      /* e.g. "billing.usage.rated.dlq" */
+	const char *totals_topic;   /* e.g. "billing.totals"; NULL = none */
+} tally_agg_opts;
+
+/** One consumed message (a view: nothing is owned). */
+typedef struct tally_agg_msg {
+	const char *topic;
+	int32_t partition;
+	int64_t offset;
+	const void *payload;
+	size_t len;
+	const rd_kafka_message_t *rkm; /* for the DLQ copy; may be NULL */
+} tally_agg_msg;
+
+typedef struct tally_agg_stats {
+	size_t accepted;      /* new rows in the ledger */
+	size_t duplicates;    /* already seen (in this batch or before) */
+	size_t adjusted;      /* accepted into a closed period (adjustment) */
+	size_t dead_lettered; /* undecodable or out of the time window */
+	size_t published;     /* totals messages produced */
+} tally_agg_stats;
+
+/**
+ * New aggregator over pg (borrowed; must outlive it). Strings in opts are
+ * copied; the producer is borrowed.
+ */
+int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
+		  tally_error *err) TALLY_MUSTCHECK;
+
+/** NULL is a no-op. */
+void tally_agg_free(tally_agg *agg);
+
+/**
+ * Partitions were assigned: set each element's offset to the position in
+ * consumer_offsets (RD_KAFKA_OFFSET_BEGINNING when there is none) and
+ * remember it as the fence value. Suitable as (part of) the on_assign
+ * callback.
+ * @return 0 or a pg error (TALLY_ETRANSIENT: retry the assignment)
+ */
+int tally_agg_assign(tally_agg *agg, rd_kafka_topic_partition_list_t *parts,
+		     tally_error *err) TALLY_MUSTCHECK;
+
+/** Partitions were revoked: forget their fence values. */
+void tally_agg_revoke(tally_agg *agg,
+		      const rd_kafka_topic_partition_list_t *parts);
+
+/**
+ * Process one batch (messages in consumption order): decode, dead-letter
+ * what is invalid or out of the time window (flushed before the commit),
+ * then one transaction: fence, dedupe, ledger, aggregates, adjustments,
+ * dead_letters mirror, positions. After the commit, publish the affected
+ * tenants' period totals. PostgreSQL failures are retried (with reconnect)
+ * for up to database.retry_max_ms before TALLY_ETRANSIENT is returned; the
+ * batch can then simply be processed again.
+ * @param now_ms   the clock for the lateness window (tally_now_ms())
+ * @param stats    may be NULL
+ * @return 0, TALLY_AGG_FENCED (nothing written: call tally_agg_reseek()),
+ *         TALLY_ETRANSIENT or TALLY_ERROR
+ */
+int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
+		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * After TALLY_AGG_FENCED: read the positions of the batch's partitions from
+ * consumer_offsets, remember them as fence values and seek the consumer rk
+ * there (rk may be NULL in tests). Partitions no longer assigned are left
+ * alone: the rebalance that took them resets them anyway.
+ */
+int tally_agg_reseek(tally_agg *agg, rd_kafka_t *rk,
+		     const tally_agg_msg *msgs, size_t n, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * Ledger housekeeping (tally_ledger_maintain in SQL): create the day
+ * partitions from the lateness window to ahead_days ahead, drop the ones
+ * older than retention_days, forget dedupe keys older than the window.
+ */
+int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
+		       int retention_days, tally_error *err) TALLY_MUSTCHECK;
+
+/** 128-bit dedupe digest: md5(decimal len(source) ":" source id). */
+void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
+		      const char *id, size_t idlen);
+
+/**
+ * The billing period [start, end) containing t for a tenant whose current
+ * period is [cps, cpe) (both 0: calendar month UTC). Periods repeat the
+ * current one's length in calendar months (1..12, day clamped to the month
+ * end, counted from cps) or, failing that, in milliseconds.
+ */
+void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
+		      int64_t t);
+
+#endif /* TALLY_AGGREGATE_H */

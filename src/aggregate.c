@@ -1,0 +1,1627 @@
+/*
+ * aggregate.c - rated usage into PostgreSQL, exactly once.
+ *
+ * Key design decision: a batch is one transaction whose first statement is
+ * a compare-and-set on consumer_offsets (the fence) and whose data goes in
+ * with one COPY into a temporary staging table plus one statement of
+ * chained data-modifying CTEs: the dedupe insert RETURNs exactly the rows
+ * that are new, and only those reach the ledger and the aggregates. What C
+ * does per event is cheap and local: decode, digest, the time window, the
+ * billing period (periods of the batch's tenants are read once per batch).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tally/aggregate.h"
+#include "tally/codec.h"
+#include "tally/event.h"
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/money.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ */
+/* a growable string                                                   */
+
+typedef struct sbuf {
+	char *p;
+	size_t len, cap;
+} sbuf;
+
+static void sb_reserve(sbuf *b, size_t more)
+{
+	if (b->len + more + 1 <= b->cap)
+		return;
+	while (b->len + more + 1 > b->cap)
+		b->cap = b->cap ? b->cap * 2 : 4096;
+	b->p = tally_xrealloc(b->p, b->cap);
+}
+
+static void sb_add(sbuf *b, const char *s, size_t n)
+{
+	sb_reserve(b, n);
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void sb_puts(sbuf *b, const char *s)
+{
+	sb_add(b, s, strlen(s));
+}
+
+static void sb_printf(sbuf *b, const char *fmt, ...) TALLY_PRINTF(2, 3);
+static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	sb_reserve(b, (size_t)n);
+	va_start(ap, fmt);
+	vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+}
+
+static void sb_reset(sbuf *b)
+{
+	b->len = 0;
+	if (b->p != NULL)
+		b->p[0] = '\0';
+}
+
+/* One element of a PostgreSQL array literal: "..." with \ and " escaped. */
+static void sb_array_str(sbuf *b, const char *s, size_t n)
+{
+	size_t i;
+
+	sb_add(b, "\"", 1);
+	for (i = 0; i < n; i++) {
+		if (s[i] == '"' || s[i] == '\\')
+			sb_add(b, "\\", 1);
+		sb_add(b, s + i, 1);
+	}
+	sb_add(b, "\"", 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* a small open-addressing hash of fixed-size keys -> index             */
+
+typedef struct hset {
+	uint32_t *slot; /* index + 1; 0 = empty */
+	size_t cap;
+} hset;
+
+static uint64_t hash_bytes(const uint8_t *k, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		h ^= k[i];
+		h *= 1099511628211ULL;
+	}
+	return h ^ (h >> 29);
+}
+
+static void hset_init(hset *h, size_t n)
+{
+	size_t cap = 16;
+
+	while (cap < n * 2)
+		cap *= 2;
+	if (h->cap < cap) {
+		free(h->slot);
+		h->slot = tally_xcalloc(cap, sizeof(uint32_t));
+		h->cap = cap;
+	} else {
+		memset(h->slot, 0, h->cap * sizeof(uint32_t));
+	}
+}
+
+/*
+ * Find key (klen bytes; keys of entry i at base + i * stride) or insert idx.
+ * Returns the index already present, or idx when it was inserted.
+ */
+static uint32_t hset_put(hset *h, const uint8_t *base, size_t stride,
+			 size_t klen, uint32_t idx)
+{
+	const uint8_t *k = base + (size_t)idx * stride;
+	size_t m = h->cap - 1, i = (size_t)hash_bytes(k, klen) & m;
+
+	for (;; i = (i + 1) & m) {
+		uint32_t s = h->slot[i];
+		if (s == 0) {
+			h->slot[i] = idx + 1;
+			return idx;
+		}
+		if (memcmp(base + (size_t)(s - 1) * stride, k, klen) == 0)
+			return s - 1;
+	}
+}
+
+/* Index of key, or UINT32_MAX when absent. */
+static uint32_t hset_find(const hset *h, const uint8_t *base, size_t stride,
+			  size_t klen, const uint8_t *k)
+{
+	size_t m = h->cap - 1, i = (size_t)hash_bytes(k, klen) & m;
+
+	for (;; i = (i + 1) & m) {
+		uint32_t s = h->slot[i];
+		if (s == 0)
+			return UINT32_MAX;
+		if (memcmp(base + (size_t)(s - 1) * stride, k, klen) == 0)
+			return s - 1;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* civil time (UTC), exact integer arithmetic                          */
+
+#define MS_PER_DAY INT64_C(86400000)
+
+static int64_t floor_div(int64_t a, int64_t b)
+{
+	int64_t q = a / b;
+
+	return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+/* days since 1970-01-01 from y-m-d (H. Hinnant's algorithm) */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+	int64_t era, yoe, doy, doe;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
+{
+	int64_t era, doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*d = (int)(doy - (153 * mp + 2) / 5 + 1);
+	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
+	*y = yoe + era * 400 + (*m <= 2);
+}
+
+static int days_in_month(int64_t y, int m)
+{
+	static const int dm[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+	bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+
+	return m == 2 && leap ? 29 : dm[m - 1];
+}
+
+/* t + k calendar months, the day clamped to the end of the month */
+static int64_t add_months(int64_t t, int64_t k)
+{
+	int64_t day = floor_div(t, MS_PER_DAY), tod = t - day * MS_PER_DAY;
+	int64_t y, mi;
+	int m, d, dim;
+
+	civil_from_days(day, &y, &m, &d);
+	mi = y * 12 + (m - 1) + k;
+	y = floor_div(mi, 12);
+	m = (int)(mi - y * 12) + 1;
+	dim = days_in_month(y, m);
+	if (d > dim)
+		d = dim;
+	return days_from_civil(y, m, d) * MS_PER_DAY + tod;
+}
+
+static int64_t months_between(int64_t a, int64_t b)
+{
+	int64_t ya, yb;
+	int ma, mb, da, db;
+
+	civil_from_days(floor_div(a, MS_PER_DAY), &ya, &ma, &da);
+	civil_from_days(floor_div(b, MS_PER_DAY), &yb, &mb, &db);
+	return (yb - ya) * 12 + (mb - ma);
+}
+
+void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
+		      int64_t t)
+{
+	int64_t k, s;
+	int months = 0, i;
+
+	if (cpe <= cps) {
+		/* calendar month UTC */
+		int64_t y;
+		int m, d;
+
+		civil_from_days(floor_div(t, MS_PER_DAY), &y, &m, &d);
+		*start = days_from_civil(y, m, 1) * MS_PER_DAY;
+		*end = add_months(*start, 1);
+		return;
+	}
+	for (i = 1; i <= 12 && months == 0; i++)
+		if (add_months(cps, i) == cpe)
+			months = i;
+	if (months == 0) {
+		int64_t step = cpe - cps;
+
+		k = floor_div(t - cps, step);
+		*start = cps + k * step;
+		*end = *start + step;
+		return;
+	}
+	k = floor_div(months_between(cps, t), months);
+	s = add_months(cps, k * months);
+	while (s > t) {
+		k--;
+		s = add_months(cps, k * months);
+	}
+	while (add_months(cps, (k + 1) * months) <= t)
+		k++;
+	*start = add_months(cps, k * months);
+	*end = add_months(cps, (k + 1) * months);
+}
+
+void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
+		      const char *id, size_t idlen)
+{
+	char buf[16 + TALLY_SOURCE_MAX + TALLY_ID_MAX];
+	unsigned int olen = 16;
+	int n = snprintf(buf, 16, "%zu:", slen);
+
+	if (slen > TALLY_SOURCE_MAX)
+		slen = TALLY_SOURCE_MAX; /* codec guarantees; be safe */
+	if (idlen > TALLY_ID_MAX)
+		idlen = TALLY_ID_MAX;
+	memcpy(buf + n, source, slen);
+	memcpy(buf + n + slen, id, idlen);
+	EVP_Digest(buf, (size_t)n + slen + idlen, out, &olen, EVP_md5(), NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* state                                                               */
+
+enum { ST_OK = 0, ST_DUP, ST_DLQ };
+
+typedef struct item {
+	uint8_t key[32]; /* tenant_id + digest: the dedupe key */
+	tally_rated_event re;
+	int status;
+	const char *reason;
+	char detail[160];
+	int32_t provider_id, model_id;
+	int64_t ps, pe; /* billing period */
+	bool closed;
+} item;
+
+typedef struct fence_pos {
+	char *topic;
+	int32_t partition;
+	int64_t expected; /* -1 = no row in consumer_offsets */
+} fence_pos;
+
+typedef struct model_ids {
+	char *provider, *model;
+	int32_t provider_id, model_id;
+} model_ids;
+
+typedef struct tenant_info {
+	uint8_t id[16];
+	int64_t cps, cpe;          /* 0,0 = unknown / calendar month */
+	size_t bp_first, bp_n;     /* into agg->bps */
+} tenant_info;
+
+typedef struct bperiod {
+	int64_t start, end;
+	bool closed;
+} bperiod;
+
+typedef struct batch_part {
+	const char *topic;
+	int32_t partition;
+	int64_t next;
+} batch_part;
+
+struct tally_agg {
+	tally_pg *pg;
+	char *group, *dlq_topic, *totals_topic;
+	int64_t lateness_ms, future_ms;
+	rd_kafka_t *producer;
+
+	fence_pos *pos;
+	size_t npos, cappos;
+
+	model_ids *models;
+	size_t nmodels, capmodels;
+
+	/* per batch */
+	item *items;
+	size_t cap_items;
+	hset dedupe, tenant_h;
+	tenant_info *tenants;
+	size_t ntenants, cap_tenants;
+	bperiod *bps;
+	size_t nbps, cap_bps;
+	batch_part parts[256];
+	size_t nparts;
+	const tally_agg_msg *msgs;
+	size_t n;
+	int64_t now_ms;
+	sbuf copy, q1, q2, q3;
+	char **totals;  /* JSON per affected tenant-period, after commit */
+	char **totals_key;
+	size_t ntotals, cap_totals;
+	tally_agg_stats st;
+};
+
+int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
+		  tally_error *err)
+{
+	tally_agg *agg = tally_xcalloc(1, sizeof(*agg));
+
+	(void)err;
+	agg->pg = pg;
+	agg->group = tally_xstrdup(opts->group);
+	agg->dlq_topic = tally_xstrdup(opts->dlq_topic ? opts->dlq_topic : "");
+	agg->totals_topic =
+		opts->totals_topic ? tally_xstrdup(opts->totals_topic) : NULL;
+	agg->lateness_ms = opts->lateness_ms;
+	agg->future_ms = opts->future_ms;
+	agg->producer = opts->producer;
+	*out = agg;
+	return 0;
+}
+
+static void clear_totals(tally_agg *agg)
+{
+	size_t i;
+
+	for (i = 0; i < agg->ntotals; i++) {
+		free(agg->totals[i]);
+		free(agg->totals_key[i]);
+	}
+	agg->ntotals = 0;
+}
+
+void tally_agg_free(tally_agg *agg)
+{
+	size_t i;
+
+	if (agg == NULL)
+		return;
+	for (i = 0; i < agg->npos; i++)
+		free(agg->pos[i].topic);
+	for (i = 0; i < agg->nmodels; i++) {
+		free(agg->models[i].provider);
+		free(agg->models[i].model);
+	}
+	clear_totals(agg);
+	free(agg->totals);
+	free(agg->totals_key);
+	free(agg->pos);
+	free(agg->models);
+	free(agg->items);
+	free(agg->dedupe.slot);
+	free(agg->tenant_h.slot);
+	free(agg->tenants);
+	free(agg->bps);
+	free(agg->copy.p);
+	free(agg->q1.p);
+	free(agg->q2.p);
+	free(agg->q3.p);
+	free(agg->group);
+	free(agg->dlq_topic);
+	free(agg->totals_topic);
+	free(agg);
+}
+
+/* ------------------------------------------------------------------ */
+/* positions and the fence                                             */
+
+static fence_pos *pos_find(tally_agg *agg, const char *topic, int32_t part)
+{
+	size_t i;
+
+	for (i = 0; i < agg->npos; i++)
+		if (agg->pos[i].partition == part &&
+		    strcmp(agg->pos[i].topic, topic) == 0)
+			return &agg->pos[i];
+	return NULL;
+}
+
+static void pos_set(tally_agg *agg, const char *topic, int32_t part,
+		    int64_t expected)
+{
+	fence_pos *p = pos_find(agg, topic, part);
+
+	if (p == NULL) {
+		if (agg->npos == agg->cappos) {
+			agg->cappos = agg->cappos ? agg->cappos * 2 : 16;
+			agg->pos = tally_xrealloc(agg->pos,
+						  agg->cappos * sizeof(*agg->pos));
+		}
+		p = &agg->pos[agg->npos++];
+		p->topic = tally_xstrdup(topic);
+		p->partition = part;
+	}
+	p->expected = expected;
+}
+
+/* Read positions of (topic, partition) pairs; absent = -1. */
+static int read_positions(tally_agg *agg, const char *topic,
+			  const int32_t *parts, size_t n, int64_t *out,
+			  tally_error *err)
+{
+	sbuf arr = { 0 };
+	PGresult *res = NULL;
+	const char *params[3];
+	size_t i;
+	int rc, r;
+
+	sb_puts(&arr, "{");
+	for (i = 0; i < n; i++) {
+		sb_printf(&arr, "%s%d", i ? "," : "", (int)parts[i]);
+		out[i] = -1;
+	}
+	sb_puts(&arr, "}");
+	params[0] = agg->group;
+	params[1] = topic;
+	params[2] = arr.p;
+	rc = tally_pg_exec(agg->pg, &res,
+			   "SELECT partition, next_offset FROM consumer_offsets"
+			   " WHERE consumer_group = $1 AND topic = $2"
+			   " AND partition = ANY($3::int[])",
+			   3, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++) {
+		int64_t p = 0, off = 0;
+
+		if (tally_parse_i64(&p, PQgetvalue(res, r, 0)) != 0 ||
+		    tally_parse_i64(&off, PQgetvalue(res, r, 1)) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "bad consumer_offsets row");
+			goto cleanup;
+		}
+		for (i = 0; i < n; i++)
+			if (parts[i] == (int32_t)p)
+				out[i] = off;
+	}
+cleanup:
+	PQclear(res);
+	free(arr.p);
+	return rc;
+}
+
+int tally_agg_assign(tally_agg *agg, rd_kafka_topic_partition_list_t *parts,
+		     tally_error *err)
+{
+	int i, rc = 0;
+
+	for (i = 0; i < parts->cnt && rc == 0; i++) {
+		rd_kafka_topic_partition_t *tp = &parts->elems[i];
+		int64_t off = -1;
+
+		rc = read_positions(agg, tp->topic, &tp->partition, 1, &off,
+				    err);
+		if (rc != 0)
+			break;
+		pos_set(agg, tp->topic, tp->partition, off);
+		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
+	}
+	return rc;
+}
+
+void tally_agg_revoke(tally_agg *agg,
+		      const rd_kafka_topic_partition_list_t *parts)
+{
+	int i;
+
+	for (i = 0; i < parts->cnt; i++) {
+		fence_pos *p = pos_find(agg, parts->elems[i].topic,
+					parts->elems[i].partition);
+		if (p != NULL) {
+			free(p->topic);
+			*p = agg->pos[--agg->npos];
+		}
+	}
+}
+
+int tally_agg_reseek(tally_agg *agg, rd_kafka_t *rk,
+		     const tally_agg_msg *msgs, size_t n, tally_error *err)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	size_t i;
+	int k, rc = 0;
+
+	for (i = 0; i < n; i++)
+		if (rd_kafka_topic_partition_list_find(l, msgs[i].topic,
+						       msgs[i].partition) == NULL)
+			rd_kafka_topic_partition_list_add(l, msgs[i].topic,
+							  msgs[i].partition);
+	for (k = 0; k < l->cnt && rc == 0; k++) {
+		rd_kafka_topic_partition_t *tp = &l->elems[k];
+		int64_t off = -1;
+
+		rc = read_positions(agg, tp->topic, &tp->partition, 1, &off,
+				    err);
+		if (rc != 0)
+			break;
+		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
+		/* only partitions we still hold get a new fence value */
+		if (pos_find(agg, tp->topic, tp->partition) != NULL)
+			pos_set(agg, tp->topic, tp->partition, off);
+		tally_log(TALLY_WARN, "aggregate.reseek",
+			  TALLY_KV_STR("topic", tp->topic),
+			  TALLY_KV_INT("partition", tp->partition),
+			  TALLY_KV_INT("offset", off));
+	}
+	if (rc == 0 && rk != NULL) {
+		rd_kafka_error_t *e = rd_kafka_seek_partitions(rk, l, 10000);
+		if (e != NULL) {
+			tally_log(TALLY_WARN, "aggregate.seek_failed",
+				  TALLY_KV_STR("error", rd_kafka_error_string(e)));
+			rd_kafka_error_destroy(e);
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(l);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* lookups: provider and model names -> small ids                      */
+
+static model_ids *model_find(tally_agg *agg, const tally_str *p,
+			     const tally_str *m)
+{
+	size_t i;
+
+	/* linear: a deployment prices a few hundred models at most */
+	for (i = 0; i < agg->nmodels; i++) {
+		model_ids *x = &agg->models[i];
+		if (strlen(x->provider) == p->len &&
+		    strlen(x->model) == m->len &&
+		    memcmp(x->provider, p->ptr, p->len) == 0 &&
+		    memcmp(x->model, m->ptr, m->len) == 0)
+			return x;
+	}
+	return NULL;
+}
+
+/*
+ * Resolve the (provider, model) pairs of the batch. Unknown names are
+ * inserted in their own short transaction before the batch's: an id is
+ * only cached once it is committed, so a rolled-back batch never leaves an
+ * id behind that does not exist.
+ */
+static int resolve_models(tally_agg *agg, tally_error *err)
+{
+	sbuf pa = { 0 }, ma = { 0 };
+	PGresult *res = NULL;
+	const char *params[2];
+	size_t i, missing = 0;
+	int rc = 0, r;
+
+	sb_puts(&pa, "{");
+	sb_puts(&ma, "{");
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		model_ids *x;
+
+		if (it->status != ST_OK || it->re.ev.meter != TALLY_METER_AI_TOKENS)
+			continue;
+		x = model_find(agg, &it->re.ev.provider, &it->re.ev.model);
+		if (x != NULL)
+			continue;
+		/* a duplicate pair in the list is harmless */
+		if (missing > 0) {
+			sb_puts(&pa, ",");
+			sb_puts(&ma, ",");
+		}
+		sb_array_str(&pa, it->re.ev.provider.ptr, it->re.ev.provider.len);
+		sb_array_str(&ma, it->re.ev.model.ptr, it->re.ev.model.len);
+		missing++;
+		if (missing >= 64)
+			break; /* the next pass resolves the rest */
+	}
+	sb_puts(&pa, "}");
+	sb_puts(&ma, "}");
+	if (missing == 0)
+		goto assign;
+	params[0] = pa.p;
+	params[1] = ma.p;
+	rc = tally_pg_exec(agg->pg, NULL,
+			   "INSERT INTO providers (name) SELECT DISTINCT x"
+			   " FROM unnest($1::text[]) x ORDER BY x"
+			   " ON CONFLICT (name) DO NOTHING", 1, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(agg->pg, NULL,
+				   "INSERT INTO models (provider_id, name)"
+				   " SELECT DISTINCT p.id, x.m FROM unnest($1::text[],"
+				   " $2::text[]) x(p, m) JOIN providers p"
+				   " ON p.name = x.p ORDER BY 1, 2"
+				   " ON CONFLICT (provider_id, name) DO NOTHING",
+				   2, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(agg->pg, &res,
+				   "SELECT DISTINCT p.name, m.name, p.id, m.id"
+				   " FROM unnest($1::text[], $2::text[]) x(p, m)"
+				   " JOIN providers p ON p.name = x.p"
+				   " JOIN models m ON m.provider_id = p.id"
+				   " AND m.name = x.m", 2, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++) {
+		model_ids *x;
+		int64_t pid = 0, mid = 0;
+
+		if (tally_parse_i64(&pid, PQgetvalue(res, r, 2)) != 0 ||
+		    tally_parse_i64(&mid, PQgetvalue(res, r, 3)) != 0)
+			continue;
+		if (agg->nmodels == agg->capmodels) {
+			agg->capmodels = agg->capmodels ? agg->capmodels * 2 : 64;
+			agg->models = tally_xrealloc(
+				agg->models, agg->capmodels * sizeof(*agg->models));
+		}
+		x = &agg->models[agg->nmodels++];
+		x->provider = tally_xstrdup(PQgetvalue(res, r, 0));
+		x->model = tally_xstrdup(PQgetvalue(res, r, 1));
+		x->provider_id = (int32_t)pid;
+		x->model_id = (int32_t)mid;
+	}
+	PQclear(res);
+	res = NULL;
+	if (missing >= 64) {
+		free(pa.p);
+		free(ma.p);
+		return resolve_models(agg, err);
+	}
+assign:
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		model_ids *x;
+
+		if (it->status != ST_OK || it->re.ev.meter != TALLY_METER_AI_TOKENS)
+			continue;
+		x = model_find(agg, &it->re.ev.provider, &it->re.ev.model);
+		if (x == NULL) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "model lookup failed");
+			goto cleanup;
+		}
+		it->provider_id = x->provider_id;
+		it->model_id = x->model_id;
+	}
+cleanup:
+	PQclear(res);
+	free(pa.p);
+	free(ma.p);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* decode and classify (no I/O)                                        */
+
+static void classify(tally_agg *agg)
+{
+	size_t i;
+
+	hset_init(&agg->dedupe, agg->n);
+	for (i = 0; i < agg->n; i++) {
+		const tally_agg_msg *m = &agg->msgs[i];
+		item *it = &agg->items[i];
+		tally_codec_error ce;
+		int64_t t;
+
+		memset(it, 0, sizeof(*it));
+		memset(&ce, 0, sizeof(ce));
+		if (tally_codec_decode_rated(&it->re, m->payload, m->len, &ce) !=
+		    0) {
+			it->status = ST_DLQ;
+			it->reason = ce.reason ? ce.reason : "invalid";
+			snprintf(it->detail, sizeof(it->detail), "%.40s: %.110s",
+				 ce.field, ce.detail);
+			continue;
+		}
+		t = it->re.ev.time_ms;
+		if (t < agg->now_ms - agg->lateness_ms) {
+			it->status = ST_DLQ;
+			it->reason = "too_late";
+			snprintf(it->detail, sizeof(it->detail),
+				 "event time is %" PRId64 " s before the "
+				 "lateness window", (agg->now_ms -
+				 agg->lateness_ms - t) / 1000);
+			continue;
+		}
+		if (t > agg->now_ms + agg->future_ms) {
+			it->status = ST_DLQ;
+			it->reason = "future_timestamp";
+			snprintf(it->detail, sizeof(it->detail),
+				 "event time is %" PRId64 " s in the future",
+				 (t - agg->now_ms) / 1000);
+			continue;
+		}
+		memcpy(it->key, it->re.ev.tenant_id, 16);
+		tally_agg_digest(it->key + 16, it->re.ev.source.ptr,
+				 it->re.ev.source.len, it->re.ev.id.ptr,
+				 it->re.ev.id.len);
+		if (hset_put(&agg->dedupe, (const uint8_t *)agg->items,
+			     sizeof(item), 32, (uint32_t)i) != (uint32_t)i)
+			it->status = ST_DUP;
+	}
+}
+
+static int collect_parts(tally_agg *agg, tally_error *err)
+{
+	size_t i, k;
+
+	agg->nparts = 0;
+	for (i = 0; i < agg->n; i++) {
+		const tally_agg_msg *m = &agg->msgs[i];
+
+		for (k = 0; k < agg->nparts; k++)
+			if (agg->parts[k].partition == m->partition &&
+			    strcmp(agg->parts[k].topic, m->topic) == 0)
+				break;
+		if (k == agg->nparts) {
+			if (agg->nparts == sizeof(agg->parts) / sizeof(agg->parts[0]))
+				return tally_error_set(err, TALLY_ERROR,
+						       "too many partitions in a batch");
+			agg->parts[k].topic = m->topic;
+			agg->parts[k].partition = m->partition;
+			agg->nparts++;
+		}
+		agg->parts[k].next = m->offset + 1;
+	}
+	return 0;
+}
+
+static int send_dead_letters(tally_agg *agg, tally_error *err)
+{
+	size_t i, sent = 0;
+	int rc;
+
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+
+		if (it->status != ST_DLQ)
+			continue;
+		agg->st.dead_lettered++;
+		tally_log(TALLY_WARN, "aggregate.dead_letter",
+			  TALLY_KV_STR("topic", agg->msgs[i].topic),
+			  TALLY_KV_INT("partition", agg->msgs[i].partition),
+			  TALLY_KV_INT("offset", agg->msgs[i].offset),
+			  TALLY_KV_STR("reason", it->reason));
+		if (agg->producer == NULL || agg->msgs[i].rkm == NULL)
+			continue;
+		rc = tally_dlq_send(agg->producer, agg->dlq_topic,
+				    agg->msgs[i].rkm, "tally-aggregate",
+				    it->reason, it->detail, err);
+		if (rc != 0)
+			return rc;
+		sent++;
+	}
+	if (sent > 0) {
+		/* the dead letters must be durable before the offsets move */
+		rd_kafka_flush(agg->producer, 30000);
+		if (rd_kafka_outq_len(agg->producer) > 0)
+			return tally_error_set(err, TALLY_ETRANSIENT,
+					       "dead letters not delivered");
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* the transaction                                                     */
+
+static void uuid_arr(sbuf *b, const uint8_t *id, bool first)
+{
+	char s[37];
+
+	tally_uuid_fmt(s, id);
+	if (!first)
+		sb_add(b, ",", 1);
+	sb_add(b, s, 36);
+}
+
+static int fence(tally_agg *agg, tally_error *err)
+{
+	sbuf *t = &agg->q1, *p = &agg->q2, *e = &agg->q3;
+	sbuf nx = { 0 };
+	PGresult *res = NULL;
+	const char *params[5];
+	size_t k;
+	int rc;
+
+	sb_reset(t);
+	sb_reset(p);
+	sb_reset(e);
+	sb_puts(t, "{");
+	sb_puts(p, "{");
+	sb_puts(e, "{");
+	sb_puts(&nx, "{");
+	for (k = 0; k < agg->nparts; k++) {
+		fence_pos *fp = pos_find(agg, agg->parts[k].topic,
+					 agg->parts[k].partition);
+		if (fp == NULL) {
+			rc = tally_error_set(err, TALLY_AGG_FENCED,
+					     "partition %d not assigned here",
+					     (int)agg->parts[k].partition);
+			goto cleanup;
+		}
+		if (k > 0) {
+			sb_puts(t, ",");
+			sb_puts(p, ",");
+			sb_puts(e, ",");
+			sb_puts(&nx, ",");
+		}
+		sb_array_str(t, agg->parts[k].topic, strlen(agg->parts[k].topic));
+		sb_printf(p, "%d", (int)agg->parts[k].partition);
+		sb_printf(e, "%" PRId64, fp->expected);
+		sb_printf(&nx, "%" PRId64, agg->parts[k].next);
+	}
+	sb_puts(t, "}");
+	sb_puts(p, "}");
+	sb_puts(e, "}");
+	sb_puts(&nx, "}");
+	params[0] = agg->group;
+	params[1] = t->p;
+	params[2] = p->p;
+	params[3] = e->p;
+	params[4] = nx.p;
+	/*
+	 * Compare-and-set: the row must still hold what this instance read at
+	 * assignment or wrote itself (-1: no row). A zombie's expectation is
+	 * stale, so its update matches nothing. The row lock taken here also
+	 * serialises two instances racing for the same partition.
+	 */
+	rc = tally_pg_exec(agg->pg, &res,
+			   "WITH b(t, p, e, n) AS (SELECT * FROM unnest($2::text[],"
+			   " $3::int[], $4::bigint[], $5::bigint[]))"
+			   " INSERT INTO consumer_offsets AS co (consumer_group,"
+			   " topic, partition, next_offset)"
+			   " SELECT $1, t, p, n FROM b"
+			   " ON CONFLICT (consumer_group, topic, partition)"
+			   " DO UPDATE SET next_offset = EXCLUDED.next_offset,"
+			   " updated_at = now()"
+			   " WHERE co.next_offset = (SELECT b.e FROM b"
+			   " WHERE b.t = co.topic AND b.p = co.partition)"
+			   " RETURNING partition", 5, params, err);
+	if (rc != 0)
+		goto cleanup;
+	if ((size_t)PQntuples(res) != agg->nparts)
+		rc = tally_error_set(err, TALLY_AGG_FENCED,
+				     "consumer_offsets moved: another instance "
+				     "owns %zu of %zu partitions",
+				     agg->nparts - (size_t)PQntuples(res),
+				     agg->nparts);
+cleanup:
+	PQclear(res);
+	free(nx.p);
+	return rc;
+}
+
+static int64_t parse_ms(const char *s)
+{
+	int64_t v = 0;
+
+	if (tally_parse_i64(&v, s) != 0)
+		return 0;
+	return v;
+}
+
+/* Tenants of the batch with their current period and recorded periods. */
+static int load_tenants(tally_agg *agg, tally_error *err)
+{
+	sbuf *ids = &agg->q1;
+	PGresult *res = NULL;
+	const char *params[2];
+	char minbuf[24];
+	int64_t mint = INT64_MAX;
+	size_t i;
+	int rc, r;
+
+	agg->ntenants = 0;
+	agg->nbps = 0;
+	if (agg->cap_tenants < agg->n + 1) {
+		agg->cap_tenants = agg->n + 1;
+		agg->tenants = tally_xrealloc(agg->tenants, agg->cap_tenants *
+					      sizeof(*agg->tenants));
+	}
+	hset_init(&agg->tenant_h, agg->n + 1);
+	sb_reset(ids);
+	sb_puts(ids, "{");
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		tenant_info *ti;
+
+		if (it->status != ST_OK)
+			continue;
+		if (it->re.ev.time_ms < mint)
+			mint = it->re.ev.time_ms;
+		ti = &agg->tenants[agg->ntenants];
+		memset(ti, 0, sizeof(*ti));
+		memcpy(ti->id, it->re.ev.tenant_id, 16);
+		if (hset_put(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			     sizeof(tenant_info), 16, (uint32_t)agg->ntenants) ==
+		    (uint32_t)agg->ntenants) {
+			uuid_arr(ids, ti->id, agg->ntenants == 0);
+			agg->ntenants++;
+		}
+	}
+	sb_puts(ids, "}");
+	if (agg->ntenants == 0)
+		return 0;
+	params[0] = ids->p;
+	rc = tally_pg_exec(agg->pg, &res,
+			   "SELECT id, (extract(epoch FROM current_period_start)"
+			   " * 1000)::bigint, (extract(epoch FROM"
+			   " current_period_end) * 1000)::bigint FROM tenants"
+			   " WHERE id = ANY($1::uuid[])"
+			   " AND current_period_start IS NOT NULL"
+			   " AND current_period_end > current_period_start",
+			   1, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++) {
+		uint8_t id[16];
+		uint32_t k;
+
+		if (tally_uuid_parse(id, PQgetvalue(res, r, 0), 36) != 0)
+			continue;
+		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			      sizeof(tenant_info), 16, id);
+		if (k == UINT32_MAX)
+			continue; /* cannot happen: we asked for these ids */
+		agg->tenants[k].cps = parse_ms(PQgetvalue(res, r, 1));
+		agg->tenants[k].cpe = parse_ms(PQgetvalue(res, r, 2));
+	}
+	PQclear(res);
+	res = NULL;
+	snprintf(minbuf, sizeof(minbuf), "%" PRId64, mint);
+	params[1] = minbuf;
+	rc = tally_pg_exec(agg->pg, &res,
+			   "SELECT tenant_id, (extract(epoch FROM period_start)"
+			   " * 1000)::bigint, (extract(epoch FROM period_end)"
+			   " * 1000)::bigint, status <> 'open'"
+			   " FROM billing_periods WHERE tenant_id = ANY($1::uuid[])"
+			   " AND period_end > timestamptz 'epoch' + $2::bigint"
+			   " * interval '1 millisecond'"
+			   " ORDER BY tenant_id, period_start",
+			   2, params, err);
+	if (rc != 0)
+		goto cleanup;
+	if (agg->cap_bps < (size_t)PQntuples(res)) {
+		agg->cap_bps = (size_t)PQntuples(res);
+		agg->bps = tally_xrealloc(agg->bps, agg->cap_bps * sizeof(bperiod));
+	}
+	for (r = 0; r < PQntuples(res); r++) {
+		uint8_t id[16];
+		uint32_t k;
+
+		if (tally_uuid_parse(id, PQgetvalue(res, r, 0), 36) != 0)
+			continue;
+		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			      sizeof(tenant_info), 16, id);
+		if (k == UINT32_MAX)
+			continue;
+		if (agg->tenants[k].bp_n == 0)
+			agg->tenants[k].bp_first = agg->nbps;
+		agg->tenants[k].bp_n++;
+		agg->bps[agg->nbps].start = parse_ms(PQgetvalue(res, r, 1));
+		agg->bps[agg->nbps].end = parse_ms(PQgetvalue(res, r, 2));
+		agg->bps[agg->nbps].closed = PQgetvalue(res, r, 3)[0] == 't';
+		agg->nbps++;
+	}
+cleanup:
+	PQclear(res);
+	return rc;
+}
+
+static void assign_periods(tally_agg *agg)
+{
+	size_t i, b;
+
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		tenant_info *ti;
+		int64_t t = it->re.ev.time_ms;
+		uint32_t k;
+		bool found = false;
+
+		if (it->status != ST_OK)
+			continue;
+		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			      sizeof(tenant_info), 16, it->re.ev.tenant_id);
+		assert(k != UINT32_MAX);
+		ti = &agg->tenants[k];
+		it->closed = false;
+		for (b = 0; b < ti->bp_n; b++) {
+			bperiod *bp = &agg->bps[ti->bp_first + b];
+			if (bp->start <= t && t < bp->end) {
+				it->ps = bp->start;
+				it->pe = bp->end;
+				it->closed = bp->closed;
+				found = true;
+				break;
+			}
+		}
+		if (!found)
+			tally_agg_period(&it->ps, &it->pe, ti->cps, ti->cpe, t);
+	}
+}
+
+static const char STAGING_SQL[] =
+	"SET LOCAL client_min_messages = warning;"
+	"CREATE TEMP TABLE IF NOT EXISTS agg_stage ("
+	" tenant_id uuid, digest uuid, occurred_ms bigint, hour_ms bigint,"
+	" meter_id smallint, provider_id smallint, model_id integer,"
+	" price_id bigint, quantity bigint, input_tokens bigint,"
+	" output_tokens bigint, cache_read_tokens bigint,"
+	" cache_write_tokens bigint, reasoning_tokens bigint, steps integer,"
+	" cost numeric, ps_ms bigint, pe_ms bigint, closed boolean)"
+	" ON COMMIT DELETE ROWS";
+
+static void hex32(char out[33], const uint8_t *b)
+{
+	static const char hx[] = "0123456789abcdef";
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		out[2 * i] = hx[b[i] >> 4];
+		out[2 * i + 1] = hx[b[i] & 15];
+	}
+	out[32] = '\0';
+}
+
+static size_t build_copy(tally_agg *agg)
+{
+	sbuf *c = &agg->copy;
+	size_t i, rows = 0;
+
+	sb_reset(c);
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		const tally_rated_event *re = &it->re;
+		const tally_usage_event *ev = &re->ev;
+		char tid[37], dg[33], cost[48], pid[24];
+		int64_t qty = 0;
+		bool ai = ev->meter == TALLY_METER_AI_TOKENS;
+
+		if (it->status != ST_OK)
+			continue;
+		rows++;
+		tally_uuid_fmt(tid, ev->tenant_id);
+		hex32(dg, it->key + 16);
+		tally_money_fmt(cost, sizeof(cost), re->cost);
+		if (re->unpriced || re->price_id <= 0)
+			snprintf(pid, sizeof(pid), "\\N");
+		else
+			snprintf(pid, sizeof(pid), "%" PRId64, re->price_id);
+		switch (ev->meter) {
+		case TALLY_METER_AI_TOKENS: qty = 1; break;
+		case TALLY_METER_WORKFLOW: qty = ev->complexity; break;
+		case TALLY_METER_STORAGE: qty = ev->bytes; break;
+		case TALLY_METER_API_CALL: qty = ev->count; break;
+		default: break;
+		}
+		sb_printf(c, "%s\t%s\t%" PRId64 "\t%" PRId64 "\t%d\t", tid, dg,
+			  ev->time_ms, floor_div(ev->time_ms, 3600000) * 3600000,
+			  (int)ev->meter);
+		if (ai)
+			sb_printf(c, "%d\t%d\t", (int)it->provider_id,
+				  (int)it->model_id);
+		else
+			sb_puts(c, "\\N\t\\N\t");
+		sb_printf(c, "%s\t%" PRId64 "\t", pid, qty);
+		if (ai)
+			sb_printf(c, "%" PRId64 "\t%" PRId64 "\t%" PRId64
+				  "\t%" PRId64 "\t%" PRId64 "\t\\N\t",
+				  ev->input_tokens, ev->output_tokens,
+				  ev->cache_read_tokens, ev->cache_write_tokens,
+				  ev->reasoning_tokens);
+		else if (ev->meter == TALLY_METER_WORKFLOW)
+			sb_printf(c, "\\N\t\\N\t\\N\t\\N\t\\N\t%" PRId64 "\t",
+				  ev->steps);
+		else
+			sb_puts(c, "\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t");
+		sb_printf(c, "%s\t%" PRId64 "\t%" PRId64 "\t%s\n", cost, it->ps,
+			  it->pe, it->closed ? "t" : "f");
+	}
+	return rows;
+}
+
+/*
+ * The batch in one statement. new = the keys the dedupe insert actually
+ * inserted; everything downstream reads only rows joined to it, so an event
+ * seen before changes nothing. Every CTE runs, referenced or not.
+ */
+static const char APPLY_SQL[] =
+	"WITH new AS ("
+	"  INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
+	"  SELECT tenant_id, digest, timestamptz 'epoch' + occurred_ms"
+	"         * interval '1 millisecond' FROM agg_stage"
+	"  ON CONFLICT DO NOTHING RETURNING tenant_id, digest),"
+	" r AS (SELECT s.*, timestamptz 'epoch' + s.occurred_ms"
+	"         * interval '1 millisecond' AS occurred_at"
+	"       FROM agg_stage s JOIN new USING (tenant_id, digest)),"
+	" led AS ("
+	"  INSERT INTO usage_ledger (occurred_at, price_id, quantity,"
+	"   input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+	"   reasoning_tokens, tenant_id, digest, model_id, steps, meter_id,"
+	"   provider_id, cost)"
+	"  SELECT occurred_at, price_id, quantity, input_tokens, output_tokens,"
+	"   cache_read_tokens, cache_write_tokens, reasoning_tokens, tenant_id,"
+	"   digest, model_id, steps, meter_id, provider_id, cost FROM r),"
+	" snap AS ("
+	"  INSERT INTO storage_snapshots (tenant_id, occurred_at, digest, bytes)"
+	"  SELECT tenant_id, occurred_at, digest, quantity FROM r"
+	"  WHERE meter_id = 3 ON CONFLICT DO NOTHING),"
+	" hg AS ("
+	"  SELECT tenant_id, hour_ms, meter_id, provider_id, model_id,"
+	"   count(*) AS events, CASE WHEN meter_id = 3 THEN max(quantity)"
+	"   ELSE sum(quantity) END AS quantity,"
+	"   coalesce(sum(input_tokens), 0) AS i, coalesce(sum(output_tokens), 0)"
+	"   AS o, coalesce(sum(cache_read_tokens), 0) AS cr,"
+	"   coalesce(sum(cache_write_tokens), 0) AS cw,"
+	"   coalesce(sum(reasoning_tokens), 0) AS rs, sum(cost) AS cost"
+	"  FROM r GROUP BY 1, 2, 3, 4, 5),"
+	" hourly AS ("
+	"  INSERT INTO usage_hourly AS h (tenant_id, hour, meter, provider,"
+	"   model, events, quantity, input_tokens, output_tokens,"
+	"   cache_read_tokens, cache_write_tokens, reasoning_tokens, cost)"
+	"  SELECT hg.tenant_id, timestamptz 'epoch' + hg.hour_ms"
+	"   * interval '1 millisecond', mt.name, coalesce(p.name, ''),"
+	"   coalesce(m.name, ''), events, quantity, i, o, cr, cw, rs, cost"
+	"  FROM hg JOIN meters mt ON mt.id = hg.meter_id"
+	"  LEFT JOIN providers p ON p.id = hg.provider_id"
+	"  LEFT JOIN models m ON m.id = hg.model_id"
+	"  ON CONFLICT (tenant_id, hour, meter, provider, model) DO UPDATE SET"
+	"   events = h.events + EXCLUDED.events,"
+	"   quantity = CASE WHEN h.meter = 'storage.snapshot'"
+	"    THEN greatest(h.quantity, EXCLUDED.quantity)"
+	"    ELSE h.quantity + EXCLUDED.quantity END,"
+	"   input_tokens = h.input_tokens + EXCLUDED.input_tokens,"
+	"   output_tokens = h.output_tokens + EXCLUDED.output_tokens,"
+	"   cache_read_tokens = h.cache_read_tokens + EXCLUDED.cache_read_tokens,"
+	"   cache_write_tokens = h.cache_write_tokens"
+	"    + EXCLUDED.cache_write_tokens,"
+	"   reasoning_tokens = h.reasoning_tokens + EXCLUDED.reasoning_tokens,"
+	"   cost = h.cost + EXCLUDED.cost),"
+	" pg AS ("
+	"  SELECT tenant_id, ps_ms, max(pe_ms) AS pe_ms,"
+	"   count(*) FILTER (WHERE meter_id = 1) AS ai,"
+	"   coalesce(sum(input_tokens), 0) AS i, coalesce(sum(output_tokens), 0)"
+	"   AS o, coalesce(sum(cache_read_tokens), 0) AS cr,"
+	"   coalesce(sum(cache_write_tokens), 0) AS cw,"
+	"   coalesce(sum(reasoning_tokens), 0) AS rs,"
+	"   count(*) FILTER (WHERE meter_id = 2) AS wf,"
+	"   coalesce(sum(quantity) FILTER (WHERE meter_id = 2), 0) AS wu,"
+	"   coalesce(sum(quantity) FILTER (WHERE meter_id = 4), 0) AS api,"
+	"   count(*) FILTER (WHERE meter_id = 3) AS ss, sum(cost) AS cost"
+	"  FROM r WHERE NOT closed GROUP BY 1, 2),"
+	" period AS ("
+	"  INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
+	"   period_end, ai_requests, input_tokens, output_tokens,"
+	"   cache_read_tokens, cache_write_tokens, reasoning_tokens,"
+	"   workflow_executions, workflow_complexity_units, api_calls,"
+	"   storage_snapshots, cost)"
+	"  SELECT tenant_id, timestamptz 'epoch' + ps_ms * interval"
+	"   '1 millisecond', timestamptz 'epoch' + pe_ms * interval"
+	"   '1 millisecond', ai, i, o, cr, cw, rs, wf, wu, api, ss, cost FROM pg"
+	"  ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
+	"   ai_requests = u.ai_requests + EXCLUDED.ai_requests,"
+	"   input_tokens = u.input_tokens + EXCLUDED.input_tokens,"
+	"   output_tokens = u.output_tokens + EXCLUDED.output_tokens,"
+	"   cache_read_tokens = u.cache_read_tokens + EXCLUDED.cache_read_tokens,"
+	"   cache_write_tokens = u.cache_write_tokens"
+	"    + EXCLUDED.cache_write_tokens,"
+	"   reasoning_tokens = u.reasoning_tokens + EXCLUDED.reasoning_tokens,"
+	"   workflow_executions = u.workflow_executions"
+	"    + EXCLUDED.workflow_executions,"
+	"   workflow_complexity_units = u.workflow_complexity_units"
+	"    + EXCLUDED.workflow_complexity_units,"
+	"   api_calls = u.api_calls + EXCLUDED.api_calls,"
+	"   storage_snapshots = u.storage_snapshots + EXCLUDED.storage_snapshots,"
+	"   cost = u.cost + EXCLUDED.cost),"
+	" adj AS ("
+	"  INSERT INTO usage_adjustments (tenant_id, period_start, period_end,"
+	"   kind, meter, provider, model, events, quantity, input_tokens,"
+	"   output_tokens, cache_read_tokens, cache_write_tokens,"
+	"   reasoning_tokens, cost)"
+	"  SELECT r.tenant_id, timestamptz 'epoch' + ps_ms * interval"
+	"   '1 millisecond', timestamptz 'epoch' + max(pe_ms) * interval"
+	"   '1 millisecond', 'late_usage', mt.name, coalesce(p.name, ''),"
+	"   coalesce(m.name, ''), count(*), sum(quantity),"
+	"   coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+	"   coalesce(sum(cache_read_tokens), 0),"
+	"   coalesce(sum(cache_write_tokens), 0),"
+	"   coalesce(sum(reasoning_tokens), 0), sum(cost)"
+	"  FROM r JOIN meters mt ON mt.id = r.meter_id"
+	"  LEFT JOIN providers p ON p.id = r.provider_id"
+	"  LEFT JOIN models m ON m.id = r.model_id"
+	"  WHERE closed GROUP BY r.tenant_id, ps_ms, mt.name, p.name, m.name)"
+	" SELECT tenant_id, ps_ms, max(pe_ms), closed,"
+	"  count(*), bool_or(meter_id = 3)"
+	" FROM r GROUP BY tenant_id, ps_ms, closed";
+
+/*
+ * Storage GB-months of the affected periods, recomputed from the snapshots
+ * (docs/aggregate.md): each snapshot's bytes hold from its time until the
+ * next snapshot, the last one until the period end; the period opens with
+ * the last snapshot before it. Exact: byte-milliseconds in numeric. The
+ * following period's opening value may change too, so it is recomputed.
+ */
+static const char STORAGE_SQL[] =
+	"WITH a0 AS (SELECT tenant_id, timestamptz 'epoch' + ps * interval"
+	"  '1 millisecond' AS ps FROM unnest($1::uuid[], $2::bigint[])"
+	"  AS x(tenant_id, ps)),"
+	" a AS (SELECT u.tenant_id, u.period_start AS ps, u.period_end AS pe"
+	"  FROM tenant_period_usage u JOIN a0 ON u.tenant_id = a0.tenant_id"
+	"  AND (u.period_start = a0.ps OR u.period_start = (SELECT"
+	"  u2.period_end FROM tenant_period_usage u2 WHERE u2.tenant_id ="
+	"  a0.tenant_id AND u2.period_start = a0.ps))),"
+	" pts AS ("
+	"  SELECT a.tenant_id, a.ps, a.pe, s.occurred_at AS t, 1 AS rk, s.bytes"
+	"  FROM a JOIN storage_snapshots s ON s.tenant_id = a.tenant_id"
+	"   AND s.occurred_at >= a.ps AND s.occurred_at < a.pe"
+	"  UNION ALL"
+	"  SELECT a.tenant_id, a.ps, a.pe, a.ps, 0, c.bytes FROM a"
+	"  CROSS JOIN LATERAL (SELECT s.bytes FROM storage_snapshots s"
+	"   WHERE s.tenant_id = a.tenant_id AND s.occurred_at < a.ps"
+	"   ORDER BY s.occurred_at DESC, s.bytes DESC LIMIT 1) c),"
+	" seg AS (SELECT tenant_id, ps, bytes, t, lead(t, 1, pe) OVER"
+	"  (PARTITION BY tenant_id, ps ORDER BY t, rk, bytes) AS t2 FROM pts),"
+	" tot AS (SELECT tenant_id, ps, sum(bytes::numeric * (extract(epoch"
+	"  FROM t2 - t) * 1000)) AS bms FROM seg GROUP BY 1, 2)"
+	" UPDATE tenant_period_usage u SET storage_byte_ms = tot.bms,"
+	"  storage_gb_months = round(tot.bms / 2592000000000000000, 12)"
+	" FROM tot WHERE u.tenant_id = tot.tenant_id AND u.period_start = tot.ps"
+	"  AND u.storage_byte_ms IS DISTINCT FROM tot.bms"
+	" RETURNING u.tenant_id, (extract(epoch FROM u.period_start)"
+	"  * 1000)::bigint";
+
+/* Bump versions and budget state; return the totals to publish. */
+static const char TOTALS_SQL[] =
+	"UPDATE tenant_period_usage u SET version = u.version + 1,"
+	" updated_at = now(), budget_state = CASE"
+	"  WHEN t.monthly_budget IS NULL OR t.monthly_budget <= 0"
+	"   THEN 'unlimited'"
+	"  WHEN u.cost >= t.monthly_budget THEN 'exceeded'"
+	"  WHEN u.cost * 100 >= t.monthly_budget * 80 THEN 'warning'"
+	"  ELSE 'ok' END"
+	" FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::bigint[])"
+	"  x(tid, ps)) a"
+	" LEFT JOIN tenants t ON t.id = a.tid"
+	" WHERE u.tenant_id = a.tid AND u.period_start = timestamptz 'epoch'"
+	"  + a.ps * interval '1 millisecond'"
+	" RETURNING json_build_object('schema', 'tally.totals/1',"
+	"  'tenant_id', u.tenant_id,"
+	"  'period_start', to_char(u.period_start AT TIME ZONE 'UTC',"
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
+	"  'period_end', to_char(u.period_end AT TIME ZONE 'UTC',"
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
+	"  'version', u.version, 'ai_requests', u.ai_requests,"
+	"  'max_ai_requests_per_month', t.max_ai_requests_per_month,"
+	"  'workflow_executions', u.workflow_executions,"
+	"  'workflow_complexity_units', u.workflow_complexity_units,"
+	"  'max_workflows', t.max_workflows,"
+	"  'input_tokens', u.input_tokens, 'output_tokens', u.output_tokens,"
+	"  'cache_read_tokens', u.cache_read_tokens,"
+	"  'cache_write_tokens', u.cache_write_tokens,"
+	"  'reasoning_tokens', u.reasoning_tokens, 'api_calls', u.api_calls,"
+	"  'storage_gb_months', u.storage_gb_months::text,"
+	"  'cost', u.cost::text, 'monthly_budget', t.monthly_budget::text,"
+	"  'currency', coalesce(t.currency, 'USD'),"
+	"  'budget_state', u.budget_state,"
+	"  'updated_at', to_char(u.updated_at AT TIME ZONE 'UTC',"
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))::text, u.tenant_id::text";
+
+static int mirror_dead_letters(tally_agg *agg, tally_error *err)
+{
+	sbuf tp = { 0 }, pa = { 0 }, of = { 0 }, rs = { 0 }, dt = { 0 },
+	     ky = { 0 };
+	const char *params[7];
+	size_t i, n = 0;
+	int rc = 0;
+
+	sb_puts(&tp, "{");
+	sb_puts(&pa, "{");
+	sb_puts(&of, "{");
+	sb_puts(&rs, "{");
+	sb_puts(&dt, "{");
+	sb_puts(&ky, "{");
+	for (i = 0; i < agg->n; i++) {
+		const tally_agg_msg *m = &agg->msgs[i];
+		const char *key = "";
+		size_t klen = 0, j;
+
+		if (agg->items[i].status != ST_DLQ)
+			continue;
+		if (m->rkm != NULL && m->rkm->key != NULL) {
+			key = m->rkm->key;
+			klen = m->rkm->key_len > 64 ? 64 : m->rkm->key_len;
+			for (j = 0; j < klen; j++)
+				if ((unsigned char)key[j] < 0x20 ||
+				    (unsigned char)key[j] > 0x7e)
+					klen = 0; /* not text: leave it out */
+		}
+		if (n++ > 0) {
+			sb_puts(&tp, ",");
+			sb_puts(&pa, ",");
+			sb_puts(&of, ",");
+			sb_puts(&rs, ",");
+			sb_puts(&dt, ",");
+			sb_puts(&ky, ",");
+		}
+		sb_array_str(&tp, m->topic, strlen(m->topic));
+		sb_printf(&pa, "%d", (int)m->partition);
+		sb_printf(&of, "%" PRId64, m->offset);
+		sb_array_str(&rs, agg->items[i].reason,
+			     strlen(agg->items[i].reason));
+		sb_array_str(&dt, agg->items[i].detail,
+			     strlen(agg->items[i].detail));
+		sb_array_str(&ky, key, klen);
+	}
+	sb_puts(&tp, "}");
+	sb_puts(&pa, "}");
+	sb_puts(&of, "}");
+	sb_puts(&rs, "}");
+	sb_puts(&dt, "}");
+	sb_puts(&ky, "}");
+	if (n == 0)
+		goto cleanup;
+	params[0] = agg->group;
+	params[1] = tp.p;
+	params[2] = pa.p;
+	params[3] = of.p;
+	params[4] = rs.p;
+	params[5] = dt.p;
+	params[6] = ky.p;
+	rc = tally_pg_exec(agg->pg, NULL,
+			   "INSERT INTO dead_letters (tenant_id, consumer_group,"
+			   " topic, partition, \"offset\", reason, detail)"
+			   " SELECT nullif(k, ''), $1, t, p, o, r, d FROM"
+			   " unnest($2::text[], $3::int[], $4::bigint[],"
+			   " $5::text[], $6::text[], $7::text[]) x(t, p, o, r, d, k)"
+			   " ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
+			   7, params, err);
+cleanup:
+	free(tp.p);
+	free(pa.p);
+	free(of.p);
+	free(rs.p);
+	free(dt.p);
+	free(ky.p);
+	return rc;
+}
+
+static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	tally_agg *agg = payload;
+	PGresult *res = NULL;
+	sbuf at = { 0 }, ap = { 0 }, st = { 0 }, sp = { 0 };
+	const char *params[2];
+	size_t rows, naff = 0, nst = 0;
+	int rc, r;
+
+	clear_totals(agg);
+	agg->st.accepted = agg->st.adjusted = 0;
+	rc = fence(agg, err);
+	if (rc != 0)
+		goto cleanup;
+	rc = mirror_dead_letters(agg, err);
+	if (rc != 0)
+		goto cleanup;
+	rc = load_tenants(agg, err);
+	if (rc != 0)
+		goto cleanup;
+	assign_periods(agg);
+	rows = build_copy(agg);
+	if (rows == 0)
+		goto cleanup;
+	/*
+	 * Every time, inside the transaction: a table created in a transaction
+	 * that then rolls back, or on a connection since replaced, is gone.
+	 */
+	res = PQexec(tally_pg_conn(pg), STAGING_SQL);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+		goto cleanup;
+	}
+	PQclear(res);
+	res = NULL;
+	rc = tally_pg_copy(pg, "COPY agg_stage FROM STDIN", agg->copy.p,
+			   agg->copy.len, err);
+	if (rc != 0)
+		goto cleanup;
+	rc = tally_pg_exec(pg, &res, APPLY_SQL, 0, NULL, err);
+	if (rc != 0)
+		goto cleanup;
+	sb_puts(&at, "{");
+	sb_puts(&ap, "{");
+	sb_puts(&st, "{");
+	sb_puts(&sp, "{");
+	for (r = 0; r < PQntuples(res); r++) {
+		int64_t cnt = parse_ms(PQgetvalue(res, r, 4));
+		bool closed = PQgetvalue(res, r, 3)[0] == 't';
+
+		agg->st.accepted += (size_t)cnt;
+		if (closed) {
+			agg->st.adjusted += (size_t)cnt;
+			continue;
+		}
+		sb_printf(&at, "%s%s", naff ? "," : "", PQgetvalue(res, r, 0));
+		sb_printf(&ap, "%s%s", naff ? "," : "", PQgetvalue(res, r, 1));
+		naff++;
+		if (PQgetvalue(res, r, 5)[0] == 't') {
+			sb_printf(&st, "%s%s", nst ? "," : "",
+				  PQgetvalue(res, r, 0));
+			sb_printf(&sp, "%s%s", nst ? "," : "",
+				  PQgetvalue(res, r, 1));
+			nst++;
+		}
+	}
+	PQclear(res);
+	res = NULL;
+	if (nst > 0) {
+		sb_puts(&st, "}");
+		sb_puts(&sp, "}");
+		params[0] = st.p;
+		params[1] = sp.p;
+		rc = tally_pg_exec(pg, &res, STORAGE_SQL, 2, params, err);
+		if (rc != 0)
+			goto cleanup;
+		/* the following periods whose opening value changed */
+		for (r = 0; r < PQntuples(res); r++) {
+			sb_printf(&at, ",%s", PQgetvalue(res, r, 0));
+			sb_printf(&ap, ",%s", PQgetvalue(res, r, 1));
+			naff++;
+		}
+		PQclear(res);
+		res = NULL;
+	}
+	if (naff == 0)
+		goto cleanup;
+	sb_puts(&at, "}");
+	sb_puts(&ap, "}");
+	params[0] = at.p;
+	params[1] = ap.p;
+	rc = tally_pg_exec(pg, &res, TOTALS_SQL, 2, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++) {
+		if (agg->ntotals == agg->cap_totals) {
+			agg->cap_totals = agg->cap_totals ? agg->cap_totals * 2 : 64;
+			agg->totals = tally_xrealloc(agg->totals, agg->cap_totals *
+						     sizeof(char *));
+			agg->totals_key = tally_xrealloc(agg->totals_key,
+							 agg->cap_totals *
+							 sizeof(char *));
+		}
+		agg->totals[agg->ntotals] = tally_xstrdup(PQgetvalue(res, r, 0));
+		agg->totals_key[agg->ntotals] =
+			tally_xstrdup(PQgetvalue(res, r, 1));
+		agg->ntotals++;
+	}
+cleanup:
+	PQclear(res);
+	free(at.p);
+	free(ap.p);
+	free(st.p);
+	free(sp.p);
+	return rc;
+}
+
+static void publish_totals(tally_agg *agg)
+{
+	size_t i;
+
+	if (agg->producer == NULL || agg->totals_topic == NULL)
+		return;
+	for (i = 0; i < agg->ntotals; i++) {
+		rd_kafka_resp_err_t e = rd_kafka_producev(
+			agg->producer, RD_KAFKA_V_TOPIC(agg->totals_topic),
+			RD_KAFKA_V_KEY(agg->totals_key[i],
+				       strlen(agg->totals_key[i])),
+			RD_KAFKA_V_VALUE(agg->totals[i], strlen(agg->totals[i])),
+			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
+		if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+			tally_log(TALLY_WARN, "aggregate.totals_failed",
+				  TALLY_KV_STR("error", rd_kafka_err2str(e)));
+		else
+			agg->st.published++;
+	}
+	rd_kafka_poll(agg->producer, 0);
+}
+
+int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
+		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
+{
+	size_t i;
+	int rc;
+
+	memset(&agg->st, 0, sizeof(agg->st));
+	if (n == 0)
+		goto done;
+	if (agg->cap_items < n) {
+		free(agg->items);
+		agg->items = tally_xmalloc(n * sizeof(item));
+		agg->cap_items = n;
+	}
+	agg->msgs = msgs;
+	agg->n = n;
+	agg->now_ms = now_ms;
+	rc = collect_parts(agg, err);
+	if (rc != 0)
+		return rc;
+	classify(agg);
+	rc = send_dead_letters(agg, err);
+	if (rc != 0)
+		return rc;
+	rc = resolve_models(agg, err);
+	if (rc != 0)
+		return rc;
+	rc = tally_pg_txn(agg->pg, apply_txn, agg, 0, err);
+	if (rc != 0)
+		return rc;
+	/* committed: this instance's view of its positions moves on */
+	for (i = 0; i < agg->nparts; i++)
+		pos_set(agg, agg->parts[i].topic, agg->parts[i].partition,
+			agg->parts[i].next);
+	for (i = 0; i < n; i++)
+		if (agg->items[i].status == ST_OK ||
+		    agg->items[i].status == ST_DUP)
+			agg->st.duplicates++;
+	agg->st.duplicates -= agg->st.accepted; /* the rest were seen before */
+	publish_totals(agg);
+done:
+	if (stats != NULL)
+		*stats = agg->st;
+	return 0;
+}
+
+int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
+		       int retention_days, tally_error *err)
+{
+	char b[16], a[16], r[16], d[16];
+	const char *params[4];
+	PGresult *res = NULL;
+	int rc, i;
+
+	/* dedupe window: the lateness window plus two days of margin */
+	snprintf(b, sizeof(b), "%d", lateness_days + 2);
+	snprintf(a, sizeof(a), "%d", ahead_days);
+	snprintf(r, sizeof(r), "%d", retention_days);
+	snprintf(d, sizeof(d), "%d", lateness_days + 2);
+	params[0] = b;
+	params[1] = a;
+	params[2] = r;
+	params[3] = d;
+	rc = tally_pg_exec(pg, &res,
+			   "SELECT action, object FROM tally_ledger_maintain("
+			   "$1::int, $2::int, $3::int, $4::int)", 4, params, err);
+	if (rc != 0)
+		return rc;
+	for (i = 0; i < PQntuples(res); i++)
+		tally_log(TALLY_INFO, "aggregate.maintain",
+			  TALLY_KV_STR("action", PQgetvalue(res, i, 0)),
+			  TALLY_KV_STR("object", PQgetvalue(res, i, 1)));
+	PQclear(res);
+	return 0;
+}

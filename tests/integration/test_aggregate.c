@@ -1,0 +1,383 @@
+/*
+ * test_aggregate.c - the batch logic of tally-aggregate against a real
+ * PostgreSQL (no broker: messages are views built here): duplicates in one
+ * batch, across batches and across a restart count once; the fence stops a
+ * zombie; late events land in their own open period, closed periods get
+ * adjustments, out-of-window events are dead letters with a reason;
+ * storage snapshots become exact GB-months.
+ */
+#include "aggregate_support.h"
+#include "check_main.h"
+#include "tally/aggregate.h"
+#include "tally/money.h"
+
+#define TOPIC "billing.usage.rated"
+#define DAY_MS INT64_C(86400000)
+
+static char db[64], dsn[512];
+static tally_pg *pg;
+static PGconn *chk;
+
+static void setup(void)
+{
+	tally_error err;
+
+	tally_test_need_env("TALLY_TEST_PG_DSN");
+	tally_test_unique(db, sizeof(db), "agg");
+	tally_test_db_create(dsn, sizeof(dsn), db, 1);
+	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
+		      err.msg);
+	chk = PQconnectdb(dsn);
+	ck_assert(PQstatus(chk) == CONNECTION_OK);
+}
+
+static void teardown(void)
+{
+	PQfinish(chk);
+	tally_pg_free(pg);
+	tally_test_db_drop(db);
+}
+
+static tally_agg *new_agg(void)
+{
+	tally_agg_opts o = { 0 };
+	tally_agg *agg = NULL;
+	tally_error err;
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+	int p;
+
+	o.group = "tally.aggregate";
+	o.lateness_ms = 35 * DAY_MS;
+	o.future_ms = 300000;
+	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
+	for (p = 0; p < 4; p++)
+		rd_kafka_topic_partition_list_add(l, TOPIC, p);
+	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
+	rd_kafka_topic_partition_list_destroy(l);
+	return agg;
+}
+
+/* A batch of encoded events; offsets continue per partition. */
+typedef struct batch {
+	tally_agg_msg m[64];
+	msgpack_sbuffer sb[64];
+	size_t n;
+} batch;
+
+static int64_t next_off[4];
+
+static void batch_add(batch *b, const tally_rated_event *re, int part)
+{
+	agg_encode(&b->sb[b->n], re);
+	b->m[b->n].topic = TOPIC;
+	b->m[b->n].partition = part;
+	b->m[b->n].offset = next_off[part]++;
+	b->m[b->n].payload = b->sb[b->n].data;
+	b->m[b->n].len = b->sb[b->n].size;
+	b->n++;
+}
+
+static void batch_free(batch *b)
+{
+	size_t i;
+
+	for (i = 0; i < b->n; i++)
+		msgpack_sbuffer_destroy(&b->sb[i]);
+	b->n = 0;
+}
+
+static int run(tally_agg *agg, batch *b, int64_t now, tally_agg_stats *st)
+{
+	tally_error err;
+	int rc = tally_agg_process(agg, b->m, b->n, now, st, &err);
+
+	if (rc != 0 && rc != TALLY_AGG_FENCED)
+		ck_abort_msg("process: %s", err.msg);
+	return rc;
+}
+
+START_TEST(test_aggregate_duplicates_count_once)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg = new_agg();
+	tally_agg_stats st;
+	agg_expect x = { 0 };
+	agg_gen g;
+	batch b = { 0 };
+	int i;
+
+	memset(next_off, 0, sizeof(next_off));
+	/* one batch: events 0..9, event 3 twice */
+	for (i = 0; i < 10; i++) {
+		agg_gen_event(&g, 1, i, now - 3600000);
+		batch_add(&b, &g.re, i % 4);
+		agg_expect_add(&x, &g.re);
+	}
+	agg_gen_event(&g, 1, 3, now - 3600000);
+	batch_add(&b, &g.re, 0);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 10);
+	ck_assert_int_eq(st.duplicates, 1);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 10);
+
+	/* a second batch repeating 5 of them plus 2 new */
+	for (i = 5; i < 12; i++) {
+		agg_gen_event(&g, 1, i, now - 3600000);
+		batch_add(&b, &g.re, i % 4);
+		if (i >= 10)
+			agg_expect_add(&x, &g.re);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 2);
+	ck_assert_int_eq(st.duplicates, 5);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 12);
+
+	/* "restart": a new instance reads its positions from PostgreSQL */
+	tally_agg_free(agg);
+	agg = new_agg();
+	for (i = 0; i < 12; i++) {
+		agg_gen_event(&g, 1, i, now - 3600000);
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 0);
+	ck_assert_int_eq(st.duplicates, 12);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 12);
+	/* positions are in PostgreSQL, next to the data */
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"),
+			 next_off[0] + next_off[1] + next_off[2] + next_off[3]);
+	/* the same event with another timestamp is still the same event */
+	agg_gen_event(&g, 1, 0, now - 7200000);
+	batch_add(&b, &g.re, 1);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 0);
+	batch_free(&b);
+	tally_agg_free(agg);
+}
+END_TEST
+
+START_TEST(test_aggregate_fence_stops_zombie)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *a = new_agg(), *z = new_agg();
+	tally_agg_stats st;
+	agg_expect x = { 0 };
+	agg_gen g;
+	batch b = { 0 };
+	tally_error err;
+	int i;
+
+	memset(next_off, 0, sizeof(next_off));
+	/* a takes partition 0 (z still believes it owns it) and commits */
+	for (i = 0; i < 5; i++) {
+		agg_gen_event(&g, 2, i, now - 60000);
+		batch_add(&b, &g.re, 0);
+		agg_expect_add(&x, &g.re);
+	}
+	ck_assert_int_eq(run(a, &b, now, &st), 0);
+	/* z replays the same offsets, and new events too: all refused */
+	for (i = 0; i < (int)b.n; i++)
+		b.m[i].payload = b.sb[i].data;
+	agg_gen_event(&g, 2, 99, now - 60000);
+	msgpack_sbuffer_destroy(&b.sb[4]);
+	agg_encode(&b.sb[4], &g.re);
+	b.m[4].payload = b.sb[4].data;
+	b.m[4].len = b.sb[4].size;
+	ck_assert_int_eq(run(z, &b, now, &st), TALLY_AGG_FENCED);
+	agg_check_totals(chk, &x, 5);
+	/* after re-seeking, z's view matches PostgreSQL again */
+	ck_assert(tally_agg_reseek(z, NULL, b.m, b.n, &err) == 0);
+	batch_free(&b);
+	agg_gen_event(&g, 2, 100, now - 60000);
+	batch_add(&b, &g.re, 0);
+	agg_expect_add(&x, &g.re);
+	ck_assert_int_eq(run(z, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 1);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 6);
+	/* and now a is the zombie */
+	agg_gen_event(&g, 2, 101, now - 60000);
+	batch_add(&b, &g.re, 0);
+	ck_assert_int_eq(run(a, &b, now, &st), TALLY_AGG_FENCED);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 6);
+	tally_agg_free(a);
+	tally_agg_free(z);
+}
+END_TEST
+
+START_TEST(test_aggregate_periods_late_closed_dlq)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg;
+	tally_agg_stats st;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[1024];
+	int64_t ps, pe, pps, ppe;
+	uint8_t t0[16], t1[16];
+	char s0[37], s1[37];
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t0, 0);
+	agg_tenant(t1, 1);
+	tally_uuid_fmt(s0, t0);
+	tally_uuid_fmt(s1, t1);
+	/* tenant 0: current period = the last 20 days + 10 days ahead */
+	ps = now - 20 * DAY_MS;
+	pe = now + 10 * DAY_MS;
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end, monthly_budget)"
+		 " VALUES ('%s', 't0', 't0', 't0.example',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms', 100)",
+		 s0, ps, pe);
+	tally_test_exec(dsn, sql);
+	agg = new_agg();
+
+	/* late event into the previous, still open, period (t0, 25 days ago) */
+	agg_gen_event(&g, 3, 0, now - 25 * DAY_MS);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	batch_add(&b, &g.re, 0);
+	/* current period */
+	agg_gen_event(&g, 3, 10, now - DAY_MS);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	batch_add(&b, &g.re, 0);
+	/* too late, and in the future */
+	agg_gen_event(&g, 3, 20, now - 36 * DAY_MS);
+	batch_add(&b, &g.re, 1);
+	agg_gen_event(&g, 3, 30, now + 600000);
+	batch_add(&b, &g.re, 1);
+	/* garbage */
+	b.m[b.n] = b.m[b.n - 1];
+	msgpack_sbuffer_init(&b.sb[b.n]);
+	msgpack_sbuffer_write(&b.sb[b.n], "\x81\xa1x\x01", 4);
+	b.m[b.n].payload = b.sb[b.n].data;
+	b.m[b.n].len = 4;
+	b.m[b.n].offset = next_off[1]++;
+	b.n++;
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 2);
+	ck_assert_int_eq(st.dead_lettered, 3);
+	batch_free(&b);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM dead_letters"
+				       " WHERE reason = 'too_late'"), 1);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM dead_letters"
+				       " WHERE reason = 'future_timestamp'"), 1);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM dead_letters"
+				       " WHERE reason NOT IN ('too_late',"
+				       " 'future_timestamp')"), 1);
+	/* two periods for t0: the current one and the one before it */
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s'", s0);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 2);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms'", s0, ps);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 1);
+
+	/* close t1's calendar month of 3 days ago... use a recorded period */
+	pps = now - 30 * DAY_MS;
+	ppe = now - 2 * DAY_MS;
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
+		 s1, pps, ppe);
+	tally_test_exec(dsn, sql);
+	agg_gen_event(&g, 3, 40, now - 5 * DAY_MS);
+	memcpy(g.re.ev.tenant_id, t1, 16);
+	g.re.ev.meter = TALLY_METER_API_CALL;
+	g.re.ev.count = 7;
+	g.re.cost = 700000000;
+	batch_add(&b, &g.re, 2);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.adjusted, 1);
+	batch_free(&b);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s'", s1);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 0);
+	snprintf(sql, sizeof(sql), "SELECT quantity || ' ' || cost || ' ' ||"
+		 " kind || ' ' || meter FROM usage_adjustments WHERE tenant_id"
+		 " = '%s'", s1);
+	ck_assert_str_eq(agg_query1(chk, sql), "7 0.0007 late_usage api.call");
+	tally_agg_free(agg);
+}
+END_TEST
+
+START_TEST(test_aggregate_storage_gb_months)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg;
+	tally_agg_stats st;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[1024];
+	int64_t ps, pe;
+	uint8_t t0[16];
+	char s0[37];
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t0, 5);
+	tally_uuid_fmt(s0, t0);
+	ps = now - 10 * DAY_MS;
+	pe = ps + 30 * DAY_MS;
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end)"
+		 " VALUES ('%s', 't5', 't5', 't5.example',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+		 s0, ps, pe);
+	tally_test_exec(dsn, sql);
+	agg = new_agg();
+	/* 2 GB from day 1, 4 GB from day 4 (arriving first), 30-day period */
+	agg_gen_event(&g, 4, 1, ps + 4 * DAY_MS);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(4000000000);
+	g.re.ev.time_ms = ps + 4 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 3);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	agg_gen_event(&g, 4, 2, ps + 1 * DAY_MS);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(2000000000);
+	g.re.ev.time_ms = ps + 1 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 3);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	/* (2 GB * 3 d + 4 GB * 26 d) / 30 d = 110/30 GB-months */
+	snprintf(sql, sizeof(sql), "SELECT storage_gb_months::text || ' ' ||"
+		 " storage_snapshots FROM tenant_period_usage WHERE tenant_id ="
+		 " '%s'", s0);
+	ck_assert_str_eq(agg_query1(chk, sql), "3.666666666667 2");
+	tally_agg_free(agg);
+}
+END_TEST
+
+static Suite *aggregate_suite(void)
+{
+	Suite *s = suite_create("aggregate");
+	TCase *tc = tcase_create("Core");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_aggregate_duplicates_count_once);
+	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
+	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
+	tcase_add_test(tc, test_aggregate_storage_gb_months);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+TALLY_CHECK_MAIN(aggregate_suite)
