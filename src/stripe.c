@@ -449,10 +449,13 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 			 s->api_version);
 		headers = curl_slist_append(headers, hdr);
 	}
-	if (is_post) {
+	if (idempotency_key && *idempotency_key &&
+	    strcmp(method, "GET") != 0) {
 		snprintf(hdr, sizeof(hdr), "Idempotency-Key: %s",
 			 idempotency_key);
 		headers = curl_slist_append(headers, hdr);
+	}
+	if (is_post) {
 		headers = curl_slist_append(headers,
 			"Content-Type: application/x-www-form-urlencoded");
 	}

@@ -84,7 +84,8 @@ int tally_stripe_form_encode(char **out, const json_t *params,
 /**
  * Send one request: method "GET", "POST" or "DELETE"; path such as
  * "/v1/customers"; params go in the query (GET/DELETE) or body (POST).
- * idempotency_key is required for POST (≤ 255 bytes) and ignored otherwise.
+ * idempotency_key is required for POST (≤ 255 bytes), optional for DELETE
+ * and ignored for GET.
  * @param[out] out parsed 2xx body (caller json_decref()s); may be NULL
  * @param serr   Stripe's error when the answer was not 2xx; may be NULL
  * @return 0; TALLY_ENOTFOUND (404); TALLY_EINVALID (a final 4xx, or a
