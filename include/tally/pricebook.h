@@ -76,6 +76,31 @@ int tally_pricebook_load_pg(tally_pricebook **out, tally_pg *pg,
 int tally_pricebook_pg_version(int64_t *out, tally_pg *pg, tally_error *err)
 	TALLY_MUSTCHECK;
 
+/** What an import changed. */
+typedef struct tally_price_import_stats {
+	int providers_changed; /* inserted or updated */
+	int models_new;        /* first seen: effective from -infinity */
+	int models_changed;    /* old version closed, new one from now */
+	int models_unchanged;
+	int models_closed;     /* gone from the file: closed, not deleted */
+} tally_price_import_stats;
+
+/**
+ * Import a genai-prices data file into PostgreSQL (one transaction,
+ * serialised by an advisory lock). Idempotent: entries whose content hash is
+ * unchanged are not written, so a second import of the same file changes
+ * nothing (not even the book's version). A changed model's open rows get
+ * effective_to = now_ms and new rows effective_from = now_ms; a model that
+ * left the file is closed; nothing is deleted. The whole file is validated
+ * (as tally_pricebook_load_genai_buf) before anything is written.
+ * @param source  recorded in each row, e.g. "genai-prices"
+ * @return 0, TALLY_EINVALID or a pg error
+ */
+int tally_pricebook_import_genai(tally_pg *pg, const char *text, size_t len,
+				 const char *source, int64_t now_ms,
+				 tally_price_import_stats *st,
+				 tally_error *err) TALLY_MUSTCHECK;
+
 /** Version the book was loaded at (0 for file books). */
 int64_t tally_pricebook_version(const tally_pricebook *pb);
 
