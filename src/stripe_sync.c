@@ -342,12 +342,12 @@ static int transition(tally_stripe_sync *ss, tenant *t, const char *to,
 	if (rc != 0 || !inserted)
 		return rc;
 	rc = ex(ss, NULL, err,
-		"UPDATE tenants SET status = $2, updated_at = now(), "
-		"past_due_since = CASE WHEN $2 = 'past_due' THEN "
+		"UPDATE tenants SET status = $2::text, updated_at = now(), "
+		"past_due_since = CASE WHEN $2::text = 'past_due' THEN "
 		"  coalesce(past_due_since, to_timestamp($3::bigint)) "
-		"  WHEN $2 IN ('active', 'trialing') THEN NULL "
+		"  WHEN $2::text IN ('active', 'trialing') THEN NULL "
 		"  ELSE past_due_since END, "
-		"cancelled_at = CASE WHEN $2 = 'cancelled' THEN "
+		"cancelled_at = CASE WHEN $2::text = 'cancelled' THEN "
 		"  coalesce(cancelled_at, to_timestamp($3::bigint)) "
 		"  ELSE cancelled_at END WHERE id = $1", 3, t->id, to, at);
 	if (rc == 0) {
@@ -772,7 +772,7 @@ static int mirror_invoice(tally_stripe_sync *ss, tenant *t,
 }
 
 /* Dunning reaction to a newer invoice version. */
-static int invoice_dunning(tally_stripe_sync *ss, tenant *t,
+static int invoice_dunning_(tally_stripe_sync *ss, tenant *t,
 			   const json_t *inv, const char *type, int64_t as_of,
 			   const char *event_id, tally_error *err)
 {
@@ -832,6 +832,24 @@ static int invoice_dunning(tally_stripe_sync *ss, tenant *t,
 		snprintf(cause, sizeof(cause), "%s:%s", status, id);
 		rc = transition(ss, t, "active", status, cause, as_of, err);
 	}
+	return rc;
+}
+
+static int invoice_dunning(tally_stripe_sync *ss, tenant *t,
+			   const json_t *inv, const char *type, int64_t as_of,
+			   const char *event_id, tally_error *err)
+{
+	int rc = invoice_dunning_(ss, t, inv, type, as_of, event_id, err);
+
+	/* past due since the oldest failure still unpaid, whatever the
+	 * order in which the invoices' events arrived */
+	if (rc == 0 && strcmp(t->status, "past_due") == 0)
+		rc = ex(ss, NULL, err,
+			"UPDATE tenants SET past_due_since = coalesce(("
+			"SELECT min(payment_failed_at) FROM invoices WHERE "
+			"tenant_id = $1 AND status = 'open' AND "
+			"payment_failed_at IS NOT NULL), past_due_since) "
+			"WHERE id = $1", 1, t->id);
 	return rc;
 }
 
@@ -1053,7 +1071,8 @@ static int apply_event(tally_pg *pg, void *payload, tally_error *err)
 		rc = mirror_subscription(ss, &t, x->obj, x->created,
 					 sub_event_rank(x->type), x->id,
 					 &applied, err);
-		if (rc == 0 && applied &&
+		/* facts are signalled even when the state is stale */
+		if (rc == 0 &&
 		    strcmp(x->type,
 			   "customer.subscription.trial_will_end") == 0) {
 			char cause[300];
@@ -1089,7 +1108,7 @@ static int apply_event(tally_pg *pg, void *payload, tally_error *err)
 
 		rc = mirror_payment(ss, &t, x->obj, obj, x->type, x->created,
 				    x->id, &applied, err);
-		if (rc == 0 && applied && strcmp(obj, "dispute") == 0) {
+		if (rc == 0 && strcmp(obj, "dispute") == 0) {
 			bool closed = strcmp(x->type,
 					     "charge.dispute.closed") == 0;
 			char cause[300];
@@ -1107,7 +1126,7 @@ static int apply_event(tally_pg *pg, void *payload, tally_error *err)
 				tally_stripe_jstr(x->obj, "reason"), "amount",
 				jnum(amt, x->obj, "amount") ? amt : "0",
 				"closed", closed), err);
-		} else if (rc == 0 && applied &&
+		} else if (rc == 0 &&
 			   strcmp(x->type, "charge.refunded") == 0) {
 			char cause[300];
 			numbuf amt;
