@@ -2188,10 +2188,14 @@ static int recon_sub(json_t *sub, void *payload)
 		}
 	}
 	if (differs && r->apply) {
+		char tid[37];
+
+		/* tenant_load clears t: keep the id apart */
+		cpy(tid, sizeof(tid), t.id);
 		r->rc = ex(r->ss, NULL, r->err, "BEGIN", 0);
 		if (r->rc == 0)
 			r->rc = tenant_load(r->ss, &t, "WHERE t.id = $1::uuid",
-					    t.id, true, r->err);
+					    tid, true, r->err);
 		if (r->rc == 0)
 			r->rc = mirror_subscription(r->ss, &t, sub,
 				now_ms(r->ss) / 1000, 9, NULL, &applied,
