@@ -135,4 +135,36 @@ void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
 void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		      int64_t t);
 
+struct tally_pricebook;
+
+/** What `tally rerate` re-prices: [from_ms, to_ms), optionally one tenant
+ *  and/or one model name. */
+typedef struct tally_rerate_opts {
+	int64_t from_ms, to_ms;
+	const uint8_t *tenant_id; /* NULL = every tenant */
+	const char *model;        /* NULL = every model */
+} tally_rerate_opts;
+
+typedef struct tally_rerate_stats {
+	int64_t rows_seen;     /* ledger rows in the range */
+	int64_t rows_changed;  /* re-priced (cost or price_id differ) */
+	int64_t unpriced;      /* no price in the book now: left unchanged */
+	int64_t adjusted;      /* of the changed, in closed periods */
+	char cost_delta[48];   /* exact decimal, new minus old */
+} tally_rerate_stats;
+
+/**
+ * Price the ledger rows of the range again with pb. Rows whose cost or
+ * price_id change are updated (prev_price_id keeps the replaced id), and
+ * the cost differences go into usage_hourly, the open periods'
+ * tenant_period_usage and, for closed periods, usage_adjustments (kind
+ * 'rerate'). One transaction per UTC day of the range; a second run with
+ * the same book changes nothing. Runs of rerate are serialised with an
+ * advisory lock (a concurrent run gets TALLY_ETRANSIENT).
+ * @param stats may be NULL
+ */
+int tally_agg_rerate(tally_pg *pg, const struct tally_pricebook *pb,
+		     const tally_rerate_opts *opts, tally_rerate_stats *stats,
+		     tally_error *err) TALLY_MUSTCHECK;
+
 #endif /* TALLY_AGGREGATE_H */

@@ -10,6 +10,7 @@
 #include "check_main.h"
 #include "tally/aggregate.h"
 #include "tally/money.h"
+#include "tally/pricebook.h"
 
 #define TOPIC "billing.usage.rated"
 #define DAY_MS INT64_C(86400000)
@@ -365,6 +366,92 @@ START_TEST(test_aggregate_storage_gb_months)
 }
 END_TEST
 
+
+START_TEST(test_aggregate_rerate_moves_totals)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_rerate_opts ro = { 0 };
+	tally_rerate_stats rs;
+	tally_pricebook *pb = NULL;
+	tally_error err;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[1024];
+	uint8_t t1[16];
+	char s1[37];
+	int i;
+	int64_t calls = 0;
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t1, 1);
+	tally_uuid_fmt(s1, t1);
+	/* tenant 1's period of 10..3 days ago is closed (invoiced) */
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
+		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
+	tally_test_exec(dsn, sql);
+	agg = new_agg();
+	/* api calls priced at half the book's price (a bug, fixed later) */
+	for (i = 0; i < 40; i++) {
+		agg_gen_event(&g, 5, 8 + 10 * i, now - 3600000);
+		ck_assert_int_eq(g.re.ev.meter, TALLY_METER_API_CALL);
+		if (i == 0) {
+			memcpy(g.re.ev.tenant_id, t1, 16);
+			g.re.ev.time_ms = now - 5 * DAY_MS;
+		}
+		g.re.cost = g.re.ev.count * INT64_C(50000000);
+		g.re.price_id = 1;
+		calls += g.re.ev.count;
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 40);
+	ck_assert_int_eq(st.adjusted, 1);
+	batch_free(&b);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	ro.from_ms = now - 30 * DAY_MS;
+	ro.to_ms = now + DAY_MS;
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(rs.rows_seen, 40);
+	ck_assert_int_eq(rs.rows_changed, 40);
+	ck_assert_int_eq(rs.adjusted, 1);
+	/* every call now at 0.0001: ledger = hourly = periods + adjustment */
+	snprintf(sql, sizeof(sql), "SELECT (SELECT sum(cost) FROM usage_ledger)"
+		 " = %" PRId64 " * 0.0001", calls);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	snprintf(sql, sizeof(sql), "SELECT (SELECT sum(cost) FROM usage_hourly)"
+		 " = %" PRId64 " * 0.0001", calls);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	snprintf(sql, sizeof(sql), "SELECT (SELECT sum(cost) FROM"
+		 " tenant_period_usage) + (SELECT sum(cost) FROM"
+		 " usage_adjustments) = %" PRId64 " * 0.0001", calls);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"
+				       " WHERE prev_price_id = 1 AND price_id <> 1"),
+			 40);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments WHERE kind = 'rerate'"),
+			 1);
+	/* a second run changes nothing */
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(rs.rows_changed, 0);
+	ck_assert_str_eq(rs.cost_delta, "0");
+	snprintf(sql, sizeof(sql), "SELECT (SELECT sum(cost) FROM"
+		 " tenant_period_usage) + (SELECT sum(cost) FROM"
+		 " usage_adjustments) = %" PRId64 " * 0.0001", calls);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	tally_pricebook_free(pb);
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *aggregate_suite(void)
 {
 	Suite *s = suite_create("aggregate");
@@ -376,6 +463,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
+	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	suite_add_tcase(s, tc);
 	return s;
 }

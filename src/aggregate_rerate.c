@@ -1,0 +1,335 @@
+/*
+ * aggregate_rerate.c - `tally rerate`: price ledger rows again with the
+ * current book and move the differences into the aggregates.
+ *
+ * Key design decision: idempotence comes from comparing, not from
+ * bookkeeping. A row changes only when the book now gives another cost or
+ * price_id; the delta (new - old) is applied in the same transaction as the
+ * row update, so a second run finds nothing to change, and a run that dies
+ * half-way leaves whole days either done or untouched. Rows are read with
+ * a cursor, so memory stays bounded whatever the range.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tally/aggregate.h"
+#include "tally/event.h"
+#include "tally/log.h"
+#include "tally/money.h"
+#include "tally/pricebook.h"
+#include "tally/rating.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DAY_MS INT64_C(86400000)
+#define FETCH_ROWS 10000
+
+typedef struct rr {
+	const tally_pricebook *pb;
+	const tally_rerate_opts *o;
+	tally_rate_ctx *ctx;
+	int64_t from, to; /* this transaction's slice */
+	char *copy;
+	size_t len, cap;
+	int64_t seen, changed, unpriced, adjusted;
+	tally_money128 delta;
+} rr;
+
+static void add(rr *r, const char *s, size_t n)
+{
+	if (r->len + n + 1 > r->cap) {
+		while (r->len + n + 1 > r->cap)
+			r->cap = r->cap ? r->cap * 2 : 65536;
+		r->copy = tally_xrealloc(r->copy, r->cap);
+	}
+	memcpy(r->copy + r->len, s, n);
+	r->len += n;
+}
+
+static const char SELECT_SQL[] =
+	"DECLARE rr_cur NO SCROLL CURSOR FOR"
+	" SELECT l.tenant_id, l.digest, (extract(epoch FROM l.occurred_at)"
+	"  * 1000)::bigint, l.meter_id, coalesce(p.name, ''),"
+	"  coalesce(m.name, ''), l.quantity, coalesce(l.input_tokens, 0),"
+	"  coalesce(l.output_tokens, 0), coalesce(l.cache_read_tokens, 0),"
+	"  coalesce(l.cache_write_tokens, 0), coalesce(l.reasoning_tokens, -1),"
+	"  coalesce(l.steps, 0), l.cost::text, coalesce(l.price_id, 0)"
+	" FROM usage_ledger l LEFT JOIN providers p ON p.id = l.provider_id"
+	" LEFT JOIN models m ON m.id = l.model_id"
+	" WHERE l.occurred_at >= timestamptz 'epoch' + $1::bigint"
+	"  * interval '1 millisecond'"
+	" AND l.occurred_at < timestamptz 'epoch' + $2::bigint"
+	"  * interval '1 millisecond'"
+	" AND ($3::uuid IS NULL OR l.tenant_id = $3::uuid)"
+	" AND ($4::text IS NULL OR m.name = $4::text)"
+	" FOR UPDATE OF l";
+
+static const char APPLY_SQL[] =
+	"WITH s AS (SELECT tenant_id, digest, timestamptz 'epoch' + occurred_ms"
+	"  * interval '1 millisecond' AS occurred_at, new_cost - old_cost AS d,"
+	"  new_cost, new_pid FROM rr_stage),"
+	" led AS (UPDATE usage_ledger l SET prev_price_id = l.price_id,"
+	"  price_id = s.new_pid, cost = s.new_cost FROM s"
+	"  WHERE l.tenant_id = s.tenant_id AND l.digest = s.digest"
+	"  AND l.occurred_at = s.occurred_at"
+	"  AND l.occurred_at >= timestamptz 'epoch' + $1::bigint"
+	"   * interval '1 millisecond'"
+	"  AND l.occurred_at < timestamptz 'epoch' + $2::bigint"
+	"   * interval '1 millisecond'"
+	"  RETURNING l.tenant_id, l.occurred_at, l.meter_id, l.provider_id,"
+	"  l.model_id, s.d),"
+	" cl AS (SELECT led.*, bp.period_start AS bps, bp.period_end AS bpe,"
+	"  mt.name AS meter, coalesce(p.name, '') AS provider,"
+	"  coalesce(m.name, '') AS model FROM led"
+	"  JOIN meters mt ON mt.id = led.meter_id"
+	"  LEFT JOIN providers p ON p.id = led.provider_id"
+	"  LEFT JOIN models m ON m.id = led.model_id"
+	"  LEFT JOIN billing_periods bp ON bp.tenant_id = led.tenant_id"
+	"  AND bp.period_start <= led.occurred_at"
+	"  AND led.occurred_at < bp.period_end AND bp.status <> 'open'),"
+	" hourly AS (UPDATE usage_hourly h SET cost = h.cost + x.d FROM"
+	"  (SELECT tenant_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC')"
+	"   AT TIME ZONE 'UTC' AS hour, meter, provider, model, sum(d) AS d"
+	"   FROM cl GROUP BY 1, 2, 3, 4, 5) x"
+	"  WHERE h.tenant_id = x.tenant_id AND h.hour = x.hour"
+	"  AND h.meter = x.meter AND h.provider = x.provider"
+	"  AND h.model = x.model),"
+	" per AS (UPDATE tenant_period_usage u SET cost = u.cost + x.d,"
+	"  version = u.version + 1, updated_at = now() FROM"
+	"  (SELECT u2.tenant_id, u2.period_start, sum(cl.d) AS d FROM cl"
+	"   JOIN tenant_period_usage u2 ON u2.tenant_id = cl.tenant_id"
+	"   AND cl.occurred_at >= u2.period_start"
+	"   AND cl.occurred_at < u2.period_end"
+	"   WHERE cl.bps IS NULL GROUP BY 1, 2) x"
+	"  WHERE u.tenant_id = x.tenant_id AND u.period_start = x.period_start),"
+	" adj AS (INSERT INTO usage_adjustments (tenant_id, period_start,"
+	"  period_end, kind, meter, provider, model, cost)"
+	"  SELECT tenant_id, bps, bpe, 'rerate', meter, provider, model, sum(d)"
+	"  FROM cl WHERE bps IS NOT NULL GROUP BY 1, 2, 3, 5, 6, 7)"
+	" SELECT count(*), count(*) FILTER (WHERE bps IS NOT NULL),"
+	"  coalesce(sum(d), 0)::text FROM cl";
+
+/* Rate one fetched row; append it to the stage when it changes. */
+static void rate_row(rr *r, PGresult *res, int i)
+{
+	tally_usage_event ev;
+	tally_rated_event re;
+	tally_error err;
+	int64_t meter = 0, qty = 0, old_cost = 0, old_pid = 0, reasoning = -1,
+		ms = 0;
+	char line[256], nc[48], oc[48];
+	int rc, n;
+
+	memset(&ev, 0, sizeof(ev));
+	r->seen++;
+	if (tally_uuid_parse(ev.tenant_id, PQgetvalue(res, i, 0), 36) != 0 ||
+	    tally_parse_i64(&ms, PQgetvalue(res, i, 2)) != 0 ||
+	    tally_parse_i64(&meter, PQgetvalue(res, i, 3)) != 0 ||
+	    tally_parse_i64(&qty, PQgetvalue(res, i, 6)) != 0 ||
+	    tally_parse_i64(&ev.input_tokens, PQgetvalue(res, i, 7)) != 0 ||
+	    tally_parse_i64(&ev.output_tokens, PQgetvalue(res, i, 8)) != 0 ||
+	    tally_parse_i64(&ev.cache_read_tokens, PQgetvalue(res, i, 9)) != 0 ||
+	    tally_parse_i64(&ev.cache_write_tokens, PQgetvalue(res, i, 10)) != 0 ||
+	    tally_parse_i64(&reasoning, PQgetvalue(res, i, 11)) != 0 ||
+	    tally_parse_i64(&ev.steps, PQgetvalue(res, i, 12)) != 0 ||
+	    tally_money_parse(&old_cost, PQgetvalue(res, i, 13),
+			      (size_t)PQgetlength(res, i, 13)) != 0 ||
+	    tally_parse_i64(&old_pid, PQgetvalue(res, i, 14)) != 0) {
+		r->unpriced++;
+		return;
+	}
+	ev.time_ms = ms;
+	ev.meter = (tally_meter)meter;
+	ev.id.ptr = "rerate";
+	ev.id.len = 6;
+	ev.source.ptr = "rerate";
+	ev.source.len = 6;
+	ev.provider.ptr = PQgetvalue(res, i, 4);
+	ev.provider.len = (uint32_t)PQgetlength(res, i, 4);
+	ev.model.ptr = PQgetvalue(res, i, 5);
+	ev.model.len = (uint32_t)PQgetlength(res, i, 5);
+	if (reasoning >= 0) {
+		ev.reasoning_tokens = reasoning;
+		ev.has_reasoning = true;
+	}
+	switch (ev.meter) {
+	case TALLY_METER_WORKFLOW: ev.complexity = qty; break;
+	case TALLY_METER_STORAGE: ev.bytes = qty; break;
+	case TALLY_METER_API_CALL: ev.count = qty; break;
+	default: break;
+	}
+	rc = tally_rate_event(&re, r->pb, &ev, r->ctx, &err);
+	if (rc != 0) {
+		/* no price now (or impossible row): never zero a cost by it */
+		r->unpriced++;
+		return;
+	}
+	if (re.cost == old_cost && re.price_id == old_pid)
+		return;
+	r->changed++;
+	r->delta += (tally_money128)re.cost - old_cost;
+	tally_money_fmt(nc, sizeof(nc), re.cost);
+	tally_money_fmt(oc, sizeof(oc), old_cost);
+	n = snprintf(line, sizeof(line),
+		     "%s\t%s\t%" PRId64 "\t%s\t%s\t%" PRId64 "\n",
+		     PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ms, oc, nc,
+		     re.price_id);
+	add(r, line, (size_t)n);
+}
+
+static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
+{
+	rr *r = payload;
+	PGresult *res = NULL;
+	char from[24], to[24], tid[37];
+	const char *params[4];
+	int rc, i;
+	int64_t seen0 = r->seen, ch0 = r->changed, un0 = r->unpriced;
+	tally_money128 d0 = r->delta;
+
+	r->len = 0;
+	snprintf(from, sizeof(from), "%" PRId64, r->from);
+	snprintf(to, sizeof(to), "%" PRId64, r->to);
+	params[0] = from;
+	params[1] = to;
+	params[2] = NULL;
+	if (r->o->tenant_id != NULL) {
+		tally_uuid_fmt(tid, r->o->tenant_id);
+		params[2] = tid;
+	}
+	params[3] = r->o->model;
+	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 4, params, err);
+	for (;;) {
+		if (rc != 0)
+			goto fail;
+		rc = tally_pg_exec(pg, &res, "FETCH 10000 FROM rr_cur", 0, NULL,
+				   err);
+		if (rc != 0)
+			goto fail;
+		if (PQntuples(res) == 0)
+			break;
+		for (i = 0; i < PQntuples(res); i++)
+			rate_row(r, res, i);
+		PQclear(res);
+		res = NULL;
+	}
+	PQclear(res);
+	res = NULL;
+	rc = tally_pg_exec(pg, NULL, "CLOSE rr_cur", 0, NULL, err);
+	if (rc != 0 || r->len == 0)
+		goto done;
+	rc = tally_pg_exec(pg, NULL,
+			   "CREATE TEMP TABLE IF NOT EXISTS rr_stage (tenant_id uuid,"
+			   " digest uuid, occurred_ms bigint, old_cost numeric,"
+			   " new_cost numeric, new_pid bigint) ON COMMIT DROP",
+			   0, NULL, err);
+	if (rc == 0)
+		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
+				   r->len, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, &res, APPLY_SQL, 2, params, err);
+	if (rc != 0)
+		goto fail;
+	{
+		int64_t adj = 0;
+
+		if (tally_parse_i64(&adj, PQgetvalue(res, 0, 1)) == 0)
+			r->adjusted += adj;
+	}
+	PQclear(res);
+	res = NULL;
+done:
+	if (rc == 0)
+		return 0;
+fail:
+	PQclear(res);
+	/* the transaction is retried: undo this slice's counts */
+	r->seen = seen0;
+	r->changed = ch0;
+	r->unpriced = un0;
+	r->delta = d0;
+	return rc;
+}
+
+int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
+		     const tally_rerate_opts *opts, tally_rerate_stats *stats,
+		     tally_error *err)
+{
+	rr r;
+	PGresult *res = NULL;
+	int64_t day;
+	int rc;
+	char from[24], to[24], tid[37], seen[24], changed[24], delta[48];
+	const char *params[8];
+
+	memset(&r, 0, sizeof(r));
+	r.pb = pb;
+	r.o = opts;
+	r.ctx = tally_rate_ctx_new();
+	rc = tally_pg_exec(pg, &res, "SELECT pg_try_advisory_lock(7245880104)",
+			   0, NULL, err);
+	if (rc != 0)
+		goto cleanup;
+	if (PQgetvalue(res, 0, 0)[0] != 't') {
+		rc = tally_error_set(err, TALLY_ETRANSIENT,
+				     "another tally rerate is running");
+		goto cleanup;
+	}
+	/* one transaction per UTC day: partitions are days */
+	for (day = opts->from_ms - ((opts->from_ms % DAY_MS) + DAY_MS) % DAY_MS;
+	     day < opts->to_ms && rc == 0; day += DAY_MS) {
+		r.from = day > opts->from_ms ? day : opts->from_ms;
+		r.to = day + DAY_MS < opts->to_ms ? day + DAY_MS : opts->to_ms;
+		rc = tally_pg_txn(pg, rerate_slice, &r, 0, err);
+	}
+	tally_money_fmt128(delta, sizeof(delta), r.delta);
+	if (rc == 0) {
+		snprintf(from, sizeof(from), "%" PRId64, opts->from_ms);
+		snprintf(to, sizeof(to), "%" PRId64, opts->to_ms);
+		snprintf(seen, sizeof(seen), "%" PRId64, r.seen);
+		snprintf(changed, sizeof(changed), "%" PRId64, r.changed);
+		params[0] = from;
+		params[1] = to;
+		params[2] = NULL;
+		if (opts->tenant_id != NULL) {
+			tally_uuid_fmt(tid, opts->tenant_id);
+			params[2] = tid;
+		}
+		params[3] = opts->model;
+		params[4] = seen;
+		params[5] = changed;
+		params[6] = delta;
+		rc = tally_pg_exec(pg, NULL,
+				   "INSERT INTO rerate_runs (range_from, range_to,"
+				   " tenant_id, model, rows_seen, rows_changed,"
+				   " cost_delta) VALUES (timestamptz 'epoch' +"
+				   " $1::bigint * interval '1 millisecond',"
+				   " timestamptz 'epoch' + $2::bigint * interval"
+				   " '1 millisecond', $3::uuid, $4, $5, $6, $7)",
+				   7, params, err);
+	}
+	PQclear(res);
+	res = NULL;
+	{
+		tally_error e2;
+
+		if (tally_pg_exec(pg, NULL, "SELECT pg_advisory_unlock(7245880104)",
+				  0, NULL, &e2) != 0) {
+			/* the session ends soon anyway */
+		}
+	}
+	if (stats != NULL) {
+		stats->rows_seen = r.seen;
+		stats->rows_changed = r.changed;
+		stats->unpriced = r.unpriced;
+		stats->adjusted = r.adjusted;
+		snprintf(stats->cost_delta, sizeof(stats->cost_delta), "%s",
+			 delta);
+	}
+cleanup:
+	PQclear(res);
+	tally_rate_ctx_free(r.ctx);
+	free(r.copy);
+	return rc;
+}
