@@ -1,0 +1,394 @@
+/*
+ * test_rate_consumer.c - tally-rate on the real broker: produce 100 000
+ * usage events (plus invalid and unpriced ones), run the tally-rate binary,
+ * kill -9 it several times mid-stream and restart it, then read the rated
+ * topic read_committed: every valid input exactly once with the cost the
+ * rating function gives (price book imported into a fresh database), every
+ * bad one exactly once in the dead-letter topic.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "check_main.h"
+#include "tally/codec.h"
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/migrate.h"
+#include "tally/pg.h"
+#include "tally/pricebook.h"
+#include "tally/rating.h"
+
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define N_EVENTS 100000
+#define N_BAD 100      /* undecodable */
+#define N_UNPRICED 100 /* unknown model: dead letter */
+#define PARTS 4
+#define DATA TALLY_SOURCE_DIR "/../shared/data/genai-prices-0.1.8.json"
+
+static char db[64], dsn[512], usage_t[128], rated_t[128], dlq_t[160];
+static char group[128], cfgpath[256];
+static const char *brokers;
+static int64_t *expected;
+
+static void admin_exec(const char *base, const char *sql)
+{
+	PGconn *c = PQconnectdb(base);
+	PGresult *res;
+
+	ck_assert_msg(PQstatus(c) == CONNECTION_OK, "connect admin");
+	res = PQexec(c, sql);
+	ck_assert_msg(PQresultStatus(res) == PGRES_COMMAND_OK, "%s: %s", sql,
+		      PQerrorMessage(c));
+	PQclear(res);
+	PQfinish(c);
+}
+
+/* replace the database name at the end of a postgresql:// URL */
+static void dsn_for(char *out, size_t n, const char *base, const char *name)
+{
+	const char *slash = strrchr(base, '/');
+	size_t pre = slash ? (size_t)(slash - base) + 1 : strlen(base);
+
+	snprintf(out, n, "%.*s%s", (int)pre, base, name);
+}
+
+static int read_file(char **out, size_t *len, const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	long sz;
+
+	if (fp == NULL)
+		return -1;
+	fseek(fp, 0, SEEK_END);
+	sz = ftell(fp);
+	fseek(fp, 0, SEEK_SET);
+	*out = tally_xmalloc((size_t)sz + 1);
+	*len = fread(*out, 1, (size_t)sz, fp);
+	fclose(fp);
+	return 0;
+}
+
+static void setup(void)
+{
+	const char *base = tally_test_need_env("TALLY_TEST_PG_DSN");
+	tally_pg *pg = NULL;
+	tally_error err;
+	tally_price_import_stats st;
+	char sql[160], *text = NULL;
+	size_t len = 0;
+	FILE *fp;
+
+	brokers = tally_test_need_env("TALLY_TEST_BROKERS");
+	tally_log_init("test_rate_consumer", TALLY_WARN);
+	snprintf(db, sizeof(db), "tally_rate_it_%d_%lld", (int)getpid(),
+		 (long long)(tally_now_ms() % 100000));
+	snprintf(sql, sizeof(sql), "CREATE DATABASE %s", db);
+	admin_exec(base, sql);
+	dsn_for(dsn, sizeof(dsn), base, db);
+	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
+	ck_assert_msg(tally_migrate(pg, tally_migrate_default_dir(), NULL,
+				    &err) == 0, "migrate: %s", err.msg);
+	ck_assert(read_file(&text, &len, DATA) == 0);
+	ck_assert_msg(tally_pricebook_import_genai(pg, text, len, "test",
+						   tally_now_ms(), &st,
+						   &err) == 0,
+		      "import: %s", err.msg);
+	free(text);
+	tally_pg_free(pg);
+
+	snprintf(usage_t, sizeof(usage_t), "test.usage.%s", db);
+	snprintf(rated_t, sizeof(rated_t), "test.rated.%s", db);
+	snprintf(dlq_t, sizeof(dlq_t), "%s.dlq", usage_t);
+	snprintf(group, sizeof(group), "test.rate.%s", db);
+	snprintf(cfgpath, sizeof(cfgpath), "/tmp/%s.cfg", db);
+	fp = fopen(cfgpath, "w");
+	ck_assert(fp != NULL);
+	fprintf(fp,
+		"database: { url = \"%s\"; };\n"
+		"kafka: { brokers = \"%s\"; };\n"
+		"topics: { usage = \"%s\"; rated = \"%s\"; };\n"
+		"rate: { group = \"%s\"; transactional_id = \"%s\"; "
+		"batch_size = 2000; batch_ms = 50; "
+		"metrics_listen = \"127.0.0.1:0\"; };\n"
+		"log: { level = \"warn\"; };\n",
+		dsn, brokers, usage_t, rated_t, group, group);
+	fclose(fp);
+	/* the child reads these in preference to the file */
+	setenv("DATABASE_URL", dsn, 1);
+	setenv("KAFKA_BROKERS", brokers, 1);
+	unsetenv("TALLY_TRANSACTIONAL_ID");
+}
+
+static void teardown(void)
+{
+	char sql[160];
+
+	unlink(cfgpath);
+	snprintf(sql, sizeof(sql), "DROP DATABASE IF EXISTS %s WITH (FORCE)",
+		 db);
+	admin_exec(tally_test_need_env("TALLY_TEST_PG_DSN"), sql);
+	free(expected);
+	expected = NULL;
+}
+
+static rd_kafka_t *producer(void)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char errstr[256];
+	rd_kafka_t *rk;
+
+	rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr,
+			  sizeof(errstr));
+	rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr,
+			  sizeof(errstr));
+	rd_kafka_conf_set(conf, "linger.ms", "20", errstr, sizeof(errstr));
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	ck_assert_msg(rk != NULL, "%s", errstr);
+	return rk;
+}
+
+static const char *const models[][2] = {
+	{ "openai", "gpt-4o" },         { "openai", "gpt-4o-mini" },
+	{ "anthropic", "claude-sonnet-4-5" },
+	{ "google", "gemini-2.5-pro" }, { "deepseek", "deepseek-chat" },
+	{ "perplexity", "sonar" },      { "azure", "gpt-4o" },
+	{ "mistral", "mistral-large-latest" },
+};
+
+static void make_event(tally_usage_event *ev, char *idbuf, int i)
+{
+	static const uint8_t tenants[4][16] = { { 1 }, { 2 }, { 3 }, { 4 } };
+	int m = i % (int)(sizeof(models) / sizeof(models[0]));
+
+	memset(ev, 0, sizeof(*ev));
+	snprintf(idbuf, 32, "ev-%06d", i);
+	ev->id.ptr = idbuf;
+	ev->id.len = (uint32_t)strlen(idbuf);
+	ev->source.ptr = "it";
+	ev->source.len = 2;
+	memcpy(ev->tenant_id, tenants[i % 4], 16);
+	ev->time_ms = INT64_C(1767225600000) + (int64_t)i * 997;
+	ev->meter = TALLY_METER_AI_TOKENS;
+	ev->provider.ptr = models[m][0];
+	ev->provider.len = (uint32_t)strlen(models[m][0]);
+	ev->model.ptr = models[m][1];
+	ev->model.len = (uint32_t)strlen(models[m][1]);
+	ev->input_tokens = 100 + ((int64_t)i * 7919) % 300000;
+	ev->cache_read_tokens = ev->input_tokens / 3;
+	ev->cache_write_tokens = (i % 5 == 0) ? ev->input_tokens / 10 : 0;
+	ev->output_tokens = 10 + ((int64_t)i * 104729) % 8000;
+}
+
+static void produce_all(void)
+{
+	rd_kafka_t *rk = producer();
+	const char *topics[] = { usage_t, rated_t, dlq_t, NULL };
+	tally_pricebook *pb = NULL;
+	tally_rate_ctx *ctx = tally_rate_ctx_new();
+	tally_pg *pg = NULL;
+	tally_error err;
+	msgpack_sbuffer sb;
+	int i;
+
+	ck_assert_msg(tally_kafka_create_topics(rk, topics, PARTS, &err) == 0,
+		      "%s", err.msg);
+	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
+	ck_assert(tally_pricebook_load_pg(&pb, pg, &err) == 0);
+	tally_pg_free(pg);
+	expected = tally_xcalloc(N_EVENTS, sizeof(int64_t));
+	msgpack_sbuffer_init(&sb);
+	for (i = 0; i < N_EVENTS + N_BAD + N_UNPRICED; i++) {
+		tally_usage_event ev;
+		tally_rated_event re;
+		char id[32], key[8];
+		rd_kafka_resp_err_t e;
+
+		snprintf(key, sizeof(key), "t%d", i % 16);
+		sb.size = 0;
+		make_event(&ev, id, i);
+		if (i < N_EVENTS) {
+			ck_assert(tally_rate_event(&re, pb, &ev, ctx, &err) ==
+				  0);
+			expected[i] = re.cost;
+			tally_codec_encode_usage(&sb, &ev);
+		} else if (i < N_EVENTS + N_BAD) {
+			msgpack_sbuffer_write(&sb, "\xc1garbage", 8);
+		} else {
+			ev.model.ptr = "no-such-model";
+			ev.model.len = 13;
+			tally_codec_encode_usage(&sb, &ev);
+		}
+		do {
+			e = rd_kafka_producev(
+				rk, RD_KAFKA_V_TOPIC(usage_t),
+				RD_KAFKA_V_KEY(key, strlen(key)),
+				RD_KAFKA_V_VALUE(sb.data, sb.size),
+				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+				RD_KAFKA_V_END);
+			if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+				rd_kafka_poll(rk, 50);
+		} while (e == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+		ck_assert(e == RD_KAFKA_RESP_ERR_NO_ERROR);
+	}
+	ck_assert(rd_kafka_flush(rk, 60000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+	msgpack_sbuffer_destroy(&sb);
+	rd_kafka_destroy(rk);
+	tally_pricebook_free(pb);
+	tally_rate_ctx_free(ctx);
+}
+
+static pid_t start_rater(void)
+{
+	pid_t pid = fork();
+
+	ck_assert(pid >= 0);
+	if (pid == 0) {
+		execl(TALLY_BINARY_DIR "/tally-rate", "tally-rate", "--config",
+		      cfgpath, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Count committed messages of a topic (read_committed, from the start). */
+static int64_t read_topic(const char *topic, int *counts, bool rated,
+			  int64_t want, int wait_ms)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_topic_partition_list_t *parts;
+	char errstr[256], gid[160];
+	rd_kafka_t *rk;
+	int64_t n = 0, idle_since = tally_mono_ns();
+	int p;
+
+	snprintf(gid, sizeof(gid), "%s.reader.%lld", group,
+		 (long long)tally_mono_ns());
+	rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr,
+			  sizeof(errstr));
+	rd_kafka_conf_set(conf, "group.id", gid, errstr, sizeof(errstr));
+	rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr,
+			  sizeof(errstr));
+	rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
+			  sizeof(errstr));
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	ck_assert(rk != NULL);
+	rd_kafka_poll_set_consumer(rk);
+	parts = rd_kafka_topic_partition_list_new(PARTS);
+	for (p = 0; p < PARTS; p++)
+		rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
+			RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_assign(rk, parts);
+	rd_kafka_topic_partition_list_destroy(parts);
+	while ((tally_mono_ns() - idle_since) / 1000000 < wait_ms &&
+	       (want < 0 || n < want)) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+
+		if (m == NULL)
+			continue;
+		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+			n++;
+			idle_since = tally_mono_ns();
+			if (rated && counts != NULL) {
+				tally_rated_event re;
+				tally_codec_error cerr;
+				int64_t idx;
+				char idb[16];
+
+				ck_assert_msg(tally_codec_decode_rated(
+						      &re, m->payload, m->len,
+						      &cerr) == 0,
+					      "rated event decodes");
+				ck_assert(re.ev.id.len == 9);
+				memcpy(idb, re.ev.id.ptr + 3, 6);
+				idb[6] = '\0';
+				ck_assert(tally_parse_i64(&idx, idb) == 0);
+				ck_assert(idx >= 0 && idx < N_EVENTS);
+				counts[idx]++;
+				ck_assert_msg(re.cost == expected[idx],
+					      "event %lld: cost %lld, expected "
+					      "%lld", (long long)idx,
+					      (long long)re.cost,
+					      (long long)expected[idx]);
+				ck_assert_msg(re.price_id > 0, "price_id set");
+			}
+		}
+		rd_kafka_message_destroy(m);
+	}
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	return n;
+}
+
+START_TEST(test_rate_consumer_exactly_once_kill9)
+{
+	int *counts = tally_xcalloc(N_EVENTS, sizeof(int));
+	pid_t pid;
+	int kills, status, i, missing = 0, dup = 0;
+	int64_t n, t0, dlq;
+
+	produce_all();
+	t0 = tally_mono_ns();
+	/* kill -9 mid-stream, several times, at varying points */
+	for (kills = 0; kills < 4; kills++) {
+		pid = start_rater();
+		tally_sleep_ms(2500 + kills * 700);
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		ck_assert_msg(WIFSIGNALED(status), "rater was running when "
+						   "killed (start failure?)");
+		fprintf(stderr, "rate_consumer: kill -9 #%d: %lld committed "
+				"rated events so far\n", kills + 1,
+			(long long)read_topic(rated_t, NULL, false, -1, 1000));
+	}
+	pid = start_rater();
+	/* wait until everything valid is rated, then stop cleanly */
+	for (i = 0; i < 240; i++) {
+		n = read_topic(rated_t, NULL, false, N_EVENTS, 3000);
+		if (n >= N_EVENTS)
+			break;
+	}
+	kill(pid, SIGTERM);
+	waitpid(pid, &status, 0);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "clean exit on SIGTERM");
+	fprintf(stderr, "rate_consumer: %d events rated with %d kill -9 in "
+			"%.1f s\n", N_EVENTS, kills,
+		(double)(tally_mono_ns() - t0) / 1e9);
+
+	n = read_topic(rated_t, counts, true, -1, 5000);
+	for (i = 0; i < N_EVENTS; i++) {
+		if (counts[i] == 0)
+			missing++;
+		else if (counts[i] > 1)
+			dup++;
+	}
+	ck_assert_msg(missing == 0 && dup == 0 && n == N_EVENTS,
+		      "exactly once: %lld read, %d missing, %d duplicated",
+		      (long long)n, missing, dup);
+	dlq = read_topic(dlq_t, NULL, false, -1, 5000);
+	ck_assert_msg(dlq == N_BAD + N_UNPRICED,
+		      "dead letters exactly once: %lld, expected %d",
+		      (long long)dlq, N_BAD + N_UNPRICED);
+	free(counts);
+}
+END_TEST
+
+static Suite *tally_rate_consumer_suite(void)
+{
+	Suite *s = suite_create("rate_consumer");
+	TCase *tc = tcase_create("Kafka");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_rate_consumer_exactly_once_kill9);
+	tcase_set_timeout(tc, 800);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+TALLY_CHECK_MAIN(tally_rate_consumer_suite)
