@@ -593,6 +593,13 @@ static json_t *totals_base(const tally_totals *t, const char *rule)
 	return o;
 }
 
+/* Merge src's keys into o, then release src. */
+static void merge(json_t *o, json_t *src)
+{
+	json_object_update(o, src);
+	json_decref(src);
+}
+
 static json_t *metric_json(const char *name, int64_t used, int64_t limit,
 			   bool money)
 {
@@ -622,7 +629,7 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
 		if (!reached(t->cost_pico, t->budget_pico, T))
 			continue;
 		o = totals_base(t, "cost >= monthly_budget * threshold / 100");
-		json_object_update(o, metric_json("cost", t->cost_pico,
+		merge(o, metric_json("cost", t->cost_pico,
 						  t->budget_pico, true));
 		push(out, t->tenant_id, TALLY_ALERT_BUDGET, t->period_start_ms,
 		     T, dump(o));
@@ -653,7 +660,7 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
 		    TALLY_ALERT_REVENUE_PCT)) {
 		json_t *o = totals_base(t, "usage cost >= plan monthly price");
 
-		json_object_update(o, metric_json("cost", t->cost_pico,
+		merge(o, metric_json("cost", t->cost_pico,
 						  ctx->plan_price_pico, true));
 		if (ctx->plan != NULL)
 			json_object_set_new(o, "plan", json_string(ctx->plan));
