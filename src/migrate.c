@@ -89,7 +89,9 @@ static int apply_one(tally_pg *pg, const char *name, const char *version,
 		if (tally_pg_exec(pg, NULL, "ROLLBACK", 0, NULL, &e2) != 0) {
 			/* connection broken: nothing was committed */
 		}
-		return tally_error_set(err, rc, "%s: %s", name, err->msg);
+		char why[sizeof(err->msg)];
+		snprintf(why, sizeof(why), "%s", err->msg);
+		return tally_error_set(err, rc, "%s: %s", name, why);
 	}
 	PQclear(res);
 	rc = tally_pg_exec(pg, NULL,
