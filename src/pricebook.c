@@ -365,10 +365,52 @@ bool tally_pb__match(const pb_rule *r, const char *name, size_t len)
 /* ------------------------------------------------------------------ */
 /* prices and constraints                                              */
 
+/*
+ * A price with more than 12 fractional digits (upstream float artefacts such
+ * as "0.18000000000000002") is rounded half-even to 12 digits: the price is
+ * per MTok, so this is a 1e-18 change per token, far below genai-prices'
+ * own float error. Everything else must parse exactly.
+ */
+static int parse_price_round(int64_t *out, const char *s)
+{
+	const char *dot = strchr(s, '.');
+	size_t len = strlen(s), frac;
+	char buf[64];
+	bool up = false;
+	int rc;
+
+	if (dot == NULL || strpbrk(s, "eE") != NULL ||
+	    (frac = len - (size_t)(dot + 1 - s)) <= 12 ||
+	    (size_t)(dot - s) + 14 > sizeof(buf))
+		return tally_money_parse(out, s, len);
+	memcpy(buf, s, (size_t)(dot - s) + 13);
+	buf[(dot - s) + 13] = '\0';
+	{
+		const char *rest = dot + 13;
+		size_t i, rl = strlen(rest);
+		bool nonzero_tail = false;
+
+		for (i = 0; i < rl; i++)
+			if (rest[i] < '0' || rest[i] > '9')
+				return TALLY_EINVALID;
+		for (i = 1; i < rl; i++)
+			if (rest[i] != '0')
+				nonzero_tail = true;
+		if (rest[0] > '5' || (rest[0] == '5' && nonzero_tail))
+			up = true;
+		else if (rest[0] == '5')
+			up = ((dot[12] - '0') & 1) != 0;
+	}
+	rc = tally_money_parse(out, buf, strlen(buf));
+	if (rc == 0 && up)
+		rc = tally_money_add(out, *out, s[0] == '-' ? -1 : 1);
+	return rc;
+}
+
 static int parse_price_text(int64_t *out, const char *s, const char *what,
 			    tally_error *err)
 {
-	int rc = tally_money_parse(out, s, strlen(s));
+	int rc = parse_price_round(out, s);
 
 	if (rc != 0 || *out < 0)
 		return tally_error_set(err, TALLY_EINVALID,
