@@ -266,10 +266,13 @@ static size_t read_topic(rig *r, const char *topic, char ids[][40],
 				snprintf(val, sizeof(val), "%.*s",
 					 (int)msgs[i]->len,
 					 (const char *)msgs[i]->payload);
-				p = strstr(val, "{\"id\": \"");
+				/* json_build_object writes {"id" : "…" */
+				p = strstr(val, "\"id\"");
+				if (p != NULL)
+					p = strchr(p + 4, '"');
 				ids[got][0] = '\0';
 				if (p != NULL)
-					snprintf(ids[got], 40, "%.36s", p + 8);
+					snprintf(ids[got], 40, "%.36s", p + 1);
 			}
 			if (reason != NULL) {
 				rd_kafka_headers_t *h = NULL;
