@@ -383,6 +383,7 @@ static const struct {
 	{ "status_change", TALLY_SIGNAL_STATUS_CHANGED },
 	{ "tenant_status_changed", TALLY_SIGNAL_STATUS_CHANGED },
 	{ "dunning", TALLY_SIGNAL_STATUS_CHANGED },
+	{ "refund", TALLY_SIGNAL_REFUND },
 };
 
 static tally_signal_kind signal_kind_parse(const char *s)
@@ -744,6 +745,12 @@ void tally_alerts_eval_signal(tally_alert_list *out, const tally_signal *s)
 		kind = TALLY_ALERT_DISPUTE;
 		rule = "dispute opened";
 		/* every dispute matters: one alert each, keyed by its time */
+		ps = s->time_ms;
+		break;
+	case TALLY_SIGNAL_REFUND:
+		kind = TALLY_ALERT_REVENUE;
+		threshold = TALLY_ALERT_REVENUE_REFUND;
+		rule = "refund";
 		ps = s->time_ms;
 		break;
 	case TALLY_SIGNAL_STATUS_CHANGED:

@@ -69,6 +69,8 @@ const char *tally_alert_kind_name(tally_alert_kind k);
 #define TALLY_ALERT_CHURN_USAGE_DROP 50
 /** revenue threshold: usage cost >= 100 % of the plan's monthly price. */
 #define TALLY_ALERT_REVENUE_PCT 100
+/** revenue threshold of a refund signal (not a percentage). */
+#define TALLY_ALERT_REVENUE_REFUND 0
 /**
  * Usage-drop rule: the previous period's cost must be at least this much
  * (1 currency unit) for a drop to count, so tiny tenants do not flap.
@@ -124,7 +126,8 @@ typedef enum {
 	TALLY_SIGNAL_UPGRADE,
 	TALLY_SIGNAL_TRIAL_ENDING,
 	TALLY_SIGNAL_DISPUTE,
-	TALLY_SIGNAL_STATUS_CHANGED,
+	TALLY_SIGNAL_STATUS_CHANGED,       /* also "dunning" */
+	TALLY_SIGNAL_REFUND,
 } tally_signal_kind;
 
 /** One message of billing.signals, decoded. */
@@ -225,10 +228,11 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
  * end: churn_risk/0) else subscription_cancelled; cancellation_scheduled ->
  * churn_risk/0; downgrade -> downgrade; trial_ending -> trial_ending;
  * dispute (opened; closed ones raise nothing) -> dispute, with period =
- * the signal's own time so that every dispute is one alert; dunning or
- * status_changed to past_due -> dunning/1, to suspended -> dunning/2, to
- * cancelled -> subscription_cancelled; others (payment_succeeded, refund,
- * upgrade, unknown kinds): none.
+ * the signal's own time so that every dispute is one alert; refund ->
+ * revenue/0, also keyed by its own time; dunning or status_changed to
+ * past_due -> dunning/1, to suspended -> dunning/2, to cancelled ->
+ * subscription_cancelled; others (payment_succeeded, upgrade, unknown
+ * kinds): none.
  */
 void tally_alerts_eval_signal(tally_alert_list *out, const tally_signal *s);
 

@@ -284,7 +284,12 @@ static const struct {
 	  "subscription_cancelled/0", NOV_2026 },
 	{ "\"kind\":\"status_changed\",\"time\":1794736800000,"
 	  "\"status_from\":\"past_due\",\"status_to\":\"active\"", "", 0 },
-	{ "\"kind\":\"refund\",\"time\":1794736800000", "", 0 },
+	{ "\"kind\":\"refund\",\"time\":1794736800000,"
+	  "\"charge_id\":\"ch_1\",\"amount_refunded\":\"500\"",
+	  "revenue/0", MID_NOV_2026 },
+	{ "\"kind\":\"status_changed\",\"time\":1794736800000,"
+	  "\"status_from\":\"active\",\"status_to\":\"past_due\","
+	  "\"reason\":\"subscription\"", "dunning/1", NOV_2026 },
 	{ "\"kind\":\"something_new\",\"time\":1794736800000", "", 0 },
 	/* an explicit billing period wins over the calendar month */
 	{ "\"kind\":\"payment_failed\",\"time\":1794736800000,"
