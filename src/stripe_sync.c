@@ -28,6 +28,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/*
+ * One signal in flight: the per-message opaque of its Kafka message. The
+ * delivery report callback (on the thread that polls the producer) sets
+ * state; tally_stripe_sync_publish marks the outbox row published only for
+ * a successful report. Slots live on ss->inflight until settled, so a
+ * report that arrives after publish stopped waiting still counts, and a
+ * signal still in flight is not produced a second time meanwhile.
+ */
+#define SLOT_MAGIC 0x7a115160u
+
+typedef struct sig_slot {
+	uint32_t magic;
+	int state; /* 0 in flight, 1 delivered, -1 failed */
+	rd_kafka_resp_err_t kerr;
+	char tenant_id[37];
+	char signal_id[37];
+	struct sig_slot *next;
+} sig_slot;
+
 struct tally_stripe_sync {
 	tally_pg *pg;
 	tally_stripe *stripe;
@@ -38,6 +57,10 @@ struct tally_stripe_sync {
 	void *clock_payload;
 	int meter_rate_per_s;
 	int64_t next_meter_ns;
+	int publish_wait_ms;
+	struct sig_slot *inflight; /* signals produced, report pending */
+	int ninflight;
+	uint64_t signals_failed;
 };
 
 #define MAXP 32
@@ -58,6 +81,24 @@ static void cpy(char *dst, size_t size, const char *src)
 static int64_t now_ms(tally_stripe_sync *ss)
 {
 	return ss->clock ? ss->clock(ss->clock_payload) : tally_now_ms();
+}
+
+/* A growable string for SQL array literals. */
+typedef struct sbuf_t {
+	char *p;
+	size_t len, cap;
+} sbuf_t;
+
+static void skip_add(sbuf_t *b, const char *str)
+{
+	size_t n = strlen(str);
+
+	if (b->len + n + 1 > b->cap) {
+		b->cap = (b->len + n + 1) * 2;
+		b->p = tally_xrealloc(b->p, b->cap);
+	}
+	memcpy(b->p + b->len, str, n + 1);
+	b->len += n;
 }
 
 /* Run sql with n text parameters given as const char * varargs. */
@@ -201,12 +242,23 @@ int tally_stripe_sync_new(tally_stripe_sync **out,
 	ss->clock_payload = opts->clock_payload;
 	ss->meter_rate_per_s = opts->meter_rate_per_s > 0
 		? opts->meter_rate_per_s : 25;
+	ss->publish_wait_ms = opts->publish_wait_ms > 0
+		? opts->publish_wait_ms : 10000;
 	*out = ss;
 	return 0;
 }
 
 void tally_stripe_sync_free(tally_stripe_sync *ss)
 {
+	if (ss == NULL)
+		return;
+	/* the producer is gone (see the header): no report can arrive */
+	while (ss->inflight != NULL) {
+		sig_slot *next = ss->inflight->next;
+
+		free(ss->inflight);
+		ss->inflight = next;
+	}
 	free(ss);
 }
 
@@ -962,6 +1014,9 @@ typedef struct event_ctx {
 	int64_t created;
 	const char *outcome;
 	char tenant_id[37];
+	/* a dispute's charge as fetched from Stripe (fallback) */
+	char charge_customer[256];
+	char charge_tenant[37];
 } event_ctx;
 
 static int resolve_tenant(event_ctx *x, tenant *t, tally_error *err)
@@ -999,6 +1054,20 @@ static int resolve_tenant(event_ctx *x, tenant *t, tally_error *err)
 			rc = tenant_load(ss, t, "WHERE t.id = $1::uuid",
 					 PQgetvalue(res, 0, 0), true, err);
 		PQclear(res);
+		if (rc != 0 || t->found)
+			return rc;
+	}
+	/* the charge as Stripe has it (a dispute that came before any
+	 * event of its charge): its customer, else its metadata tenant */
+	if (x->charge_customer[0]) {
+		rc = tenant_load(ss, t, "WHERE t.stripe_customer_id = $1",
+				 x->charge_customer, true, err);
+		if (rc != 0 || t->found)
+			return rc;
+	}
+	if (x->charge_tenant[0]) {
+		rc = tenant_load(ss, t, "WHERE t.id = $1::uuid",
+				 x->charge_tenant, true, err);
 		if (rc != 0 || t->found)
 			return rc;
 	}
@@ -1169,6 +1238,69 @@ record:
 		  "WHERE event_id = $1", 3, x->id, x->outcome, x->tenant_id);
 }
 
+/*
+ * A dispute carries no customer, only its charge. When PostgreSQL knows no
+ * payment for that charge yet (the dispute arrived before the charge's own
+ * events), fetch the charge (GET /v1/charges/{id}) for its customer, before
+ * the transaction (no network inside it). Not found: left to
+ * unknown_tenant; transient: the event is retried.
+ */
+static int dispute_charge(event_ctx *x, tally_error *err)
+{
+	tally_stripe_sync *ss = x->ss;
+	const json_t *chobj = json_object_get(x->obj, "charge");
+	const char *ch = tally_stripe_jid(x->obj, "charge");
+	const char *pi = tally_stripe_jid(x->obj, "payment_intent");
+	tally_stripe_error se;
+	PGresult *res = NULL;
+	json_t *charge = NULL;
+	const json_t *md;
+	char path[320];
+	bool known;
+	uint8_t u[16];
+	int rc;
+
+	if (ch == NULL)
+		return 0;
+	if (json_is_object(chobj) && tally_stripe_jid(chobj, "customer")) {
+		cpy(x->charge_customer, sizeof(x->charge_customer),
+		    tally_stripe_jid(chobj, "customer"));
+		return 0; /* expanded: nothing to fetch */
+	}
+	rc = ex(ss, &res, err,
+		"SELECT 1 FROM payments WHERE stripe_id = $1 OR charge_id = $1"
+		" OR ($2::text IS NOT NULL AND payment_intent_id = $2) "
+		"LIMIT 1", 2, ch, pi);
+	known = rc == 0 && PQntuples(res) == 1;
+	PQclear(res);
+	if (rc != 0 || known || ss->stripe == NULL)
+		return rc;
+	snprintf(path, sizeof(path), "/v1/charges/%s", ch);
+	rc = tally_stripe_request(ss->stripe, &charge, "GET", path, NULL, NULL,
+				  &se, err);
+	if (rc == TALLY_ENOTFOUND || rc == TALLY_EINVALID) {
+		tally_log(TALLY_WARN, "stripe.dispute_charge_unavailable",
+			  TALLY_KV_STR("event_id", x->id),
+			  TALLY_KV_STR("charge_id", ch),
+			  TALLY_KV_INT("http_status", se.http_status),
+			  TALLY_KV_STR("code", se.code));
+		return 0;
+	}
+	if (rc != 0)
+		return rc == TALLY_ERROR ? TALLY_ETRANSIENT : rc;
+	if (tally_stripe_jid(charge, "customer"))
+		cpy(x->charge_customer, sizeof(x->charge_customer),
+		    tally_stripe_jid(charge, "customer"));
+	md = json_object_get(charge, "metadata");
+	if (json_is_object(md) && tally_stripe_jstr(md, "tenant_id") &&
+	    tally_uuid_parse(u, tally_stripe_jstr(md, "tenant_id"),
+			     (uint32_t)strlen(tally_stripe_jstr(
+				     md, "tenant_id"))) == 0)
+		tally_uuid_fmt(x->charge_tenant, u);
+	json_decref(charge);
+	return 0;
+}
+
 static int collect_line(json_t *obj, void *payload)
 {
 	json_array_append(payload, obj);
@@ -1221,6 +1353,11 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 		x.lines = json_array();
 		rc = tally_stripe_list(ss->stripe, path, NULL, collect_line,
 				       x.lines, &se, err);
+		if (rc != 0)
+			goto cleanup;
+	}
+	if (strcmp(x.object, "dispute") == 0) {
+		rc = dispute_charge(&x, err);
 		if (rc != 0)
 			goto cleanup;
 	}
@@ -1327,6 +1464,10 @@ static int fail_done(cmd_ctx *c, const char *code, const char *msg,
 /* A Stripe call's error: final ones are recorded, transient ones returned. */
 static int cmd_stripe_error(cmd_ctx *c, int rc, tally_error *err)
 {
+	/* a rejected API key is tally's configuration, not the command:
+	 * keep it pending (retried) instead of failing every command */
+	if (rc == TALLY_EINVALID && c->se.http_status == 401)
+		return TALLY_ETRANSIENT;
 	if (rc == TALLY_EINVALID || rc == TALLY_ENOTFOUND) {
 		int rc2 = cmd_fail(c, NULL, NULL, err);
 
@@ -2290,18 +2431,100 @@ int tally_stripe_sync_reconcile(tally_stripe_sync *ss, bool apply, FILE *out,
 
 /* ---- publishing signals ------------------------------------------------- */
 
+bool tally_stripe_sync_on_delivery(const rd_kafka_message_t *rkm)
+{
+	sig_slot *slot = rkm->_private;
+
+	if (slot == NULL || slot->magic != SLOT_MAGIC)
+		return false;
+	slot->kerr = rkm->err;
+	slot->state = rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR ? 1 : -1;
+	return true;
+}
+
+static void default_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+			  void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	(void)tally_stripe_sync_on_delivery(rkm);
+}
+
+void tally_stripe_sync_producer_conf(rd_kafka_conf_t *conf)
+{
+	rd_kafka_conf_set_dr_msg_cb(conf, default_dr_cb);
+}
+
+/* Mark delivered slots published, drop failed ones (their rows stay
+ * unpublished and are produced again). Stops at the first PG error, leaving
+ * the remaining settled slots for the next call. */
+static int settle(tally_stripe_sync *ss, int *marked, int *failed,
+		  tally_error *err)
+{
+	sig_slot **pp = &ss->inflight;
+	int rc = 0;
+
+	while (*pp != NULL) {
+		sig_slot *s = *pp;
+
+		if (s->state == 0) {
+			pp = &s->next;
+			continue;
+		}
+		if (s->state > 0) {
+			rc = ex(ss, NULL, err,
+				"UPDATE billing_signals_outbox SET "
+				"published_at = now() WHERE tenant_id = "
+				"$1::uuid AND signal_id = $2::uuid AND "
+				"published_at IS NULL", 2, s->tenant_id,
+				s->signal_id);
+			if (rc != 0)
+				return rc;
+			(*marked)++;
+		} else {
+			ss->signals_failed++;
+			(*failed)++;
+			tally_log(TALLY_WARN, "stripe.signal_not_delivered",
+				  TALLY_KV_STR("signal_id", s->signal_id),
+				  TALLY_KV_STR("error", rd_kafka_err2str(
+						       s->kerr)));
+		}
+		*pp = s->next;
+		ss->ninflight--;
+		free(s);
+	}
+	return 0;
+}
+
 int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 			      const char *topic, int *n, tally_error *err)
 {
 	PGresult *res = NULL;
-	int rc, i, rows;
+	sbuf_t skip = { 0 };
+	sig_slot *s;
+	int rc, i, rows, marked = 0, failed = 0;
+	int64_t deadline;
 
 	if (n)
 		*n = 0;
+	/* reports that arrived since the last call (late ones included) */
+	rd_kafka_poll(producer, 0);
+	rc = settle(ss, &marked, &failed, err);
+	if (rc != 0)
+		goto cleanup;
+	/* never produce a signal that is still in flight a second time */
+	skip_add(&skip, "{");
+	for (s = ss->inflight; s != NULL; s = s->next) {
+		if (s != ss->inflight)
+			skip_add(&skip, ",");
+		skip_add(&skip, s->signal_id);
+	}
+	skip_add(&skip, "}");
 	rc = ex(ss, &res, err,
 		"SELECT tenant_id::text, signal_id::text, kind, payload::text "
 		"FROM billing_signals_outbox WHERE published_at IS NULL "
-		"ORDER BY created_at, signal_id LIMIT 1000", 0);
+		"AND signal_id <> ALL ($1::uuid[]) "
+		"ORDER BY created_at, signal_id LIMIT 1000", 1, skip.p);
 	if (rc != 0)
 		goto cleanup;
 	rows = PQntuples(res);
@@ -2310,40 +2533,63 @@ int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 		const char *val = PQgetvalue(res, i, 3);
 		rd_kafka_resp_err_t ke;
 
+		s = tally_xcalloc(1, sizeof(*s));
+		s->magic = SLOT_MAGIC;
+		cpy(s->tenant_id, sizeof(s->tenant_id), tid);
+		cpy(s->signal_id, sizeof(s->signal_id), PQgetvalue(res, i, 1));
 		ke = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic),
 			RD_KAFKA_V_KEY(tid, strlen(tid)),
 			RD_KAFKA_V_VALUE((void *)val, strlen(val)),
 			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+			RD_KAFKA_V_OPAQUE(s),
 			RD_KAFKA_V_HEADER("content-type", "application/json",
 					  -1),
-			RD_KAFKA_V_HEADER("signal-id", PQgetvalue(res, i, 1),
-					  -1),
+			RD_KAFKA_V_HEADER("signal-id", s->signal_id, -1),
 			RD_KAFKA_V_HEADER("signal-kind", PQgetvalue(res, i, 2),
 					  -1),
 			RD_KAFKA_V_END);
 		if (ke != RD_KAFKA_RESP_ERR_NO_ERROR) {
+			free(s);
 			rc = tally_error_set(err, TALLY_ETRANSIENT,
 					     "signals: produce: %s",
 					     rd_kafka_err2str(ke));
-			goto cleanup;
+			break;
 		}
+		s->next = ss->inflight; /* now owned by the in-flight list */
+		ss->inflight = s;
+		ss->ninflight++;
 	}
-	if (rows == 0)
-		goto cleanup;
-	if (rd_kafka_flush(producer, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-	    rd_kafka_outq_len(producer) > 0) {
+	/* wait for the delivery reports of everything in flight */
+	deadline = tally_mono_ns() + (int64_t)ss->publish_wait_ms * 1000000;
+	for (;;) {
+		bool pending = false;
+
+		for (s = ss->inflight; s != NULL && !pending; s = s->next)
+			pending = s->state == 0;
+		if (!pending || tally_mono_ns() >= deadline)
+			break;
+		rd_kafka_poll(producer, 50);
+	}
+	{
+		int rc2 = settle(ss, &marked, &failed,
+				 rc == 0 ? err : NULL);
+
+		if (rc == 0)
+			rc = rc2;
+	}
+	if (rc == 0 && (failed > 0 || ss->ninflight > 0))
 		rc = tally_error_set(err, TALLY_ETRANSIENT,
-				     "signals: delivery not confirmed");
-		goto cleanup;
-	}
-	for (i = 0; i < rows && rc == 0; i++)
-		rc = ex(ss, NULL, err,
-			"UPDATE billing_signals_outbox SET published_at = now()"
-			" WHERE tenant_id = $1::uuid AND signal_id = $2::uuid",
-			2, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-	if (rc == 0 && n)
-		*n = rows;
+				     "signals: %d deliveries failed, %d not "
+				     "confirmed yet", failed, ss->ninflight);
 cleanup:
+	if (n)
+		*n = marked;
+	free(skip.p);
 	PQclear(res);
 	return rc;
+}
+
+int tally_stripe_sync_signals_in_flight(const tally_stripe_sync *ss)
+{
+	return ss->ninflight;
 }

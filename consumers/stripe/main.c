@@ -9,6 +9,10 @@
  * PostgreSQL (done, duplicate or dead-lettered). A transient failure
  * (Stripe or PostgreSQL down) retries the same message with backoff, so
  * the partition waits rather than skipping; effects are idempotent.
+ *
+ * Delivery reports decide: a signal is marked published, and a dead letter
+ * counts as sent (so its offset may be stored), only when its own delivery
+ * report is successful; a drained queue proves nothing.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/command.h"
@@ -39,7 +43,25 @@ typedef struct app {
 	tally_counter *c_cmd, *c_evt, *c_dup, *c_dlq, *c_sig, *c_meter;
 	char dlq_commands[256], dlq_events[256];
 	const char *secrets[2];
+	uint64_t dlq_failed; /* failed delivery reports of dead letters */
 } app;
+
+/* Delivery reports, served on this thread by rd_kafka_poll/flush: signals
+ * go to stripe_sync (per-message opaque), anything else is a dead letter. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+			void *opaque)
+{
+	app *a = opaque;
+
+	(void)rk;
+	if (tally_stripe_sync_on_delivery(rkm))
+		return;
+	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		a->dlq_failed++;
+		tally_log(TALLY_WARN, "stripe.dead_letter_not_delivered",
+			  TALLY_KV_STR("error", rd_kafka_err2str(rkm->err)));
+	}
+}
 
 static void header(const rd_kafka_message_t *rkm, const char *name,
 		   char *out, size_t n)
@@ -63,13 +85,16 @@ static void header(const rd_kafka_message_t *rkm, const char *name,
 static int dead_letter(app *a, const rd_kafka_message_t *rkm,
 		       const char *dlq, const char *reason, const char *detail)
 {
+	uint64_t failed_before = a->dlq_failed;
 	tally_error err;
 	int rc;
 
 	rc = tally_dlq_send(a->producer, dlq, rkm, "tally-stripe", reason,
 			    detail, &err);
-	if (rc == 0 && rd_kafka_flush(a->producer, 10000) !=
-	    RD_KAFKA_RESP_ERR_NO_ERROR)
+	/* flush serves the reports; ours must not be a failure */
+	if (rc == 0 && (rd_kafka_flush(a->producer, 10000) !=
+			RD_KAFKA_RESP_ERR_NO_ERROR ||
+			a->dlq_failed != failed_before))
 		rc = TALLY_ETRANSIENT;
 	if (rc == 0)
 		tally_counter_add(a->c_dlq, 1);
@@ -255,8 +280,10 @@ int main(int argc, char **argv)
 	so.nsecrets = ns;
 	if (tally_stripe_sync_new(&a.ss, &so, &err) != 0)
 		goto fail;
-	if (tally_kafka_producer_new(&a.producer, tally_kafka_conf(a.cfg),
-				     &err) != 0)
+	conf = tally_kafka_conf(a.cfg);
+	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+	rd_kafka_conf_set_opaque(conf, &a);
+	if (tally_kafka_producer_new(&a.producer, conf, &err) != 0)
 		goto fail;
 	snprintf(a.dlq_commands, sizeof(a.dlq_commands), "%s%s",
 		 tally_config_str(a.cfg, "topics.commands"),
@@ -296,6 +323,7 @@ int main(int argc, char **argv)
 	tally_log(TALLY_INFO, "stripe.start",
 		  TALLY_KV_STR("group", co.group));
 	rc = run(&a);
+	publish(&a); /* settle the last batch's delivery reports */
 	goto cleanup;
 fail:
 	tally_log(TALLY_FATAL, "stripe.start_failed",

@@ -19,7 +19,12 @@
  * - mirrored objects carry (as_of, as_of_rank): an older event never
  *   overwrites newer state;
  * - signals for billing.signals go to billing_signals_outbox in the same
- *   transaction, and are published from there (tally_stripe_sync_publish).
+ *   transaction, and are published from there (tally_stripe_sync_publish):
+ *   a row is marked published only when its own Kafka delivery report says
+ *   it was delivered. Publication is at-least-once: a crash between the
+ *   delivery and the mark publishes the signal again after a restart, with
+ *   the same signal id (receivers dedupe on it); a row marked published is
+ *   never produced again.
  *
  * Not thread-safe: one per consumer thread.
  */
@@ -50,11 +55,14 @@ typedef struct tally_stripe_sync_opts {
 	tally_clock_fn clock;       /* NULL: tally_now_ms */
 	void *clock_payload;
 	int meter_rate_per_s;       /* meter events per second; 0: 25 */
+	int publish_wait_ms;        /* wait for delivery reports; 0: 10 s */
 } tally_stripe_sync_opts;
 
 int tally_stripe_sync_new(tally_stripe_sync **out,
 			  const tally_stripe_sync_opts *opts, tally_error *err)
 	TALLY_MUSTCHECK;
+/** Free; destroy the signals producer first (signals in flight are
+ *  forgotten: their rows stay unpublished). NULL is a no-op. */
 void tally_stripe_sync_free(tally_stripe_sync *ss);
 
 /**
@@ -114,12 +122,38 @@ int tally_stripe_sync_reconcile(tally_stripe_sync *ss, bool apply, FILE *out,
 				int *ndiff, tally_error *err) TALLY_MUSTCHECK;
 
 /**
+ * Install the delivery report callback that signal publishing relies on
+ * (rd_kafka_conf_set_dr_msg_cb) on the conf of the signals producer, before
+ * rd_kafka_new. A program with its own dr_msg_cb calls
+ * tally_stripe_sync_on_delivery() from it instead.
+ */
+void tally_stripe_sync_producer_conf(rd_kafka_conf_t *conf);
+
+/**
+ * Record the delivery report of a signal message (its per-message opaque
+ * identifies the outbox row). Call from the producer's dr_msg_cb.
+ * @return true if rkm was a signal, false for any other message
+ */
+bool tally_stripe_sync_on_delivery(const rd_kafka_message_t *rkm);
+
+/**
  * Publish unpublished signals from the outbox to topic (key = tenant id,
- * value = JSON per schemas/signals.md), wait for delivery, mark them.
- * @param[out] n signals published (may be NULL)
+ * value = JSON per schemas/signals.md, header signal-id), each with a
+ * per-message opaque; serve delivery reports (rd_kafka_poll) for up to
+ * opts.publish_wait_ms; mark published exactly the rows whose report was
+ * successful. Failed deliveries leave their rows unpublished (produced
+ * again on a later call); reports still missing at the deadline stay in
+ * flight and are settled by a later call (their signals are not produced
+ * again meanwhile). Call from the thread that polls producer.
+ * @param[out] n rows marked published by this call (may be NULL)
+ * @return 0; TALLY_ETRANSIENT when a delivery failed, a produce call
+ *         failed or reports are still missing; PostgreSQL errors
  */
 int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 			      const char *topic, int *n, tally_error *err)
 	TALLY_MUSTCHECK;
+
+/** Signals produced whose delivery report has not been settled. */
+int tally_stripe_sync_signals_in_flight(const tally_stripe_sync *ss);
 
 #endif /* TALLY_STRIPE_SYNC_H */
