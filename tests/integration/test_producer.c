@@ -1,0 +1,323 @@
+/*
+ * test_producer.c - the producer API and `tally produce` against the real
+ * broker: each test creates its own topic, produces, and reads the topic
+ * back with a plain consumer to check key, CloudEvents headers and the
+ * msgpack value; `tally produce` runs as a child process on a file with
+ * good and bad lines.
+ */
+#include "test_support.h"
+#include "check_main.h"
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+
+#include "tally/codec.h"
+#include "tally/config.h"
+#include "tally/kafka.h"
+#include "tally/producer.h"
+
+#define TENANT "3f1c2a7e-5b6d-4e8f-9a0b-1c2d3e4f5a6b"
+
+static tally_config *test_cfg(void)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	ck_assert_msg(tally_config_load(&cfg, NULL, &err) == 0, "%s", err.msg);
+	tally_config_set(cfg, "kafka.brokers",
+			 tally_test_need_env("TALLY_TEST_BROKERS"));
+	return cfg;
+}
+
+static void make_topic(const tally_config *cfg, char *topic, size_t n,
+		       const char *prefix)
+{
+	tally_producer *p = NULL;
+	tally_error err;
+	const char *topics[2];
+
+	tally_test_unique(topic, n, prefix);
+	topics[0] = topic;
+	topics[1] = NULL;
+	ck_assert_int_eq(tally_producer_new(&p, cfg, NULL, &err), 0);
+	ck_assert_msg(tally_kafka_create_topics(tally_producer_rk(p), topics,
+						3, &err) == 0, "%s", err.msg);
+	tally_producer_free(p);
+}
+
+/*
+ * Read n messages from all partitions of topic (from the beginning). The
+ * messages hold references into *rkp: destroy them before calling
+ * done_consuming() (rd_kafka_destroy waits for them).
+ */
+static int consume(const tally_config *cfg, const char *topic,
+		   rd_kafka_message_t **out, int n, rd_kafka_t **rkp)
+{
+	rd_kafka_conf_t *conf = tally_kafka_conf(cfg);
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_t *rk;
+	char errstr[256], group[64];
+	int got = 0, p;
+	int64_t deadline = tally_now_ms() + 30000;
+
+	tally_test_unique(group, sizeof(group), "test_producer_g");
+	rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr));
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	ck_assert_msg(rk != NULL, "%s", errstr);
+	rd_kafka_poll_set_consumer(rk);
+	parts = rd_kafka_topic_partition_list_new(3);
+	for (p = 0; p < 3; p++)
+		rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
+			RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_assign(rk, parts);
+	rd_kafka_topic_partition_list_destroy(parts);
+	while (got < n && tally_now_ms() < deadline) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+
+		if (m == NULL)
+			continue;
+		if (m->err) {
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		out[got++] = m;
+	}
+	*rkp = rk;
+	return got;
+}
+
+static void done_consuming(rd_kafka_t *rk)
+{
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+}
+
+static const char *header(rd_kafka_message_t *m, const char *name,
+			  char *buf, size_t n)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *v;
+	size_t len;
+
+	if (rd_kafka_message_headers(m, &hdrs) != 0 ||
+	    rd_kafka_header_get_last(hdrs, name, &v, &len) != 0 ||
+	    len >= n)
+		return NULL;
+	memcpy(buf, v, len);
+	buf[len] = '\0';
+	return buf;
+}
+
+typedef struct counts {
+	int ok;
+	int failed;
+	uint64_t opaque_sum;
+} counts;
+
+static void on_dr(const tally_delivery *dr, void *payload)
+{
+	counts *c = payload;
+
+	if (dr->code == 0 && dr->offset >= 0)
+		c->ok++;
+	else
+		c->failed++;
+	c->opaque_sum += (uintptr_t)dr->opaque;
+}
+
+static void fill(tally_usage_event *ev, char *idbuf, int i)
+{
+	memset(ev, 0, sizeof(*ev));
+	snprintf(idbuf, 32, "evt-%d", i);
+	ev->id.ptr = idbuf;
+	ev->id.len = (uint32_t)strlen(idbuf);
+	ev->source.ptr = "workflow-engine/test";
+	ev->source.len = 20;
+	ck_assert_int_eq(tally_uuid_parse(ev->tenant_id, TENANT, 36), 0);
+	ev->time_ms = INT64_C(1764151200000) + i;
+	ev->meter = TALLY_METER_AI_TOKENS;
+	ev->provider.ptr = "openai";
+	ev->provider.len = 6;
+	ev->model.ptr = "gpt-4o";
+	ev->model.len = 6;
+	ev->input_tokens = 1000 + i;
+	ev->output_tokens = 10;
+	ev->cache_read_tokens = 100;
+}
+
+START_TEST(test_producer_round_trip)
+{
+	tally_config *cfg = test_cfg();
+	char topic[96], idbuf[32], hb[128];
+	tally_producer *p = NULL;
+	tally_producer_opts opts = { 0 };
+	counts c = { 0 };
+	tally_error err;
+	tally_usage_event ev;
+	rd_kafka_message_t *msgs[10];
+	rd_kafka_t *rk = NULL;
+	int i, n, seen = 0;
+
+	make_topic(cfg, topic, sizeof(topic), "test_producer");
+	opts.topic = topic;
+	opts.on_delivery = on_dr;
+	opts.payload = &c;
+	ck_assert_int_eq(tally_producer_new(&p, cfg, &opts, &err), 0);
+	for (i = 1; i <= 10; i++) {
+		fill(&ev, idbuf, i);
+		ck_assert_msg(tally_producer_send_usage(p, &ev,
+							(void *)(uintptr_t)i,
+							&err) == 0,
+			      "send %d: %s", i, err.msg);
+	}
+	/* an invalid event is refused at the caller, nothing queued */
+	fill(&ev, idbuf, 99);
+	ev.cache_write_tokens = ev.input_tokens;
+	ck_assert_int_eq(tally_producer_send_usage(p, &ev, NULL, &err),
+			 TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "cache_exceeds_input") != NULL, "%s",
+		      err.msg);
+	ck_assert_int_eq(tally_producer_flush(p, 30000, &err), 0);
+	ck_assert_int_eq(c.ok, 10);
+	ck_assert_int_eq(c.failed, 0);
+	ck_assert_int_eq(c.opaque_sum, 55);
+	tally_producer_free(p);
+
+	n = consume(cfg, topic, msgs, 10, &rk);
+	ck_assert_int_eq(n, 10);
+	for (i = 0; i < n; i++) {
+		tally_usage_event got;
+		tally_codec_error ce;
+		char want[32];
+
+		ck_assert_int_eq((int)msgs[i]->key_len, 36);
+		ck_assert(memcmp(msgs[i]->key, TENANT, 36) == 0);
+		ck_assert_int_eq(tally_codec_decode_usage(
+					 &got, msgs[i]->payload, msgs[i]->len,
+					 &ce), 0);
+		snprintf(want, sizeof(want), "%.*s", (int)got.id.len,
+			 got.id.ptr);
+		ck_assert_str_eq(header(msgs[i], "ce_id", hb, sizeof(hb)),
+				 want);
+		ck_assert_str_eq(header(msgs[i], "ce_source", hb, sizeof(hb)),
+				 "workflow-engine/test");
+		ck_assert_str_eq(header(msgs[i], "ce_type", hb, sizeof(hb)),
+				 "ai.tokens");
+		ck_assert_str_eq(header(msgs[i], "ce_specversion", hb,
+					sizeof(hb)), "1.0");
+		ck_assert_str_eq(header(msgs[i], "content-type", hb,
+					sizeof(hb)), "application/msgpack");
+		ck_assert_ptr_nonnull(header(msgs[i], "ce_time", hb,
+					     sizeof(hb)));
+		ck_assert_int_eq(strncmp(hb, "2025-11-26T10:00:00.", 20), 0);
+		ck_assert_int_eq(got.input_tokens - 1000,
+				 got.time_ms - INT64_C(1764151200000));
+		ck_assert_int_eq(got.cache_read_tokens, 100);
+		seen |= 1 << (got.input_tokens - 1000);
+		rd_kafka_message_destroy(msgs[i]);
+	}
+	done_consuming(rk);
+	ck_assert_int_eq(seen, 0x7fe); /* evt-1 .. evt-10, each once */
+	tally_config_free(cfg);
+}
+END_TEST
+
+static int run(const char *cmd, char *out, size_t n)
+{
+	FILE *fp = popen(cmd, "r");
+	size_t got;
+	int st;
+
+	ck_assert_ptr_nonnull(fp);
+	got = fread(out, 1, n - 1, fp);
+	out[got] = '\0';
+	st = pclose(fp);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+START_TEST(test_producer_cli_good_and_bad_lines)
+{
+	tally_config *cfg = test_cfg();
+	char topic[96], path[128], cmd[1024], out[8192];
+	rd_kafka_message_t *msgs[8];
+	rd_kafka_t *rk = NULL;
+	FILE *fp;
+	int rc, n, i;
+
+	make_topic(cfg, topic, sizeof(topic), "test_produce_cli");
+	snprintf(path, sizeof(path), "/tmp/%s.jsonl", topic);
+	fp = fopen(path, "w");
+	ck_assert_ptr_nonnull(fp);
+	fprintf(fp,
+		"{\"id\":\"a1\",\"source\":\"s\",\"type\":\"ai.tokens\","
+		"\"tenant_id\":\"" TENANT "\",\"time\":\"2025-11-26T10:00:00Z\","
+		"\"data\":{\"provider\":\"openai\",\"model\":\"gpt-4o\","
+		"\"input_tokens\":10,\"output_tokens\":2}}\n"
+		"{\"id\":\"a2\",\"source\":\"s\",\"type\":\"ai.tokens\","
+		"\"tenant_id\":\"" TENANT "\",\"time\":\"2025-11-26T10:00:00\","
+		"\"data\":{\"provider\":\"openai\",\"model\":\"gpt-4o\","
+		"\"input_tokens\":10,\"output_tokens\":2}}\n"
+		"this is not json\n"
+		"\n"
+		"{\"id\":\"a3\",\"source\":\"s\",\"type\":\"api.call\","
+		"\"tenant_id\":\"" TENANT "\",\"time\":1764151200000,"
+		"\"data\":{\"count\":3}}\n"
+		"{\"id\":\"a4\",\"source\":\"s\",\"type\":\"api.call\","
+		"\"tenant_id\":\"" TENANT "\",\"time\":1764151200000,"
+		"\"data\":{\"count\":1000000000001}}\n");
+	fclose(fp);
+
+	snprintf(cmd, sizeof(cmd),
+		 "KAFKA_BROKERS='%s' %s/tally produce --topic %s %s 2>&1",
+		 getenv("TALLY_TEST_BROKERS"), TALLY_BINARY_DIR, topic, path);
+	rc = run(cmd, out, sizeof(out));
+	ck_assert_msg(rc == 1, "rejections must fail the run: %d\n%s", rc,
+		      out);
+	ck_assert_msg(strstr(out, "line 2: rejected: bad_time time") != NULL,
+		      "%s", out);
+	ck_assert_msg(strstr(out, "line 3: rejected: bad_json") != NULL, "%s",
+		      out);
+	ck_assert_msg(strstr(out, "line 6: rejected: out_of_range data.count")
+			      != NULL, "%s", out);
+	ck_assert_msg(strstr(out, "2 produced, 2 delivered, 0 failed, "
+				  "3 rejected") != NULL, "%s", out);
+
+	/* --skip-invalid: same file, exit 0 */
+	snprintf(cmd, sizeof(cmd),
+		 "KAFKA_BROKERS='%s' %s/tally produce --skip-invalid "
+		 "--topic %s < %s 2>&1",
+		 getenv("TALLY_TEST_BROKERS"), TALLY_BINARY_DIR, topic, path);
+	rc = run(cmd, out, sizeof(out));
+	ck_assert_msg(rc == 0, "--skip-invalid must succeed: %d\n%s", rc, out);
+
+	n = consume(cfg, topic, msgs, 4, &rk);
+	ck_assert_int_eq(n, 4);
+	for (i = 0; i < n; i++) {
+		tally_usage_event ev;
+		tally_codec_error ce;
+
+		ck_assert_int_eq(tally_codec_decode_usage(&ev, msgs[i]->payload,
+							  msgs[i]->len, &ce),
+				 0);
+		ck_assert_int_eq(ev.time_ms, INT64_C(1764151200000));
+		rd_kafka_message_destroy(msgs[i]);
+	}
+	done_consuming(rk);
+	unlink(path);
+	tally_config_free(cfg);
+}
+END_TEST
+
+static Suite *tally_producer_suite(void)
+{
+	Suite *s = suite_create("producer");
+	TCase *tc = tcase_create("Broker");
+
+	tcase_add_test(tc, test_producer_round_trip);
+	tcase_add_test(tc, test_producer_cli_good_and_bad_lines);
+	tcase_set_timeout(tc, 120);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+TALLY_CHECK_MAIN(tally_producer_suite)
