@@ -685,8 +685,9 @@ int tally_metrics_serve(tally_metrics_server **out, tally_metrics *m,
 	srv->payload = payload;
 	srv->d = MHD_start_daemon(
 		flags, 0, NULL, NULL, access_cb, srv,
-		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+		/* must come first, or MHD logs to stderr before it is set */
 		MHD_OPTION_EXTERNAL_LOGGER, tally_metrics__mhd_log, NULL,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30,
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
 		MHD_OPTION_END);

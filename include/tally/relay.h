@@ -1,0 +1,67 @@
+#ifndef TALLY_RELAY_H
+#define TALLY_RELAY_H
+
+/**
+ * @file tally/relay.h
+ * @brief tally-relay: Stripe webhooks onto Kafka, verified, durable before
+ *        any 2xx.
+ *
+ * An HTTP server (libmicrohttpd, internal thread pool) accepts
+ * `POST relay.path`, verifies `Stripe-Signature` (tally/webhook.h) with
+ * relay.webhook_secret and relay.webhook_secret_previous, checks that the
+ * body is a Stripe event (JSON object, "id" starting "evt_", "type"), and
+ * produces the raw body to topics.stripe_events with the idempotent
+ * producer (acks=all). The connection is suspended until librdkafka's
+ * delivery report arrives: 200 only when it succeeded, 503 when Kafka could
+ * not take the event within relay.produce_timeout_ms. Key: the customer id
+ * (data.object.customer, or data.object.id for a customer object), else
+ * the event id. Headers: stripe-signature, received-at (unix ms),
+ * content-type. Rejections: 400 (signature, timestamp, body; counted by
+ * reason, never produced), 413 (> relay.max_body), 405 / 404.
+ * The same listener serves /healthz, /readyz (Kafka reachable) and /metrics.
+ */
+
+#include <stddef.h>
+
+#include "tally/common.h"
+#include "tally/config.h"
+#include "tally/metrics.h"
+
+typedef struct tally_relay tally_relay;
+
+/**
+ * Create the producer and start listening on relay.listen.
+ * @param cfg     read during the call only
+ * @param m       borrowed registry for the relay's series; must outlive it
+ * @return 0, TALLY_EINVALID (no webhook secret, bad listen address, bad
+ *         Kafka setting) or TALLY_ERROR (cannot bind)
+ */
+int tally_relay_new(tally_relay **out, const tally_config *cfg,
+		    tally_metrics *m, tally_error *err) TALLY_MUSTCHECK;
+
+/** The bound TCP port (useful with "HOST:0"). */
+int tally_relay_port(const tally_relay *r);
+
+/**
+ * Apply the reloadable keys of cfg (relay.tolerance_s). Call from the
+ * thread that owns cfg, after tally_config_reload().
+ */
+void tally_relay_reload(tally_relay *r, const tally_config *cfg);
+
+/**
+ * True when the producer hit a fatal error (idempotence broken): the
+ * process should exit non-zero and be restarted.
+ */
+int tally_relay_failed(const tally_relay *r);
+
+/**
+ * Stop accepting connections, answer 503 to requests that arrive on open
+ * connections, wait for every produced event's delivery report (bounded by
+ * relay.produce_timeout_ms), flush and stop the server. Idempotent.
+ */
+void tally_relay_stop(tally_relay *r);
+
+/** Stop (if needed) and free. NULL is a no-op. */
+void tally_relay_free(tally_relay *r);
+
+#endif /* TALLY_RELAY_H */
