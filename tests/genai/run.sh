@@ -21,7 +21,7 @@ PKG="$WORK/node_modules/@pydantic/genai-prices"
 DATA="$WORK/genai-prices-$VERSION.json"
 "$ROOT/ops/refresh-prices" "$VERSION" "$DATA" 2>/dev/null ||
   node -e 'process.exit(1)' || true
-[ -s "$DATA" ] || cp "$ROOT/../shared/data/genai-prices-$VERSION.json" "$DATA"
+[ -s "$DATA" ] || cp "$ROOT/data/genai-prices-$VERSION.json" "$DATA"
 node "$HERE/gen_cases.mjs" "$PKG" "$DATA" "$ROOT/tests/fixtures/models30.txt" 150 42 > "$WORK/cases.jsonl"
 node -e '
 const fs=require("fs");

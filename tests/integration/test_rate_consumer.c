@@ -29,7 +29,7 @@
 #define N_BAD 100      /* undecodable */
 #define N_UNPRICED 100 /* unknown model: dead letter */
 #define PARTS 4
-#define DATA TALLY_SOURCE_DIR "/../shared/data/genai-prices-0.1.8.json"
+#define DATA TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json"
 
 static char db[64], dsn[512], usage_t[128], rated_t[128], dlq_t[160];
 static char group[128], cfgpath[256];

@@ -472,7 +472,7 @@ START_TEST(test_rating_real_data)
 	ck_assert_msg(tally_pricebook_load_genai_file(
 			      &b,
 			      TALLY_SOURCE_DIR
-			      "/../shared/data/genai-prices-0.1.8.json",
+			      "/data/genai-prices-0.1.8.json",
 			      &err) == 0,
 		      "%s", err.msg);
 	ck_assert_uint_ge(tally_pricebook_models(b), 1000);
