@@ -109,20 +109,31 @@ CREATE TABLE tenant_period_usage (
     storage_snapshots          bigint NOT NULL DEFAULT 0,
     storage_byte_ms            numeric NOT NULL DEFAULT 0, -- exact integral
     storage_gb_months          numeric NOT NULL DEFAULT 0,
+    storage_cost               numeric NOT NULL DEFAULT 0, -- GB-months priced;
+                                                           -- included in cost
     cost                       numeric NOT NULL DEFAULT 0,
     budget_state               text NOT NULL DEFAULT 'ok'
         CHECK (budget_state IN ('ok', 'warning', 'exceeded', 'unlimited')),
     version                    bigint NOT NULL DEFAULT 0,
+    -- the highest version known delivered to billing.totals; rows with
+    -- published_version < version are (re)published (the totals outbox)
+    published_version          bigint NOT NULL DEFAULT 0,
     updated_at                 timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, period_start)
 );
+CREATE INDEX tenant_period_usage_unpublished ON tenant_period_usage
+    (tenant_id, period_start) WHERE published_version < version;
 
 CREATE TABLE usage_adjustments (
     tenant_id           uuid NOT NULL,
     id                  bigint GENERATED ALWAYS AS IDENTITY,
     period_start        timestamptz NOT NULL,  -- the (closed) period of the usage
     period_end          timestamptz NOT NULL,
-    kind                text NOT NULL CHECK (kind IN ('late_usage', 'rerate')),
+    -- late_usage: events of a closed period; rerate: re-pricing of a
+    -- closed period; storage: the change of a closed period's GB-months
+    -- (and their cost) caused by a late snapshot
+    kind                text NOT NULL
+        CHECK (kind IN ('late_usage', 'rerate', 'storage')),
     meter               text NOT NULL,
     provider            text NOT NULL DEFAULT '',
     model               text NOT NULL DEFAULT '',
@@ -133,6 +144,8 @@ CREATE TABLE usage_adjustments (
     cache_read_tokens   bigint NOT NULL DEFAULT 0,
     cache_write_tokens  bigint NOT NULL DEFAULT 0,
     reasoning_tokens    bigint NOT NULL DEFAULT 0,
+    storage_byte_ms     numeric NOT NULL DEFAULT 0, -- kind 'storage'
+    storage_gb_months   numeric NOT NULL DEFAULT 0, -- kind 'storage'
     cost                numeric NOT NULL DEFAULT 0,
     created_at          timestamptz NOT NULL DEFAULT now(),
     invoiced_at         timestamptz,           -- set by the next invoice
@@ -148,6 +161,19 @@ CREATE TABLE storage_snapshots (
     digest       uuid NOT NULL,
     bytes        bigint NOT NULL,
     PRIMARY KEY (tenant_id, occurred_at, digest)
+);
+
+-- Offsets that Kafka no longer has (retention deleted them before the
+-- consumer got there): the consumer resumes at the log start and records
+-- the skipped range here, for finance and support (docs/aggregate.md).
+CREATE TABLE consumer_offset_gaps (
+    consumer_group  text NOT NULL,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    from_offset     bigint NOT NULL,   -- the position PostgreSQL held
+    to_offset       bigint NOT NULL,   -- Kafka's log start: resumed here
+    detected_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition, from_offset)
 );
 
 -- Re-pricing runs (tally rerate): one row per run, for the audit trail.
@@ -223,7 +249,8 @@ END $$;
 SELECT tally_ledger_maintain(37, 7, 400, 37);
 
 GRANT SELECT ON usage_ledger, usage_ledger_named, usage_hourly,
-    tenant_period_usage, usage_adjustments, billing_periods TO tally_finance;
+    tenant_period_usage, usage_adjustments, billing_periods,
+    consumer_offset_gaps TO tally_finance;
 
 ALTER TABLE usage_hourly ENABLE ROW LEVEL SECURITY;
 CREATE POLICY usage_hourly_tenant ON usage_hourly FOR SELECT TO tally_tenant

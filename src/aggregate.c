@@ -16,6 +16,7 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/money.h"
+#include "tally/rating.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -307,7 +308,29 @@ typedef struct item {
 	int32_t provider_id, model_id;
 	int64_t ps, pe; /* billing period */
 	bool closed;
+	bool dup_db;    /* seen in an earlier batch (set by dedupe()) */
 } item;
+
+typedef struct acc_key {
+	uint8_t tenant[16];
+	int64_t t;           /* hour (hourly) or period start (period, adj) */
+	int32_t meter, provider_id, model_id, pad;
+} acc_key;
+
+typedef struct acc {
+	acc_key k;
+	int64_t pe;
+	int64_t events, quantity, in, out, cr, cw, rs;
+	int64_t ai, wf, wu, api, ss;
+	tally_money128 cost;
+	size_t accepted;
+} acc;
+
+typedef struct accmap {
+	acc *v;
+	size_t n, cap;
+	hset h;
+} accmap;
 
 typedef struct fence_pos {
 	char *topic;
@@ -367,6 +390,15 @@ struct tally_agg {
 	char **totals_key;
 	size_t ntotals, cap_totals;
 	tally_agg_stats st;
+	accmap hourly, period, adj; /* deltas of the batch */
+	size_t nstorage;
+	const struct tally_pricebook *pb; /* storage prices; may be NULL */
+	size_t storage_unpriced;
+	PGconn *stage_conn;   /* the connection agg_stage exists on */
+	int stage_pid;
+	bool stage_pending;
+	bool trace;           /* TALLY_AGG_TRACE=1: per-phase timings */
+	int64_t phase_us[6], phase_t;
 };
 
 int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
@@ -383,6 +415,12 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	agg->lateness_ms = opts->lateness_ms;
 	agg->future_ms = opts->future_ms;
 	agg->producer = opts->producer;
+	agg->pb = opts->pricebook;
+	{
+		const char *t = getenv("TALLY_AGG_TRACE");
+
+		agg->trace = t != NULL && strcmp(t, "1") == 0;
+	}
 	*out = agg;
 	return 0;
 }
@@ -424,6 +462,12 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->q1.p);
 	free(agg->q2.p);
 	free(agg->q3.p);
+	free(agg->hourly.v);
+	free(agg->hourly.h.slot);
+	free(agg->period.v);
+	free(agg->period.h.slot);
+	free(agg->adj.v);
+	free(agg->adj.h.slot);
 	free(agg->group);
 	free(agg->dlq_topic);
 	free(agg->totals_topic);
@@ -1066,27 +1110,110 @@ static void assign_periods(tally_agg *agg)
 	}
 }
 
+/*
+ * The staging table lives as long as the connection: created once (the
+ * first batch after a connect), emptied by every COMMIT. Binary COPY: no
+ * text to format in C or to parse in PostgreSQL.
+ */
 static const char STAGING_SQL[] =
 	"SET LOCAL client_min_messages = warning;"
 	"CREATE TEMP TABLE IF NOT EXISTS agg_stage ("
-	" tenant_id uuid, digest uuid, occurred_ms bigint, hour_ms bigint,"
+	" idx integer, tenant_id uuid, digest uuid, occurred_at timestamptz,"
 	" meter_id smallint, provider_id smallint, model_id integer,"
 	" price_id bigint, quantity bigint, input_tokens bigint,"
 	" output_tokens bigint, cache_read_tokens bigint,"
 	" cache_write_tokens bigint, reasoning_tokens bigint, steps integer,"
-	" cost numeric, ps_ms bigint, pe_ms bigint, closed boolean)"
-	" ON COMMIT DELETE ROWS";
+	" cost numeric) ON COMMIT DELETE ROWS";
 
-static void hex32(char out[33], const uint8_t *b)
+#define STAGE_COLS 16
+
+static void be16(sbuf *b, int v)
 {
-	static const char hx[] = "0123456789abcdef";
+	char x[2] = { (char)((v >> 8) & 0xff), (char)(v & 0xff) };
+
+	sb_add(b, x, 2);
+}
+
+static void be32(sbuf *b, int64_t v)
+{
+	char x[4];
 	int i;
 
-	for (i = 0; i < 16; i++) {
-		out[2 * i] = hx[b[i] >> 4];
-		out[2 * i + 1] = hx[b[i] & 15];
+	for (i = 3; i >= 0; i--, v >>= 8)
+		x[i] = (char)(v & 0xff);
+	sb_add(b, x, 4);
+}
+
+static void be64(sbuf *b, int64_t v)
+{
+	char x[8];
+	uint64_t u = (uint64_t)v;
+	int i;
+
+	for (i = 7; i >= 0; i--, u >>= 8)
+		x[i] = (char)(u & 0xff);
+	sb_add(b, x, 8);
+}
+
+static void f_null(sbuf *b) { be32(b, -1); }
+static void f_i16(sbuf *b, int64_t v) { be32(b, 2); be16(b, (int)v); }
+static void f_i32(sbuf *b, int64_t v) { be32(b, 4); be32(b, v); }
+static void f_i64(sbuf *b, int64_t v) { be32(b, 8); be64(b, v); }
+
+static void f_uuid(sbuf *b, const uint8_t *u)
+{
+	be32(b, 16);
+	sb_add(b, (const char *)u, 16);
+}
+
+/* microseconds since 2000-01-01 UTC, PostgreSQL's timestamptz */
+static void f_ts(sbuf *b, int64_t ms)
+{
+	f_i64(b, (ms - INT64_C(946684800000)) * 1000);
+}
+
+/*
+ * numeric in binary: base-10000 digits, weight of the first. A pico amount
+ * p is |p| / 10^12: two integer groups (|p| < 2^63 means < 10^8 units)
+ * and three fractional ones; PostgreSQL strips the zero groups. dscale is
+ * the number of fractional decimal digits without trailing zeros, so the
+ * value reads exactly as tally_money_fmt() writes it.
+ */
+static void f_money(sbuf *b, int64_t pico)
+{
+	uint64_t a = pico < 0 ? (uint64_t)0 - (uint64_t)pico : (uint64_t)pico;
+	uint64_t ip = a / UINT64_C(1000000000000), fp = a % UINT64_C(1000000000000);
+	int dscale = 12;
+	uint64_t f = fp;
+
+	if (f == 0)
+		dscale = 0;
+	else
+		while (f % 10 == 0) {
+			f /= 10;
+			dscale--;
+		}
+	be32(b, 8 + 5 * 2);
+	be16(b, 5);                      /* ndigits */
+	be16(b, 1);                      /* weight: 10000^1 */
+	be16(b, pico < 0 ? 0x4000 : 0);  /* sign */
+	be16(b, dscale);
+	be16(b, (int)(ip / 10000));
+	be16(b, (int)(ip % 10000));
+	be16(b, (int)(fp / 100000000));
+	be16(b, (int)(fp / 10000 % 10000));
+	be16(b, (int)(fp % 10000));
+}
+
+static int64_t item_qty(const tally_usage_event *ev)
+{
+	switch (ev->meter) {
+	case TALLY_METER_AI_TOKENS: return 1;
+	case TALLY_METER_WORKFLOW: return ev->complexity;
+	case TALLY_METER_STORAGE: return ev->bytes;
+	case TALLY_METER_API_CALL: return ev->count;
+	default: return 0;
 	}
-	out[32] = '\0';
 }
 
 static size_t build_copy(tally_agg *agg)
@@ -1095,206 +1222,732 @@ static size_t build_copy(tally_agg *agg)
 	size_t i, rows = 0;
 
 	sb_reset(c);
+	sb_add(c, "PGCOPY\n\377\r\n\0", 11);
+	be32(c, 0); /* flags */
+	be32(c, 0); /* header extension */
 	for (i = 0; i < agg->n; i++) {
 		item *it = &agg->items[i];
 		const tally_rated_event *re = &it->re;
 		const tally_usage_event *ev = &re->ev;
-		char tid[37], dg[33], cost[48], pid[24];
-		int64_t qty = 0;
 		bool ai = ev->meter == TALLY_METER_AI_TOKENS;
 
 		if (it->status != ST_OK)
 			continue;
 		rows++;
-		tally_uuid_fmt(tid, ev->tenant_id);
-		hex32(dg, it->key + 16);
-		tally_money_fmt(cost, sizeof(cost), re->cost);
-		if (re->unpriced || re->price_id <= 0)
-			snprintf(pid, sizeof(pid), "\\N");
-		else
-			snprintf(pid, sizeof(pid), "%" PRId64, re->price_id);
-		switch (ev->meter) {
-		case TALLY_METER_AI_TOKENS: qty = 1; break;
-		case TALLY_METER_WORKFLOW: qty = ev->complexity; break;
-		case TALLY_METER_STORAGE: qty = ev->bytes; break;
-		case TALLY_METER_API_CALL: qty = ev->count; break;
-		default: break;
+		/* worst case per row, so the helpers never reallocate */
+		sb_reserve(c, 2 + STAGE_COLS * 4 + 16 + 16 + 8 * 10 + 2 * 2 +
+			   4 * 3 + 18);
+		be16(c, STAGE_COLS);
+		f_i32(c, (int64_t)i);
+		f_uuid(c, ev->tenant_id);
+		f_uuid(c, it->key + 16);
+		f_ts(c, ev->time_ms);
+		f_i16(c, (int64_t)ev->meter);
+		if (ai) {
+			f_i16(c, it->provider_id);
+			f_i32(c, it->model_id);
+		} else {
+			f_null(c);
+			f_null(c);
 		}
-		sb_printf(c, "%s\t%s\t%" PRId64 "\t%" PRId64 "\t%d\t", tid, dg,
-			  ev->time_ms, floor_div(ev->time_ms, 3600000) * 3600000,
-			  (int)ev->meter);
-		if (ai)
-			sb_printf(c, "%d\t%d\t", (int)it->provider_id,
-				  (int)it->model_id);
+		if (re->unpriced || re->price_id <= 0)
+			f_null(c);
 		else
-			sb_puts(c, "\\N\t\\N\t");
-		sb_printf(c, "%s\t%" PRId64 "\t", pid, qty);
-		if (ai)
-			sb_printf(c, "%" PRId64 "\t%" PRId64 "\t%" PRId64
-				  "\t%" PRId64 "\t%" PRId64 "\t\\N\t",
-				  ev->input_tokens, ev->output_tokens,
-				  ev->cache_read_tokens, ev->cache_write_tokens,
-				  ev->reasoning_tokens);
-		else if (ev->meter == TALLY_METER_WORKFLOW)
-			sb_printf(c, "\\N\t\\N\t\\N\t\\N\t\\N\t%" PRId64 "\t",
-				  ev->steps);
+			f_i64(c, re->price_id);
+		f_i64(c, item_qty(ev));
+		if (ai) {
+			f_i64(c, ev->input_tokens);
+			f_i64(c, ev->output_tokens);
+			f_i64(c, ev->cache_read_tokens);
+			f_i64(c, ev->cache_write_tokens);
+			f_i64(c, ev->reasoning_tokens);
+		} else {
+			f_null(c);
+			f_null(c);
+			f_null(c);
+			f_null(c);
+			f_null(c);
+		}
+		if (ev->meter == TALLY_METER_WORKFLOW)
+			f_i32(c, ev->steps);
 		else
-			sb_puts(c, "\\N\t\\N\t\\N\t\\N\t\\N\t\\N\t");
-		sb_printf(c, "%s\t%" PRId64 "\t%" PRId64 "\t%s\n", cost, it->ps,
-			  it->pe, it->closed ? "t" : "f");
+			f_null(c);
+		f_money(c, re->cost);
 	}
+	be16(c, -1);
 	return rows;
 }
 
-/*
- * The batch in one statement. new = the keys the dedupe insert actually
- * inserted; everything downstream reads only rows joined to it, so an event
- * seen before changes nothing. Every CTE runs, referenced or not.
- */
-static const char APPLY_SQL[] =
-	"WITH new AS ("
-	"  INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
-	"  SELECT tenant_id, digest, timestamptz 'epoch' + occurred_ms"
-	"         * interval '1 millisecond' FROM agg_stage"
-	"  ON CONFLICT DO NOTHING RETURNING tenant_id, digest),"
-	" r AS (SELECT s.*, timestamptz 'epoch' + s.occurred_ms"
-	"         * interval '1 millisecond' AS occurred_at"
-	"       FROM agg_stage s JOIN new USING (tenant_id, digest)),"
-	" led AS ("
-	"  INSERT INTO usage_ledger (occurred_at, price_id, quantity,"
-	"   input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-	"   reasoning_tokens, tenant_id, digest, model_id, steps, meter_id,"
-	"   provider_id, cost)"
-	"  SELECT occurred_at, price_id, quantity, input_tokens, output_tokens,"
-	"   cache_read_tokens, cache_write_tokens, reasoning_tokens, tenant_id,"
-	"   digest, model_id, steps, meter_id, provider_id, cost FROM r),"
-	" snap AS ("
-	"  INSERT INTO storage_snapshots (tenant_id, occurred_at, digest, bytes)"
-	"  SELECT tenant_id, occurred_at, digest, quantity FROM r"
-	"  WHERE meter_id = 3 ON CONFLICT DO NOTHING),"
-	" hg AS ("
-	"  SELECT tenant_id, hour_ms, meter_id, provider_id, model_id,"
-	"   count(*) AS events, CASE WHEN meter_id = 3 THEN max(quantity)"
-	"   ELSE sum(quantity) END AS quantity,"
-	"   coalesce(sum(input_tokens), 0) AS i, coalesce(sum(output_tokens), 0)"
-	"   AS o, coalesce(sum(cache_read_tokens), 0) AS cr,"
-	"   coalesce(sum(cache_write_tokens), 0) AS cw,"
-	"   coalesce(sum(reasoning_tokens), 0) AS rs, sum(cost) AS cost"
-	"  FROM r GROUP BY 1, 2, 3, 4, 5),"
-	" hourly AS ("
-	"  INSERT INTO usage_hourly AS h (tenant_id, hour, meter, provider,"
-	"   model, events, quantity, input_tokens, output_tokens,"
-	"   cache_read_tokens, cache_write_tokens, reasoning_tokens, cost)"
-	"  SELECT hg.tenant_id, timestamptz 'epoch' + hg.hour_ms"
-	"   * interval '1 millisecond', mt.name, coalesce(p.name, ''),"
-	"   coalesce(m.name, ''), events, quantity, i, o, cr, cw, rs, cost"
-	"  FROM hg JOIN meters mt ON mt.id = hg.meter_id"
-	"  LEFT JOIN providers p ON p.id = hg.provider_id"
-	"  LEFT JOIN models m ON m.id = hg.model_id"
-	"  ON CONFLICT (tenant_id, hour, meter, provider, model) DO UPDATE SET"
-	"   events = h.events + EXCLUDED.events,"
-	"   quantity = CASE WHEN h.meter = 'storage.snapshot'"
-	"    THEN greatest(h.quantity, EXCLUDED.quantity)"
-	"    ELSE h.quantity + EXCLUDED.quantity END,"
-	"   input_tokens = h.input_tokens + EXCLUDED.input_tokens,"
-	"   output_tokens = h.output_tokens + EXCLUDED.output_tokens,"
-	"   cache_read_tokens = h.cache_read_tokens + EXCLUDED.cache_read_tokens,"
-	"   cache_write_tokens = h.cache_write_tokens"
-	"    + EXCLUDED.cache_write_tokens,"
-	"   reasoning_tokens = h.reasoning_tokens + EXCLUDED.reasoning_tokens,"
-	"   cost = h.cost + EXCLUDED.cost),"
-	" pg AS ("
-	"  SELECT tenant_id, ps_ms, max(pe_ms) AS pe_ms,"
-	"   count(*) FILTER (WHERE meter_id = 1) AS ai,"
-	"   coalesce(sum(input_tokens), 0) AS i, coalesce(sum(output_tokens), 0)"
-	"   AS o, coalesce(sum(cache_read_tokens), 0) AS cr,"
-	"   coalesce(sum(cache_write_tokens), 0) AS cw,"
-	"   coalesce(sum(reasoning_tokens), 0) AS rs,"
-	"   count(*) FILTER (WHERE meter_id = 2) AS wf,"
-	"   coalesce(sum(quantity) FILTER (WHERE meter_id = 2), 0) AS wu,"
-	"   coalesce(sum(quantity) FILTER (WHERE meter_id = 4), 0) AS api,"
-	"   count(*) FILTER (WHERE meter_id = 3) AS ss, sum(cost) AS cost"
-	"  FROM r WHERE NOT closed GROUP BY 1, 2),"
-	" period AS ("
-	"  INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
-	"   period_end, ai_requests, input_tokens, output_tokens,"
-	"   cache_read_tokens, cache_write_tokens, reasoning_tokens,"
-	"   workflow_executions, workflow_complexity_units, api_calls,"
-	"   storage_snapshots, cost)"
-	"  SELECT tenant_id, timestamptz 'epoch' + ps_ms * interval"
-	"   '1 millisecond', timestamptz 'epoch' + pe_ms * interval"
-	"   '1 millisecond', ai, i, o, cr, cw, rs, wf, wu, api, ss, cost FROM pg"
-	"  ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
-	"   ai_requests = u.ai_requests + EXCLUDED.ai_requests,"
-	"   input_tokens = u.input_tokens + EXCLUDED.input_tokens,"
-	"   output_tokens = u.output_tokens + EXCLUDED.output_tokens,"
-	"   cache_read_tokens = u.cache_read_tokens + EXCLUDED.cache_read_tokens,"
-	"   cache_write_tokens = u.cache_write_tokens"
-	"    + EXCLUDED.cache_write_tokens,"
-	"   reasoning_tokens = u.reasoning_tokens + EXCLUDED.reasoning_tokens,"
-	"   workflow_executions = u.workflow_executions"
-	"    + EXCLUDED.workflow_executions,"
-	"   workflow_complexity_units = u.workflow_complexity_units"
-	"    + EXCLUDED.workflow_complexity_units,"
-	"   api_calls = u.api_calls + EXCLUDED.api_calls,"
-	"   storage_snapshots = u.storage_snapshots + EXCLUDED.storage_snapshots,"
-	"   cost = u.cost + EXCLUDED.cost),"
-	" adj AS ("
-	"  INSERT INTO usage_adjustments (tenant_id, period_start, period_end,"
-	"   kind, meter, provider, model, events, quantity, input_tokens,"
-	"   output_tokens, cache_read_tokens, cache_write_tokens,"
-	"   reasoning_tokens, cost)"
-	"  SELECT r.tenant_id, timestamptz 'epoch' + ps_ms * interval"
-	"   '1 millisecond', timestamptz 'epoch' + max(pe_ms) * interval"
-	"   '1 millisecond', 'late_usage', mt.name, coalesce(p.name, ''),"
-	"   coalesce(m.name, ''), count(*), sum(quantity),"
-	"   coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
-	"   coalesce(sum(cache_read_tokens), 0),"
-	"   coalesce(sum(cache_write_tokens), 0),"
-	"   coalesce(sum(reasoning_tokens), 0), sum(cost)"
-	"  FROM r JOIN meters mt ON mt.id = r.meter_id"
-	"  LEFT JOIN providers p ON p.id = r.provider_id"
-	"  LEFT JOIN models m ON m.id = r.model_id"
-	"  WHERE closed GROUP BY r.tenant_id, ps_ms, mt.name, p.name, m.name)"
-	" SELECT tenant_id, ps_ms, max(pe_ms), closed,"
-	"  count(*), bool_or(meter_id = 3)"
-	" FROM r GROUP BY tenant_id, ps_ms, closed";
+/* ------------------------------------------------------------------ */
+/* deltas, pre-aggregated in C: one row per key reaches PostgreSQL      */
+
+static void acc_reset(accmap *m, size_t hint)
+{
+	m->n = 0;
+	if (m->cap < hint) {
+		free(m->v);
+		m->cap = hint;
+		m->v = tally_xmalloc(m->cap * sizeof(acc));
+	}
+	hset_init(&m->h, hint);
+}
+
+static acc *acc_get(accmap *m, const uint8_t *tenant, int64_t t, int meter,
+		    int32_t pid, int32_t mid)
+{
+	acc *a = &m->v[m->n];
+	uint32_t k;
+
+	assert(m->n < m->cap);
+	memset(a, 0, sizeof(*a));
+	memcpy(a->k.tenant, tenant, 16);
+	a->k.t = t;
+	a->k.meter = meter;
+	a->k.provider_id = pid;
+	a->k.model_id = mid;
+	k = hset_put(&m->h, (const uint8_t *)m->v, sizeof(acc), sizeof(acc_key),
+		     (uint32_t)m->n);
+	if (k == (uint32_t)m->n)
+		m->n++;
+	return &m->v[k];
+}
+
+static void accumulate(tally_agg *agg)
+{
+	size_t i, hint = agg->n + 1;
+
+	acc_reset(&agg->hourly, hint);
+	acc_reset(&agg->period, hint);
+	acc_reset(&agg->adj, hint);
+	agg->nstorage = 0;
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		const tally_usage_event *ev = &it->re.ev;
+		bool ai = ev->meter == TALLY_METER_AI_TOKENS;
+		int32_t pid = ai ? it->provider_id : 0, mid = ai ? it->model_id : 0;
+		int64_t q = item_qty(ev);
+		acc *h, *p;
+
+		if (it->status != ST_OK)
+			continue;
+		if (ev->meter == TALLY_METER_STORAGE)
+			agg->nstorage++;
+		h = acc_get(&agg->hourly, ev->tenant_id,
+			    floor_div(ev->time_ms, 3600000) * 3600000,
+			    (int)ev->meter, pid, mid);
+		h->events++;
+		if (ev->meter == TALLY_METER_STORAGE)
+			h->quantity = q > h->quantity ? q : h->quantity;
+		else
+			h->quantity += q;
+		if (ai) {
+			h->in += ev->input_tokens;
+			h->out += ev->output_tokens;
+			h->cr += ev->cache_read_tokens;
+			h->cw += ev->cache_write_tokens;
+			h->rs += ev->reasoning_tokens;
+		}
+		h->cost += it->re.cost;
+		if (it->closed)
+			p = acc_get(&agg->adj, ev->tenant_id, it->ps,
+				    (int)ev->meter, pid, mid);
+		else
+			p = acc_get(&agg->period, ev->tenant_id, it->ps, 0, 0, 0);
+		p->pe = it->pe;
+		p->accepted++;
+		p->events++;
+		p->quantity += q;
+		if (ai) {
+			p->ai++;
+			p->in += ev->input_tokens;
+			p->out += ev->output_tokens;
+			p->cr += ev->cache_read_tokens;
+			p->cw += ev->cache_write_tokens;
+			p->rs += ev->reasoning_tokens;
+		} else if (ev->meter == TALLY_METER_WORKFLOW) {
+			p->wf++;
+			p->wu += q;
+		} else if (ev->meter == TALLY_METER_API_CALL) {
+			p->api += q;
+		} else if (ev->meter == TALLY_METER_STORAGE) {
+			p->ss++;
+		}
+		p->cost += it->re.cost;
+	}
+}
+
+static void sq_uuid(sbuf *b, const uint8_t *id)
+{
+	char s[37];
+
+	tally_uuid_fmt(s, id);
+	sb_add(b, "'", 1);
+	sb_add(b, s, 36);
+	sb_add(b, "'::uuid", 7);
+}
+
+static void sq_ts(sbuf *b, int64_t ms)
+{
+	sb_printf(b, "timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", ms);
+}
+
+static void sq_cost(sbuf *b, tally_money128 c)
+{
+	char s[64];
+
+	tally_money_fmt128(s, sizeof(s), c);
+	sb_printf(b, "%s::numeric", s);
+}
 
 /*
- * Storage GB-months of the affected periods, recomputed from the snapshots
- * (docs/aggregate.md): each snapshot's bytes hold from its time until the
- * next snapshot, the last one until the period end; the period opens with
- * the last snapshot before it. Exact: byte-milliseconds in numeric. The
- * following period's opening value may change too, so it is recomputed.
+ * Ledger, snapshots and the pre-aggregated deltas in one statement. Every
+ * literal is produced here from integers and bytes (uuids, timestamps,
+ * numbers; names come in as ids and are joined in SQL), never from event
+ * strings, so building the text is safe.
  */
-static const char STORAGE_SQL[] =
-	"WITH a0 AS (SELECT tenant_id, timestamptz 'epoch' + ps * interval"
-	"  '1 millisecond' AS ps FROM unnest($1::uuid[], $2::bigint[])"
-	"  AS x(tenant_id, ps)),"
-	" a AS (SELECT u.tenant_id, u.period_start AS ps, u.period_end AS pe"
-	"  FROM tenant_period_usage u JOIN a0 ON u.tenant_id = a0.tenant_id"
-	"  AND (u.period_start = a0.ps OR u.period_start = (SELECT"
-	"  u2.period_end FROM tenant_period_usage u2 WHERE u2.tenant_id ="
-	"  a0.tenant_id AND u2.period_start = a0.ps))),"
+static void build_apply(tally_agg *agg, sbuf *q)
+{
+	size_t i;
+
+	sb_reset(q);
+	sb_puts(q,
+		"WITH led AS ("
+		" INSERT INTO usage_ledger (occurred_at, price_id, quantity,"
+		"  input_tokens, output_tokens, cache_read_tokens,"
+		"  cache_write_tokens, reasoning_tokens, tenant_id, digest,"
+		"  model_id, steps, meter_id, provider_id, cost)"
+		" SELECT occurred_at, price_id, quantity, input_tokens,"
+		"  output_tokens, cache_read_tokens, cache_write_tokens,"
+		"  reasoning_tokens, tenant_id, digest, model_id, steps, meter_id,"
+		"  provider_id, cost FROM agg_stage)");
+	if (agg->nstorage > 0)
+		sb_puts(q, ", snap AS ("
+			" INSERT INTO storage_snapshots (tenant_id, occurred_at,"
+			"  digest, bytes) SELECT tenant_id, occurred_at, digest,"
+			"  quantity FROM agg_stage WHERE meter_id = 3"
+			" ON CONFLICT DO NOTHING)");
+	if (agg->hourly.n > 0) {
+		sb_puts(q, ", hourly AS ("
+			" INSERT INTO usage_hourly AS h (tenant_id, hour, meter,"
+			"  provider, model, events, quantity, input_tokens,"
+			"  output_tokens, cache_read_tokens, cache_write_tokens,"
+			"  reasoning_tokens, cost)"
+			" SELECT v.t, v.hr, mt.name, coalesce(p.name, ''),"
+			"  coalesce(m.name, ''), v.e, v.q, v.i, v.o, v.cr, v.cw,"
+			"  v.rs, v.c FROM (VALUES ");
+		for (i = 0; i < agg->hourly.n; i++) {
+			const acc *a = &agg->hourly.v[i];
+
+			sb_puts(q, i ? ",(" : "(");
+			sq_uuid(q, a->k.tenant);
+			sb_puts(q, ",");
+			sq_ts(q, a->k.t);
+			sb_printf(q, ",%d,%d,%d,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,",
+				  (int)a->k.meter, (int)a->k.provider_id,
+				  (int)a->k.model_id, a->events, a->quantity,
+				  a->in, a->out, a->cr, a->cw, a->rs);
+			sq_cost(q, a->cost);
+			sb_puts(q, ")");
+		}
+		sb_puts(q, ") v(t, hr, mid, pid, moid, e, q, i, o, cr, cw, rs, c)"
+			" JOIN meters mt ON mt.id = v.mid"
+			" LEFT JOIN providers p ON p.id = v.pid"
+			" LEFT JOIN models m ON m.id = v.moid"
+			" ORDER BY 1, 2, 3, 4, 5"
+			" ON CONFLICT (tenant_id, hour, meter, provider, model)"
+			" DO UPDATE SET events = h.events + EXCLUDED.events,"
+			" quantity = CASE WHEN h.meter = 'storage.snapshot'"
+			"  THEN greatest(h.quantity, EXCLUDED.quantity)"
+			"  ELSE h.quantity + EXCLUDED.quantity END,"
+			" input_tokens = h.input_tokens + EXCLUDED.input_tokens,"
+			" output_tokens = h.output_tokens + EXCLUDED.output_tokens,"
+			" cache_read_tokens = h.cache_read_tokens"
+			"  + EXCLUDED.cache_read_tokens,"
+			" cache_write_tokens = h.cache_write_tokens"
+			"  + EXCLUDED.cache_write_tokens,"
+			" reasoning_tokens = h.reasoning_tokens"
+			"  + EXCLUDED.reasoning_tokens,"
+			" cost = h.cost + EXCLUDED.cost)");
+	}
+	if (agg->period.n > 0) {
+		sb_puts(q, ", period AS ("
+			" INSERT INTO tenant_period_usage AS u (tenant_id,"
+			"  period_start, period_end, ai_requests, input_tokens,"
+			"  output_tokens, cache_read_tokens, cache_write_tokens,"
+			"  reasoning_tokens, workflow_executions,"
+			"  workflow_complexity_units, api_calls, storage_snapshots,"
+			"  cost) SELECT * FROM (VALUES ");
+		for (i = 0; i < agg->period.n; i++) {
+			const acc *a = &agg->period.v[i];
+
+			sb_puts(q, i ? ",(" : "(");
+			sq_uuid(q, a->k.tenant);
+			sb_puts(q, ",");
+			sq_ts(q, a->k.t);
+			sb_puts(q, ",");
+			sq_ts(q, a->pe);
+			sb_printf(q, ",%" PRId64 "::bigint,%" PRId64 "::bigint,%"
+				  PRId64 "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,",
+				  a->ai, a->in, a->out, a->cr, a->cw, a->rs,
+				  a->wf, a->wu, a->api, a->ss);
+			sq_cost(q, a->cost);
+			sb_puts(q, ")");
+		}
+		sb_puts(q, ") v ORDER BY 1, 2"
+			" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
+			" ai_requests = u.ai_requests + EXCLUDED.ai_requests,"
+			" input_tokens = u.input_tokens + EXCLUDED.input_tokens,"
+			" output_tokens = u.output_tokens + EXCLUDED.output_tokens,"
+			" cache_read_tokens = u.cache_read_tokens"
+			"  + EXCLUDED.cache_read_tokens,"
+			" cache_write_tokens = u.cache_write_tokens"
+			"  + EXCLUDED.cache_write_tokens,"
+			" reasoning_tokens = u.reasoning_tokens"
+			"  + EXCLUDED.reasoning_tokens,"
+			" workflow_executions = u.workflow_executions"
+			"  + EXCLUDED.workflow_executions,"
+			" workflow_complexity_units = u.workflow_complexity_units"
+			"  + EXCLUDED.workflow_complexity_units,"
+			" api_calls = u.api_calls + EXCLUDED.api_calls,"
+			" storage_snapshots = u.storage_snapshots"
+			"  + EXCLUDED.storage_snapshots,"
+			" cost = u.cost + EXCLUDED.cost)");
+	}
+	if (agg->adj.n > 0) {
+		sb_puts(q, ", adj AS ("
+			" INSERT INTO usage_adjustments (tenant_id, period_start,"
+			"  period_end, kind, meter, provider, model, events,"
+			"  quantity, input_tokens, output_tokens, cache_read_tokens,"
+			"  cache_write_tokens, reasoning_tokens, cost)"
+			" SELECT v.t, v.ps, v.pe, 'late_usage', mt.name,"
+			"  coalesce(p.name, ''), coalesce(m.name, ''), v.e, v.q,"
+			"  v.i, v.o, v.cr, v.cw, v.rs, v.c FROM (VALUES ");
+		for (i = 0; i < agg->adj.n; i++) {
+			const acc *a = &agg->adj.v[i];
+
+			sb_puts(q, i ? ",(" : "(");
+			sq_uuid(q, a->k.tenant);
+			sb_puts(q, ",");
+			sq_ts(q, a->k.t);
+			sb_puts(q, ",");
+			sq_ts(q, a->pe);
+			sb_printf(q, ",%d,%d,%d,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,%" PRId64
+				  "::bigint,%" PRId64 "::bigint,",
+				  (int)a->k.meter, (int)a->k.provider_id,
+				  (int)a->k.model_id, a->events, a->quantity,
+				  a->in, a->out, a->cr, a->cw, a->rs);
+			sq_cost(q, a->cost);
+			sb_puts(q, ")");
+		}
+		sb_puts(q, ") v(t, ps, pe, mid, pid, moid, e, q, i, o, cr, cw,"
+			" rs, c) JOIN meters mt ON mt.id = v.mid"
+			" LEFT JOIN providers p ON p.id = v.pid"
+			" LEFT JOIN models m ON m.id = v.moid)");
+	}
+	sb_puts(q, " SELECT 1");
+}
+
+/*
+ * The dedupe insert, optimistic: in the common case (nothing seen before)
+ * every staged row goes in and the C deltas are right as they are. If some
+ * were seen before, roll back to the savepoint and insert again, this time
+ * returning which staged rows were not new; those are marked duplicates
+ * and removed from the stage, and the deltas are recomputed.
+ */
+static const char DEDUPE_SQL[] =
+	"SAVEPOINT agg_dedupe;"
+	"INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
+	" SELECT tenant_id, digest, occurred_at FROM agg_stage"
+	" ON CONFLICT DO NOTHING";
+
+static const char DEDUPE_SLOW_SQL[] =
+	"WITH new AS (INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
+	"  SELECT tenant_id, digest, occurred_at FROM agg_stage"
+	"  ON CONFLICT DO NOTHING RETURNING tenant_id, digest),"
+	" old AS (DELETE FROM agg_stage s WHERE NOT EXISTS (SELECT 1 FROM new"
+	"  WHERE new.tenant_id = s.tenant_id AND new.digest = s.digest)"
+	"  RETURNING s.idx)"
+	" SELECT idx FROM old";
+
+static int simple_exec(tally_pg *pg, PGresult **out, const char *sql,
+		       ExecStatusType want, tally_error *err)
+{
+	PGresult *res = PQexec(tally_pg_conn(pg), sql);
+
+	if (res == NULL || PQresultStatus(res) != want) {
+		int rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+
+		PQclear(res);
+		return rc;
+	}
+	if (out != NULL)
+		*out = res;
+	else
+		PQclear(res);
+	return 0;
+}
+
+static int dedupe(tally_agg *agg, size_t rows, tally_error *err)
+{
+	tally_pg *pg = agg->pg;
+	PGresult *res = NULL;
+	int64_t k = 0;
+	int rc, r;
+
+	rc = simple_exec(pg, &res, DEDUPE_SQL, PGRES_COMMAND_OK, err);
+	if (rc != 0)
+		return rc;
+	if (tally_parse_i64(&k, PQcmdTuples(res)) != 0)
+		k = -1; /* unknown: take the careful path */
+	PQclear(res);
+	res = NULL;
+	if ((size_t)k == rows)
+		return 0;
+	rc = simple_exec(pg, NULL, "ROLLBACK TO SAVEPOINT agg_dedupe",
+			 PGRES_COMMAND_OK, err);
+	if (rc == 0)
+		rc = simple_exec(pg, &res, DEDUPE_SLOW_SQL, PGRES_TUPLES_OK, err);
+	if (rc != 0)
+		return rc;
+	for (r = 0; r < PQntuples(res); r++) {
+		int64_t idx = -1;
+
+		if (tally_parse_i64(&idx, PQgetvalue(res, r, 0)) != 0 ||
+		    idx < 0 || (size_t)idx >= agg->n) {
+			rc = tally_error_set(err, TALLY_ERROR, "bad stage index");
+			break;
+		}
+		agg->items[idx].status = ST_DUP;
+		agg->items[idx].dup_db = true;
+	}
+	PQclear(res);
+	return rc;
+}
+
+/*
+ * Storage GB-months and their cost (docs/aggregate.md, "Storage"): each
+ * snapshot's bytes hold from its time until the next snapshot, the last
+ * one until the period end; the period opens with the last snapshot before
+ * it. PostgreSQL returns the segments of the target periods; C prices each
+ * segment with tally_rate_storage_cost() at the price in force at the
+ * segment's start (rounded half-even per segment) and sums exactly.
+ */
+static const char SEGMENTS_SQL[] =
+	"WITH a AS (SELECT x.tenant_id, x.ps_ms, timestamptz 'epoch' + x.ps_ms"
+	"  * interval '1 ms' AS ps, timestamptz 'epoch' + x.pe_ms"
+	"  * interval '1 ms' AS pe FROM unnest($1::uuid[], $2::bigint[],"
+	"  $3::bigint[]) AS x(tenant_id, ps_ms, pe_ms)),"
 	" pts AS ("
-	"  SELECT a.tenant_id, a.ps, a.pe, s.occurred_at AS t, 1 AS rk, s.bytes"
-	"  FROM a JOIN storage_snapshots s ON s.tenant_id = a.tenant_id"
+	"  SELECT a.tenant_id, a.ps_ms, a.pe, s.occurred_at AS t, 1 AS rk,"
+	"   s.bytes FROM a JOIN storage_snapshots s ON s.tenant_id = a.tenant_id"
 	"   AND s.occurred_at >= a.ps AND s.occurred_at < a.pe"
 	"  UNION ALL"
-	"  SELECT a.tenant_id, a.ps, a.pe, a.ps, 0, c.bytes FROM a"
+	"  SELECT a.tenant_id, a.ps_ms, a.pe, a.ps, 0, c.bytes FROM a"
 	"  CROSS JOIN LATERAL (SELECT s.bytes FROM storage_snapshots s"
 	"   WHERE s.tenant_id = a.tenant_id AND s.occurred_at < a.ps"
 	"   ORDER BY s.occurred_at DESC, s.bytes DESC LIMIT 1) c),"
-	" seg AS (SELECT tenant_id, ps, bytes, t, lead(t, 1, pe) OVER"
-	"  (PARTITION BY tenant_id, ps ORDER BY t, rk, bytes) AS t2 FROM pts),"
-	" tot AS (SELECT tenant_id, ps, sum(bytes::numeric * (extract(epoch"
-	"  FROM t2 - t) * 1000)) AS bms FROM seg GROUP BY 1, 2)"
-	" UPDATE tenant_period_usage u SET storage_byte_ms = tot.bms,"
-	"  storage_gb_months = round(tot.bms / 2592000000000000000, 12)"
-	" FROM tot WHERE u.tenant_id = tot.tenant_id AND u.period_start = tot.ps"
-	"  AND u.storage_byte_ms IS DISTINCT FROM tot.bms"
+	" seg AS (SELECT tenant_id, ps_ms, bytes, t, lead(t, 1, pe) OVER"
+	"  (PARTITION BY tenant_id, ps_ms ORDER BY t, rk, bytes) AS t2"
+	"  FROM pts)"
+	" SELECT tenant_id, ps_ms, (extract(epoch FROM t) * 1000)::bigint,"
+	"  (extract(epoch FROM t2 - t) * 1000)::bigint, bytes FROM seg"
+	" WHERE t2 > t";
+
+/* Open periods: set the integral and the storage cost (part of cost). */
+static const char STORAGE_OPEN_SQL[] =
+	"UPDATE tenant_period_usage u SET storage_byte_ms = x.b,"
+	" storage_gb_months = round(x.b / 2592000000000000000, 12),"
+	" cost = u.cost - u.storage_cost + x.c, storage_cost = x.c"
+	" FROM unnest($1::uuid[], $2::bigint[], $3::numeric[], $4::numeric[])"
+	"  AS x(t, ps, b, c)"
+	" WHERE u.tenant_id = x.t AND u.period_start = timestamptz 'epoch'"
+	"  + x.ps * interval '1 ms'"
+	"  AND (u.storage_byte_ms <> x.b OR u.storage_cost <> x.c)"
 	" RETURNING u.tenant_id, (extract(epoch FROM u.period_start)"
 	"  * 1000)::bigint";
+
+/*
+ * Closed periods are never rewritten: the difference between the integral
+ * now and what the period recorded plus earlier storage adjustments goes
+ * into usage_adjustments (kind 'storage') for the next invoice.
+ */
+static const char STORAGE_CLOSED_SQL[] =
+	"INSERT INTO usage_adjustments (tenant_id, period_start, period_end,"
+	" kind, meter, storage_byte_ms, storage_gb_months, cost)"
+	" SELECT x.t, x.ps, x.pe, 'storage', 'storage.snapshot', x.b - o.b,"
+	"  round(x.b / 2592000000000000000, 12) - o.g, x.c - o.c"
+	" FROM (SELECT t, timestamptz 'epoch' + ps * interval '1 ms' AS ps,"
+	"  timestamptz 'epoch' + pe * interval '1 ms' AS pe, b, c"
+	"  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::numeric[],"
+	"  $5::numeric[]) AS y(t, ps, pe, b, c)) x"
+	" CROSS JOIN LATERAL (SELECT"
+	"  coalesce((SELECT u.storage_byte_ms FROM tenant_period_usage u"
+	"   WHERE u.tenant_id = x.t AND u.period_start = x.ps), 0)"
+	"  + coalesce((SELECT sum(a.storage_byte_ms) FROM usage_adjustments a"
+	"   WHERE a.tenant_id = x.t AND a.period_start = x.ps"
+	"   AND a.kind = 'storage'), 0) AS b,"
+	"  coalesce((SELECT u.storage_gb_months FROM tenant_period_usage u"
+	"   WHERE u.tenant_id = x.t AND u.period_start = x.ps), 0)"
+	"  + coalesce((SELECT sum(a.storage_gb_months) FROM usage_adjustments a"
+	"   WHERE a.tenant_id = x.t AND a.period_start = x.ps"
+	"   AND a.kind = 'storage'), 0) AS g,"
+	"  coalesce((SELECT u.storage_cost FROM tenant_period_usage u"
+	"   WHERE u.tenant_id = x.t AND u.period_start = x.ps), 0)"
+	"  + coalesce((SELECT sum(a.cost) FROM usage_adjustments a"
+	"   WHERE a.tenant_id = x.t AND a.period_start = x.ps"
+	"   AND a.kind = 'storage'), 0) AS c) o"
+	" WHERE x.b <> o.b OR x.c <> o.c";
+
+typedef struct starget {
+	uint8_t tenant[16];
+	int64_t ps, pe;
+	bool closed;
+	__int128 bms;         /* byte-milliseconds */
+	tally_money128 cost;  /* pico */
+} starget;
+
+/* The period of tenant ti containing t (as assign_periods decides). */
+static void period_of(const tally_agg *agg, const tenant_info *ti, int64_t t,
+		      int64_t *ps, int64_t *pe, bool *closed)
+{
+	size_t b;
+
+	for (b = 0; b < ti->bp_n; b++) {
+		const bperiod *bp = &agg->bps[ti->bp_first + b];
+
+		if (bp->start <= t && t < bp->end) {
+			*ps = bp->start;
+			*pe = bp->end;
+			*closed = bp->closed;
+			return;
+		}
+	}
+	*closed = false;
+	tally_agg_period(ps, pe, ti->cps, ti->cpe, t);
+}
+
+static void fmt_i128(char *out, size_t len, __int128 v)
+{
+	char tmp[48];
+	size_t n = 0, i;
+	bool neg = v < 0;
+	unsigned __int128 u = neg ? (unsigned __int128)0 - (unsigned __int128)v
+				  : (unsigned __int128)v;
+
+	do {
+		tmp[n++] = (char)('0' + (int)(u % 10));
+		u /= 10;
+	} while (u != 0 && n < sizeof(tmp));
+	i = 0;
+	if (neg && i + 1 < len)
+		out[i++] = '-';
+	while (n > 0 && i + 1 < len)
+		out[i++] = tmp[--n];
+	out[i] = '\0';
+}
+
+static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
+			     size_t *naff, tally_error *err)
+{
+	starget *tg = NULL;
+	size_t ntg = 0, cap, i, j;
+	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 };
+	PGresult *res = NULL;
+	const char *params[5];
+	size_t nopen = 0, nclosed = 0;
+	int rc = 0, r;
+
+	cap = 2 * (agg->period.n + agg->adj.n) + 2;
+	tg = tally_xcalloc(cap, sizeof(*tg));
+	/* targets: each period with new snapshots, and the one after it */
+	for (i = 0; i < agg->period.n + agg->adj.n; i++) {
+		const acc *a = i < agg->period.n ? &agg->period.v[i]
+			       : &agg->adj.v[i - agg->period.n];
+		uint32_t k;
+		int step;
+
+		if (i < agg->period.n ? a->ss == 0
+				      : a->k.meter != TALLY_METER_STORAGE)
+			continue;
+		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			      sizeof(tenant_info), 16, a->k.tenant);
+		assert(k != UINT32_MAX);
+		for (step = 0; step < 2; step++) {
+			starget t;
+
+			memset(&t, 0, sizeof(t));
+			memcpy(t.tenant, a->k.tenant, 16);
+			if (step == 0) {
+				t.ps = a->k.t;
+				t.pe = a->pe;
+				t.closed = i >= agg->period.n;
+			} else {
+				period_of(agg, &agg->tenants[k], a->pe, &t.ps,
+					  &t.pe, &t.closed);
+			}
+			for (j = 0; j < ntg; j++)
+				if (tg[j].ps == t.ps &&
+				    memcmp(tg[j].tenant, t.tenant, 16) == 0)
+					break;
+			if (j == ntg)
+				tg[ntg++] = t;
+		}
+	}
+	if (ntg == 0)
+		goto cleanup;
+	sb_puts(&a1, "{");
+	sb_puts(&a2, "{");
+	sb_puts(&a3, "{");
+	for (j = 0; j < ntg; j++) {
+		uuid_arr(&a1, tg[j].tenant, j == 0);
+		sb_printf(&a2, "%s%" PRId64, j ? "," : "", tg[j].ps);
+		sb_printf(&a3, "%s%" PRId64, j ? "," : "", tg[j].pe);
+	}
+	sb_puts(&a1, "}");
+	sb_puts(&a2, "}");
+	sb_puts(&a3, "}");
+	params[0] = a1.p;
+	params[1] = a2.p;
+	params[2] = a3.p;
+	rc = tally_pg_exec(agg->pg, &res, SEGMENTS_SQL, 3, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++) {
+		uint8_t id[16];
+		int64_t ps = 0, t = 0, dur = 0, bytes = 0, c = 0, pid = 0;
+		tally_error e2;
+		int src;
+
+		if (tally_uuid_parse(id, PQgetvalue(res, r, 0), 36) != 0 ||
+		    tally_parse_i64(&ps, PQgetvalue(res, r, 1)) != 0 ||
+		    tally_parse_i64(&t, PQgetvalue(res, r, 2)) != 0 ||
+		    tally_parse_i64(&dur, PQgetvalue(res, r, 3)) != 0 ||
+		    tally_parse_i64(&bytes, PQgetvalue(res, r, 4)) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "bad storage segment row");
+			goto cleanup;
+		}
+		for (j = 0; j < ntg; j++)
+			if (tg[j].ps == ps && memcmp(tg[j].tenant, id, 16) == 0)
+				break;
+		if (j == ntg)
+			continue;
+		tg[j].bms += (__int128)bytes * dur;
+		if (agg->pb == NULL)
+			continue;
+		src = tally_rate_storage_cost(&c, &pid, agg->pb, id, t, bytes,
+					      dur, &e2);
+		if (src == TALLY_ENOTFOUND) {
+			agg->storage_unpriced++;
+			continue;
+		}
+		if (src != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "storage cost: %s", e2.msg);
+			goto cleanup;
+		}
+		tg[j].cost += c;
+	}
+	PQclear(res);
+	res = NULL;
+	sb_reset(&a1);
+	sb_reset(&a2);
+	sb_reset(&a3);
+	sb_puts(&a1, "{");
+	sb_puts(&a2, "{");
+	sb_puts(&a3, "{");
+	sb_puts(&a4, "{");
+	sb_puts(&a5, "{");
+	for (j = 0; j < ntg; j++) {
+		char b[64], c[64];
+
+		if (tg[j].closed)
+			continue;
+		fmt_i128(b, sizeof(b), tg[j].bms);
+		tally_money_fmt128(c, sizeof(c), tg[j].cost);
+		uuid_arr(&a1, tg[j].tenant, nopen == 0);
+		sb_printf(&a2, "%s%" PRId64, nopen ? "," : "", tg[j].ps);
+		sb_printf(&a4, "%s%s", nopen ? "," : "", b);
+		sb_printf(&a5, "%s%s", nopen ? "," : "", c);
+		nopen++;
+	}
+	sb_puts(&a1, "}");
+	sb_puts(&a2, "}");
+	sb_puts(&a4, "}");
+	sb_puts(&a5, "}");
+	if (nopen > 0) {
+		params[0] = a1.p;
+		params[1] = a2.p;
+		params[2] = a4.p;
+		params[3] = a5.p;
+		rc = tally_pg_exec(agg->pg, &res, STORAGE_OPEN_SQL, 4, params,
+				   err);
+		if (rc != 0)
+			goto cleanup;
+		for (r = 0; r < PQntuples(res); r++) {
+			sb_printf(at, "%s%s", *naff ? "," : "",
+				  PQgetvalue(res, r, 0));
+			sb_printf(ap, "%s%s", *naff ? "," : "",
+				  PQgetvalue(res, r, 1));
+			(*naff)++;
+		}
+		PQclear(res);
+		res = NULL;
+	}
+	sb_reset(&a1);
+	sb_reset(&a2);
+	sb_reset(&a4);
+	sb_reset(&a5);
+	sb_puts(&a1, "{");
+	sb_puts(&a2, "{");
+	sb_puts(&a4, "{");
+	sb_puts(&a5, "{");
+	for (j = 0; j < ntg; j++) {
+		char b[64], c[64];
+
+		if (!tg[j].closed)
+			continue;
+		fmt_i128(b, sizeof(b), tg[j].bms);
+		tally_money_fmt128(c, sizeof(c), tg[j].cost);
+		uuid_arr(&a1, tg[j].tenant, nclosed == 0);
+		sb_printf(&a2, "%s%" PRId64, nclosed ? "," : "", tg[j].ps);
+		sb_printf(&a3, "%s%" PRId64, nclosed ? "," : "", tg[j].pe);
+		sb_printf(&a4, "%s%s", nclosed ? "," : "", b);
+		sb_printf(&a5, "%s%s", nclosed ? "," : "", c);
+		nclosed++;
+	}
+	sb_puts(&a1, "}");
+	sb_puts(&a2, "}");
+	sb_puts(&a3, "}");
+	sb_puts(&a4, "}");
+	sb_puts(&a5, "}");
+	if (nclosed > 0) {
+		params[0] = a1.p;
+		params[1] = a2.p;
+		params[2] = a3.p;
+		params[3] = a4.p;
+		params[4] = a5.p;
+		rc = tally_pg_exec(agg->pg, NULL, STORAGE_CLOSED_SQL, 5, params,
+				   err);
+	}
+cleanup:
+	PQclear(res);
+	free(tg);
+	free(a1.p);
+	free(a2.p);
+	free(a3.p);
+	free(a4.p);
+	free(a5.p);
+	return rc;
+}
 
 /* Bump versions and budget state; return the totals to publish. */
 static const char TOTALS_SQL[] =
@@ -1411,17 +2064,53 @@ cleanup:
 	return rc;
 }
 
+/* Make sure agg_stage exists on this connection (once per connection). */
+static int ensure_stage(tally_agg *agg, tally_error *err)
+{
+	PGconn *conn = tally_pg_conn(agg->pg);
+	int pid = PQbackendPID(conn);
+
+	if (agg->stage_conn == conn && agg->stage_pid == pid)
+		return 0;
+	/*
+	 * Inside the batch's transaction: if it rolls back the table is gone
+	 * again, so it only counts as created once the batch commits
+	 * (stage_pending, confirmed in tally_agg_process).
+	 */
+	agg->stage_pending = true;
+	return simple_exec(agg->pg, NULL, STAGING_SQL, PGRES_COMMAND_OK, err);
+}
+
+static void trace(tally_agg *agg, int phase)
+{
+	int64_t t;
+
+	if (!agg->trace)
+		return;
+	t = tally_mono_ns();
+	agg->phase_us[phase] += (t - agg->phase_t) / 1000;
+	agg->phase_t = t;
+}
+
 static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 {
 	tally_agg *agg = payload;
 	PGresult *res = NULL;
-	sbuf at = { 0 }, ap = { 0 }, st = { 0 }, sp = { 0 };
+	sbuf at = { 0 }, ap = { 0 };
 	const char *params[2];
-	size_t rows, naff = 0, nst = 0;
+	size_t i, rows, naff = 0, nst = 0;
 	int rc, r;
 
+	(void)pg;
+	agg->phase_t = tally_mono_ns();
 	clear_totals(agg);
 	agg->st.accepted = agg->st.adjusted = 0;
+	/* a retried transaction starts again from the batch as classified */
+	for (i = 0; i < agg->n; i++)
+		if (agg->items[i].dup_db) {
+			agg->items[i].dup_db = false;
+			agg->items[i].status = ST_OK;
+		}
 	rc = fence(agg, err);
 	if (rc != 0)
 		goto cleanup;
@@ -1432,77 +2121,64 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc != 0)
 		goto cleanup;
 	assign_periods(agg);
+	trace(agg, 0);
 	rows = build_copy(agg);
 	if (rows == 0)
 		goto cleanup;
-	/*
-	 * Every time, inside the transaction: a table created in a transaction
-	 * that then rolls back, or on a connection since replaced, is gone.
-	 */
-	res = PQexec(tally_pg_conn(pg), STAGING_SQL);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+	rc = ensure_stage(agg, err);
+	if (rc == 0)
+		rc = tally_pg_copy(agg->pg, "COPY agg_stage FROM STDIN"
+				   " (FORMAT binary)", agg->copy.p,
+				   agg->copy.len, err);
+	if (rc != 0)
 		goto cleanup;
+	trace(agg, 1);
+	rc = dedupe(agg, rows, err);
+	if (rc != 0)
+		goto cleanup;
+	trace(agg, 2);
+	accumulate(agg);
+	for (i = 0; i < agg->period.n; i++)
+		agg->st.accepted += agg->period.v[i].accepted;
+	for (i = 0; i < agg->adj.n; i++) {
+		agg->st.accepted += agg->adj.v[i].accepted;
+		agg->st.adjusted += agg->adj.v[i].accepted;
 	}
-	PQclear(res);
-	res = NULL;
-	rc = tally_pg_copy(pg, "COPY agg_stage FROM STDIN", agg->copy.p,
-			   agg->copy.len, err);
+	if (agg->st.accepted == 0)
+		goto cleanup;
+	build_apply(agg, &agg->q3);
+	rc = simple_exec(agg->pg, NULL, agg->q3.p, PGRES_TUPLES_OK, err);
 	if (rc != 0)
 		goto cleanup;
-	rc = tally_pg_exec(pg, &res, APPLY_SQL, 0, NULL, err);
-	if (rc != 0)
-		goto cleanup;
+	trace(agg, 3);
 	sb_puts(&at, "{");
 	sb_puts(&ap, "{");
-	sb_puts(&st, "{");
-	sb_puts(&sp, "{");
-	for (r = 0; r < PQntuples(res); r++) {
-		int64_t cnt = parse_ms(PQgetvalue(res, r, 4));
-		bool closed = PQgetvalue(res, r, 3)[0] == 't';
+	for (i = 0; i < agg->period.n; i++) {
+		const acc *a = &agg->period.v[i];
 
-		agg->st.accepted += (size_t)cnt;
-		if (closed) {
-			agg->st.adjusted += (size_t)cnt;
-			continue;
-		}
-		sb_printf(&at, "%s%s", naff ? "," : "", PQgetvalue(res, r, 0));
-		sb_printf(&ap, "%s%s", naff ? "," : "", PQgetvalue(res, r, 1));
+		uuid_arr(&at, a->k.tenant, naff == 0);
+		sb_printf(&ap, "%s%" PRId64, naff ? "," : "", a->k.t);
 		naff++;
-		if (PQgetvalue(res, r, 5)[0] == 't') {
-			sb_printf(&st, "%s%s", nst ? "," : "",
-				  PQgetvalue(res, r, 0));
-			sb_printf(&sp, "%s%s", nst ? "," : "",
-				  PQgetvalue(res, r, 1));
-			nst++;
-		}
 	}
-	PQclear(res);
-	res = NULL;
+	for (i = 0; i < agg->adj.n; i++)
+		if (agg->adj.v[i].k.meter == TALLY_METER_STORAGE)
+			nst++;
+	for (i = 0; i < agg->period.n; i++)
+		if (agg->period.v[i].ss > 0)
+			nst++;
 	if (nst > 0) {
-		sb_puts(&st, "}");
-		sb_puts(&sp, "}");
-		params[0] = st.p;
-		params[1] = sp.p;
-		rc = tally_pg_exec(pg, &res, STORAGE_SQL, 2, params, err);
+		rc = storage_recompute(agg, &at, &ap, &naff, err);
 		if (rc != 0)
 			goto cleanup;
-		/* the following periods whose opening value changed */
-		for (r = 0; r < PQntuples(res); r++) {
-			sb_printf(&at, ",%s", PQgetvalue(res, r, 0));
-			sb_printf(&ap, ",%s", PQgetvalue(res, r, 1));
-			naff++;
-		}
-		PQclear(res);
-		res = NULL;
 	}
+	trace(agg, 4);
 	if (naff == 0)
 		goto cleanup;
 	sb_puts(&at, "}");
 	sb_puts(&ap, "}");
 	params[0] = at.p;
 	params[1] = ap.p;
-	rc = tally_pg_exec(pg, &res, TOTALS_SQL, 2, params, err);
+	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 2, params, err);
 	if (rc != 0)
 		goto cleanup;
 	for (r = 0; r < PQntuples(res); r++) {
@@ -1519,12 +2195,11 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 			tally_xstrdup(PQgetvalue(res, r, 1));
 		agg->ntotals++;
 	}
+	trace(agg, 5);
 cleanup:
 	PQclear(res);
 	free(at.p);
 	free(ap.p);
-	free(st.p);
-	free(sp.p);
 	return rc;
 }
 
@@ -1577,9 +2252,32 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 	rc = resolve_models(agg, err);
 	if (rc != 0)
 		return rc;
+	agg->stage_pending = false;
+	agg->storage_unpriced = 0;
 	rc = tally_pg_txn(agg->pg, apply_txn, agg, 0, err);
-	if (rc != 0)
+	if (rc != 0) {
+		agg->stage_conn = NULL; /* created in a rolled-back txn? */
 		return rc;
+	}
+	if (agg->stage_pending) {
+		agg->stage_conn = tally_pg_conn(agg->pg);
+		agg->stage_pid = PQbackendPID(agg->stage_conn);
+	}
+	if (agg->storage_unpriced > 0)
+		tally_log(TALLY_WARN, "aggregate.storage_unpriced",
+			  TALLY_KV_INT("segments", agg->storage_unpriced));
+	if (agg->trace) {
+		trace(agg, 5);
+		tally_log(TALLY_INFO, "aggregate.trace",
+			  TALLY_KV_INT("n", n),
+			  TALLY_KV_INT("prep_us", agg->phase_us[0]),
+			  TALLY_KV_INT("copy_us", agg->phase_us[1]),
+			  TALLY_KV_INT("dedupe_us", agg->phase_us[2]),
+			  TALLY_KV_INT("apply_us", agg->phase_us[3]),
+			  TALLY_KV_INT("storage_us", agg->phase_us[4]),
+			  TALLY_KV_INT("totals_commit_us", agg->phase_us[5]));
+		memset(agg->phase_us, 0, sizeof(agg->phase_us));
+	}
 	/* committed: this instance's view of its positions moves on */
 	for (i = 0; i < agg->nparts; i++)
 		pos_set(agg, agg->parts[i].topic, agg->parts[i].partition,
@@ -1594,6 +2292,12 @@ done:
 	if (stats != NULL)
 		*stats = agg->st;
 	return 0;
+}
+
+void tally_agg_set_pricebook(tally_agg *agg,
+			     const struct tally_pricebook *pb)
+{
+	agg->pb = pb;
 }
 
 int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,

@@ -35,6 +35,7 @@
 #define TALLY_AGG_FENCED TALLY_EDUPLICATE
 
 typedef struct tally_agg tally_agg;
+struct tally_pricebook;
 
 typedef struct tally_agg_opts {
 	const char *group;          /* consumer_offsets.consumer_group */
@@ -43,6 +44,8 @@ typedef struct tally_agg_opts {
 	rd_kafka_t *producer;       /* DLQ + totals; NULL = PG only (tests) */
 	const char *dlq_topic;      /* e.g. "billing.usage.rated.dlq" */
 	const char *totals_topic;   /* e.g. "billing.totals"; NULL = none */
+	/* storage prices (GB-month); borrowed, may be NULL (storage costs 0) */
+	const struct tally_pricebook *pricebook;
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */
@@ -72,6 +75,13 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 
 /** NULL is a no-op. */
 void tally_agg_free(tally_agg *agg);
+
+/**
+ * Replace the book used to price storage GB-months (after a reload).
+ * Borrowed: it must outlive its use, i.e. until the next call or free.
+ */
+void tally_agg_set_pricebook(tally_agg *agg,
+			     const struct tally_pricebook *pb);
 
 /**
  * Partitions were assigned: set each element's offset to the position in
@@ -134,8 +144,6 @@ void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
  */
 void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		      int64_t t);
-
-struct tally_pricebook;
 
 /** What `tally rerate` re-prices: [from_ms, to_ms), optionally one tenant
  *  and/or one model name. */
