@@ -106,6 +106,7 @@ struct tally_relay {
 
 	tally_metrics *m;
 	tally_counter *requests[O__COUNT];
+	tally_counter *delivered, *delivery_failed;
 	tally_histogram *produce_lat;
 	tally_histogram *request_lat;
 	tally_gauge *inflight;
@@ -259,9 +260,11 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 		tally_log(TALLY_WARN, "relay.produce_failed",
 			  TALLY_KV_STR("event_id", rq->event_id),
 			  TALLY_KV_STR("error", rd_kafka_err2str(rkm->err)));
+		tally_counter_add(r->delivery_failed, 1);
 		finish(rq, O_KAFKA);
 		return;
 	}
+	tally_counter_add(r->delivered, 1);
 	tally_log(TALLY_DEBUG, "relay.accepted",
 		  TALLY_KV_STR("event_id", rq->event_id),
 		  TALLY_KV_INT("partition", rkm->partition),
@@ -575,6 +578,13 @@ static void register_metrics(tally_relay *r)
 			r->m, "tally_relay_requests_total", labels,
 			"Webhook requests answered, by HTTP status and reason.");
 	}
+	r->delivered = tally_metrics_counter(
+		r->m, "tally_relay_delivered_total", NULL,
+		"Events acknowledged by Kafka (each is one record on the "
+		"topic; a client that left before its 200 still counts).");
+	r->delivery_failed = tally_metrics_counter(
+		r->m, "tally_relay_delivery_failed_total", NULL,
+		"Events Kafka could not take in time (answered 503).");
 	r->produce_lat = tally_metrics_histogram(
 		r->m, "tally_relay_produce_seconds", NULL,
 		"Time from produce to Kafka delivery report (acks=all).",

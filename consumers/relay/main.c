@@ -1,14 +1,17 @@
 /*
  * tally-relay - Stripe webhooks onto Kafka (see include/tally/relay.h).
  *
- *   tally-relay --config FILE [--listen HOST:PORT]
+ *   tally-relay --config FILE [--listen HOST:PORT] [--create-topic N]
  *
+ * --create-topic N creates topics.stripe_events with N partitions if it is
+ * missing (demo, benchmark); in production the topic is provisioned.
  * SIGTERM/SIGINT: stop accepting, drain in-flight events, flush, exit 0
  * (a second signal exits at once). SIGHUP: reload relay.tolerance_s and
  * log.level. Exit 1 on a start-up error or a fatal producer error.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/config.h"
+#include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/relay.h"
@@ -18,9 +21,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+static int create_topic(const tally_config *cfg, int partitions,
+			tally_error *err)
+{
+	rd_kafka_t *rk = NULL;
+	const char *topics[2];
+	int rc;
+
+	topics[0] = tally_config_str(cfg, "topics.stripe_events");
+	topics[1] = NULL;
+	rc = tally_kafka_producer_new(&rk, tally_kafka_conf(cfg), err);
+	if (rc == 0)
+		rc = tally_kafka_create_topics(rk, topics, partitions, err);
+	if (rk != NULL)
+		rd_kafka_destroy(rk);
+	return rc;
+}
+
 static void usage(FILE *fp)
 {
-	fprintf(fp, "usage: tally-relay --config FILE [--listen HOST:PORT]\n"
+	fprintf(fp, "usage: tally-relay --config FILE [--listen HOST:PORT] "
+		    "[--create-topic PARTITIONS]\n"
 		    "  Stripe webhooks (POST relay.path) onto "
 		    "topics.stripe_events;\n"
 		    "  /healthz, /readyz and /metrics on the same listener.\n"
@@ -35,6 +56,7 @@ int main(int argc, char **argv)
 	tally_metrics *m = NULL;
 	tally_relay *r = NULL;
 	tally_error err = { 0 };
+	int64_t partitions = 0;
 	int i, lv, rc = EXIT_FAILURE;
 
 	for (i = 1; i < argc; i++) {
@@ -42,6 +64,13 @@ int main(int argc, char **argv)
 			cfg_path = argv[++i];
 		} else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
 			listen = argv[++i];
+		} else if (strcmp(argv[i], "--create-topic") == 0 &&
+			   i + 1 < argc) {
+			if (tally_parse_i64(&partitions, argv[++i]) != 0 ||
+			    partitions < 1 || partitions > 1000) {
+				usage(stderr);
+				return 2;
+			}
 		} else if (strcmp(argv[i], "--help") == 0 ||
 			   strcmp(argv[i], "-h") == 0) {
 			usage(stdout);
@@ -62,6 +91,11 @@ int main(int argc, char **argv)
 		tally_log_set_level((tally_log_level)lv);
 	if (listen != NULL)
 		tally_config_set(cfg, "relay.listen", listen);
+	if (partitions > 0 && create_topic(cfg, (int)partitions, &err) != 0) {
+		tally_log(TALLY_FATAL, "relay.create_topic_failed",
+			  TALLY_KV_STR("error", err.msg));
+		goto cleanup;
+	}
 	tally_signals_install();
 	m = tally_metrics_new();
 	if (tally_relay_new(&r, cfg, m, &err) != 0) {
