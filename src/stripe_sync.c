@@ -64,6 +64,9 @@ struct tally_stripe_sync {
 };
 
 #define MAXP 32
+/* as_of_rank of an object read from the API (command answers, reconcile):
+ * above every event rank of the same second */
+#define API_READ_RANK 9
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -556,7 +559,11 @@ static int mirror_subscription(tally_stripe_sync *ss, tenant *t,
 		"as_of_rank = EXCLUDED.as_of_rank, "
 		"last_event_id = EXCLUDED.last_event_id, updated_at = now() "
 		"WHERE (s.as_of, s.as_of_rank) < "
-		"(EXCLUDED.as_of, EXCLUDED.as_of_rank) RETURNING 1",
+		"(EXCLUDED.as_of, EXCLUDED.as_of_rank) OR "
+		/* an API read (rank 9) is the current object: it also
+		 * replaces a read or an event of the same second */
+		"(EXCLUDED.as_of_rank = 9 AND (s.as_of, s.as_of_rank) <= "
+		"(EXCLUDED.as_of, EXCLUDED.as_of_rank)) RETURNING 1",
 		21, t->id, v.id, v.customer, v.status, v.plan, v.price,
 		v.item, v.pqty, tally_stripe_jstr(sub, "currency"), v.pcps,
 		v.pcpe, v.pts, v.pte, v.cancel_at_period_end ? "true"
@@ -1602,8 +1609,8 @@ static int adopt_subscription(cmd_ctx *c, const json_t *sub,
 	bool applied;
 	int rc;
 
-	rc = mirror_subscription(c->ss, &c->t, sub, now_ms(c->ss) / 1000, 0,
-				 NULL, &applied, err);
+	rc = mirror_subscription(c->ss, &c->t, sub, now_ms(c->ss) / 1000,
+				 API_READ_RANK, NULL, &applied, err);
 	if (rc == 0 && !applied)
 		tally_log(TALLY_DEBUG, "stripe.subscription_stale",
 			  TALLY_KV_STR("command_id", c->id));
@@ -2339,7 +2346,8 @@ static int recon_sub(json_t *sub, void *payload)
 					    tid, true, r->err);
 		if (r->rc == 0)
 			r->rc = mirror_subscription(r->ss, &t, sub,
-				now_ms(r->ss) / 1000, 9, NULL, &applied,
+				now_ms(r->ss) / 1000, API_READ_RANK, NULL,
+				&applied,
 				r->err);
 		if (r->rc == 0)
 			r->rc = ex(r->ss, NULL, r->err, "COMMIT", 0);
