@@ -31,6 +31,7 @@ typedef struct keydef {
 #define S(k, d, r, e) { k, CT_STR, d, r, e, false, 0, 0 }
 #define SECRET(k, e) { k, CT_STR, "", false, e, true, 0, 0 }
 #define I(k, d, r, lo, hi) { k, CT_INT, #d, r, NULL, false, lo, hi }
+#define IE(k, d, r, e, lo, hi) { k, CT_INT, #d, r, e, false, lo, hi }
 #define B(k, d, r) { k, CT_BOOL, d, r, NULL, false, 0, 1 }
 
 static const keydef keys[] = {
@@ -76,9 +77,9 @@ static const keydef keys[] = {
 	S("stripe.group", "tally.stripe", false, NULL),
 	I("stripe.timeout_ms", 30000, true, 100, 600000),
 	I("stripe.max_retries", 5, true, 0, 20),
-	I("stripe.default_trial_days", 14, true, 0, 365),
-	I("stripe.max_trial_days", 30, true, 0, 365),
-	I("stripe.auto_suspend_days", 7, true, 1, 365),
+	IE("stripe.default_trial_days", 14, true, "DEFAULT_TRIAL_DAYS", 0, 365),
+	IE("stripe.max_trial_days", 30, true, "MAX_TRIAL_DAYS", 0, 365),
+	IE("stripe.auto_suspend_days", 7, true, "AUTO_SUSPEND_DAYS", 1, 365),
 	I("stripe.meter_interval_s", 3600, true, 10, 86400),
 	S("stripe.meter_event_name", "ai_tokens", true, NULL),
 	S("stripe.price_starter", "", true, "STRIPE_PRICE_ID_STARTER"),

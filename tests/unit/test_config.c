@@ -29,6 +29,7 @@ static void teardown(void)
 	unsetenv("KAFKA_BROKERS");
 	unsetenv("DATABASE_URL");
 	unsetenv("STRIPE_SECRET_KEY");
+	unsetenv("AUTO_SUSPEND_DAYS");
 }
 
 START_TEST(test_config_defaults_without_file)
@@ -139,6 +140,22 @@ START_TEST(test_config_env_overrides_file)
 }
 END_TEST
 
+START_TEST(test_config_seed_env_names)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+
+	setenv("AUTO_SUSPEND_DAYS", "3", 1);
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), 0);
+	ck_assert_int_eq(tally_config_int(cfg, "stripe.auto_suspend_days"), 3);
+	tally_config_free(cfg);
+	setenv("AUTO_SUSPEND_DAYS", "soon", 1);
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "$AUTO_SUSPEND_DAYS") != NULL, "got '%s'",
+		      err.msg);
+}
+END_TEST
+
 START_TEST(test_config_reload_keeps_non_reloadable)
 {
 	tally_config *cfg = NULL;
@@ -207,6 +224,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_config_type_and_range_checked);
 	tcase_add_test(tc, test_config_secret_only_from_env);
 	tcase_add_test(tc, test_config_env_overrides_file);
+	tcase_add_test(tc, test_config_seed_env_names);
 	tcase_add_test(tc, test_config_reload_keeps_non_reloadable);
 	tcase_add_test(tc, test_config_missing_file);
 	tcase_add_test(tc, test_config_example_documents_every_key);
