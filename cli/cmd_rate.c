@@ -48,7 +48,7 @@ static int run_bench(const tally_pricebook *pb, bench_ev *evs, size_t n,
 {
 	tally_rate_ctx *ctx = tally_rate_ctx_new();
 	tally_rated_event out;
-	int64_t r, t0, t1, total = 0, sum = 0;
+	int64_t r, t0 = 0, t1, total = 0, sum = 0;
 	size_t i;
 
 	for (r = 0; r < rounds; r++) {
