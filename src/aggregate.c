@@ -332,6 +332,15 @@ typedef struct accmap {
 	hset h;
 } accmap;
 
+/* What a published totals message carries as its opaque: once the broker
+ * acknowledges it, published_version moves up to version. */
+#define TOTALS_MAGIC 0x746f746cU
+typedef struct totals_ack {
+	uint32_t magic;
+	uint8_t tenant[16];
+	int64_t ps, version;
+} totals_ack;
+
 typedef struct fence_pos {
 	char *topic;
 	int32_t partition;
@@ -357,7 +366,8 @@ typedef struct bperiod {
 typedef struct batch_part {
 	const char *topic;
 	int32_t partition;
-	int64_t next;
+	int64_t first, next;
+	int64_t gap_from, gap_to; /* gap_to > gap_from: retention lost these */
 } batch_part;
 
 struct tally_agg {
@@ -365,6 +375,7 @@ struct tally_agg {
 	char *group, *dlq_topic, *totals_topic;
 	int64_t lateness_ms, future_ms;
 	rd_kafka_t *producer;
+	rd_kafka_t *consumer_rk; /* for the log start offsets; may be NULL */
 
 	fence_pos *pos;
 	size_t npos, cappos;
@@ -388,9 +399,14 @@ struct tally_agg {
 	sbuf copy, q1, q2, q3;
 	char **totals;  /* JSON per affected tenant-period, after commit */
 	char **totals_key;
+	totals_ack *totals_ack;
+	totals_ack *acks;     /* delivered, not yet marked in PostgreSQL */
+	size_t nacks, capacks, nacks_marking, inflight;
 	size_t ntotals, cap_totals;
 	tally_agg_stats st;
 	accmap hourly, period, adj; /* deltas of the batch */
+	item **sorted;
+	size_t cap_sorted;
 	size_t nstorage;
 	const struct tally_pricebook *pb; /* storage prices; may be NULL */
 	size_t storage_unpriced;
@@ -451,6 +467,8 @@ void tally_agg_free(tally_agg *agg)
 	clear_totals(agg);
 	free(agg->totals);
 	free(agg->totals_key);
+	free(agg->totals_ack);
+	free(agg->acks);
 	free(agg->pos);
 	free(agg->models);
 	free(agg->items);
@@ -462,6 +480,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->q1.p);
 	free(agg->q2.p);
 	free(agg->q3.p);
+	free(agg->sorted);
 	free(agg->hourly.v);
 	free(agg->hourly.h.slot);
 	free(agg->period.v);
@@ -828,11 +847,88 @@ static int collect_parts(tally_agg *agg, tally_error *err)
 						       "too many partitions in a batch");
 			agg->parts[k].topic = m->topic;
 			agg->parts[k].partition = m->partition;
+			agg->parts[k].first = m->offset;
+			agg->parts[k].gap_from = agg->parts[k].gap_to = 0;
 			agg->nparts++;
 		}
 		agg->parts[k].next = m->offset + 1;
 	}
 	return 0;
+}
+
+/*
+ * Offsets that Kafka deleted (retention) before we read them: the batch
+ * starts after our expected position and the log now starts after it too.
+ * librdkafka resumes at the log start (auto.offset.reset=earliest); the
+ * skipped range is never silent: logged as an error, counted, and recorded
+ * in consumer_offset_gaps in the batch's transaction. Gaps that are only
+ * transaction markers or aborted messages are not flagged: there the log
+ * start is still at or below our position.
+ */
+static void detect_gaps(tally_agg *agg)
+{
+	size_t k;
+
+	agg->st.gaps = 0;
+	if (agg->consumer_rk == NULL)
+		return;
+	for (k = 0; k < agg->nparts; k++) {
+		batch_part *bp = &agg->parts[k];
+		fence_pos *fp = pos_find(agg, bp->topic, bp->partition);
+		int64_t lo = -1, hi = -1;
+
+		if (fp == NULL || fp->expected < 0 || bp->first <= fp->expected)
+			continue;
+		if (rd_kafka_get_watermark_offsets(agg->consumer_rk, bp->topic,
+						   bp->partition, &lo, &hi) !=
+		    RD_KAFKA_RESP_ERR_NO_ERROR || lo < 0)
+			continue;
+		if (lo <= fp->expected)
+			continue;
+		bp->gap_from = fp->expected;
+		bp->gap_to = lo < bp->first ? lo : bp->first;
+		agg->st.gaps++;
+		tally_log(TALLY_ERR, "aggregate.offset_gap",
+			  TALLY_KV_STR("topic", bp->topic),
+			  TALLY_KV_INT("partition", bp->partition),
+			  TALLY_KV_INT("stored_offset", fp->expected),
+			  TALLY_KV_INT("log_start_offset", lo),
+			  TALLY_KV_INT("resumed_at", bp->first));
+	}
+}
+
+static int record_gaps(tally_agg *agg, tally_error *err)
+{
+	char p[16], f[24], t[24];
+	const char *params[5];
+	size_t k;
+	int rc = 0;
+
+	for (k = 0; k < agg->nparts && rc == 0; k++) {
+		batch_part *bp = &agg->parts[k];
+
+		if (bp->gap_to <= bp->gap_from)
+			continue;
+		snprintf(p, sizeof(p), "%d", (int)bp->partition);
+		snprintf(f, sizeof(f), "%" PRId64, bp->gap_from);
+		snprintf(t, sizeof(t), "%" PRId64, bp->gap_to);
+		params[0] = agg->group;
+		params[1] = bp->topic;
+		params[2] = p;
+		params[3] = f;
+		params[4] = t;
+		rc = tally_pg_exec(agg->pg, NULL,
+				   "INSERT INTO consumer_offset_gaps (consumer_group,"
+				   " topic, partition, from_offset, to_offset)"
+				   " VALUES ($1, $2, $3, $4, $5)"
+				   " ON CONFLICT DO NOTHING", 5, params, err);
+	}
+	return rc;
+}
+
+void tally_agg_set_consumer(tally_agg *agg, rd_kafka_t *rk)
+{
+	agg->consumer_rk = rk;
 }
 
 static int send_dead_letters(tally_agg *agg, tally_error *err)
@@ -1216,29 +1312,47 @@ static int64_t item_qty(const tally_usage_event *ev)
 	}
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+	const item *x = *(const item *const *)a, *y = *(const item *const *)b;
+
+	return memcmp(x->key, y->key, 32);
+}
+
 static size_t build_copy(tally_agg *agg)
 {
 	sbuf *c = &agg->copy;
-	size_t i, rows = 0;
+	size_t i, rows = 0, nsort = 0;
 
+	/*
+	 * In key order: the dedupe index then takes the batch in one ordered
+	 * pass over its leaf pages instead of random hops.
+	 */
+	if (agg->cap_sorted < agg->n) {
+		free(agg->sorted);
+		agg->cap_sorted = agg->n;
+		agg->sorted = tally_xmalloc(agg->n * sizeof(item *));
+	}
+	for (i = 0; i < agg->n; i++)
+		if (agg->items[i].status == ST_OK)
+			agg->sorted[nsort++] = &agg->items[i];
+	qsort(agg->sorted, nsort, sizeof(item *), cmp_key);
 	sb_reset(c);
 	sb_add(c, "PGCOPY\n\377\r\n\0", 11);
 	be32(c, 0); /* flags */
 	be32(c, 0); /* header extension */
-	for (i = 0; i < agg->n; i++) {
-		item *it = &agg->items[i];
+	for (i = 0; i < nsort; i++) {
+		item *it = agg->sorted[i];
 		const tally_rated_event *re = &it->re;
 		const tally_usage_event *ev = &re->ev;
 		bool ai = ev->meter == TALLY_METER_AI_TOKENS;
 
-		if (it->status != ST_OK)
-			continue;
 		rows++;
 		/* worst case per row, so the helpers never reallocate */
 		sb_reserve(c, 2 + STAGE_COLS * 4 + 16 + 16 + 8 * 10 + 2 * 2 +
 			   4 * 3 + 18);
 		be16(c, STAGE_COLS);
-		f_i32(c, (int64_t)i);
+		f_i32(c, (int64_t)(it - agg->items));
 		f_uuid(c, ev->tenant_id);
 		f_uuid(c, it->key + 16);
 		f_ts(c, ev->time_ms);
@@ -1557,16 +1671,19 @@ static void build_apply(tally_agg *agg, sbuf *q)
 
 /*
  * The dedupe insert, optimistic: in the common case (nothing seen before)
- * every staged row goes in and the C deltas are right as they are. If some
- * were seen before, roll back to the savepoint and insert again, this time
- * returning which staged rows were not new; those are marked duplicates
- * and removed from the stage, and the deltas are recomputed.
+ * a plain INSERT puts every staged row in (no speculative insertion, which
+ * costs about twice as much per row) and the C deltas are right as they
+ * are. A key seen before makes it fail with unique_violation: roll back to
+ * the savepoint and insert again with ON CONFLICT DO NOTHING, returning
+ * which staged rows were not new; those are marked duplicates and removed
+ * from the stage, and the deltas are computed without them. A concurrent
+ * insert of the same key by another instance (impossible while the fence
+ * holds: a tenant's events share a partition) would also end up here.
  */
 static const char DEDUPE_SQL[] =
 	"SAVEPOINT agg_dedupe;"
 	"INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
-	" SELECT tenant_id, digest, occurred_at FROM agg_stage"
-	" ON CONFLICT DO NOTHING";
+	" SELECT tenant_id, digest, occurred_at FROM agg_stage";
 
 static const char DEDUPE_SLOW_SQL[] =
 	"WITH new AS (INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
@@ -1602,15 +1719,26 @@ static int dedupe(tally_agg *agg, size_t rows, tally_error *err)
 	int64_t k = 0;
 	int rc, r;
 
-	rc = simple_exec(pg, &res, DEDUPE_SQL, PGRES_COMMAND_OK, err);
-	if (rc != 0)
-		return rc;
-	if (tally_parse_i64(&k, PQcmdTuples(res)) != 0)
-		k = -1; /* unknown: take the careful path */
-	PQclear(res);
-	res = NULL;
-	if ((size_t)k == rows)
-		return 0;
+	res = PQexec(tally_pg_conn(pg), DEDUPE_SQL);
+	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
+		if (tally_parse_i64(&k, PQcmdTuples(res)) != 0)
+			k = -1;
+		PQclear(res);
+		if ((size_t)k == rows)
+			return 0;
+		res = NULL;
+	} else {
+		const char *state = res != NULL ?
+			PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+		if (state == NULL || strcmp(state, "23505") != 0) {
+			rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+			PQclear(res);
+			return rc;
+		}
+		PQclear(res);
+		res = NULL;
+	}
 	rc = simple_exec(pg, NULL, "ROLLBACK TO SAVEPOINT agg_dedupe",
 			 PGRES_COMMAND_OK, err);
 	if (rc == 0)
@@ -1950,6 +2078,31 @@ cleanup:
 }
 
 /* Bump versions and budget state; return the totals to publish. */
+#define TOTALS_JSON \
+	"json_build_object('schema', 'tally.totals/1'," \
+	"  'tenant_id', u.tenant_id," \
+	"  'period_start', to_char(u.period_start AT TIME ZONE 'UTC'," \
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')," \
+	"  'period_end', to_char(u.period_end AT TIME ZONE 'UTC'," \
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')," \
+	"  'version', u.version, 'ai_requests', u.ai_requests," \
+	"  'max_ai_requests_per_month', t.max_ai_requests_per_month," \
+	"  'workflow_executions', u.workflow_executions," \
+	"  'workflow_complexity_units', u.workflow_complexity_units," \
+	"  'max_workflows', t.max_workflows," \
+	"  'input_tokens', u.input_tokens, 'output_tokens', u.output_tokens," \
+	"  'cache_read_tokens', u.cache_read_tokens," \
+	"  'cache_write_tokens', u.cache_write_tokens," \
+	"  'reasoning_tokens', u.reasoning_tokens, 'api_calls', u.api_calls," \
+	"  'storage_gb_months', u.storage_gb_months::text," \
+	"  'cost', u.cost::text, 'monthly_budget', t.monthly_budget::text," \
+	"  'currency', coalesce(t.currency, 'USD')," \
+	"  'budget_state', u.budget_state," \
+	"  'updated_at', to_char(u.updated_at AT TIME ZONE 'UTC'," \
+	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))::text, u.tenant_id::text," \
+	" (extract(epoch FROM u.period_start) * 1000)::bigint, u.version"
+
+/* Bump versions and budget state; return the totals to publish. */
 static const char TOTALS_SQL[] =
 	"UPDATE tenant_period_usage u SET version = u.version + 1,"
 	" updated_at = now(), budget_state = CASE"
@@ -1963,27 +2116,22 @@ static const char TOTALS_SQL[] =
 	" LEFT JOIN tenants t ON t.id = a.tid"
 	" WHERE u.tenant_id = a.tid AND u.period_start = timestamptz 'epoch'"
 	"  + a.ps * interval '1 millisecond'"
-	" RETURNING json_build_object('schema', 'tally.totals/1',"
-	"  'tenant_id', u.tenant_id,"
-	"  'period_start', to_char(u.period_start AT TIME ZONE 'UTC',"
-	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
-	"  'period_end', to_char(u.period_end AT TIME ZONE 'UTC',"
-	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),"
-	"  'version', u.version, 'ai_requests', u.ai_requests,"
-	"  'max_ai_requests_per_month', t.max_ai_requests_per_month,"
-	"  'workflow_executions', u.workflow_executions,"
-	"  'workflow_complexity_units', u.workflow_complexity_units,"
-	"  'max_workflows', t.max_workflows,"
-	"  'input_tokens', u.input_tokens, 'output_tokens', u.output_tokens,"
-	"  'cache_read_tokens', u.cache_read_tokens,"
-	"  'cache_write_tokens', u.cache_write_tokens,"
-	"  'reasoning_tokens', u.reasoning_tokens, 'api_calls', u.api_calls,"
-	"  'storage_gb_months', u.storage_gb_months::text,"
-	"  'cost', u.cost::text, 'monthly_budget', t.monthly_budget::text,"
-	"  'currency', coalesce(t.currency, 'USD'),"
-	"  'budget_state', u.budget_state,"
-	"  'updated_at', to_char(u.updated_at AT TIME ZONE 'UTC',"
-	"   'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))::text, u.tenant_id::text";
+	" RETURNING " TOTALS_JSON;
+
+/* The outbox: totals whose latest version is not known delivered. */
+static const char UNPUBLISHED_SQL[] =
+	"SELECT " TOTALS_JSON " FROM tenant_period_usage u"
+	" LEFT JOIN tenants t ON t.id = u.tenant_id"
+	" WHERE u.published_version < u.version"
+	" ORDER BY u.tenant_id, u.period_start LIMIT 10000";
+
+/* Delivered versions (acknowledged by the broker) move the mark. */
+static const char MARK_PUBLISHED_SQL[] =
+	"UPDATE tenant_period_usage u SET published_version = x.v"
+	" FROM (SELECT t, ps, max(v) AS v FROM unnest($1::uuid[], $2::bigint[],"
+	"  $3::bigint[]) y(t, ps, v) GROUP BY 1, 2) x"
+	" WHERE u.tenant_id = x.t AND u.period_start = timestamptz 'epoch'"
+	"  + x.ps * interval '1 ms' AND u.published_version < x.v";
 
 static int mirror_dead_letters(tally_agg *agg, tally_error *err)
 {
@@ -2064,6 +2212,79 @@ cleanup:
 	return rc;
 }
 
+/* Keep one totals row of res (TOTALS_JSON columns) for publishing. */
+static void add_total(tally_agg *agg, PGresult *res, int r)
+{
+	if (agg->ntotals == agg->cap_totals) {
+		agg->cap_totals = agg->cap_totals ? agg->cap_totals * 2 : 64;
+		agg->totals = tally_xrealloc(agg->totals, agg->cap_totals *
+					     sizeof(*agg->totals));
+		agg->totals_key = tally_xrealloc(agg->totals_key,
+						 agg->cap_totals *
+						 sizeof(*agg->totals_key));
+		agg->totals_ack = tally_xrealloc(agg->totals_ack,
+						 agg->cap_totals *
+						 sizeof(*agg->totals_ack));
+	}
+	agg->totals[agg->ntotals] = tally_xstrdup(PQgetvalue(res, r, 0));
+	agg->totals_key[agg->ntotals] = tally_xstrdup(PQgetvalue(res, r, 1));
+	{
+		totals_ack *k = &agg->totals_ack[agg->ntotals];
+
+		memset(k, 0, sizeof(*k));
+		k->magic = TOTALS_MAGIC;
+		if (tally_uuid_parse(k->tenant, PQgetvalue(res, r, 1), 36) != 0 ||
+		    tally_parse_i64(&k->ps, PQgetvalue(res, r, 2)) != 0 ||
+		    tally_parse_i64(&k->version, PQgetvalue(res, r, 3)) != 0)
+			k->magic = 0; /* cannot happen; then just not marked */
+	}
+	agg->ntotals++;
+}
+
+/* Mark the versions whose delivery the broker acknowledged. */
+static int mark_published(tally_agg *agg, tally_error *err)
+{
+	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+	const char *params[3];
+	size_t i;
+	int rc;
+
+	agg->nacks_marking = agg->nacks;
+	if (agg->nacks == 0)
+		return 0;
+	sb_puts(&a1, "{");
+	sb_puts(&a2, "{");
+	sb_puts(&a3, "{");
+	for (i = 0; i < agg->nacks; i++) {
+		uuid_arr(&a1, agg->acks[i].tenant, i == 0);
+		sb_printf(&a2, "%s%" PRId64, i ? "," : "", agg->acks[i].ps);
+		sb_printf(&a3, "%s%" PRId64, i ? "," : "", agg->acks[i].version);
+	}
+	sb_puts(&a1, "}");
+	sb_puts(&a2, "}");
+	sb_puts(&a3, "}");
+	params[0] = a1.p;
+	params[1] = a2.p;
+	params[2] = a3.p;
+	rc = tally_pg_exec(agg->pg, NULL, MARK_PUBLISHED_SQL, 3, params, err);
+	free(a1.p);
+	free(a2.p);
+	free(a3.p);
+	return rc;
+}
+
+/* After a commit: forget the acknowledgements it marked. */
+static void acks_committed(tally_agg *agg)
+{
+	size_t k = agg->nacks_marking;
+
+	if (k == 0)
+		return;
+	memmove(agg->acks, agg->acks + k, (agg->nacks - k) * sizeof(*agg->acks));
+	agg->nacks -= k;
+	agg->nacks_marking = 0;
+}
+
 /* Make sure agg_stage exists on this connection (once per connection). */
 static int ensure_stage(tally_agg *agg, tally_error *err)
 {
@@ -2115,6 +2336,10 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc != 0)
 		goto cleanup;
 	rc = mirror_dead_letters(agg, err);
+	if (rc == 0)
+		rc = mark_published(agg, err);
+	if (rc == 0 && agg->st.gaps > 0)
+		rc = record_gaps(agg, err);
 	if (rc != 0)
 		goto cleanup;
 	rc = load_tenants(agg, err);
@@ -2182,18 +2407,7 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc != 0)
 		goto cleanup;
 	for (r = 0; r < PQntuples(res); r++) {
-		if (agg->ntotals == agg->cap_totals) {
-			agg->cap_totals = agg->cap_totals ? agg->cap_totals * 2 : 64;
-			agg->totals = tally_xrealloc(agg->totals, agg->cap_totals *
-						     sizeof(char *));
-			agg->totals_key = tally_xrealloc(agg->totals_key,
-							 agg->cap_totals *
-							 sizeof(char *));
-		}
-		agg->totals[agg->ntotals] = tally_xstrdup(PQgetvalue(res, r, 0));
-		agg->totals_key[agg->ntotals] =
-			tally_xstrdup(PQgetvalue(res, r, 1));
-		agg->ntotals++;
+		add_total(agg, res, r);
 	}
 	trace(agg, 5);
 cleanup:
@@ -2210,19 +2424,89 @@ static void publish_totals(tally_agg *agg)
 	if (agg->producer == NULL || agg->totals_topic == NULL)
 		return;
 	for (i = 0; i < agg->ntotals; i++) {
-		rd_kafka_resp_err_t e = rd_kafka_producev(
+		totals_ack *k = NULL;
+		rd_kafka_resp_err_t e;
+
+		if (agg->totals_ack[i].magic == TOTALS_MAGIC) {
+			/* freed by tally_agg_delivered() */
+			k = tally_xmalloc(sizeof(*k));
+			*k = agg->totals_ack[i];
+		}
+		e = rd_kafka_producev(
 			agg->producer, RD_KAFKA_V_TOPIC(agg->totals_topic),
 			RD_KAFKA_V_KEY(agg->totals_key[i],
 				       strlen(agg->totals_key[i])),
 			RD_KAFKA_V_VALUE(agg->totals[i], strlen(agg->totals[i])),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_END);
-		if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+			RD_KAFKA_V_OPAQUE(k), RD_KAFKA_V_END);
+		if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+			/* left unpublished: the outbox sweep sends it again */
+			free(k);
 			tally_log(TALLY_WARN, "aggregate.totals_failed",
 				  TALLY_KV_STR("error", rd_kafka_err2str(e)));
-		else
+		} else {
 			agg->st.published++;
+			if (k != NULL)
+				agg->inflight++;
+		}
 	}
 	rd_kafka_poll(agg->producer, 0);
+}
+
+void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm)
+{
+	totals_ack *k = rkm->_private;
+
+	if (k == NULL || k->magic != TOTALS_MAGIC)
+		return;
+	if (agg->inflight > 0)
+		agg->inflight--;
+	if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+		if (agg->nacks == agg->capacks) {
+			agg->capacks = agg->capacks ? agg->capacks * 2 : 64;
+			agg->acks = tally_xrealloc(agg->acks, agg->capacks *
+						   sizeof(*agg->acks));
+		}
+		agg->acks[agg->nacks++] = *k;
+	}
+	k->magic = 0;
+	free(k);
+}
+
+static int flush_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	(void)pg;
+	return mark_published(payload, err);
+}
+
+int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
+{
+	PGresult *res = NULL;
+	int rc = 0, r;
+
+	if (agg->nacks > 0) {
+		rc = tally_pg_txn(agg->pg, flush_txn, agg, 0, err);
+		if (rc != 0)
+			return rc;
+		acks_committed(agg);
+	}
+	/* while versions are in flight their acknowledgement is pending */
+	if (!republish || agg->producer == NULL || agg->totals_topic == NULL ||
+	    agg->inflight > 0)
+		return 0;
+	rc = tally_pg_exec(agg->pg, &res, UNPUBLISHED_SQL, 0, NULL, err);
+	if (rc != 0)
+		return rc;
+	clear_totals(agg);
+	for (r = 0; r < PQntuples(res); r++)
+		add_total(agg, res, r);
+	PQclear(res);
+	if (agg->ntotals > 0)
+		tally_log(TALLY_INFO, "aggregate.totals_republish",
+			  TALLY_KV_INT("count", agg->ntotals));
+	publish_totals(agg);
+	clear_totals(agg);
+	return 0;
 }
 
 int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
@@ -2246,6 +2530,7 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 	if (rc != 0)
 		return rc;
 	classify(agg);
+	detect_gaps(agg);
 	rc = send_dead_letters(agg, err);
 	if (rc != 0)
 		return rc;
@@ -2259,6 +2544,7 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		agg->stage_conn = NULL; /* created in a rolled-back txn? */
 		return rc;
 	}
+	acks_committed(agg);
 	if (agg->stage_pending) {
 		agg->stage_conn = tally_pg_conn(agg->pg);
 		agg->stage_pid = PQbackendPID(agg->stage_conn);
@@ -2268,7 +2554,8 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 			  TALLY_KV_INT("segments", agg->storage_unpriced));
 	if (agg->trace) {
 		trace(agg, 5);
-		tally_log(TALLY_INFO, "aggregate.trace",
+		/* asked for explicitly: shown whatever log.level says */
+		tally_log(TALLY_WARN, "aggregate.trace",
 			  TALLY_KV_INT("n", n),
 			  TALLY_KV_INT("prep_us", agg->phase_us[0]),
 			  TALLY_KV_INT("copy_us", agg->phase_us[1]),

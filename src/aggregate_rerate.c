@@ -34,7 +34,59 @@ typedef struct rr {
 	size_t len, cap;
 	int64_t seen, changed, unpriced, adjusted;
 	tally_money128 delta;
+	tally_pg *pg;
+	struct tperiod { uint8_t id[16]; int64_t cps, cpe; } *tp; /* cache */
+	size_t ntp, captp;
+	int err_rc;
+	tally_error err;
 } rr;
+
+/*
+ * The tenant's current period (0, 0: none, calendar months), cached for
+ * the run: the fallback period of a re-rated row whose period has no
+ * tenant_period_usage row yet.
+ */
+static int tenant_period(rr *r, const uint8_t *id, int64_t *cps, int64_t *cpe)
+{
+	PGresult *res = NULL;
+	const char *params[1];
+	char tid[37];
+	size_t i;
+	int rc;
+
+	for (i = 0; i < r->ntp; i++)
+		if (memcmp(r->tp[i].id, id, 16) == 0) {
+			*cps = r->tp[i].cps;
+			*cpe = r->tp[i].cpe;
+			return 0;
+		}
+	tally_uuid_fmt(tid, id);
+	params[0] = tid;
+	rc = tally_pg_exec(r->pg, &res,
+			   "SELECT (extract(epoch FROM current_period_start)"
+			   " * 1000)::bigint, (extract(epoch FROM"
+			   " current_period_end) * 1000)::bigint FROM tenants"
+			   " WHERE id = $1::uuid AND current_period_start IS NOT"
+			   " NULL AND current_period_end > current_period_start",
+			   1, params, &r->err);
+	if (rc != 0)
+		return rc;
+	*cps = *cpe = 0;
+	if (PQntuples(res) == 1 &&
+	    (tally_parse_i64(cps, PQgetvalue(res, 0, 0)) != 0 ||
+	     tally_parse_i64(cpe, PQgetvalue(res, 0, 1)) != 0))
+		*cps = *cpe = 0;
+	PQclear(res);
+	if (r->ntp == r->captp) {
+		r->captp = r->captp ? r->captp * 2 : 16;
+		r->tp = tally_xrealloc(r->tp, r->captp * sizeof(*r->tp));
+	}
+	memcpy(r->tp[r->ntp].id, id, 16);
+	r->tp[r->ntp].cps = *cps;
+	r->tp[r->ntp].cpe = *cpe;
+	r->ntp++;
+	return 0;
+}
 
 static void add(rr *r, const char *s, size_t n)
 {
@@ -68,7 +120,9 @@ static const char SELECT_SQL[] =
 static const char APPLY_SQL[] =
 	"WITH s AS (SELECT tenant_id, digest, timestamptz 'epoch' + occurred_ms"
 	"  * interval '1 millisecond' AS occurred_at, new_cost - old_cost AS d,"
-	"  new_cost, new_pid FROM rr_stage),"
+	"  new_cost, new_pid, timestamptz 'epoch' + ps_ms * interval '1 ms'"
+	"  AS cps, timestamptz 'epoch' + pe_ms * interval '1 ms' AS cpe"
+	"  FROM rr_stage),"
 	" led AS (UPDATE usage_ledger l SET prev_price_id = l.price_id,"
 	"  price_id = s.new_pid, cost = s.new_cost FROM s"
 	"  WHERE l.tenant_id = s.tenant_id AND l.digest = s.digest"
@@ -78,7 +132,7 @@ static const char APPLY_SQL[] =
 	"  AND l.occurred_at < timestamptz 'epoch' + $2::bigint"
 	"   * interval '1 millisecond'"
 	"  RETURNING l.tenant_id, l.occurred_at, l.meter_id, l.provider_id,"
-	"  l.model_id, s.d),"
+	"  l.model_id, s.d, s.cps, s.cpe),"
 	" cl AS (SELECT led.*, bp.period_start AS bps, bp.period_end AS bpe,"
 	"  mt.name AS meter, coalesce(p.name, '') AS provider,"
 	"  coalesce(m.name, '') AS model FROM led"
@@ -95,14 +149,30 @@ static const char APPLY_SQL[] =
 	"  WHERE h.tenant_id = x.tenant_id AND h.hour = x.hour"
 	"  AND h.meter = x.meter AND h.provider = x.provider"
 	"  AND h.model = x.model),"
-	" per AS (UPDATE tenant_period_usage u SET cost = u.cost + x.d,"
-	"  version = u.version + 1, updated_at = now() FROM"
-	"  (SELECT u2.tenant_id, u2.period_start, sum(cl.d) AS d FROM cl"
-	"   JOIN tenant_period_usage u2 ON u2.tenant_id = cl.tenant_id"
-	"   AND cl.occurred_at >= u2.period_start"
-	"   AND cl.occurred_at < u2.period_end"
-	"   WHERE cl.bps IS NULL GROUP BY 1, 2) x"
-	"  WHERE u.tenant_id = x.tenant_id AND u.period_start = x.period_start),"
+	/*
+	 * The open period: the tenant_period_usage row containing the row,
+	 * else an open billing_periods row, else the period computed in C
+	 * from the tenant's current one. Upserted: a period without a row
+	 * yet (its usage all re-rated, or written before the row existed)
+	 * must not lose the difference.
+	 */
+	" per AS (INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
+	"  period_end, cost, version)"
+	"  SELECT tenant_id, ps, max(pe), sum(d), 1 FROM"
+	"  (SELECT cl.tenant_id, coalesce(u2.period_start, bo.period_start,"
+	"    cl.cps) AS ps, coalesce(u2.period_end, bo.period_end, cl.cpe)"
+	"    AS pe, cl.d FROM cl"
+	"   LEFT JOIN tenant_period_usage u2 ON u2.tenant_id = cl.tenant_id"
+	"    AND cl.occurred_at >= u2.period_start"
+	"    AND cl.occurred_at < u2.period_end"
+	"   LEFT JOIN billing_periods bo ON u2.tenant_id IS NULL"
+	"    AND bo.tenant_id = cl.tenant_id AND bo.status = 'open'"
+	"    AND bo.period_start <= cl.occurred_at"
+	"    AND cl.occurred_at < bo.period_end"
+	"   WHERE cl.bps IS NULL) x GROUP BY tenant_id, ps"
+	"  ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
+	"   cost = u.cost + EXCLUDED.cost, version = u.version + 1,"
+	"   updated_at = now()),"
 	" adj AS (INSERT INTO usage_adjustments (tenant_id, period_start,"
 	"  period_end, kind, meter, provider, model, cost)"
 	"  SELECT tenant_id, bps, bpe, 'rerate', meter, provider, model, sum(d)"
@@ -118,7 +188,8 @@ static void rate_row(rr *r, PGresult *res, int i)
 	tally_error err;
 	int64_t meter = 0, qty = 0, old_cost = 0, old_pid = 0, reasoning = -1,
 		ms = 0;
-	char line[256], nc[48], oc[48];
+	char line[320], nc[48], oc[48];
+	int64_t cps = 0, cpe = 0, ps = 0, pe = 0;
 	int rc, n;
 
 	memset(&ev, 0, sizeof(ev));
@@ -167,14 +238,20 @@ static void rate_row(rr *r, PGresult *res, int i)
 	}
 	if (re.cost == old_cost && re.price_id == old_pid)
 		return;
+	if (tenant_period(r, ev.tenant_id, &cps, &cpe) != 0) {
+		r->err_rc = -1;
+		return;
+	}
+	tally_agg_period(&ps, &pe, cps, cpe, ms);
 	r->changed++;
 	r->delta += (tally_money128)re.cost - old_cost;
 	tally_money_fmt(nc, sizeof(nc), re.cost);
 	tally_money_fmt(oc, sizeof(oc), old_cost);
 	n = snprintf(line, sizeof(line),
-		     "%s\t%s\t%" PRId64 "\t%s\t%s\t%" PRId64 "\n",
+		     "%s\t%s\t%" PRId64 "\t%s\t%s\t%" PRId64 "\t%" PRId64
+		     "\t%" PRId64 "\n",
 		     PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ms, oc, nc,
-		     re.price_id);
+		     re.price_id, ps, pe);
 	add(r, line, (size_t)n);
 }
 
@@ -209,8 +286,15 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 			goto fail;
 		if (PQntuples(res) == 0)
 			break;
-		for (i = 0; i < PQntuples(res); i++)
+		for (i = 0; i < PQntuples(res) && r->err_rc == 0; i++)
 			rate_row(r, res, i);
+		if (r->err_rc != 0) {
+			rc = r->err.code != 0 ? r->err.code : TALLY_ERROR;
+			if (err != NULL)
+				*err = r->err;
+			r->err_rc = 0;
+			goto fail;
+		}
 		PQclear(res);
 		res = NULL;
 	}
@@ -222,7 +306,8 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	rc = tally_pg_exec(pg, NULL,
 			   "CREATE TEMP TABLE IF NOT EXISTS rr_stage (tenant_id uuid,"
 			   " digest uuid, occurred_ms bigint, old_cost numeric,"
-			   " new_cost numeric, new_pid bigint) ON COMMIT DROP",
+			   " new_cost numeric, new_pid bigint, ps_ms bigint,"
+			   " pe_ms bigint) ON COMMIT DROP",
 			   0, NULL, err);
 	if (rc == 0)
 		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
@@ -267,6 +352,7 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 	r.pb = pb;
 	r.o = opts;
 	r.ctx = tally_rate_ctx_new();
+	r.pg = pg;
 	rc = tally_pg_exec(pg, &res, "SELECT pg_try_advisory_lock(7245880104)",
 			   0, NULL, err);
 	if (rc != 0)
@@ -331,5 +417,6 @@ cleanup:
 	PQclear(res);
 	tally_rate_ctx_free(r.ctx);
 	free(r.copy);
+	free(r.tp);
 	return rc;
 }

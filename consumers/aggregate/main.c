@@ -22,6 +22,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/pg.h"
+#include "tally/pricebook.h"
 #include "tally/signals.h"
 
 #include <stdio.h>
@@ -38,7 +39,9 @@ typedef struct app {
 	tally_consumer *consumer;
 	tally_metrics *m;
 	tally_counter *c_accepted, *c_dup, *c_dlq, *c_adj, *c_batches,
-		*c_fenced, *c_retries;
+		*c_fenced, *c_retries, *c_gaps;
+	tally_pricebook *pb;  /* storage GB-month prices */
+	int64_t pb_version;
 	tally_histogram *h_batch;
 	volatile int pg_ok;
 } app;
@@ -65,8 +68,12 @@ static void on_revoke(rd_kafka_topic_partition_list_t *parts, void *payload)
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
+	app *a = opaque;
+
 	(void)rk;
-	(void)opaque;
+	/* totals acknowledged: the outbox mark moves (runs on this thread) */
+	if (a != NULL && a->agg != NULL)
+		tally_agg_delivered(a->agg, rkm);
 	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 		tally_log(TALLY_ERR, "aggregate.delivery_failed",
 			  TALLY_KV_STR("topic", rd_kafka_topic_name(rkm->rkt)),
@@ -95,6 +102,33 @@ static int maintain(app *a)
 	return rc;
 }
 
+/* Load (or reload when its version moved) the book for storage prices. */
+static int load_prices(app *a)
+{
+	tally_pricebook *pb = NULL;
+	tally_error err;
+	int64_t v = 0;
+
+	if (tally_pricebook_pg_version(&v, a->pg, &err) != 0)
+		goto fail;
+	if (a->pb != NULL && v == a->pb_version)
+		return 0;
+	if (tally_pricebook_load_pg(&pb, a->pg, &err) != 0)
+		goto fail;
+	if (a->agg != NULL)
+		tally_agg_set_pricebook(a->agg, pb);
+	tally_pricebook_free(a->pb);
+	a->pb = pb;
+	a->pb_version = v;
+	tally_log(TALLY_INFO, "aggregate.prices_loaded",
+		  TALLY_KV_INT("version", v));
+	return 0;
+fail:
+	tally_log(TALLY_WARN, "aggregate.prices_failed",
+		  TALLY_KV_STR("error", err.msg));
+	return -1;
+}
+
 static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
 {
 	tally_agg_opts o = { 0 };
@@ -109,6 +143,7 @@ static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
 	o.producer = a->producer;
 	o.dlq_topic = dlq;
 	o.totals_topic = tally_config_str(a->cfg, "topics.totals");
+	o.pricebook = a->pb;
 	return o;
 }
 
@@ -180,6 +215,7 @@ static int handle_batch(app *a, rd_kafka_message_t **msgs, size_t n,
 	tally_counter_add(a->c_dup, st.duplicates);
 	tally_counter_add(a->c_dlq, st.dead_lettered);
 	tally_counter_add(a->c_adj, st.adjusted);
+	tally_counter_add(a->c_gaps, st.gaps);
 	tally_histogram_observe(a->h_batch,
 				(uint64_t)((tally_mono_ns() - t0) / 1000));
 	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("messages", n),
@@ -211,6 +247,10 @@ static void register_metrics(app *a)
 	a->c_retries = tally_metrics_counter(a->m,
 		"tally_aggregate_retries_total", NULL,
 		"Batch attempts that failed and were retried");
+	a->c_gaps = tally_metrics_counter(a->m,
+		"tally_aggregate_offset_gaps_total", NULL,
+		"Partitions resumed at the log start after retention deleted"
+		" unread offsets (recorded in consumer_offset_gaps)");
 	a->h_batch = tally_metrics_histogram(a->m,
 		"tally_aggregate_batch_seconds", NULL,
 		"Time to process and commit one batch", NULL, 0);
@@ -230,7 +270,7 @@ int main(int argc, char **argv)
 	tally_agg_opts ao;
 	char dlq[256];
 	size_t cap;
-	int64_t last_maint;
+	int64_t last_maint, last_tick;
 	int i, lv, rc = EXIT_FAILURE;
 
 	for (i = 1; i < argc; i++) {
@@ -267,8 +307,11 @@ int main(int argc, char **argv)
 	a.pg_ok = 1;
 	if (maintain(&a) != 0)
 		goto cleanup;
+	if (load_prices(&a) != 0)
+		goto cleanup;
 	conf = tally_kafka_conf(a.cfg);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+	rd_kafka_conf_set_opaque(conf, &a);
 	if (tally_kafka_conf_set(conf, "linger.ms", "20", &err) != 0 ||
 	    tally_kafka_producer_new(&a.producer, conf, &err) != 0) {
 		tally_log(TALLY_FATAL, "kafka.producer_failed",
@@ -290,12 +333,18 @@ int main(int argc, char **argv)
 				  TALLY_KV_STR("error", err.msg));
 		/*
 		 * Room for a PostgreSQL restart before we are thrown out, and
-		 * a bounded prefetch queue (RSS).
+		 * a bounded prefetch (RSS): about one large batch of rated
+		 * events (~250 bytes each) queued ahead, fetched in pieces of
+		 * at most 4 MiB instead of librdkafka's 50 MiB default.
 		 */
 		if (tally_kafka_conf_set(conf, "max.poll.interval.ms", "600000",
 					 &err) != 0 ||
 		    tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
-					 "16384", &err) != 0)
+					 "6144", &err) != 0 ||
+		    tally_kafka_conf_set(conf, "fetch.max.bytes", "4194304",
+					 &err) != 0 ||
+		    tally_kafka_conf_set(conf, "max.partition.fetch.bytes",
+					 "1048576", &err) != 0)
 			tally_log(TALLY_WARN, "kafka.conf",
 				  TALLY_KV_STR("error", err.msg));
 	}
@@ -317,6 +366,11 @@ int main(int argc, char **argv)
 		/* a second instance on the same host: run without /metrics */
 		tally_log(TALLY_WARN, "metrics.serve_failed",
 			  TALLY_KV_STR("error", err.msg));
+	tally_agg_set_consumer(a.agg, tally_consumer_rk(a.consumer));
+	/* totals a previous run committed but did not get delivered */
+	if (tally_agg_outbox(a.agg, true, &err) != 0)
+		tally_log(TALLY_WARN, "aggregate.outbox_failed",
+			  TALLY_KV_STR("error", err.msg));
 	tally_log(TALLY_INFO, "aggregate.started",
 		  TALLY_KV_STR("topic", topics[0]),
 		  TALLY_KV_STR("group", co.group));
@@ -324,7 +378,7 @@ int main(int argc, char **argv)
 	cap = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
 	msgs = tally_xcalloc(cap, sizeof(*msgs));
 	views = tally_xcalloc(cap, sizeof(*views));
-	last_maint = tally_mono_ns();
+	last_maint = last_tick = tally_mono_ns();
 	rc = EXIT_SUCCESS;
 	while (!tally_signals_stop_requested()) {
 		size_t n, bs;
@@ -357,6 +411,14 @@ int main(int argc, char **argv)
 			rc = EXIT_FAILURE;
 			break;
 		}
+		if ((tally_mono_ns() - last_tick) / 1000000 > 10000) {
+			/* price changes; the totals outbox */
+			(void)load_prices(&a);
+			if (tally_agg_outbox(a.agg, true, &err) != 0)
+				tally_log(TALLY_WARN, "aggregate.outbox_failed",
+					  TALLY_KV_STR("error", err.msg));
+			last_tick = tally_mono_ns();
+		}
 		if ((tally_mono_ns() - last_maint) / 1000000 > 3600000) {
 			(void)maintain(&a);
 			last_maint = tally_mono_ns();
@@ -369,9 +431,16 @@ cleanup:
 	tally_consumer_free(a.consumer);
 	if (a.producer != NULL) {
 		rd_kafka_flush(a.producer, 10000);
+		/* mark what was delivered; the rest is republished next start */
+		if (a.agg != NULL && tally_agg_outbox(a.agg, false, &err) != 0)
+			tally_log(TALLY_WARN, "aggregate.outbox_failed",
+				  TALLY_KV_STR("error", err.msg));
+		tally_agg_free(a.agg);
+		a.agg = NULL;
 		rd_kafka_destroy(a.producer);
 	}
 	tally_agg_free(a.agg);
+	tally_pricebook_free(a.pb);
 	tally_pg_free(a.pg);
 	tally_metrics_free(a.m);
 	tally_config_free(a.cfg);

@@ -64,6 +64,7 @@ typedef struct tally_agg_stats {
 	size_t adjusted;      /* accepted into a closed period (adjustment) */
 	size_t dead_lettered; /* undecodable or out of the time window */
 	size_t published;     /* totals messages produced */
+	size_t gaps;          /* partitions whose next offsets retention deleted */
 } tally_agg_stats;
 
 /**
@@ -122,6 +123,33 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
  */
 int tally_agg_reseek(tally_agg *agg, rd_kafka_t *rk,
 		     const tally_agg_msg *msgs, size_t n, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * The consumer whose cached log start offsets reveal offsets deleted by
+ * retention before they were read (recorded in consumer_offset_gaps; see
+ * docs/aggregate.md). Borrowed; NULL (the default) disables the check.
+ */
+void tally_agg_set_consumer(tally_agg *agg, rd_kafka_t *rk);
+
+/**
+ * The producer's delivery report for rkm (call it from the dr_msg_cb of
+ * opts.producer, on the thread that uses agg): a billing.totals message the
+ * broker acknowledged is remembered, and the next transaction moves
+ * tenant_period_usage.published_version up to its version. Messages that
+ * are not totals (dead letters) are ignored.
+ */
+void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm);
+
+/**
+ * The totals outbox: mark acknowledged versions now (own transaction) and,
+ * if republish and nothing is in flight, publish again the latest totals
+ * of every tenant-period whose published_version < version (a crash
+ * between commit and publish, a failed delivery). Call at start-up, then
+ * periodically, and at shutdown after flushing the producer.
+ * @return 0 or a pg error
+ */
+int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
 	TALLY_MUSTCHECK;
 
 /**

@@ -452,6 +452,180 @@ START_TEST(test_aggregate_rerate_moves_totals)
 }
 END_TEST
 
+/* Storage GB-months priced per segment with the book (0.10/GB-month). */
+START_TEST(test_aggregate_storage_priced_and_late_adjusted)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_agg_opts o = { 0 };
+	tally_pricebook *pb = NULL;
+	tally_error err;
+	rd_kafka_topic_partition_list_t *l;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[1024];
+	int64_t ps, pe;
+	uint8_t t0[16], t6[16];
+	char s0[37], s6[37];
+	int p;
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t0, 5);
+	tally_uuid_fmt(s0, t0);
+	agg_tenant(t6, 6);
+	tally_uuid_fmt(s6, t6);
+	ps = now - 10 * DAY_MS;
+	pe = ps + 30 * DAY_MS;
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end)"
+		 " VALUES ('%s', 't5', 't5', 't5.example',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+		 s0, ps, pe);
+	tally_test_exec(dsn, sql);
+	/* tenant 6: a closed period 20..10 days ago, nothing recorded in it */
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_6')",
+		 s6, now - 20 * DAY_MS, now - 10 * DAY_MS);
+	tally_test_exec(dsn, sql);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	o.group = "tally.aggregate";
+	o.lateness_ms = 35 * DAY_MS;
+	o.future_ms = 300000;
+	o.pricebook = pb;
+	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
+	l = rd_kafka_topic_partition_list_new(4);
+	for (p = 0; p < 4; p++)
+		rd_kafka_topic_partition_list_add(l, TOPIC, p);
+	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
+	rd_kafka_topic_partition_list_destroy(l);
+
+	/* 2 GB from day 1, 4 GB from day 4, 30-day period */
+	agg_gen_event(&g, 6, 1, ps);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(4000000000);
+	g.re.ev.time_ms = ps + 4 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 3);
+	agg_gen_event(&g, 6, 2, ps);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(2000000000);
+	g.re.ev.time_ms = ps + 1 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 3);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	/*
+	 * 2 GB * 3 d = 0.2 GB-month -> 0.02; 4 GB * 26 d = 3.4666... GB-month
+	 * -> 0.346666666667 (half-even at the pico); total 0.366666666667,
+	 * all of it the period's cost (snapshots themselves cost 0)
+	 */
+	snprintf(sql, sizeof(sql), "SELECT storage_gb_months::text || ' ' ||"
+		 " storage_cost::text || ' ' || cost::text FROM"
+		 " tenant_period_usage WHERE tenant_id = '%s'", s0);
+	ck_assert_str_eq(agg_query1(chk, sql),
+			 "3.666666666667 0.366666666667 0.366666666667");
+	/* the totals carry it: version bumped, storage in cost */
+	snprintf(sql, sizeof(sql), "SELECT version FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s'", s0);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 1);
+
+	/* a late 3 GB snapshot 15 days ago lands in tenant 6's closed period:
+	 * 3 GB * 5 d = 0.5 GB-month = 0.05, as a 'storage' adjustment */
+	agg_gen_event(&g, 6, 3, ps);
+	memcpy(g.re.ev.tenant_id, t6, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(3000000000);
+	g.re.ev.time_ms = now - 15 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 2);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.adjusted, 1);
+	batch_free(&b);
+	snprintf(sql, sizeof(sql), "SELECT storage_gb_months::text || ' ' ||"
+		 " cost::text FROM usage_adjustments WHERE tenant_id = '%s'"
+		 " AND kind = 'storage'", s6);
+	ck_assert_str_eq(agg_query1(chk, sql), "0.500000000000 0.05");
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms'", s6, now - 20 * DAY_MS);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 0); /* never rewritten */
+	/* the same snapshot again: nothing moves */
+	agg_gen_event(&g, 6, 3, ps);
+	memcpy(g.re.ev.tenant_id, t6, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = INT64_C(3000000000);
+	g.re.ev.time_ms = now - 15 * DAY_MS;
+	g.re.cost = 0;
+	batch_add(&b, &g.re, 2);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.duplicates, 1);
+	batch_free(&b);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments WHERE kind = 'storage'"),
+			 1);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+END_TEST
+
+/* A re-rated row whose period has no tenant_period_usage row keeps its
+ * difference: the period row is created. */
+START_TEST(test_aggregate_rerate_creates_missing_period)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_rerate_opts ro = { 0 };
+	tally_rerate_stats rs;
+	tally_pricebook *pb = NULL;
+	tally_error err;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[512];
+	int64_t calls;
+
+	memset(next_off, 0, sizeof(next_off));
+	agg = new_agg();
+	agg_gen_event(&g, 7, 8, now - 3600000);
+	ck_assert_int_eq(g.re.ev.meter, TALLY_METER_API_CALL);
+	g.re.cost = g.re.ev.count * INT64_C(50000000);
+	g.re.price_id = 1;
+	calls = g.re.ev.count;
+	batch_add(&b, &g.re, 0);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	/* the period row is gone (e.g. written by an older version) */
+	tally_test_exec(dsn, "DELETE FROM tenant_period_usage");
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	ro.from_ms = now - DAY_MS;
+	ro.to_ms = now + DAY_MS;
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(rs.rows_changed, 1);
+	/* the difference (new - old = calls * 0.00005) is in a period row */
+	snprintf(sql, sizeof(sql), "SELECT (SELECT sum(cost) FROM"
+		 " tenant_period_usage) = %" PRId64 " * 0.00005", calls);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " tenant_period_usage WHERE version >= 1"
+				       " AND period_end > period_start"), 1);
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(rs.rows_changed, 0);
+	tally_pricebook_free(pb);
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *aggregate_suite(void)
 {
 	Suite *s = suite_create("aggregate");
@@ -464,6 +638,8 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
+	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
+	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
 	suite_add_tcase(s, tc);
 	return s;
 }
