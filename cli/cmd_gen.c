@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 #include "tally/gen.h"
+#include "tally/kafka.h"
 #include "tally/producer.h"
 
 #include <stdio.h>
@@ -26,7 +27,8 @@ static void usage_msg(void)
 		"                 [--dup-frac F] [--ooo-frac F] [--late-frac F]\n"
 		"                 [--models FILE|provider:model,...] "
 		"[--mix ai=70,workflow=20,storage=2,api=8]\n"
-		"                 [--expected FILE] [--topic T]\n");
+		"                 [--expected FILE] [--topic T "
+		"[--create-topic PARTITIONS]]\n");
 }
 
 /* --models: a file with one provider:model per line, or a comma list. */
@@ -85,6 +87,7 @@ int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
 	static char obuf[1 << 16];
 	int64_t t0 = tally_now_ms(), v;
 	uint64_t count = 0, delivered = 0, failed = 0;
+	int64_t partitions = 0;
 	int i, rc = 1;
 
 	tally_gen_opts_init(&o);
@@ -124,6 +127,9 @@ int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
 			expected = val;
 		else if (strcmp(a, "--topic") == 0)
 			topic = val;
+		else if (strcmp(a, "--create-topic") == 0)
+			bad = tally_parse_i64(&partitions, val) != 0 ||
+			      partitions < 1 || partitions > 1000;
 		else
 			bad = 1;
 		if (bad) {
@@ -152,6 +158,16 @@ int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
 		if (tally_producer_new(&p, cfg, &popts, &err) != 0) {
 			fprintf(stderr, "tally gen: %s\n", err.msg);
 			goto cleanup;
+		}
+		if (partitions > 0) {
+			const char *topics[2] = { topic, NULL };
+
+			if (tally_kafka_create_topics(tally_producer_rk(p),
+						      topics, (int)partitions,
+						      &err) != 0) {
+				fprintf(stderr, "tally gen: %s\n", err.msg);
+				goto cleanup;
+			}
 		}
 	} else {
 		setvbuf(stdout, obuf, _IOFBF, sizeof(obuf));

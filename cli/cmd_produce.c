@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
 #include "tally/codec_json.h"
+#include "tally/kafka.h"
 #include "tally/producer.h"
 
 #include <stdint.h>
@@ -18,7 +19,8 @@
 
 const char tally_cmd_produce_help[] =
 	"JSON lines -> validated msgpack on a topic: --topic T [FILE] "
-	"[--skip-invalid] [--schema usage|rated|command]";
+	"[--skip-invalid] [--schema usage|rated|command] "
+	"[--create-topic PARTITIONS]";
 
 #define MAX_REPORTED 1000
 
@@ -42,7 +44,8 @@ static void on_delivery(const tally_delivery *dr, void *payload)
 static void usage_msg(void)
 {
 	fprintf(stderr, "usage: tally produce --topic T [FILE] "
-			"[--skip-invalid] [--schema usage|rated|command]\n");
+			"[--skip-invalid] [--schema usage|rated|command]\n"
+			"       [--create-topic PARTITIONS]\n");
 }
 
 int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
@@ -61,6 +64,7 @@ int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
 	uint64_t lineno = 0, produced = 0, rejected = 0, reported = 0;
 	uint64_t delivered = 0, dfailed = 0;
 	int64_t t0;
+	int64_t partitions = 0;
 	int i, rc = 1;
 
 	for (i = 1; i < argc; i++) {
@@ -68,7 +72,14 @@ int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
 			topic = argv[++i];
 		else if (strcmp(argv[i], "--schema") == 0 && i + 1 < argc)
 			schema = argv[++i];
-		else if (strcmp(argv[i], "--skip-invalid") == 0)
+		else if (strcmp(argv[i], "--create-topic") == 0 &&
+			 i + 1 < argc) {
+			if (tally_parse_i64(&partitions, argv[++i]) != 0 ||
+			    partitions < 1 || partitions > 1000) {
+				usage_msg();
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--skip-invalid") == 0)
 			skip_invalid = true;
 		else if (argv[i][0] != '-' && file == NULL)
 			file = argv[i];
@@ -114,6 +125,15 @@ int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
 	if (tally_producer_new(&p, cfg, &opts, &err) != 0) {
 		fprintf(stderr, "tally produce: %s\n", err.msg);
 		goto cleanup;
+	}
+	if (partitions > 0) {
+		const char *topics[2] = { topic, NULL };
+
+		if (tally_kafka_create_topics(tally_producer_rk(p), topics,
+					      (int)partitions, &err) != 0) {
+			fprintf(stderr, "tally produce: %s\n", err.msg);
+			goto cleanup;
+		}
 	}
 	t0 = tally_now_ms();
 	while ((n = getline(&line, &cap, in)) >= 0) {
