@@ -346,6 +346,51 @@ int tally_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
 	return 0;
 }
 
+/*
+ * A topic that CreateTopics just acknowledged may not have a leader for
+ * every partition yet (NOT_LEADER_FOR_PARTITION on the first request): wait,
+ * up to 30 s, until the metadata shows a leader everywhere.
+ */
+static int wait_for_leaders(rd_kafka_t *rk, const char **topics, int n,
+			    tally_error *err)
+{
+	int64_t deadline = tally_mono_ns() + INT64_C(30000000000);
+	int i;
+
+	for (i = 0; i < n; i++) {
+		for (;;) {
+			const struct rd_kafka_metadata *md = NULL;
+			rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topics[i],
+								   NULL);
+			rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md,
+								  5000);
+			bool ready = false;
+			int p;
+
+			if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 &&
+			    md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			    md->topics[0].partition_cnt > 0) {
+				ready = true;
+				for (p = 0; p < md->topics[0].partition_cnt; p++)
+					if (md->topics[0].partitions[p].leader < 0 ||
+					    md->topics[0].partitions[p].err != 0)
+						ready = false;
+			}
+			if (md != NULL)
+				rd_kafka_metadata_destroy(md);
+			rd_kafka_topic_destroy(rkt);
+			if (ready)
+				break;
+			if (tally_mono_ns() > deadline)
+				return tally_error_set(err, TALLY_ETRANSIENT,
+						       "topic %s: no leader after "
+						       "30 s", topics[i]);
+			tally_sleep_ms(100);
+		}
+	}
+	return 0;
+}
+
 int tally_kafka_create_topics(rd_kafka_t *rk, const char **topics,
 			      int partitions, tally_error *err)
 {
@@ -386,5 +431,7 @@ int tally_kafka_create_topics(rd_kafka_t *rk, const char **topics,
 	for (i = 0; i < n; i++)
 		rd_kafka_NewTopic_destroy(nt[i]);
 	rd_kafka_queue_destroy(q);
+	if (rc == 0)
+		rc = wait_for_leaders(rk, topics, n, err);
 	return rc;
 }

@@ -214,8 +214,17 @@ static int64_t topic_count(const char *topic)
 					      brokers, &err), 0);
 	ck_assert_int_eq(tally_kafka_producer_new(&rk, conf, &err), 0);
 	for (p = 0; p < PARTS; p++) {
-		ck_assert_int_eq(rd_kafka_query_watermark_offsets(
-					 rk, topic, p, &lo, &hi, 10000), 0);
+		rd_kafka_resp_err_t e;
+		int attempt = 0;
+
+		/* a leader may still be moving in: retry the retriable */
+		while ((e = rd_kafka_query_watermark_offsets(rk, topic, p, &lo,
+							     &hi, 10000)) ==
+			       RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+		       attempt++ < 50)
+			usleep(100000);
+		ck_assert_msg(e == 0, "watermarks of %s [%d]: %s", topic, p,
+			      rd_kafka_err2str(e));
 		total += hi - lo;
 	}
 	rd_kafka_destroy(rk);
