@@ -15,7 +15,11 @@
  *                       the ledger rows of a rated topic (deduplicated), as
  *                       COPY text
  *   tally-bench pgcopy  --dsn D --table T --file FILE   timed COPY FROM STDIN
+ *   tally-bench delete  -b B TOPIC...           delete topics
  *   tally-bench count   -b B --topic T              data messages in T
+ *   tally-bench gen     --config CFG --topic T [--events N --tenants T --dup F
+ *                       --ooo F --late F --models FILE --expected FILE]
+ *                       the workload (tally_gen) through the producer API
  *   tally-bench synth   -b B --topic T --kind usage|rated --events N
  *                       synthetic events (self-test of the benchmark only)
  *
@@ -24,6 +28,9 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/codec.h"
 #include "tally/common.h"
+#include "tally/config.h"
+#include "tally/gen.h"
+#include "tally/producer.h"
 #include "tally/event.h"
 #include "tally/kafka.h"
 #include "tally/money.h"
@@ -285,6 +292,34 @@ static int cmd_topics(int argc, char **argv)
 	return 0;
 }
 
+static int cmd_delete(int argc, char **argv)
+{
+	const char *brokers = need(argc, argv, "-b");
+	rd_kafka_t *rk = mk_client(RD_KAFKA_PRODUCER, brokers, NULL);
+	rd_kafka_DeleteTopic_t *dt[256];
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_event_t *ev;
+	int n = 0;
+
+	for (int i = 1; i < argc && n < 256; i++) {
+		if (argv[i][0] == '-') {
+			i++;
+			continue;
+		}
+		dt[n++] = rd_kafka_DeleteTopic_new(argv[i]);
+	}
+	if (n > 0) {
+		rd_kafka_DeleteTopics(rk, dt, (size_t)n, NULL, q);
+		ev = rd_kafka_queue_poll(q, 30000);
+		if (ev != NULL)
+			rd_kafka_event_destroy(ev);
+		rd_kafka_DeleteTopic_destroy_array(dt, (size_t)n);
+	}
+	rd_kafka_queue_destroy(q);
+	rd_kafka_destroy(rk);
+	return 0;
+}
+
 /* ---- count ------------------------------------------------------------ */
 
 static int cmd_count(int argc, char **argv)
@@ -333,6 +368,7 @@ static int cmd_copy(int argc, char **argv)
 	const char *to = need(argc, argv, "--to");
 	const char *label = opt(argc, argv, "--label", NULL);
 	int64_t rate = opt_i(argc, argv, "--rate", 0);
+	size_t max = (size_t)opt_i(argc, argv, "--max", INT64_MAX);
 	rd_kafka_t *rc = mk_consumer(brokers);
 	const char *pkv[] = {"linger.ms", "5", "batch.num.messages", "10000",
 			     "queue.buffering.max.messages", "1000000",
@@ -352,7 +388,7 @@ static int cmd_copy(int argc, char **argv)
 			done[p] = true;
 			eofs++;
 		}
-	while (eofs < n) {
+	while (eofs < n && nm < max) {
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(rc, 1000);
 		if (m == NULL)
 			continue;
@@ -531,7 +567,7 @@ static int cmd_probe(int argc, char **argv)
 	PGconn *conn = NULL;
 	int64_t last_poll = 0, last_progress = 0, last_move = now_ms();
 	int64_t committed = 0, prev_committed = -1, undecodable = 0;
-	bool complete = false;
+	bool complete = false, tty = isatty(2);
 	tally_rated_event re;
 
 	memset(ps, 0, sizeof(ps));
@@ -632,11 +668,13 @@ static int cmd_probe(int argc, char **argv)
 		if (now - last_progress >= 1000) {
 			double el = (double)(now - t0) / 1000.0;
 			last_progress = now;
-			fprintf(stderr,
-				"\r  %-28s %9" PRId64 "/%-9" PRId64
-				" committed  %8.0f ev/s  %5.0fs   ",
-				label, committed, expect,
-				el > 0 ? (double)committed / el : 0.0, el);
+			if (tty || (int64_t)el % 5 == 0)
+				fprintf(stderr,
+					"%s  %-28s %9" PRId64 "/%-9" PRId64
+					" committed  %8.0f ev/s  %5.0fs   %s",
+					tty ? "\r" : "", label, committed, expect,
+					el > 0 ? (double)committed / el : 0.0, el,
+					tty ? "" : "\n");
 			if (committed == prev_committed && now - last_move > idle_s * 1000)
 				break;
 			prev_committed = committed;
@@ -648,7 +686,8 @@ static int cmd_probe(int argc, char **argv)
 		if (now - t0 > max_s * 1000)
 			break;
 	}
-	fprintf(stderr, "\n");
+	if (tty)
+		fprintf(stderr, "\n");
 	cons_destroy(rk);
 	if (conn != NULL)
 		PQfinish(conn);
@@ -1048,8 +1087,10 @@ static int cmd_naive(int argc, char **argv)
 				PQclear(r);
 			}
 			n++;
-			if (tally_mono_ns() - t0 > seconds * 1000000000LL)
+			if (tally_mono_ns() - t0 > seconds * 1000000000LL) {
+				rd_kafka_message_destroy(m);
 				break;
+			}
 		} else if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
 			/* keep waiting for more (or the time limit) */
 		}
@@ -1142,6 +1183,109 @@ static int cmd_synth(int argc, char **argv)
 	return 0;
 }
 
+/* ---- workload: the generator (tally_gen) through the producer API ----- */
+
+static int64_t frac(int argc, char **argv, const char *name, const char *def)
+{
+	const char *s = opt(argc, argv, name, def);
+	int64_t v;
+
+	if (tally_money_parse(&v, s, strlen(s)) != 0 || v < 0 ||
+	    v > INT64_C(1000000000000))
+		die("bad fraction for %s: %s", name, s);
+	return v;
+}
+
+static int cmd_gen(int argc, char **argv)
+{
+	const char *cfgp = need(argc, argv, "--config");
+	const char *topic = need(argc, argv, "--topic");
+	const char *expected = opt(argc, argv, "--expected", NULL);
+	const char *models_path = opt(argc, argv, "--models", NULL);
+	const char *label = opt(argc, argv, "--label", NULL);
+	tally_gen_opts o;
+	tally_gen *g = NULL;
+	tally_config *cfg = NULL;
+	tally_producer *pr = NULL;
+	tally_producer_opts po = {0};
+	tally_error err;
+	char *models[512], line[512];
+	size_t nmodels = 0;
+	tally_usage_event ev;
+	bool dup;
+	uint64_t sent = 0, delivered = 0, failed = 0;
+	int64_t t0 = tally_mono_ns(), last = 0, now = now_ms();
+
+	tally_gen_opts_init(&o);
+	o.events = (uint64_t)opt_i(argc, argv, "--events", 2000000);
+	o.tenants = (uint32_t)opt_i(argc, argv, "--tenants", 1000);
+	o.seed = (uint64_t)opt_i(argc, argv, "--seed", 1);
+	/* recent event times: inside the aggregate's lateness window */
+	o.to_ms = opt_i(argc, argv, "--to-ms", now - 10 * 60 * 1000);
+	o.from_ms = opt_i(argc, argv, "--from-ms", o.to_ms - 2 * 86400000LL);
+	o.dup_frac = frac(argc, argv, "--dup", "0.05");
+	o.ooo_frac = frac(argc, argv, "--ooo", "0.02");
+	o.late_frac = frac(argc, argv, "--late", "0.001");
+	if (models_path != NULL) {
+		FILE *fp = fopen(models_path, "r");
+		if (fp == NULL)
+			die("cannot read %s", models_path);
+		while (nmodels < 512 && fgets(line, sizeof(line), fp) != NULL) {
+			size_t l = strcspn(line, "\r\n");
+			line[l] = 0;
+			if (l == 0 || line[0] == '#')
+				continue;
+			models[nmodels++] = tally_xstrdup(line);
+		}
+		fclose(fp);
+		o.models = (const char **)models;
+		o.nmodels = nmodels;
+	}
+	if (tally_config_load(&cfg, cfgp, &err) != 0)
+		die("%s", err.msg);
+	if (tally_gen_new(&g, &o, &err) != 0)
+		die("gen: %s", err.msg);
+	po.topic = topic;
+	if (tally_producer_new(&pr, cfg, &po, &err) != 0)
+		die("producer: %s", err.msg);
+	while (tally_gen_next(g, &ev, &dup)) {
+		if (tally_producer_send_usage(pr, &ev, NULL, &err) != 0)
+			die("send: %s", err.msg);
+		sent++;
+		if ((sent & 4095) == 0) {
+			tally_producer_poll(pr, 0);
+			if (label != NULL && tally_mono_ns() - last > 1000000000) {
+				last = tally_mono_ns();
+				fprintf(stderr, "\r  %s: %" PRIu64 "/%" PRIu64 "  ",
+					label, sent, o.events);
+			}
+		}
+	}
+	if (tally_producer_flush(pr, 120000, &err) != 0)
+		die("flush: %s", err.msg);
+	tally_producer_counts(pr, &delivered, &failed);
+	if (label != NULL)
+		fprintf(stderr, "\r  %s: %" PRIu64 "/%" PRIu64 "  \n", label,
+			sent, o.events);
+	if (expected != NULL) {
+		json_t *j = tally_gen_totals_json(g);
+		json_object_set_new(j, "from_ms", json_integer(o.from_ms));
+		json_object_set_new(j, "to_ms", json_integer(o.to_ms));
+		if (json_dump_file(j, expected, JSON_COMPACT) != 0)
+			die("cannot write %s", expected);
+		json_decref(j);
+	}
+	printf("{\"sent\":%" PRIu64 ",\"delivered\":%" PRIu64
+	       ",\"failed\":%" PRIu64 ",\"seconds\":%.3f}\n",
+	       sent, delivered, failed, (double)(tally_mono_ns() - t0) / 1e9);
+	tally_producer_free(pr);
+	tally_gen_free(g);
+	tally_config_free(cfg);
+	for (size_t i = 0; i < nmodels; i++)
+		free(models[i]);
+	return failed == 0 && delivered == sent ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
@@ -1163,8 +1307,12 @@ int main(int argc, char **argv)
 		return cmd_ledger_rows(argc, argv);
 	if (strcmp(argv[0], "pgcopy") == 0)
 		return cmd_pgcopy(argc, argv);
+	if (strcmp(argv[0], "delete") == 0)
+		return cmd_delete(argc, argv);
 	if (strcmp(argv[0], "count") == 0)
 		return cmd_count(argc, argv);
+	if (strcmp(argv[0], "gen") == 0)
+		return cmd_gen(argc, argv);
 	if (strcmp(argv[0], "synth") == 0)
 		return cmd_synth(argc, argv);
 	fprintf(stderr, "tally-bench: unknown command %s\n", argv[0]);

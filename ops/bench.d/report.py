@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""ops/bench report: gathers the per-stage JSON files of one run directory,
+prints the table, writes --json (every figure + the machine) and the PNG.
+Exit code 1 when events were lost or doubled, or a stage did not finish."""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+ap = argparse.ArgumentParser()
+for a in ("out", "json", "png", "run", "start", "events", "tenants", "models", "dup",
+          "ooo", "late", "partitions", "latency-events", "pg-version", "kafka-version",
+          "rdkafka-version", "quick"):
+    ap.add_argument("--" + a)
+A = ap.parse_args()
+D = A.out
+
+
+def load(name):
+    try:
+        with open(os.path.join(D, name + ".json")) as f:
+            txt = f.read().strip()
+            return json.loads(txt) if txt else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def num(x, d=0.0):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return d
+
+
+stages = {n: load(n) for n in ("rate", "agg", "e2e", "rate_half", "rate_full",
+                               "agg_half", "agg_full", "e2e_half", "e2e_full")}
+kcat, copy, naive = load("kcat"), load("copy"), load("naive")
+ver_e2e, ver_agg = load("verify_e2e"), load("verify_agg")
+gen = load("gen")
+
+kcat_eps = num(kcat.get("events")) / num(kcat.get("seconds"), 1e9) if kcat else 0.0
+copy_rps = num(copy.get("rows_per_s"))
+naive_eps = num(naive.get("events_per_s"))
+
+
+def cpu_per_m(s, which):
+    ev = num(s.get("expected")) if s.get("complete") else num(s.get("events"))
+    cpu = num(s.get(which + "_cpu_s"))
+    return round(cpu / (ev / 1e6), 2) if ev > 0 and cpu > 0 else None
+
+
+def rss_mib(s, which):
+    kib = num(s.get(which + "_rss_kib"))
+    return round(kib / 1024.0, 1) if kib > 0 else None
+
+
+def stage_fig(name, procs):
+    s = stages[name]
+    half, full = stages[name + "_half"], stages[name + "_full"]
+    f = {"events": s.get("expected"), "complete": bool(s.get("complete")),
+         "seconds": s.get("seconds"), "events_per_s": round(num(s.get("events_per_s")), 1),
+         "latency_ms_full": {k: full.get(k + "_ms") for k in ("p50", "p99", "max")},
+         "latency_ms_half": {k: half.get(k + "_ms") for k in ("p50", "p99", "max")},
+         "paced_full_events_per_s": round(num(full.get("events_per_s")), 1),
+         "paced_half_events_per_s": round(num(half.get("events_per_s")), 1),
+         "paced_complete": bool(full.get("complete")) and bool(half.get("complete")),
+         "latency_ms_backlog": {k: s.get(k + "_ms") for k in ("p50", "p99", "max")}}
+    for p in procs:
+        f[p] = {"cpu_s": s.get(p + "_cpu_s"), "cpu_s_per_million_events": cpu_per_m(s, p),
+                "peak_rss_mib": rss_mib(s, p),
+                "peak_rss_mib_paced": max([x for x in (rss_mib(half, p), rss_mib(full, p)) if x]
+                                          or [0]) or None}
+    return f
+
+
+rate = stage_fig("rate", ["rate"])
+agg = stage_fig("agg", ["aggregate"])
+e2e = stage_fig("e2e", ["rate", "aggregate"])
+lost = int(num(ver_e2e.get("lost"))) + int(num(ver_agg.get("lost")))
+doubled = int(num(ver_e2e.get("doubled"))) + int(num(ver_agg.get("doubled")))
+correct = bool(ver_e2e.get("ok")) and bool(ver_agg.get("ok"))
+complete = rate["complete"] and agg["complete"] and e2e["complete"]
+rss_all = [x for f in (rate, agg, e2e) for p in ("rate", "aggregate") if p in f
+           for x in (f[p]["peak_rss_mib"], f[p]["peak_rss_mib_paced"]) if x]
+max_rss = max(rss_all) if rss_all else None
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except Exception:
+        return ""
+
+
+meminfo = sh("awk '/MemTotal/ {print $2}' /proc/meminfo")
+machine = {
+    "cores": os.cpu_count(),
+    "cpu_model": sh("awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo"),
+    "memory_mib": int(meminfo) // 1024 if meminfo.isdigit() else None,
+    "kernel": platform.release(),
+    "os": sh(". /etc/os-release && echo $PRETTY_NAME"),
+    "postgresql": A.pg_version, "kafka": A.kafka_version, "librdkafka": A.rdkafka_version,
+    "kcat": sh("kcat -V 2>&1 | head -1"), "cc": sh("cc --version | head -1"),
+    "loadavg_at_end": sh("cat /proc/loadavg"),
+    "note": "Kafka, PostgreSQL, the consumers, the probe and the paced producer share the machine",
+}
+e2e_eps = e2e["events_per_s"] if correct else None
+out = {
+    "run": A.run, "started": A.start, "quick": A.quick == "1",
+    "workload": {"events": int(A.events), "tenants": int(A.tenants),
+                 "models_file": os.path.relpath(A.models), "dup": A.dup, "ooo": A.ooo,
+                 "late": A.late, "partitions": int(A.partitions),
+                 "latency_events": int(A.latency_events), "generator": gen},
+    "end_to_end_events_per_s": e2e_eps,
+    "rate_events_per_s": rate["events_per_s"],
+    "aggregate_events_per_s": agg["events_per_s"] if ver_agg.get("ok") else None,
+    "copy_rows_per_s": round(copy_rps, 1),
+    "kcat_read_events_per_s": round(kcat_eps, 1),
+    "naive_events_per_s": round(naive_eps, 1),
+    "p99_latency_ms_half_load": e2e["latency_ms_half"]["p99"],
+    "max_rss_mib": max_rss,
+    "lost": lost, "doubled": doubled, "correct": correct, "complete": complete,
+    "ratios": {
+        "end_to_end_vs_copy": ratio(e2e_eps, copy_rps),
+        "end_to_end_vs_naive": ratio(e2e_eps, naive_eps),
+        "end_to_end_vs_kcat": ratio(e2e_eps, kcat_eps),
+        "rate_vs_kcat": ratio(rate["events_per_s"], kcat_eps),
+        "aggregate_vs_copy": ratio(agg["events_per_s"], copy_rps),
+        "aggregate_vs_naive": ratio(agg["events_per_s"], naive_eps),
+    },
+    "stages": {"rate": rate, "aggregate": agg, "end_to_end": e2e},
+    "raw": {"kcat": kcat, "copy": copy, "naive": naive,
+            "ledger_rows": load("ledger_rows")},
+    "verify": {"end_to_end": ver_e2e, "aggregate": ver_agg},
+    "machine": machine,
+}
+g = out["ratios"]
+out["goals"] = {
+    "end_to_end_60k_exactly_once": bool(e2e_eps and e2e_eps >= 60000),
+    "end_to_end_60pct_of_copy": bool(g["end_to_end_vs_copy"] and g["end_to_end_vs_copy"] >= 0.6),
+    "end_to_end_25x_naive": bool(g["end_to_end_vs_naive"] and g["end_to_end_vs_naive"] >= 25),
+    "rate_300k": rate["events_per_s"] >= 300000,
+    "p99_half_load_le_2s": bool(out["p99_latency_ms_half_load"] is not None
+                                and 0 <= out["p99_latency_ms_half_load"] <= 2000),
+    "rss_le_64mib": bool(max_rss and max_rss <= 64),
+}
+with open(A.json, "w") as f:
+    json.dump(out, f, indent=2)
+    f.write("\n")
+
+# ---- table ---------------------------------------------------------------------
+tty = sys.stdout.isatty()
+RED, GRN, OFF = ("\033[1;31m", "\033[32m", "\033[0m") if tty else ("", "", "")
+
+
+def k(x):
+    return "-" if not x else (f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} K")
+
+
+def lat(d):
+    v = [d.get(x) for x in ("p50", "p99", "max")]
+    return "-" if any(x is None or x < 0 for x in v) else "/".join(str(x) for x in v)
+
+
+def rx(a, b):
+    r = ratio(a, b)
+    return "-" if r is None else (f"{r:.2f}x" if r < 10 else f"{r:.0f}x")
+
+
+bad = lost > 0 or doubled > 0 or not correct
+lines = []
+P = lines.append
+P(f"tally benchmark {A.run} ({A.start}), {int(A.events):,} events"
+  f"{' (quick)' if A.quick == '1' else ''}, {A.tenants} tenants, dup {A.dup}, "
+  f"ooo {A.ooo}, late {A.late}, {A.partitions} partitions")
+P(f"machine: {machine['cores']} cores ({machine['cpu_model']}), "
+  f"{machine['memory_mib']} MiB; PostgreSQL {A.pg_version}, Kafka {A.kafka_version}, "
+  f"librdkafka {A.rdkafka_version}; load {machine['loadavg_at_end']}")
+P("")
+hdr = (f"{'':24}{'events/s':>11}{'CPU s/M ev':>12}{'peak RSS MiB':>14}"
+       f"{'lat full p50/p99/max ms':>26}{'lat half p50/p99/max ms':>26}")
+P(hdr)
+
+
+def row(name, f, procs, speed_ok=True):
+    cpu = "+".join(str(f[p]["cpu_s_per_million_events"]) for p in procs)
+    rss = "+".join(str(max(x for x in (f[p]["peak_rss_mib"], f[p]["peak_rss_mib_paced"], 0) if x is not None)) for p in procs)
+    eps = k(f["events_per_s"]) if speed_ok else f"{RED}{'WRONG':>11}{OFF}"
+    if not f["complete"]:
+        eps = f"{RED}{'unfinished':>11}{OFF}"
+    P(f"{name:24}{eps:>11}{cpu:>12}{rss:>14}{lat(f['latency_ms_full']):>26}"
+      f"{lat(f['latency_ms_half']):>26}")
+
+
+row("tally-rate alone", rate, ["rate"])
+row("tally-aggregate alone", agg, ["aggregate"], bool(ver_agg.get("ok")))
+row("end to end (rate+agg)", e2e, ["rate", "aggregate"], correct)
+P("")
+P(f"{'raw limits':24}{'per s':>11}   tally as a ratio")
+P(f"{'kcat read (usage)':24}{k(kcat_eps):>11}   rate {rx(rate['events_per_s'], kcat_eps)}, "
+  f"end to end {rx(e2e_eps, kcat_eps)}")
+P(f"{'PostgreSQL COPY rows':24}{k(copy_rps):>11}   aggregate {rx(agg['events_per_s'], copy_rps)}, "
+  f"end to end {rx(e2e_eps, copy_rps)}")
+P(f"{'naive consumer':24}{k(naive_eps):>11}   aggregate {rx(agg['events_per_s'], naive_eps)}, "
+  f"end to end {rx(e2e_eps, naive_eps)}")
+P("")
+if bad:
+    P(f"{RED}CORRECTNESS: lost {lost}, doubled {doubled} events; "
+      f"end to end ok={ver_e2e.get('ok')}, aggregate ok={ver_agg.get('ok')} "
+      f"(see verify_*.json){OFF}")
+else:
+    P(f"{GRN}correct: committed totals equal the generator's expected totals "
+      f"({ver_e2e.get('expected_events')} unique events, {ver_e2e.get('tenants')} tenants, "
+      f"cost {ver_e2e.get('cost_committed')}); lost 0, doubled 0{OFF}")
+gl = "  ".join(f"{n}: {'yes' if v else 'no'}" for n, v in out["goals"].items())
+P("goals: " + gl)
+P(f"json: {A.json}   plot: {A.png}")
+print("\n".join(lines))
+with open(os.path.join(D, "table.txt"), "w") as f:
+    f.write("\n".join(lines).replace(RED, "").replace(GRN, "").replace(OFF, "") + "\n")
+
+# ---- plot ------------------------------------------------------------------------
+here = os.path.dirname(os.path.abspath(__file__))
+title = f"tally {A.run}: {int(A.events):,} events, {machine['cores']} cores"
+r = subprocess.run(["gnuplot", "-e", f"dir='{D}'; out='{A.png}'; title='{title}'",
+                    os.path.join(here, "plot.gp")], capture_output=True, text=True)
+if r.returncode != 0:
+    print(f"ops/bench: gnuplot failed: {r.stderr.strip()[:300]}", file=sys.stderr)
+sys.exit(1 if bad or not complete else 0)
