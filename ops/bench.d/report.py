@@ -67,6 +67,11 @@ def stage_fig(name, procs):
          "paced_half_events_per_s": round(num(half.get("events_per_s")), 1),
          "paced_complete": bool(full.get("complete")) and bool(half.get("complete")),
          "latency_ms_backlog": {k: s.get(k + "_ms") for k in ("p50", "p99", "max")}}
+    ev = num(s.get("expected")) if s.get("complete") else num(s.get("events"))
+    for svc in ("postgres", "kafka"):
+        c = num(s.get(svc + "_cpu_s"))
+        f[svc + "_cpu_s"] = s.get(svc + "_cpu_s")
+        f[svc + "_cpu_s_per_million_events"] = round(c / (ev / 1e6), 2) if ev > 0 else None
     for p in procs:
         f[p] = {"cpu_s": s.get(p + "_cpu_s"), "cpu_s_per_million_events": cpu_per_m(s, p),
                 "peak_rss_mib": rss_mib(s, p),
@@ -184,7 +189,7 @@ P(f"machine: {machine['cores']} cores ({machine['cpu_model']}), "
   f"{machine['memory_mib']} MiB; PostgreSQL {A.pg_version}, Kafka {A.kafka_version}, "
   f"librdkafka {A.rdkafka_version}; load {machine['loadavg_at_end']}")
 P("")
-hdr = (f"{'':24}{'events/s':>11}{'CPU s/M ev':>12}{'peak RSS MiB':>14}"
+hdr = (f"{'':24}{'events/s':>11}{'CPU s/M ev':>12}{'PG+Kafka':>10}{'peak RSS MiB':>14}"
        f"{'lat full p50/p99/max ms':>26}{'lat half p50/p99/max ms':>26}")
 P(hdr)
 
@@ -195,7 +200,8 @@ def row(name, f, procs, speed_ok=True):
     eps = k(f["events_per_s"]) if speed_ok else f"{RED}{'WRONG':>11}{OFF}"
     if not f["complete"]:
         eps = f"{RED}{'unfinished':>11}{OFF}"
-    P(f"{name:24}{eps:>11}{cpu:>12}{rss:>14}{lat(f['latency_ms_full']):>26}"
+    svc = f"{f['postgres_cpu_s_per_million_events'] or 0:.1f}+{f['kafka_cpu_s_per_million_events'] or 0:.1f}"
+    P(f"{name:24}{eps:>11}{cpu:>12}{svc:>10}{rss:>14}{lat(f['latency_ms_full']):>26}"
       f"{lat(f['latency_ms_half']):>26}")
 
 
