@@ -10,6 +10,13 @@
  * the Kafka offsets are stored only afterwards, for lag monitoring. On
  * assignment the consumer starts where PostgreSQL says.
  *
+ * Two threads (docs/aggregate.md, "Pipeline"): this one polls Kafka and
+ * gathers batch N+1 while a PostgreSQL thread runs batch N's transaction.
+ * At most one batch is in flight; its Kafka offsets are stored only after
+ * its commit; a rebalance first waits for it (a revocation abandons it if
+ * it is retrying), so no partition is written across an assignment change,
+ * and the batch being gathered across a rebalance is dropped.
+ *
  * SIGTERM/SIGINT: finish the batch, commit, leave the group, exit 0 (a
  * second signal exits at once). SIGHUP: reload batch sizes, windows and
  * log.level. Exit 1 on a start-up error or an error that retrying does not
@@ -25,11 +32,25 @@
 #include "tally/pricebook.h"
 #include "tally/signals.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define DAY_MS INT64_C(86400000)
+
+/* One batch: the messages (owned) and their views. */
+typedef struct job {
+	rd_kafka_message_t **msgs;
+	tally_agg_msg *views;
+	size_t n, cap;
+} job;
+
+/* outcome of a batch on the PostgreSQL thread */
+enum { R_COMMITTED, R_FENCED, R_ABANDONED, R_FATAL };
+/* PostgreSQL thread state */
+enum { W_IDLE, W_BUSY, W_DONE };
 
 typedef struct app {
 	tally_config *cfg;
@@ -44,13 +65,36 @@ typedef struct app {
 	int64_t pb_version;
 	tally_histogram *h_batch;
 	volatile int pg_ok;
+	/* the pipeline: agg, pg and the producer's delivery callbacks are
+	 * used by the PostgreSQL thread while state is W_BUSY, and by this
+	 * thread otherwise (the mutex hands them over) */
+	pthread_t worker;
+	bool worker_started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv_work, cv_done;
+	int state, result;
+	bool quit;
+	atomic_int abandon;   /* revocation: stop retrying the batch */
+	bool fatal;           /* a batch failed for good */
+	bool discard_next;    /* fenced: the batch gathered meanwhile is stale */
+	job jobs[2];
+	job *cur;             /* in flight (or finished, not yet collected) */
+	int next;             /* index of the job to gather into */
+	bool trace;
+	int64_t busy_ns;      /* PostgreSQL thread: time in the last batch */
 } app;
+
+static int finish_batch(app *a, bool rebalance);
 
 static int on_assign(rd_kafka_topic_partition_list_t *parts, void *payload)
 {
 	app *a = payload;
 	tally_error err;
-	int rc = tally_agg_assign(a->agg, parts, &err);
+	int rc;
+
+	/* nothing may be in flight while positions are read */
+	(void)finish_batch(a, true);
+	rc = tally_agg_assign(a->agg, parts, &err);
 
 	if (rc != 0)
 		tally_log(TALLY_WARN, "aggregate.assign_failed",
@@ -62,7 +106,15 @@ static void on_revoke(rd_kafka_topic_partition_list_t *parts, void *payload)
 {
 	app *a = payload;
 
-	/* batches are processed between polls: nothing is in flight here */
+	/*
+	 * The in-flight batch (if any) finishes before the partitions go:
+	 * committed (its offsets are stored now) or, if it is retrying a
+	 * PostgreSQL failure, abandoned (the next owner redoes it from
+	 * consumer_offsets). The batch being gathered is dropped by the poll.
+	 */
+	atomic_store(&a->abandon, 1);
+	(void)finish_batch(a, true);
+	atomic_store(&a->abandon, 0);
 	tally_agg_revoke(a->agg, parts);
 }
 
@@ -147,27 +199,39 @@ static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
 	return o;
 }
 
+static void fill_views(job *j)
+{
+	for (size_t i = 0; i < j->n; i++) {
+		rd_kafka_message_t *m = j->msgs[i];
+
+		j->views[i].topic = rd_kafka_topic_name(m->rkt);
+		j->views[i].partition = m->partition;
+		j->views[i].offset = m->offset;
+		j->views[i].payload = m->payload;
+		j->views[i].len = m->len;
+		j->views[i].rkm = m;
+	}
+}
+
+static bool stop_batch(app *a)
+{
+	return tally_signals_stop_requested() || atomic_load(&a->abandon);
+}
+
 /*
- * Process one batch until it is committed, fenced or we are told to stop.
- * Returns 0 (committed or fenced: go on) or non-zero (fatal).
+ * PostgreSQL thread: process one batch until it is committed, fenced,
+ * abandoned (revocation, stop) or failed for good.
  */
-static int handle_batch(app *a, rd_kafka_message_t **msgs, size_t n,
-			tally_agg_msg *views)
+static int run_batch(app *a, job *j)
 {
 	tally_agg_stats st;
 	tally_error err;
 	int64_t t0 = tally_mono_ns();
 	int attempt = 0, errors = 0, rc;
-	size_t i;
+	size_t n = j->n;
+	tally_agg_msg *views = j->views;
 
-	for (i = 0; i < n; i++) {
-		views[i].topic = rd_kafka_topic_name(msgs[i]->rkt);
-		views[i].partition = msgs[i]->partition;
-		views[i].offset = msgs[i]->offset;
-		views[i].payload = msgs[i]->payload;
-		views[i].len = msgs[i]->len;
-		views[i].rkm = msgs[i];
-	}
+	fill_views(j);
 	for (;;) {
 		rc = tally_agg_process(a->agg, views, n, tally_now_ms(), &st,
 				       &err);
@@ -179,21 +243,17 @@ static int handle_batch(app *a, rd_kafka_message_t **msgs, size_t n,
 			tally_counter_add(a->c_fenced, 1);
 			tally_log(TALLY_WARN, "aggregate.fenced",
 				  TALLY_KV_STR("error", err.msg));
-			if (tally_agg_reseek(a->agg, tally_consumer_rk(a->consumer),
-					     views, n, &err) != 0)
-				tally_log(TALLY_WARN, "aggregate.reseek_failed",
-					  TALLY_KV_STR("error", err.msg));
-			return 0;
+			return R_FENCED;
 		}
-		if (tally_signals_stop_requested())
-			return 0; /* not committed: the next owner redoes it */
+		if (stop_batch(a))
+			return R_ABANDONED; /* not committed: redone later */
 		tally_counter_add(a->c_retries, 1);
 		if (rc == TALLY_ETRANSIENT) {
 			a->pg_ok = 0;
 		} else if (++errors >= 5) {
 			tally_log(TALLY_FATAL, "aggregate.batch_failed",
 				  TALLY_KV_STR("error", err.msg));
-			return 1;
+			return R_FATAL;
 		} else {
 			/* e.g. a missing ledger partition: maintain, retry */
 			(void)maintain(a);
@@ -203,27 +263,122 @@ static int handle_batch(app *a, rd_kafka_message_t **msgs, size_t n,
 			  TALLY_KV_STR("error", err.msg),
 			  TALLY_KV_INT("attempt", attempt),
 			  TALLY_KV_INT("wait_ms", wait));
-		tally_signals_sleep_ms((long)wait);
-		/* keep the group membership alive while PostgreSQL is away */
+		for (; wait > 0 && !stop_batch(a); wait -= 50)
+			tally_sleep_ms(wait < 50 ? wait : 50);
+		if (stop_batch(a))
+			return R_ABANDONED;
 		rd_kafka_poll(a->producer, 0);
 	}
-	if (tally_consumer_store(a->consumer, msgs, n, &err) != 0)
-		tally_log(TALLY_WARN, "aggregate.store_failed",
-			  TALLY_KV_STR("error", err.msg));
 	tally_counter_add(a->c_batches, 1);
 	tally_counter_add(a->c_accepted, st.accepted);
 	tally_counter_add(a->c_dup, st.duplicates);
 	tally_counter_add(a->c_dlq, st.dead_lettered);
 	tally_counter_add(a->c_adj, st.adjusted);
 	tally_counter_add(a->c_gaps, st.gaps);
-	tally_histogram_observe(a->h_batch,
-				(uint64_t)((tally_mono_ns() - t0) / 1000));
+	a->busy_ns = tally_mono_ns() - t0;
+	tally_histogram_observe(a->h_batch, (uint64_t)(a->busy_ns / 1000));
 	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("messages", n),
 		  TALLY_KV_INT("accepted", st.accepted),
 		  TALLY_KV_INT("duplicates", st.duplicates),
 		  TALLY_KV_INT("dead_lettered", st.dead_lettered),
 		  TALLY_KV_INT("adjusted", st.adjusted));
-	return 0;
+	return R_COMMITTED;
+}
+
+static void *worker_main(void *arg)
+{
+	app *a = arg;
+
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (a->state != W_BUSY && !a->quit)
+			pthread_cond_wait(&a->cv_work, &a->mu);
+		if (a->state != W_BUSY)
+			break;
+		pthread_mutex_unlock(&a->mu);
+		int r = run_batch(a, a->cur);
+		pthread_mutex_lock(&a->mu);
+		a->result = r;
+		a->state = W_DONE;
+		pthread_cond_broadcast(&a->cv_done);
+	}
+	pthread_mutex_unlock(&a->mu);
+	return NULL;
+}
+
+static void job_clear(job *j)
+{
+	for (size_t k = 0; k < j->n; k++)
+		rd_kafka_message_destroy(j->msgs[k]);
+	j->n = 0;
+}
+
+static void job_reserve(job *j, size_t cap)
+{
+	if (cap <= j->cap)
+		return;
+	free(j->msgs);
+	free(j->views);
+	j->cap = cap;
+	j->msgs = tally_xcalloc(cap, sizeof(*j->msgs));
+	j->views = tally_xcalloc(cap, sizeof(*j->views));
+}
+
+/*
+ * Poll thread: wait for the batch in flight (if any) and collect it. A
+ * committed batch's Kafka offsets are stored now (after the commit, for
+ * lag monitoring). A fenced one re-seeks to what PostgreSQL says (not
+ * inside a rebalance: the new assignment does that) and makes the batch
+ * gathered meanwhile stale (the caller re-seeks its partitions too and
+ * drops it). Afterwards agg and pg belong to this thread
+ * until the next batch is handed over. Returns 1 if the batch failed for
+ * good.
+ */
+static int finish_batch(app *a, bool rebalance)
+{
+	tally_error err;
+	job *j;
+	int r;
+
+	if (!a->worker_started)
+		return 0;
+	pthread_mutex_lock(&a->mu);
+	while (a->state == W_BUSY)
+		pthread_cond_wait(&a->cv_done, &a->mu);
+	if (a->state == W_IDLE) {
+		pthread_mutex_unlock(&a->mu);
+		return 0;
+	}
+	r = a->result;
+	a->state = W_IDLE;
+	pthread_mutex_unlock(&a->mu);
+	j = a->cur;
+	a->cur = NULL;
+	if (r == R_COMMITTED &&
+	    tally_consumer_store(a->consumer, j->msgs, j->n, &err) != 0)
+		tally_log(TALLY_WARN, "aggregate.store_failed",
+			  TALLY_KV_STR("error", err.msg));
+	if (r == R_FENCED && !rebalance) {
+		a->discard_next = true;
+		if (
+		    tally_agg_reseek(a->agg, tally_consumer_rk(a->consumer),
+				     j->views, j->n, &err) != 0)
+			tally_log(TALLY_WARN, "aggregate.reseek_failed",
+				  TALLY_KV_STR("error", err.msg));
+	}
+	job_clear(j);
+	if (r == R_FATAL)
+		a->fatal = true;
+	return r == R_FATAL;
+}
+
+static void start_batch(app *a, job *j)
+{
+	pthread_mutex_lock(&a->mu);
+	a->cur = j;
+	a->state = W_BUSY;
+	pthread_cond_signal(&a->cv_work);
+	pthread_mutex_unlock(&a->mu);
 }
 
 static void register_metrics(app *a)
@@ -265,11 +420,8 @@ int main(int argc, char **argv)
 	tally_metrics_server *srv = NULL;
 	tally_consumer_opts co = { 0 };
 	rd_kafka_conf_t *conf;
-	rd_kafka_message_t **msgs = NULL;
-	tally_agg_msg *views = NULL;
 	tally_agg_opts ao;
 	char dlq[256];
-	size_t cap;
 	int64_t last_maint, last_tick;
 	int i, lv, rc = EXIT_FAILURE;
 
@@ -333,20 +485,44 @@ int main(int argc, char **argv)
 				  TALLY_KV_STR("error", err.msg));
 		/*
 		 * Room for a PostgreSQL restart before we are thrown out, and
-		 * a bounded prefetch (RSS): about one large batch of rated
-		 * events (~250 bytes each) queued ahead, fetched in pieces of
-		 * at most 4 MiB instead of librdkafka's 50 MiB default.
+		 * a bounded prefetch (RSS; measured in docs/aggregate.md):
+		 * about two large batches of rated events (~250 bytes each)
+		 * queued ahead, fetched in pieces of at most 8 MiB (2 MiB per
+		 * partition) instead of librdkafka's 50 MiB default, so the
+		 * poll thread always finds the next batch ready.
+		 * TALLY_AGG_KAFKA_CONF="name=value,..." overrides these (for
+		 * measurements).
 		 */
 		if (tally_kafka_conf_set(conf, "max.poll.interval.ms", "600000",
 					 &err) != 0 ||
 		    tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
-					 "6144", &err) != 0 ||
-		    tally_kafka_conf_set(conf, "fetch.max.bytes", "4194304",
+					 "16384", &err) != 0 ||
+		    tally_kafka_conf_set(conf, "fetch.max.bytes", "8388608",
 					 &err) != 0 ||
 		    tally_kafka_conf_set(conf, "max.partition.fetch.bytes",
-					 "1048576", &err) != 0)
+					 "2097152", &err) != 0 ||
+		    tally_kafka_conf_set(conf, "fetch.wait.max.ms", "100",
+					 &err) != 0)
 			tally_log(TALLY_WARN, "kafka.conf",
 				  TALLY_KV_STR("error", err.msg));
+		if (getenv("TALLY_AGG_KAFKA_CONF") != NULL) {
+			char *dup = strdup(getenv("TALLY_AGG_KAFKA_CONF"));
+			char *save = NULL, *kv;
+
+			for (kv = strtok_r(dup, ",", &save); kv != NULL;
+			     kv = strtok_r(NULL, ",", &save)) {
+				char *eq = strchr(kv, '=');
+
+				if (eq == NULL)
+					continue;
+				*eq = '\0';
+				if (tally_kafka_conf_set(conf, kv, eq + 1,
+							 &err) != 0)
+					tally_log(TALLY_WARN, "kafka.conf",
+						  TALLY_KV_STR("error", err.msg));
+			}
+			free(dup);
+		}
 	}
 	topics[0] = tally_config_str(a.cfg, "topics.rated");
 	co.group = tally_config_str(a.cfg, "aggregate.group");
@@ -375,14 +551,25 @@ int main(int argc, char **argv)
 		  TALLY_KV_STR("topic", topics[0]),
 		  TALLY_KV_STR("group", co.group));
 
-	cap = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
-	msgs = tally_xcalloc(cap, sizeof(*msgs));
-	views = tally_xcalloc(cap, sizeof(*views));
+	{
+		const char *t = getenv("TALLY_AGG_TRACE");
+
+		a.trace = t != NULL && strcmp(t, "1") == 0;
+	}
+	pthread_mutex_init(&a.mu, NULL);
+	pthread_cond_init(&a.cv_work, NULL);
+	pthread_cond_init(&a.cv_done, NULL);
+	if (pthread_create(&a.worker, NULL, worker_main, &a) != 0) {
+		tally_log(TALLY_FATAL, "aggregate.thread_failed");
+		goto cleanup;
+	}
+	a.worker_started = true;
 	last_maint = last_tick = tally_mono_ns();
 	rc = EXIT_SUCCESS;
 	while (!tally_signals_stop_requested()) {
-		size_t n, bs;
-		int brc;
+		job *p = &a.jobs[a.next];
+		size_t bs;
+		int64_t t0, t1, t2;
 
 		if (tally_signals_reload_requested()) {
 			if (tally_config_reload(a.cfg, &err) != 0)
@@ -394,23 +581,42 @@ int main(int argc, char **argv)
 				tally_log_set_level((tally_log_level)lv);
 		}
 		bs = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
-		if (bs > cap) {
-			free(msgs);
-			free(views);
-			cap = bs;
-			msgs = tally_xcalloc(cap, sizeof(*msgs));
-			views = tally_xcalloc(cap, sizeof(*views));
-		}
-		n = tally_consumer_poll_batch(a.consumer, msgs, bs,
+		job_reserve(p, bs);
+		/* gather batch N+1 while batch N is in its transaction */
+		t0 = tally_mono_ns();
+		p->n = tally_consumer_poll_batch(a.consumer, p->msgs, bs,
 			(int)tally_config_int(a.cfg, "aggregate.batch_ms"));
-		rd_kafka_poll(a.producer, 0);
-		brc = n > 0 ? handle_batch(&a, msgs, n, views) : 0;
-		for (size_t k = 0; k < n; k++)
-			rd_kafka_message_destroy(msgs[k]);
-		if (brc != 0) {
+		t1 = tally_mono_ns();
+		if (finish_batch(&a, false) != 0 || a.fatal) {
+			job_clear(p);
 			rc = EXIT_FAILURE;
 			break;
 		}
+		t2 = tally_mono_ns();
+		if (a.discard_next) {
+			/*
+			 * Gathered from positions a fenced batch left behind:
+			 * every partition in it goes back to PostgreSQL's
+			 * position too (none may skip what is dropped here).
+			 */
+			fill_views(p);
+			if (p->n > 0 &&
+			    tally_agg_reseek(a.agg, tally_consumer_rk(a.consumer),
+					     p->views, p->n, &err) != 0)
+				tally_log(TALLY_WARN, "aggregate.reseek_failed",
+					  TALLY_KV_STR("error", err.msg));
+			job_clear(p);
+			a.discard_next = false;
+			continue;
+		}
+		if (a.trace && p->n > 0)
+			tally_log(TALLY_WARN, "aggregate.loop_trace",
+				  TALLY_KV_INT("n", p->n),
+				  TALLY_KV_INT("poll_us", (t1 - t0) / 1000),
+				  TALLY_KV_INT("wait_pg_us", (t2 - t1) / 1000),
+				  TALLY_KV_INT("prev_pg_us", a.busy_ns / 1000));
+		/* PostgreSQL thread idle: delivery reports, housekeeping */
+		rd_kafka_poll(a.producer, 0);
 		if ((tally_mono_ns() - last_tick) / 1000000 > 10000) {
 			/* price changes; the totals outbox */
 			(void)load_prices(&a);
@@ -423,10 +629,25 @@ int main(int argc, char **argv)
 			(void)maintain(&a);
 			last_maint = tally_mono_ns();
 		}
+		if (p->n > 0) {
+			start_batch(&a, p);
+			a.next ^= 1;
+		}
 	}
+	/* the batch in flight commits (or is abandoned on a second failure) */
+	if (finish_batch(&a, false) != 0)
+		rc = EXIT_FAILURE;
 	tally_log(TALLY_INFO, "aggregate.stopping");
 
 cleanup:
+	if (a.worker_started) {
+		pthread_mutex_lock(&a.mu);
+		a.quit = true;
+		pthread_cond_signal(&a.cv_work);
+		pthread_mutex_unlock(&a.mu);
+		pthread_join(a.worker, NULL);
+		a.worker_started = false;
+	}
 	tally_metrics_server_free(srv);
 	tally_consumer_free(a.consumer);
 	if (a.producer != NULL) {
@@ -444,7 +665,10 @@ cleanup:
 	tally_pg_free(a.pg);
 	tally_metrics_free(a.m);
 	tally_config_free(a.cfg);
-	free(msgs);
-	free(views);
+	for (i = 0; i < 2; i++) {
+		job_clear(&a.jobs[i]);
+		free(a.jobs[i].msgs);
+		free(a.jobs[i].views);
+	}
 	return rc;
 }

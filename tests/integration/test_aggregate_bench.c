@@ -5,6 +5,9 @@
  * two batch sizes; next to a plain COPY of the same rows into usage_ledger.
  * Reports events/s and the consumer's peak RSS (VmHWM). Build it in a
  * Release tree: the numbers of a sanitizer build mean little.
+ * TALLY_AGG_BENCH_DUP_PCT (default 5, as ops/bench) percent of the
+ * messages are re-sends of an earlier event (a retry: same source and id),
+ * some in the same batch, most in an earlier one; events/s counts messages.
  *
  *   TALLY_AGG_BENCH=1 TALLY_AGG_BENCH_EVENTS=300000 \
  *     build-rel/tests/integration_test_aggregate_bench
@@ -23,6 +26,21 @@
 
 static char db[64], dsn[512], topic[96], group[96], cfgpath[256];
 static PGconn *chk;
+static int dup_pct = 5;
+
+/* message i carries event msg_event(i): every (100 / dup_pct)-th message
+ * re-sends an event from 1..4000 messages earlier */
+static int64_t msg_event(int64_t i)
+{
+	int64_t every;
+
+	if (dup_pct <= 0)
+		return i;
+	every = 100 / dup_pct;
+	if (i % every == every - 1 && i >= 4000)
+		return i - 1 - (i * 7919) % 3999;
+	return i;
+}
 
 static int64_t committed(void)
 {
@@ -69,7 +87,7 @@ static void produce(int64_t n, int64_t base)
 		char key[37];
 		rd_kafka_resp_err_t e;
 
-		agg_gen_event(&g, 9, i, base);
+		agg_gen_event(&g, 9, msg_event(i), base);
 		agg_encode(&sb, &g.re);
 		tally_uuid_fmt(key, g.re.ev.tenant_id);
 		do {
@@ -151,13 +169,16 @@ static void copy_baseline(int64_t n, int64_t base)
 	char *buf = NULL;
 	size_t len = 0, cap = 0;
 	agg_gen g;
-	int64_t i, t0, t1;
+	int64_t i, t0, t1, rows = 0;
 	uint8_t dg[16];
 
 	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
 	tally_test_exec(dsn, "TRUNCATE usage_ledger");
 	for (i = 0; i < n; i++) {
 		char line[512], tid[37], cost[48], hex[33], ts[32];
+		if (msg_event(i) != i)
+			continue; /* COPY the distinct rows */
+		rows++;
 		const tally_usage_event *ev;
 		int k, m;
 		static const char hx[] = "0123456789abcdef";
@@ -201,8 +222,8 @@ static void copy_baseline(int64_t n, int64_t base)
 	t1 = tally_mono_ns();
 	fprintf(stderr, "BENCH plain COPY of the same %lld rows into"
 		" usage_ledger (one transaction, no dedupe/aggregates):"
-		" %lld rows/s\n", (long long)n,
-		(long long)(n * 1000000000 / (t1 - t0)));
+		" %lld rows/s\n", (long long)rows,
+		(long long)(rows * 1000000000 / (t1 - t0)));
 	free(buf);
 	tally_pg_free(pg);
 }
@@ -214,6 +235,11 @@ START_TEST(test_aggregate_bench)
 
 	if (s != NULL && tally_parse_i64(&n, s) != 0)
 		n = 300000;
+	s = getenv("TALLY_AGG_BENCH_DUP_PCT");
+	if (s != NULL)
+		dup_pct = atoi(s);
+	if (dup_pct < 0 || dup_pct > 50)
+		dup_pct = 5;
 	produce(n, base);
 	run_consumer(n, 5000);
 	run_consumer(n, 20000);
