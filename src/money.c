@@ -82,10 +82,20 @@ size_t tally_money_fmt128(char *out, size_t outlen, tally_money128 pico)
 	int frac_len = 12;
 
 	v = neg ? (unsigned __int128)(-(pico + 1)) + 1 : (unsigned __int128)pico;
-	do {
+	/* 64-bit divisions while the value fits: a 128-bit division per
+	 * digit (__udivti3) was the top symbol of tally-rate's profile */
+	while (v > UINT64_MAX) {
 		digits[nd++] = (char)('0' + (int)(v % 10));
 		v /= 10;
-	} while (v != 0);
+	}
+	{
+		uint64_t v64 = (uint64_t)v;
+
+		do {
+			digits[nd++] = (char)('0' + (int)(v64 % 10));
+			v64 /= 10;
+		} while (v64 != 0);
+	}
 	while (nd <= 12)
 		digits[nd++] = '0';
 	/* digits[] is little-endian; trim trailing fractional zeros */
