@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #define DAY_MS INT64_C(86400000)
 
@@ -289,6 +290,7 @@ static void *worker_main(void *arg)
 {
 	app *a = arg;
 
+	(void)prctl(PR_SET_NAME, "agg-postgres", 0, 0, 0); /* for top/perf */
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
 		while (a->state != W_BUSY && !a->quit)

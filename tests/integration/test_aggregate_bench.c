@@ -19,7 +19,9 @@
 #include "tally/kafka.h"
 #include "tally/money.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -68,6 +70,119 @@ static long vm_hwm_kb(pid_t pid)
 	return kb;
 }
 
+/* CPU time (utime + stime) of a process or thread stat file, in ms */
+static int64_t stat_cpu_ms(const char *path, char *comm, size_t commlen)
+{
+	char buf[1024], *p;
+	unsigned long ut = 0, st = 0;
+	FILE *fp = fopen(path, "r");
+	size_t len;
+
+	if (fp == NULL)
+		return 0;
+	len = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[len] = '\0';
+	p = strrchr(buf, ')');
+	if (p == NULL)
+		return 0;
+	if (comm != NULL) {
+		char *o = strchr(buf, '(');
+		snprintf(comm, commlen, "%.*s", o ? (int)(p - o - 1) : 0,
+			 o ? o + 1 : "");
+	}
+	/* fields after ")": state ppid pgrp session tty tpgid flags minflt
+	 * cminflt majflt cmajflt utime stime */
+	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+		   &ut, &st) != 2)
+		return 0;
+	return (int64_t)(ut + st) * 1000 / sysconf(_SC_CLK_TCK);
+}
+
+/* CPU of the Kafka broker (the JVM whose command line names kafka) */
+static int64_t broker_cpu_ms(void)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	int64_t ms = 0;
+
+	if (d == NULL)
+		return 0;
+	while ((e = readdir(d)) != NULL) {
+		char path[300], cmd[4096];
+		FILE *fp;
+		size_t len;
+
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		fp = fopen(path, "r");
+		if (fp == NULL)
+			continue;
+		len = fread(cmd, 1, sizeof(cmd) - 1, fp);
+		fclose(fp);
+		for (size_t i = 0; i < len; i++)
+			if (cmd[i] == '\0')
+				cmd[i] = ' ';
+		cmd[len] = '\0';
+		if (strstr(cmd, "java") != NULL && strstr(cmd, "kafka") != NULL) {
+			snprintf(path, sizeof(path), "/proc/%s/stat", e->d_name);
+			ms += stat_cpu_ms(path, NULL, 0);
+		}
+	}
+	closedir(d);
+	return ms;
+}
+
+/* CPU of the PostgreSQL backends connected to the bench database */
+static int64_t backends_cpu_ms(void)
+{
+	PGresult *r = PQexec(chk, "SELECT pid FROM pg_stat_activity WHERE"
+			     " datname = current_database() AND"
+			     " pid <> pg_backend_pid()");
+	int64_t ms = 0;
+
+	for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK &&
+	     i < PQntuples(r); i++) {
+		char path[64];
+
+		snprintf(path, sizeof(path), "/proc/%s/stat",
+			 PQgetvalue(r, i, 0));
+		ms += stat_cpu_ms(path, NULL, 0);
+	}
+	PQclear(r);
+	return ms;
+}
+
+/* the consumer's threads: main (poll), the PostgreSQL thread, librdkafka */
+static void report_threads(pid_t pid)
+{
+	char path[300], comm[64], out[1024];
+	DIR *d;
+	struct dirent *e;
+	size_t off = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	d = opendir(path);
+	if (d == NULL)
+		return;
+	out[0] = '\0';
+	while ((e = readdir(d)) != NULL) {
+		int64_t ms;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/stat", (int)pid,
+			 e->d_name);
+		ms = stat_cpu_ms(path, comm, sizeof(comm));
+		if (ms > 0 && off < sizeof(out) - 64)
+			off += (size_t)snprintf(out + off, sizeof(out) - off,
+						" %s=%lld", comm, (long long)ms);
+	}
+	closedir(d);
+	fprintf(stderr, "BENCH   consumer threads CPU ms:%s\n", out);
+}
+
 static void produce(int64_t n, int64_t base)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -110,7 +225,9 @@ static void run_consumer(int64_t n, int batch)
 	FILE *fp;
 	pid_t pid;
 	int64_t t_first = 0, t_end, c = 0, t0 = tally_mono_ns(), first_c = 0;
+	int64_t cpu0 = 0, cpu1, br0 = 0, br1, pg0 = 0, pg1;
 	long hwm = -1, h;
+	char path[64];
 
 	snprintf(group, sizeof(group), "bench.%s.%d", db, batch);
 	snprintf(cfgpath, sizeof(cfgpath), "/tmp/%s.cfg", db);
@@ -141,6 +258,10 @@ static void run_consumer(int64_t n, int batch)
 		if (c > 0 && t_first == 0) {
 			t_first = tally_mono_ns();
 			first_c = c;
+			snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+			cpu0 = stat_cpu_ms(path, NULL, 0);
+			br0 = broker_cpu_ms();
+			pg0 = backends_cpu_ms();
 		}
 		h = vm_hwm_kb(pid);
 		if (h > hwm)
@@ -148,6 +269,11 @@ static void run_consumer(int64_t n, int batch)
 		tally_sleep_ms(20);
 	}
 	t_end = tally_mono_ns();
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	cpu1 = stat_cpu_ms(path, NULL, 0);
+	br1 = broker_cpu_ms();
+	pg1 = backends_cpu_ms();
+	report_threads(pid);
 	h = vm_hwm_kb(pid);
 	if (h > hwm)
 		hwm = h;
@@ -160,6 +286,11 @@ static void run_consumer(int64_t n, int batch)
 		(long long)((t_end - t_first) / 1000000),
 		(long long)((n - first_c) * 1000000000 / (t_end - t_first + 1)),
 		(long long)(n * 1000000000 / (t_end - t0)), hwm);
+	fprintf(stderr, "BENCH   CPU over the same interval (%lld ms wall):"
+		" tally-aggregate %lld ms, its PostgreSQL backend(s) %lld ms,"
+		" Kafka broker %lld ms\n", (long long)((t_end - t_first) / 1000000),
+		(long long)(cpu1 - cpu0), (long long)(pg1 - pg0),
+		(long long)(br1 - br0));
 }
 
 static void copy_baseline(int64_t n, int64_t base)
