@@ -42,6 +42,7 @@ struct tally_rater {
 	int batch_ms;
 	bool unpriced_zero;
 	int64_t last_check_ns;
+	PGconn *listen_conn; /* connection LISTENing on tally_prices */
 	rd_kafka_message_t **msgs;
 	msgpack_sbuffer sb;
 	uint64_t n_rated, n_unpriced, n_dlq; /* of the open transaction */
@@ -63,6 +64,49 @@ static void read_opts(tally_rater *r)
 						"dead_letter or zero"),
 			  TALLY_KV_STR("using", "dead_letter"));
 	r->msgs = tally_xrealloc(r->msgs, r->batch_size * sizeof(*r->msgs));
+}
+
+/*
+ * true when the book may have changed: a tally_prices notification arrived
+ * (the 0002 trigger sends one on every change), or the connection is new
+ * and LISTEN was (re)issued, so notifications may have been missed. Never
+ * blocks: PQconsumeInput reads only what the socket already holds (libpq's
+ * socket is non-blocking), and no query is in flight between batches.
+ */
+static bool prices_notified(tally_rater *r)
+{
+	PGconn *conn;
+	PGnotify *nt;
+	PGresult *res = NULL;
+	tally_error lerr;
+	bool hit = false;
+
+	tally_error_clear(&lerr);
+	if (tally_pg_ensure(r->pg, &lerr) != 0)
+		return false; /* the version check reports it */
+	conn = tally_pg_conn(r->pg);
+	if (conn != r->listen_conn) {
+		if (tally_pg_exec(r->pg, &res, "LISTEN tally_prices", 0, NULL,
+				  &lerr) != 0) {
+			tally_log(TALLY_WARN, "rate.listen_failed",
+				  TALLY_KV_STR("error", lerr.msg));
+			return false;
+		}
+		PQclear(res);
+		r->listen_conn = conn;
+		hit = true;
+	}
+	if (PQconsumeInput(conn) == 0)
+		return hit; /* broken: the next tally_pg_ensure reconnects */
+	for (;;) {
+		nt = PQnotifies(conn);
+		if (nt == NULL)
+			break;
+		if (strcmp(nt->relname, "tally_prices") == 0)
+			hit = true;
+		PQfreemem(nt);
+	}
+	return hit;
 }
 
 static int load_book(tally_rater *r, bool force, tally_error *err)
@@ -145,8 +189,10 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 			      (int)tally_config_int(cfg,
 						    "database.retry_max_ms"),
 			      err);
-	if (rc == 0)
+	if (rc == 0) {
+		(void)prices_notified(r); /* LISTEN before the first load */
 		rc = load_book(r, true, err);
+	}
 	if (rc != 0)
 		goto fail;
 	r->last_check_ns = tally_mono_ns();
@@ -466,7 +512,14 @@ int tally_rater_run(tally_rater *r, tally_error *err)
 		}
 		check_ns = tally_config_int(r->cfg, "rate.price_check_s") *
 			   INT64_C(1000000000);
-		if (reload || tally_mono_ns() - r->last_check_ns >= check_ns) {
+		/*
+		 * A NOTIFY makes the next batch use the new book; the periodic
+		 * version check stays as a safety net (a notification is lost
+		 * while the connection is down, and LISTEN is only re-issued
+		 * on the next call).
+		 */
+		if (prices_notified(r) || reload ||
+		    tally_mono_ns() - r->last_check_ns >= check_ns) {
 			tally_error perr;
 
 			tally_error_clear(&perr);

@@ -16,8 +16,10 @@
  * fences the old one and aborts what it left open; downstream reads
  * read_committed.
  *
- * The price book is swapped only between batches: on SIGHUP, and when the
- * version counter in PostgreSQL changes (checked every rate.price_check_s).
+ * The price book is swapped only between batches: on SIGHUP, on a
+ * tally_prices notification (LISTEN on the rater's connection, read without
+ * blocking between batches), and when the version counter in PostgreSQL
+ * changes (checked every rate.price_check_s, a safety net).
  */
 
 #include "tally/common.h"
