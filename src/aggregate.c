@@ -304,7 +304,7 @@ typedef struct item {
 	tally_rated_event re;
 	int status;
 	const char *reason;
-	char detail[160];
+	uint32_t detail; /* dead letters: offset of the text in agg->details */
 	int32_t provider_id, model_id;
 	int64_t ps, pe; /* billing period */
 	bool closed;
@@ -397,6 +397,7 @@ struct tally_agg {
 	size_t n;
 	int64_t now_ms;
 	sbuf copy, q1, q2, q3;
+	sbuf details;   /* dead-letter details of the batch (item.detail) */
 	char **totals;  /* JSON per affected tenant-period, after commit */
 	char **totals_key;
 	totals_ack *totals_ack;
@@ -477,6 +478,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->tenants);
 	free(agg->bps);
 	free(agg->copy.p);
+	free(agg->details.p);
 	free(agg->q1.p);
 	free(agg->q2.p);
 	free(agg->q3.p);
@@ -780,10 +782,36 @@ cleanup:
 /* ------------------------------------------------------------------ */
 /* decode and classify (no I/O)                                        */
 
+/*
+ * Dead-letter details live in one buffer per batch (offset 0 is ""), so an
+ * item stays small: two batches of items are alive while the poll thread
+ * gathers the next one (RSS).
+ */
+static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+	TALLY_PRINTF(3, 4);
+static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+{
+	char buf[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	it->detail = (uint32_t)agg->details.len;
+	sb_add(&agg->details, buf, strlen(buf) + 1);
+}
+
+static const char *item_detail(const tally_agg *agg, const item *it)
+{
+	return agg->details.p + it->detail;
+}
+
 static void classify(tally_agg *agg)
 {
 	size_t i;
 
+	sb_reset(&agg->details);
+	sb_add(&agg->details, "", 1);
 	hset_init(&agg->dedupe, agg->n);
 	for (i = 0; i < agg->n; i++) {
 		const tally_agg_msg *m = &agg->msgs[i];
@@ -797,15 +825,15 @@ static void classify(tally_agg *agg)
 		    0) {
 			it->status = ST_DLQ;
 			it->reason = ce.reason ? ce.reason : "invalid";
-			snprintf(it->detail, sizeof(it->detail), "%.40s: %.110s",
-				 ce.field, ce.detail);
+			set_detail(agg, it, "%.40s: %.110s", ce.field,
+				   ce.detail);
 			continue;
 		}
 		t = it->re.ev.time_ms;
 		if (t < agg->now_ms - agg->lateness_ms) {
 			it->status = ST_DLQ;
 			it->reason = "too_late";
-			snprintf(it->detail, sizeof(it->detail),
+			set_detail(agg, it,
 				 "event time is %" PRId64 " s before the "
 				 "lateness window", (agg->now_ms -
 				 agg->lateness_ms - t) / 1000);
@@ -814,7 +842,7 @@ static void classify(tally_agg *agg)
 		if (t > agg->now_ms + agg->future_ms) {
 			it->status = ST_DLQ;
 			it->reason = "future_timestamp";
-			snprintf(it->detail, sizeof(it->detail),
+			set_detail(agg, it,
 				 "event time is %" PRId64 " s in the future",
 				 (t - agg->now_ms) / 1000);
 			continue;
@@ -951,7 +979,7 @@ static int send_dead_letters(tally_agg *agg, tally_error *err)
 			continue;
 		rc = tally_dlq_send(agg->producer, agg->dlq_topic,
 				    agg->msgs[i].rkm, "tally-aggregate",
-				    it->reason, it->detail, err);
+				    it->reason, item_detail(agg, it), err);
 		if (rc != 0)
 			return rc;
 		sent++;
@@ -2183,8 +2211,8 @@ static int mirror_dead_letters(tally_agg *agg, tally_error *err)
 		sb_printf(&of, "%" PRId64, m->offset);
 		sb_array_str(&rs, agg->items[i].reason,
 			     strlen(agg->items[i].reason));
-		sb_array_str(&dt, agg->items[i].detail,
-			     strlen(agg->items[i].detail));
+		sb_array_str(&dt, item_detail(agg, &agg->items[i]),
+			     strlen(item_detail(agg, &agg->items[i])));
 		sb_array_str(&ky, key, klen);
 	}
 	sb_puts(&tp, "}");
