@@ -111,6 +111,7 @@ struct tally_config {
 	char *path;
 	char *values[NKEYS];
 	bool from_env[NKEYS];
+	bool from_cli[NKEYS]; /* tally_config_set(): a reload keeps it */
 };
 
 static int find_key(const char *key)
@@ -330,7 +331,7 @@ int tally_config_reload(tally_config *cfg, tally_error *err)
 	if (rc != 0)
 		return rc;
 	for (i = 0; i < NKEYS; i++) {
-		if (strcmp(vals[i], cfg->values[i]) == 0) {
+		if (cfg->from_cli[i] || strcmp(vals[i], cfg->values[i]) == 0) {
 			free(vals[i]);
 			continue;
 		}
@@ -397,6 +398,7 @@ void tally_config_set(tally_config *cfg, const char *key, const char *value)
 
 	free(cfg->values[k]);
 	cfg->values[k] = tally_xstrdup(value);
+	cfg->from_cli[k] = true;
 }
 
 const char *tally_config_key(size_t i, bool *secret)
@@ -430,6 +432,7 @@ void tally_config_show(const tally_config *cfg, FILE *fp)
 		}
 		fprintf(fp, "%-40s %-8s %-6s %s\n", keys[i].key,
 			keys[i].reload ? "yes" : "no",
+			cfg->from_cli[i] ? "flag" :
 			cfg->from_env[i] ? "env" : "file", v);
 	}
 }

@@ -24,6 +24,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/pg.h"
+#include "tally/program.h"
 #include "tally/signals.h"
 
 #include <curl/curl.h>
@@ -254,7 +255,10 @@ static void sweep(app *a)
 
 int main(int argc, char **argv)
 {
-	const char *cfg_path = NULL, *listen = NULL;
+	static const tally_program_opts popts = {
+		"tally-alerts", "--metrics-listen", "alerts.metrics_listen",
+		NULL, NULL, NULL
+	};
 	const char *topics[3] = { NULL, NULL, NULL };
 	app a;
 	tally_error err = { 0 };
@@ -265,33 +269,12 @@ int main(int argc, char **argv)
 	rd_kafka_message_t **msgs = NULL;
 	tally_alerts_msg *views = NULL;
 	int64_t last_sweep;
-	int i, lv, rc = EXIT_FAILURE;
+	int rc = EXIT_FAILURE;
 
 	memset(&a, 0, sizeof(a));
-	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else if (strcmp(argv[i], "--metrics-listen") == 0 &&
-			   i + 1 < argc) {
-			listen = argv[++i];
-		} else {
-			fprintf(stderr, "usage: tally-alerts --config FILE "
-					"[--metrics-listen HOST:PORT]\n");
-			return strcmp(argv[i], "--help") == 0 ? 0 : 2;
-		}
-	}
-	tally_log_init("tally-alerts", TALLY_INFO);
-	if (tally_config_load(&a.cfg, cfg_path, &err) != 0) {
-		tally_log(TALLY_FATAL, "config.error",
-			  TALLY_KV_STR("error", err.msg));
-		return EXIT_FAILURE;
-	}
-	lv = tally_log_level_parse(tally_config_str(a.cfg, "log.level"));
-	if (lv >= 0)
-		tally_log_set_level((tally_log_level)lv);
-	if (listen != NULL)
-		tally_config_set(a.cfg, "alerts.metrics_listen", listen);
-	tally_signals_install();
+	if (tally_program_start(&a.cfg, &popts, argc, argv, &rc) != 0)
+		return rc;
+	rc = EXIT_FAILURE;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	pthread_mutex_init(&a.mu, NULL);
 	a.webhook_url = tally_xstrdup("");
@@ -379,15 +362,7 @@ int main(int argc, char **argv)
 		int brc;
 
 		if (tally_signals_reload_requested()) {
-			if (tally_config_reload(a.cfg, &err) != 0) {
-				tally_log(TALLY_ERR, "config.reload_failed",
-					  TALLY_KV_STR("error", err.msg));
-			} else {
-				lv = tally_log_level_parse(tally_config_str(
-					a.cfg, "log.level"));
-				if (lv >= 0)
-					tally_log_set_level(
-						(tally_log_level)lv);
+			if (tally_program_reload(a.cfg) == 0) {
 				if (tally_alerts_set_thresholds(a.alerts,
 					tally_config_str(a.cfg,
 						"alerts.thresholds"),

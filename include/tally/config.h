@@ -45,7 +45,10 @@ const char *tally_config_str(const tally_config *cfg, const char *key);
 int64_t tally_config_int(const tally_config *cfg, const char *key);
 bool tally_config_bool(const tally_config *cfg, const char *key);
 
-/** Override a value in memory (tests, command-line flags). */
+/**
+ * Override a value in memory (command-line flags, tests). The value is
+ * not checked against the table's type, and a later reload keeps it.
+ */
 void tally_config_set(tally_config *cfg, const char *key, const char *value);
 
 /** Print every key, its effective value (secrets masked) and reloadability. */

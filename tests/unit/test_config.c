@@ -170,6 +170,10 @@ START_TEST(test_config_reload_keeps_non_reloadable)
 	ck_assert_int_eq(tally_config_int(cfg, "aggregate.batch_size"), 200);
 	ck_assert_msg(strcmp(tally_config_str(cfg, "kafka.brokers"), "a:1") == 0,
 		      "kafka.brokers needs a restart and must keep its value");
+	/* a value set from the command line survives a reload quietly */
+	tally_config_set(cfg, "aggregate.batch_ms", "7");
+	ck_assert_int_eq(tally_config_reload(cfg, &err), 0);
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.batch_ms"), 7);
 	/* a broken file on reload keeps the old config */
 	write_cfg("aggregate: { batch_size = ; };\n");
 	ck_assert_int_eq(tally_config_reload(cfg, &err), TALLY_EINVALID);

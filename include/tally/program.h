@@ -1,0 +1,42 @@
+#ifndef TALLY_PROGRAM_H
+#define TALLY_PROGRAM_H
+
+/**
+ * @file tally/program.h
+ * @brief What every long-running tally program does at start-up and on
+ *        SIGHUP: parse `--config FILE` and the listen flag, start the JSON
+ *        log, load the config (file:line errors), apply `log.level`, and
+ *        install the signal flags; later, reload the config and the log
+ *        level. One place, so the five consumers behave the same.
+ */
+
+#include "tally/config.h"
+
+typedef struct tally_program_opts {
+	const char *name;        /* "tally-aggregate": log program name */
+	const char *listen_flag; /* "--metrics-listen" or "--listen" */
+	const char *listen_key;  /* config key it overrides, or NULL */
+	const char *usage_extra; /* more of the usage line, or NULL */
+	/*
+	 * Program-specific options: return how many argv entries were
+	 * consumed at argv[i] (0: not ours, -1: bad value). May be NULL.
+	 */
+	int (*arg)(int argc, char **argv, int i, void *payload);
+	void *payload;
+} tally_program_opts;
+
+/**
+ * Start a program. On 0 the caller owns *out (tally_config_free) and runs;
+ * otherwise it exits with *exit_code (0 after --help, 2 for a usage error,
+ * 1 when the config could not be loaded, which is logged).
+ */
+int tally_program_start(tally_config **out, const tally_program_opts *o,
+			int argc, char **argv, int *exit_code) TALLY_MUSTCHECK;
+
+/**
+ * On SIGHUP: reload the config (a failed reload logs and keeps the old one)
+ * and apply log.level again. Returns 0 or the reload error.
+ */
+int tally_program_reload(tally_config *cfg);
+
+#endif /* TALLY_PROGRAM_H */

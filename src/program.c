@@ -1,0 +1,103 @@
+/*
+ * program.c - start-up and SIGHUP handling shared by tally-rate,
+ * tally-aggregate, tally-stripe, tally-alerts and tally-relay.
+ */
+#include "tally/program.h"
+#include "tally/log.h"
+#include "tally/signals.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *fp, const tally_program_opts *o)
+{
+	fprintf(fp, "usage: %s --config FILE", o->name);
+	if (o->listen_flag != NULL)
+		fprintf(fp, " [%s HOST:PORT]", o->listen_flag);
+	if (o->usage_extra != NULL)
+		fprintf(fp, " %s", o->usage_extra);
+	fputc('\n', fp);
+}
+
+static void apply_log_level(const tally_config *cfg)
+{
+	int lv = tally_log_level_parse(tally_config_str(cfg, "log.level"));
+
+	if (lv >= 0)
+		tally_log_set_level((tally_log_level)lv);
+	else
+		tally_log(TALLY_WARN, "config.bad_log_level",
+			  TALLY_KV_STR("value", tally_config_str(cfg, "log.level")));
+}
+
+int tally_program_start(tally_config **out, const tally_program_opts *o,
+			int argc, char **argv, int *exit_code)
+{
+	const char *cfg_path = NULL, *listen = NULL;
+	tally_error err;
+	int i, used;
+
+	*out = NULL;
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+			cfg_path = argv[++i];
+		} else if (o->listen_flag != NULL &&
+			   strcmp(argv[i], o->listen_flag) == 0 && i + 1 < argc) {
+			listen = argv[++i];
+		} else if (strcmp(argv[i], "--help") == 0 ||
+			   strcmp(argv[i], "-h") == 0) {
+			usage(stdout, o);
+			*exit_code = EXIT_SUCCESS;
+			return 1;
+		} else if (o->arg != NULL &&
+			   (used = o->arg(argc, argv, i, o->payload)) != 0) {
+			if (used < 0) {
+				usage(stderr, o);
+				*exit_code = 2;
+				return 1;
+			}
+			i += used - 1;
+		} else {
+			fprintf(stderr, "%s: unknown argument %s\n", o->name,
+				argv[i]);
+			usage(stderr, o);
+			*exit_code = 2;
+			return 1;
+		}
+	}
+	tally_log_init(o->name, TALLY_INFO);
+	tally_error_clear(&err);
+	if (tally_config_load(out, cfg_path, &err) != 0) {
+		tally_log(TALLY_FATAL, "config.error",
+			  TALLY_KV_STR("error", err.msg));
+		*exit_code = EXIT_FAILURE;
+		return 1;
+	}
+	apply_log_level(*out); /* $TALLY_LOG_LEVEL wins via the config */
+	if (listen != NULL && o->listen_key != NULL)
+		tally_config_set(*out, o->listen_key, listen);
+	tally_signals_install();
+	tally_log(TALLY_INFO, "program.start",
+		  TALLY_KV_STR("config", cfg_path ? cfg_path : "(defaults)"));
+	*exit_code = EXIT_SUCCESS;
+	return 0;
+}
+
+int tally_program_reload(tally_config *cfg)
+{
+	tally_error err;
+	int rc;
+
+	tally_error_clear(&err);
+	rc = tally_config_reload(cfg, &err);
+	if (rc != 0) {
+		tally_log(TALLY_ERR, "config.reload_failed",
+			  TALLY_KV_STR("error", err.msg),
+			  TALLY_KV_STR("kept", "previous config"));
+		return rc;
+	}
+	apply_log_level(cfg);
+	tally_log(TALLY_INFO, "config.reload_done");
+	return 0;
+}
