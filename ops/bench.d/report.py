@@ -56,11 +56,24 @@ def rss_mib(s, which):
     return round(kib / 1024.0, 1) if kib > 0 else None
 
 
+def steady(name):
+    """events/s between the first and the last second with commits (no startup)"""
+    try:
+        rows = [l.split("\t") for l in open(os.path.join(D, name + ".tsv")) if not l.startswith("#")]
+        sec = [(int(r[0]), int(r[1])) for r in rows if int(r[1]) > 0]
+        if len(sec) < 2:
+            return None
+        return round(sum(n for _, n in sec) / (sec[-1][0] - sec[0][0] + 1), 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def stage_fig(name, procs):
     s = stages[name]
     half, full = stages[name + "_half"], stages[name + "_full"]
     f = {"events": s.get("expected"), "complete": bool(s.get("complete")),
          "seconds": s.get("seconds"), "events_per_s": round(num(s.get("events_per_s")), 1),
+         "steady_events_per_s": steady(name),
          "latency_ms_full": {k: full.get(k + "_ms") for k in ("p50", "p99", "max")},
          "latency_ms_half": {k: half.get(k + "_ms") for k in ("p50", "p99", "max")},
          "paced_full_events_per_s": round(num(full.get("events_per_s")), 1),
@@ -208,6 +221,9 @@ def row(name, f, procs, speed_ok=True):
 row("tally-rate alone", rate, ["rate"])
 row("tally-aggregate alone", agg, ["aggregate"], bool(ver_agg.get("ok")))
 row("end to end (rate+agg)", e2e, ["rate", "aggregate"], correct)
+P(f"{'':24}events/s from the consumers' start; without startup (first to last "
+  f"second with commits): rate {k(rate['steady_events_per_s'])}, aggregate "
+  f"{k(agg['steady_events_per_s'])}, end to end {k(e2e['steady_events_per_s'])}")
 P("")
 P(f"{'raw limits':24}{'per s':>11}   tally as a ratio")
 P(f"{'kcat read (usage)':24}{k(kcat_eps):>11}   rate {rx(rate['events_per_s'], kcat_eps)}, "
