@@ -21,6 +21,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/pg.h"
+#include "tally/program.h"
 #include "tally/signals.h"
 #include "tally/stripe.h"
 #include "tally/stripe_sync.h"
@@ -178,10 +179,8 @@ static int run(app *a)
 		int64_t now = tally_now_ms();
 		tally_error err;
 
-		if (tally_signals_reload_requested() &&
-		    tally_config_reload(a->cfg, &err) != 0)
-			tally_log(TALLY_WARN, "config.reload_failed",
-				  TALLY_KV_STR("error", err.msg));
+		if (tally_signals_reload_requested())
+			(void)tally_program_reload(a->cfg);
 		n = tally_consumer_poll_batch(a->consumer, msgs, BATCH, 100);
 		done = 0;
 		for (i = 0; i < n && !tally_signals_stop_requested(); i++) {
@@ -229,38 +228,23 @@ static int run(app *a)
 int main(int argc, char **argv)
 {
 	app a;
-	const char *config_path = NULL;
+	static const tally_program_opts popts = {
+		"tally-stripe", "--metrics-listen", "stripe.metrics_listen",
+		NULL, NULL, NULL
+	};
 	const char *topics[3];
 	tally_stripe_sync_opts so = { 0 };
 	tally_consumer_opts co = { 0 };
 	rd_kafka_conf_t *conf;
 	tally_error err;
 	size_t ns = 0;
-	int i, rc = 1;
+	int rc = 1;
 
 	memset(&a, 0, sizeof(a));
-	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-			config_path = argv[++i];
-		} else {
-			fprintf(stderr, "usage: tally-stripe [--config FILE]\n");
-			return 2;
-		}
-	}
-	tally_log_init("tally-stripe", TALLY_INFO);
-	tally_signals_install();
-	if (tally_config_load(&a.cfg, config_path, &err) != 0) {
-		tally_log(TALLY_FATAL, "config.load",
-			  TALLY_KV_STR("error", err.msg));
-		return 1;
-	}
-	i = tally_log_level_parse(tally_config_str(a.cfg, "log.level"));
-	if (i >= 0)
-		tally_log_set_level((tally_log_level)i);
-	if (tally_pg_connect(&a.pg, tally_config_str(a.cfg, "database.url"),
-			     (int)tally_config_int(a.cfg,
-						   "database.retry_max_ms"),
-			     &err) != 0 ||
+	if (tally_program_start(&a.cfg, &popts, argc, argv, &rc) != 0)
+		return rc;
+	rc = 1;
+	if (tally_pg_connect_cfg(&a.pg, a.cfg, &err) != 0 ||
 	    tally_stripe_new_from_config(&a.stripe, a.cfg, &err) != 0)
 		goto fail;
 	a.secrets[0] = tally_config_str(a.cfg, "relay.webhook_secret");
