@@ -272,30 +272,44 @@ fail:
 	return rc;
 }
 
-/* Seek every assigned partition back to its committed offset. */
-static void rewind_to_committed(tally_rater *r)
+/*
+ * Seek each partition of the aborted batch back to its first offset in the
+ * batch. Batches commit in order, so that is the committed position; it
+ * needs no round trip to the group coordinator (rd_kafka_committed(),
+ * which failed the rewind, and so skipped the batch, whenever the
+ * coordinator was the thing failing). Partitions not in the batch did not
+ * move.
+ */
+static void rewind_batch(tally_rater *r, size_t n)
 {
 	rd_kafka_t *rk = tally_consumer_rk(r->consumer);
-	rd_kafka_topic_partition_list_t *parts = NULL;
+	rd_kafka_topic_partition_list_t *parts =
+		rd_kafka_topic_partition_list_new(8);
 	rd_kafka_error_t *kerr;
-	int i;
+	size_t i;
 
-	if (rd_kafka_assignment(rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR ||
-	    parts == NULL)
-		return;
-	if (rd_kafka_committed(rk, parts, 10000) ==
-	    RD_KAFKA_RESP_ERR_NO_ERROR) {
-		for (i = 0; i < parts->cnt; i++)
-			if (parts->elems[i].offset < 0)
-				parts->elems[i].offset =
-					RD_KAFKA_OFFSET_BEGINNING;
-		kerr = rd_kafka_seek_partitions(rk, parts, 10000);
-		if (kerr != NULL) {
-			tally_log(TALLY_ERR, "rate.rewind_failed",
-				  TALLY_KV_STR("error",
-					       rd_kafka_error_string(kerr)));
-			rd_kafka_error_destroy(kerr);
+	for (i = 0; i < n; i++) {
+		const rd_kafka_message_t *m = r->msgs[i];
+		const char *t = rd_kafka_topic_name(m->rkt);
+		rd_kafka_topic_partition_t *p =
+			rd_kafka_topic_partition_list_find(parts, t,
+							   m->partition);
+
+		if (p == NULL) {
+			p = rd_kafka_topic_partition_list_add(parts, t,
+							      m->partition);
+			p->offset = m->offset;
+		} else if (m->offset < p->offset) {
+			p->offset = m->offset;
 		}
+	}
+	kerr = rd_kafka_seek_partitions(rk, parts, 10000);
+	if (kerr != NULL) {
+		/* e.g. revoked meanwhile: its new owner starts from the
+		 * committed offset anyway */
+		tally_log(TALLY_ERR, "rate.rewind_failed",
+			  TALLY_KV_STR("error", rd_kafka_error_string(kerr)));
+		rd_kafka_error_destroy(kerr);
 	}
 	rd_kafka_topic_partition_list_destroy(parts);
 }
@@ -475,7 +489,7 @@ abort:
 					       rd_kafka_error_string(aerr)));
 			rd_kafka_error_destroy(aerr);
 		}
-		rewind_to_committed(r);
+		rewind_batch(r, n);
 	}
 	if (r->c_aborts != NULL)
 		tally_counter_add(r->c_aborts, 1);
