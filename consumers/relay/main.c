@@ -15,6 +15,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/relay.h"
+#include "tally/program.h"
 #include "tally/signals.h"
 
 #include <stdio.h>
@@ -38,65 +39,44 @@ static int create_topic(const tally_config *cfg, int partitions,
 	return rc;
 }
 
-static void usage(FILE *fp)
+/* --create-topic PARTITIONS: create topics.stripe_events first */
+static int parse_arg(int argc, char **argv, int i, void *payload)
 {
-	fprintf(fp, "usage: tally-relay --config FILE [--listen HOST:PORT] "
-		    "[--create-topic PARTITIONS]\n"
-		    "  Stripe webhooks (POST relay.path) onto "
-		    "topics.stripe_events;\n"
-		    "  /healthz, /readyz and /metrics on the same listener.\n"
-		    "  Secrets: STRIPE_WEBHOOK_SECRET, "
-		    "STRIPE_WEBHOOK_SECRET_PREVIOUS.\n");
+	int64_t *partitions = payload;
+
+	if (strcmp(argv[i], "--create-topic") != 0)
+		return 0;
+	if (i + 1 >= argc || tally_parse_i64(partitions, argv[i + 1]) != 0 ||
+	    *partitions < 1 || *partitions > 1000)
+		return -1;
+	return 2;
 }
 
 int main(int argc, char **argv)
 {
-	const char *cfg_path = NULL, *listen = NULL;
+	int64_t partitions = 0;
+	const tally_program_opts popts = {
+		"tally-relay", "--listen", "relay.listen",
+		"[--create-topic PARTITIONS]\n"
+		"  Stripe webhooks (POST relay.path) onto topics.stripe_events;\n"
+		"  /healthz, /readyz and /metrics on the same listener.\n"
+		"  Secrets: STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET_PREVIOUS.",
+		parse_arg, &partitions
+	};
 	tally_config *cfg = NULL;
 	tally_metrics *m = NULL;
 	tally_relay *r = NULL;
 	tally_error err = { 0 };
-	int64_t partitions = 0;
-	int i, lv, rc = EXIT_FAILURE;
+	int rc = EXIT_FAILURE;
 
-	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
-			listen = argv[++i];
-		} else if (strcmp(argv[i], "--create-topic") == 0 &&
-			   i + 1 < argc) {
-			if (tally_parse_i64(&partitions, argv[++i]) != 0 ||
-			    partitions < 1 || partitions > 1000) {
-				usage(stderr);
-				return 2;
-			}
-		} else if (strcmp(argv[i], "--help") == 0 ||
-			   strcmp(argv[i], "-h") == 0) {
-			usage(stdout);
-			return EXIT_SUCCESS;
-		} else {
-			usage(stderr);
-			return 2;
-		}
-	}
-	tally_log_init("tally-relay", TALLY_INFO);
-	if (tally_config_load(&cfg, cfg_path, &err) != 0) {
-		tally_log(TALLY_FATAL, "config.error",
-			  TALLY_KV_STR("error", err.msg));
-		return EXIT_FAILURE;
-	}
-	lv = tally_log_level_parse(tally_config_str(cfg, "log.level"));
-	if (lv >= 0)
-		tally_log_set_level((tally_log_level)lv);
-	if (listen != NULL)
-		tally_config_set(cfg, "relay.listen", listen);
+	if (tally_program_start(&cfg, &popts, argc, argv, &rc) != 0)
+		return rc;
+	rc = EXIT_FAILURE;
 	if (partitions > 0 && create_topic(cfg, (int)partitions, &err) != 0) {
 		tally_log(TALLY_FATAL, "relay.create_topic_failed",
 			  TALLY_KV_STR("error", err.msg));
 		goto cleanup;
 	}
-	tally_signals_install();
 	m = tally_metrics_new();
 	if (tally_relay_new(&r, cfg, m, &err) != 0) {
 		tally_log(TALLY_FATAL, "relay.start_failed",
@@ -109,18 +89,9 @@ int main(int argc, char **argv)
 			rc = EXIT_FAILURE;
 			break;
 		}
-		if (tally_signals_reload_requested()) {
-			if (tally_config_reload(cfg, &err) != 0) {
-				tally_log(TALLY_ERR, "config.reload_failed",
-					  TALLY_KV_STR("error", err.msg));
-				continue;
-			}
-			lv = tally_log_level_parse(
-				tally_config_str(cfg, "log.level"));
-			if (lv >= 0)
-				tally_log_set_level((tally_log_level)lv);
+		if (tally_signals_reload_requested() &&
+		    tally_program_reload(cfg) == 0)
 			tally_relay_reload(r, cfg);
-		}
 	}
 	tally_relay_stop(r);
 cleanup:
