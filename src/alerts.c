@@ -12,6 +12,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/alerts.h"
+#include "tally/positions.h"
 #include "tally/event.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -790,17 +791,7 @@ void tally_alerts_eval_signal(tally_alert_list *out, const tally_signal *s)
 #define MS_TS(p) "(timestamptz 'epoch' + " p "::bigint * interval '1 ms')"
 #define TS_MS(c) "(extract(epoch FROM " c ") * 1000)::bigint"
 
-typedef struct apos {
-	char *topic;
-	int32_t partition;
-	int64_t expected; /* -1 = no row in consumer_offsets */
-} apos;
-
-typedef struct bpart {
-	const char *topic;
-	int32_t partition;
-	int64_t next;
-} bpart;
+typedef tally_position bpart;
 
 typedef enum { IT_TOTALS, IT_SIGNAL, IT_DEAD } item_type;
 
@@ -828,8 +819,7 @@ struct tally_alerts {
 	rd_kafka_t *producer;
 	tally_metrics *m;
 	tally_alert_thresholds th;
-	apos *pos;
-	size_t npos, cappos;
+	tally_positions *pos;
 	/* per batch */
 	bpart *parts;
 	size_t nparts, capparts;
@@ -886,6 +876,7 @@ int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 	a->pg = pg;
 	a->th = th;
 	a->group = tally_xstrdup(opts->group);
+	a->pos = tally_positions_new(opts->group);
 	a->totals_topic = tally_xstrdup(opts->totals_topic);
 	a->signals_topic = tally_xstrdup(opts->signals_topic);
 	a->alerts_topic = opts->alerts_topic ?
@@ -936,15 +927,11 @@ static void clear_batch(tally_alerts *a)
 
 void tally_alerts_free(tally_alerts *a)
 {
-	size_t i;
-
 	if (a == NULL)
 		return;
 	clear_batch(a);
 	tally_alert_list_dispose(&a->list);
-	for (i = 0; i < a->npos; i++)
-		free(a->pos[i].topic);
-	free(a->pos);
+	tally_positions_free(a->pos);
 	free(a->parts);
 	free(a->items);
 	free(a->out);
@@ -984,186 +971,37 @@ static void cadd(tally_counter *c, uint64_t n)
 
 /* positions ---------------------------------------------------------- */
 
-static apos *pos_find(tally_alerts *a, const char *topic, int32_t part)
-{
-	size_t i;
-
-	for (i = 0; i < a->npos; i++)
-		if (a->pos[i].partition == part &&
-		    strcmp(a->pos[i].topic, topic) == 0)
-			return &a->pos[i];
-	return NULL;
-}
-
-static void pos_set(tally_alerts *a, const char *topic, int32_t part,
-		    int64_t expected)
-{
-	apos *p = pos_find(a, topic, part);
-
-	if (p == NULL) {
-		if (a->npos == a->cappos) {
-			a->cappos = a->cappos ? a->cappos * 2 : 16;
-			a->pos = tally_xrealloc(a->pos,
-						a->cappos * sizeof(*a->pos));
-		}
-		p = &a->pos[a->npos++];
-		p->topic = tally_xstrdup(topic);
-		p->partition = part;
-	}
-	p->expected = expected;
-}
-
-static int read_position(tally_alerts *a, const char *topic, int32_t part,
-			 int64_t *out, tally_error *err)
-{
-	PGresult *res = NULL;
-	char pb[16];
-	const char *params[3];
-	int rc;
-
-	snprintf(pb, sizeof(pb), "%d", (int)part);
-	params[0] = a->group;
-	params[1] = topic;
-	params[2] = pb;
-	*out = -1;
-	rc = tally_pg_exec(a->pg, &res,
-			   "SELECT next_offset FROM consumer_offsets WHERE"
-			   " consumer_group = $1 AND topic = $2 AND"
-			   " partition = $3::int", 3, params, err);
-	if (rc == 0 && PQntuples(res) == 1 &&
-	    tally_parse_i64(out, PQgetvalue(res, 0, 0)) != 0)
-		rc = tally_error_set(err, TALLY_ERROR,
-				     "bad consumer_offsets row");
-	PQclear(res);
-	return rc;
-}
-
 int tally_alerts_assign(tally_alerts *a,
 			rd_kafka_topic_partition_list_t *parts,
 			tally_error *err)
 {
-	int i, rc = 0;
-
-	for (i = 0; i < parts->cnt && rc == 0; i++) {
-		rd_kafka_topic_partition_t *tp = &parts->elems[i];
-		int64_t off = -1;
-
-		rc = read_position(a, tp->topic, tp->partition, &off, err);
-		if (rc != 0)
-			break;
-		pos_set(a, tp->topic, tp->partition, off);
-		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
-	}
-	return rc;
+	return tally_positions_assign(a->pos, a->pg, parts, err);
 }
 
 void tally_alerts_revoke(tally_alerts *a,
 			 const rd_kafka_topic_partition_list_t *parts)
 {
-	int i;
-
-	for (i = 0; i < parts->cnt; i++) {
-		apos *p = pos_find(a, parts->elems[i].topic,
-				   parts->elems[i].partition);
-		if (p != NULL) {
-			free(p->topic);
-			*p = a->pos[--a->npos];
-		}
-	}
+	tally_positions_revoke(a->pos, parts);
 }
 
 int tally_alerts_reseek(tally_alerts *a, rd_kafka_t *rk,
 			const tally_alerts_msg *msgs, size_t n,
 			tally_error *err)
 {
-	rd_kafka_topic_partition_list_t *l =
-		rd_kafka_topic_partition_list_new(8);
+	tally_position *b = tally_xcalloc(n ? n : 1, sizeof(*b));
 	size_t i;
-	int k, rc = 0;
+	int rc;
 
-	for (i = 0; i < n; i++)
-		if (rd_kafka_topic_partition_list_find(l, msgs[i].topic,
-						       msgs[i].partition) == NULL)
-			rd_kafka_topic_partition_list_add(l, msgs[i].topic,
-							  msgs[i].partition);
-	for (k = 0; k < l->cnt && rc == 0; k++) {
-		rd_kafka_topic_partition_t *tp = &l->elems[k];
-		int64_t off = -1;
-
-		rc = read_position(a, tp->topic, tp->partition, &off, err);
-		if (rc != 0)
-			break;
-		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
-		if (pos_find(a, tp->topic, tp->partition) != NULL)
-			pos_set(a, tp->topic, tp->partition, off);
-		tally_log(TALLY_WARN, "alerts.reseek",
-			  TALLY_KV_STR("topic", tp->topic),
-			  TALLY_KV_INT("partition", tp->partition),
-			  TALLY_KV_INT("offset", off));
+	for (i = 0; i < n; i++) {
+		b[i].topic = msgs[i].topic;
+		b[i].partition = msgs[i].partition;
 	}
-	if (rc == 0 && rk != NULL) {
-		rd_kafka_error_t *e = rd_kafka_seek_partitions(rk, l, 10000);
-		if (e != NULL) {
-			tally_log(TALLY_WARN, "alerts.seek_failed",
-				  TALLY_KV_STR("error",
-					       rd_kafka_error_string(e)));
-			rd_kafka_error_destroy(e);
-		}
-	}
-	rd_kafka_topic_partition_list_destroy(l);
+	rc = tally_positions_reseek(a->pos, a->pg, rk, b, n, err);
+	free(b);
 	return rc;
 }
 
 /* the batch transaction ---------------------------------------------- */
-
-static int fence(tally_alerts *a, tally_error *err)
-{
-	size_t k;
-	int rc = 0;
-
-	for (k = 0; k < a->nparts && rc == 0; k++) {
-		bpart *bp = &a->parts[k];
-		apos *p = pos_find(a, bp->topic, bp->partition);
-		PGresult *res = NULL;
-		char pb[16], eb[24], nb[24];
-		const char *params[5];
-
-		if (p == NULL)
-			return tally_error_set(err, TALLY_ALERTS_FENCED,
-					       "%s[%d] not assigned here",
-					       bp->topic, (int)bp->partition);
-		snprintf(pb, sizeof(pb), "%d", (int)bp->partition);
-		snprintf(eb, sizeof(eb), "%" PRId64, p->expected);
-		snprintf(nb, sizeof(nb), "%" PRId64, bp->next);
-		params[0] = a->group;
-		params[1] = bp->topic;
-		params[2] = pb;
-		params[3] = eb;
-		params[4] = nb;
-		/*
-		 * Compare-and-set: the row must still hold what this instance
-		 * read at assignment or wrote itself (-1: no row yet), so a
-		 * zombie that lost the partition writes nothing; the row lock
-		 * serialises two instances racing for it.
-		 */
-		rc = tally_pg_exec(a->pg, &res,
-			"INSERT INTO consumer_offsets AS co (consumer_group,"
-			" topic, partition, next_offset)"
-			" VALUES ($1, $2, $3::int, $5::bigint)"
-			" ON CONFLICT (consumer_group, topic, partition) DO"
-			" UPDATE SET next_offset = EXCLUDED.next_offset,"
-			" updated_at = now()"
-			" WHERE co.next_offset = $4::bigint RETURNING 1",
-			5, params, err);
-		if (rc == 0 && PQntuples(res) != 1)
-			rc = tally_error_set(err, TALLY_ALERTS_FENCED,
-					     "consumer_offsets of %s[%d] moved:"
-					     " another instance owns it",
-					     bp->topic, (int)bp->partition);
-		PQclear(res);
-	}
-	return rc;
-}
 
 /* 1: newer version recorded; 0: stale */
 static int totals_fresh(tally_alerts *a, const tally_totals *t, int *fresh,
@@ -1355,7 +1193,7 @@ static int batch_txn(tally_pg *pg, void *payload, tally_error *err)
 		free(a->out[i].json);
 	a->nout = 0;
 	a->stale = a->existing = 0;
-	rc = fence(a, err);
+	rc = tally_positions_fence(a->pos, a->pg, a->parts, a->nparts, err);
 	for (i = 0; i < a->nitems && rc == 0; i++) {
 		item *it = &a->items[i];
 
@@ -1578,9 +1416,7 @@ int tally_alerts_process(tally_alerts *a, const tally_alerts_msg *msgs,
 	if (rc != 0)
 		goto cleanup;
 	/* committed: this instance now expects the positions it wrote */
-	for (i = 0; i < a->nparts; i++)
-		pos_set(a, a->parts[i].topic, a->parts[i].partition,
-			a->parts[i].next);
+	tally_positions_committed(a->pos, a->parts, a->nparts);
 	cadd(a->c_totals, ntotals);
 	cadd(a->c_signals, nsignals);
 	cadd(a->c_stale, a->stale);

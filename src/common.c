@@ -43,6 +43,7 @@ const char *tally_err_name(int code)
 	case TALLY_EDUPLICATE: return "duplicate";
 	case TALLY_ETRANSIENT: return "transient";
 	case TALLY_EOVERFLOW: return "overflow";
+	case TALLY_EFENCED: return "fenced";
 	default: return "error";
 	}
 }

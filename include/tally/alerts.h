@@ -258,7 +258,7 @@ typedef struct tally_alerts_opts {
 } tally_alerts_opts;
 
 /** Returned by tally_alerts_process() when the fence did not hold. */
-#define TALLY_ALERTS_FENCED TALLY_EDUPLICATE
+#define TALLY_ALERTS_FENCED TALLY_EFENCED
 
 /** One consumed message (a view: nothing owned). */
 typedef struct tally_alerts_msg {

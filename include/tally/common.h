@@ -35,6 +35,7 @@ typedef enum {
 	TALLY_EDUPLICATE = -4, /* idempotency key already applied: done */
 	TALLY_ETRANSIENT = -5, /* PG/Kafka/HTTP unavailable: retry */
 	TALLY_EOVERFLOW = -6,  /* arithmetic overflow of an amount */
+	TALLY_EFENCED = -7,    /* another instance owns the partition now */
 } tally_err;
 
 typedef struct tally_error {
