@@ -248,6 +248,29 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	rc = tally_kafka_conf_set(conf, "enable.auto.commit", "false", err);
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "session.timeout.ms", v, err);
+	/*
+	 * Prefetch depth. librdkafka 2.0 stops fetching once the consumer
+	 * queue holds queued.min.messages (default 100 000) and resumes only
+	 * when its broker thread wakes, up to ~1-2 s later: with the default
+	 * we drained the queue in 3-4 batches and then sat idle until
+	 * rate.batch_ms ran out (rate.batch log: poll_us 499 ms every ~200 000
+	 * events), which capped us at ~160 K/s. The queue must hold more than
+	 * a second of input (docs/pricing.md, measured).
+	 */
+	if (rc == 0) {
+		int64_t pre = tally_config_int(cfg, "rate.prefetch_messages");
+
+		snprintf(v, sizeof(v), "%lld", (long long)pre);
+		rc = tally_kafka_conf_set(conf, "queued.min.messages", v, err);
+		/* ~0.5 KB per queued message; librdkafka's maximum 2097151 */
+		snprintf(v, sizeof(v), "%lld",
+			 (long long)(pre / 2 < 65536 ? 65536 :
+				     pre / 2 > 2097151 ? 2097151 : pre / 2));
+		if (rc == 0)
+			rc = tally_kafka_conf_set(conf,
+						  "queued.max.messages.kbytes",
+						  v, err);
+	}
 	if (rc != 0) {
 		rd_kafka_conf_destroy(conf);
 		goto fail;
@@ -410,15 +433,17 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 	rd_kafka_consumer_group_metadata_t *cgmd = NULL;
 	rd_kafka_error_t *kerr = NULL;
 	size_t n, i;
-	int64_t now_ms;
+	int64_t now_ms, t_poll, t_got, t_rated, t_sent;
 	int rc = 0;
 
 	if (nout != NULL)
 		*nout = 0;
+	t_poll = tally_mono_ns();
 	n = tally_consumer_poll_batch(r->consumer, r->msgs, r->batch_size,
 				      r->batch_ms);
 	if (n == 0)
 		return 0;
+	t_got = tally_mono_ns();
 	now_ms = tally_now_ms();
 	r->n_rated = r->n_unpriced = r->n_dlq = 0;
 	kerr = rd_kafka_begin_transaction(r->producer);
@@ -431,6 +456,7 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 		if (rc != 0)
 			goto abort;
 	}
+	t_rated = tally_mono_ns();
 	/* next offset per partition of this batch */
 	offs = rd_kafka_topic_partition_list_new(8);
 	for (i = 0; i < n; i++) {
@@ -451,6 +477,7 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 		rc = kerr_to_rc(kerr, "send_offsets_to_transaction", err);
 		goto abort;
 	}
+	t_sent = tally_mono_ns();
 	for (;;) {
 		kerr = rd_kafka_commit_transaction(r->producer, TXN_TIMEOUT_MS);
 		if (kerr == NULL)
@@ -472,6 +499,14 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 	}
 	if (nout != NULL)
 		*nout = n;
+	/* where a batch's time goes: waiting for input, rating + producing
+	 * (the only part on our CPU), offsets + commit (broker round trips) */
+	tally_log(TALLY_DEBUG, "rate.batch",
+		  TALLY_KV_INT("messages", (int64_t)n),
+		  TALLY_KV_INT("poll_us", (t_got - t_poll) / 1000),
+		  TALLY_KV_INT("rate_us", (t_rated - t_got) / 1000),
+		  TALLY_KV_INT("offsets_us", (t_sent - t_rated) / 1000),
+		  TALLY_KV_INT("commit_us", (tally_mono_ns() - t_sent) / 1000));
 	goto cleanup;
 abort:
 	tally_log(TALLY_WARN, "rate.txn_abort", TALLY_KV_STR("error", err->msg),
