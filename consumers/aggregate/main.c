@@ -487,22 +487,31 @@ int main(int argc, char **argv)
 				  TALLY_KV_STR("error", err.msg));
 		/*
 		 * Room for a PostgreSQL restart before we are thrown out, and
-		 * a bounded prefetch (RSS; measured in docs/aggregate.md):
-		 * about two large batches of rated events (~250 bytes each)
-		 * queued ahead, fetched in pieces of at most 8 MiB (2 MiB per
-		 * partition) instead of librdkafka's 50 MiB default, so the
-		 * poll thread always finds the next batch ready.
-		 * TALLY_AGG_KAFKA_CONF="name=value,..." overrides these (for
-		 * measurements).
+		 * a bounded prefetch (RSS vs throughput: measured in
+		 * docs/aggregate.md, "Performance"). librdkafka stops fetching
+		 * a partition whose queue reached queued.max.messages.kbytes
+		 * and, before 2.1, looks at it again only after a fixed 1 s
+		 * (issue #2879; 2.1 added fetch.queue.backoff.ms). So the
+		 * queue must hold about a second of consumption per partition
+		 * or the consumer starves: 12 MiB per partition. With
+		 * fetch.queue.backoff.ms (librdkafka >= 2.1) it can be 4 MiB.
+		 * Fetches of at most 2 MiB (512 KiB per partition) instead of
+		 * 50 MiB: a fetch buffer lives until its last message is
+		 * destroyed. TALLY_AGG_KAFKA_CONF="name=value,..." overrides
+		 * these (for measurements).
 		 */
+		tally_error qerr;
+		bool qbackoff = tally_kafka_conf_set(conf,
+			"fetch.queue.backoff.ms", "10", &qerr) == 0;
+
 		if (tally_kafka_conf_set(conf, "max.poll.interval.ms", "600000",
 					 &err) != 0 ||
 		    tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
-					 "16384", &err) != 0 ||
-		    tally_kafka_conf_set(conf, "fetch.max.bytes", "8388608",
+					 qbackoff ? "4096" : "12288", &err) != 0 ||
+		    tally_kafka_conf_set(conf, "fetch.max.bytes", "2097152",
 					 &err) != 0 ||
 		    tally_kafka_conf_set(conf, "max.partition.fetch.bytes",
-					 "2097152", &err) != 0 ||
+					 "524288", &err) != 0 ||
 		    tally_kafka_conf_set(conf, "fetch.wait.max.ms", "100",
 					 &err) != 0)
 			tally_log(TALLY_WARN, "kafka.conf",
@@ -568,6 +577,8 @@ int main(int argc, char **argv)
 	a.worker_started = true;
 	last_maint = last_tick = tally_mono_ns();
 	rc = EXIT_SUCCESS;
+	int64_t empty_polls = 0;
+
 	while (!tally_signals_stop_requested()) {
 		job *p = &a.jobs[a.next];
 		size_t bs;
@@ -611,12 +622,17 @@ int main(int argc, char **argv)
 			a.discard_next = false;
 			continue;
 		}
-		if (a.trace && p->n > 0)
+		if (p->n == 0)
+			empty_polls++;
+		if (a.trace && p->n > 0) {
 			tally_log(TALLY_WARN, "aggregate.loop_trace",
 				  TALLY_KV_INT("n", p->n),
+				  TALLY_KV_INT("empty_polls", empty_polls),
 				  TALLY_KV_INT("poll_us", (t1 - t0) / 1000),
 				  TALLY_KV_INT("wait_pg_us", (t2 - t1) / 1000),
 				  TALLY_KV_INT("prev_pg_us", a.busy_ns / 1000));
+			empty_polls = 0;
+		}
 		/* PostgreSQL thread idle: delivery reports, housekeeping */
 		rd_kafka_poll(a.producer, 0);
 		if ((tally_mono_ns() - last_tick) / 1000000 > 10000) {

@@ -9,6 +9,8 @@
  * messages are re-sends of an earlier event (a retry: same source and id),
  * some in the same batch, most in an earlier one; events/s counts messages.
  *
+ * TALLY_AGG_BENCH_BATCHES="5000,20000" (default) chooses the batch sizes.
+ *
  *   TALLY_AGG_BENCH=1 TALLY_AGG_BENCH_EVENTS=300000 \
  *     build-rel/tests/integration_test_aggregate_bench
  */
@@ -372,8 +374,21 @@ START_TEST(test_aggregate_bench)
 	if (dup_pct < 0 || dup_pct > 50)
 		dup_pct = 5;
 	produce(n, base);
-	run_consumer(n, 5000);
-	run_consumer(n, 20000);
+	/* TALLY_AGG_BENCH_BATCHES="5000,20000" (the default) */
+	s = getenv("TALLY_AGG_BENCH_BATCHES");
+	if (s == NULL) {
+		run_consumer(n, 5000);
+		run_consumer(n, 20000);
+	} else {
+		char *dup = tally_xmalloc(strlen(s) + 1), *save = NULL, *b;
+
+		memcpy(dup, s, strlen(s) + 1);
+		for (b = strtok_r(dup, ",", &save); b != NULL;
+		     b = strtok_r(NULL, ",", &save))
+			if (atoi(b) > 0)
+				run_consumer(n, atoi(b));
+		free(dup);
+	}
 	copy_baseline(n, base);
 }
 END_TEST
