@@ -23,6 +23,25 @@ static void write_cfg(const char *text)
 	fclose(fp);
 }
 
+/* The services' env file (DATABASE_URL, KAFKA_BROKERS, ...) must not
+ * leak into these tests: unset every variable the table reads. */
+static void setup(void)
+{
+	static const char *const env[] = {
+		"TALLY_LOG_LEVEL", "DATABASE_URL", "KAFKA_BROKERS",
+		"TALLY_TRANSACTIONAL_ID", "STRIPE_API_BASE", "STRIPE_SECRET_KEY",
+		"DEFAULT_TRIAL_DAYS", "MAX_TRIAL_DAYS", "AUTO_SUSPEND_DAYS",
+		"STRIPE_PRICE_ID_STARTER", "STRIPE_PRICE_ID_PROFESSIONAL",
+		"STRIPE_PRICE_ID_ENTERPRISE", "STRIPE_PRICE_ID_WHITE_LABEL_STARTER",
+		"STRIPE_PRICE_ID_WHITE_LABEL_ENTERPRISE", "STRIPE_WEBHOOK_SECRET",
+		"STRIPE_WEBHOOK_SECRET_PREVIOUS", "TALLY_ALERTS_WEBHOOK_URL", NULL
+	};
+	int i;
+
+	for (i = 0; env[i] != NULL; i++)
+		unsetenv(env[i]);
+}
+
 static void teardown(void)
 {
 	unlink(path);
@@ -220,7 +239,7 @@ static Suite *config_suite(void)
 	Suite *s = suite_create("config");
 	TCase *tc = tcase_create("Core");
 
-	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_config_defaults_without_file);
 	tcase_add_test(tc, test_config_reads_file_values);
 	tcase_add_test(tc, test_config_syntax_error_has_file_and_line);
