@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
+#include "tally/positions.h"
 #include "tally/codec.h"
 #include "tally/event.h"
 #include "tally/kafka.h"
@@ -341,12 +342,6 @@ typedef struct totals_ack {
 	int64_t ps, version;
 } totals_ack;
 
-typedef struct fence_pos {
-	char *topic;
-	int32_t partition;
-	int64_t expected; /* -1 = no row in consumer_offsets */
-} fence_pos;
-
 typedef struct model_ids {
 	char *provider, *model;
 	int32_t provider_id, model_id;
@@ -377,8 +372,7 @@ struct tally_agg {
 	rd_kafka_t *producer;
 	rd_kafka_t *consumer_rk; /* for the log start offsets; may be NULL */
 
-	fence_pos *pos;
-	size_t npos, cappos;
+	tally_positions *pos;
 
 	model_ids *models;
 	size_t nmodels, capmodels;
@@ -426,6 +420,7 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	(void)err;
 	agg->pg = pg;
 	agg->group = tally_xstrdup(opts->group);
+	agg->pos = tally_positions_new(opts->group);
 	agg->dlq_topic = tally_xstrdup(opts->dlq_topic ? opts->dlq_topic : "");
 	agg->totals_topic =
 		opts->totals_topic ? tally_xstrdup(opts->totals_topic) : NULL;
@@ -459,8 +454,7 @@ void tally_agg_free(tally_agg *agg)
 
 	if (agg == NULL)
 		return;
-	for (i = 0; i < agg->npos; i++)
-		free(agg->pos[i].topic);
+	tally_positions_free(agg->pos);
 	for (i = 0; i < agg->nmodels; i++) {
 		free(agg->models[i].provider);
 		free(agg->models[i].model);
@@ -470,7 +464,6 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->totals_key);
 	free(agg->totals_ack);
 	free(agg->acks);
-	free(agg->pos);
 	free(agg->models);
 	free(agg->items);
 	free(agg->dedupe.slot);
@@ -498,154 +491,45 @@ void tally_agg_free(tally_agg *agg)
 /* ------------------------------------------------------------------ */
 /* positions and the fence                                             */
 
-static fence_pos *pos_find(tally_agg *agg, const char *topic, int32_t part)
-{
-	size_t i;
-
-	for (i = 0; i < agg->npos; i++)
-		if (agg->pos[i].partition == part &&
-		    strcmp(agg->pos[i].topic, topic) == 0)
-			return &agg->pos[i];
-	return NULL;
-}
-
-static void pos_set(tally_agg *agg, const char *topic, int32_t part,
-		    int64_t expected)
-{
-	fence_pos *p = pos_find(agg, topic, part);
-
-	if (p == NULL) {
-		if (agg->npos == agg->cappos) {
-			agg->cappos = agg->cappos ? agg->cappos * 2 : 16;
-			agg->pos = tally_xrealloc(agg->pos,
-						  agg->cappos * sizeof(*agg->pos));
-		}
-		p = &agg->pos[agg->npos++];
-		p->topic = tally_xstrdup(topic);
-		p->partition = part;
-	}
-	p->expected = expected;
-}
-
-/* Read positions of (topic, partition) pairs; absent = -1. */
-static int read_positions(tally_agg *agg, const char *topic,
-			  const int32_t *parts, size_t n, int64_t *out,
-			  tally_error *err)
-{
-	sbuf arr = { 0 };
-	PGresult *res = NULL;
-	const char *params[3];
-	size_t i;
-	int rc, r;
-
-	sb_puts(&arr, "{");
-	for (i = 0; i < n; i++) {
-		sb_printf(&arr, "%s%d", i ? "," : "", (int)parts[i]);
-		out[i] = -1;
-	}
-	sb_puts(&arr, "}");
-	params[0] = agg->group;
-	params[1] = topic;
-	params[2] = arr.p;
-	rc = tally_pg_exec(agg->pg, &res,
-			   "SELECT partition, next_offset FROM consumer_offsets"
-			   " WHERE consumer_group = $1 AND topic = $2"
-			   " AND partition = ANY($3::int[])",
-			   3, params, err);
-	if (rc != 0)
-		goto cleanup;
-	for (r = 0; r < PQntuples(res); r++) {
-		int64_t p = 0, off = 0;
-
-		if (tally_parse_i64(&p, PQgetvalue(res, r, 0)) != 0 ||
-		    tally_parse_i64(&off, PQgetvalue(res, r, 1)) != 0) {
-			rc = tally_error_set(err, TALLY_ERROR,
-					     "bad consumer_offsets row");
-			goto cleanup;
-		}
-		for (i = 0; i < n; i++)
-			if (parts[i] == (int32_t)p)
-				out[i] = off;
-	}
-cleanup:
-	PQclear(res);
-	free(arr.p);
-	return rc;
-}
-
 int tally_agg_assign(tally_agg *agg, rd_kafka_topic_partition_list_t *parts,
 		     tally_error *err)
 {
-	int i, rc = 0;
-
-	for (i = 0; i < parts->cnt && rc == 0; i++) {
-		rd_kafka_topic_partition_t *tp = &parts->elems[i];
-		int64_t off = -1;
-
-		rc = read_positions(agg, tp->topic, &tp->partition, 1, &off,
-				    err);
-		if (rc != 0)
-			break;
-		pos_set(agg, tp->topic, tp->partition, off);
-		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
-	}
-	return rc;
+	return tally_positions_assign(agg->pos, agg->pg, parts, err);
 }
 
 void tally_agg_revoke(tally_agg *agg,
 		      const rd_kafka_topic_partition_list_t *parts)
 {
-	int i;
-
-	for (i = 0; i < parts->cnt; i++) {
-		fence_pos *p = pos_find(agg, parts->elems[i].topic,
-					parts->elems[i].partition);
-		if (p != NULL) {
-			free(p->topic);
-			*p = agg->pos[--agg->npos];
-		}
-	}
+	tally_positions_revoke(agg->pos, parts);
 }
 
 int tally_agg_reseek(tally_agg *agg, rd_kafka_t *rk,
 		     const tally_agg_msg *msgs, size_t n, tally_error *err)
 {
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	tally_position *b = tally_xcalloc(n ? n : 1, sizeof(*b));
 	size_t i;
-	int k, rc = 0;
+	int rc;
 
-	for (i = 0; i < n; i++)
-		if (rd_kafka_topic_partition_list_find(l, msgs[i].topic,
-						       msgs[i].partition) == NULL)
-			rd_kafka_topic_partition_list_add(l, msgs[i].topic,
-							  msgs[i].partition);
-	for (k = 0; k < l->cnt && rc == 0; k++) {
-		rd_kafka_topic_partition_t *tp = &l->elems[k];
-		int64_t off = -1;
-
-		rc = read_positions(agg, tp->topic, &tp->partition, 1, &off,
-				    err);
-		if (rc != 0)
-			break;
-		tp->offset = off >= 0 ? off : RD_KAFKA_OFFSET_BEGINNING;
-		/* only partitions we still hold get a new fence value */
-		if (pos_find(agg, tp->topic, tp->partition) != NULL)
-			pos_set(agg, tp->topic, tp->partition, off);
-		tally_log(TALLY_WARN, "aggregate.reseek",
-			  TALLY_KV_STR("topic", tp->topic),
-			  TALLY_KV_INT("partition", tp->partition),
-			  TALLY_KV_INT("offset", off));
+	for (i = 0; i < n; i++) {
+		b[i].topic = msgs[i].topic;
+		b[i].partition = msgs[i].partition;
 	}
-	if (rc == 0 && rk != NULL) {
-		rd_kafka_error_t *e = rd_kafka_seek_partitions(rk, l, 10000);
-		if (e != NULL) {
-			tally_log(TALLY_WARN, "aggregate.seek_failed",
-				  TALLY_KV_STR("error", rd_kafka_error_string(e)));
-			rd_kafka_error_destroy(e);
-		}
-	}
-	rd_kafka_topic_partition_list_destroy(l);
+	rc = tally_positions_reseek(agg->pos, agg->pg, rk, b, n, err);
+	free(b);
 	return rc;
+}
+
+/* The batch's partitions as the positions module takes them. */
+static size_t batch_positions(const tally_agg *agg, tally_position *out)
+{
+	size_t k;
+
+	for (k = 0; k < agg->nparts; k++) {
+		out[k].topic = agg->parts[k].topic;
+		out[k].partition = agg->parts[k].partition;
+		out[k].next = agg->parts[k].next;
+	}
+	return agg->nparts;
 }
 
 /* ------------------------------------------------------------------ */
@@ -902,24 +786,25 @@ static void detect_gaps(tally_agg *agg)
 		return;
 	for (k = 0; k < agg->nparts; k++) {
 		batch_part *bp = &agg->parts[k];
-		fence_pos *fp = pos_find(agg, bp->topic, bp->partition);
-		int64_t lo = -1, hi = -1;
+		int64_t lo = -1, hi = -1, expected = -1;
 
-		if (fp == NULL || fp->expected < 0 || bp->first <= fp->expected)
+		if (!tally_positions_get(agg->pos, bp->topic, bp->partition,
+					 &expected) ||
+		    expected < 0 || bp->first <= expected)
 			continue;
 		if (rd_kafka_get_watermark_offsets(agg->consumer_rk, bp->topic,
 						   bp->partition, &lo, &hi) !=
 		    RD_KAFKA_RESP_ERR_NO_ERROR || lo < 0)
 			continue;
-		if (lo <= fp->expected)
+		if (lo <= expected)
 			continue;
-		bp->gap_from = fp->expected;
+		bp->gap_from = expected;
 		bp->gap_to = lo < bp->first ? lo : bp->first;
 		agg->st.gaps++;
 		tally_log(TALLY_ERR, "aggregate.offset_gap",
 			  TALLY_KV_STR("topic", bp->topic),
 			  TALLY_KV_INT("partition", bp->partition),
-			  TALLY_KV_INT("stored_offset", fp->expected),
+			  TALLY_KV_INT("stored_offset", expected),
 			  TALLY_KV_INT("log_start_offset", lo),
 			  TALLY_KV_INT("resumed_at", bp->first));
 	}
@@ -1009,79 +894,10 @@ static void uuid_arr(sbuf *b, const uint8_t *id, bool first)
 
 static int fence(tally_agg *agg, tally_error *err)
 {
-	sbuf *t = &agg->q1, *p = &agg->q2, *e = &agg->q3;
-	sbuf nx = { 0 };
-	PGresult *res = NULL;
-	const char *params[5];
-	size_t k;
-	int rc;
+	tally_position b[sizeof(agg->parts) / sizeof(agg->parts[0])];
 
-	sb_reset(t);
-	sb_reset(p);
-	sb_reset(e);
-	sb_puts(t, "{");
-	sb_puts(p, "{");
-	sb_puts(e, "{");
-	sb_puts(&nx, "{");
-	for (k = 0; k < agg->nparts; k++) {
-		fence_pos *fp = pos_find(agg, agg->parts[k].topic,
-					 agg->parts[k].partition);
-		if (fp == NULL) {
-			rc = tally_error_set(err, TALLY_AGG_FENCED,
-					     "partition %d not assigned here",
-					     (int)agg->parts[k].partition);
-			goto cleanup;
-		}
-		if (k > 0) {
-			sb_puts(t, ",");
-			sb_puts(p, ",");
-			sb_puts(e, ",");
-			sb_puts(&nx, ",");
-		}
-		sb_array_str(t, agg->parts[k].topic, strlen(agg->parts[k].topic));
-		sb_printf(p, "%d", (int)agg->parts[k].partition);
-		sb_printf(e, "%" PRId64, fp->expected);
-		sb_printf(&nx, "%" PRId64, agg->parts[k].next);
-	}
-	sb_puts(t, "}");
-	sb_puts(p, "}");
-	sb_puts(e, "}");
-	sb_puts(&nx, "}");
-	params[0] = agg->group;
-	params[1] = t->p;
-	params[2] = p->p;
-	params[3] = e->p;
-	params[4] = nx.p;
-	/*
-	 * Compare-and-set: the row must still hold what this instance read at
-	 * assignment or wrote itself (-1: no row). A zombie's expectation is
-	 * stale, so its update matches nothing. The row lock taken here also
-	 * serialises two instances racing for the same partition.
-	 */
-	rc = tally_pg_exec(agg->pg, &res,
-			   "WITH b(t, p, e, n) AS (SELECT * FROM unnest($2::text[],"
-			   " $3::int[], $4::bigint[], $5::bigint[]))"
-			   " INSERT INTO consumer_offsets AS co (consumer_group,"
-			   " topic, partition, next_offset)"
-			   " SELECT $1, t, p, n FROM b"
-			   " ON CONFLICT (consumer_group, topic, partition)"
-			   " DO UPDATE SET next_offset = EXCLUDED.next_offset,"
-			   " updated_at = now()"
-			   " WHERE co.next_offset = (SELECT b.e FROM b"
-			   " WHERE b.t = co.topic AND b.p = co.partition)"
-			   " RETURNING partition", 5, params, err);
-	if (rc != 0)
-		goto cleanup;
-	if ((size_t)PQntuples(res) != agg->nparts)
-		rc = tally_error_set(err, TALLY_AGG_FENCED,
-				     "consumer_offsets moved: another instance "
-				     "owns %zu of %zu partitions",
-				     agg->nparts - (size_t)PQntuples(res),
-				     agg->nparts);
-cleanup:
-	PQclear(res);
-	free(nx.p);
-	return rc;
+	return tally_positions_fence(agg->pos, agg->pg, b,
+				     batch_positions(agg, b), err);
 }
 
 static int64_t parse_ms(const char *s)
@@ -2602,9 +2418,11 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		memset(agg->phase_us, 0, sizeof(agg->phase_us));
 	}
 	/* committed: this instance's view of its positions moves on */
-	for (i = 0; i < agg->nparts; i++)
-		pos_set(agg, agg->parts[i].topic, agg->parts[i].partition,
-			agg->parts[i].next);
+	{
+		tally_position b[sizeof(agg->parts) / sizeof(agg->parts[0])];
+
+		tally_positions_committed(agg->pos, b, batch_positions(agg, b));
+	}
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK ||
 		    agg->items[i].status == ST_DUP)

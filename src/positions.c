@@ -154,6 +154,21 @@ bool tally_positions_held(tally_positions *ps, const char *topic,
 	return r;
 }
 
+bool tally_positions_get(tally_positions *ps, const char *topic,
+			 int32_t partition, int64_t *expected)
+{
+	held *p;
+	bool r;
+
+	pthread_mutex_lock(&ps->mu);
+	p = find(ps, topic, partition);
+	r = p != NULL;
+	if (r)
+		*expected = p->expected;
+	pthread_mutex_unlock(&ps->mu);
+	return r;
+}
+
 /* Append s to a PostgreSQL text[] literal, quoted. */
 static void array_str(char **buf, size_t *len, size_t *cap, const char *s)
 {

@@ -32,7 +32,7 @@
  * the ones this instance expected: another instance advanced a partition.
  * Nothing was written; the caller re-seeks with tally_agg_reseek().
  */
-#define TALLY_AGG_FENCED TALLY_EDUPLICATE
+#define TALLY_AGG_FENCED TALLY_EFENCED
 
 typedef struct tally_agg tally_agg;
 struct tally_pricebook;

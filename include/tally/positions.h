@@ -59,6 +59,13 @@ bool tally_positions_held(tally_positions *ps, const char *topic,
 			  int32_t partition);
 
 /**
+ * The fence value of (topic, partition): false when not assigned here;
+ * *expected is -1 when consumer_offsets had no row.
+ */
+bool tally_positions_get(tally_positions *ps, const char *topic,
+			 int32_t partition, int64_t *expected);
+
+/**
  * Inside the batch transaction: advance every partition of the batch to its
  * .next, in one statement, fenced as described above.
  * @return 0, TALLY_EFENCED (roll back, then tally_positions_reseek()) or a
