@@ -18,6 +18,7 @@
 #include "tally/pg.h"
 #include "tally/pricebook.h"
 #include "tally/rate_consumer.h"
+#include "tally/program.h"
 #include "tally/rating.h"
 #include "tally/signals.h"
 
@@ -551,12 +552,7 @@ int tally_rater_run(tally_rater *r, tally_error *err)
 		bool reload = tally_signals_reload_requested();
 
 		if (reload) {
-			tally_error rerr;
-
-			tally_error_clear(&rerr);
-			if (tally_config_reload(r->cfg, &rerr) != 0)
-				tally_log(TALLY_ERR, "config.reload_failed",
-					  TALLY_KV_STR("error", rerr.msg));
+			(void)tally_program_reload(r->cfg);
 			read_opts(r);
 		}
 		check_ns = tally_config_int(r->cfg, "rate.price_check_s") *

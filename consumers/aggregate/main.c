@@ -30,6 +30,7 @@
 #include "tally/metrics.h"
 #include "tally/pg.h"
 #include "tally/pricebook.h"
+#include "tally/program.h"
 #include "tally/signals.h"
 
 #include <pthread.h>
@@ -415,7 +416,10 @@ static void register_metrics(app *a)
 
 int main(int argc, char **argv)
 {
-	const char *cfg_path = NULL, *listen = NULL;
+	static const tally_program_opts popts = {
+		"tally-aggregate", "--metrics-listen", "aggregate.metrics_listen",
+		NULL, NULL, NULL
+	};
 	const char *topics[2] = { NULL, NULL };
 	app a = { 0 };
 	tally_error err = { 0 };
@@ -425,32 +429,11 @@ int main(int argc, char **argv)
 	tally_agg_opts ao;
 	char dlq[256];
 	int64_t last_maint, last_tick;
-	int i, lv, rc = EXIT_FAILURE;
+	int i, rc = EXIT_FAILURE;
 
-	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else if (strcmp(argv[i], "--metrics-listen") == 0 &&
-			   i + 1 < argc) {
-			listen = argv[++i];
-		} else {
-			fprintf(stderr, "usage: tally-aggregate --config FILE "
-					"[--metrics-listen HOST:PORT]\n");
-			return strcmp(argv[i], "--help") == 0 ? 0 : 2;
-		}
-	}
-	tally_log_init("tally-aggregate", TALLY_INFO);
-	if (tally_config_load(&a.cfg, cfg_path, &err) != 0) {
-		tally_log(TALLY_FATAL, "config.error",
-			  TALLY_KV_STR("error", err.msg));
-		return EXIT_FAILURE;
-	}
-	lv = tally_log_level_parse(tally_config_str(a.cfg, "log.level"));
-	if (lv >= 0)
-		tally_log_set_level((tally_log_level)lv);
-	if (listen != NULL)
-		tally_config_set(a.cfg, "aggregate.metrics_listen", listen);
-	tally_signals_install();
+	if (tally_program_start(&a.cfg, &popts, argc, argv, &rc) != 0)
+		return rc;
+	rc = EXIT_FAILURE;
 	register_metrics(&a);
 
 	if (tally_pg_connect_cfg(&a.pg, a.cfg, &err) != 0) {
@@ -584,15 +567,8 @@ int main(int argc, char **argv)
 		size_t bs;
 		int64_t t0, t1, t2;
 
-		if (tally_signals_reload_requested()) {
-			if (tally_config_reload(a.cfg, &err) != 0)
-				tally_log(TALLY_ERR, "config.reload_failed",
-					  TALLY_KV_STR("error", err.msg));
-			lv = tally_log_level_parse(tally_config_str(a.cfg,
-								    "log.level"));
-			if (lv >= 0)
-				tally_log_set_level((tally_log_level)lv);
-		}
+		if (tally_signals_reload_requested())
+			(void)tally_program_reload(a.cfg);
 		bs = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
 		job_reserve(p, bs);
 		/* gather batch N+1 while batch N is in its transaction */

@@ -11,6 +11,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/rate_consumer.h"
+#include "tally/program.h"
 #include "tally/signals.h"
 
 #include <stdio.h>
@@ -19,39 +20,21 @@
 
 int main(int argc, char **argv)
 {
-	const char *cfg_path = NULL, *listen = NULL;
+	static const tally_program_opts popts = {
+		"tally-rate", "--metrics-listen", "rate.metrics_listen",
+		NULL, NULL, NULL
+	};
 	tally_config *cfg = NULL;
 	tally_metrics *m = NULL;
 	tally_metrics_server *srv = NULL;
 	tally_rater *r = NULL;
 	tally_error err;
-	int i, lv, rc = EXIT_FAILURE;
+	int rc = EXIT_FAILURE;
 
-	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
-			cfg_path = argv[++i];
-		} else if (strcmp(argv[i], "--metrics-listen") == 0 &&
-			   i + 1 < argc) {
-			listen = argv[++i];
-		} else {
-			fprintf(stderr, "usage: tally-rate --config FILE "
-					"[--metrics-listen HOST:PORT]\n");
-			return strcmp(argv[i], "--help") == 0 ? 0 : 2;
-		}
-	}
-	tally_log_init("tally-rate", TALLY_INFO);
+	if (tally_program_start(&cfg, &popts, argc, argv, &rc) != 0)
+		return rc;
+	rc = EXIT_FAILURE;
 	tally_error_clear(&err);
-	if (tally_config_load(&cfg, cfg_path, &err) != 0) {
-		tally_log(TALLY_FATAL, "config.error",
-			  TALLY_KV_STR("error", err.msg));
-		return EXIT_FAILURE;
-	}
-	lv = tally_log_level_parse(tally_config_str(cfg, "log.level"));
-	if (lv >= 0)
-		tally_log_set_level((tally_log_level)lv);
-	if (listen != NULL)
-		tally_config_set(cfg, "rate.metrics_listen", listen);
-	tally_signals_install();
 	m = tally_metrics_new();
 	if (tally_rater_new(&r, cfg, m, &err) != 0) {
 		tally_log(TALLY_FATAL, "rate.start_failed",
