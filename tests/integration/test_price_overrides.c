@@ -22,7 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define DATA TALLY_SOURCE_DIR "/../shared/data/genai-prices-0.1.8.json"
+#define DATA TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json"
 
 /* tenants: plain, multiplier 1.5, white-label plan (x1.25), own price,
  * own price on the white-label plan (tenant row beats plan row) */

@@ -42,7 +42,7 @@
 
 #define N 3000
 #define PARTS 4
-#define DATA TALLY_SOURCE_DIR "/../shared/data/genai-prices-0.1.8.json"
+#define DATA TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json"
 
 static char db[64], dsn[512], cfgpath[256];
 
