@@ -327,6 +327,12 @@ typedef struct acc {
 	size_t accepted;
 } acc;
 
+/* build_apply's parameters: one array per column of each delta table */
+#define APPLY_HOURLY_COLS 13
+#define APPLY_PERIOD_COLS 14
+#define APPLY_ADJ_COLS 14
+#define APPLY_COLS (APPLY_HOURLY_COLS + APPLY_PERIOD_COLS + APPLY_ADJ_COLS)
+
 typedef struct accmap {
 	acc *v;
 	size_t n, cap;
@@ -391,6 +397,9 @@ struct tally_agg {
 	size_t n;
 	int64_t now_ms;
 	sbuf copy, q1, q2, q3;
+	sbuf cols[APPLY_COLS];            /* the delta arrays (build_apply) */
+	const char *colp[APPLY_COLS];
+	int ncols;
 	sbuf details;   /* dead-letter details of the batch (item.detail) */
 	char **totals;  /* JSON per affected tenant-period, after commit */
 	char **totals_key;
@@ -475,6 +484,8 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->q1.p);
 	free(agg->q2.p);
 	free(agg->q3.p);
+	for (i = 0; i < APPLY_COLS; i++)
+		free(agg->cols[i].p);
 	free(agg->sorted);
 	free(agg->hourly.v);
 	free(agg->hourly.h.slot);
@@ -1334,39 +1345,88 @@ static void accumulate(tally_agg *agg)
 	}
 }
 
-static void sq_uuid(sbuf *b, const uint8_t *id)
+/*
+ * The deltas go to PostgreSQL as parameters: one text array per column
+ * ("{a,b,...}"), unnested in SQL. The statement text is short and the same
+ * for every batch of the same shape. (A VALUES list of literals, one row
+ * per key, cost ~400 ms of parse, analysis and planning per 10 000 keys --
+ * most of the batch when usage_hourly keys are nearly one per event, as
+ * with 1 000 tenants x 30 models x 48 hours: see docs/aggregate.md.)
+ */
+static void col_sep(sbuf *b)
+{
+	if (b->len == 0)
+		sb_add(b, "{", 1);
+	else
+		sb_add(b, ",", 1);
+}
+
+static void col_i64(sbuf *b, int64_t v)
+{
+	char s[24];
+	int n = snprintf(s, sizeof(s), "%" PRId64, v);
+
+	col_sep(b);
+	sb_add(b, s, (size_t)n);
+}
+
+static void col_uuid(sbuf *b, const uint8_t *id)
 {
 	char s[37];
 
 	tally_uuid_fmt(s, id);
-	sb_add(b, "'", 1);
+	col_sep(b);
 	sb_add(b, s, 36);
-	sb_add(b, "'::uuid", 7);
 }
 
-static void sq_ts(sbuf *b, int64_t ms)
-{
-	sb_printf(b, "timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", ms);
-}
-
-static void sq_cost(sbuf *b, tally_money128 c)
+static void col_cost(sbuf *b, tally_money128 c)
 {
 	char s[64];
 
 	tally_money_fmt128(s, sizeof(s), c);
-	sb_printf(b, "%s::numeric", s);
+	col_sep(b);
+	sb_puts(b, s);
 }
 
+/* $first .. $(first + n - 1) cast to the given types, comma-separated */
+static void unnest_args(sbuf *q, int first, const char *const *types,
+			int n)
+{
+	int i;
+
+	sb_puts(q, "unnest(");
+	for (i = 0; i < n; i++)
+		sb_printf(q, "%s$%d::%s[]", i ? ", " : "", first + i, types[i]);
+	sb_puts(q, ")");
+}
+
+static const char *const HOURLY_TYPES[APPLY_HOURLY_COLS] = {
+	"uuid", "bigint", "int", "int", "int", "bigint", "bigint", "bigint",
+	"bigint", "bigint", "bigint", "bigint", "numeric"
+};
+static const char *const PERIOD_TYPES[APPLY_PERIOD_COLS] = {
+	"uuid", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
+	"bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "numeric"
+};
+static const char *const ADJ_TYPES[APPLY_ADJ_COLS] = {
+	"uuid", "bigint", "bigint", "int", "int", "int", "bigint", "bigint",
+	"bigint", "bigint", "bigint", "bigint", "bigint", "numeric"
+};
+
 /*
- * Ledger, snapshots and the pre-aggregated deltas in one statement. Every
- * literal is produced here from integers and bytes (uuids, timestamps,
- * numbers; names come in as ids and are joined in SQL), never from event
- * strings, so building the text is safe.
+ * Ledger, snapshots and the pre-aggregated deltas in one statement. The
+ * delta arrays are built here from integers and bytes (uuids, numbers;
+ * names come in as ids and are joined in SQL), never from event strings.
+ * Sets agg->ncols and agg->colp[] (the parameters, in order).
  */
 static void build_apply(tally_agg *agg, sbuf *q)
 {
+	sbuf *c = agg->cols;
 	size_t i;
+	int k, np = 0;
 
+	for (k = 0; k < APPLY_COLS; k++)
+		sb_reset(&c[k]);
 	sb_reset(q);
 	sb_puts(q,
 		"WITH led AS ("
@@ -1385,32 +1445,37 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			"  quantity FROM agg_stage WHERE meter_id = 3"
 			" ON CONFLICT DO NOTHING)");
 	if (agg->hourly.n > 0) {
+		sbuf *b = c + np;
+
+		for (i = 0; i < agg->hourly.n; i++) {
+			const acc *a = &agg->hourly.v[i];
+
+			col_uuid(&b[0], a->k.tenant);
+			col_i64(&b[1], a->k.t);
+			col_i64(&b[2], a->k.meter);
+			col_i64(&b[3], a->k.provider_id);
+			col_i64(&b[4], a->k.model_id);
+			col_i64(&b[5], a->events);
+			col_i64(&b[6], a->quantity);
+			col_i64(&b[7], a->in);
+			col_i64(&b[8], a->out);
+			col_i64(&b[9], a->cr);
+			col_i64(&b[10], a->cw);
+			col_i64(&b[11], a->rs);
+			col_cost(&b[12], a->cost);
+		}
 		sb_puts(q, ", hourly AS ("
 			" INSERT INTO usage_hourly AS h (tenant_id, hour, meter,"
 			"  provider, model, events, quantity, input_tokens,"
 			"  output_tokens, cache_read_tokens, cache_write_tokens,"
 			"  reasoning_tokens, cost)"
-			" SELECT v.t, v.hr, mt.name, coalesce(p.name, ''),"
+			" SELECT v.t, timestamptz 'epoch' + v.hr * interval '1 ms',"
+			"  mt.name, coalesce(p.name, ''),"
 			"  coalesce(m.name, ''), v.e, v.q, v.i, v.o, v.cr, v.cw,"
-			"  v.rs, v.c FROM (VALUES ");
-		for (i = 0; i < agg->hourly.n; i++) {
-			const acc *a = &agg->hourly.v[i];
-
-			sb_puts(q, i ? ",(" : "(");
-			sq_uuid(q, a->k.tenant);
-			sb_puts(q, ",");
-			sq_ts(q, a->k.t);
-			sb_printf(q, ",%d,%d,%d,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,",
-				  (int)a->k.meter, (int)a->k.provider_id,
-				  (int)a->k.model_id, a->events, a->quantity,
-				  a->in, a->out, a->cr, a->cw, a->rs);
-			sq_cost(q, a->cost);
-			sb_puts(q, ")");
-		}
-		sb_puts(q, ") v(t, hr, mid, pid, moid, e, q, i, o, cr, cw, rs, c)"
+			"  v.rs, v.c FROM ");
+		unnest_args(q, np + 1, HOURLY_TYPES, APPLY_HOURLY_COLS);
+		np += APPLY_HOURLY_COLS;
+		sb_puts(q, " v(t, hr, mid, pid, moid, e, q, i, o, cr, cw, rs, c)"
 			" JOIN meters mt ON mt.id = v.mid"
 			" LEFT JOIN providers p ON p.id = v.pid"
 			" LEFT JOIN models m ON m.id = v.moid"
@@ -1431,33 +1496,40 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			" cost = h.cost + EXCLUDED.cost)");
 	}
 	if (agg->period.n > 0) {
+		sbuf *b = c + np;
+
+		for (i = 0; i < agg->period.n; i++) {
+			const acc *a = &agg->period.v[i];
+
+			col_uuid(&b[0], a->k.tenant);
+			col_i64(&b[1], a->k.t);
+			col_i64(&b[2], a->pe);
+			col_i64(&b[3], a->ai);
+			col_i64(&b[4], a->in);
+			col_i64(&b[5], a->out);
+			col_i64(&b[6], a->cr);
+			col_i64(&b[7], a->cw);
+			col_i64(&b[8], a->rs);
+			col_i64(&b[9], a->wf);
+			col_i64(&b[10], a->wu);
+			col_i64(&b[11], a->api);
+			col_i64(&b[12], a->ss);
+			col_cost(&b[13], a->cost);
+		}
 		sb_puts(q, ", period AS ("
 			" INSERT INTO tenant_period_usage AS u (tenant_id,"
 			"  period_start, period_end, ai_requests, input_tokens,"
 			"  output_tokens, cache_read_tokens, cache_write_tokens,"
 			"  reasoning_tokens, workflow_executions,"
 			"  workflow_complexity_units, api_calls, storage_snapshots,"
-			"  cost) SELECT * FROM (VALUES ");
-		for (i = 0; i < agg->period.n; i++) {
-			const acc *a = &agg->period.v[i];
-
-			sb_puts(q, i ? ",(" : "(");
-			sq_uuid(q, a->k.tenant);
-			sb_puts(q, ",");
-			sq_ts(q, a->k.t);
-			sb_puts(q, ",");
-			sq_ts(q, a->pe);
-			sb_printf(q, ",%" PRId64 "::bigint,%" PRId64 "::bigint,%"
-				  PRId64 "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,",
-				  a->ai, a->in, a->out, a->cr, a->cw, a->rs,
-				  a->wf, a->wu, a->api, a->ss);
-			sq_cost(q, a->cost);
-			sb_puts(q, ")");
-		}
-		sb_puts(q, ") v ORDER BY 1, 2"
+			"  cost) SELECT v.t, timestamptz 'epoch' + v.ps"
+			"  * interval '1 ms', timestamptz 'epoch' + v.pe"
+			"  * interval '1 ms', v.ai, v.i, v.o, v.cr, v.cw, v.rs,"
+			"  v.wf, v.wu, v.api, v.ss, v.c FROM ");
+		unnest_args(q, np + 1, PERIOD_TYPES, APPLY_PERIOD_COLS);
+		np += APPLY_PERIOD_COLS;
+		sb_puts(q, " v(t, ps, pe, ai, i, o, cr, cw, rs, wf, wu, api, ss,"
+			" c) ORDER BY 1, 2"
 			" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
 			" ai_requests = u.ai_requests + EXCLUDED.ai_requests,"
 			" input_tokens = u.input_tokens + EXCLUDED.input_tokens,"
@@ -1478,39 +1550,49 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			" cost = u.cost + EXCLUDED.cost)");
 	}
 	if (agg->adj.n > 0) {
+		sbuf *b = c + np;
+
+		for (i = 0; i < agg->adj.n; i++) {
+			const acc *a = &agg->adj.v[i];
+
+			col_uuid(&b[0], a->k.tenant);
+			col_i64(&b[1], a->k.t);
+			col_i64(&b[2], a->pe);
+			col_i64(&b[3], a->k.meter);
+			col_i64(&b[4], a->k.provider_id);
+			col_i64(&b[5], a->k.model_id);
+			col_i64(&b[6], a->events);
+			col_i64(&b[7], a->quantity);
+			col_i64(&b[8], a->in);
+			col_i64(&b[9], a->out);
+			col_i64(&b[10], a->cr);
+			col_i64(&b[11], a->cw);
+			col_i64(&b[12], a->rs);
+			col_cost(&b[13], a->cost);
+		}
 		sb_puts(q, ", adj AS ("
 			" INSERT INTO usage_adjustments (tenant_id, period_start,"
 			"  period_end, kind, meter, provider, model, events,"
 			"  quantity, input_tokens, output_tokens, cache_read_tokens,"
 			"  cache_write_tokens, reasoning_tokens, cost)"
-			" SELECT v.t, v.ps, v.pe, 'late_usage', mt.name,"
+			" SELECT v.t, timestamptz 'epoch' + v.ps * interval '1 ms',"
+			"  timestamptz 'epoch' + v.pe * interval '1 ms',"
+			"  'late_usage', mt.name,"
 			"  coalesce(p.name, ''), coalesce(m.name, ''), v.e, v.q,"
-			"  v.i, v.o, v.cr, v.cw, v.rs, v.c FROM (VALUES ");
-		for (i = 0; i < agg->adj.n; i++) {
-			const acc *a = &agg->adj.v[i];
-
-			sb_puts(q, i ? ",(" : "(");
-			sq_uuid(q, a->k.tenant);
-			sb_puts(q, ",");
-			sq_ts(q, a->k.t);
-			sb_puts(q, ",");
-			sq_ts(q, a->pe);
-			sb_printf(q, ",%d,%d,%d,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,%" PRId64
-				  "::bigint,%" PRId64 "::bigint,",
-				  (int)a->k.meter, (int)a->k.provider_id,
-				  (int)a->k.model_id, a->events, a->quantity,
-				  a->in, a->out, a->cr, a->cw, a->rs);
-			sq_cost(q, a->cost);
-			sb_puts(q, ")");
-		}
-		sb_puts(q, ") v(t, ps, pe, mid, pid, moid, e, q, i, o, cr, cw,"
+			"  v.i, v.o, v.cr, v.cw, v.rs, v.c FROM ");
+		unnest_args(q, np + 1, ADJ_TYPES, APPLY_ADJ_COLS);
+		np += APPLY_ADJ_COLS;
+		sb_puts(q, " v(t, ps, pe, mid, pid, moid, e, q, i, o, cr, cw,"
 			" rs, c) JOIN meters mt ON mt.id = v.mid"
 			" LEFT JOIN providers p ON p.id = v.pid"
 			" LEFT JOIN models m ON m.id = v.moid)");
 	}
 	sb_puts(q, " SELECT 1");
+	for (k = 0; k < np; k++) {
+		sb_add(&c[k], "}", 1);
+		agg->colp[k] = c[k].p;
+	}
+	agg->ncols = np;
 }
 
 /*
@@ -2224,7 +2306,8 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (agg->st.accepted == 0)
 		goto cleanup;
 	build_apply(agg, &agg->q3);
-	rc = simple_exec(agg->pg, NULL, agg->q3.p, PGRES_TUPLES_OK, err);
+	rc = tally_pg_exec(agg->pg, NULL, agg->q3.p, agg->ncols,
+			   (const char *const *)agg->colp, err);
 	if (rc != 0)
 		goto cleanup;
 	trace(agg, 3);
