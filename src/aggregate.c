@@ -2011,6 +2011,62 @@ cleanup:
 	return rc;
 }
 
+/*
+ * Distinct workflows per tenant and open period (migrations/0007): the ids
+ * of this batch's accepted workflow executions go in once each; only ids
+ * new to the period raise tenant_period_usage.workflows. Closed periods are
+ * left alone (their invoice is out).
+ */
+static const char WORKFLOWS_SQL[] =
+	"WITH ins AS (INSERT INTO tenant_period_workflows"
+	" (tenant_id, period_start, workflow_id)"
+	" SELECT DISTINCT t, timestamptz 'epoch' + p * interval '1 millisecond',"
+	" w FROM unnest($1::uuid[], $2::bigint[], $3::text[]) x(t, p, w)"
+	" ON CONFLICT DO NOTHING RETURNING tenant_id, period_start)"
+	" UPDATE tenant_period_usage u SET workflows = u.workflows + c.n"
+	" FROM (SELECT tenant_id, period_start, count(*) AS n FROM ins"
+	" GROUP BY 1, 2) c"
+	" WHERE u.tenant_id = c.tenant_id AND u.period_start = c.period_start";
+
+static int count_workflows(tally_agg *agg, tally_error *err)
+{
+	sbuf t = { 0 }, p = { 0 }, w = { 0 };
+	const char *params[3];
+	size_t i, n = 0;
+	int rc = 0;
+
+	sb_puts(&t, "{");
+	sb_puts(&p, "{");
+	sb_puts(&w, "{");
+	for (i = 0; i < agg->n; i++) {
+		const item *it = &agg->items[i];
+		const tally_usage_event *ev = &it->re.ev;
+
+		if (it->status != ST_OK || it->closed ||
+		    ev->meter != TALLY_METER_WORKFLOW || ev->workflow_id.len == 0)
+			continue;
+		uuid_arr(&t, ev->tenant_id, n == 0);
+		sb_printf(&p, "%s%" PRId64, n ? "," : "", it->ps);
+		if (n > 0)
+			sb_add(&w, ",", 1);
+		sb_array_str(&w, ev->workflow_id.ptr, ev->workflow_id.len);
+		n++;
+	}
+	sb_puts(&t, "}");
+	sb_puts(&p, "}");
+	sb_puts(&w, "}");
+	if (n > 0) {
+		params[0] = t.p;
+		params[1] = p.p;
+		params[2] = w.p;
+		rc = tally_pg_exec(agg->pg, NULL, WORKFLOWS_SQL, 3, params, err);
+	}
+	free(t.p);
+	free(p.p);
+	free(w.p);
+	return rc;
+}
+
 /* Bump versions and budget state; return the totals to publish. */
 #define TOTALS_JSON \
 	"json_build_object('schema', 'tally.totals/1'," \
@@ -2022,6 +2078,7 @@ cleanup:
 	"  'version', u.version, 'ai_requests', u.ai_requests," \
 	"  'max_ai_requests_per_month', t.max_ai_requests_per_month," \
 	"  'workflow_executions', u.workflow_executions," \
+	"  'workflows', u.workflows," \
 	"  'workflow_complexity_units', u.workflow_complexity_units," \
 	"  'max_workflows', t.max_workflows," \
 	"  'input_tokens', u.input_tokens, 'output_tokens', u.output_tokens," \
@@ -2308,6 +2365,8 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	build_apply(agg, &agg->q3);
 	rc = tally_pg_exec(agg->pg, NULL, agg->q3.p, agg->ncols,
 			   (const char *const *)agg->colp, err);
+	if (rc == 0)
+		rc = count_workflows(agg, err);
 	if (rc != 0)
 		goto cleanup;
 	trace(agg, 3);

@@ -626,6 +626,59 @@ START_TEST(test_aggregate_rerate_creates_missing_period)
 }
 END_TEST
 
+/*
+ * Distinct workflows per period: executions of wf-a, wf-a, wf-b in one
+ * batch, then wf-b, wf-c and a re-sent duplicate in another, count 3
+ * workflows (5 executions); the count travels in the totals' `workflows`.
+ */
+START_TEST(test_aggregate_distinct_workflows)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg = new_agg();
+	tally_agg_stats st;
+	agg_gen g;
+	batch b = { 0 };
+	static const char *const wf[] = { "wf-a", "wf-a", "wf-b", "wf-b",
+					  "wf-c" };
+	char tid[37], sql[256];
+	uint8_t t0[16];
+	int i;
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t0, 0);
+	tally_uuid_fmt(tid, t0);
+	for (i = 0; i < 5; i++) {
+		/* i*10+6 is a workflow.execution of tenant (i*10+6) % 8 */
+		agg_gen_event(&g, 7, i * 10 + 6, now - 3600000);
+		agg_tenant(g.re.ev.tenant_id, 0);
+		g.re.ev.workflow_id.ptr = wf[i];
+		g.re.ev.workflow_id.len = 4;
+		batch_add(&b, &g.re, i % 4);
+		if (i == 2) {
+			ck_assert_int_eq(run(agg, &b, now, &st), 0);
+			batch_free(&b);
+		}
+	}
+	/* a re-sent duplicate of the first execution */
+	agg_gen_event(&g, 7, 6, now - 3600000);
+	agg_tenant(g.re.ev.tenant_id, 0);
+	g.re.ev.workflow_id.ptr = "wf-a";
+	g.re.ev.workflow_id.len = 4;
+	batch_add(&b, &g.re, 0);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.duplicates, 1);
+	batch_free(&b);
+	snprintf(sql, sizeof(sql), "SELECT sum(workflows) * 1000 + "
+		 "sum(workflow_executions) FROM tenant_period_usage WHERE "
+		 "tenant_id = '%s'", tid);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 3 * 1000 + 5);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM "
+		 "tenant_period_workflows WHERE tenant_id = '%s'", tid);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 3);
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *aggregate_suite(void)
 {
 	Suite *s = suite_create("aggregate");
@@ -640,6 +693,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
 	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
+	tcase_add_test(tc, test_aggregate_distinct_workflows);
 	suite_add_tcase(s, tc);
 	return s;
 }
