@@ -206,6 +206,15 @@ int tally_pg__classify(PGconn *conn, const PGresult *res, tally_error *err)
 int tally_pg_exec(tally_pg *pg, PGresult **out, const char *sql, int nparams,
 		  const char *const *params, tally_error *err)
 {
+	return tally_pg_exec_bin(pg, out, sql, nparams, params, NULL, NULL,
+				 err);
+}
+
+int tally_pg_exec_bin(tally_pg *pg, PGresult **out, const char *sql,
+		      int nparams, const char *const *params,
+		      const int *lengths, const int *formats,
+		      tally_error *err)
+{
 	PGresult *res;
 	ExecStatusType st;
 	int rc;
@@ -215,7 +224,8 @@ int tally_pg_exec(tally_pg *pg, PGresult **out, const char *sql, int nparams,
 	rc = tally_pg_ensure(pg, err);
 	if (rc != 0)
 		return rc;
-	res = PQexecParams(pg->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+	res = PQexecParams(pg->conn, sql, nparams, NULL, params, lengths,
+			   formats, 0);
 	st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 	if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
 		rc = tally_pg__classify(pg->conn, res, err);

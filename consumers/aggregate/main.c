@@ -62,7 +62,7 @@ typedef struct app {
 	tally_consumer *consumer;
 	tally_metrics *m;
 	tally_counter *c_accepted, *c_dup, *c_dlq, *c_adj, *c_batches,
-		*c_fenced, *c_retries, *c_gaps;
+		*c_fenced, *c_retries, *c_gaps, *c_fallbacks;
 	tally_pricebook *pb;  /* storage GB-month prices */
 	int64_t pb_version;
 	tally_histogram *h_batch;
@@ -277,6 +277,7 @@ static int run_batch(app *a, job *j)
 	tally_counter_add(a->c_dlq, st.dead_lettered);
 	tally_counter_add(a->c_adj, st.adjusted);
 	tally_counter_add(a->c_gaps, st.gaps);
+	tally_counter_add(a->c_fallbacks, st.dedupe_fallbacks);
 	a->busy_ns = tally_mono_ns() - t0;
 	tally_histogram_observe(a->h_batch, (uint64_t)(a->busy_ns / 1000));
 	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("messages", n),
@@ -409,6 +410,10 @@ static void register_metrics(app *a)
 		"tally_aggregate_offset_gaps_total", NULL,
 		"Partitions resumed at the log start after retention deleted"
 		" unread offsets (recorded in consumer_offset_gaps)");
+	a->c_fallbacks = tally_metrics_counter(a->m,
+		"tally_aggregate_dedupe_fallbacks_total", NULL,
+		"Batches whose plain dedupe insert met a key already in"
+		" PostgreSQL and were deduplicated with ON CONFLICT instead");
 	a->h_batch = tally_metrics_histogram(a->m,
 		"tally_aggregate_batch_seconds", NULL,
 		"Time to process and commit one batch", NULL, 0);

@@ -46,6 +46,9 @@ typedef struct tally_agg_opts {
 	const char *totals_topic;   /* e.g. "billing.totals"; NULL = none */
 	/* storage prices (GB-month); borrowed, may be NULL (storage costs 0) */
 	const struct tally_pricebook *pricebook;
+	/* keys of committed events kept in memory to recognise re-sent events
+	 * without asking PostgreSQL (docs/aggregate.md); 0 = 65536 */
+	size_t recent_keys;
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */
@@ -65,6 +68,8 @@ typedef struct tally_agg_stats {
 	size_t dead_lettered; /* undecodable or out of the time window */
 	size_t published;     /* totals messages produced */
 	size_t gaps;          /* partitions whose next offsets retention deleted */
+	size_t dedupe_fallbacks; /* batches whose plain dedupe insert met a key
+				  * already in PostgreSQL (then ON CONFLICT) */
 } tally_agg_stats;
 
 /**

@@ -55,6 +55,15 @@ int tally_pg_ensure(tally_pg *pg, tally_error *err) TALLY_MUSTCHECK;
 int tally_pg_exec(tally_pg *pg, PGresult **out, const char *sql, int nparams,
 		  const char *const *params, tally_error *err) TALLY_MUSTCHECK;
 
+/**
+ * Like tally_pg_exec, with per-parameter lengths and formats (1 = binary,
+ * as PQexecParams takes them): for large arrays sent in binary.
+ */
+int tally_pg_exec_bin(tally_pg *pg, PGresult **out, const char *sql,
+		      int nparams, const char *const *params,
+		      const int *lengths, const int *formats,
+		      tally_error *err) TALLY_MUSTCHECK;
+
 /** Classify a failed result (or a NULL result on a broken connection). */
 int tally_pg__classify(PGconn *conn, const PGresult *res, tally_error *err);
 

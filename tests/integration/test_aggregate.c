@@ -39,7 +39,7 @@ static void teardown(void)
 	tally_test_db_drop(db);
 }
 
-static tally_agg *new_agg(void)
+static tally_agg *new_agg_keys(size_t recent_keys)
 {
 	tally_agg_opts o = { 0 };
 	tally_agg *agg = NULL;
@@ -50,6 +50,7 @@ static tally_agg *new_agg(void)
 	o.group = "tally.aggregate";
 	o.lateness_ms = 35 * DAY_MS;
 	o.future_ms = 300000;
+	o.recent_keys = recent_keys;
 	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
 	for (p = 0; p < 4; p++)
 		rd_kafka_topic_partition_list_add(l, TOPIC, p);
@@ -85,6 +86,11 @@ static void batch_free(batch *b)
 	for (i = 0; i < b->n; i++)
 		msgpack_sbuffer_destroy(&b->sb[i]);
 	b->n = 0;
+}
+
+static tally_agg *new_agg(void)
+{
+	return new_agg_keys(0);
 }
 
 static int run(tally_agg *agg, batch *b, int64_t now, tally_agg_stats *st)
@@ -156,6 +162,96 @@ START_TEST(test_aggregate_duplicates_count_once)
 	batch_add(&b, &g.re, 1);
 	ck_assert_int_eq(run(agg, &b, now, &st), 0);
 	ck_assert_int_eq(st.accepted, 0);
+	batch_free(&b);
+	tally_agg_free(agg);
+}
+END_TEST
+
+/*
+ * The keys of recently committed events are kept in memory (a ring of
+ * recent_keys), so a re-sent event is a duplicate without PostgreSQL and
+ * the dedupe insert can be a plain INSERT; a key older than the ring makes
+ * that insert fail, and the batch is deduplicated with ON CONFLICT
+ * instead (dedupe_fallbacks). Proved by removing keys from usage_dedupe:
+ * only the ring can then still know them.
+ */
+START_TEST(test_aggregate_recent_keys_and_fallback)
+{
+	int64_t now = tally_now_ms(), base = now - 3 * 3600000;
+	tally_agg *agg = new_agg_keys(4);
+	tally_agg_stats st;
+	agg_expect x = { 0 };
+	agg_gen g;
+	batch b = { 0 };
+	int i, k;
+
+	memset(next_off, 0, sizeof(next_off));
+	for (i = 0; i < 10; i++) {
+		agg_gen_event(&g, 2, i, base);
+		batch_add(&b, &g.re, i % 4);
+		agg_expect_add(&x, &g.re);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 10);
+	ck_assert_int_eq(st.dedupe_fallbacks, 0);
+	batch_free(&b);
+	/* 8 and 9 are among the last 4 keys: no fallback; 10 is new */
+	for (i = 8; i <= 10; i++) {
+		agg_gen_event(&g, 2, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	agg_expect_add(&x, &g.re);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.duplicates, 2);
+	ck_assert_int_eq(st.dedupe_fallbacks, 0);
+	batch_free(&b);
+	/* 0 and 1 left the ring: PostgreSQL finds them (one fallback) */
+	for (i = 0; i <= 1; i++) {
+		agg_gen_event(&g, 2, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	agg_gen_event(&g, 2, 11, base);
+	batch_add(&b, &g.re, 3);
+	agg_expect_add(&x, &g.re);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.duplicates, 2);
+	ck_assert_int_eq(st.dedupe_fallbacks, 1);
+	batch_free(&b);
+	agg_check_totals(chk, &x, 12);
+
+	/* many evictions: 2 000 more keys through the ring of 4 */
+	tally_agg_free(agg);
+	agg = new_agg_keys(64);
+	for (k = 0; k < 2000; k += 50) {
+		for (i = 100 + k; i < 150 + k; i++) {
+			agg_gen_event(&g, 2, i, base);
+			batch_add(&b, &g.re, i % 4);
+			agg_expect_add(&x, &g.re);
+		}
+		ck_assert_int_eq(run(agg, &b, now, &st), 0);
+		ck_assert_int_eq(st.accepted, 50);
+		batch_free(&b);
+	}
+	agg_check_totals(chk, &x, 2012);
+	/* forget every key in PostgreSQL: the ring alone knows the last 64 */
+	tally_test_exec(dsn, "DELETE FROM usage_dedupe");
+	for (i = 2100 - 64; i < 2100; i++) {
+		agg_gen_event(&g, 2, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 0);
+	ck_assert_int_eq(st.duplicates, 64);
+	batch_free(&b);
+	/* ... and nothing older: these count again (as PostgreSQL forgot) */
+	for (i = 2100 - 64 - 10; i < 2100 - 64; i++) {
+		agg_gen_event(&g, 2, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 10);
 	batch_free(&b);
 	tally_agg_free(agg);
 }
@@ -687,6 +783,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_aggregate_duplicates_count_once);
+	tcase_add_test(tc, test_aggregate_recent_keys_and_fallback);
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
