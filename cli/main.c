@@ -8,6 +8,8 @@
  */
 #include "cli.h"
 
+#include <librdkafka/rdkafka.h>
+#include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +31,7 @@ static void usage(FILE *fp)
 	size_t i;
 
 	fprintf(fp, "usage: tally [--config FILE] [--log-level L] <command> "
-		    "[args]\n\ncommands:\n");
+		    "[args]\n       tally --version\n\ncommands:\n");
 	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
 		fprintf(fp, "  %-10s %s\n", commands[i].name, commands[i].help);
 }
@@ -52,6 +54,12 @@ int main(int argc, char **argv)
 		} else if (strcmp(argv[i], "-h") == 0 ||
 			   strcmp(argv[i], "--help") == 0) {
 			usage(stdout);
+			return 0;
+		} else if (strcmp(argv[i], "--version") == 0) {
+			/* the libraries actually loaded, not the headers */
+			printf("tally %s\nlibrdkafka %s\nlibpq %d\n",
+			       TALLY_VERSION, rd_kafka_version_str(),
+			       PQlibVersion());
 			return 0;
 		} else {
 			fprintf(stderr, "tally: unknown option %s\n", argv[i]);

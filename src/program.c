@@ -6,6 +6,7 @@
 #include "tally/log.h"
 #include "tally/signals.h"
 
+#include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +80,8 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
 		tally_config_set(*out, o->listen_key, listen);
 	tally_signals_install();
 	tally_log(TALLY_INFO, "program.start",
-		  TALLY_KV_STR("config", cfg_path ? cfg_path : "(defaults)"));
+		  TALLY_KV_STR("config", cfg_path ? cfg_path : "(defaults)"),
+		  TALLY_KV_STR("librdkafka", rd_kafka_version_str()));
 	*exit_code = EXIT_SUCCESS;
 	return 0;
 }
