@@ -420,7 +420,17 @@ typedef struct item {
 	int64_t ps, pe; /* billing period */
 	bool closed;
 	bool dup_db;    /* seen in an earlier batch (set by dedupe()) */
+	bool bad;       /* undecodable (the codec error is in the decoded set) */
 } item;
+
+/* Messages decoded ahead (tally_agg_decode): the items and, for the
+ * undecodable ones, their codec errors. */
+struct tally_agg_decoded {
+	item *items;
+	size_t n, cap;
+	const tally_agg_msg *msgs;
+	tally_codec_error *errs;  /* cap entries once one is undecodable */
+};
 
 typedef struct acc_key {
 	uint8_t tenant[16];
@@ -494,8 +504,9 @@ struct tally_agg {
 	size_t nmodels, capmodels;
 
 	/* per batch */
-	item *items;
-	size_t cap_items;
+	item *items;            /* = dec->items of the batch */
+	tally_agg_decoded own;  /* when the caller did not decode ahead */
+	tally_agg_decoded *dec;
 	hset dedupe, tenant_h;
 	tenant_info *tenants;
 	size_t ntenants, cap_tenants;
@@ -590,7 +601,8 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->totals_ack);
 	free(agg->acks);
 	free(agg->models);
-	free(agg->items);
+	free(agg->own.items);
+	free(agg->own.errs);
 	free(agg->dedupe.slot);
 	free(agg->seen.keys);
 	free(agg->seen.slot);
@@ -822,6 +834,61 @@ static const char *item_detail(const tally_agg *agg, const item *it)
 	return agg->details.p + it->detail;
 }
 
+void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
+		      size_t n)
+{
+	size_t i;
+
+	if (d->cap < n) {
+		free(d->items);
+		free(d->errs);
+		d->items = tally_xmalloc(n * sizeof(item));
+		d->errs = NULL;
+		d->cap = n;
+	}
+	d->n = n;
+	d->msgs = msgs;
+	for (i = 0; i < n; i++) {
+		const tally_agg_msg *m = &msgs[i];
+		item *it = &d->items[i];
+		tally_codec_error ce;
+
+		memset(it, 0, sizeof(*it));
+		memset(&ce, 0, sizeof(ce));
+		if (tally_codec_decode_rated(&it->re, m->payload, m->len, &ce) !=
+		    0) {
+			if (d->errs == NULL)
+				d->errs = tally_xcalloc(d->cap, sizeof(*d->errs));
+			d->errs[i] = ce;
+			it->bad = true;
+			continue;
+		}
+		memcpy(it->key, it->re.ev.tenant_id, 16);
+		tally_agg_digest(it->key + 16, it->re.ev.source.ptr,
+				 it->re.ev.source.len, it->re.ev.id.ptr,
+				 it->re.ev.id.len);
+	}
+}
+
+tally_agg_decoded *tally_agg_decoded_new(void)
+{
+	return tally_xcalloc(1, sizeof(tally_agg_decoded));
+}
+
+void tally_agg_decoded_free(tally_agg_decoded *d)
+{
+	if (d == NULL)
+		return;
+	free(d->items);
+	free(d->errs);
+	free(d);
+}
+
+/*
+ * Statuses of the decoded batch: undecodable or outside the time window
+ * (dead letters), repeated within the batch or committed lately (ring),
+ * else ST_OK. Resets what a previous attempt at the batch changed.
+ */
 static void classify(tally_agg *agg)
 {
 	size_t i;
@@ -830,19 +897,22 @@ static void classify(tally_agg *agg)
 	sb_add(&agg->details, "", 1);
 	hset_init(&agg->dedupe, agg->n);
 	for (i = 0; i < agg->n; i++) {
-		const tally_agg_msg *m = &agg->msgs[i];
 		item *it = &agg->items[i];
-		tally_codec_error ce;
 		int64_t t;
 
-		memset(it, 0, sizeof(*it));
-		memset(&ce, 0, sizeof(ce));
-		if (tally_codec_decode_rated(&it->re, m->payload, m->len, &ce) !=
-		    0) {
+		it->status = ST_OK;
+		it->reason = NULL;
+		it->detail = 0;
+		it->provider_id = it->model_id = 0;
+		it->ps = it->pe = 0;
+		it->closed = it->dup_db = false;
+		if (it->bad) {
+			const tally_codec_error *ce = &agg->dec->errs[i];
+
 			it->status = ST_DLQ;
-			it->reason = ce.reason ? ce.reason : "invalid";
-			set_detail(agg, it, "%.40s: %.110s", ce.field,
-				   ce.detail);
+			it->reason = ce->reason ? ce->reason : "invalid";
+			set_detail(agg, it, "%.40s: %.110s", ce->field,
+				   ce->detail);
 			continue;
 		}
 		t = it->re.ev.time_ms;
@@ -863,10 +933,6 @@ static void classify(tally_agg *agg)
 				 (t - agg->now_ms) / 1000);
 			continue;
 		}
-		memcpy(it->key, it->re.ev.tenant_id, 16);
-		tally_agg_digest(it->key + 16, it->re.ev.source.ptr,
-				 it->re.ev.source.len, it->re.ev.id.ptr,
-				 it->re.ev.id.len);
 		if (hset_put(&agg->dedupe, (const uint8_t *)agg->items,
 			     sizeof(item), 32, (uint32_t)i) != (uint32_t)i ||
 		    seen_has(&agg->seen, it->key))
@@ -2821,17 +2887,27 @@ int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
 int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
 {
+	return tally_agg_process_decoded(agg, NULL, msgs, n, now_ms, stats,
+					 err);
+}
+
+int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
+			      const tally_agg_msg *msgs, size_t n,
+			      int64_t now_ms, tally_agg_stats *stats,
+			      tally_error *err)
+{
 	size_t i;
 	int rc;
 
 	memset(&agg->st, 0, sizeof(agg->st));
 	if (n == 0)
 		goto done;
-	if (agg->cap_items < n) {
-		free(agg->items);
-		agg->items = tally_xmalloc(n * sizeof(item));
-		agg->cap_items = n;
+	if (dec == NULL || dec->msgs != msgs || dec->n != n) {
+		dec = &agg->own;
+		tally_agg_decode(dec, msgs, n);
 	}
+	agg->dec = dec;
+	agg->items = dec->items;
 	agg->msgs = msgs;
 	agg->n = n;
 	agg->now_ms = now_ms;

@@ -121,6 +121,33 @@ int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 	TALLY_MUSTCHECK;
 
 /**
+ * A batch decoded ahead: tally_agg_decode() touches no tally_agg state, so
+ * a consumer can decode batch N+1 on its own thread while batch N is in
+ * its transaction, and hand it to tally_agg_process_decoded().
+ */
+typedef struct tally_agg_decoded tally_agg_decoded;
+
+tally_agg_decoded *tally_agg_decoded_new(void);
+
+/** NULL is a no-op. */
+void tally_agg_decoded_free(tally_agg_decoded *d);
+
+/** Decode msgs (views; they must outlive d's use) into d. */
+void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
+		      size_t n);
+
+/**
+ * tally_agg_process() with the messages already decoded into dec by
+ * tally_agg_decode(dec, msgs, n) (same msgs and n; otherwise, or with dec
+ * NULL, they are decoded here). The same batch may be processed again
+ * with the same dec after a failure.
+ */
+int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
+			      const tally_agg_msg *msgs, size_t n,
+			      int64_t now_ms, tally_agg_stats *stats,
+			      tally_error *err) TALLY_MUSTCHECK;
+
+/**
  * After TALLY_AGG_FENCED: read the positions of the batch's partitions from
  * consumer_offsets, remember them as fence values and seek the consumer rk
  * there (rk may be NULL in tests). Partitions no longer assigned are left
