@@ -430,6 +430,8 @@ struct tally_agg_decoded {
 	size_t n, cap;
 	const tally_agg_msg *msgs;
 	tally_codec_error *errs;  /* cap entries once one is undecodable */
+	char *pool;               /* detached strings (tally_agg_detach) */
+	size_t pool_cap;
 };
 
 typedef struct acc_key {
@@ -881,7 +883,55 @@ void tally_agg_decoded_free(tally_agg_decoded *d)
 		return;
 	free(d->items);
 	free(d->errs);
+	free(d->pool);
 	free(d);
+}
+
+static void detach_str(tally_str *s, char **pool)
+{
+	if (s->len > 0)
+		memcpy(*pool, s->ptr, s->len);
+	s->ptr = *pool;
+	*pool += s->len;
+}
+
+size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
+			int64_t now_ms, bool *keep)
+{
+	size_t i, need = 0, n = 0;
+	char *pool;
+
+	for (i = 0; i < d->n; i++) {
+		const tally_usage_event *ev = &d->items[i].re.ev;
+
+		/* the very test classify() makes with the same now_ms */
+		keep[i] = d->items[i].bad ||
+			  ev->time_ms < now_ms - agg->lateness_ms ||
+			  ev->time_ms > now_ms + agg->future_ms;
+		if (!keep[i])
+			need += (size_t)ev->provider.len + ev->model.len +
+				ev->workflow_id.len;
+	}
+	if (d->pool_cap < need + 1) {
+		free(d->pool);
+		d->pool_cap = need + 1;
+		d->pool = tally_xmalloc(d->pool_cap);
+	}
+	pool = d->pool;
+	for (i = 0; i < d->n; i++) {
+		tally_usage_event *ev = &d->items[i].re.ev;
+
+		if (keep[i])
+			continue;
+		detach_str(&ev->provider, &pool);
+		detach_str(&ev->model, &pool);
+		detach_str(&ev->workflow_id, &pool);
+		/* in the dedupe key already; nothing reads them later */
+		ev->id.ptr = ev->source.ptr = ev->subject.ptr = "";
+		ev->id.len = ev->source.len = ev->subject.len = 0;
+		n++;
+	}
+	return n;
 }
 
 /*
@@ -2902,9 +2952,13 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	memset(&agg->st, 0, sizeof(agg->st));
 	if (n == 0)
 		goto done;
-	if (dec == NULL || dec->msgs != msgs || dec->n != n) {
+	if (dec == NULL) {
 		dec = &agg->own;
 		tally_agg_decode(dec, msgs, n);
+	} else if (dec->msgs != msgs || dec->n != n) {
+		/* its messages may be gone (tally_agg_detach): never re-decode */
+		return tally_error_set(err, TALLY_ERROR,
+				       "aggregate: decoded set is not this batch");
 	}
 	agg->dec = dec;
 	agg->items = dec->items;

@@ -44,10 +44,14 @@
 
 /* One batch: the messages (owned) and their views. */
 typedef struct job {
-	rd_kafka_message_t **msgs;
+	rd_kafka_message_t **msgs; /* NULL once detached (tally_agg_detach) */
 	tally_agg_msg *views;
 	size_t n, cap;
 	tally_agg_decoded *dec; /* decoded by the poll thread (ahead) */
+	bool *keep;             /* messages that must stay (dead letters) */
+	int64_t now_ms;         /* the batch's clock for the time window */
+	char *topics[8];        /* names the views point to (job-owned) */
+	size_t ntopics;
 } job;
 
 /* outcome of a batch on the PostgreSQL thread */
@@ -202,12 +206,26 @@ static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
 	return o;
 }
 
+/* the job's copy of a topic name: views outlive their messages */
+static const char *job_topic(job *j, const char *name)
+{
+	size_t k;
+
+	for (k = 0; k < j->ntopics; k++)
+		if (strcmp(j->topics[k], name) == 0)
+			return j->topics[k];
+	if (j->ntopics == sizeof(j->topics) / sizeof(j->topics[0]))
+		return name; /* cannot happen: one topic is consumed */
+	j->topics[j->ntopics] = tally_xstrdup(name);
+	return j->topics[j->ntopics++];
+}
+
 static void fill_views(job *j)
 {
 	for (size_t i = 0; i < j->n; i++) {
 		rd_kafka_message_t *m = j->msgs[i];
 
-		j->views[i].topic = rd_kafka_topic_name(m->rkt);
+		j->views[i].topic = job_topic(j, rd_kafka_topic_name(m->rkt));
 		j->views[i].partition = m->partition;
 		j->views[i].offset = m->offset;
 		j->views[i].payload = m->payload;
@@ -236,7 +254,7 @@ static int run_batch(app *a, job *j)
 
 	for (;;) {
 		rc = tally_agg_process_decoded(a->agg, j->dec, views, n,
-					       tally_now_ms(), &st, &err);
+					       j->now_ms, &st, &err);
 		if (rc == 0) {
 			a->pg_ok = 1;
 			break;
@@ -313,8 +331,63 @@ static void *worker_main(void *arg)
 static void job_clear(job *j)
 {
 	for (size_t k = 0; k < j->n; k++)
-		rd_kafka_message_destroy(j->msgs[k]);
+		if (j->msgs[k] != NULL)
+			rd_kafka_message_destroy(j->msgs[k]);
 	j->n = 0;
+	for (size_t k = 0; k < j->ntopics; k++)
+		free(j->topics[k]);
+	j->ntopics = 0;
+}
+
+/*
+ * After decoding: the messages whose events are decoded and inside the
+ * time window are destroyed now (their strings were copied by
+ * tally_agg_detach); a batch then holds ~0.4 KiB per event instead of
+ * ~1.4 KiB with the Kafka message and its share of the fetch buffer.
+ */
+static void job_detach(app *a, job *j)
+{
+	size_t i;
+
+	j->now_ms = tally_now_ms();
+	(void)tally_agg_detach(a->agg, j->dec, j->now_ms, j->keep);
+	for (i = 0; i < j->n; i++) {
+		if (j->keep[i])
+			continue;
+		rd_kafka_message_destroy(j->msgs[i]);
+		j->msgs[i] = NULL;
+		j->views[i].rkm = NULL;
+		j->views[i].payload = NULL;
+		j->views[i].len = 0;
+	}
+}
+
+/* After the commit: the batch's next offsets, for lag monitoring. */
+static int store_offsets(app *a, const job *j, tally_error *err)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	rd_kafka_resp_err_t kerr;
+	size_t i;
+
+	for (i = 0; i < j->n; i++) {
+		const tally_agg_msg *v = &j->views[i];
+		rd_kafka_topic_partition_t *p =
+			rd_kafka_topic_partition_list_find(l, v->topic,
+							   v->partition);
+
+		if (p == NULL)
+			p = rd_kafka_topic_partition_list_add(l, v->topic,
+							      v->partition);
+		if (v->offset + 1 > p->offset)
+			p->offset = v->offset + 1;
+	}
+	kerr = l->cnt ? rd_kafka_offsets_store(tally_consumer_rk(a->consumer),
+					       l) : RD_KAFKA_RESP_ERR_NO_ERROR;
+	rd_kafka_topic_partition_list_destroy(l);
+	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return tally_error_set(err, TALLY_ERROR, "kafka store: %s",
+				       rd_kafka_err2str(kerr));
+	return 0;
 }
 
 static void job_reserve(job *j, size_t cap)
@@ -326,6 +399,8 @@ static void job_reserve(job *j, size_t cap)
 	j->cap = cap;
 	j->msgs = tally_xcalloc(cap, sizeof(*j->msgs));
 	j->views = tally_xcalloc(cap, sizeof(*j->views));
+	free(j->keep);
+	j->keep = tally_xcalloc(cap, sizeof(*j->keep));
 }
 
 /*
@@ -358,8 +433,7 @@ static int finish_batch(app *a, bool rebalance)
 	pthread_mutex_unlock(&a->mu);
 	j = a->cur;
 	a->cur = NULL;
-	if (r == R_COMMITTED &&
-	    tally_consumer_store(a->consumer, j->msgs, j->n, &err) != 0)
+	if (r == R_COMMITTED && store_offsets(a, j, &err) != 0)
 		tally_log(TALLY_WARN, "aggregate.store_failed",
 			  TALLY_KV_STR("error", err.msg));
 	if (r == R_FENCED && !rebalance) {
@@ -592,6 +666,7 @@ int main(int argc, char **argv)
 		if (p->n > 0) {
 			fill_views(p);
 			tally_agg_decode(p->dec, p->views, p->n);
+			job_detach(&a, p);
 		}
 		t1 = tally_mono_ns();
 		if (finish_batch(&a, false) != 0 || a.fatal) {
@@ -605,8 +680,8 @@ int main(int argc, char **argv)
 			 * Gathered from positions a fenced batch left behind:
 			 * every partition in it goes back to PostgreSQL's
 			 * position too (none may skip what is dropped here).
+			 * Its views were filled above.
 			 */
-			fill_views(p);
 			if (p->n > 0 &&
 			    tally_agg_reseek(a.agg, tally_consumer_rk(a.consumer),
 					     p->views, p->n, &err) != 0)
@@ -681,6 +756,7 @@ cleanup:
 		job_clear(&a.jobs[i]);
 		free(a.jobs[i].msgs);
 		free(a.jobs[i].views);
+		free(a.jobs[i].keep);
 		tally_agg_decoded_free(a.jobs[i].dec);
 	}
 	return rc;

@@ -137,10 +137,24 @@ void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 		      size_t n);
 
 /**
+ * Copy the few strings the batch still needs (provider, model,
+ * workflow_id) out of the messages of d whose event time lies inside the
+ * time window at now_ms, so that those messages can be destroyed before
+ * the batch is processed (memory: a Kafka message and its fetch buffer
+ * weigh more than the decoded event). keep[i] (d's n entries) tells which
+ * message must stay: undecodable or outside the window (dead letters are
+ * copies of the original message). Process the batch with the same
+ * now_ms. Reads only the window settings of agg (any thread). Returns the
+ * number detached.
+ */
+size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
+			int64_t now_ms, bool *keep);
+
+/**
  * tally_agg_process() with the messages already decoded into dec by
- * tally_agg_decode(dec, msgs, n) (same msgs and n; otherwise, or with dec
- * NULL, they are decoded here). The same batch may be processed again
- * with the same dec after a failure.
+ * tally_agg_decode(dec, msgs, n) (with dec NULL they are decoded here;
+ * a dec of other msgs or n is an error). The same batch may be processed
+ * again with the same dec after a failure.
  */
 int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 			      const tally_agg_msg *msgs, size_t n,
