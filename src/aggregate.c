@@ -430,8 +430,8 @@ struct tally_agg_decoded {
 	size_t n, cap;
 	const tally_agg_msg *msgs;
 	tally_codec_error *errs;  /* cap entries once one is undecodable */
-	char *pool;               /* detached strings (tally_agg_detach) */
-	size_t pool_cap;
+	char **blocks;            /* detached strings, one block per range */
+	size_t nblocks, capblocks;
 };
 
 typedef struct acc_key {
@@ -603,6 +603,9 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->totals_ack);
 	free(agg->acks);
 	free(agg->models);
+	for (i = 0; i < agg->own.nblocks; i++)
+		free(agg->own.blocks[i]);
+	free(agg->own.blocks);
 	free(agg->own.items);
 	free(agg->own.errs);
 	free(agg->dedupe.slot);
@@ -836,21 +839,39 @@ static const char *item_detail(const tally_agg *agg, const item *it)
 	return agg->details.p + it->detail;
 }
 
-void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
-		      size_t n)
+static void decoded_reset(tally_agg_decoded *d)
+{
+	size_t k;
+
+	for (k = 0; k < d->nblocks; k++)
+		free(d->blocks[k]);
+	d->nblocks = 0;
+	d->n = 0;
+}
+
+void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
+			    size_t from, size_t to)
 {
 	size_t i;
 
-	if (d->cap < n) {
-		free(d->items);
-		free(d->errs);
-		d->items = tally_xmalloc(n * sizeof(item));
-		d->errs = NULL;
-		d->cap = n;
+	if (from == 0)
+		decoded_reset(d);
+	if (d->cap < to) {
+		size_t cap = d->cap ? d->cap : 1024;
+
+		while (cap < to)
+			cap *= 2;
+		d->items = tally_xrealloc(d->items, cap * sizeof(item));
+		if (d->errs != NULL) {
+			d->errs = tally_xrealloc(d->errs, cap * sizeof(*d->errs));
+			memset(d->errs + d->cap, 0,
+			       (cap - d->cap) * sizeof(*d->errs));
+		}
+		d->cap = cap;
 	}
-	d->n = n;
+	d->n = to;
 	d->msgs = msgs;
-	for (i = 0; i < n; i++) {
+	for (i = from; i < to; i++) {
 		const tally_agg_msg *m = &msgs[i];
 		item *it = &d->items[i];
 		tally_codec_error ce;
@@ -872,6 +893,12 @@ void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 	}
 }
 
+void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
+		      size_t n)
+{
+	tally_agg_decode_range(d, msgs, 0, n);
+}
+
 tally_agg_decoded *tally_agg_decoded_new(void)
 {
 	return tally_xcalloc(1, sizeof(tally_agg_decoded));
@@ -881,9 +908,10 @@ void tally_agg_decoded_free(tally_agg_decoded *d)
 {
 	if (d == NULL)
 		return;
+	decoded_reset(d);
+	free(d->blocks);
 	free(d->items);
 	free(d->errs);
-	free(d->pool);
 	free(d);
 }
 
@@ -895,13 +923,14 @@ static void detach_str(tally_str *s, char **pool)
 	*pool += s->len;
 }
 
-size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
-			int64_t now_ms, bool *keep)
+size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
+			      int64_t now_ms, bool *keep, size_t from,
+			      size_t to)
 {
 	size_t i, need = 0, n = 0;
 	char *pool;
 
-	for (i = 0; i < d->n; i++) {
+	for (i = from; i < to; i++) {
 		const tally_usage_event *ev = &d->items[i].re.ev;
 
 		/* the very test classify() makes with the same now_ms */
@@ -912,13 +941,14 @@ size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
 			need += (size_t)ev->provider.len + ev->model.len +
 				ev->workflow_id.len;
 	}
-	if (d->pool_cap < need + 1) {
-		free(d->pool);
-		d->pool_cap = need + 1;
-		d->pool = tally_xmalloc(d->pool_cap);
+	/* a block per range: earlier ranges' strings never move */
+	if (d->nblocks == d->capblocks) {
+		d->capblocks = d->capblocks ? d->capblocks * 2 : 16;
+		d->blocks = tally_xrealloc(d->blocks,
+					   d->capblocks * sizeof(*d->blocks));
 	}
-	pool = d->pool;
-	for (i = 0; i < d->n; i++) {
+	pool = d->blocks[d->nblocks++] = tally_xmalloc(need + 1);
+	for (i = from; i < to; i++) {
 		tally_usage_event *ev = &d->items[i].re.ev;
 
 		if (keep[i])
@@ -932,6 +962,12 @@ size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
 		n++;
 	}
 	return n;
+}
+
+size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
+			int64_t now_ms, bool *keep)
+{
+	return tally_agg_detach_range(agg, d, now_ms, keep, 0, d->n);
 }
 
 /*

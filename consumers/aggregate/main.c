@@ -220,9 +220,9 @@ static const char *job_topic(job *j, const char *name)
 	return j->topics[j->ntopics++];
 }
 
-static void fill_views(job *j)
+static void fill_views(job *j, size_t from, size_t to)
 {
-	for (size_t i = 0; i < j->n; i++) {
+	for (size_t i = from; i < to; i++) {
 		rd_kafka_message_t *m = j->msgs[i];
 
 		j->views[i].topic = job_topic(j, rd_kafka_topic_name(m->rkt));
@@ -340,26 +340,60 @@ static void job_clear(job *j)
 }
 
 /*
- * After decoding: the messages whose events are decoded and inside the
- * time window are destroyed now (their strings were copied by
- * tally_agg_detach); a batch then holds ~0.4 KiB per event instead of
- * ~1.4 KiB with the Kafka message and its share of the fetch buffer.
+ * Gather a batch (at most max messages, at most timeout_ms) in chunks, and
+ * decode each chunk as it comes, while the previous batch is in its
+ * transaction. The messages whose events are decoded and inside the time
+ * window are destroyed at once (the strings still needed are copied by
+ * tally_agg_detach_range): a batch then holds ~0.4 KiB per event instead of
+ * ~1.4 KiB with the Kafka message and its share of the fetch buffer, and
+ * at most one chunk of messages is alive at a time. A rebalance during the
+ * gathering drops what came before it (it belongs to the old assignment).
  */
-static void job_detach(app *a, job *j)
-{
-	size_t i;
+#define GATHER_CHUNK 2048
 
-	j->now_ms = tally_now_ms();
-	(void)tally_agg_detach(a->agg, j->dec, j->now_ms, j->keep);
-	for (i = 0; i < j->n; i++) {
-		if (j->keep[i])
+static void gather(app *a, job *j, size_t max, int timeout_ms)
+{
+	int64_t deadline = tally_mono_ns() + (int64_t)timeout_ms * 1000000;
+	unsigned gen = tally_consumer_generation(a->consumer);
+	size_t got = 0, k, i;
+
+	j->n = 0;
+	while (got < max) {
+		int64_t left = (deadline - tally_mono_ns()) / 1000000;
+		size_t want = max - got < GATHER_CHUNK ? max - got : GATHER_CHUNK;
+
+		if (left <= 0)
+			break;
+		k = tally_consumer_poll_batch(a->consumer, j->msgs + got, want,
+					      (int)left);
+		if (tally_consumer_generation(a->consumer) != gen) {
+			for (i = 0; i < got; i++)
+				if (j->msgs[i] != NULL)
+					rd_kafka_message_destroy(j->msgs[i]);
+			memmove(j->msgs, j->msgs + got, k * sizeof(*j->msgs));
+			got = 0;
+			gen = tally_consumer_generation(a->consumer);
+		}
+		if (k == 0)
 			continue;
-		rd_kafka_message_destroy(j->msgs[i]);
-		j->msgs[i] = NULL;
-		j->views[i].rkm = NULL;
-		j->views[i].payload = NULL;
-		j->views[i].len = 0;
+		if (got == 0)
+			j->now_ms = tally_now_ms();
+		fill_views(j, got, got + k);
+		tally_agg_decode_range(j->dec, j->views, got, got + k);
+		(void)tally_agg_detach_range(a->agg, j->dec, j->now_ms, j->keep,
+					     got, got + k);
+		for (i = got; i < got + k; i++) {
+			if (j->keep[i])
+				continue;
+			rd_kafka_message_destroy(j->msgs[i]);
+			j->msgs[i] = NULL;
+			j->views[i].rkm = NULL;
+			j->views[i].payload = NULL;
+			j->views[i].len = 0;
+		}
+		got += k;
 	}
+	j->n = got;
 }
 
 /* After the commit: the batch's next offsets, for lag monitoring. */
@@ -656,18 +690,8 @@ int main(int argc, char **argv)
 			p->dec = tally_agg_decoded_new();
 		/* gather batch N+1 while batch N is in its transaction */
 		t0 = tally_mono_ns();
-		p->n = tally_consumer_poll_batch(a.consumer, p->msgs, bs,
-			(int)tally_config_int(a.cfg, "aggregate.batch_ms"));
-		/*
-		 * Decode it while batch N is still in its transaction: the
-		 * decoding (msgpack, MD5 of the dedupe key) is then off the
-		 * PostgreSQL thread's path. Views are filled here, once.
-		 */
-		if (p->n > 0) {
-			fill_views(p);
-			tally_agg_decode(p->dec, p->views, p->n);
-			job_detach(&a, p);
-		}
+		gather(&a, p, bs,
+		       (int)tally_config_int(a.cfg, "aggregate.batch_ms"));
 		t1 = tally_mono_ns();
 		if (finish_batch(&a, false) != 0 || a.fatal) {
 			job_clear(p);

@@ -137,6 +137,13 @@ void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 		      size_t n);
 
 /**
+ * Decode msgs[from, to) into d, keeping what [0, from) holds (from 0
+ * starts a new batch): a batch can be decoded as it is gathered.
+ */
+void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
+			    size_t from, size_t to);
+
+/**
  * Copy the few strings the batch still needs (provider, model,
  * workflow_id) out of the messages of d whose event time lies inside the
  * time window at now_ms, so that those messages can be destroyed before
@@ -149,6 +156,11 @@ void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
  */
 size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
 			int64_t now_ms, bool *keep);
+
+/** tally_agg_detach() of the range [from, to) (decoded already). */
+size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
+			      int64_t now_ms, bool *keep, size_t from,
+			      size_t to);
 
 /**
  * tally_agg_process() with the messages already decoded into dec by
