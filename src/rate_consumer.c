@@ -250,27 +250,61 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "session.timeout.ms", v, err);
 	/*
-	 * Prefetch depth. librdkafka 2.0 stops fetching once the consumer
-	 * queue holds queued.min.messages (default 100 000) and resumes only
-	 * when its broker thread wakes, up to ~1-2 s later: with the default
-	 * we drained the queue in 3-4 batches and then sat idle until
-	 * rate.batch_ms ran out (rate.batch log: poll_us 499 ms every ~200 000
-	 * events), which capped us at ~160 K/s. The queue must hold more than
-	 * a second of input (docs/pricing.md, measured).
+	 * Prefetch depth (measured in docs/pricing.md, "Performance").
+	 * librdkafka stops fetching a partition once its queue holds
+	 * queued.min.messages or queued.max.messages.kbytes, and looks at it
+	 * again only after fetch.queue.backoff.ms. Before 2.2 that backoff
+	 * was a fixed ~1 s, so the queue had to hold over a second of input
+	 * (500 000 messages, ~0.5 GB of RSS) or we sat idle until
+	 * rate.batch_ms ran out. With fetch.queue.backoff.ms = 10
+	 * (librdkafka >= 2.2; ops/install-deps builds 2.12.1) a queue of
+	 * a few batches keeps us as fast at a fraction of the memory, so
+	 * the default rate.prefetch_messages is small; with an older
+	 * library it must be raised again (we warn).
 	 */
 	if (rc == 0) {
 		int64_t pre = tally_config_int(cfg, "rate.prefetch_messages");
+		int64_t kb = pre / 2; /* ~0.5 KB per queued message */
+		tally_error qerr;
+		bool qbackoff = tally_kafka_conf_set(conf,
+			"fetch.queue.backoff.ms", "10", &qerr) == 0;
 
+		if (!qbackoff && kb < 65536)
+			kb = 65536; /* 2.0: never the bound, as before */
+		if (kb < 1024)
+			kb = 1024;
+		if (kb > 2097151)
+			kb = 2097151; /* librdkafka's maximum */
+		if (!qbackoff && pre < 500000)
+			tally_log(TALLY_WARN, "rate.prefetch_small",
+				  TALLY_KV_STR("reason",
+					       "librdkafka < 2.2 has no "
+					       "fetch.queue.backoff.ms; set "
+					       "rate.prefetch_messages >= "
+					       "500000 or tally-rate starves"),
+				  TALLY_KV_STR("librdkafka",
+					       rd_kafka_version_str()));
 		snprintf(v, sizeof(v), "%lld", (long long)pre);
 		rc = tally_kafka_conf_set(conf, "queued.min.messages", v, err);
-		/* ~0.5 KB per queued message; librdkafka's maximum 2097151 */
-		snprintf(v, sizeof(v), "%lld",
-			 (long long)(pre / 2 < 65536 ? 65536 :
-				     pre / 2 > 2097151 ? 2097151 : pre / 2));
+		snprintf(v, sizeof(v), "%lld", (long long)kb);
 		if (rc == 0)
 			rc = tally_kafka_conf_set(conf,
 						  "queued.max.messages.kbytes",
 						  v, err);
+		/*
+		 * Fetches of at most 2 MiB (512 KiB per partition) instead of
+		 * 50 MiB (1 MiB per partition): a fetch buffer lives until its
+		 * last message is destroyed. Measured: ~20 MiB less RSS at
+		 * the same speed. Only with the short backoff: with 2.0 each
+		 * refetch waits ~1 s, so smaller fetches would starve us.
+		 */
+		if (rc == 0 && qbackoff)
+			rc = tally_kafka_conf_set(conf, "fetch.max.bytes",
+						  "2097152", err);
+		if (rc == 0 && qbackoff)
+			rc = tally_kafka_conf_set(conf,
+						  "max.partition.fetch.bytes",
+						  "524288", err);
 	}
 	if (rc != 0) {
 		rd_kafka_conf_destroy(conf);
