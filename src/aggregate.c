@@ -544,6 +544,7 @@ struct tally_agg {
 	bool trace;           /* TALLY_AGG_TRACE=1: per-phase timings */
 	seen_ring seen;       /* keys committed lately (dedupe()) */
 	int dedupe_slow;      /* batches left on the ON CONFLICT path */
+	int dedupe_streak;    /* fallbacks since the last fast success */
 	sbuf wf_t, wf_p, wf_w; /* distinct workflows of the batch (totals) */
 	size_t nwf;
 	int64_t phase_us[6], phase_t;
@@ -1989,14 +1990,16 @@ static int simple_exec(tally_pg *pg, PGresult **out, const char *sql,
  * last batches already filtered out in C (seen_has), it nearly always
  * succeeds, and costs about 60 % of the ON CONFLICT ... RETURNING form
  * (measured in docs/aggregate.md). A unique violation -- a key older than
- * the ring, or written by another instance -- rolls back to the savepoint,
- * and the next DEDUPE_SLOW_BATCHES batches go straight to ON CONFLICT.
+ * the ring (the ring counts keys of all partitions, and one partition can
+ * lag far behind the others), or written by another instance -- rolls
+ * back to the savepoint and the batch goes the ON CONFLICT way. So do the
+ * next 1, 2, 4 ... 64 batches while fallbacks follow each other (after a
+ * restart, while the ring is empty); one fast success resets that.
  */
 static const char DEDUPE_FAST_SQL[] =
 	"SAVEPOINT agg_dedupe;"
 	"INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
 	" SELECT tenant_id, digest, occurred_at FROM agg_stage";
-#define DEDUPE_SLOW_BATCHES 8
 
 static int dedupe_fast(tally_agg *agg, bool *done, tally_error *err)
 {
@@ -2009,6 +2012,7 @@ static int dedupe_fast(tally_agg *agg, bool *done, tally_error *err)
 	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
 		PQclear(res);
 		*done = true;
+		agg->dedupe_streak = 0;
 		return 0;
 	}
 	state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -2018,7 +2022,8 @@ static int dedupe_fast(tally_agg *agg, bool *done, tally_error *err)
 		return rc;
 	}
 	PQclear(res);
-	agg->dedupe_slow = DEDUPE_SLOW_BATCHES;
+	agg->dedupe_slow = 1 << (agg->dedupe_streak < 6 ? agg->dedupe_streak : 6);
+	agg->dedupe_streak++;
 	agg->st.dedupe_fallbacks++;
 	return simple_exec(agg->pg, NULL, "ROLLBACK TO SAVEPOINT agg_dedupe",
 			   PGRES_COMMAND_OK, err);
