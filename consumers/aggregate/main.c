@@ -33,6 +33,9 @@
 #include "tally/program.h"
 #include "tally/signals.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -540,6 +543,21 @@ int main(int argc, char **argv)
 	tally_consumer_opts co = { 0 };
 	rd_kafka_conf_t *conf;
 	tally_agg_opts ao;
+
+#ifdef __GLIBC__
+	/*
+	 * Peak RSS (docs/aggregate.md): a fixed mmap threshold keeps the
+	 * batch-sized buffers (COPY data, delta arrays, decoded items) in
+	 * their own mappings, so growing one is an mremap, not a copy that
+	 * holds old and new at once, and glibc's dynamic threshold cannot
+	 * move them into the heap where freed space stays resident; two
+	 * arenas for the poll and PostgreSQL threads. Measured at batch
+	 * 20 000: 62 -> 57 MiB, same speed. MALLOC_* variables still apply
+	 * before this point only.
+	 */
+	(void)mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+	(void)mallopt(M_ARENA_MAX, 2);
+#endif
 	char dlq[256];
 	int64_t last_maint, last_tick;
 	int i, rc = EXIT_FAILURE;
