@@ -1673,41 +1673,13 @@ static void col_i64(sbuf *b, int64_t v) { f_i64(b, v); }
 static void col_i32(sbuf *b, int64_t v) { f_i32(b, v); }
 static void col_uuid(sbuf *b, const uint8_t *id) { f_uuid(b, id); }
 
-/*
- * A 128-bit pico amount as binary numeric: seven base-10000 integer groups
- * (|c| < 2^127 < 10^28 units) and three fractional ones; PostgreSQL strips
- * the zero groups. dscale as in f_money.
- */
+/* A 128-bit pico amount as binary numeric (tally_money_pgnumeric). */
 static void col_cost(sbuf *b, tally_money128 c)
 {
-	unsigned __int128 a = c < 0 ? (unsigned __int128)0 -
-				      (unsigned __int128)c :
-				      (unsigned __int128)c;
-	unsigned __int128 ip = a / UINT64_C(1000000000000);
-	uint64_t fp = (uint64_t)(a % UINT64_C(1000000000000)), f = fp;
-	int g[7], i, dscale = 12;
+	uint8_t n[TALLY_PGNUMERIC_LEN];
 
-	if (f == 0)
-		dscale = 0;
-	else
-		while (f % 10 == 0) {
-			f /= 10;
-			dscale--;
-		}
-	for (i = 6; i >= 0; i--) {
-		g[i] = (int)(ip % 10000);
-		ip /= 10000;
-	}
-	be32(b, 8 + 10 * 2);
-	be16(b, 10);                   /* ndigits */
-	be16(b, 6);                    /* weight: 10000^6 */
-	be16(b, c < 0 ? 0x4000 : 0);   /* sign */
-	be16(b, dscale);
-	for (i = 0; i < 7; i++)
-		be16(b, g[i]);
-	be16(b, (int)(fp / 100000000));
-	be16(b, (int)(fp / 10000 % 10000));
-	be16(b, (int)(fp % 10000));
+	be32(b, (int64_t)tally_money_pgnumeric(n, c));
+	sb_add(b, (const char *)n, sizeof(n));
 }
 
 /* $first .. $(first + n - 1) cast to the given types, comma-separated */

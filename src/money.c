@@ -163,3 +163,43 @@ tally_money128 tally_money_round_minor(tally_money128 pico, int digits)
 		q += pico < 0 ? -1 : 1;
 	return q;
 }
+
+static void put16(uint8_t *p, unsigned v)
+{
+	p[0] = (uint8_t)((v >> 8) & 0xff);
+	p[1] = (uint8_t)(v & 0xff);
+}
+
+size_t tally_money_pgnumeric(uint8_t out[TALLY_PGNUMERIC_LEN],
+			     tally_money128 pico)
+{
+	unsigned __int128 a = pico < 0 ? (unsigned __int128)0 -
+					 (unsigned __int128)pico :
+					 (unsigned __int128)pico;
+	unsigned __int128 ip = a / UINT64_C(1000000000000);
+	uint64_t fp = (uint64_t)(a % UINT64_C(1000000000000)), f = fp;
+	unsigned g[7];
+	int i, dscale = 12;
+
+	if (f == 0)
+		dscale = 0;
+	else
+		while (f % 10 == 0) {
+			f /= 10;
+			dscale--;
+		}
+	for (i = 6; i >= 0; i--) {    /* |pico| < 2^127 < 10^28 units */
+		g[i] = (unsigned)(ip % 10000);
+		ip /= 10000;
+	}
+	put16(out, 10);                       /* ndigits */
+	put16(out + 2, 6);                    /* weight: 10000^6 */
+	put16(out + 4, pico < 0 ? 0x4000 : 0);/* sign */
+	put16(out + 6, (unsigned)dscale);
+	for (i = 0; i < 7; i++)
+		put16(out + 8 + 2 * i, g[i]);
+	put16(out + 22, (unsigned)(fp / 100000000));
+	put16(out + 24, (unsigned)(fp / 10000 % 10000));
+	put16(out + 26, (unsigned)(fp % 10000));
+	return TALLY_PGNUMERIC_LEN;
+}

@@ -38,6 +38,20 @@ int tally_money_parse(int64_t *out, const char *s, size_t len) TALLY_MUSTCHECK;
 size_t tally_money_fmt(char *out, size_t outlen, int64_t pico);
 size_t tally_money_fmt128(char *out, size_t outlen, tally_money128 pico);
 
+/** Bytes of tally_money_pgnumeric(): header 8 + 10 base-10000 digits. */
+#define TALLY_PGNUMERIC_LEN 28
+
+/**
+ * pico as PostgreSQL's binary numeric (numeric_send/numeric_recv layout:
+ * ndigits, weight, sign, dscale, base-10000 digits, big-endian), exact:
+ * seven integer and three fractional digit groups; dscale is the number
+ * of fractional decimal digits without trailing zeros, so the value reads
+ * as tally_money_fmt128() writes it. For binary COPY and array parameters.
+ * Returns TALLY_PGNUMERIC_LEN.
+ */
+size_t tally_money_pgnumeric(uint8_t out[TALLY_PGNUMERIC_LEN],
+			     tally_money128 pico);
+
 /** out = a + b, or TALLY_EOVERFLOW. */
 int tally_money_add(int64_t *out, int64_t a, int64_t b) TALLY_MUSTCHECK;
 
