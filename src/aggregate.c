@@ -1398,37 +1398,13 @@ static void f_ts(sbuf *b, int64_t ms)
 	f_i64(b, (ms - INT64_C(946684800000)) * 1000);
 }
 
-/*
- * numeric in binary: base-10000 digits, weight of the first. A pico amount
- * p is |p| / 10^12: two integer groups (|p| < 2^63 means < 10^8 units)
- * and three fractional ones; PostgreSQL strips the zero groups. dscale is
- * the number of fractional decimal digits without trailing zeros, so the
- * value reads exactly as tally_money_fmt() writes it.
- */
-static void f_money(sbuf *b, int64_t pico)
+/* an amount as binary numeric, exact (tally_money_pgnumeric) */
+static void f_money(sbuf *b, tally_money128 pico)
 {
-	uint64_t a = pico < 0 ? (uint64_t)0 - (uint64_t)pico : (uint64_t)pico;
-	uint64_t ip = a / UINT64_C(1000000000000), fp = a % UINT64_C(1000000000000);
-	int dscale = 12;
-	uint64_t f = fp;
+	uint8_t n[TALLY_PGNUMERIC_LEN];
 
-	if (f == 0)
-		dscale = 0;
-	else
-		while (f % 10 == 0) {
-			f /= 10;
-			dscale--;
-		}
-	be32(b, 8 + 5 * 2);
-	be16(b, 5);                      /* ndigits */
-	be16(b, 1);                      /* weight: 10000^1 */
-	be16(b, pico < 0 ? 0x4000 : 0);  /* sign */
-	be16(b, dscale);
-	be16(b, (int)(ip / 10000));
-	be16(b, (int)(ip % 10000));
-	be16(b, (int)(fp / 100000000));
-	be16(b, (int)(fp / 10000 % 10000));
-	be16(b, (int)(fp % 10000));
+	be32(b, (int64_t)tally_money_pgnumeric(n, pico));
+	sb_add(b, (const char *)n, sizeof(n));
 }
 
 static int64_t item_qty(const tally_usage_event *ev)
@@ -1480,7 +1456,7 @@ static size_t build_copy(tally_agg *agg)
 		rows++;
 		/* worst case per row, so the helpers never reallocate */
 		sb_reserve(c, 2 + STAGE_COLS * 4 + 16 + 16 + 8 * 10 + 2 * 2 +
-			   4 * 3 + 18);
+			   4 * 3 + TALLY_PGNUMERIC_LEN);
 		be16(c, STAGE_COLS);
 		f_i32(c, (int64_t)(it - agg->items));
 		f_uuid(c, ev->tenant_id);
@@ -1673,14 +1649,7 @@ static void col_i64(sbuf *b, int64_t v) { f_i64(b, v); }
 static void col_i32(sbuf *b, int64_t v) { f_i32(b, v); }
 static void col_uuid(sbuf *b, const uint8_t *id) { f_uuid(b, id); }
 
-/* A 128-bit pico amount as binary numeric (tally_money_pgnumeric). */
-static void col_cost(sbuf *b, tally_money128 c)
-{
-	uint8_t n[TALLY_PGNUMERIC_LEN];
-
-	be32(b, (int64_t)tally_money_pgnumeric(n, c));
-	sb_add(b, (const char *)n, sizeof(n));
-}
+static void col_cost(sbuf *b, tally_money128 c) { f_money(b, c); }
 
 /* $first .. $(first + n - 1) cast to the given types, comma-separated */
 static void unnest_args(sbuf *q, int first, const char *const *types,
