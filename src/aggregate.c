@@ -103,16 +103,22 @@ typedef struct hset {
 	size_t cap;
 } hset;
 
+/* word at a time (keys are 16-40 bytes: uuids, times, ids), then mixed */
 static uint64_t hash_bytes(const uint8_t *k, size_t n)
 {
-	uint64_t h = 1469598103934665603ULL;
-	size_t i;
+	uint64_t h = UINT64_C(0x9e3779b97f4a7c15) ^ n, w;
+	size_t i = 0;
 
-	for (i = 0; i < n; i++) {
-		h ^= k[i];
-		h *= 1099511628211ULL;
+	for (; i + 8 <= n; i += 8) {
+		memcpy(&w, k + i, 8);
+		h = (h ^ w) * UINT64_C(0xff51afd7ed558ccd);
+		h ^= h >> 32;
 	}
-	return h ^ (h >> 29);
+	for (; i < n; i++)
+		h = (h ^ k[i]) * UINT64_C(0x100000001b3);
+	h ^= h >> 29;
+	h *= UINT64_C(0xc4ceb9fe1a85ec53);
+	return h ^ (h >> 32);
 }
 
 static void hset_init(hset *h, size_t n)
@@ -167,6 +173,32 @@ static uint32_t hset_find(const hset *h, const uint8_t *base, size_t stride,
 }
 
 /*
+ * Remove idx (whose key is still at base + idx * stride) by backward-shift
+ * deletion: later entries of its probe run move into the hole unless their
+ * home slot lies after it, so lookups never stop at a false empty slot.
+ */
+static void hset_del(hset *h, const uint8_t *base, size_t stride,
+		     size_t klen, uint32_t idx)
+{
+	size_t m = h->cap - 1, i, j;
+
+	i = (size_t)hash_bytes(base + (size_t)idx * stride, klen) & m;
+	for (; h->slot[i] != idx + 1; i = (i + 1) & m)
+		if (h->slot[i] == 0)
+			return; /* not present */
+	for (j = (i + 1) & m; h->slot[j] != 0; j = (j + 1) & m) {
+		size_t home = (size_t)hash_bytes(base + (size_t)(h->slot[j] - 1) *
+						 stride, klen) & m;
+
+		if (((j - home) & m) >= ((j - i) & m)) {
+			h->slot[i] = h->slot[j];
+			i = j;
+		}
+	}
+	h->slot[i] = 0;
+}
+
+/*
  * The keys this process committed most recently (recent_keys of them, oldest
  * forgotten first): a key found here is in usage_dedupe for certain, so
  * the event is a duplicate without asking PostgreSQL. Producers retry
@@ -176,102 +208,49 @@ static uint32_t hset_find(const hset *h, const uint8_t *base, size_t stride,
  * when PostgreSQL still finds a key (see dedupe()). Only keys of committed
  * transactions go in (tally_agg_process, after COMMIT), and dedupe rows are
  * kept for the whole dedupe window, so the ring never claims a key that is
- * not there. A ring of keys and an open-addressing index into it: 2.5 MiB
- * for the default 65 536 keys (tally_agg_opts.recent_keys).
+ * not there. A ring of keys and an hset index into it: 2.5 MiB for the
+ * default 65 536 keys (tally_agg_opts.recent_keys).
  */
 typedef struct seen_ring {
-	uint8_t (*keys)[32];
-	uint32_t *slot;       /* ring position + 1; 0 = empty */
-	uint32_t cap, mask;   /* ring size; index size - 1 (>= 2 * cap) */
-	uint32_t head, n;
+	uint8_t (*keys)[32];  /* the ring */
+	hset h;               /* index into it */
+	uint32_t cap, head, n;
 } seen_ring;
 
 static void seen_init(seen_ring *r, size_t cap)
 {
-	size_t m = 16;
-
 	if (cap == 0)
 		cap = 65536;
 	if (cap > (1u << 24))
 		cap = 1u << 24;
-	while (m < 2 * cap)
-		m *= 2;
+	memset(r, 0, sizeof(*r));
 	r->cap = (uint32_t)cap;
-	r->mask = (uint32_t)m - 1;
-	r->head = r->n = 0;
-	r->keys = NULL;
-	r->slot = NULL;
-}
-
-/* the digest half of a key is MD5 output: its bytes are the hash */
-static uint32_t seen_hash(const seen_ring *r, const uint8_t *k)
-{
-	uint64_t a, b;
-
-	memcpy(&a, k + 16, 8);
-	memcpy(&b, k, 8);
-	return (uint32_t)((a ^ (b * 0x9e3779b97f4a7c15ULL)) >> 17) & r->mask;
 }
 
 static bool seen_has(const seen_ring *r, const uint8_t *k)
 {
-	uint32_t i;
-
-	if (r->keys == NULL)
-		return false;
-	for (i = seen_hash(r, k);; i = (i + 1) & r->mask) {
-		uint32_t s = r->slot[i];
-
-		if (s == 0)
-			return false;
-		if (memcmp(r->keys[s - 1], k, 32) == 0)
-			return true;
-	}
-}
-
-/* remove ring position pos from the index (backward-shift deletion) */
-static void seen_unindex(seen_ring *r, uint32_t pos)
-{
-	uint32_t m = r->mask, i, j;
-
-	for (i = seen_hash(r, r->keys[pos]); r->slot[i] != pos + 1;
-	     i = (i + 1) & m)
-		if (r->slot[i] == 0)
-			return; /* not indexed (cannot happen) */
-	for (j = (i + 1) & m;; j = (j + 1) & m) {
-		uint32_t s = r->slot[j], home;
-
-		if (s == 0)
-			break;
-		home = seen_hash(r, r->keys[s - 1]);
-		/* move s into the hole at i unless its home lies in (i, j] */
-		if (((j - home) & m) >= ((j - i) & m)) {
-			r->slot[i] = s;
-			i = j;
-		}
-	}
-	r->slot[i] = 0;
+	return r->keys != NULL &&
+	       hset_find(&r->h, (const uint8_t *)r->keys, 32, 32, k) !=
+		       UINT32_MAX;
 }
 
 static void seen_add(seen_ring *r, const uint8_t *k)
 {
-	uint32_t i, pos;
+	uint32_t pos;
 
 	if (r->keys == NULL) {
 		r->keys = tally_xcalloc(r->cap, sizeof(*r->keys));
-		r->slot = tally_xcalloc((size_t)r->mask + 1, sizeof(*r->slot));
+		hset_init(&r->h, r->cap);
 	}
 	if (seen_has(r, k))
 		return;
 	pos = r->head;
 	if (r->n == r->cap)
-		seen_unindex(r, pos);
+		hset_del(&r->h, (const uint8_t *)r->keys, 32, 32, pos);
 	else
 		r->n++;
 	memcpy(r->keys[pos], k, 32);
-	for (i = seen_hash(r, k); r->slot[i] != 0; i = (i + 1) & r->mask)
-		;
-	r->slot[i] = pos + 1;
+	(void)hset_put(&r->h, (const uint8_t *)r->keys, 32, 32, pos);
 	r->head = (pos + 1) % r->cap;
 }
 
@@ -611,7 +590,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->own.errs);
 	free(agg->dedupe.slot);
 	free(agg->seen.keys);
-	free(agg->seen.slot);
+	free(agg->seen.h.slot);
 	free(agg->wf_t.p);
 	free(agg->wf_p.p);
 	free(agg->wf_w.p);
@@ -963,12 +942,6 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 		n++;
 	}
 	return n;
-}
-
-size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
-			int64_t now_ms, bool *keep)
-{
-	return tally_agg_detach_range(agg, d, now_ms, keep, 0, d->n);
 }
 
 /*
@@ -2938,7 +2911,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 		dec = &agg->own;
 		tally_agg_decode(dec, msgs, n);
 	} else if (dec->msgs != msgs || dec->n != n) {
-		/* its messages may be gone (tally_agg_detach): never re-decode */
+		/* its messages may be gone (tally_agg_detach_range): never re-decode */
 		return tally_error_set(err, TALLY_ERROR,
 				       "aggregate: decoded set is not this batch");
 	}

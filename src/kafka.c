@@ -283,30 +283,48 @@ unsigned tally_consumer_generation(const tally_consumer *c)
 	return c->generation;
 }
 
-int tally_consumer_store(tally_consumer *c, rd_kafka_message_t **msgs,
-			 size_t n, tally_error *err)
+void tally_offsets_note(rd_kafka_topic_partition_list_t *l, const char *topic,
+			int32_t partition, int64_t offset)
 {
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
-	rd_kafka_resp_err_t kerr;
-	size_t i;
+	rd_kafka_topic_partition_t *p =
+		rd_kafka_topic_partition_list_find(l, topic, partition);
 
-	for (i = 0; i < n; i++) {
-		const char *t = rd_kafka_topic_name(msgs[i]->rkt);
-		rd_kafka_topic_partition_t *p =
-			rd_kafka_topic_partition_list_find(l, t,
-							   msgs[i]->partition);
-		if (p == NULL)
-			p = rd_kafka_topic_partition_list_add(l, t,
-							      msgs[i]->partition);
-		if (msgs[i]->offset + 1 > p->offset)
-			p->offset = msgs[i]->offset + 1;
-	}
-	kerr = l->cnt ? rd_kafka_offsets_store(c->rk, l) : 0;
-	rd_kafka_topic_partition_list_destroy(l);
+	if (p == NULL)
+		p = rd_kafka_topic_partition_list_add(l, topic, partition);
+	if (offset + 1 > p->offset)
+		p->offset = offset + 1;
+}
+
+int tally_consumer_store_list(tally_consumer *c,
+			      const rd_kafka_topic_partition_list_t *l,
+			      tally_error *err)
+{
+	rd_kafka_resp_err_t kerr;
+
+	if (l->cnt == 0)
+		return 0;
+	/* rd_kafka_offsets_store() takes a non-const list it does not keep */
+	kerr = rd_kafka_offsets_store(c->rk,
+				      (rd_kafka_topic_partition_list_t *)l);
 	if (kerr != RD_KAFKA_RESP_ERR_NO_ERROR)
 		return tally_error_set(err, TALLY_ERROR, "kafka store: %s",
 				       rd_kafka_err2str(kerr));
 	return 0;
+}
+
+int tally_consumer_store(tally_consumer *c, rd_kafka_message_t **msgs,
+			 size_t n, tally_error *err)
+{
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
+	size_t i;
+	int rc;
+
+	for (i = 0; i < n; i++)
+		tally_offsets_note(l, rd_kafka_topic_name(msgs[i]->rkt),
+				   msgs[i]->partition, msgs[i]->offset);
+	rc = tally_consumer_store_list(c, l, err);
+	rd_kafka_topic_partition_list_destroy(l);
+	return rc;
 }
 
 rd_kafka_t *tally_consumer_rk(tally_consumer *c)

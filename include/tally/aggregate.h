@@ -145,19 +145,15 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
 
 /**
  * Copy the few strings the batch still needs (provider, model,
- * workflow_id) out of the messages of d whose event time lies inside the
- * time window at now_ms, so that those messages can be destroyed before
- * the batch is processed (memory: a Kafka message and its fetch buffer
- * weigh more than the decoded event). keep[i] (d's n entries) tells which
- * message must stay: undecodable or outside the window (dead letters are
- * copies of the original message). Process the batch with the same
- * now_ms. Reads only the window settings of agg (any thread). Returns the
- * number detached.
+ * workflow_id) out of the messages [from, to) of d (decoded already) whose
+ * event time lies inside the time window at now_ms, so that those
+ * messages can be destroyed before the batch is processed (memory: a
+ * Kafka message and its fetch buffer weigh more than the decoded event).
+ * keep[i], for i in [from, to), tells which message must stay:
+ * undecodable or outside the window (dead letters are copies of the
+ * original message). Process the batch with the same now_ms. Reads only
+ * the window settings of agg (any thread). Returns the number detached.
  */
-size_t tally_agg_detach(const tally_agg *agg, tally_agg_decoded *d,
-			int64_t now_ms, bool *keep);
-
-/** tally_agg_detach() of the range [from, to) (decoded already). */
 size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 			      int64_t now_ms, bool *keep, size_t from,
 			      size_t to);

@@ -88,6 +88,18 @@ unsigned tally_consumer_generation(const tally_consumer *c);
 int tally_consumer_store(tally_consumer *c, rd_kafka_message_t **msgs,
 			 size_t n, tally_error *err) TALLY_MUSTCHECK;
 
+/**
+ * The same from positions kept apart from their messages: note() raises
+ * the offset to store for (topic, partition) in l to offset+1; store_list()
+ * stores l (empty: nothing). Call store_list() only after the data is
+ * durable.
+ */
+void tally_offsets_note(rd_kafka_topic_partition_list_t *l, const char *topic,
+			int32_t partition, int64_t offset);
+int tally_consumer_store_list(tally_consumer *c,
+			      const rd_kafka_topic_partition_list_t *l,
+			      tally_error *err) TALLY_MUSTCHECK;
+
 rd_kafka_t *tally_consumer_rk(tally_consumer *c);
 
 /** Leave the group cleanly (commits stored offsets) and destroy. */
