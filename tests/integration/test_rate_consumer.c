@@ -655,9 +655,16 @@ START_TEST(test_rate_consumer_reload_notify_and_sighup)
 	nids[0] = open_ids(ids[0], 8);
 	pid = start_rater();
 
-	/* a: mid-stream price change, committed with NOTIFY */
+	/* a: price change once the rater has committed some of a (not
+	 * after a fixed sleep: its group join can take longer than that on
+	 * a loaded machine), committed with NOTIFY */
 	produce_tagged('a', 0, 20000);
-	tally_sleep_ms(300);
+	{
+		rated_row *first = NULL;
+
+		(void)collect(&first, 1);
+		free(first);
+	}
 	change_price("2000-01-01", true);
 	nids[1] = open_ids(ids[1], 8);
 	ck_assert(ids[1][0] > ids[0][nids[0] - 1]);
