@@ -2853,6 +2853,11 @@ void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm)
 	free(k);
 }
 
+size_t tally_agg_inflight(const tally_agg *agg)
+{
+	return agg->inflight;
+}
+
 static int flush_txn(tally_pg *pg, void *payload, tally_error *err)
 {
 	(void)pg;

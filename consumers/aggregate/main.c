@@ -10,12 +10,18 @@
  * the Kafka offsets are stored only afterwards, for lag monitoring. On
  * assignment the consumer starts where PostgreSQL says.
  *
- * Two threads (docs/aggregate.md, "Pipeline"): this one polls Kafka and
- * gathers batch N+1 while a PostgreSQL thread runs batch N's transaction.
- * At most one batch is in flight; its Kafka offsets are stored only after
- * its commit; a rebalance first waits for it (a revocation abandons it if
- * it is retrying), so no partition is written across an assignment change,
- * and the batch being gathered across a rebalance is dropped.
+ * Threads (docs/aggregate.md, "Pipeline" and "Lanes"): this one polls
+ * Kafka and gathers batch N+1 while batch N is in PostgreSQL. A batch is
+ * split into aggregate.lanes lanes by partition (partition % lanes); each
+ * lane has its own thread, PostgreSQL connection, tally_agg and producer,
+ * and commits its part (data and its partitions' positions) in its own
+ * transaction, so the lanes of one instance never write the same
+ * partition and PostgreSQL works on as many cores as there are lanes.
+ * At most one batch is in flight; a lane's Kafka offsets are stored only
+ * after its commit; a rebalance first waits for every lane (a revocation
+ * abandons a lane that is retrying), so no partition is written across an
+ * assignment change, and the batch being gathered across a rebalance is
+ * dropped.
  *
  * SIGTERM/SIGINT: finish the batch, commit, leave the group, exit 0 (a
  * second signal exits at once). SIGHUP: reload batch sizes, windows and
@@ -45,7 +51,7 @@
 
 #define DAY_MS INT64_C(86400000)
 
-/* One batch: the messages (owned) and their views. */
+/* One lane's part of a batch: the messages (owned) and their views. */
 typedef struct job {
 	rd_kafka_message_t **msgs; /* NULL once detached (tally_agg_detach_range) */
 	tally_agg_msg *views;
@@ -62,11 +68,33 @@ enum { R_COMMITTED, R_FENCED, R_ABANDONED, R_FATAL };
 /* PostgreSQL thread state */
 enum { W_IDLE, W_BUSY, W_DONE };
 
-typedef struct app {
-	tally_config *cfg;
+#define MAX_LANES 8
+
+typedef struct app app;
+
+/*
+ * A lane: one PostgreSQL thread with its own connection, aggregator and
+ * producer (whose delivery reports reach only this lane's tally_agg). The
+ * lane's agg, pg and producer are used by its thread while state is
+ * W_BUSY and by the poll thread otherwise (app.mu hands them over).
+ */
+typedef struct lane {
+	app *a;
+	int idx;
 	tally_pg *pg;
 	tally_agg *agg;
 	rd_kafka_t *producer;
+	pthread_t worker;
+	bool started;
+	int state, result;
+	job jobs[2];          /* its part of the batch in flight / gathered */
+	job *cur;             /* in flight (or finished, not yet collected) */
+	int64_t busy_ns;      /* time in its last batch */
+} lane;
+
+struct app {
+	tally_config *cfg;
+	tally_pg *pg;         /* housekeeping: maintenance, prices */
 	tally_consumer *consumer;
 	tally_metrics *m;
 	tally_counter *c_accepted, *c_dup, *c_dlq, *c_adj, *c_batches,
@@ -74,38 +102,55 @@ typedef struct app {
 	tally_pricebook *pb;  /* storage GB-month prices */
 	int64_t pb_version;
 	tally_histogram *h_batch;
-	volatile int pg_ok;
-	/* the pipeline: agg, pg and the producer's delivery callbacks are
-	 * used by the PostgreSQL thread while state is W_BUSY, and by this
-	 * thread otherwise (the mutex hands them over) */
-	pthread_t worker;
-	bool worker_started;
+	atomic_int pg_ok;     /* set by the lanes, read by /healthz */
+	lane lanes[MAX_LANES];
+	int nlanes;
 	pthread_mutex_t mu;
 	pthread_cond_t cv_work, cv_done;
-	int state, result;
 	bool quit;
 	atomic_int abandon;   /* revocation: stop retrying the batch */
 	bool fatal;           /* a batch failed for good */
 	bool discard_next;    /* fenced: the batch gathered meanwhile is stale */
-	job jobs[2];
-	job *cur;             /* in flight (or finished, not yet collected) */
-	int next;             /* index of the job to gather into */
+	int next;             /* index of the jobs to gather into */
 	bool trace;
-	int64_t busy_ns;      /* PostgreSQL thread: time in the last batch */
-} app;
+};
 
 static int finish_batch(app *a, bool rebalance);
+
+/* The lane that writes a partition: fixed, so a lane keeps its partitions
+ * (their fence values and the keys it committed lately) across batches. */
+static int lane_of(const app *a, int32_t partition)
+{
+	return (int)((uint32_t)partition % (uint32_t)a->nlanes);
+}
 
 static int on_assign(rd_kafka_topic_partition_list_t *parts, void *payload)
 {
 	app *a = payload;
 	tally_error err;
-	int rc;
+	int l, i, rc = 0;
 
 	/* nothing may be in flight while positions are read */
 	(void)finish_batch(a, true);
-	rc = tally_agg_assign(a->agg, parts, &err);
+	/* each lane reads and fences its own partitions */
+	for (l = 0; l < a->nlanes && rc == 0; l++) {
+		rd_kafka_topic_partition_list_t *sub =
+			rd_kafka_topic_partition_list_new(parts->cnt);
 
+		for (i = 0; i < parts->cnt; i++)
+			if (lane_of(a, parts->elems[i].partition) == l)
+				rd_kafka_topic_partition_list_add(
+					sub, parts->elems[i].topic,
+					parts->elems[i].partition);
+		if (sub->cnt > 0)
+			rc = tally_agg_assign(a->lanes[l].agg, sub, &err);
+		for (i = 0; rc == 0 && i < sub->cnt; i++)
+			rd_kafka_topic_partition_list_find(
+				parts, sub->elems[i].topic,
+				sub->elems[i].partition)->offset =
+				sub->elems[i].offset;
+		rd_kafka_topic_partition_list_destroy(sub);
+	}
 	if (rc != 0)
 		tally_log(TALLY_WARN, "aggregate.assign_failed",
 			  TALLY_KV_STR("error", err.msg));
@@ -118,24 +163,27 @@ static void on_revoke(rd_kafka_topic_partition_list_t *parts, void *payload)
 
 	/*
 	 * The in-flight batch (if any) finishes before the partitions go:
-	 * committed (its offsets are stored now) or, if it is retrying a
-	 * PostgreSQL failure, abandoned (the next owner redoes it from
-	 * consumer_offsets). The batch being gathered is dropped by the poll.
+	 * each lane's part committed (its offsets are stored now) or, if it
+	 * is retrying a PostgreSQL failure, abandoned (the next owner redoes
+	 * it from consumer_offsets). The batch being gathered is dropped by
+	 * the poll.
 	 */
 	atomic_store(&a->abandon, 1);
 	(void)finish_batch(a, true);
 	atomic_store(&a->abandon, 0);
-	tally_agg_revoke(a->agg, parts);
+	for (int l = 0; l < a->nlanes; l++)
+		tally_agg_revoke(a->lanes[l].agg, parts);
 }
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
-	app *a = opaque;
+	lane *ln = opaque;
 
 	(void)rk;
-	/* totals acknowledged: the outbox mark moves (runs on this thread) */
-	if (a != NULL && a->agg != NULL)
-		tally_agg_delivered(a->agg, rkm);
+	/* totals acknowledged: the outbox mark moves (runs on the thread
+	 * that owns the lane at the time) */
+	if (ln != NULL && ln->agg != NULL)
+		tally_agg_delivered(ln->agg, rkm);
 	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR)
 		tally_log(TALLY_ERR, "aggregate.delivery_failed",
 			  TALLY_KV_STR("topic", rd_kafka_topic_name(rkm->rkt)),
@@ -146,15 +194,17 @@ static int health(char *detail, size_t len, void *payload)
 {
 	app *a = payload;
 
-	snprintf(detail, len, "%s", a->pg_ok ? "ok" : "postgres unavailable");
-	return a->pg_ok ? 0 : 1;
+	int ok = atomic_load(&a->pg_ok);
+
+	snprintf(detail, len, "%s", ok ? "ok" : "postgres unavailable");
+	return ok ? 0 : 1;
 }
 
-static int maintain(app *a)
+static int maintain(app *a, tally_pg *pg)
 {
 	tally_error err;
 	int rc = tally_agg_maintain(
-		a->pg, (int)tally_config_int(a->cfg, "aggregate.lateness_days"),
+		pg, (int)tally_config_int(a->cfg, "aggregate.lateness_days"),
 		(int)tally_config_int(a->cfg, "aggregate.partitions_ahead_days"),
 		(int)tally_config_int(a->cfg, "aggregate.retention_days"), &err);
 
@@ -164,7 +214,8 @@ static int maintain(app *a)
 	return rc;
 }
 
-/* Load (or reload when its version moved) the book for storage prices. */
+/* Load (or reload when its version moved) the book for storage prices;
+ * the lanes are idle. */
 static int load_prices(app *a)
 {
 	tally_pricebook *pb = NULL;
@@ -177,8 +228,9 @@ static int load_prices(app *a)
 		return 0;
 	if (tally_pricebook_load_pg(&pb, a->pg, &err) != 0)
 		goto fail;
-	if (a->agg != NULL)
-		tally_agg_set_pricebook(a->agg, pb);
+	for (int l = 0; l < a->nlanes; l++)
+		if (a->lanes[l].agg != NULL)
+			tally_agg_set_pricebook(a->lanes[l].agg, pb);
 	tally_pricebook_free(a->pb);
 	a->pb = pb;
 	a->pb_version = v;
@@ -191,7 +243,8 @@ fail:
 	return -1;
 }
 
-static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
+static tally_agg_opts agg_opts(app *a, rd_kafka_t *producer, char *dlq,
+			       size_t dlqlen)
 {
 	tally_agg_opts o = { 0 };
 
@@ -202,7 +255,7 @@ static tally_agg_opts agg_opts(app *a, char *dlq, size_t dlqlen)
 			DAY_MS;
 	o.future_ms = tally_config_int(a->cfg, "aggregate.future_tolerance_s") *
 		      1000;
-	o.producer = a->producer;
+	o.producer = producer;
 	o.dlq_topic = dlq;
 	o.totals_topic = tally_config_str(a->cfg, "topics.totals");
 	o.pricebook = a->pb;
@@ -223,18 +276,18 @@ static const char *job_topic(job *j, const char *name)
 	return j->topics[j->ntopics++];
 }
 
-static void fill_views(job *j, size_t from, size_t to)
+/* append message m to the job (which has room) */
+static void job_add(job *j, rd_kafka_message_t *m)
 {
-	for (size_t i = from; i < to; i++) {
-		rd_kafka_message_t *m = j->msgs[i];
+	size_t i = j->n++;
 
-		j->views[i].topic = job_topic(j, rd_kafka_topic_name(m->rkt));
-		j->views[i].partition = m->partition;
-		j->views[i].offset = m->offset;
-		j->views[i].payload = m->payload;
-		j->views[i].len = m->len;
-		j->views[i].rkm = m;
-	}
+	j->msgs[i] = m;
+	j->views[i].topic = job_topic(j, rd_kafka_topic_name(m->rkt));
+	j->views[i].partition = m->partition;
+	j->views[i].offset = m->offset;
+	j->views[i].payload = m->payload;
+	j->views[i].len = m->len;
+	j->views[i].rkm = m;
 }
 
 static bool stop_batch(app *a)
@@ -243,11 +296,12 @@ static bool stop_batch(app *a)
 }
 
 /*
- * PostgreSQL thread: process one batch until it is committed, fenced,
- * abandoned (revocation, stop) or failed for good.
+ * A lane's PostgreSQL thread: process its part of one batch until it is
+ * committed, fenced, abandoned (revocation, stop) or failed for good.
  */
-static int run_batch(app *a, job *j)
+static int run_batch(lane *ln, job *j)
 {
+	app *a = ln->a;
 	tally_agg_stats st;
 	tally_error err;
 	int64_t t0 = tally_mono_ns();
@@ -256,15 +310,16 @@ static int run_batch(app *a, job *j)
 	tally_agg_msg *views = j->views;
 
 	for (;;) {
-		rc = tally_agg_process_decoded(a->agg, j->dec, views, n,
+		rc = tally_agg_process_decoded(ln->agg, j->dec, views, n,
 					       j->now_ms, &st, &err);
 		if (rc == 0) {
-			a->pg_ok = 1;
+			atomic_store(&a->pg_ok, 1);
 			break;
 		}
 		if (rc == TALLY_AGG_FENCED) {
 			tally_counter_add(a->c_fenced, 1);
 			tally_log(TALLY_WARN, "aggregate.fenced",
+				  TALLY_KV_INT("lane", ln->idx),
 				  TALLY_KV_STR("error", err.msg));
 			return R_FENCED;
 		}
@@ -272,17 +327,19 @@ static int run_batch(app *a, job *j)
 			return R_ABANDONED; /* not committed: redone later */
 		tally_counter_add(a->c_retries, 1);
 		if (rc == TALLY_ETRANSIENT) {
-			a->pg_ok = 0;
+			atomic_store(&a->pg_ok, 0);
 		} else if (++errors >= 5) {
 			tally_log(TALLY_FATAL, "aggregate.batch_failed",
+				  TALLY_KV_INT("lane", ln->idx),
 				  TALLY_KV_STR("error", err.msg));
 			return R_FATAL;
 		} else {
 			/* e.g. a missing ledger partition: maintain, retry */
-			(void)maintain(a);
+			(void)maintain(a, ln->pg);
 		}
 		int64_t wait = tally_backoff_ms(attempt++, 200, 10000);
 		tally_log(TALLY_WARN, "aggregate.retry",
+			  TALLY_KV_INT("lane", ln->idx),
 			  TALLY_KV_STR("error", err.msg),
 			  TALLY_KV_INT("attempt", attempt),
 			  TALLY_KV_INT("wait_ms", wait));
@@ -290,7 +347,7 @@ static int run_batch(app *a, job *j)
 			tally_sleep_ms(wait < 50 ? wait : 50);
 		if (stop_batch(a))
 			return R_ABANDONED;
-		rd_kafka_poll(a->producer, 0);
+		rd_kafka_poll(ln->producer, 0);
 	}
 	tally_counter_add(a->c_batches, 1);
 	tally_counter_add(a->c_accepted, st.accepted);
@@ -299,9 +356,10 @@ static int run_batch(app *a, job *j)
 	tally_counter_add(a->c_adj, st.adjusted);
 	tally_counter_add(a->c_gaps, st.gaps);
 	tally_counter_add(a->c_fallbacks, st.dedupe_fallbacks);
-	a->busy_ns = tally_mono_ns() - t0;
-	tally_histogram_observe(a->h_batch, (uint64_t)(a->busy_ns / 1000));
-	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("messages", n),
+	ln->busy_ns = tally_mono_ns() - t0;
+	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));
+	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("lane", ln->idx),
+		  TALLY_KV_INT("messages", n),
 		  TALLY_KV_INT("accepted", st.accepted),
 		  TALLY_KV_INT("duplicates", st.duplicates),
 		  TALLY_KV_INT("dead_lettered", st.dead_lettered),
@@ -311,95 +369,125 @@ static int run_batch(app *a, job *j)
 
 static void *worker_main(void *arg)
 {
-	app *a = arg;
+	lane *ln = arg;
+	app *a = ln->a;
+	char name[16];
 
-	(void)prctl(PR_SET_NAME, "agg-postgres", 0, 0, 0); /* for top/perf */
+	snprintf(name, sizeof(name), "agg-postgres-%d", ln->idx);
+	(void)prctl(PR_SET_NAME, name, 0, 0, 0); /* for top/perf */
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
-		while (a->state != W_BUSY && !a->quit)
+		while (ln->state != W_BUSY && !a->quit)
 			pthread_cond_wait(&a->cv_work, &a->mu);
-		if (a->state != W_BUSY)
+		if (ln->state != W_BUSY)
 			break;
 		pthread_mutex_unlock(&a->mu);
-		int r = run_batch(a, a->cur);
+		int r = run_batch(ln, ln->cur);
 		pthread_mutex_lock(&a->mu);
-		a->result = r;
-		a->state = W_DONE;
+		ln->result = r;
+		ln->state = W_DONE;
 		pthread_cond_broadcast(&a->cv_done);
 	}
 	pthread_mutex_unlock(&a->mu);
 	return NULL;
 }
 
-static void job_clear(job *j)
+/* destroy the messages still held (dead letters; all after a drop) */
+static void job_drop(job *j)
 {
 	for (size_t k = 0; k < j->n; k++)
 		if (j->msgs[k] != NULL)
 			rd_kafka_message_destroy(j->msgs[k]);
 	j->n = 0;
+}
+
+static void job_clear(job *j)
+{
+	job_drop(j);
 	for (size_t k = 0; k < j->ntopics; k++)
 		free(j->topics[k]);
 	j->ntopics = 0;
 }
 
 /*
- * Gather a batch (at most max messages, at most timeout_ms) in chunks, and
- * decode each chunk as it comes, while the previous batch is in its
- * transaction. The messages whose events are decoded and inside the time
- * window are destroyed at once (the strings still needed are copied by
- * tally_agg_detach_range): a batch then holds ~0.4 KiB per event instead of
- * ~1.4 KiB with the Kafka message and its share of the fetch buffer, and
- * at most one chunk of messages is alive at a time. A rebalance during the
- * gathering drops what came before it (it belongs to the old assignment).
+ * Gather a batch (at most max messages, at most timeout_ms) into the
+ * lanes' jobs[slot] in chunks, and decode each chunk as it comes, while
+ * the previous batch is in its transactions. The messages whose events
+ * are decoded and inside the time window are destroyed at once (the
+ * strings still needed are copied by tally_agg_detach_range): a batch then
+ * holds ~0.4 KiB per event instead of ~1.4 KiB with the Kafka message and
+ * its share of the fetch buffer, and at most one chunk of messages is
+ * alive at a time. A rebalance during the gathering drops what came before
+ * it (it belongs to the old assignment).
  */
 #define GATHER_CHUNK 2048
 
-static void gather(app *a, job *j, size_t max, int timeout_ms)
+static size_t gather(app *a, int slot, size_t max, int timeout_ms)
 {
 	int64_t deadline = tally_mono_ns() + (int64_t)timeout_ms * 1000000;
 	unsigned gen = tally_consumer_generation(a->consumer);
-	size_t got = 0, k, i;
+	rd_kafka_message_t *chunk[GATHER_CHUNK];
+	size_t got = 0, from[MAX_LANES], k, i, room;
+	/* each lane's part is at most max / lanes (memory: see job_reserve) */
+	size_t per_lane = (max + (size_t)a->nlanes - 1) / (size_t)a->nlanes;
+	int64_t now_ms = 0;
+	int l;
 
-	j->n = 0;
-	while (got < max) {
+	for (l = 0; l < a->nlanes; l++)
+		a->lanes[l].jobs[slot].n = 0;
+	for (;;) {
 		int64_t left = (deadline - tally_mono_ns()) / 1000000;
-		size_t want = max - got < GATHER_CHUNK ? max - got : GATHER_CHUNK;
 
-		if (left <= 0)
+		/* a whole poll may go to one lane */
+		room = GATHER_CHUNK;
+		for (l = 0; l < a->nlanes; l++)
+			if (per_lane - a->lanes[l].jobs[slot].n < room)
+				room = per_lane - a->lanes[l].jobs[slot].n;
+		if (room == 0 || left <= 0)
 			break;
-		k = tally_consumer_poll_batch(a->consumer, j->msgs + got, want,
+		k = tally_consumer_poll_batch(a->consumer, chunk, room,
 					      (int)left);
 		if (tally_consumer_generation(a->consumer) != gen) {
-			for (i = 0; i < got; i++)
-				if (j->msgs[i] != NULL)
-					rd_kafka_message_destroy(j->msgs[i]);
-			memmove(j->msgs, j->msgs + got, k * sizeof(*j->msgs));
+			for (l = 0; l < a->nlanes; l++)
+				job_drop(&a->lanes[l].jobs[slot]);
 			got = 0;
 			gen = tally_consumer_generation(a->consumer);
 		}
 		if (k == 0)
 			continue;
 		if (got == 0)
-			j->now_ms = tally_now_ms();
-		fill_views(j, got, got + k);
-		tally_agg_decode_range(j->dec, j->views, got, got + k);
-		(void)tally_agg_detach_range(a->agg, j->dec, j->now_ms, j->keep,
-					     got, got + k);
-		for (i = got; i < got + k; i++) {
-			if (j->keep[i])
+			now_ms = tally_now_ms();
+		for (l = 0; l < a->nlanes; l++)
+			from[l] = a->lanes[l].jobs[slot].n;
+		for (i = 0; i < k; i++)
+			job_add(&a->lanes[lane_of(a, chunk[i]->partition)]
+					 .jobs[slot], chunk[i]);
+		for (l = 0; l < a->nlanes; l++) {
+			lane *ln = &a->lanes[l];
+			job *j = &ln->jobs[slot];
+
+			if (j->n == from[l])
 				continue;
-			rd_kafka_message_destroy(j->msgs[i]);
-			j->msgs[i] = NULL;
-			j->views[i].rkm = NULL;
-			j->views[i].payload = NULL;
-			j->views[i].len = 0;
+			j->now_ms = now_ms;
+			tally_agg_decode_range(j->dec, j->views, from[l], j->n);
+			(void)tally_agg_detach_range(ln->agg, j->dec, now_ms,
+						     j->keep, from[l], j->n);
+			for (i = from[l]; i < j->n; i++) {
+				if (j->keep[i])
+					continue;
+				rd_kafka_message_destroy(j->msgs[i]);
+				j->msgs[i] = NULL;
+				j->views[i].rkm = NULL;
+				j->views[i].payload = NULL;
+				j->views[i].len = 0;
+			}
 		}
 		got += k;
 	}
-	j->n = got;
+	return got;
 }
 
-/* After the commit: the batch's next offsets, for lag monitoring. */
+/* After the commit: the lane's next offsets, for lag monitoring. */
 static int store_offsets(app *a, const job *j, tally_error *err)
 {
 	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(8);
@@ -414,8 +502,11 @@ static int store_offsets(app *a, const job *j, tally_error *err)
 	return rc;
 }
 
+/* room for a lane's part of a batch */
 static void job_reserve(job *j, size_t cap)
 {
+	if (j->dec == NULL)
+		j->dec = tally_agg_decoded_new();
 	if (cap <= j->cap)
 		return;
 	free(j->msgs);
@@ -428,59 +519,120 @@ static void job_reserve(job *j, size_t cap)
 }
 
 /*
- * Poll thread: wait for the batch in flight (if any) and collect it. A
- * committed batch's Kafka offsets are stored now (after the commit, for
- * lag monitoring). A fenced one re-seeks to what PostgreSQL says (not
- * inside a rebalance: the new assignment does that) and makes the batch
- * gathered meanwhile stale (the caller re-seeks its partitions too and
- * drops it). Afterwards agg and pg belong to this thread
- * until the next batch is handed over. Returns 1 if the batch failed for
- * good.
+ * Poll thread: wait for the lanes of the batch in flight (if any) and
+ * collect them. A committed lane's Kafka offsets are stored now (after its
+ * commit, for lag monitoring). A fenced one re-seeks its partitions to
+ * what PostgreSQL says (not inside a rebalance: the new assignment does
+ * that) and makes the batch gathered meanwhile stale (the caller re-seeks
+ * its partitions too and drops it). Afterwards the lanes' agg, pg and
+ * producer belong to this thread until the next batch is handed over.
+ * Returns 1 if a lane failed for good.
  */
 static int finish_batch(app *a, bool rebalance)
 {
 	tally_error err;
-	job *j;
-	int r;
+	int r[MAX_LANES], l, fatal = 0;
 
-	if (!a->worker_started)
-		return 0;
 	pthread_mutex_lock(&a->mu);
-	while (a->state == W_BUSY)
-		pthread_cond_wait(&a->cv_done, &a->mu);
-	if (a->state == W_IDLE) {
-		pthread_mutex_unlock(&a->mu);
-		return 0;
+	for (l = 0; l < a->nlanes; l++) {
+		while (a->lanes[l].state == W_BUSY)
+			pthread_cond_wait(&a->cv_done, &a->mu);
+		r[l] = a->lanes[l].state == W_DONE ? a->lanes[l].result : -1;
+		a->lanes[l].state = W_IDLE;
 	}
-	r = a->result;
-	a->state = W_IDLE;
 	pthread_mutex_unlock(&a->mu);
-	j = a->cur;
-	a->cur = NULL;
-	if (r == R_COMMITTED && store_offsets(a, j, &err) != 0)
-		tally_log(TALLY_WARN, "aggregate.store_failed",
-			  TALLY_KV_STR("error", err.msg));
-	if (r == R_FENCED && !rebalance) {
-		a->discard_next = true;
-		if (
-		    tally_agg_reseek(a->agg, tally_consumer_rk(a->consumer),
-				     j->views, j->n, &err) != 0)
-			tally_log(TALLY_WARN, "aggregate.reseek_failed",
+	for (l = 0; l < a->nlanes; l++) {
+		lane *ln = &a->lanes[l];
+		job *j = ln->cur;
+
+		if (r[l] < 0)
+			continue;
+		ln->cur = NULL;
+		if (r[l] == R_COMMITTED && store_offsets(a, j, &err) != 0)
+			tally_log(TALLY_WARN, "aggregate.store_failed",
 				  TALLY_KV_STR("error", err.msg));
+		if (r[l] == R_FENCED && !rebalance) {
+			a->discard_next = true;
+			if (tally_agg_reseek(ln->agg,
+					     tally_consumer_rk(a->consumer),
+					     j->views, j->n, &err) != 0)
+				tally_log(TALLY_WARN, "aggregate.reseek_failed",
+					  TALLY_KV_STR("error", err.msg));
+		}
+		job_clear(j);
+		if (r[l] == R_FATAL)
+			fatal = 1;
 	}
-	job_clear(j);
-	if (r == R_FATAL)
+	if (fatal)
 		a->fatal = true;
-	return r == R_FATAL;
+	return fatal;
 }
 
-static void start_batch(app *a, job *j)
+/* hand the lanes' parts of the gathered batch to their threads */
+static void start_batch(app *a, int slot)
 {
 	pthread_mutex_lock(&a->mu);
-	a->cur = j;
-	a->state = W_BUSY;
-	pthread_cond_signal(&a->cv_work);
+	for (int l = 0; l < a->nlanes; l++) {
+		lane *ln = &a->lanes[l];
+
+		if (ln->jobs[slot].n == 0)
+			continue;
+		ln->cur = &ln->jobs[slot];
+		ln->state = W_BUSY;
+	}
+	pthread_cond_broadcast(&a->cv_work);
 	pthread_mutex_unlock(&a->mu);
+}
+
+/* a lane's connection, producer (delivery reports to it) and aggregator */
+static int lane_open(app *a, lane *ln, int idx, tally_error *err)
+{
+	rd_kafka_conf_t *conf;
+	tally_agg_opts ao;
+	char dlq[256];
+
+	ln->a = a;
+	ln->idx = idx;
+	if (tally_pg_connect_cfg(&ln->pg, a->cfg, err) != 0)
+		return -1;
+	conf = tally_kafka_conf(a->cfg);
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+	rd_kafka_conf_set_opaque(conf, ln);
+	if (tally_kafka_conf_set(conf, "linger.ms", "20", err) != 0 ||
+	    tally_kafka_producer_new(&ln->producer, conf, err) != 0)
+		return -1;
+	ao = agg_opts(a, ln->producer, dlq, sizeof(dlq));
+	/* a lane sees its share of the traffic: the same time span of
+	 * committed keys in its share of the default ring */
+	ao.recent_keys = 65536 / (size_t)a->nlanes;
+	return tally_agg_new(&ln->agg, ln->pg, &ao, err);
+}
+
+/*
+ * The totals outbox of every lane (the lanes are idle): acknowledged
+ * versions are marked by each lane; the sweep that publishes again what
+ * is unpublished covers every tenant, so one lane does it, and only when
+ * no lane has totals in flight (or it would send those twice).
+ */
+static void outbox_all(app *a, bool republish)
+{
+	tally_error err;
+	size_t inflight = 0;
+	int l;
+
+	for (l = a->nlanes - 1; l >= 0; l--) {
+		lane *ln = &a->lanes[l];
+
+		if (ln->agg == NULL)
+			continue;
+		if (l == 0)
+			republish = republish && inflight == 0;
+		if (tally_agg_outbox(ln->agg, l == 0 && republish, &err) != 0)
+			tally_log(TALLY_WARN, "aggregate.outbox_failed",
+				  TALLY_KV_INT("lane", l),
+				  TALLY_KV_STR("error", err.msg));
+		inflight += tally_agg_inflight(ln->agg);
+	}
 }
 
 static void register_metrics(app *a)
@@ -529,10 +681,9 @@ int main(int argc, char **argv)
 	tally_metrics_server *srv = NULL;
 	tally_consumer_opts co = { 0 };
 	rd_kafka_conf_t *conf;
-	tally_agg_opts ao;
-	char dlq[256];
 	int64_t last_maint, last_tick;
-	int i, rc = EXIT_FAILURE;
+	int i, l, rc = EXIT_FAILURE;
+	bool sync_init = false;
 
 #ifdef __GLIBC__
 	/*
@@ -553,29 +704,31 @@ int main(int argc, char **argv)
 		return rc;
 	rc = EXIT_FAILURE;
 	register_metrics(&a);
+	pthread_mutex_init(&a.mu, NULL);
+	pthread_cond_init(&a.cv_work, NULL);
+	pthread_cond_init(&a.cv_done, NULL);
+	sync_init = true;
 
 	if (tally_pg_connect_cfg(&a.pg, a.cfg, &err) != 0) {
 		tally_log(TALLY_FATAL, "pg.connect_failed",
 			  TALLY_KV_STR("error", err.msg));
 		goto cleanup;
 	}
-	a.pg_ok = 1;
-	if (maintain(&a) != 0)
+	atomic_store(&a.pg_ok, 1);
+	if (maintain(&a, a.pg) != 0)
 		goto cleanup;
 	if (load_prices(&a) != 0)
 		goto cleanup;
-	conf = tally_kafka_conf(a.cfg);
-	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
-	rd_kafka_conf_set_opaque(conf, &a);
-	if (tally_kafka_conf_set(conf, "linger.ms", "20", &err) != 0 ||
-	    tally_kafka_producer_new(&a.producer, conf, &err) != 0) {
-		tally_log(TALLY_FATAL, "kafka.producer_failed",
-			  TALLY_KV_STR("error", err.msg));
-		goto cleanup;
-	}
-	ao = agg_opts(&a, dlq, sizeof(dlq));
-	if (tally_agg_new(&a.agg, a.pg, &ao, &err) != 0)
-		goto cleanup;
+	a.nlanes = (int)tally_config_int(a.cfg, "aggregate.lanes");
+	if (a.nlanes > MAX_LANES)
+		a.nlanes = MAX_LANES; /* the config's range says so already */
+	for (l = 0; l < a.nlanes; l++)
+		if (lane_open(&a, &a.lanes[l], l, &err) != 0) {
+			tally_log(TALLY_FATAL, "aggregate.lane_failed",
+				  TALLY_KV_INT("lane", l),
+				  TALLY_KV_STR("error", err.msg));
+			goto cleanup;
+		}
 
 	conf = tally_kafka_conf(a.cfg);
 	{
@@ -656,50 +809,52 @@ int main(int argc, char **argv)
 		/* a second instance on the same host: run without /metrics */
 		tally_log(TALLY_WARN, "metrics.serve_failed",
 			  TALLY_KV_STR("error", err.msg));
-	tally_agg_set_consumer(a.agg, tally_consumer_rk(a.consumer));
+	for (l = 0; l < a.nlanes; l++)
+		tally_agg_set_consumer(a.lanes[l].agg,
+				       tally_consumer_rk(a.consumer));
 	/* totals a previous run committed but did not get delivered */
-	if (tally_agg_outbox(a.agg, true, &err) != 0)
-		tally_log(TALLY_WARN, "aggregate.outbox_failed",
-			  TALLY_KV_STR("error", err.msg));
+	outbox_all(&a, true);
 	tally_log(TALLY_INFO, "aggregate.started",
 		  TALLY_KV_STR("topic", topics[0]),
-		  TALLY_KV_STR("group", co.group));
+		  TALLY_KV_STR("group", co.group),
+		  TALLY_KV_INT("lanes", a.nlanes));
 
 	{
 		const char *t = getenv("TALLY_AGG_TRACE");
 
 		a.trace = t != NULL && strcmp(t, "1") == 0;
 	}
-	pthread_mutex_init(&a.mu, NULL);
-	pthread_cond_init(&a.cv_work, NULL);
-	pthread_cond_init(&a.cv_done, NULL);
-	if (pthread_create(&a.worker, NULL, worker_main, &a) != 0) {
-		tally_log(TALLY_FATAL, "aggregate.thread_failed");
-		goto cleanup;
+	for (l = 0; l < a.nlanes; l++) {
+		if (pthread_create(&a.lanes[l].worker, NULL, worker_main,
+				   &a.lanes[l]) != 0) {
+			tally_log(TALLY_FATAL, "aggregate.thread_failed");
+			goto cleanup;
+		}
+		a.lanes[l].started = true;
 	}
-	a.worker_started = true;
 	last_maint = last_tick = tally_mono_ns();
 	rc = EXIT_SUCCESS;
 	int64_t empty_polls = 0;
 
 	while (!tally_signals_stop_requested()) {
-		job *p = &a.jobs[a.next];
-		size_t bs;
-		int64_t t0, t1, t2;
+		size_t bs, got;
+		int64_t t0, t1, t2, busy = 0;
 
 		if (tally_signals_reload_requested())
 			(void)tally_program_reload(a.cfg);
 		bs = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
-		job_reserve(p, bs);
-		if (p->dec == NULL)
-			p->dec = tally_agg_decoded_new();
-		/* gather batch N+1 while batch N is in its transaction */
+		for (l = 0; l < a.nlanes; l++)
+			job_reserve(&a.lanes[l].jobs[a.next],
+				    (bs + (size_t)a.nlanes - 1) /
+					    (size_t)a.nlanes);
+		/* gather batch N+1 while batch N is in its transactions */
 		t0 = tally_mono_ns();
-		gather(&a, p, bs,
-		       (int)tally_config_int(a.cfg, "aggregate.batch_ms"));
+		got = gather(&a, a.next, bs,
+			     (int)tally_config_int(a.cfg, "aggregate.batch_ms"));
 		t1 = tally_mono_ns();
 		if (finish_batch(&a, false) != 0 || a.fatal) {
-			job_clear(p);
+			for (l = 0; l < a.nlanes; l++)
+				job_clear(&a.lanes[l].jobs[a.next]);
 			rc = EXIT_FAILURE;
 			break;
 		}
@@ -709,84 +864,102 @@ int main(int argc, char **argv)
 			 * Gathered from positions a fenced batch left behind:
 			 * every partition in it goes back to PostgreSQL's
 			 * position too (none may skip what is dropped here).
-			 * Its views were filled above.
 			 */
-			if (p->n > 0 &&
-			    tally_agg_reseek(a.agg, tally_consumer_rk(a.consumer),
-					     p->views, p->n, &err) != 0)
-				tally_log(TALLY_WARN, "aggregate.reseek_failed",
-					  TALLY_KV_STR("error", err.msg));
-			job_clear(p);
+			for (l = 0; l < a.nlanes; l++) {
+				job *p = &a.lanes[l].jobs[a.next];
+
+				if (p->n > 0 &&
+				    tally_agg_reseek(a.lanes[l].agg,
+						     tally_consumer_rk(a.consumer),
+						     p->views, p->n, &err) != 0)
+					tally_log(TALLY_WARN,
+						  "aggregate.reseek_failed",
+						  TALLY_KV_STR("error", err.msg));
+				job_clear(p);
+			}
 			a.discard_next = false;
 			continue;
 		}
-		if (p->n == 0)
+		if (got == 0)
 			empty_polls++;
-		if (a.trace && p->n > 0) {
+		if (a.trace && got > 0) {
+			for (l = 0; l < a.nlanes; l++)
+				if (a.lanes[l].busy_ns > busy)
+					busy = a.lanes[l].busy_ns;
 			tally_log(TALLY_WARN, "aggregate.loop_trace",
-				  TALLY_KV_INT("n", p->n),
+				  TALLY_KV_INT("n", got),
 				  TALLY_KV_INT("empty_polls", empty_polls),
 				  TALLY_KV_INT("poll_us", (t1 - t0) / 1000),
 				  TALLY_KV_INT("wait_pg_us", (t2 - t1) / 1000),
-				  TALLY_KV_INT("prev_pg_us", a.busy_ns / 1000));
+				  TALLY_KV_INT("prev_pg_us", busy / 1000));
 			empty_polls = 0;
 		}
-		/* PostgreSQL thread idle: delivery reports, housekeeping */
-		rd_kafka_poll(a.producer, 0);
+		/* PostgreSQL threads idle: delivery reports, housekeeping */
+		for (l = 0; l < a.nlanes; l++)
+			rd_kafka_poll(a.lanes[l].producer, 0);
 		if ((tally_mono_ns() - last_tick) / 1000000 > 10000) {
 			/* price changes; the totals outbox */
 			(void)load_prices(&a);
-			if (tally_agg_outbox(a.agg, true, &err) != 0)
-				tally_log(TALLY_WARN, "aggregate.outbox_failed",
-					  TALLY_KV_STR("error", err.msg));
+			outbox_all(&a, true);
 			last_tick = tally_mono_ns();
 		}
 		if ((tally_mono_ns() - last_maint) / 1000000 > 3600000) {
-			(void)maintain(&a);
+			(void)maintain(&a, a.pg);
 			last_maint = tally_mono_ns();
 		}
-		if (p->n > 0) {
-			start_batch(&a, p);
+		if (got > 0) {
+			start_batch(&a, a.next);
 			a.next ^= 1;
 		}
 	}
-	/* the batch in flight commits (or is abandoned on a second failure) */
+	/* the batch in flight commits (or is abandoned on a second signal) */
 	if (finish_batch(&a, false) != 0)
 		rc = EXIT_FAILURE;
 	tally_log(TALLY_INFO, "aggregate.stopping");
 
 cleanup:
-	if (a.worker_started) {
+	if (sync_init) {
 		pthread_mutex_lock(&a.mu);
 		a.quit = true;
-		pthread_cond_signal(&a.cv_work);
+		pthread_cond_broadcast(&a.cv_work);
 		pthread_mutex_unlock(&a.mu);
-		pthread_join(a.worker, NULL);
-		a.worker_started = false;
 	}
+	for (l = 0; l < a.nlanes; l++)
+		if (a.lanes[l].started) {
+			pthread_join(a.lanes[l].worker, NULL);
+			a.lanes[l].started = false;
+		}
 	tally_metrics_server_free(srv);
 	tally_consumer_free(a.consumer);
-	if (a.producer != NULL) {
-		rd_kafka_flush(a.producer, 10000);
-		/* mark what was delivered; the rest is republished next start */
-		if (a.agg != NULL && tally_agg_outbox(a.agg, false, &err) != 0)
-			tally_log(TALLY_WARN, "aggregate.outbox_failed",
-				  TALLY_KV_STR("error", err.msg));
-		tally_agg_free(a.agg);
-		a.agg = NULL;
-		rd_kafka_destroy(a.producer);
+	/* mark what was delivered; the rest is republished next start */
+	for (l = 0; l < a.nlanes; l++)
+		if (a.lanes[l].producer != NULL)
+			rd_kafka_flush(a.lanes[l].producer, 10000);
+	outbox_all(&a, false);
+	for (l = 0; l < MAX_LANES; l++) {
+		lane *ln = &a.lanes[l];
+
+		tally_agg_free(ln->agg);
+		ln->agg = NULL;
+		if (ln->producer != NULL)
+			rd_kafka_destroy(ln->producer);
+		tally_pg_free(ln->pg);
+		for (i = 0; i < 2; i++) {
+			job_clear(&ln->jobs[i]);
+			free(ln->jobs[i].msgs);
+			free(ln->jobs[i].views);
+			free(ln->jobs[i].keep);
+			tally_agg_decoded_free(ln->jobs[i].dec);
+		}
 	}
-	tally_agg_free(a.agg);
 	tally_pricebook_free(a.pb);
 	tally_pg_free(a.pg);
 	tally_metrics_free(a.m);
 	tally_config_free(a.cfg);
-	for (i = 0; i < 2; i++) {
-		job_clear(&a.jobs[i]);
-		free(a.jobs[i].msgs);
-		free(a.jobs[i].views);
-		free(a.jobs[i].keep);
-		tally_agg_decoded_free(a.jobs[i].dec);
+	if (sync_init) {
+		pthread_mutex_destroy(&a.mu);
+		pthread_cond_destroy(&a.cv_work);
+		pthread_cond_destroy(&a.cv_done);
 	}
 	return rc;
 }

@@ -195,6 +195,9 @@ void tally_agg_set_consumer(tally_agg *agg, rd_kafka_t *rk);
  */
 void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm);
 
+/** Totals messages produced and not yet reported delivered (or failed). */
+size_t tally_agg_inflight(const tally_agg *agg);
+
 /**
  * The totals outbox: mark acknowledged versions now (own transaction) and,
  * if republish and nothing is in flight, publish again the latest totals

@@ -77,7 +77,12 @@ static inline rd_kafka_t *producer(void)
 	return rk;
 }
 
-static inline void write_config(int batch_size)
+/* every message to partition (i + copy) % NPART instead of by tenant:
+ * a tenant's rows, and the two copies of a re-sent event, then meet in
+ * different partitions, hence in different lanes and instances */
+static bool spread;
+
+static inline void write_config_lanes(int batch_size, int lanes)
 {
 	FILE *fp;
 
@@ -90,10 +95,15 @@ static inline void write_config(int batch_size)
 		"kafka: { brokers = \"%s\"; session_timeout_ms = 6000; };\n"
 		"topics: { rated = \"%s\"; totals = \"%s\"; };\n"
 		"aggregate: { group = \"%s\"; batch_size = %d; batch_ms = 100;"
-		" metrics_listen = \"127.0.0.1:0\"; };\n",
+		" lanes = %d; metrics_listen = \"127.0.0.1:0\"; };\n",
 		dsn, getenv("TALLY_TEST_BROKERS"), topic, totals, group,
-		batch_size);
+		batch_size, lanes);
 	fclose(fp);
+}
+
+static inline void write_config(int batch_size)
+{
+	write_config_lanes(batch_size, 1);
 }
 
 static inline void start(int slot)
@@ -170,6 +180,9 @@ static inline void produce_range(rd_kafka_t *rk, int64_t from, int64_t to,
 				e = rd_kafka_producev(rk,
 					RD_KAFKA_V_TOPIC(topic),
 					RD_KAFKA_V_KEY(key, 36),
+					RD_KAFKA_V_PARTITION(spread ?
+						(int32_t)((i + c) % NPART) :
+						RD_KAFKA_PARTITION_UA),
 					RD_KAFKA_V_VALUE(sb.data, sb.size),
 					RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 					RD_KAFKA_V_END);

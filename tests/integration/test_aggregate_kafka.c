@@ -30,7 +30,8 @@ START_TEST(test_aggregate_kafka_kill9_exact)
 	unsigned seed = 12345;
 	int kills = 0;
 
-	write_config(5000);
+	/* two lanes each: lanes of two instances die at random points */
+	write_config_lanes(5000, 2);
 	start(0);
 	start(1);
 	while (done < n || kills < 10) {
@@ -70,7 +71,14 @@ START_TEST(test_aggregate_kafka_rebalance_exact)
 	int64_t n = nevents() / 4, sent = 0;
 	int64_t base = tally_now_ms() - 2 * 3600000;
 
-	write_config(2000);
+	/*
+	 * Three lanes over four partitions (one lane has two), and messages
+	 * spread over the partitions regardless of tenant: the same tenant's
+	 * rows are updated by several lanes (and instances) at once, and the
+	 * two copies of a re-sent event arrive in different lanes.
+	 */
+	spread = true;
+	write_config_lanes(2000, 3);
 	start(0);
 	produce_range(rk, 0, n / 3, base, &sent);
 	sleep(2);

@@ -20,7 +20,7 @@ START_TEST(test_aggregate_restart_pg_exact)
 	int rc;
 
 	rk = producer();
-	write_config(2000);
+	write_config_lanes(2000, 2);
 	start(0);
 	start(1);
 	produce_range(rk, 0, n / 2, base, &sent);

@@ -120,6 +120,17 @@ START_TEST(test_config_type_and_range_checked)
 	write_cfg("aggregate: { batch_size = 0; };\n");
 	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
 	ck_assert_msg(strstr(err.msg, "out of range"), "got '%s'", err.msg);
+	/* tally-aggregate's lanes: 1..8 (it has room for 8) */
+	write_cfg("aggregate: { lanes = 9; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, "out of range"), "got '%s'", err.msg);
+	write_cfg("aggregate: { lanes = 0; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	write_cfg("aggregate: { lanes = 8; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), 0);
+	ck_assert_int_eq(tally_config_int(cfg, "aggregate.lanes"), 8);
+	tally_config_free(cfg);
+	cfg = NULL;
 }
 END_TEST
 
