@@ -280,38 +280,58 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 	}
 }
 
-int tally_pg_copy(tally_pg *pg, const char *copy_sql, const char *data,
-		  size_t len, tally_error *err)
+int tally_pg_copy_begin(tally_pg *pg, const char *copy_sql,
+			tally_error *err)
 {
-	PGresult *res;
-	int rc;
+	PGresult *res = PQexec(pg->conn, copy_sql);
+	int rc = 0;
 
-	res = PQexec(pg->conn, copy_sql);
-	if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN) {
+	if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN)
 		rc = tally_pg__classify(pg->conn, res, err);
-		PQclear(res);
-		return rc;
-	}
 	PQclear(res);
+	return rc;
+}
+
+int tally_pg_copy_put(tally_pg *pg, const char *data, size_t len,
+		      tally_error *err)
+{
+	/* in 64 KiB pieces: libpq copies a piece into its output buffer,
+	 * which keeps the largest size it ever had */
 	while (len > 0) {
-		int chunk = len > (1 << 20) ? (1 << 20) : (int)len;
+		int chunk = len > (1 << 16) ? (1 << 16) : (int)len;
+
 		if (PQputCopyData(pg->conn, data, chunk) != 1)
 			return tally_pg__classify(pg->conn, NULL, err);
 		data += chunk;
 		len -= (size_t)chunk;
 	}
+	return 0;
+}
+
+int tally_pg_copy_end(tally_pg *pg, tally_error *err)
+{
+	PGresult *res;
+	int rc = 0;
+
 	if (PQputCopyEnd(pg->conn, NULL) != 1)
 		return tally_pg__classify(pg->conn, NULL, err);
 	res = PQgetResult(pg->conn);
-	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 		rc = tally_pg__classify(pg->conn, res, err);
-		PQclear(res);
-		while ((res = PQgetResult(pg->conn)) != NULL)
-			PQclear(res);
-		return rc;
-	}
 	PQclear(res);
 	while ((res = PQgetResult(pg->conn)) != NULL)
 		PQclear(res);
-	return 0;
+	return rc;
+}
+
+int tally_pg_copy(tally_pg *pg, const char *copy_sql, const char *data,
+		  size_t len, tally_error *err)
+{
+	int rc = tally_pg_copy_begin(pg, copy_sql, err);
+
+	if (rc == 0)
+		rc = tally_pg_copy_put(pg, data, len, err);
+	if (rc == 0)
+		rc = tally_pg_copy_end(pg, err);
+	return rc;
 }

@@ -79,11 +79,23 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 		 int max_attempts, tally_error *err) TALLY_MUSTCHECK;
 
 /**
- * COPY ... FROM STDIN with the given (text or csv, per copy_sql) data,
- * inside the caller's transaction.
+ * COPY ... FROM STDIN with the given (text, csv or binary, per copy_sql)
+ * data, inside the caller's transaction.
  */
 int tally_pg_copy(tally_pg *pg, const char *copy_sql, const char *data,
 		  size_t len, tally_error *err) TALLY_MUSTCHECK;
+
+/**
+ * The same in pieces, for data produced as it is sent (memory: nothing
+ * batch-sized is held, by the caller or in libpq's buffer): begin, put any
+ * number of times, end. After an error from put, the connection's
+ * transaction is failed; end is not needed.
+ */
+int tally_pg_copy_begin(tally_pg *pg, const char *copy_sql,
+			tally_error *err) TALLY_MUSTCHECK;
+int tally_pg_copy_put(tally_pg *pg, const char *data, size_t len,
+		      tally_error *err) TALLY_MUSTCHECK;
+int tally_pg_copy_end(tally_pg *pg, tally_error *err) TALLY_MUSTCHECK;
 
 /** Capped exponential backoff with full jitter; attempt counts from 0. */
 int64_t tally_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms);
