@@ -66,7 +66,7 @@ static const keydef keys[] = {
 	S("aggregate.group", "tally.aggregate", false, NULL),
 	I("aggregate.batch_size", 30000, true, 1, 1000000),
 	I("aggregate.batch_ms", 200, true, 1, 60000),
-	I("aggregate.lanes", 2, false, 1, 8),
+	I("aggregate.lanes", 1, false, 1, 8),
 	I("aggregate.lateness_days", 35, true, 1, 3650),
 	I("aggregate.future_tolerance_s", 300, true, 0, 86400),
 	I("aggregate.retention_days", 400, true, 36, 36500),
