@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2162,12 +2163,15 @@ static const char STORAGE_CLOSED_SQL[] =
 	" WHERE x.b <> o.b OR x.c <> o.c";
 
 typedef struct starget {
-	uint8_t tenant[16];
+	uint8_t tenant[16];   /* tenant and ps: the key (STARGET_KEY bytes) */
 	int64_t ps, pe;
 	bool closed;
 	__int128 bms;         /* byte-milliseconds */
 	tally_money128 cost;  /* pico */
 } starget;
+
+#define STARGET_KEY (16 + sizeof(int64_t))
+_Static_assert(offsetof(starget, ps) == 16, "starget key is tenant + ps");
 
 /* The period of tenant ti containing t (as assign_periods decides). */
 static void period_of(const tally_agg *agg, const tenant_info *ti, int64_t t,
@@ -2213,6 +2217,8 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			     size_t *naff, tally_error *err)
 {
 	starget *tg = NULL;
+	hset th = { 0 };      /* index of tg by (tenant, ps) */
+	uint8_t key[STARGET_KEY];
 	size_t ntg = 0, cap, i, j;
 	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 };
 	PGresult *res = NULL;
@@ -2222,6 +2228,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 
 	cap = 2 * (agg->period.n + agg->adj.n) + 2;
 	tg = tally_xcalloc(cap, sizeof(*tg));
+	hset_init(&th, cap);
 	/* targets: each period with new snapshots, and the one after it */
 	for (i = 0; i < agg->period.n + agg->adj.n; i++) {
 		const acc *a = i < agg->period.n ? &agg->period.v[i]
@@ -2236,24 +2243,21 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			      sizeof(tenant_info), 16, a->k.tenant);
 		assert(k != UINT32_MAX);
 		for (step = 0; step < 2; step++) {
-			starget t;
+			starget *t = &tg[ntg];
 
-			memset(&t, 0, sizeof(t));
-			memcpy(t.tenant, a->k.tenant, 16);
+			memset(t, 0, sizeof(*t));
+			memcpy(t->tenant, a->k.tenant, 16);
 			if (step == 0) {
-				t.ps = a->k.t;
-				t.pe = a->pe;
-				t.closed = i >= agg->period.n;
+				t->ps = a->k.t;
+				t->pe = a->pe;
+				t->closed = i >= agg->period.n;
 			} else {
-				period_of(agg, &agg->tenants[k], a->pe, &t.ps,
-					  &t.pe, &t.closed);
+				period_of(agg, &agg->tenants[k], a->pe, &t->ps,
+					  &t->pe, &t->closed);
 			}
-			for (j = 0; j < ntg; j++)
-				if (tg[j].ps == t.ps &&
-				    memcmp(tg[j].tenant, t.tenant, 16) == 0)
-					break;
-			if (j == ntg)
-				tg[ntg++] = t;
+			if (hset_put(&th, (const uint8_t *)tg, sizeof(*tg),
+				     STARGET_KEY, (uint32_t)ntg) == ntg)
+				ntg++; /* new */
 		}
 	}
 	if (ntg == 0)
@@ -2290,10 +2294,11 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 					     "bad storage segment row");
 			goto cleanup;
 		}
-		for (j = 0; j < ntg; j++)
-			if (tg[j].ps == ps && memcmp(tg[j].tenant, id, 16) == 0)
-				break;
-		if (j == ntg)
+		memcpy(key, id, 16);
+		memcpy(key + 16, &ps, sizeof(ps));
+		j = hset_find(&th, (const uint8_t *)tg, sizeof(*tg),
+			      STARGET_KEY, key);
+		if (j == UINT32_MAX)
 			continue;
 		tg[j].bms += (__int128)bytes * dur;
 		if (agg->pb == NULL)
@@ -2396,6 +2401,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 cleanup:
 	PQclear(res);
 	free(tg);
+	free(th.slot);
 	free(a1.p);
 	free(a2.p);
 	free(a3.p);

@@ -462,6 +462,76 @@ START_TEST(test_aggregate_storage_gb_months)
 }
 END_TEST
 
+/*
+ * Many tenants' snapshots in one batch (the GB-month targets and the
+ * segments of every tenant are matched by (tenant, period) in a hash
+ * index): each tenant's integral is its own, exactly.
+ */
+START_TEST(test_aggregate_storage_many_tenants)
+{
+	enum { NT = 40 };
+	int64_t now = tally_now_ms(), ps = now - 10 * DAY_MS;
+	tally_agg *agg;
+	tally_agg_stats st;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[512], *vals = tally_xcalloc(NT, 64);
+	size_t vl = 0;
+	int i, pass;
+
+	memset(next_off, 0, sizeof(next_off));
+	for (i = 0; i < NT; i++) {
+		uint8_t t[16];
+		char s0[37];
+
+		agg_tenant(t, 100 + i);
+		tally_uuid_fmt(s0, t);
+		snprintf(sql, sizeof(sql),
+			 "INSERT INTO tenants (id, name, slug, domain,"
+			 " current_period_start, current_period_end)"
+			 " VALUES ('%s', 's%d', 's%d', 's%d.example',"
+			 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+			 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+			 s0, i, i, i, ps, ps + 30 * DAY_MS);
+		tally_test_exec(dsn, sql);
+		vl += (size_t)snprintf(vals + vl, NT * 64 - vl, "%s('%s', %d)",
+				       i ? "," : "", s0, i + 1);
+	}
+	agg = new_agg();
+	/* tenant k: 2k GB from day 4 (first batch), k GB from day 1 */
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < NT; i++) {
+			int64_t k = i + 1, at = ps + (pass ? 1 : 4) * DAY_MS;
+
+			agg_gen_event(&g, 4, 1000 * pass + i, at);
+			agg_tenant(g.re.ev.tenant_id, 100 + i);
+			g.re.ev.meter = TALLY_METER_STORAGE;
+			g.re.ev.bytes = (pass ? 1 : 2) * k * INT64_C(1000000000);
+			g.re.ev.time_ms = at;
+			g.re.cost = 0;
+			batch_add(&b, &g.re, i % 4);
+		}
+		ck_assert_int_eq(run(agg, &b, now, &st), 0);
+		ck_assert_int_eq(st.accepted, NT);
+		batch_free(&b);
+	}
+	/* k GB * 3 d + 2k GB * 26 d = 55k GB-days, in byte-milliseconds */
+	{
+		char *q = tally_xcalloc(1, NT * 64 + 512);
+
+		snprintf(q, NT * 64 + 512,
+			 "SELECT count(*) FROM tenant_period_usage u JOIN"
+			 " (VALUES %s) v(t, k) ON u.tenant_id = v.t::uuid"
+			 " WHERE u.storage_byte_ms = v.k * 1000000000::numeric"
+			 " * 55 * 86400000 AND u.storage_snapshots = 2", vals);
+		ck_assert_str_eq(agg_query1(chk, q), "40");
+		free(q);
+	}
+	free(vals);
+	tally_agg_free(agg);
+}
+END_TEST
+
 
 START_TEST(test_aggregate_rerate_moves_totals)
 {
@@ -787,6 +857,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
+	tcase_add_test(tc, test_aggregate_storage_many_tenants);
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
 	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
