@@ -7,6 +7,9 @@
 #include "tally/signals.h"
 
 #include <librdkafka/rdkafka.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,4 +105,14 @@ int tally_program_reload(tally_config *cfg)
 	apply_log_level(cfg);
 	tally_log(TALLY_INFO, "config.reload_done");
 	return 0;
+}
+
+void tally_program_bound_heap(size_t mmap_threshold)
+{
+#ifdef __GLIBC__
+	(void)mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+	(void)mallopt(M_ARENA_MAX, 2);
+#else
+	(void)mmap_threshold;
+#endif
 }

@@ -12,6 +12,8 @@
 
 #include "tally/config.h"
 
+#include <stddef.h>
+
 typedef struct tally_program_opts {
 	const char *name;        /* "tally-aggregate": log program name */
 	const char *listen_flag; /* "--metrics-listen" or "--listen" */
@@ -38,5 +40,17 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
  * and apply log.level again. Returns 0 or the reload error.
  */
 int tally_program_reload(tally_config *cfg);
+
+/**
+ * Bound the heap of a consumer that holds batch-sized buffers (glibc; a
+ * no-op elsewhere): a fixed mmap threshold (bytes) keeps such buffers in
+ * their own mappings, so growing one is an mremap rather than a copy that
+ * holds old and new at once, and glibc's dynamic threshold cannot move
+ * them into the heap where freed space stays resident; at most two malloc
+ * arenas. Call first thing in main (it overrides MALLOC_* variables).
+ * Too low a threshold costs mmap/munmap per allocation: measured per
+ * program (docs/aggregate.md: 128 KiB; docs/pricing.md: 512 KiB).
+ */
+void tally_program_bound_heap(size_t mmap_threshold);
 
 #endif /* TALLY_PROGRAM_H */
