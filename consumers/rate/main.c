@@ -31,9 +31,6 @@ int main(int argc, char **argv)
 	tally_error err;
 	int rc = EXIT_FAILURE;
 
-	/* peak RSS 64-65 -> 54-58 MiB at the same speed; 128 KiB cost 25 %
-	 * (docs/pricing.md) */
-	tally_program_bound_heap(512 * 1024);
 	if (tally_program_start(&cfg, &popts, argc, argv, &rc) != 0)
 		return rc;
 	rc = EXIT_FAILURE;
