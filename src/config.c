@@ -60,7 +60,7 @@ static const keydef keys[] = {
 	I("rate.batch_ms", 100, true, 1, 60000),
 	S("rate.unpriced", "dead_letter", true, NULL),
 	I("rate.price_check_s", 5, true, 1, 3600),
-	I("rate.prefetch_messages", 10000, false, 1000, 10000000),
+	I("rate.prefetch_messages", 5000, false, 1000, 10000000),
 	S("rate.metrics_listen", "127.0.0.1:9401", false, NULL),
 	/* tally-aggregate */
 	S("aggregate.group", "tally.aggregate", false, NULL),
