@@ -303,53 +303,55 @@ static int days_in_month(int64_t y, int m)
 	return m == 2 && leap ? 29 : dm[m - 1];
 }
 
-/* t + k calendar months, the day clamped to the end of the month */
-static int64_t add_months(int64_t t, int64_t k)
+/* month index y * 12 + (m - 1) and day of the UTC time t; tod: ms in day */
+static int64_t month_of(int64_t t, int *d, int64_t *tod)
 {
-	int64_t day = floor_div(t, MS_PER_DAY), tod = t - day * MS_PER_DAY;
-	int64_t y, mi;
-	int m, d, dim;
+	int64_t day = floor_div(t, MS_PER_DAY), y;
+	int m;
 
-	civil_from_days(day, &y, &m, &d);
-	mi = y * 12 + (m - 1) + k;
-	y = floor_div(mi, 12);
-	m = (int)(mi - y * 12) + 1;
-	dim = days_in_month(y, m);
-	if (d > dim)
-		d = dim;
-	return days_from_civil(y, m, d) * MS_PER_DAY + tod;
+	*tod = t - day * MS_PER_DAY;
+	civil_from_days(day, &y, &m, d);
+	return y * 12 + (m - 1);
 }
 
-static int64_t months_between(int64_t a, int64_t b)
+/* Day a of month index mi (clamped to the month end) at tod. */
+static int64_t anchored(int64_t mi, int a, int64_t tod)
 {
-	int64_t ya, yb;
-	int ma, mb, da, db;
+	int64_t y = floor_div(mi, 12);
+	int m = (int)(mi - y * 12) + 1, dim = days_in_month(y, m);
 
-	civil_from_days(floor_div(a, MS_PER_DAY), &ya, &ma, &da);
-	civil_from_days(floor_div(b, MS_PER_DAY), &yb, &mb, &db);
-	return (yb - ya) * 12 + (mb - ma);
+	return days_from_civil(y, m, a < dim ? a : dim) * MS_PER_DAY + tod;
 }
 
+/*
+ * Periods of n whole months keep the billing-cycle anchor day a (Stripe's
+ * billing_cycle_anchor), clamped to the month end, at cps's time of day:
+ * [cps, cpe) is such a period if both have the same time of day, lie 1..12
+ * months apart and a = the larger of their days gives both days (Jan 31 ->
+ * Feb 29 and Apr 30 -> May 31 are anchor 31, Feb 29 -> Mar 30 anchor 30).
+ * When both days are month ends that a larger anchor would also give (Jun
+ * 30 -> Sep 30), the anchor is that day: nothing says more.
+ */
 void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		      int64_t t)
 {
-	int64_t k, s;
-	int months = 0, i;
+	int64_t m0, m1, mt, tod, tod1, k, n;
+	int d0, d1, dt, a;
 
 	if (cpe <= cps) {
 		/* calendar month UTC */
-		int64_t y;
-		int m, d;
-
-		civil_from_days(floor_div(t, MS_PER_DAY), &y, &m, &d);
-		*start = days_from_civil(y, m, 1) * MS_PER_DAY;
-		*end = add_months(*start, 1);
+		mt = month_of(t, &dt, &tod);
+		*start = anchored(mt, 1, 0);
+		*end = anchored(mt + 1, 1, 0);
 		return;
 	}
-	for (i = 1; i <= 12 && months == 0; i++)
-		if (add_months(cps, i) == cpe)
-			months = i;
-	if (months == 0) {
+	m0 = month_of(cps, &d0, &tod);
+	m1 = month_of(cpe, &d1, &tod1);
+	n = m1 - m0;
+	a = d0 > d1 ? d0 : d1;
+	if (tod != tod1 || n < 1 || n > 12 || anchored(m0, a, tod) != cps ||
+	    anchored(m1, a, tod) != cpe) {
+		/* not whole months: fixed length */
 		int64_t step = cpe - cps;
 
 		k = floor_div(t - cps, step);
@@ -357,16 +359,12 @@ void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		*end = *start + step;
 		return;
 	}
-	k = floor_div(months_between(cps, t), months);
-	s = add_months(cps, k * months);
-	while (s > t) {
-		k--;
-		s = add_months(cps, k * months);
-	}
-	while (add_months(cps, (k + 1) * months) <= t)
-		k++;
-	*start = add_months(cps, k * months);
-	*end = add_months(cps, (k + 1) * months);
+	mt = month_of(t, &dt, &tod1);
+	k = floor_div(mt - m0, n);
+	if (anchored(m0 + k * n, a, tod) > t)
+		k--; /* t is in its month before the anchor */
+	*start = anchored(m0 + k * n, a, tod);
+	*end = anchored(m0 + (k + 1) * n, a, tod);
 }
 
 void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
