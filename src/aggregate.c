@@ -500,6 +500,7 @@ struct tally_agg {
 	int64_t lateness_ms, future_ms;
 	rd_kafka_t *producer;
 	rd_kafka_t *consumer_rk; /* for the log start offsets; may be NULL */
+	size_t dlq_failed;       /* dead letters whose delivery failed */
 
 	tally_positions *pos;
 
@@ -515,8 +516,9 @@ struct tally_agg {
 	size_t ntenants, cap_tenants;
 	bperiod *bps;
 	size_t nbps, cap_bps;
-	batch_part parts[256];
-	size_t nparts;
+	batch_part *parts;      /* the batch's partitions (any number) */
+	tally_position *posbuf; /* as many, for the positions module */
+	size_t nparts, capparts;
 	const tally_agg_msg *msgs;
 	size_t n;
 	int64_t now_ms;
@@ -636,6 +638,8 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->group);
 	free(agg->dlq_topic);
 	free(agg->totals_topic);
+	free(agg->parts);
+	free(agg->posbuf);
 	free(agg);
 }
 
@@ -746,15 +750,23 @@ static int resolve_models(tally_agg *agg, tally_error *err)
 	params[0] = pa.p;
 	params[1] = ma.p;
 	rc = tally_pg_exec(agg->pg, NULL,
+			   /* only names not there yet draw an identity value:
+			    * ON CONFLICT alone spends one per row on every
+			    * start, and providers.id is a smallint */
 			   "INSERT INTO providers (name) SELECT DISTINCT x"
-			   " FROM unnest($1::text[]) x ORDER BY x"
-			   " ON CONFLICT (name) DO NOTHING", 1, params, err);
+			   " FROM unnest($1::text[]) x WHERE NOT EXISTS"
+			   " (SELECT 1 FROM providers p WHERE p.name = x)"
+			   " ORDER BY x ON CONFLICT (name) DO NOTHING", 1,
+			   params, err);
 	if (rc == 0)
 		rc = tally_pg_exec(agg->pg, NULL,
 				   "INSERT INTO models (provider_id, name)"
 				   " SELECT DISTINCT p.id, x.m FROM unnest($1::text[],"
 				   " $2::text[]) x(p, m) JOIN providers p"
-				   " ON p.name = x.p ORDER BY 1, 2"
+				   " ON p.name = x.p WHERE NOT EXISTS"
+				   " (SELECT 1 FROM models m WHERE"
+				   " m.provider_id = p.id AND m.name = x.m)"
+				   " ORDER BY 1, 2"
 				   " ON CONFLICT (provider_id, name) DO NOTHING",
 				   2, params, err);
 	if (rc == 0)
@@ -1045,7 +1057,7 @@ static void classify(tally_agg *agg)
 	}
 }
 
-static int collect_parts(tally_agg *agg, tally_error *err)
+static void collect_parts(tally_agg *agg)
 {
 	size_t i, k;
 
@@ -1058,9 +1070,16 @@ static int collect_parts(tally_agg *agg, tally_error *err)
 			    strcmp(agg->parts[k].topic, m->topic) == 0)
 				break;
 		if (k == agg->nparts) {
-			if (agg->nparts == sizeof(agg->parts) / sizeof(agg->parts[0]))
-				return tally_error_set(err, TALLY_ERROR,
-						       "too many partitions in a batch");
+			if (agg->nparts == agg->capparts) {
+				agg->capparts = agg->capparts ?
+						agg->capparts * 2 : 16;
+				agg->parts = tally_xrealloc(
+					agg->parts,
+					agg->capparts * sizeof(*agg->parts));
+				agg->posbuf = tally_xrealloc(
+					agg->posbuf,
+					agg->capparts * sizeof(*agg->posbuf));
+			}
 			agg->parts[k].topic = m->topic;
 			agg->parts[k].partition = m->partition;
 			agg->parts[k].first = m->offset;
@@ -1069,7 +1088,6 @@ static int collect_parts(tally_agg *agg, tally_error *err)
 		}
 		agg->parts[k].next = m->offset + 1;
 	}
-	return 0;
 }
 
 /*
@@ -1174,11 +1192,23 @@ static int send_dead_letters(tally_agg *agg, tally_error *err)
 		sent++;
 	}
 	if (sent > 0) {
-		/* the dead letters must be durable before the offsets move */
+		/*
+		 * The dead letters must be durable before the offsets move:
+		 * all of them left the queue (flush) and none failed (the
+		 * delivery reports, counted by tally_agg_delivered during the
+		 * flush). Otherwise the transaction is not committed and the
+		 * batch, dead letters included, is done again.
+		 */
+		agg->dlq_failed = 0;
 		rd_kafka_flush(agg->producer, 30000);
 		if (rd_kafka_outq_len(agg->producer) > 0)
 			return tally_error_set(err, TALLY_ETRANSIENT,
 					       "dead letters not delivered");
+		if (agg->dlq_failed > 0)
+			return tally_error_set(err, TALLY_ETRANSIENT,
+					       "%zu dead letter(s) failed delivery"
+					       " to %s", agg->dlq_failed,
+					       agg->dlq_topic);
 	}
 	return 0;
 }
@@ -1198,10 +1228,8 @@ static void uuid_arr(sbuf *b, const uint8_t *id, bool first)
 
 static int fence(tally_agg *agg, tally_error *err)
 {
-	tally_position b[sizeof(agg->parts) / sizeof(agg->parts[0])];
-
-	return tally_positions_fence(agg->pos, agg->pg, b,
-				     batch_positions(agg, b), err);
+	return tally_positions_fence(agg->pos, agg->pg, agg->posbuf,
+				     batch_positions(agg, agg->posbuf), err);
 }
 
 static int64_t parse_ms(const char *s)
@@ -2908,6 +2936,9 @@ void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm)
 {
 	totals_ack *k = rkm->_private;
 
+	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR && rkm->rkt != NULL &&
+	    strcmp(rd_kafka_topic_name(rkm->rkt), agg->dlq_topic) == 0)
+		agg->dlq_failed++;
 	if (k == NULL || k->magic != TOTALS_MAGIC)
 		return;
 	if (agg->inflight > 0)
@@ -2996,9 +3027,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	agg->msgs = msgs;
 	agg->n = n;
 	agg->now_ms = now_ms;
-	rc = collect_parts(agg, err);
-	if (rc != 0)
-		return rc;
+	collect_parts(agg);
 	classify(agg);
 	detect_gaps(agg);
 	rc = send_dead_letters(agg, err);
@@ -3041,11 +3070,8 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 		memset(agg->phase_us, 0, sizeof(agg->phase_us));
 	}
 	/* committed: this instance's view of its positions moves on */
-	{
-		tally_position b[sizeof(agg->parts) / sizeof(agg->parts[0])];
-
-		tally_positions_committed(agg->pos, b, batch_positions(agg, b));
-	}
+	tally_positions_committed(agg->pos, agg->posbuf,
+				  batch_positions(agg, agg->posbuf));
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK ||
 		    agg->items[i].status == ST_DUP)

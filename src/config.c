@@ -67,8 +67,11 @@ static const keydef keys[] = {
 	I("aggregate.batch_size", 30000, true, 1, 1000000),
 	I("aggregate.batch_ms", 200, true, 1, 60000),
 	I("aggregate.lanes", 1, false, 1, 8),
-	I("aggregate.lateness_days", 35, true, 1, 3650),
-	I("aggregate.future_tolerance_s", 300, true, 0, 86400),
+	/* not reloadable: the lanes keep the window they started with, and
+	 * the dedupe keys are kept for it (a smaller window on reload would
+	 * drop keys of events still accepted) */
+	I("aggregate.lateness_days", 35, false, 1, 3650),
+	I("aggregate.future_tolerance_s", 300, false, 0, 86400),
 	I("aggregate.retention_days", 400, true, 36, 36500),
 	I("aggregate.partitions_ahead_days", 7, true, 1, 365),
 	S("aggregate.metrics_listen", "127.0.0.1:9402", false, NULL),

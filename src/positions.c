@@ -315,12 +315,20 @@ int tally_positions_reseek(tally_positions *ps, tally_pg *pg, rd_kafka_t *rk,
 			  TALLY_KV_INT("offset", off));
 	}
 	if (rc == 0 && rk != NULL) {
+		/* a partition left where it was would skip what the caller
+		 * drops: every seek must succeed, or the caller gives up */
 		rd_kafka_error_t *e = rd_kafka_seek_partitions(rk, l, 10000);
 		if (e != NULL) {
-			tally_log(TALLY_WARN, "positions.seek_failed",
-				  TALLY_KV_STR("error", rd_kafka_error_string(e)));
+			rc = tally_error_set(err, TALLY_ETRANSIENT, "seek: %s",
+					     rd_kafka_error_string(e));
 			rd_kafka_error_destroy(e);
 		}
+		for (k = 0; k < l->cnt && rc == 0; k++)
+			if (l->elems[k].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+				rc = tally_error_set(
+					err, TALLY_ETRANSIENT, "seek %s [%d]: %s",
+					l->elems[k].topic, l->elems[k].partition,
+					rd_kafka_err2str(l->elems[k].err));
 	}
 	rd_kafka_topic_partition_list_destroy(l);
 	return rc;

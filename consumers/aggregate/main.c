@@ -110,6 +110,9 @@ struct app {
 	bool discard_next;    /* fenced: the batch gathered meanwhile is stale */
 	int next;             /* index of the jobs to gather into */
 	bool trace;
+	/* maintenance settings, copied by the poll thread (start, reload) */
+	int lateness_days;    /* not reloadable: the dedupe window */
+	atomic_int ahead_days, retention_days;
 };
 
 static int finish_batch(app *a, bool rebalance);
@@ -203,13 +206,24 @@ static int health(char *detail, size_t len, void *payload)
 	return ok ? 0 : 1;
 }
 
+static void maint_settings(app *a)
+{
+	a->lateness_days =
+		(int)tally_config_int(a->cfg, "aggregate.lateness_days");
+	atomic_store(&a->ahead_days, (int)tally_config_int(
+			     a->cfg, "aggregate.partitions_ahead_days"));
+	atomic_store(&a->retention_days, (int)tally_config_int(
+			     a->cfg, "aggregate.retention_days"));
+}
+
 static int maintain(app *a, tally_pg *pg)
 {
 	tally_error err;
-	int rc = tally_agg_maintain(
-		pg, (int)tally_config_int(a->cfg, "aggregate.lateness_days"),
-		(int)tally_config_int(a->cfg, "aggregate.partitions_ahead_days"),
-		(int)tally_config_int(a->cfg, "aggregate.retention_days"), &err);
+	/* runs on a lane's thread too: no config reads (a reload frees
+	 * values), only what the poll thread copied */
+	int rc = tally_agg_maintain(pg, a->lateness_days,
+				    atomic_load(&a->ahead_days),
+				    atomic_load(&a->retention_days), &err);
 
 	if (rc != 0)
 		tally_log(TALLY_ERR, "aggregate.maintain_failed",
@@ -553,13 +567,23 @@ static int finish_batch(app *a, bool rebalance)
 		if (r[l] == R_COMMITTED && store_offsets(a, j, &err) != 0)
 			tally_log(TALLY_WARN, "aggregate.store_failed",
 				  TALLY_KV_STR("error", err.msg));
-		if (r[l] == R_FENCED && !rebalance) {
+		/*
+		 * Not committed: the batch gathered meanwhile starts after
+		 * this one and must not be applied before it (the fence
+		 * compares positions, not the batch's first offsets). A
+		 * rebalance drops it anyway and seeks to PostgreSQL's
+		 * positions; on a stop it is dropped and redone next start.
+		 */
+		if ((r[l] == R_FENCED || r[l] == R_ABANDONED) && !rebalance)
 			a->discard_next = true;
-			if (tally_agg_reseek(ln->agg,
-					     tally_consumer_rk(a->consumer),
-					     j->views, j->n, &err) != 0)
-				tally_log(TALLY_WARN, "aggregate.reseek_failed",
-					  TALLY_KV_STR("error", err.msg));
+		if (r[l] == R_FENCED && !rebalance &&
+		    !tally_signals_stop_requested() &&
+		    tally_agg_reseek(ln->agg, tally_consumer_rk(a->consumer),
+				     j->views, j->n, &err) != 0) {
+			/* going on would skip what was not committed */
+			tally_log(TALLY_FATAL, "aggregate.reseek_failed",
+				  TALLY_KV_STR("error", err.msg));
+			fatal = 1;
 		}
 		job_clear(j);
 		if (r[l] == R_FATAL)
@@ -698,6 +722,7 @@ int main(int argc, char **argv)
 	pthread_cond_init(&a.cv_work, NULL);
 	pthread_cond_init(&a.cv_done, NULL);
 	sync_init = true;
+	maint_settings(&a);
 
 	if (tally_pg_connect_cfg(&a.pg, a.cfg, &err) != 0) {
 		tally_log(TALLY_FATAL, "pg.connect_failed",
@@ -830,8 +855,10 @@ int main(int argc, char **argv)
 		size_t bs, got;
 		int64_t t0, t1, t2, busy = 0;
 
-		if (tally_signals_reload_requested())
+		if (tally_signals_reload_requested()) {
 			(void)tally_program_reload(a.cfg);
+			maint_settings(&a);
+		}
 		bs = (size_t)tally_config_int(a.cfg, "aggregate.batch_size");
 		for (l = 0; l < a.nlanes; l++)
 			job_reserve(&a.lanes[l].jobs[a.next], lane_cap(&a, bs));
@@ -853,19 +880,29 @@ int main(int argc, char **argv)
 			 * every partition in it goes back to PostgreSQL's
 			 * position too (none may skip what is dropped here).
 			 */
+			bool lost = false;
+
 			for (l = 0; l < a.nlanes; l++) {
 				job *p = &a.lanes[l].jobs[a.next];
 
-				if (p->n > 0 &&
+				if (p->n > 0 && !tally_signals_stop_requested() &&
 				    tally_agg_reseek(a.lanes[l].agg,
 						     tally_consumer_rk(a.consumer),
-						     p->views, p->n, &err) != 0)
-					tally_log(TALLY_WARN,
+						     p->views, p->n, &err) != 0) {
+					tally_log(TALLY_FATAL,
 						  "aggregate.reseek_failed",
 						  TALLY_KV_STR("error", err.msg));
+					lost = true;
+				}
 				job_clear(p);
 			}
 			a.discard_next = false;
+			if (lost) {
+				/* a restart seeks every partition to
+				 * PostgreSQL's position */
+				rc = EXIT_FAILURE;
+				break;
+			}
 			continue;
 		}
 		if (got == 0)

@@ -82,6 +82,9 @@ void tally_positions_committed(tally_positions *ps,
 /**
  * After TALLY_EFENCED: read the partitions' positions again, take them as
  * fence values where still held, and seek rk there (rk may be NULL).
+ * Fails if a position cannot be read or a partition cannot be sought: the
+ * caller must then not go on consuming those partitions (it would skip
+ * what it dropped); tally-aggregate exits and is restarted.
  */
 int tally_positions_reseek(tally_positions *ps, tally_pg *pg, rd_kafka_t *rk,
 			   const tally_position *batch, size_t n,

@@ -184,6 +184,70 @@ START_TEST(test_aggregate_kafka_retention_gap)
 }
 END_TEST
 
+/* Wait until instance slot's log has a line containing both a and b. */
+static void wait_log(int slot, const char *a, const char *b, int timeout_s)
+{
+	char path[300], line[4096];
+	int64_t t0 = tally_mono_ns();
+
+	snprintf(path, sizeof(path), "/tmp/%s.%d.log", db, slot);
+	while ((tally_mono_ns() - t0) / 1000000000 < timeout_s) {
+		FILE *fp = fopen(path, "r");
+
+		while (fp != NULL && fgets(line, sizeof(line), fp) != NULL)
+			if (strstr(line, a) != NULL && strstr(line, b) != NULL) {
+				fclose(fp);
+				return;
+			}
+		if (fp != NULL)
+			fclose(fp);
+		check_alive();
+		tally_sleep_ms(20);
+	}
+	ck_abort_msg("no \"%s\" + \"%s\" in %s", a, b, path);
+}
+
+/*
+ * SIGTERM while a batch is being retried: that batch is abandoned (not
+ * committed), and the batch gathered meanwhile, which starts after it,
+ * must not be committed either, or its positions would move past the
+ * abandoned one and lose it. A statement trigger makes every write of
+ * tenant_period_usage fail until it is switched off; it is switched off
+ * right before the SIGTERM, while the first batch waits (0.8-1.6 s)
+ * after its fourth failure and the second one is gathered.
+ */
+START_TEST(test_aggregate_kafka_stop_while_retrying)
+{
+	rd_kafka_t *rk = producer();
+	int64_t n = 2000, sent = 0;
+	int64_t base = tally_now_ms() - 2 * 3600000;
+
+	tally_test_exec(dsn, "CREATE TABLE test_poison (on_ boolean NOT NULL);"
+			" INSERT INTO test_poison VALUES (true);"
+			" CREATE FUNCTION test_poison() RETURNS trigger"
+			" LANGUAGE plpgsql AS $$ BEGIN"
+			" IF (SELECT on_ FROM test_poison) THEN"
+			" RAISE EXCEPTION 'test poison'; END IF;"
+			" RETURN NULL; END $$;"
+			" CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE"
+			" ON tenant_period_usage FOR EACH STATEMENT"
+			" EXECUTE FUNCTION test_poison()");
+	produce_range(rk, 0, n, base, &sent);
+	rd_kafka_flush(rk, 30000);
+	write_config(300);
+	start(0);
+	wait_log(0, "\"aggregate.retry\"", "\"attempt\":4,", 120);
+	tally_test_exec(dsn, "UPDATE test_poison SET on_ = false");
+	stop(0, SIGTERM);
+	ck_assert_int_eq(committed(), 0);
+	start(0);
+	wait_done(sent, 120);
+	stop(0, SIGTERM);
+	expect_all(n, base);
+	rd_kafka_destroy(rk);
+}
+END_TEST
+
 static Suite *aggregate_kafka_suite(void)
 {
 	Suite *s = suite_create("aggregate_kafka");
@@ -194,6 +258,7 @@ static Suite *aggregate_kafka_suite(void)
 	tcase_add_test(tc, test_aggregate_kafka_kill9_exact);
 	tcase_add_test(tc, test_aggregate_kafka_rebalance_exact);
 	tcase_add_test(tc, test_aggregate_kafka_retention_gap);
+	tcase_add_test(tc, test_aggregate_kafka_stop_while_retrying);
 	suite_add_tcase(s, tc);
 	return s;
 }
