@@ -1,12 +1,14 @@
 /*
- * cmd_rerate.c - `tally rerate --from T1 --to T2 [--tenant T] [--model M]
- * [--prices FILE]`: price the ledger rows of [T1, T2) again with the
- * current book (PostgreSQL, or a genai-prices data file) and move the
- * differences into the aggregates (docs/aggregate.md). Idempotent.
+ * cmd_rerate.c - `tally rerate --from T1 --to T2 [--tenant T] [--model M]`:
+ * price the ledger rows of [T1, T2) again with the current book (the price
+ * book in PostgreSQL: fix a price with `tally prices import` or the tables,
+ * then rerate) and move the differences into the aggregates
+ * (docs/aggregate.md). Idempotent.
  */
 #include "cli.h"
 #include "tally/aggregate.h"
 #include "tally/event.h"
+#include "tally/gen.h"
 #include "tally/pricebook.h"
 
 #include <stdio.h>
@@ -14,31 +16,25 @@
 
 const char tally_cmd_rerate_help[] =
 	"re-price ledger rows with the current book: --from T1 --to T2 "
-	"[--tenant UUID] [--model NAME] [--prices FILE]";
+	"[--tenant UUID] [--model NAME]";
 
-/* RFC 3339 or unix ms -> unix ms, parsed by PostgreSQL. */
-static int parse_time(tally_pg *pg, const char *s, int64_t *out)
+/*
+ * Unix ms, YYYY-MM-DD (midnight UTC) or RFC 3339 with Z or an offset (a
+ * time without one is refused, never read in some server's time zone);
+ * 1970..9999. Parsed here, not by PostgreSQL.
+ */
+static int parse_time(const char *opt, const char *s, int64_t *out)
 {
-	tally_error err;
-	PGresult *res = NULL;
-	const char *p[1] = { s };
-	int rc;
-
-	if (tally_parse_i64(out, s) == 0)
+	if (tally_gen_parse_time(out, s) == 0 && *out <= TALLY_RERATE_TIME_MAX)
 		return 0;
-	rc = tally_pg_exec(pg, &res, "SELECT (extract(epoch FROM $1::timestamptz)"
-			   " * 1000)::bigint", 1, p, &err);
-	if (rc == 0)
-		rc = tally_parse_i64(out, PQgetvalue(res, 0, 0));
-	PQclear(res);
-	if (rc != 0)
-		fprintf(stderr, "tally rerate: bad time '%s'\n", s);
-	return rc;
+	fprintf(stderr, "tally rerate: bad %s '%s': unix ms, YYYY-MM-DD (UTC)"
+		" or RFC 3339 with Z or an offset, 1970..9999\n", opt, s);
+	return -1;
 }
 
 int tally_cmd_rerate(tally_cli *cli, int argc, char **argv)
 {
-	const char *from = NULL, *to = NULL, *tenant = NULL, *prices = NULL;
+	const char *from = NULL, *to = NULL, *tenant = NULL;
 	tally_rerate_opts o = { 0 };
 	tally_rerate_stats st;
 	tally_pricebook *pb = NULL;
@@ -56,13 +52,19 @@ int tally_cmd_rerate(tally_cli *cli, int argc, char **argv)
 			tenant = argv[++i];
 		else if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
 			o.model = argv[++i];
-		else if (strcmp(argv[i], "--prices") == 0 && i + 1 < argc)
-			prices = argv[++i];
 		else
 			goto usage;
 	}
 	if (from == NULL || to == NULL)
 		goto usage;
+	if (parse_time("--from", from, &o.from_ms) != 0 ||
+	    parse_time("--to", to, &o.to_ms) != 0)
+		return 2;
+	if (o.from_ms >= o.to_ms) {
+		fprintf(stderr, "tally rerate: --from (%s) must be earlier than"
+			" --to (%s)\n", from, to);
+		return 2;
+	}
 	if (tenant != NULL) {
 		if (tally_uuid_parse(tid, tenant, (uint32_t)strlen(tenant)) != 0) {
 			fprintf(stderr, "tally rerate: bad tenant id\n");
@@ -72,14 +74,8 @@ int tally_cmd_rerate(tally_cli *cli, int argc, char **argv)
 	}
 	if (tally_cli_pg(cli, &pg) != 0)
 		return 1;
-	if (parse_time(pg, from, &o.from_ms) != 0 ||
-	    parse_time(pg, to, &o.to_ms) != 0)
-		goto cleanup;
 	tally_error_clear(&err);
-	if (prices != NULL)
-		rc = tally_pricebook_load_genai_file(&pb, prices, &err);
-	else
-		rc = tally_pricebook_load_pg(&pb, pg, &err);
+	rc = tally_pricebook_load_pg(&pb, pg, &err);
 	if (rc != 0) {
 		fprintf(stderr, "tally rerate: price book: %s\n", err.msg);
 		rc = 1;
@@ -103,6 +99,8 @@ cleanup:
 	return rc;
 usage:
 	fprintf(stderr, "usage: tally rerate --from T1 --to T2 [--tenant UUID]"
-			" [--model NAME] [--prices FILE]\n");
+			" [--model NAME]\n"
+			"  T: unix ms, YYYY-MM-DD (UTC) or RFC 3339 with Z or"
+			" an offset; --from < --to\n");
 	return 2;
 }

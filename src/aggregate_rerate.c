@@ -8,9 +8,19 @@
  * row update, so a second run finds nothing to change, and a run that dies
  * half-way leaves whole days either done or untouched. Rows are read with
  * a cursor, so memory stays bounded whatever the range.
+ *
+ * Locks are taken in the consumer's order (tally-aggregate may run at the
+ * same time): the ledger rows (the cursor), then usage_hourly rows, then
+ * tenant_period_usage rows, each sorted by key within one statement, so
+ * the two never wait on each other in a cycle.
+ *
+ * Storage snapshots are left alone: their ledger cost is always 0, the
+ * charge is the period's GB-months (tenant_period_usage.storage_cost),
+ * which rerate does not recompute (docs/aggregate.md).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
+#include "aggregate_int.h"
 #include "tally/event.h"
 #include "tally/log.h"
 #include "tally/money.h"
@@ -25,6 +35,12 @@
 #define DAY_MS INT64_C(86400000)
 #define FETCH_ROWS 10000
 
+/* Run statistics: a slice's go into the run's only once it committed. */
+typedef struct rr_counts {
+	int64_t seen, changed, unpriced, adjusted;
+	tally_money128 delta;
+} rr_counts;
+
 typedef struct rr {
 	const tally_pricebook *pb;
 	const tally_rerate_opts *o;
@@ -32,8 +48,7 @@ typedef struct rr {
 	int64_t from, to; /* this transaction's slice */
 	char *copy;
 	size_t len, cap;
-	int64_t seen, changed, unpriced, adjusted;
-	tally_money128 delta;
+	rr_counts n; /* this transaction's (an attempt's) counts */
 	tally_pg *pg;
 	struct tperiod { uint8_t id[16]; int64_t cps, cpe; } *tp; /* cache */
 	size_t ntp, captp;
@@ -115,9 +130,28 @@ static const char SELECT_SQL[] =
 	"  * interval '1 millisecond'"
 	" AND ($3::uuid IS NULL OR l.tenant_id = $3::uuid)"
 	" AND ($4::text IS NULL OR m.name = $4::text)"
+	" AND l.meter_id <> $5::smallint" /* storage: see the top */
 	" FOR UPDATE OF l";
 
-static const char APPLY_SQL[] =
+/*
+ * The slice's changes, one statement each so that the locks come in the
+ * consumer's order. First the ledger rows (already locked by the cursor),
+ * with the differences and their hour, names and closed period (bps, bpe)
+ * kept in rr_delta.
+ */
+static const char STAGE_SQL[] =
+	"CREATE TEMP TABLE IF NOT EXISTS rr_stage (tenant_id uuid,"
+	" digest uuid, occurred_ms bigint, old_cost numeric,"
+	" new_cost numeric, new_pid bigint, ps_ms bigint,"
+	" pe_ms bigint) ON COMMIT DROP";
+
+static const char DELTA_TABLE_SQL[] =
+	"CREATE TEMP TABLE IF NOT EXISTS rr_delta (tenant_id uuid,"
+	" occurred_at timestamptz, hour timestamptz, meter text,"
+	" provider text, model text, d numeric, cps timestamptz,"
+	" cpe timestamptz, bps timestamptz, bpe timestamptz) ON COMMIT DROP";
+
+static const char LEDGER_SQL[] =
 	"WITH s AS (SELECT tenant_id, digest, timestamptz 'epoch' + occurred_ms"
 	"  * interval '1 millisecond' AS occurred_at, new_cost - old_cost AS d,"
 	"  new_cost, new_pid, timestamptz 'epoch' + ps_ms * interval '1 ms'"
@@ -132,53 +166,81 @@ static const char APPLY_SQL[] =
 	"  AND l.occurred_at < timestamptz 'epoch' + $2::bigint"
 	"   * interval '1 millisecond'"
 	"  RETURNING l.tenant_id, l.occurred_at, l.meter_id, l.provider_id,"
-	"  l.model_id, s.d, s.cps, s.cpe),"
-	" cl AS (SELECT led.*, bp.period_start AS bps, bp.period_end AS bpe,"
-	"  mt.name AS meter, coalesce(p.name, '') AS provider,"
-	"  coalesce(m.name, '') AS model FROM led"
+	"  l.model_id, s.d, s.cps, s.cpe)"
+	" INSERT INTO rr_delta SELECT led.tenant_id, led.occurred_at,"
+	"  date_trunc('hour', led.occurred_at AT TIME ZONE 'UTC')"
+	"  AT TIME ZONE 'UTC', mt.name, coalesce(p.name, ''),"
+	"  coalesce(m.name, ''), led.d, led.cps, led.cpe, bp.period_start,"
+	"  bp.period_end FROM led"
 	"  JOIN meters mt ON mt.id = led.meter_id"
 	"  LEFT JOIN providers p ON p.id = led.provider_id"
 	"  LEFT JOIN models m ON m.id = led.model_id"
 	"  LEFT JOIN billing_periods bp ON bp.tenant_id = led.tenant_id"
 	"  AND bp.period_start <= led.occurred_at"
-	"  AND led.occurred_at < bp.period_end AND bp.status <> 'open'),"
-	" hourly AS (UPDATE usage_hourly h SET cost = h.cost + x.d FROM"
-	"  (SELECT tenant_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC')"
-	"   AT TIME ZONE 'UTC' AS hour, meter, provider, model, sum(d) AS d"
-	"   FROM cl GROUP BY 1, 2, 3, 4, 5) x"
-	"  WHERE h.tenant_id = x.tenant_id AND h.hour = x.hour"
-	"  AND h.meter = x.meter AND h.provider = x.provider"
-	"  AND h.model = x.model),"
-	/*
-	 * The open period: the tenant_period_usage row containing the row,
-	 * else an open billing_periods row, else the period computed in C
-	 * from the tenant's current one. Upserted: a period without a row
-	 * yet (its usage all re-rated, or written before the row existed)
-	 * must not lose the difference.
-	 */
-	" per AS (INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
-	"  period_end, cost, version)"
-	"  SELECT tenant_id, ps, max(pe), sum(d), 1 FROM"
-	"  (SELECT cl.tenant_id, coalesce(u2.period_start, bo.period_start,"
-	"    cl.cps) AS ps, coalesce(u2.period_end, bo.period_end, cl.cpe)"
-	"    AS pe, cl.d FROM cl"
-	"   LEFT JOIN tenant_period_usage u2 ON u2.tenant_id = cl.tenant_id"
-	"    AND cl.occurred_at >= u2.period_start"
-	"    AND cl.occurred_at < u2.period_end"
-	"   LEFT JOIN billing_periods bo ON u2.tenant_id IS NULL"
-	"    AND bo.tenant_id = cl.tenant_id AND bo.status = 'open'"
-	"    AND bo.period_start <= cl.occurred_at"
-	"    AND cl.occurred_at < bo.period_end"
-	"   WHERE cl.bps IS NULL) x GROUP BY tenant_id, ps"
-	"  ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
-	"   cost = u.cost + EXCLUDED.cost, version = u.version + 1,"
-	"   updated_at = now()),"
-	" adj AS (INSERT INTO usage_adjustments (tenant_id, period_start,"
+	"  AND led.occurred_at < bp.period_end AND bp.status <> 'open'";
+
+/*
+ * usage_hourly: the rows locked in key order first (the consumer's
+ * INSERT … ORDER BY 1, 2, 3, 4, 5 … ON CONFLICT), then updated. An hourly
+ * row that is gone (retention) is not created again.
+ */
+static const char HOURLY_LOCK_SQL[] =
+	"SELECT count(*) FROM (SELECT 1 FROM usage_hourly h"
+	" WHERE (h.tenant_id, h.hour, h.meter, h.provider, h.model) IN"
+	"  (SELECT tenant_id, hour, meter, provider, model FROM rr_delta)"
+	" ORDER BY h.tenant_id, h.hour, h.meter, h.provider, h.model"
+	" FOR UPDATE OF h) x";
+
+static const char HOURLY_SQL[] =
+	"UPDATE usage_hourly h SET cost = h.cost + x.d FROM"
+	" (SELECT tenant_id, hour, meter, provider, model, sum(d) AS d"
+	"  FROM rr_delta GROUP BY 1, 2, 3, 4, 5) x"
+	" WHERE h.tenant_id = x.tenant_id AND h.hour = x.hour"
+	" AND h.meter = x.meter AND h.provider = x.provider"
+	" AND h.model = x.model";
+
+/*
+ * The open period: the tenant_period_usage row containing the row, else
+ * an open billing_periods row, else the period computed in C from the
+ * tenant's current one. Upserted in key order (the consumer's ORDER BY
+ * 1, 2): a period without a row yet (its usage all re-rated, or written
+ * before the row existed) must not lose the difference. budget_state is
+ * computed from the new cost as the consumer's totals do, so the outbox
+ * publishes the two together.
+ */
+static const char PERIOD_SQL[] =
+	"INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
+	" period_end, cost, budget_state, version)"
+	" SELECT x.tenant_id, x.ps, max(x.pe), sum(x.d),"
+	TALLY_AGG_BUDGET_STATE_SQL("sum(x.d)", "max(t.monthly_budget)")
+	", 1 FROM"
+	" (SELECT c.tenant_id, coalesce(u2.period_start, bo.period_start,"
+	"   c.cps) AS ps, coalesce(u2.period_end, bo.period_end, c.cpe)"
+	"   AS pe, c.d FROM rr_delta c"
+	"  LEFT JOIN tenant_period_usage u2 ON u2.tenant_id = c.tenant_id"
+	"   AND c.occurred_at >= u2.period_start"
+	"   AND c.occurred_at < u2.period_end"
+	"  LEFT JOIN billing_periods bo ON u2.tenant_id IS NULL"
+	"   AND bo.tenant_id = c.tenant_id AND bo.status = 'open'"
+	"   AND bo.period_start <= c.occurred_at"
+	"   AND c.occurred_at < bo.period_end"
+	"  WHERE c.bps IS NULL) x"
+	" LEFT JOIN tenants t ON t.id = x.tenant_id"
+	" GROUP BY x.tenant_id, x.ps ORDER BY 1, 2"
+	" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
+	"  cost = u.cost + EXCLUDED.cost, version = u.version + 1,"
+	"  updated_at = now(), budget_state = coalesce((SELECT"
+	TALLY_AGG_BUDGET_STATE_SQL("u.cost + EXCLUDED.cost", "t.monthly_budget")
+	"  FROM tenants t WHERE t.id = u.tenant_id), 'unlimited')";
+
+/* Closed periods: adjustments (inserts only: no row locks to order). */
+static const char ADJUST_SQL[] =
+	"WITH adj AS (INSERT INTO usage_adjustments (tenant_id, period_start,"
 	"  period_end, kind, meter, provider, model, cost)"
 	"  SELECT tenant_id, bps, bpe, 'rerate', meter, provider, model, sum(d)"
-	"  FROM cl WHERE bps IS NOT NULL GROUP BY 1, 2, 3, 5, 6, 7)"
-	" SELECT count(*), count(*) FILTER (WHERE bps IS NOT NULL),"
-	"  coalesce(sum(d), 0)::text FROM cl";
+	"  FROM rr_delta WHERE bps IS NOT NULL GROUP BY 1, 2, 3, 5, 6, 7)"
+	" SELECT count(*), count(*) FILTER (WHERE bps IS NOT NULL)"
+	" FROM rr_delta";
 
 /* Rate one fetched row; append it to the stage when it changes. */
 static void rate_row(rr *r, PGresult *res, int i)
@@ -193,7 +255,7 @@ static void rate_row(rr *r, PGresult *res, int i)
 	int rc, n;
 
 	memset(&ev, 0, sizeof(ev));
-	r->seen++;
+	r->n.seen++;
 	if (tally_uuid_parse(ev.tenant_id, PQgetvalue(res, i, 0), 36) != 0 ||
 	    tally_parse_i64(&ms, PQgetvalue(res, i, 2)) != 0 ||
 	    tally_parse_i64(&meter, PQgetvalue(res, i, 3)) != 0 ||
@@ -207,7 +269,7 @@ static void rate_row(rr *r, PGresult *res, int i)
 	    tally_money_parse(&old_cost, PQgetvalue(res, i, 13),
 			      (size_t)PQgetlength(res, i, 13)) != 0 ||
 	    tally_parse_i64(&old_pid, PQgetvalue(res, i, 14)) != 0) {
-		r->unpriced++;
+		r->n.unpriced++;
 		return;
 	}
 	ev.time_ms = ms;
@@ -233,7 +295,7 @@ static void rate_row(rr *r, PGresult *res, int i)
 	rc = tally_rate_event(&re, r->pb, &ev, r->ctx, &err);
 	if (rc != 0) {
 		/* no price now (or impossible row): never zero a cost by it */
-		r->unpriced++;
+		r->n.unpriced++;
 		return;
 	}
 	if (re.cost == old_cost && re.price_id == old_pid)
@@ -243,8 +305,8 @@ static void rate_row(rr *r, PGresult *res, int i)
 		return;
 	}
 	tally_agg_period(&ps, &pe, cps, cpe, ms);
-	r->changed++;
-	r->delta += (tally_money128)re.cost - old_cost;
+	r->n.changed++;
+	r->n.delta += (tally_money128)re.cost - old_cost;
 	tally_money_fmt(nc, sizeof(nc), re.cost);
 	tally_money_fmt(oc, sizeof(oc), old_cost);
 	n = snprintf(line, sizeof(line),
@@ -255,19 +317,24 @@ static void rate_row(rr *r, PGresult *res, int i)
 	add(r, line, (size_t)n);
 }
 
+/*
+ * One transaction: a UTC day of the range. Counts go to r->n, which the
+ * caller resets before each attempt and adds to the run's only after the
+ * COMMIT (a failed attempt, COMMIT included, is retried from scratch).
+ */
 static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 {
 	rr *r = payload;
 	PGresult *res = NULL;
-	char from[24], to[24], tid[37];
-	const char *params[4];
+	char from[24], to[24], tid[37], storage[8];
+	const char *params[5];
 	int rc, i;
-	int64_t seen0 = r->seen, ch0 = r->changed, un0 = r->unpriced;
-	tally_money128 d0 = r->delta;
 
+	memset(&r->n, 0, sizeof(r->n));
 	r->len = 0;
 	snprintf(from, sizeof(from), "%" PRId64, r->from);
 	snprintf(to, sizeof(to), "%" PRId64, r->to);
+	snprintf(storage, sizeof(storage), "%d", (int)TALLY_METER_STORAGE);
 	params[0] = from;
 	params[1] = to;
 	params[2] = NULL;
@@ -276,14 +343,15 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 		params[2] = tid;
 	}
 	params[3] = r->o->model;
-	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 4, params, err);
+	params[4] = storage;
+	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 5, params, err);
 	for (;;) {
 		if (rc != 0)
-			goto fail;
+			goto done;
 		rc = tally_pg_exec(pg, &res, "FETCH 10000 FROM rr_cur", 0, NULL,
 				   err);
 		if (rc != 0)
-			goto fail;
+			goto done;
 		if (PQntuples(res) == 0)
 			break;
 		for (i = 0; i < PQntuples(res) && r->err_rc == 0; i++)
@@ -293,7 +361,7 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 			if (err != NULL)
 				*err = r->err;
 			r->err_rc = 0;
-			goto fail;
+			goto done;
 		}
 		PQclear(res);
 		res = NULL;
@@ -303,37 +371,28 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	rc = tally_pg_exec(pg, NULL, "CLOSE rr_cur", 0, NULL, err);
 	if (rc != 0 || r->len == 0)
 		goto done;
-	rc = tally_pg_exec(pg, NULL,
-			   "CREATE TEMP TABLE IF NOT EXISTS rr_stage (tenant_id uuid,"
-			   " digest uuid, occurred_ms bigint, old_cost numeric,"
-			   " new_cost numeric, new_pid bigint, ps_ms bigint,"
-			   " pe_ms bigint) ON COMMIT DROP",
-			   0, NULL, err);
+	rc = tally_pg_exec(pg, NULL, STAGE_SQL, 0, NULL, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, DELTA_TABLE_SQL, 0, NULL, err);
 	if (rc == 0)
 		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
 				   r->len, err);
+	/* the consumer's lock order: hourly rows, then period rows */
 	if (rc == 0)
-		rc = tally_pg_exec(pg, &res, APPLY_SQL, 2, params, err);
-	if (rc != 0)
-		goto fail;
-	{
-		int64_t adj = 0;
-
-		if (tally_parse_i64(&adj, PQgetvalue(res, 0, 1)) == 0)
-			r->adjusted += adj;
-	}
-	PQclear(res);
-	res = NULL;
+		rc = tally_pg_exec(pg, NULL, LEDGER_SQL, 2, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, HOURLY_LOCK_SQL, 0, NULL, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, HOURLY_SQL, 0, NULL, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, PERIOD_SQL, 0, NULL, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, &res, ADJUST_SQL, 0, NULL, err);
+	if (rc == 0 &&
+	    tally_parse_i64(&r->n.adjusted, PQgetvalue(res, 0, 1)) != 0)
+		r->n.adjusted = 0;
 done:
-	if (rc == 0)
-		return 0;
-fail:
 	PQclear(res);
-	/* the transaction is retried: undo this slice's counts */
-	r->seen = seen0;
-	r->changed = ch0;
-	r->unpriced = un0;
-	r->delta = d0;
 	return rc;
 }
 
@@ -342,13 +401,23 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		     tally_error *err)
 {
 	rr r;
+	rr_counts run;
 	PGresult *res = NULL;
 	int64_t day;
 	int rc;
 	char from[24], to[24], tid[37], seen[24], changed[24], delta[48];
 	const char *params[8];
 
+	/* bounded, so that a day + DAY_MS never overflows */
+	if (opts->from_ms < 0 || opts->to_ms > TALLY_RERATE_TIME_MAX ||
+	    opts->from_ms >= opts->to_ms)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "rerate: the range [%" PRId64 ", %" PRId64
+				       ") must not be empty and lie within"
+				       " 1970..9999", opts->from_ms,
+				       opts->to_ms);
 	memset(&r, 0, sizeof(r));
+	memset(&run, 0, sizeof(run));
 	r.pb = pb;
 	r.o = opts;
 	r.ctx = tally_rate_ctx_new();
@@ -368,13 +437,21 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		r.from = day > opts->from_ms ? day : opts->from_ms;
 		r.to = day + DAY_MS < opts->to_ms ? day + DAY_MS : opts->to_ms;
 		rc = tally_pg_txn(pg, rerate_slice, &r, 0, err);
+		if (rc == 0) {
+			/* committed: only now are the slice's counts true */
+			run.seen += r.n.seen;
+			run.changed += r.n.changed;
+			run.unpriced += r.n.unpriced;
+			run.adjusted += r.n.adjusted;
+			run.delta += r.n.delta;
+		}
 	}
-	tally_money_fmt128(delta, sizeof(delta), r.delta);
+	tally_money_fmt128(delta, sizeof(delta), run.delta);
 	if (rc == 0) {
 		snprintf(from, sizeof(from), "%" PRId64, opts->from_ms);
 		snprintf(to, sizeof(to), "%" PRId64, opts->to_ms);
-		snprintf(seen, sizeof(seen), "%" PRId64, r.seen);
-		snprintf(changed, sizeof(changed), "%" PRId64, r.changed);
+		snprintf(seen, sizeof(seen), "%" PRId64, run.seen);
+		snprintf(changed, sizeof(changed), "%" PRId64, run.changed);
 		params[0] = from;
 		params[1] = to;
 		params[2] = NULL;
@@ -406,10 +483,10 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		}
 	}
 	if (stats != NULL) {
-		stats->rows_seen = r.seen;
-		stats->rows_changed = r.changed;
-		stats->unpriced = r.unpriced;
-		stats->adjusted = r.adjusted;
+		stats->rows_seen = run.seen;
+		stats->rows_changed = run.changed;
+		stats->unpriced = run.unpriced;
+		stats->adjusted = run.adjusted;
 		snprintf(stats->cost_delta, sizeof(stats->cost_delta), "%s",
 			 delta);
 	}

@@ -235,8 +235,11 @@ void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
 void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		      int64_t t);
 
+/** The end of the times rerate accepts: 10000-01-01T00:00:00Z in unix ms. */
+#define TALLY_RERATE_TIME_MAX INT64_C(253402300800000)
+
 /** What `tally rerate` re-prices: [from_ms, to_ms), optionally one tenant
- *  and/or one model name. */
+ *  and/or one model name; 0 <= from_ms < to_ms <= TALLY_RERATE_TIME_MAX. */
 typedef struct tally_rerate_opts {
 	int64_t from_ms, to_ms;
 	const uint8_t *tenant_id; /* NULL = every tenant */
@@ -244,7 +247,7 @@ typedef struct tally_rerate_opts {
 } tally_rerate_opts;
 
 typedef struct tally_rerate_stats {
-	int64_t rows_seen;     /* ledger rows in the range */
+	int64_t rows_seen;     /* ledger rows in the range (storage excluded) */
 	int64_t rows_changed;  /* re-priced (cost or price_id differ) */
 	int64_t unpriced;      /* no price in the book now: left unchanged */
 	int64_t adjusted;      /* of the changed, in closed periods */
@@ -258,8 +261,15 @@ typedef struct tally_rerate_stats {
  * tenant_period_usage and, for closed periods, usage_adjustments (kind
  * 'rerate'). One transaction per UTC day of the range; a second run with
  * the same book changes nothing. Runs of rerate are serialised with an
- * advisory lock (a concurrent run gets TALLY_ETRANSIENT).
+ * advisory lock (a concurrent run gets TALLY_ETRANSIENT). Storage
+ * snapshot rows are not re-priced (their ledger cost is 0; the charge is
+ * the period's storage_cost). Row locks are taken in tally-aggregate's
+ * order (ledger, usage_hourly, tenant_period_usage, each by key), so the
+ * two can run at the same time; a deadlock or serialisation failure is
+ * retried. The stats count committed slices only.
  * @param stats may be NULL
+ * @return 0, TALLY_EINVALID for a bad range, TALLY_ETRANSIENT or
+ *         TALLY_ERROR
  */
 int tally_agg_rerate(tally_pg *pg, const struct tally_pricebook *pb,
 		     const tally_rerate_opts *opts, tally_rerate_stats *stats,
