@@ -11,6 +11,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
+#include "aggregate_int.h"
 #include "tally/positions.h"
 #include "tally/codec.h"
 #include "tally/event.h"
@@ -2506,12 +2507,8 @@ static const char TOTALS_SQL[] =
 	" GROUP BY 1, 2)"
 	" UPDATE tenant_period_usage u SET version = u.version + 1,"
 	" workflows = u.workflows + coalesce(wc.n, 0),"
-	" updated_at = now(), budget_state = CASE"
-	"  WHEN t.monthly_budget IS NULL OR t.monthly_budget <= 0"
-	"   THEN 'unlimited'"
-	"  WHEN u.cost >= t.monthly_budget THEN 'exceeded'"
-	"  WHEN u.cost * 100 >= t.monthly_budget * 80 THEN 'warning'"
-	"  ELSE 'ok' END"
+	" updated_at = now(), budget_state ="
+	TALLY_AGG_BUDGET_STATE_SQL("u.cost", "t.monthly_budget")
 	" FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::bigint[])"
 	"  x(tid, ps)) a"
 	" LEFT JOIN tenants t ON t.id = a.tid"
