@@ -248,6 +248,86 @@ START_TEST(test_aggregate_kafka_stop_while_retrying)
 }
 END_TEST
 
+/* Set a config of topic t (IncrementalAlterConfigs). */
+static void topic_config(rd_kafka_t *rk, const char *t, const char *name,
+			 const char *value)
+{
+	rd_kafka_ConfigResource_t *cr =
+		rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, t);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	const rd_kafka_ConfigResource_t **res;
+	rd_kafka_error_t *e;
+	rd_kafka_event_t *ev;
+	size_t cnt = 0;
+
+	e = rd_kafka_ConfigResource_add_incremental_config(
+		cr, name, RD_KAFKA_ALTER_CONFIG_OP_TYPE_SET, value);
+	ck_assert_msg(e == NULL, "%s", e ? rd_kafka_error_string(e) : "");
+	rd_kafka_IncrementalAlterConfigs(rk, &cr, 1, NULL, q);
+	rd_kafka_ConfigResource_destroy(cr);
+	ev = rd_kafka_queue_poll(q, 30000);
+	ck_assert_msg(ev != NULL, "IncrementalAlterConfigs timed out");
+	ck_assert_msg(rd_kafka_event_error(ev) == 0, "alter configs: %s",
+		      rd_kafka_event_error_string(ev));
+	res = rd_kafka_IncrementalAlterConfigs_result_resources(
+		rd_kafka_event_IncrementalAlterConfigs_result(ev), &cnt);
+	ck_assert_int_eq(cnt, 1);
+	ck_assert_msg(rd_kafka_ConfigResource_error(res[0]) == 0,
+		      "alter %s: %s", t,
+		      rd_kafka_ConfigResource_error_string(res[0]));
+	rd_kafka_event_destroy(ev);
+	rd_kafka_queue_destroy(q);
+}
+
+/* Messages in topic t (all partitions, high - low watermark). */
+static int64_t topic_messages(rd_kafka_t *rk, const char *t)
+{
+	int64_t lo, hi, sum = 0;
+
+	for (int p = 0; p < NPART; p++) {
+		ck_assert(rd_kafka_query_watermark_offsets(rk, t, p, &lo, &hi,
+							   10000) == 0);
+		sum += hi - lo;
+	}
+	return sum;
+}
+
+/*
+ * Dead letters the broker refuses (here: larger than the DLQ topic's
+ * max.message.bytes) must keep the batch uncommitted: before the fix a
+ * flush that emptied the queue by failing counted as delivered, the
+ * offsets moved on and the dead letters were gone. Once the topic takes
+ * them again, the batch commits and every dead letter is on the topic.
+ */
+START_TEST(test_aggregate_kafka_dead_letter_delivery_failed)
+{
+	rd_kafka_t *rk = producer();
+	int64_t sent = 0, base = tally_now_ms() - 2 * 3600000;
+	int64_t late = tally_now_ms() - 40 * 86400000LL; /* > 35 days */
+
+	topic_config(rk, dlq, "max.message.bytes", "64");
+	produce_range(rk, 0, 500, base, &sent);
+	/* 5 events out of the lateness window (no index is a multiple of
+	 * 97: each is sent once) */
+	produce_range(rk, 1001, 1006, late, &sent);
+	rd_kafka_flush(rk, 30000);
+	write_config(2000);
+	start(0);
+	wait_log(0, "\"aggregate.retry\"", "failed delivery", 120);
+	ck_assert_int_eq(committed(), 0);
+	ck_assert_int_eq(topic_messages(rk, dlq), 0);
+	topic_config(rk, dlq, "max.message.bytes", "1048588");
+	wait_done(sent, 120);
+	stop(0, SIGTERM);
+	expect_all(500, base);
+	/* every attempt before was refused whole: exactly one copy each */
+	ck_assert_int_eq(topic_messages(rk, dlq), 5);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " dead_letters"), 5);
+	rd_kafka_destroy(rk);
+}
+END_TEST
+
 static Suite *aggregate_kafka_suite(void)
 {
 	Suite *s = suite_create("aggregate_kafka");
@@ -259,6 +339,7 @@ static Suite *aggregate_kafka_suite(void)
 	tcase_add_test(tc, test_aggregate_kafka_rebalance_exact);
 	tcase_add_test(tc, test_aggregate_kafka_retention_gap);
 	tcase_add_test(tc, test_aggregate_kafka_stop_while_retrying);
+	tcase_add_test(tc, test_aggregate_kafka_dead_letter_delivery_failed);
 	suite_add_tcase(s, tc);
 	return s;
 }
