@@ -2122,12 +2122,24 @@ static int dedupe(tally_agg *agg, size_t rows, tally_error *err)
  * it. PostgreSQL returns the segments of the target periods; C prices each
  * segment with tally_rate_storage_cost() at the price in force at the
  * segment's start (rounded half-even per segment) and sums exactly.
+ * A carry target ($4) is a period the batch touched without a snapshot of
+ * its own: it counts only if its row has no storage yet (a row the batch
+ * created, or one that missed its carried-over snapshot), and it has
+ * segments only if the tenant has a snapshot before the period (an index
+ * probe): the rows of tenants without storage cost one look-up each. The
+ * row test is a scalar subquery, a primary-key probe per carry target: as
+ * EXISTS it became a semi-join that scanned tenant_period_usage.
  */
 static const char SEGMENTS_SQL[] =
 	"WITH a AS (SELECT x.tenant_id, x.ps_ms, timestamptz 'epoch' + x.ps_ms"
 	"  * interval '1 ms' AS ps, timestamptz 'epoch' + x.pe_ms"
 	"  * interval '1 ms' AS pe FROM unnest($1::uuid[], $2::bigint[],"
-	"  $3::bigint[]) AS x(tenant_id, ps_ms, pe_ms)),"
+	"  $3::bigint[], $4::boolean[]) AS x(tenant_id, ps_ms, pe_ms, carry)"
+	"  WHERE NOT x.carry OR (SELECT u.storage_snapshots = 0"
+	"   AND u.storage_byte_ms = 0 AND u.storage_cost = 0"
+	"   FROM tenant_period_usage u WHERE u.tenant_id = x.tenant_id"
+	"   AND u.period_start = timestamptz 'epoch' + x.ps_ms"
+	"   * interval '1 ms')),"
 	" pts AS ("
 	"  SELECT a.tenant_id, a.ps_ms, a.pe, s.occurred_at AS t, 1 AS rk,"
 	"   s.bytes FROM a JOIN storage_snapshots s ON s.tenant_id = a.tenant_id"
@@ -2144,16 +2156,33 @@ static const char SEGMENTS_SQL[] =
 	"  (extract(epoch FROM t2 - t) * 1000)::bigint, bytes FROM seg"
 	" WHERE t2 > t";
 
-/* Open periods: set the integral and the storage cost (part of cost). */
+/*
+ * Open periods: set the integral and the storage cost (part of cost). A
+ * period without a row gets one if it has begun ($6) and holds storage
+ * (the period after a snapshot's, before any other usage there), as the
+ * batch's own periods get theirs; the caller bumps the version of every
+ * row returned (changed or new), so billing.totals carries it.
+ */
 static const char STORAGE_OPEN_SQL[] =
-	"UPDATE tenant_period_usage u SET storage_byte_ms = x.b,"
-	" storage_gb_months = round(x.b / 2592000000000000000, 12),"
-	" cost = u.cost - u.storage_cost + x.c, storage_cost = x.c"
-	" FROM unnest($1::uuid[], $2::bigint[], $3::numeric[], $4::numeric[])"
-	"  AS x(t, ps, b, c)"
-	" WHERE u.tenant_id = x.t AND u.period_start = timestamptz 'epoch'"
-	"  + x.ps * interval '1 ms'"
-	"  AND (u.storage_byte_ms <> x.b OR u.storage_cost <> x.c)"
+	"INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
+	" period_end, storage_byte_ms, storage_gb_months, storage_cost, cost)"
+	" SELECT x.t, x.ps, x.pe, x.b, round(x.b / 2592000000000000000, 12),"
+	"  x.c, x.c"
+	" FROM (SELECT t, timestamptz 'epoch' + ps * interval '1 ms' AS ps,"
+	"  timestamptz 'epoch' + pe * interval '1 ms' AS pe, b, c, ins"
+	"  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::numeric[],"
+	"  $5::numeric[], $6::boolean[]) AS y(t, ps, pe, b, c, ins)) x"
+	" WHERE (x.ins AND (x.b <> 0 OR x.c <> 0)) OR EXISTS (SELECT 1"
+	"  FROM tenant_period_usage v WHERE v.tenant_id = x.t"
+	"  AND v.period_start = x.ps)"
+	" ORDER BY 1, 2"
+	" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
+	" storage_byte_ms = EXCLUDED.storage_byte_ms,"
+	" storage_gb_months = EXCLUDED.storage_gb_months,"
+	" cost = u.cost - u.storage_cost + EXCLUDED.storage_cost,"
+	" storage_cost = EXCLUDED.storage_cost"
+	" WHERE u.storage_byte_ms <> EXCLUDED.storage_byte_ms"
+	"  OR u.storage_cost <> EXCLUDED.storage_cost"
 	" RETURNING u.tenant_id, (extract(epoch FROM u.period_start)"
 	"  * 1000)::bigint";
 
@@ -2193,6 +2222,8 @@ typedef struct starget {
 	uint8_t tenant[16];   /* tenant and ps: the key (STARGET_KEY bytes) */
 	int64_t ps, pe;
 	bool closed;
+	bool carry;           /* touched, no snapshot: only if still unset */
+	bool seen;            /* has segments */
 	__int128 bms;         /* byte-milliseconds */
 	tally_money128 cost;  /* pico */
 } starget;
@@ -2247,16 +2278,22 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 	hset th = { 0 };      /* index of tg by (tenant, ps) */
 	uint8_t key[STARGET_KEY];
 	size_t ntg = 0, cap, i, j;
-	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 };
+	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 },
+	     a6 = { 0 };
 	PGresult *res = NULL;
-	const char *params[5];
+	const char *params[6];
 	size_t nopen = 0, nclosed = 0;
 	int rc = 0, r;
 
 	cap = 2 * (agg->period.n + agg->adj.n) + 2;
 	tg = tally_xcalloc(cap, sizeof(*tg));
 	hset_init(&th, cap);
-	/* targets: each period with new snapshots, and the one after it */
+	/*
+	 * targets: each period with new snapshots, and the one after it (its
+	 * opening value); then, as carry targets, the other open periods the
+	 * batch touched: a row the batch created opens with the last snapshot
+	 * before it, whether or not the period has a snapshot of its own
+	 */
 	for (i = 0; i < agg->period.n + agg->adj.n; i++) {
 		const acc *a = i < agg->period.n ? &agg->period.v[i]
 			       : &agg->adj.v[i - agg->period.n];
@@ -2287,23 +2324,42 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 				ntg++; /* new */
 		}
 	}
+	for (i = 0; i < agg->period.n; i++) {
+		const acc *a = &agg->period.v[i];
+		starget *t = &tg[ntg];
+
+		if (a->ss != 0)
+			continue;
+		memset(t, 0, sizeof(*t));
+		memcpy(t->tenant, a->k.tenant, 16);
+		t->ps = a->k.t;
+		t->pe = a->pe;
+		t->carry = true;
+		if (hset_put(&th, (const uint8_t *)tg, sizeof(*tg),
+			     STARGET_KEY, (uint32_t)ntg) == ntg)
+			ntg++; /* new; else already a target */
+	}
 	if (ntg == 0)
 		goto cleanup;
 	sb_puts(&a1, "{");
 	sb_puts(&a2, "{");
 	sb_puts(&a3, "{");
+	sb_puts(&a6, "{");
 	for (j = 0; j < ntg; j++) {
 		uuid_arr(&a1, tg[j].tenant, j == 0);
 		sb_printf(&a2, "%s%" PRId64, j ? "," : "", tg[j].ps);
 		sb_printf(&a3, "%s%" PRId64, j ? "," : "", tg[j].pe);
+		sb_printf(&a6, "%s%c", j ? "," : "", tg[j].carry ? 't' : 'f');
 	}
 	sb_puts(&a1, "}");
 	sb_puts(&a2, "}");
 	sb_puts(&a3, "}");
+	sb_puts(&a6, "}");
 	params[0] = a1.p;
 	params[1] = a2.p;
 	params[2] = a3.p;
-	rc = tally_pg_exec(agg->pg, &res, SEGMENTS_SQL, 3, params, err);
+	params[3] = a6.p;
+	rc = tally_pg_exec(agg->pg, &res, SEGMENTS_SQL, 4, params, err);
 	if (rc != 0)
 		goto cleanup;
 	for (r = 0; r < PQntuples(res); r++) {
@@ -2327,6 +2383,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			      STARGET_KEY, key);
 		if (j == UINT32_MAX)
 			continue;
+		tg[j].seen = true;
 		tg[j].bms += (__int128)bytes * dur;
 		if (agg->pb == NULL)
 			continue;
@@ -2348,34 +2405,45 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 	sb_reset(&a1);
 	sb_reset(&a2);
 	sb_reset(&a3);
+	sb_reset(&a6);
 	sb_puts(&a1, "{");
 	sb_puts(&a2, "{");
 	sb_puts(&a3, "{");
 	sb_puts(&a4, "{");
 	sb_puts(&a5, "{");
+	sb_puts(&a6, "{");
 	for (j = 0; j < ntg; j++) {
 		char b[64], c[64];
 
-		if (tg[j].closed)
+		/* a carry target without segments is not to be set */
+		if (tg[j].closed || (tg[j].carry && !tg[j].seen))
 			continue;
 		fmt_i128(b, sizeof(b), tg[j].bms);
 		tally_money_fmt128(c, sizeof(c), tg[j].cost);
 		uuid_arr(&a1, tg[j].tenant, nopen == 0);
 		sb_printf(&a2, "%s%" PRId64, nopen ? "," : "", tg[j].ps);
+		sb_printf(&a3, "%s%" PRId64, nopen ? "," : "", tg[j].pe);
 		sb_printf(&a4, "%s%s", nopen ? "," : "", b);
 		sb_printf(&a5, "%s%s", nopen ? "," : "", c);
+		/* a row is created only for a period that has begun */
+		sb_printf(&a6, "%s%c", nopen ? "," : "",
+			  tg[j].ps <= agg->now_ms ? 't' : 'f');
 		nopen++;
 	}
 	sb_puts(&a1, "}");
 	sb_puts(&a2, "}");
+	sb_puts(&a3, "}");
 	sb_puts(&a4, "}");
 	sb_puts(&a5, "}");
+	sb_puts(&a6, "}");
 	if (nopen > 0) {
 		params[0] = a1.p;
 		params[1] = a2.p;
-		params[2] = a4.p;
-		params[3] = a5.p;
-		rc = tally_pg_exec(agg->pg, &res, STORAGE_OPEN_SQL, 4, params,
+		params[2] = a3.p;
+		params[3] = a4.p;
+		params[4] = a5.p;
+		params[5] = a6.p;
+		rc = tally_pg_exec(agg->pg, &res, STORAGE_OPEN_SQL, 6, params,
 				   err);
 		if (rc != 0)
 			goto cleanup;
@@ -2391,10 +2459,12 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 	}
 	sb_reset(&a1);
 	sb_reset(&a2);
+	sb_reset(&a3);
 	sb_reset(&a4);
 	sb_reset(&a5);
 	sb_puts(&a1, "{");
 	sb_puts(&a2, "{");
+	sb_puts(&a3, "{");
 	sb_puts(&a4, "{");
 	sb_puts(&a5, "{");
 	for (j = 0; j < ntg; j++) {
@@ -2434,6 +2504,7 @@ cleanup:
 	free(a3.p);
 	free(a4.p);
 	free(a5.p);
+	free(a6.p);
 	return rc;
 }
 
@@ -2864,7 +2935,8 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	for (i = 0; i < agg->period.n; i++)
 		if (agg->period.v[i].ss > 0)
 			nst++;
-	if (nst > 0) {
+	/* snapshots, or open periods that may open with an earlier one */
+	if (nst > 0 || agg->period.n > 0) {
 		rc = storage_recompute(agg, &at, &ap, &naff, err);
 		if (rc != 0)
 			goto cleanup;

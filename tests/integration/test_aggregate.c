@@ -532,6 +532,281 @@ START_TEST(test_aggregate_storage_many_tenants)
 }
 END_TEST
 
+/*
+ * Storage carried into a period without a snapshot of its own (a gauge
+ * that reports only on change): the period opens with the last snapshot
+ * before it and holds it to its end. The tenant's periods are 25 days
+ * long (never a whole month, so fixed-length): P = [now - 30 d, now - 5 d),
+ * P+1 = [now - 5 d, now + 20 d), the current one. Prices: the book's
+ * 0.10 per GB-month (10^9 bytes for 30 days).
+ */
+#define CARRY_BYTES INT64_C(10000000000) /* 10 GB */
+#define CARRY_DAYS 25
+
+static tally_agg *new_agg_priced(const tally_pricebook *pb)
+{
+	tally_agg_opts o = { 0 };
+	tally_agg *agg = NULL;
+	tally_error err;
+	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+	int p;
+
+	o.group = "tally.aggregate";
+	o.lateness_ms = 35 * DAY_MS;
+	o.future_ms = 300000;
+	o.pricebook = pb;
+	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
+	for (p = 0; p < 4; p++)
+		rd_kafka_topic_partition_list_add(l, TOPIC, p);
+	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
+	rd_kafka_topic_partition_list_destroy(l);
+	return agg;
+}
+
+static void carry_tenant(char s[37], uint8_t t[16], int k, int64_t cps,
+			 int64_t cpe)
+{
+	char sql[512];
+
+	agg_tenant(t, k);
+	tally_uuid_fmt(s, t);
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end)"
+		 " VALUES ('%s', 'c%d', 'c%d', 'c%d.example',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+		 s, k, k, k, cps, cpe);
+	tally_test_exec(dsn, sql);
+}
+
+static void add_snapshot(batch *b, const uint8_t t[16], int64_t i,
+			 int64_t at, int64_t bytes)
+{
+	agg_gen g;
+
+	agg_gen_event(&g, 31, i, at);
+	memcpy(g.re.ev.tenant_id, t, 16);
+	g.re.ev.meter = TALLY_METER_STORAGE;
+	g.re.ev.bytes = bytes;
+	g.re.ev.time_ms = at;
+	g.re.cost = 0;
+	batch_add(b, &g.re, 1);
+}
+
+/* 4 API calls at 0.0001 (event 10 * i + 8 of the generator) */
+static void add_calls(batch *b, const uint8_t t[16], int64_t i, int64_t at)
+{
+	agg_gen g;
+
+	agg_gen_event(&g, 32, 10 * i + 8, at);
+	ck_assert_int_eq(g.re.ev.meter, TALLY_METER_API_CALL);
+	ck_assert_int_eq(g.re.ev.count, 4);
+	memcpy(g.re.ev.tenant_id, t, 16);
+	g.re.ev.time_ms = at;
+	ck_assert_int_eq(g.re.cost, INT64_C(400000000));
+	batch_add(b, &g.re, 2);
+}
+
+/* q = round_half_even(n / d), n >= 0, d > 0 */
+static unsigned __int128 div_half_even(unsigned __int128 n,
+				       unsigned __int128 d)
+{
+	unsigned __int128 q = n / d, r = n % d;
+
+	if (2 * r > d || (2 * r == d && q % 2 == 1))
+		q++;
+	return q;
+}
+
+static void fmt_u128(char *out, size_t len, unsigned __int128 v)
+{
+	char tmp[48];
+	size_t n = 0, i = 0;
+
+	do {
+		tmp[n++] = (char)('0' + (int)(v % 10));
+		v /= 10;
+	} while (v != 0);
+	while (n > 0 && i + 1 < len)
+		out[i++] = tmp[--n];
+	out[i] = '\0';
+}
+
+/*
+ * "byte_ms gb_months storage_cost" of bytes held for days: GB-months to
+ * 12 places; cost = bytes * ms * 0.10 / (10^9 * 30 d), half-even at the
+ * pico (10^-12).
+ */
+static void carry_expect(char *out, size_t len, int64_t bytes, int64_t days)
+{
+	const unsigned __int128 gbm = (unsigned __int128)1000000000 *
+				      (30 * (unsigned __int128)DAY_MS);
+	unsigned __int128 bms = (unsigned __int128)bytes * (days * DAY_MS);
+	unsigned __int128 g12, c12;
+	char b[48], g[48], c[48];
+
+	g12 = div_half_even(bms * 1000000000000u, gbm);
+	c12 = div_half_even(bms * 100000000000u, gbm); /* 0.10 in pico */
+	fmt_u128(b, sizeof(b), bms);
+	snprintf(g, sizeof(g), "%" PRIu64 ".%012" PRIu64,
+		 (uint64_t)(g12 / 1000000000000u),
+		 (uint64_t)(g12 % 1000000000000u));
+	tally_money_fmt(c, sizeof(c), (int64_t)c12);
+	snprintf(out, len, "%s %s %s", b, g, c);
+}
+
+static const char *carry_row(const char *s, int64_t ps)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+		 "SELECT storage_byte_ms::text || ' ' || storage_gb_months::text"
+		 " || ' ' || storage_cost::text FROM tenant_period_usage WHERE"
+		 " tenant_id = '%s' AND period_start = timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms'", s, ps);
+	return agg_query1(chk, sql);
+}
+
+static int64_t carry_i64(const char *col, const char *s, int64_t ps)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+		 "SELECT %s FROM tenant_period_usage WHERE tenant_id = '%s'"
+		 " AND period_start = timestamptz 'epoch' + %" PRId64
+		 " * interval '1 ms'", col, s, ps);
+	return agg_query_i64(chk, sql);
+}
+
+/*
+ * (a) A row created by a batch with no snapshot in its period takes the
+ * carried-over one: a 10 GB snapshot in P, processed while P is current
+ * (P+1 has not begun: no row is made for it ahead of time); then only API
+ * calls in P+1. P+1 holds 10 GB for all its 25 days.
+ */
+START_TEST(test_aggregate_storage_carried_into_new_period)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - CARRY_DAYS * DAY_MS, pe1 = ps1 + CARRY_DAYS * DAY_MS;
+	tally_pricebook *pb = NULL;
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_error err;
+	batch b = { 0 };
+	char s[37], want[160], sql[512];
+	uint8_t t[16];
+
+	memset(next_off, 0, sizeof(next_off));
+	carry_tenant(s, t, 20, ps1, pe1);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = new_agg_priced(pb);
+	/* while P is current: 10 GB from day 10 of P (15 days to its end) */
+	add_snapshot(&b, t, 1, ps0 + 10 * DAY_MS, CARRY_BYTES);
+	ck_assert_int_eq(run(agg, &b, now - 10 * DAY_MS, &st), 0);
+	ck_assert_int_eq(st.accepted, 1);
+	batch_free(&b);
+	carry_expect(want, sizeof(want), CARRY_BYTES, 15);
+	ck_assert_str_eq(carry_row(s, ps0), want);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms'", s, ps1);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 0);
+
+	/* P+1 is current: API calls only; the batch creates P+1's row */
+	add_calls(&b, t, 1, now - 3600000);
+	add_calls(&b, t, 2, now - 7200000);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 2);
+	batch_free(&b);
+	carry_expect(want, sizeof(want), CARRY_BYTES, CARRY_DAYS);
+	ck_assert_str_eq(want, "21600000000000000000 8.333333333333"
+			 " 0.833333333333"); /* 10 GB * 25/30 months * 0.10 */
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	snprintf(sql, sizeof(sql), "SELECT cost::text || ' ' || api_calls ||"
+		 " ' ' || storage_snapshots || ' ' || (published_version <"
+		 " version) FROM tenant_period_usage WHERE tenant_id = '%s' AND"
+		 " period_start = timestamptz 'epoch' + %" PRId64
+		 " * interval '1 ms'", s, ps1);
+	/* 8 calls * 0.0001 + the storage; the totals outbox has it */
+	ck_assert_str_eq(agg_query1(chk, sql), "0.834133333333 8 0 true");
+	ck_assert_int_eq(carry_i64("version", s, ps1), 1);
+
+	/* more calls: the storage stays, the version moves */
+	add_calls(&b, t, 3, now - 60000);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	ck_assert_int_eq(carry_i64("version", s, ps1), 2);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+END_TEST
+
+/*
+ * (b) The period after a snapshot's, begun but without a row yet, gets
+ * one with the carried storage (and a version, for billing.totals); a
+ * later snapshot before it changes it again; its own usage adds to it.
+ */
+START_TEST(test_aggregate_storage_following_period_created)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - CARRY_DAYS * DAY_MS, pe1 = ps1 + CARRY_DAYS * DAY_MS;
+	tally_pricebook *pb = NULL;
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_error err;
+	batch b = { 0 };
+	char s[37], want[160], sql[512];
+	uint8_t t[16];
+
+	memset(next_off, 0, sizeof(next_off));
+	carry_tenant(s, t, 21, ps1, pe1);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = new_agg_priced(pb);
+	/* a late 10 GB snapshot from day 10 of P (still open) */
+	add_snapshot(&b, t, 1, ps0 + 10 * DAY_MS, CARRY_BYTES);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	carry_expect(want, sizeof(want), CARRY_BYTES, 15);
+	ck_assert_str_eq(carry_row(s, ps0), want);
+	carry_expect(want, sizeof(want), CARRY_BYTES, CARRY_DAYS);
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	snprintf(sql, sizeof(sql), "SELECT (extract(epoch FROM period_end)"
+		 " * 1000)::bigint = %" PRId64 " AND cost = storage_cost AND"
+		 " storage_snapshots = 0 AND api_calls = 0 AND published_version"
+		 " < version FROM tenant_period_usage WHERE tenant_id = '%s' AND"
+		 " period_start = timestamptz 'epoch' + %" PRId64
+		 " * interval '1 ms'", pe1, s, ps1);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	ck_assert_int_eq(carry_i64("version", s, ps1), 1);
+
+	/* P+1's own usage adds to it */
+	add_calls(&b, t, 1, now - 3600000);
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	ck_assert_int_eq(carry_i64("version", s, ps1), 2);
+
+	/* 4 GB from day 20 of P: P+1 opens with 4 GB now */
+	add_snapshot(&b, t, 2, ps0 + 20 * DAY_MS, INT64_C(4000000000));
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	batch_free(&b);
+	carry_expect(want, sizeof(want), INT64_C(4000000000), CARRY_DAYS);
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	ck_assert_int_eq(carry_i64("version", s, ps1), 3);
+	snprintf(sql, sizeof(sql), "SELECT cost::text FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms'", s, ps1);
+	/* 4 calls * 0.0001 + 4 GB * 25/30 months * 0.10 */
+	ck_assert_str_eq(agg_query1(chk, sql), "0.333733333333");
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+END_TEST
+
 
 START_TEST(test_aggregate_rerate_moves_totals)
 {
@@ -858,6 +1133,8 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
 	tcase_add_test(tc, test_aggregate_storage_many_tenants);
+	tcase_add_test(tc, test_aggregate_storage_carried_into_new_period);
+	tcase_add_test(tc, test_aggregate_storage_following_period_created);
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
 	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
