@@ -1285,13 +1285,20 @@ static int load_tenants(tally_agg *agg, tally_error *err)
 	if (agg->ntenants == 0)
 		return 0;
 	params[0] = ids->p;
+	/*
+	 * FOR KEY SHARE, in id order, until the commit: whoever closes a
+	 * period locks the tenant row FOR UPDATE first, so it waits for the
+	 * batches that may have read the period as open, and the batches
+	 * after it wait for its commit and then read billing_periods (next
+	 * statement) closed (docs/aggregate.md, "Closing a period"). Does
+	 * not block tenant updates that leave the keys alone.
+	 */
 	rc = tally_pg_exec(agg->pg, &res,
 			   "SELECT id, (extract(epoch FROM current_period_start)"
 			   " * 1000)::bigint, (extract(epoch FROM"
-			   " current_period_end) * 1000)::bigint FROM tenants"
-			   " WHERE id = ANY($1::uuid[])"
-			   " AND current_period_start IS NOT NULL"
-			   " AND current_period_end > current_period_start",
+			   " current_period_end) * 1000)::bigint,"
+			   " current_period_end > current_period_start FROM tenants"
+			   " WHERE id = ANY($1::uuid[]) ORDER BY id FOR KEY SHARE",
 			   1, params, err);
 	if (rc != 0)
 		goto cleanup;
@@ -1299,6 +1306,9 @@ static int load_tenants(tally_agg *agg, tally_error *err)
 		uint8_t id[16];
 		uint32_t k;
 
+		if (PQgetisnull(res, r, 3) ||
+		    strcmp(PQgetvalue(res, r, 3), "t") != 0)
+			continue; /* no current period: calendar months */
 		if (tally_uuid_parse(id, PQgetvalue(res, r, 0), 36) != 0)
 			continue;
 		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,

@@ -184,6 +184,16 @@ static const char LEDGER_SQL[] =
  * INSERT … ORDER BY 1, 2, 3, 4, 5 … ON CONFLICT), then updated. An hourly
  * row that is gone (retention) is not created again.
  */
+/*
+ * The tenants' rows FOR KEY SHARE (id order) before billing_periods is
+ * read, as the consumer does: a period being closed (its closer holds the
+ * tenant row FOR UPDATE) is then read closed, never written into
+ * (docs/aggregate.md, "Closing a period").
+ */
+static const char TENANT_LOCK_SQL[] =
+	"SELECT count(*) FROM (SELECT 1 FROM tenants t WHERE t.id IN"
+	" (SELECT tenant_id FROM rr_stage) ORDER BY t.id FOR KEY SHARE) x";
+
 static const char HOURLY_LOCK_SQL[] =
 	"SELECT count(*) FROM (SELECT 1 FROM usage_hourly h"
 	" WHERE (h.tenant_id, h.hour, h.meter, h.provider, h.model) IN"
@@ -377,7 +387,9 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0)
 		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
 				   r->len, err);
-	/* the consumer's lock order: hourly rows, then period rows */
+	/* the consumer's lock order: tenants, hourly rows, period rows */
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, TENANT_LOCK_SQL, 0, NULL, err);
 	if (rc == 0)
 		rc = tally_pg_exec(pg, NULL, LEDGER_SQL, 2, params, err);
 	if (rc == 0)

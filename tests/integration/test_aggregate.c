@@ -12,6 +12,9 @@
 #include "tally/money.h"
 #include "tally/pricebook.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
+
 #define TOPIC "billing.usage.rated"
 #define DAY_MS INT64_C(86400000)
 
@@ -404,6 +407,104 @@ START_TEST(test_aggregate_periods_late_closed_dlq)
 		 " kind || ' ' || meter FROM usage_adjustments WHERE tenant_id"
 		 " = '%s'", s1);
 	ck_assert_str_eq(agg_query1(chk, sql), "7 0.0007 late_usage api.call");
+	tally_agg_free(agg);
+}
+END_TEST
+
+/* A batch on its own thread (it may wait for a lock). */
+typedef struct bg_batch {
+	tally_agg *agg;
+	batch *b;
+	int64_t now;
+	tally_agg_stats st;
+	int rc;
+	atomic_int done;
+} bg_batch;
+
+static void *bg_run(void *arg)
+{
+	bg_batch *x = arg;
+
+	x->rc = run(x->agg, x->b, x->now, &x->st);
+	atomic_store(&x->done, 1);
+	return NULL;
+}
+
+/*
+ * Closing a period races with a batch writing into it: the closer locks
+ * the tenant row FOR UPDATE and records the period closed; a batch that
+ * starts meanwhile must wait for that commit and then book its event as
+ * an adjustment. Without the batch's FOR KEY SHARE on the tenant row it
+ * read the period as open (the closer had not committed), wrote into it,
+ * and the usage was in neither the invoice nor an adjustment.
+ */
+START_TEST(test_aggregate_period_close_waits_for_batch)
+{
+	int64_t now = tally_now_ms(), ps = now - 20 * DAY_MS;
+	int64_t pe = now + 10 * DAY_MS;
+	tally_agg *agg;
+	agg_gen g;
+	batch b = { 0 };
+	bg_batch x = { 0 };
+	pthread_t th;
+	PGconn *closer;
+	PGresult *r;
+	char sql[1024], s0[37];
+	uint8_t t0[16];
+
+	memset(next_off, 0, sizeof(next_off));
+	agg_tenant(t0, 0);
+	tally_uuid_fmt(s0, t0);
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end)"
+		 " VALUES ('%s', 't0', 't0', 't0.example',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+		 s0, ps, pe);
+	tally_test_exec(dsn, sql);
+	agg = new_agg();
+	closer = PQconnectdb(dsn);
+	ck_assert(PQstatus(closer) == CONNECTION_OK);
+	snprintf(sql, sizeof(sql),
+		 "BEGIN; SELECT 1 FROM tenants WHERE id = '%s' FOR UPDATE;"
+		 " INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_close')",
+		 s0, s0, ps, pe);
+	r = PQexec(closer, sql);
+	ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s",
+		      PQerrorMessage(closer));
+	PQclear(r);
+
+	agg_gen_event(&g, 3, 10, now - DAY_MS);
+	memcpy(g.re.ev.tenant_id, t0, 16);
+	g.re.ev.meter = TALLY_METER_API_CALL;
+	g.re.ev.count = 3;
+	g.re.cost = 300000000;
+	batch_add(&b, &g.re, 0);
+	x.agg = agg;
+	x.b = &b;
+	x.now = now;
+	ck_assert_int_eq(pthread_create(&th, NULL, bg_run, &x), 0);
+	tally_sleep_ms(700);
+	ck_assert_msg(!atomic_load(&x.done),
+		      "the batch did not wait for the period being closed");
+	r = PQexec(closer, "COMMIT");
+	ck_assert(PQresultStatus(r) == PGRES_COMMAND_OK);
+	PQclear(r);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(x.rc, 0);
+	ck_assert_int_eq(x.st.accepted, 1);
+	ck_assert_int_eq(x.st.adjusted, 1);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND (api_calls > 0 OR cost > 0)", s0);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 0);
+	snprintf(sql, sizeof(sql), "SELECT quantity || ' ' || cost || ' ' ||"
+		 " kind FROM usage_adjustments WHERE tenant_id = '%s'", s0);
+	ck_assert_str_eq(agg_query1(chk, sql), "3 0.0003 late_usage");
+	batch_free(&b);
+	PQfinish(closer);
 	tally_agg_free(agg);
 }
 END_TEST
@@ -1131,6 +1232,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_recent_keys_and_fallback);
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
+	tcase_add_test(tc, test_aggregate_period_close_waits_for_batch);
 	tcase_add_test(tc, test_aggregate_storage_gb_months);
 	tcase_add_test(tc, test_aggregate_storage_many_tenants);
 	tcase_add_test(tc, test_aggregate_storage_carried_into_new_period);
