@@ -32,11 +32,23 @@ static const char *fixture =
 	" ('11111111-1111-1111-1111-111111111111','2026-02-01T00:00:00Z','ai.tokens',"
 	"  'openai','gpt-4o',1,1,0,0.000000000001),"
 	" ('22222222-2222-2222-2222-222222222222','2026-02-10T05:00:00Z','ai.tokens',"
-	"  'anthropic','claude-3-5-haiku',2,10,10,2.5);"
+	"  'anthropic','claude-3-5-haiku',2,10,10,2.5),"
+	/* a late event of January's closed period: at its own hour, as
+	 * tally-aggregate writes it, and as the adjustment below */
+	" ('11111111-1111-1111-1111-111111111111','2026-01-20T10:00:00Z','ai.tokens',"
+	"  'openai','gpt-4o',1,100,10,0.75);"
+	/* storage is charged per period, not in usage_hourly */
+	"INSERT INTO tenant_period_usage (tenant_id, period_start, period_end,"
+	" storage_cost, cost) VALUES"
+	" ('11111111-1111-1111-1111-111111111111','2026-02-01T00:00:00Z',"
+	"  '2026-03-01T00:00:00Z',0.5,0.5);"
 	"INSERT INTO usage_adjustments (tenant_id, period_start, period_end, kind,"
 	" meter, cost, created_at) VALUES"
 	" ('11111111-1111-1111-1111-111111111111','2026-01-01T00:00:00Z',"
-	"  '2026-02-01T00:00:00Z','late_usage','ai.tokens',0.75,'2026-03-02T00:00:00Z');";
+	"  '2026-02-01T00:00:00Z','late_usage','ai.tokens',0.75,'2026-03-02T00:00:00Z'),"
+	" ('11111111-1111-1111-1111-111111111111','2026-01-01T00:00:00Z',"
+	"  '2026-02-01T00:00:00Z','storage','storage.snapshot',0.1,"
+	"  '2026-03-03T00:00:00Z');";
 
 static void setup(void)
 {
@@ -74,18 +86,21 @@ static void check_months(PGconn *c)
 	row(got, sizeof(got), c, "SELECT plan_mrr, usage_revenue, mrr,"
 	    " paying_subscriptions FROM finance_mrr WHERE month ="
 	    " '2026-01-01T00:00:00Z'");
-	ck_assert_str_eq(got, "398.00|1.25|399.25|2");
+	/* 1.25 + the late 0.75 once + January's storage adjustment 0.1 */
+	ck_assert_str_eq(got, "398.00|2.10|400.10|2");
 	row(got, sizeof(got), c, "SELECT plan_mrr, usage_revenue, mrr,"
 	    " paying_subscriptions FROM finance_mrr WHERE month ="
 	    " '2026-02-01T00:00:00Z'");
-	ck_assert_str_eq(got, "398.00|2.500000000001|400.500000000001|2");
+	/* + February's storage 0.5 */
+	ck_assert_str_eq(got, "398.00|3.000000000001|401.000000000001|2");
 	row(got, sizeof(got), c, "SELECT plan_mrr, usage_revenue, mrr,"
 	    " paying_subscriptions FROM finance_mrr WHERE month ="
 	    " '2026-03-01T00:00:00Z'");
-	ck_assert_str_eq(got, "1098.00|0.75|1098.75|2");
+	/* the adjustments created in March are not revenue again */
+	ck_assert_str_eq(got, "1098.00|0|1098.00|2");
 	row(got, sizeof(got), c, "SELECT arr FROM finance_arr WHERE month ="
 	    " '2026-03-01T00:00:00Z'");
-	ck_assert_str_eq(got, "13185.00");
+	ck_assert_str_eq(got, "13176.00");
 	row(got, sizeof(got), c, "SELECT subscriptions_at_start,"
 	    " churned_subscriptions, logo_churn_rate, plan_mrr_at_start,"
 	    " churned_plan_mrr, revenue_churn_rate FROM finance_churn"
@@ -143,8 +158,8 @@ START_TEST(test_report_cli_csv)
 	ck_assert_str_eq(line, "month,plan_mrr,usage_revenue,mrr,"
 			       "paying_subscriptions\n");
 	while (fgets(line, sizeof(line), fp) != NULL) {
-		ck_assert_str_eq(line, "2026-02,398.00,2.500000000001,"
-				       "400.500000000001,2\n");
+		ck_assert_str_eq(line, "2026-02,398.00,3.000000000001,"
+				       "401.000000000001,2\n");
 		found++;
 	}
 	ck_assert_int_eq(pclose(fp), 0);
