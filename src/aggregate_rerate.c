@@ -9,10 +9,14 @@
  * half-way leaves whole days either done or untouched. Rows are read with
  * a cursor, so memory stays bounded whatever the range.
  *
- * Locks are taken in the consumer's order (tally-aggregate may run at the
- * same time): the ledger rows (the cursor), then usage_hourly rows, then
- * tenant_period_usage rows, each sorted by key within one statement, so
- * the two never wait on each other in a cycle.
+ * tally-aggregate may run at the same time. A day's transaction locks its
+ * ledger rows (the cursor), then its tenants' rows FOR UPDATE in id order,
+ * and only then the aggregates. A consumer batch holds its tenants' rows
+ * FOR KEY SHARE from its start to its commit, so the two never write one
+ * tenant's aggregates at once: rerate waits for the batches in flight,
+ * later batches of those tenants wait for the day's commit, and neither
+ * waits while holding aggregate rows — no deadlock, whatever order
+ * PostgreSQL gives the consumer's data-modifying CTEs (not a fixed one).
  *
  * Storage snapshots are left alone: their ledger cost is always 0, the
  * charge is the period's GB-months (tenant_period_usage.storage_cost),
@@ -134,8 +138,21 @@ static const char SELECT_SQL[] =
 	" FOR UPDATE OF l";
 
 /*
- * The slice's changes, one statement each so that the locks come in the
- * consumer's order. First the ledger rows (already locked by the cursor),
+ * The tenants' rows FOR UPDATE (id order) before billing_periods is read
+ * and before any aggregate row is locked: it waits for the consumer's
+ * batches of these tenants in flight (FOR KEY SHARE) and holds off the
+ * next ones until the day commits (see the top), and a period being
+ * closed (its closer holds the tenant row FOR UPDATE) is then read closed
+ * (docs/aggregate.md, "Closing a period"). Blocks tally-stripe's updates
+ * of these tenants for the day's transaction.
+ */
+static const char TENANT_LOCK_SQL[] =
+	"SELECT count(*) FROM (SELECT 1 FROM tenants t WHERE t.id IN"
+	" (SELECT tenant_id FROM rr_stage) ORDER BY t.id FOR UPDATE) x";
+
+/*
+ * The slice's changes, one statement each. First the ledger rows
+ * (already locked by the cursor),
  * with the differences and their hour, names and closed period (bps, bpe)
  * kept in rr_delta.
  */
@@ -184,16 +201,6 @@ static const char LEDGER_SQL[] =
  * INSERT … ORDER BY 1, 2, 3, 4, 5 … ON CONFLICT), then updated. An hourly
  * row that is gone (retention) is not created again.
  */
-/*
- * The tenants' rows FOR KEY SHARE (id order) before billing_periods is
- * read, as the consumer does: a period being closed (its closer holds the
- * tenant row FOR UPDATE) is then read closed, never written into
- * (docs/aggregate.md, "Closing a period").
- */
-static const char TENANT_LOCK_SQL[] =
-	"SELECT count(*) FROM (SELECT 1 FROM tenants t WHERE t.id IN"
-	" (SELECT tenant_id FROM rr_stage) ORDER BY t.id FOR KEY SHARE) x";
-
 static const char HOURLY_LOCK_SQL[] =
 	"SELECT count(*) FROM (SELECT 1 FROM usage_hourly h"
 	" WHERE (h.tenant_id, h.hour, h.meter, h.provider, h.model) IN"
@@ -387,7 +394,7 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0)
 		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
 				   r->len, err);
-	/* the consumer's lock order: tenants, hourly rows, period rows */
+	/* tenants first: no consumer batch of theirs in flight after it */
 	if (rc == 0)
 		rc = tally_pg_exec(pg, NULL, TENANT_LOCK_SQL, 0, NULL, err);
 	if (rc == 0)

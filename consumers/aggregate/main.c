@@ -111,7 +111,7 @@ struct app {
 	int next;             /* index of the jobs to gather into */
 	bool trace;
 	/* maintenance settings, copied by the poll thread (start, reload) */
-	int lateness_days;    /* not reloadable: the dedupe window */
+	int lateness_days;    /* set once at start: not reloadable */
 	atomic_int ahead_days, retention_days;
 };
 
@@ -206,10 +206,9 @@ static int health(char *detail, size_t len, void *payload)
 	return ok ? 0 : 1;
 }
 
+/* the reloadable maintenance settings (poll thread: start, SIGHUP) */
 static void maint_settings(app *a)
 {
-	a->lateness_days =
-		(int)tally_config_int(a->cfg, "aggregate.lateness_days");
 	atomic_store(&a->ahead_days, (int)tally_config_int(
 			     a->cfg, "aggregate.partitions_ahead_days"));
 	atomic_store(&a->retention_days, (int)tally_config_int(
@@ -722,6 +721,7 @@ int main(int argc, char **argv)
 	pthread_cond_init(&a.cv_work, NULL);
 	pthread_cond_init(&a.cv_done, NULL);
 	sync_init = true;
+	a.lateness_days = (int)tally_config_int(a.cfg, "aggregate.lateness_days");
 	maint_settings(&a);
 
 	if (tally_pg_connect_cfg(&a.pg, a.cfg, &err) != 0) {

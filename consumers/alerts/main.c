@@ -182,9 +182,13 @@ static int handle_batch(app *a, rd_kafka_message_t **msgs, size_t n,
 				  TALLY_KV_STR("error", err.msg));
 			if (tally_alerts_reseek(a->alerts,
 						tally_consumer_rk(a->consumer),
-						views, n, &err) != 0)
-				tally_log(TALLY_WARN, "alerts.reseek_failed",
+						views, n, &err) != 0) {
+				/* going on would skip the batch just dropped:
+				 * a restart seeks from PostgreSQL */
+				tally_log(TALLY_FATAL, "alerts.reseek_failed",
 					  TALLY_KV_STR("error", err.msg));
+				return 1;
+			}
 			return 0;
 		}
 		if (tally_signals_stop_requested())

@@ -487,9 +487,20 @@ START_TEST(test_aggregate_period_close_waits_for_batch)
 	x.b = &b;
 	x.now = now;
 	ck_assert_int_eq(pthread_create(&th, NULL, bg_run, &x), 0);
-	tally_sleep_ms(700);
+	/* the batch must come to wait for the closer's lock (and not end) */
+	for (int i = 0; i < 200 && !atomic_load(&x.done); i++) {
+		if (agg_query_i64(chk, "SELECT count(*) FROM pg_stat_activity"
+				  " WHERE datname = current_database() AND"
+				  " wait_event_type = 'Lock'") > 0)
+			break;
+		tally_sleep_ms(50);
+	}
 	ck_assert_msg(!atomic_load(&x.done),
 		      "the batch did not wait for the period being closed");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " pg_stat_activity WHERE datname ="
+				       " current_database() AND wait_event_type"
+				       " = 'Lock'"), 1);
 	r = PQexec(closer, "COMMIT");
 	ck_assert(PQresultStatus(r) == PGRES_COMMAND_OK);
 	PQclear(r);

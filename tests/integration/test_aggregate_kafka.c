@@ -184,6 +184,28 @@ START_TEST(test_aggregate_kafka_retention_gap)
 }
 END_TEST
 
+/* Rewrite the config's database.retry_max_ms (write_config sets 600000). */
+static void retry_max_ms(int ms)
+{
+	char buf[4096], repl[64];
+	FILE *fp = fopen(cfgpath, "r");
+	size_t n;
+	char *p;
+
+	ck_assert(fp != NULL);
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	p = strstr(buf, "retry_max_ms = 600000;");
+	ck_assert(p != NULL);
+	snprintf(repl, sizeof(repl), "retry_max_ms = %6d;", ms);
+	memcpy(p, repl, strlen(repl));
+	fp = fopen(cfgpath, "w");
+	ck_assert(fp != NULL);
+	fputs(buf, fp);
+	fclose(fp);
+}
+
 /* Wait until instance slot's log has a line containing both a and b. */
 static void wait_log(int slot, const char *a, const char *b, int timeout_s)
 {
@@ -212,9 +234,10 @@ static void wait_log(int slot, const char *a, const char *b, int timeout_s)
  * committed), and the batch gathered meanwhile, which starts after it,
  * must not be committed either, or its positions would move past the
  * abandoned one and lose it. A statement trigger makes every write of
- * tenant_period_usage fail until it is switched off; it is switched off
- * right before the SIGTERM, while the first batch waits (0.8-1.6 s)
- * after its fourth failure and the second one is gathered.
+ * tenant_period_usage fail (a retryable serialisation failure) until it
+ * is switched off; it is switched off right before the SIGTERM, while the
+ * first batch waits 3.2-6.4 s after its sixth failed attempt (each gives
+ * up after database.retry_max_ms = 300) and the second one is gathered.
  */
 START_TEST(test_aggregate_kafka_stop_while_retrying)
 {
@@ -227,7 +250,8 @@ START_TEST(test_aggregate_kafka_stop_while_retrying)
 			" CREATE FUNCTION test_poison() RETURNS trigger"
 			" LANGUAGE plpgsql AS $$ BEGIN"
 			" IF (SELECT on_ FROM test_poison) THEN"
-			" RAISE EXCEPTION 'test poison'; END IF;"
+			" RAISE EXCEPTION 'test poison'"
+			" USING ERRCODE = '40001'; END IF;"
 			" RETURN NULL; END $$;"
 			" CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE"
 			" ON tenant_period_usage FOR EACH STATEMENT"
@@ -235,8 +259,9 @@ START_TEST(test_aggregate_kafka_stop_while_retrying)
 	produce_range(rk, 0, n, base, &sent);
 	rd_kafka_flush(rk, 30000);
 	write_config(300);
+	retry_max_ms(300);
 	start(0);
-	wait_log(0, "\"aggregate.retry\"", "\"attempt\":4,", 120);
+	wait_log(0, "\"aggregate.retry\"", "\"attempt\":6,", 120);
 	tally_test_exec(dsn, "UPDATE test_poison SET on_ = false");
 	stop(0, SIGTERM);
 	ck_assert_int_eq(committed(), 0);
