@@ -1242,16 +1242,15 @@ static int64_t parse_ms(const char *s)
 	return v;
 }
 
+static int load_tenant_rows(tally_agg *agg, const char *ids, int64_t mint,
+			    tally_error *err);
+
 /* Tenants of the batch with their current period and recorded periods. */
 static int load_tenants(tally_agg *agg, tally_error *err)
 {
 	sbuf *ids = &agg->q1;
-	PGresult *res = NULL;
-	const char *params[2];
-	char minbuf[24];
 	int64_t mint = INT64_MAX;
 	size_t i;
-	int rc, r;
 
 	agg->ntenants = 0;
 	agg->nbps = 0;
@@ -1284,7 +1283,23 @@ static int load_tenants(tally_agg *agg, tally_error *err)
 	sb_puts(ids, "}");
 	if (agg->ntenants == 0)
 		return 0;
-	params[0] = ids->p;
+	return load_tenant_rows(agg, ids->p, mint, err);
+}
+
+/*
+ * The current period and the recorded periods ending after mint of the
+ * tenants in agg->tenants (indexed by tenant_h), whose ids are the array
+ * literal ids. Used by batches and by the storage rollover.
+ */
+static int load_tenant_rows(tally_agg *agg, const char *ids, int64_t mint,
+			    tally_error *err)
+{
+	PGresult *res = NULL;
+	const char *params[2];
+	char minbuf[24];
+	int rc, r;
+
+	params[0] = ids;
 	/*
 	 * FOR KEY SHARE, in id order, until the commit: whoever closes a
 	 * period locks the tenant row FOR UPDATE first, so it waits for the
@@ -2281,19 +2296,18 @@ static void fmt_i128(char *out, size_t len, __int128 v)
 	out[i] = '\0';
 }
 
+static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
+			 const hset *th, int64_t now_ms, sbuf *at, sbuf *ap,
+			 size_t *naff, tally_error *err);
+
+/* The batch's storage targets, written by storage_write(). */
 static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			     size_t *naff, tally_error *err)
 {
 	starget *tg = NULL;
 	hset th = { 0 };      /* index of tg by (tenant, ps) */
-	uint8_t key[STARGET_KEY];
-	size_t ntg = 0, cap, i, j;
-	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 },
-	     a6 = { 0 };
-	PGresult *res = NULL;
-	const char *params[6];
-	size_t nopen = 0, nclosed = 0;
-	int rc = 0, r;
+	size_t ntg = 0, cap, i;
+	int rc = 0;
 
 	cap = 2 * (agg->period.n + agg->adj.n) + 2;
 	tg = tally_xcalloc(cap, sizeof(*tg));
@@ -2349,8 +2363,34 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			     STARGET_KEY, (uint32_t)ntg) == ntg)
 			ntg++; /* new; else already a target */
 	}
-	if (ntg == 0)
-		goto cleanup;
+	if (ntg > 0)
+		rc = storage_write(agg, tg, ntg, &th, agg->now_ms, at, ap, naff,
+				   err);
+	free(tg);
+	free(th.slot);
+	return rc;
+}
+
+/*
+ * The storage of the targets tg[0, ntg) (th indexes them by tenant and
+ * ps): their segments from SEGMENTS_SQL, priced and summed; open periods
+ * set (a row created for one that has begun by now_ms), closed ones
+ * adjusted. The rows changed or created are appended to at and ap (the
+ * array bodies of the totals statement) and counted in naff.
+ */
+static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
+			 const hset *th, int64_t now_ms, sbuf *at, sbuf *ap,
+			 size_t *naff, tally_error *err)
+{
+	uint8_t key[STARGET_KEY];
+	size_t j;
+	sbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 }, a4 = { 0 }, a5 = { 0 },
+	     a6 = { 0 };
+	PGresult *res = NULL;
+	const char *params[6];
+	size_t nopen = 0, nclosed = 0;
+	int rc = 0, r;
+
 	sb_puts(&a1, "{");
 	sb_puts(&a2, "{");
 	sb_puts(&a3, "{");
@@ -2389,7 +2429,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 		}
 		memcpy(key, id, 16);
 		memcpy(key + 16, &ps, sizeof(ps));
-		j = hset_find(&th, (const uint8_t *)tg, sizeof(*tg),
+		j = hset_find(th, (const uint8_t *)tg, sizeof(*tg),
 			      STARGET_KEY, key);
 		if (j == UINT32_MAX)
 			continue;
@@ -2437,7 +2477,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 		sb_printf(&a5, "%s%s", nopen ? "," : "", c);
 		/* a row is created only for a period that has begun */
 		sb_printf(&a6, "%s%c", nopen ? "," : "",
-			  tg[j].ps <= agg->now_ms ? 't' : 'f');
+			  tg[j].ps <= now_ms ? 't' : 'f');
 		nopen++;
 	}
 	sb_puts(&a1, "}");
@@ -2507,8 +2547,6 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 	}
 cleanup:
 	PQclear(res);
-	free(tg);
-	free(th.slot);
 	free(a1.p);
 	free(a2.p);
 	free(a3.p);
@@ -3161,6 +3199,230 @@ done:
 	if (stats != NULL)
 		*stats = agg->st;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* storage rollover: periods with storage and no events                */
+
+/* tenants per rollover transaction */
+#define ROLLOVER_CHUNK 1000
+
+/*
+ * The next tenants with snapshots after $1 (NULL: from the first), in id
+ * order: a loose index scan of the primary key, one probe per tenant
+ * however many snapshots each has.
+ */
+static const char ROLLOVER_TENANTS_SQL[] =
+	"WITH RECURSIVE t AS ("
+	" (SELECT tenant_id FROM storage_snapshots"
+	"  WHERE $1::uuid IS NULL OR tenant_id > $1::uuid"
+	"  ORDER BY tenant_id LIMIT 1)"
+	" UNION ALL"
+	" SELECT (SELECT s.tenant_id FROM storage_snapshots s"
+	"  WHERE s.tenant_id > t.tenant_id ORDER BY s.tenant_id LIMIT 1)"
+	" FROM t WHERE t.tenant_id IS NOT NULL)"
+	" SELECT tenant_id FROM t WHERE tenant_id IS NOT NULL LIMIT $2::int";
+
+/*
+ * Of the (tenant, current period) pairs, those whose period has no row
+ * yet and opens with storage: the last snapshot before it holds bytes.
+ * Both tests are index probes per pair (scalar subqueries: as NOT EXISTS
+ * the planner may scan tenant_period_usage, see SEGMENTS_SQL).
+ */
+static const char ROLLOVER_TARGETS_SQL[] =
+	"SELECT x.t, x.ps, x.pe FROM unnest($1::uuid[], $2::bigint[],"
+	"  $3::bigint[]) AS x(t, ps, pe)"
+	" WHERE (SELECT true FROM tenant_period_usage u"
+	"   WHERE u.tenant_id = x.t AND u.period_start = timestamptz 'epoch'"
+	"   + x.ps * interval '1 ms') IS NULL"
+	" AND (SELECT s.bytes FROM storage_snapshots s"
+	"   WHERE s.tenant_id = x.t AND s.occurred_at < timestamptz 'epoch'"
+	"   + x.ps * interval '1 ms'"
+	"   ORDER BY s.occurred_at DESC, s.bytes DESC LIMIT 1) > 0"
+	" ORDER BY 1, 2";
+
+typedef struct rollover {
+	tally_agg *agg;
+	int64_t now_ms;
+	bool first;           /* no chunk committed yet */
+	char after[37];       /* last tenant of the committed chunks */
+	char last[37];        /* last tenant of this chunk */
+	size_t ntenants;      /* tenants in this chunk */
+	size_t rows;          /* rows this chunk wrote */
+} rollover;
+
+/* One chunk: ROLLOVER_CHUNK tenants with snapshots after ro->after. */
+static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	rollover *ro = payload;
+	tally_agg *agg = ro->agg;
+	PGresult *res = NULL;
+	sbuf ids = { 0 }, a2 = { 0 }, a3 = { 0 }, at = { 0 }, ap = { 0 };
+	starget *tg = NULL;
+	hset th = { 0 };
+	const char *params[5];
+	char lim[16];
+	size_t i, n = 0, ntg = 0, naff = 0;
+	int rc, r;
+
+	(void)pg;
+	clear_totals(agg);
+	ro->ntenants = ro->rows = 0;
+	agg->storage_unpriced = 0;
+	snprintf(lim, sizeof(lim), "%d", ROLLOVER_CHUNK);
+	params[0] = ro->first ? NULL : ro->after;
+	params[1] = lim;
+	rc = tally_pg_exec(agg->pg, &res, ROLLOVER_TENANTS_SQL, 2, params, err);
+	if (rc != 0)
+		goto cleanup;
+	ro->ntenants = (size_t)PQntuples(res);
+	if (ro->ntenants == 0)
+		goto cleanup;
+	/* the chunk's tenants as a batch's: FOR KEY SHARE, their periods */
+	agg->ntenants = 0;
+	agg->nbps = 0;
+	if (agg->cap_tenants < ro->ntenants) {
+		agg->cap_tenants = ro->ntenants;
+		agg->tenants = tally_xrealloc(agg->tenants, agg->cap_tenants *
+					      sizeof(*agg->tenants));
+	}
+	hset_init(&agg->tenant_h, ro->ntenants);
+	sb_puts(&ids, "{");
+	for (r = 0; r < PQntuples(res); r++) {
+		tenant_info *ti = &agg->tenants[agg->ntenants];
+
+		memset(ti, 0, sizeof(*ti));
+		if (tally_uuid_parse(ti->id, PQgetvalue(res, r, 0), 36) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "bad storage tenant id");
+			goto cleanup;
+		}
+		(void)hset_put(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			       sizeof(tenant_info), 16,
+			       (uint32_t)agg->ntenants);
+		uuid_arr(&ids, ti->id, agg->ntenants == 0);
+		agg->ntenants++;
+	}
+	sb_puts(&ids, "}");
+	snprintf(ro->last, sizeof(ro->last), "%s",
+		 PQgetvalue(res, PQntuples(res) - 1, 0));
+	PQclear(res);
+	res = NULL;
+	rc = load_tenant_rows(agg, ids.p, ro->now_ms, err);
+	if (rc != 0)
+		goto cleanup;
+	/* each tenant's period containing now, unless it is closed */
+	sb_reset(&ids);
+	sb_puts(&ids, "{");
+	sb_puts(&a2, "{");
+	sb_puts(&a3, "{");
+	for (i = 0; i < agg->ntenants; i++) {
+		int64_t ps, pe;
+		bool closed;
+
+		period_of(agg, &agg->tenants[i], ro->now_ms, &ps, &pe, &closed);
+		if (closed)
+			continue;
+		uuid_arr(&ids, agg->tenants[i].id, n == 0);
+		sb_printf(&a2, "%s%" PRId64, n ? "," : "", ps);
+		sb_printf(&a3, "%s%" PRId64, n ? "," : "", pe);
+		n++;
+	}
+	sb_puts(&ids, "}");
+	sb_puts(&a2, "}");
+	sb_puts(&a3, "}");
+	if (n == 0)
+		goto cleanup;
+	params[0] = ids.p;
+	params[1] = a2.p;
+	params[2] = a3.p;
+	rc = tally_pg_exec(agg->pg, &res, ROLLOVER_TARGETS_SQL, 3, params, err);
+	if (rc != 0 || PQntuples(res) == 0)
+		goto cleanup;
+	tg = tally_xcalloc((size_t)PQntuples(res), sizeof(*tg));
+	hset_init(&th, (size_t)PQntuples(res));
+	for (r = 0; r < PQntuples(res); r++) {
+		starget *t = &tg[ntg];
+
+		if (tally_uuid_parse(t->tenant, PQgetvalue(res, r, 0), 36) != 0 ||
+		    tally_parse_i64(&t->ps, PQgetvalue(res, r, 1)) != 0 ||
+		    tally_parse_i64(&t->pe, PQgetvalue(res, r, 2)) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "bad storage rollover row");
+			goto cleanup;
+		}
+		if (hset_put(&th, (const uint8_t *)tg, sizeof(*tg), STARGET_KEY,
+			     (uint32_t)ntg) == ntg)
+			ntg++;
+	}
+	PQclear(res);
+	res = NULL;
+	/* as a batch's targets: the integral, the price, the row */
+	sb_puts(&at, "{");
+	sb_puts(&ap, "{");
+	rc = storage_write(agg, tg, ntg, &th, ro->now_ms, &at, &ap, &naff,
+			   err);
+	if (rc != 0 || naff == 0)
+		goto cleanup;
+	sb_puts(&at, "}");
+	sb_puts(&ap, "}");
+	/* versions and budget states as a batch bumps them (no workflows) */
+	params[0] = at.p;
+	params[1] = ap.p;
+	params[2] = "{}";
+	params[3] = "{}";
+	params[4] = "{}";
+	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++)
+		add_total(agg, res, r);
+	ro->rows = (size_t)PQntuples(res);
+cleanup:
+	PQclear(res);
+	free(tg);
+	free(th.slot);
+	free(ids.p);
+	free(a2.p);
+	free(a3.p);
+	free(at.p);
+	free(ap.p);
+	return rc;
+}
+
+int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
+			       tally_error *err)
+{
+	rollover ro;
+	int rc = 0;
+
+	memset(&ro, 0, sizeof(ro));
+	ro.agg = agg;
+	ro.now_ms = now_ms;
+	ro.first = true;
+	if (out != NULL)
+		*out = 0;
+	do {
+		/* a deadlock with a batch is retried; an outage fails fast
+		 * (the caller tries again later) */
+		rc = tally_pg_txn(agg->pg, rollover_txn, &ro, 3, err);
+		if (rc != 0)
+			break;
+		if (agg->storage_unpriced > 0)
+			tally_log(TALLY_WARN, "aggregate.storage_unpriced",
+				  TALLY_KV_INT("segments",
+					       agg->storage_unpriced));
+		publish_totals(agg);
+		clear_totals(agg);
+		if (out != NULL)
+			*out += ro.rows;
+		memcpy(ro.after, ro.last, sizeof(ro.after));
+		ro.first = false;
+	} while (ro.ntenants == ROLLOVER_CHUNK);
+	clear_totals(agg);
+	agg->ntenants = 0;
+	agg->nbps = 0;
+	return rc;
 }
 
 void tally_agg_set_pricebook(tally_agg *agg,

@@ -230,6 +230,27 @@ static int maintain(app *a, tally_pg *pg)
 	return rc;
 }
 
+/*
+ * Storage of periods no event has reached (docs/aggregate.md, "Storage:
+ * GB-months"): lane 0's aggregator writes them, so only while the lanes
+ * are idle (poll thread, between finish_batch and start_batch). A failure
+ * is logged; the next run (an hour later) does it.
+ */
+static void storage_rollover(app *a)
+{
+	tally_error err;
+	size_t rows = 0;
+
+	if (tally_agg_storage_rollover(a->lanes[0].agg, tally_now_ms(), &rows,
+				       &err) != 0)
+		tally_log(TALLY_ERR, "aggregate.storage_rollover_failed",
+			  TALLY_KV_INT("rows", rows),
+			  TALLY_KV_STR("error", err.msg));
+	else
+		tally_log(TALLY_INFO, "aggregate.storage_rollover",
+			  TALLY_KV_INT("rows", rows));
+}
+
 /* Load (or reload when its version moved) the book for storage prices;
  * the lanes are idle. */
 static int load_prices(app *a)
@@ -829,6 +850,7 @@ int main(int argc, char **argv)
 				       tally_consumer_rk(a.consumer));
 	/* totals a previous run committed but did not get delivered */
 	outbox_all(&a, true);
+	storage_rollover(&a);
 	tally_log(TALLY_INFO, "aggregate.started",
 		  TALLY_KV_STR("topic", topics[0]),
 		  TALLY_KV_STR("group", co.group),
@@ -930,6 +952,7 @@ int main(int argc, char **argv)
 		}
 		if ((tally_mono_ns() - last_maint) / 1000000 > 3600000) {
 			(void)maintain(&a, a.pg);
+			storage_rollover(&a);
 			last_maint = tally_mono_ns();
 		}
 		if (got > 0) {

@@ -210,6 +210,27 @@ int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
 	TALLY_MUSTCHECK;
 
 /**
+ * Storage rollover: give every tenant that holds storage its row for the
+ * period containing now_ms, when no event has created it (a dormant
+ * account, a gauge that reports only on change). A tenant qualifies if it
+ * has storage_snapshots, its period containing now_ms (as a batch
+ * decides it: billing_periods, else the tenant's current period repeated,
+ * else the UTC calendar month) is open and has no tenant_period_usage row
+ * yet, and its last snapshot before that period holds bytes > 0. The row
+ * is written as a batch would write it (storage integral and cost, cost =
+ * storage_cost, version bumped, budget_state) and its totals are
+ * published like a batch's (the outbox sends them again if that fails).
+ * Chunks of 1 000 tenants, one transaction each, whose tenants rows are
+ * taken FOR KEY SHARE in id order first (as a batch does). A second run
+ * changes nothing. Call it with the aggregator idle (no batch of agg in
+ * progress), e.g. hourly.
+ * @param out  rows written by the committed chunks; may be NULL
+ * @return 0 or a pg error (chunks committed before it stay committed)
+ */
+int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
+			       tally_error *err) TALLY_MUSTCHECK;
+
+/**
  * Ledger housekeeping (tally_ledger_maintain in SQL): create the day
  * partitions from the lateness window to ahead_days ahead, drop the ones
  * older than retention_days, forget dedupe keys older than the window.
