@@ -4,7 +4,8 @@
  * batch, across batches and across a restart count once; the fence stops a
  * zombie; late events land in their own open period, closed periods get
  * adjustments, out-of-window events are dead letters with a reason;
- * storage snapshots become exact GB-months.
+ * storage snapshots become exact GB-months, and the storage rollover gives
+ * a period with storage and no events its row.
  */
 #include "aggregate_support.h"
 #include "check_main.h"
