@@ -3344,7 +3344,8 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	for (r = 0; r < PQntuples(res); r++) {
 		starget *t = &tg[ntg];
 
-		if (tally_uuid_parse(t->tenant, PQgetvalue(res, r, 0), 36) != 0 ||
+		if (tally_uuid_parse(t->tenant, PQgetvalue(res, r, 0),
+				     36) != 0 ||
 		    tally_parse_i64(&t->ps, PQgetvalue(res, r, 1)) != 0 ||
 		    tally_parse_i64(&t->pe, PQgetvalue(res, r, 2)) != 0) {
 			rc = tally_error_set(err, TALLY_ERROR,
