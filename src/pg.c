@@ -7,6 +7,7 @@
 #include "tally/pg.h"
 #include "tally/config.h"
 #include "tally/log.h"
+#include "tally/signals.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -265,6 +266,9 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 		}
 		if (rc != TALLY_ETRANSIENT)
 			return rc;
+		/* stopping: nothing was committed; the caller gives up too */
+		if (tally_signals_stop_requested())
+			return rc;
 		attempt++;
 		if (max_attempts > 0 && attempt >= max_attempts)
 			return rc;
@@ -276,7 +280,8 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 			  TALLY_KV_INT("attempt", attempt),
 			  TALLY_KV_INT("wait_ms", wait),
 			  TALLY_KV_STR("error", err ? err->msg : ""));
-		tally_sleep_ms(wait);
+		if (tally_signals_sleep_ms((long)wait))
+			return rc;
 	}
 }
 

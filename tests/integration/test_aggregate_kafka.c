@@ -184,6 +184,29 @@ START_TEST(test_aggregate_kafka_retention_gap)
 }
 END_TEST
 
+/*
+ * Every write of tenant_period_usage fails with a retryable serialisation
+ * failure while on (a statement trigger), or works again when off.
+ */
+static void poison(bool on)
+{
+	if (!on) {
+		tally_test_exec(dsn, "UPDATE test_poison SET on_ = false");
+		return;
+	}
+	tally_test_exec(dsn, "CREATE TABLE test_poison (on_ boolean NOT NULL);"
+			" INSERT INTO test_poison VALUES (true);"
+			" CREATE FUNCTION test_poison() RETURNS trigger"
+			" LANGUAGE plpgsql AS $$ BEGIN"
+			" IF (SELECT on_ FROM test_poison) THEN"
+			" RAISE EXCEPTION 'test poison'"
+			" USING ERRCODE = '40001'; END IF;"
+			" RETURN NULL; END $$;"
+			" CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE"
+			" ON tenant_period_usage FOR EACH STATEMENT"
+			" EXECUTE FUNCTION test_poison()");
+}
+
 /* Rewrite the config's database.retry_max_ms (write_config sets 600000). */
 static void retry_max_ms(int ms)
 {
@@ -245,24 +268,14 @@ START_TEST(test_aggregate_kafka_stop_while_retrying)
 	int64_t n = 2000, sent = 0;
 	int64_t base = tally_now_ms() - 2 * 3600000;
 
-	tally_test_exec(dsn, "CREATE TABLE test_poison (on_ boolean NOT NULL);"
-			" INSERT INTO test_poison VALUES (true);"
-			" CREATE FUNCTION test_poison() RETURNS trigger"
-			" LANGUAGE plpgsql AS $$ BEGIN"
-			" IF (SELECT on_ FROM test_poison) THEN"
-			" RAISE EXCEPTION 'test poison'"
-			" USING ERRCODE = '40001'; END IF;"
-			" RETURN NULL; END $$;"
-			" CREATE TRIGGER test_poison BEFORE INSERT OR UPDATE"
-			" ON tenant_period_usage FOR EACH STATEMENT"
-			" EXECUTE FUNCTION test_poison()");
+	poison(true);
 	produce_range(rk, 0, n, base, &sent);
 	rd_kafka_flush(rk, 30000);
 	write_config(300);
 	retry_max_ms(300);
 	start(0);
 	wait_log(0, "\"aggregate.retry\"", "\"attempt\":6,", 120);
-	tally_test_exec(dsn, "UPDATE test_poison SET on_ = false");
+	poison(false);
 	stop(0, SIGTERM);
 	ck_assert_int_eq(committed(), 0);
 	start(0);
@@ -353,6 +366,39 @@ START_TEST(test_aggregate_kafka_dead_letter_delivery_failed)
 }
 END_TEST
 
+/*
+ * SIGTERM while a transaction is retried inside tally_pg_txn (here: every
+ * attempt fails with 40001; database.retry_max_ms is 600 s): the instance
+ * stops within seconds, not after the retry time, commits nothing, and a
+ * restart counts everything exactly.
+ */
+START_TEST(test_aggregate_kafka_stop_during_pg_retries)
+{
+	rd_kafka_t *rk = producer();
+	int64_t n = 500, sent = 0, t0;
+	int64_t base = tally_now_ms() - 2 * 3600000;
+
+	poison(true);
+	produce_range(rk, 0, n, base, &sent);
+	rd_kafka_flush(rk, 30000);
+	write_config(300);
+	start(0);
+	wait_log(0, "\"pg.txn_retry\"", "test poison", 120);
+	t0 = tally_mono_ns();
+	stop(0, SIGTERM);
+	ck_assert_msg((tally_mono_ns() - t0) / 1000000000 < 30,
+		      "the stop waited %lld s for the retries",
+		      (long long)((tally_mono_ns() - t0) / 1000000000));
+	ck_assert_int_eq(committed(), 0);
+	poison(false);
+	start(0);
+	wait_done(sent, 120);
+	stop(0, SIGTERM);
+	expect_all(n, base);
+	rd_kafka_destroy(rk);
+}
+END_TEST
+
 static Suite *aggregate_kafka_suite(void)
 {
 	Suite *s = suite_create("aggregate_kafka");
@@ -365,6 +411,7 @@ static Suite *aggregate_kafka_suite(void)
 	tcase_add_test(tc, test_aggregate_kafka_retention_gap);
 	tcase_add_test(tc, test_aggregate_kafka_stop_while_retrying);
 	tcase_add_test(tc, test_aggregate_kafka_dead_letter_delivery_failed);
+	tcase_add_test(tc, test_aggregate_kafka_stop_during_pg_retries);
 	suite_add_tcase(s, tc);
 	return s;
 }
