@@ -596,7 +596,9 @@ static int finish_batch(app *a, bool rebalance)
 		 */
 		if ((r[l] == R_FENCED || r[l] == R_ABANDONED) && !rebalance)
 			a->discard_next = true;
-		if (r[l] == R_FENCED && !rebalance &&
+		/* (abandoned without a stop or a rebalance does not happen
+		 * today; if it did, its partitions go back too) */
+		if ((r[l] == R_FENCED || r[l] == R_ABANDONED) && !rebalance &&
 		    !tally_signals_stop_requested() &&
 		    tally_agg_reseek(ln->agg, tally_consumer_rk(a->consumer),
 				     j->views, j->n, &err) != 0) {
