@@ -7,7 +7,9 @@
  * price_id; the delta (new - old) is applied in the same transaction as the
  * row update, so a second run finds nothing to change, and a run that dies
  * half-way leaves whole days either done or untouched. Rows are read with
- * a cursor, so memory stays bounded whatever the range.
+ * a cursor and the changed ones sent to the day's stage in pieces
+ * (tally_rerate_opts.stage_bytes), so memory stays bounded whatever the
+ * range and however many rows a day has.
  *
  * tally-aggregate may run at the same time. A day's transaction locks its
  * ledger rows (the cursor), then its tenants' rows FOR UPDATE in id order,
@@ -345,6 +347,8 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	PGresult *res = NULL;
 	char from[24], to[24], tid[37], storage[8];
 	const char *params[5];
+	size_t chunk = r->o->stage_bytes ? r->o->stage_bytes : 8u << 20;
+	size_t staged = 0;
 	int rc, i;
 
 	memset(&r->n, 0, sizeof(r->n));
@@ -362,6 +366,8 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	params[3] = r->o->model;
 	params[4] = storage;
 	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 5, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, STAGE_SQL, 0, NULL, err);
 	for (;;) {
 		if (rc != 0)
 			goto done;
@@ -382,16 +388,21 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 		}
 		PQclear(res);
 		res = NULL;
+		/* a piece of the changed rows to the stage: bounded memory */
+		if (r->len >= chunk) {
+			rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN",
+					   r->copy, r->len, err);
+			staged += r->len;
+			r->len = 0;
+		}
 	}
 	PQclear(res);
 	res = NULL;
 	rc = tally_pg_exec(pg, NULL, "CLOSE rr_cur", 0, NULL, err);
-	if (rc != 0 || r->len == 0)
+	if (rc != 0 || (r->len == 0 && staged == 0))
 		goto done;
-	rc = tally_pg_exec(pg, NULL, STAGE_SQL, 0, NULL, err);
-	if (rc == 0)
-		rc = tally_pg_exec(pg, NULL, DELTA_TABLE_SQL, 0, NULL, err);
-	if (rc == 0)
+	rc = tally_pg_exec(pg, NULL, DELTA_TABLE_SQL, 0, NULL, err);
+	if (rc == 0 && r->len > 0)
 		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
 				   r->len, err);
 	/* tenants first: no consumer batch of theirs in flight after it */

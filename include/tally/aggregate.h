@@ -265,6 +265,8 @@ typedef struct tally_rerate_opts {
 	int64_t from_ms, to_ms;
 	const uint8_t *tenant_id; /* NULL = every tenant */
 	const char *model;        /* NULL = every model */
+	size_t stage_bytes;       /* changed rows held before they are sent
+				   * to the day's stage (0 = 8 MiB) */
 } tally_rerate_opts;
 
 typedef struct tally_rerate_stats {

@@ -124,6 +124,8 @@ static void add_tenant(int k, const char *budget)
 	tally_test_exec(dsn, sql);
 }
 
+static size_t stage_bytes; /* tally_rerate_opts.stage_bytes of rerate() */
+
 static void rerate(int64_t from, int64_t to, tally_rerate_stats *rs)
 {
 	tally_rerate_opts ro = { 0 };
@@ -134,6 +136,7 @@ static void rerate(int64_t from, int64_t to, tally_rerate_stats *rs)
 		      err.msg);
 	ro.from_ms = from;
 	ro.to_ms = to;
+	ro.stage_bytes = stage_bytes;
 	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, rs, &err) == 0, "%s",
 		      err.msg);
 	tally_pricebook_free(pb);
@@ -151,6 +154,47 @@ static const char *budget_state(int k)
 		 " tenant_period_usage WHERE tenant_id = '%s'", s);
 	return agg_query1(chk, sql);
 }
+
+/*
+ * The changed rows go to the day's stage in pieces (here: after every
+ * fetch, stage_bytes = 1): 30 half-priced calls of 3 tenants in two hours
+ * are all re-priced, their tenants' periods move by exactly the
+ * difference, and a second run changes nothing.
+ */
+START_TEST(test_rerate_stage_in_pieces)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg = new_agg();
+	tally_rerate_stats rs;
+	agg_gen g;
+	batch b = { 0 };
+	int i;
+
+	for (i = 0; i < 30; i++) {
+		half_priced_call(&g, i, i % 3, now - 7200000 + i * 60000, 1000);
+		batch_add(&b, &g.re, i % 4);
+	}
+	run(agg, &b, now);
+	/* 30 × 1000 calls at 0.00005: 1.50 */
+	ck_assert_str_eq(agg_query1(chk, "SELECT sum(cost) FROM"
+				    " tenant_period_usage"), "1.5");
+	stage_bytes = 1;
+	rerate(now - DAY_MS, now + DAY_MS, &rs);
+	stage_bytes = 0;
+	ck_assert_int_eq(rs.rows_seen, 30);
+	ck_assert_int_eq(rs.rows_changed, 30);
+	ck_assert_str_eq(agg_query1(chk, "SELECT sum(cost) = 3 FROM"
+				    " tenant_period_usage"), "t");
+	ck_assert_str_eq(agg_query1(chk, "SELECT sum(cost) = 3 FROM"
+				    " usage_hourly"), "t");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"
+				       " WHERE cost = 0.1 AND prev_price_id"
+				       " = 1"), 30);
+	rerate(now - DAY_MS, now + DAY_MS, &rs);
+	ck_assert_int_eq(rs.rows_changed, 0);
+	tally_agg_free(agg);
+}
+END_TEST
 
 /*
  * Tenant 1 (budget 8.00) used 5.00 at the wrong price: 'ok'. Re-priced to
@@ -543,6 +587,7 @@ static Suite *rerate_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_rerate_budget_state_follows_cost);
+	tcase_add_test(tc, test_rerate_stage_in_pieces);
 	tcase_add_test(tc, test_rerate_leaves_storage_alone);
 	tcase_add_test(tc, test_rerate_stats_count_committed_only);
 	tcase_add_test(tc, test_rerate_bad_range_refused);
