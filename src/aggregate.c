@@ -2188,19 +2188,25 @@ static const char SEGMENTS_SQL[] =
  * batch's own periods get theirs; the caller bumps the version of every
  * row returned (changed or new), so billing.totals carries it.
  */
-static const char STORAGE_OPEN_SQL[] =
-	"INSERT INTO tenant_period_usage AS u (tenant_id, period_start,"
-	" period_end, storage_byte_ms, storage_gb_months, storage_cost, cost)"
-	" SELECT x.t, x.ps, x.pe, x.b, round(x.b / 2592000000000000000, 12),"
-	"  x.c, x.c"
-	" FROM (SELECT t, timestamptz 'epoch' + ps * interval '1 ms' AS ps,"
-	"  timestamptz 'epoch' + pe * interval '1 ms' AS pe, b, c, ins"
-	"  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::numeric[],"
-	"  $5::numeric[], $6::boolean[]) AS y(t, ps, pe, b, c, ins)) x"
-	" WHERE (x.ins AND (x.b <> 0 OR x.c <> 0)) OR EXISTS (SELECT 1"
-	"  FROM tenant_period_usage v WHERE v.tenant_id = x.t"
-	"  AND v.period_start = x.ps)"
+#define STORAGE_OPEN_INSERT \
+	"INSERT INTO tenant_period_usage AS u (tenant_id, period_start," \
+	" period_end, storage_byte_ms, storage_gb_months, storage_cost, cost)" \
+	" SELECT x.t, x.ps, x.pe, x.b, round(x.b / 2592000000000000000, 12)," \
+	"  x.c, x.c" \
+	" FROM (SELECT t, timestamptz 'epoch' + ps * interval '1 ms' AS ps," \
+	"  timestamptz 'epoch' + pe * interval '1 ms' AS pe, b, c, ins" \
+	"  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::numeric[]," \
+	"  $5::numeric[], $6::boolean[]) AS y(t, ps, pe, b, c, ins)) x" \
+	" WHERE (x.ins AND (x.b <> 0 OR x.c <> 0)) OR EXISTS (SELECT 1" \
+	"  FROM tenant_period_usage v WHERE v.tenant_id = x.t" \
+	"  AND v.period_start = x.ps)" \
 	" ORDER BY 1, 2"
+#define STORAGE_OPEN_RETURNING \
+	" RETURNING u.tenant_id, (extract(epoch FROM u.period_start)" \
+	"  * 1000)::bigint"
+
+static const char STORAGE_OPEN_SQL[] =
+	STORAGE_OPEN_INSERT
 	" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
 	" storage_byte_ms = EXCLUDED.storage_byte_ms,"
 	" storage_gb_months = EXCLUDED.storage_gb_months,"
@@ -2208,8 +2214,16 @@ static const char STORAGE_OPEN_SQL[] =
 	" storage_cost = EXCLUDED.storage_cost"
 	" WHERE u.storage_byte_ms <> EXCLUDED.storage_byte_ms"
 	"  OR u.storage_cost <> EXCLUDED.storage_cost"
-	" RETURNING u.tenant_id, (extract(epoch FROM u.period_start)"
-	"  * 1000)::bigint";
+	STORAGE_OPEN_RETURNING;
+
+/*
+ * The storage rollover only creates rows: a row that exists was written by a
+ * batch (possibly with a snapshot the rollover did not see) and wins.
+ */
+static const char STORAGE_CREATE_SQL[] =
+	STORAGE_OPEN_INSERT
+	" ON CONFLICT (tenant_id, period_start) DO NOTHING"
+	STORAGE_OPEN_RETURNING;
 
 /*
  * Closed periods are never rewritten: the difference between the integral
@@ -2297,8 +2311,8 @@ static void fmt_i128(char *out, size_t len, __int128 v)
 }
 
 static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
-			 const hset *th, int64_t now_ms, sbuf *at, sbuf *ap,
-			 size_t *naff, tally_error *err);
+			 const hset *th, int64_t now_ms, bool create_only,
+			 sbuf *at, sbuf *ap, size_t *naff, tally_error *err);
 
 /* The batch's storage targets, written by storage_write(). */
 static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
@@ -2364,8 +2378,8 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			ntg++; /* new; else already a target */
 	}
 	if (ntg > 0)
-		rc = storage_write(agg, tg, ntg, &th, agg->now_ms, at, ap, naff,
-				   err);
+		rc = storage_write(agg, tg, ntg, &th, agg->now_ms, false, at,
+				   ap, naff, err);
 	free(tg);
 	free(th.slot);
 	return rc;
@@ -2379,8 +2393,8 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
  * array bodies of the totals statement) and counted in naff.
  */
 static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
-			 const hset *th, int64_t now_ms, sbuf *at, sbuf *ap,
-			 size_t *naff, tally_error *err)
+			 const hset *th, int64_t now_ms, bool create_only,
+			 sbuf *at, sbuf *ap, size_t *naff, tally_error *err)
 {
 	uint8_t key[STARGET_KEY];
 	size_t j;
@@ -2493,8 +2507,9 @@ static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
 		params[3] = a4.p;
 		params[4] = a5.p;
 		params[5] = a6.p;
-		rc = tally_pg_exec(agg->pg, &res, STORAGE_OPEN_SQL, 6, params,
-				   err);
+		rc = tally_pg_exec(agg->pg, &res, create_only ?
+				   STORAGE_CREATE_SQL : STORAGE_OPEN_SQL, 6,
+				   params, err);
 		if (rc != 0)
 			goto cleanup;
 		for (r = 0; r < PQntuples(res); r++) {
@@ -3361,8 +3376,10 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	/* as a batch's targets: the integral, the price, the row */
 	sb_puts(&at, "{");
 	sb_puts(&ap, "{");
-	rc = storage_write(agg, tg, ntg, &th, ro->now_ms, &at, &ap, &naff,
-			   err);
+	/* create only: a row a batch wrote meanwhile wins (it may carry a
+	 * snapshot this statement's snapshot did not see) */
+	rc = storage_write(agg, tg, ntg, &th, ro->now_ms, true, &at, &ap,
+			   &naff, err);
 	if (rc != 0 || naff == 0)
 		goto cleanup;
 	sb_puts(&at, "}");

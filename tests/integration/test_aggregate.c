@@ -940,6 +940,95 @@ static int64_t rollover_rows(const char *s)
 	return agg_query_i64(chk, sql);
 }
 
+/* The storage rollover on its own thread (it may wait for a row lock). */
+typedef struct bg_roll {
+	tally_agg *agg;
+	int64_t now;
+	size_t rows;
+	int rc;
+	tally_error err;
+	atomic_int done;
+} bg_roll;
+
+static void *bg_rollover(void *arg)
+{
+	bg_roll *x = arg;
+
+	x->rc = tally_agg_storage_rollover(x->agg, x->now, &x->rows, &x->err);
+	atomic_store(&x->done, 1);
+	return NULL;
+}
+
+/*
+ * The rollover only creates rows: a batch of another instance writing the
+ * same new period row at the same time (here: an uncommitted insert with
+ * other storage figures, as a batch carrying a snapshot the rollover did
+ * not see would write) wins. Before, the rollover's upsert waited for it
+ * and then overwrote it with its own, stale, integral.
+ */
+START_TEST(test_aggregate_storage_rollover_never_overwrites)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - CARRY_DAYS * DAY_MS, pe1 = ps1 + CARRY_DAYS * DAY_MS;
+	tally_pricebook *pb = NULL;
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_error err;
+	batch b = { 0 };
+	bg_roll x = { 0 };
+	pthread_t th;
+	PGconn *writer;
+	PGresult *r;
+	char s[37], sql[768];
+	uint8_t t[16];
+
+	memset(next_off, 0, sizeof(next_off));
+	carry_tenant(s, t, 25, ps1, pe1);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = new_agg_priced(pb);
+	add_snapshot(&b, t, 1, ps0 + 10 * DAY_MS, CARRY_BYTES);
+	ck_assert_int_eq(run(agg, &b, ps0 + 12 * DAY_MS, &st), 0);
+	batch_free(&b);
+	writer = PQconnectdb(dsn);
+	ck_assert(PQstatus(writer) == CONNECTION_OK);
+	snprintf(sql, sizeof(sql),
+		 "BEGIN; INSERT INTO tenant_period_usage (tenant_id,"
+		 " period_start, period_end, storage_snapshots, storage_byte_ms,"
+		 " storage_gb_months, storage_cost, cost, version) VALUES ('%s',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms',"
+		 " timestamptz 'epoch' + %" PRId64 " * interval '1 ms', 1, 123,"
+		 " 0, 0.5, 0.5, 1)", s, ps1, pe1);
+	r = PQexec(writer, sql);
+	ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s",
+		      PQerrorMessage(writer));
+	PQclear(r);
+	x.agg = agg;
+	x.now = ps1 + 2 * DAY_MS;
+	ck_assert_int_eq(pthread_create(&th, NULL, bg_rollover, &x), 0);
+	for (int i = 0; i < 200 && !atomic_load(&x.done); i++) {
+		if (agg_query_i64(chk, "SELECT count(*) FROM pg_stat_activity"
+				  " WHERE datname = current_database() AND"
+				  " wait_event_type = 'Lock'") > 0)
+			break;
+		tally_sleep_ms(50);
+	}
+	ck_assert_msg(!atomic_load(&x.done),
+		      "the rollover did not meet the uncommitted row");
+	r = PQexec(writer, "COMMIT");
+	ck_assert(PQresultStatus(r) == PGRES_COMMAND_OK);
+	PQclear(r);
+	pthread_join(th, NULL);
+	ck_assert_msg(x.rc == 0, "rollover: %s", x.err.msg);
+	ck_assert_int_eq(x.rows, 0);
+	ck_assert_int_eq(carry_i64("storage_byte_ms", s, ps1), 123);
+	ck_assert_int_eq(carry_i64("version", s, ps1), 1);
+	PQfinish(writer);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+END_TEST
+
 /*
  * (c) Storage rollover: a tenant with storage and no events at all in a
  * later period gets that period's row from tally_agg_storage_rollover. A
@@ -1376,6 +1465,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_storage_carried_into_new_period);
 	tcase_add_test(tc, test_aggregate_storage_following_period_created);
 	tcase_add_test(tc, test_aggregate_storage_rollover);
+	tcase_add_test(tc, test_aggregate_storage_rollover_never_overwrites);
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
 	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
