@@ -17,6 +17,7 @@
 #include "tally/event.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
+#include "tally/signals.h"
 #include "tally/money.h"
 #include "tally/rating.h"
 
@@ -3436,7 +3437,9 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
 			*out += ro.rows;
 		memcpy(ro.after, ro.last, sizeof(ro.after));
 		ro.first = false;
-	} while (ro.ntenants == ROLLOVER_CHUNK);
+		/* a stop waits for this chunk only, not the whole run */
+	} while (ro.ntenants == ROLLOVER_CHUNK &&
+		 !tally_signals_stop_requested());
 	clear_totals(agg);
 	agg->ntenants = 0;
 	agg->nbps = 0;

@@ -962,7 +962,8 @@ int main(int argc, char **argv)
 			a.next ^= 1;
 		}
 	}
-	/* the batch in flight commits (or is abandoned on a second signal) */
+	/* the batch in flight commits, or is abandoned if it is retrying a
+	 * failure (tally_pg_txn stops retrying on a stop): redone next start */
 	if (finish_batch(&a, false) != 0)
 		rc = EXIT_FAILURE;
 	tally_log(TALLY_INFO, "aggregate.stopping");
