@@ -7,94 +7,31 @@
  * storage snapshots become exact GB-months, and the storage rollover gives
  * a period with storage and no events its row.
  */
-#include "aggregate_support.h"
+#include "aggregate_pg_support.h"
 #include "check_main.h"
-#include "tally/aggregate.h"
 #include "tally/money.h"
-#include "tally/pricebook.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 
-#define TOPIC "billing.usage.rated"
-#define DAY_MS INT64_C(86400000)
-
-static char db[64], dsn[512];
-static tally_pg *pg;
-static PGconn *chk;
-
 static void setup(void)
 {
-	tally_error err;
-
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_test_unique(db, sizeof(db), "agg");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
-		      err.msg);
-	chk = PQconnectdb(dsn);
-	ck_assert(PQstatus(chk) == CONNECTION_OK);
+	aggpg_setup("agg");
 }
 
 static void teardown(void)
 {
-	PQfinish(chk);
-	tally_pg_free(pg);
-	tally_test_db_drop(db);
+	aggpg_teardown();
 }
 
 static tally_agg *new_agg_keys(size_t recent_keys)
 {
-	tally_agg_opts o = { 0 };
-	tally_agg *agg = NULL;
-	tally_error err;
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
-	int p;
-
-	o.group = "tally.aggregate";
-	o.lateness_ms = 35 * DAY_MS;
-	o.future_ms = 300000;
-	o.recent_keys = recent_keys;
-	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
-	for (p = 0; p < 4; p++)
-		rd_kafka_topic_partition_list_add(l, TOPIC, p);
-	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
-	rd_kafka_topic_partition_list_destroy(l);
-	return agg;
-}
-
-/* A batch of encoded events; offsets continue per partition. */
-typedef struct batch {
-	tally_agg_msg m[64];
-	msgpack_sbuffer sb[64];
-	size_t n;
-} batch;
-
-static int64_t next_off[4];
-
-static void batch_add(batch *b, const tally_rated_event *re, int part)
-{
-	agg_encode(&b->sb[b->n], re);
-	b->m[b->n].topic = TOPIC;
-	b->m[b->n].partition = part;
-	b->m[b->n].offset = next_off[part]++;
-	b->m[b->n].payload = b->sb[b->n].data;
-	b->m[b->n].len = b->sb[b->n].size;
-	b->n++;
-}
-
-static void batch_free(batch *b)
-{
-	size_t i;
-
-	for (i = 0; i < b->n; i++)
-		msgpack_sbuffer_destroy(&b->sb[i]);
-	b->n = 0;
+	return aggpg_new(NULL, recent_keys);
 }
 
 static tally_agg *new_agg(void)
 {
-	return new_agg_keys(0);
+	return aggpg_new(NULL, 0);
 }
 
 static int run(tally_agg *agg, batch *b, int64_t now, tally_agg_stats *st)
@@ -658,22 +595,7 @@ END_TEST
 
 static tally_agg *new_agg_priced(const tally_pricebook *pb)
 {
-	tally_agg_opts o = { 0 };
-	tally_agg *agg = NULL;
-	tally_error err;
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
-	int p;
-
-	o.group = "tally.aggregate";
-	o.lateness_ms = 35 * DAY_MS;
-	o.future_ms = 300000;
-	o.pricebook = pb;
-	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
-	for (p = 0; p < 4; p++)
-		rd_kafka_topic_partition_list_add(l, TOPIC, p);
-	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
-	rd_kafka_topic_partition_list_destroy(l);
-	return agg;
+	return aggpg_new(pb, 0);
 }
 
 static void carry_tenant(char s[37], uint8_t t[16], int k, int64_t cps,
@@ -1227,17 +1149,14 @@ START_TEST(test_aggregate_storage_priced_and_late_adjusted)
 	int64_t now = tally_now_ms();
 	tally_agg *agg;
 	tally_agg_stats st;
-	tally_agg_opts o = { 0 };
 	tally_pricebook *pb = NULL;
 	tally_error err;
-	rd_kafka_topic_partition_list_t *l;
 	agg_gen g;
 	batch b = { 0 };
 	char sql[1024];
 	int64_t ps, pe;
 	uint8_t t0[16], t6[16];
 	char s0[37], s6[37];
-	int p;
 
 	memset(next_off, 0, sizeof(next_off));
 	agg_tenant(t0, 5);
@@ -1263,16 +1182,7 @@ START_TEST(test_aggregate_storage_priced_and_late_adjusted)
 	tally_test_exec(dsn, sql);
 	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
 		      err.msg);
-	o.group = "tally.aggregate";
-	o.lateness_ms = 35 * DAY_MS;
-	o.future_ms = 300000;
-	o.pricebook = pb;
-	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
-	l = rd_kafka_topic_partition_list_new(4);
-	for (p = 0; p < 4; p++)
-		rd_kafka_topic_partition_list_add(l, TOPIC, p);
-	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
-	rd_kafka_topic_partition_list_destroy(l);
+	agg = new_agg_priced(pb);
 
 	/* 2 GB from day 1, 4 GB from day 4, 30-day period */
 	agg_gen_event(&g, 6, 1, ps);

@@ -6,80 +6,27 @@
  * times are refused (library and command line); the rows are locked in the
  * consumer's order (usage_hourly by key).
  */
-#include "aggregate_support.h"
-#include "check_main.h"
-#include "tally/aggregate.h"
+#include "aggregate_pg_support.h"
 #include "tally/money.h"
-#include "tally/pricebook.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <time.h>
 
-#define TOPIC "billing.usage.rated"
-#define DAY_MS INT64_C(86400000)
-
-static char db[64], dsn[512];
-static tally_pg *pg;
-static PGconn *chk;
-static int64_t next_off[4];
-
 static void setup(void)
 {
-	tally_error err;
-
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_test_unique(db, sizeof(db), "rer");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
-		      err.msg);
-	chk = PQconnectdb(dsn);
-	ck_assert(PQstatus(chk) == CONNECTION_OK);
-	memset(next_off, 0, sizeof(next_off));
+	aggpg_setup("rer");
 }
 
 static void teardown(void)
 {
-	PQfinish(chk);
-	tally_pg_free(pg);
-	tally_test_db_drop(db);
+	aggpg_teardown();
 }
 
 static tally_agg *new_agg(void)
 {
-	tally_agg_opts o = { 0 };
-	tally_agg *agg = NULL;
-	tally_error err;
-	rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
-	int p;
-
-	o.group = "tally.aggregate";
-	o.lateness_ms = 35 * DAY_MS;
-	o.future_ms = 300000;
-	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
-	for (p = 0; p < 4; p++)
-		rd_kafka_topic_partition_list_add(l, TOPIC, p);
-	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
-	rd_kafka_topic_partition_list_destroy(l);
-	return agg;
-}
-
-typedef struct batch {
-	tally_agg_msg m[64];
-	msgpack_sbuffer sb[64];
-	size_t n;
-} batch;
-
-static void batch_add(batch *b, const tally_rated_event *re, int part)
-{
-	agg_encode(&b->sb[b->n], re);
-	b->m[b->n].topic = TOPIC;
-	b->m[b->n].partition = part;
-	b->m[b->n].offset = next_off[part]++;
-	b->m[b->n].payload = b->sb[b->n].data;
-	b->m[b->n].len = b->sb[b->n].size;
-	b->n++;
+	return aggpg_new(NULL, 0);
 }
 
 /* Process the batch (must succeed), then empty it. */
@@ -87,14 +34,11 @@ static void run(tally_agg *agg, batch *b, int64_t now)
 {
 	tally_agg_stats st;
 	tally_error err;
-	size_t i;
 
 	ck_assert_msg(tally_agg_process(agg, b->m, b->n, now, &st, &err) == 0,
 		      "process: %s", err.msg);
 	ck_assert_int_eq(st.accepted, (int64_t)b->n);
-	for (i = 0; i < b->n; i++)
-		msgpack_sbuffer_destroy(&b->sb[i]);
-	b->n = 0;
+	batch_free(b);
 }
 
 /* An api.call event of tenant k priced at half the book's price (the

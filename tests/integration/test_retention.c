@@ -7,33 +7,17 @@
  * snapshots older than the retention go, except each tenant's last one
  * before the bound, which opens every later period.
  */
-#include "test_support.h"
-#include "check_main.h"
-
-#include "tally/aggregate.h"
+#include "aggregate_pg_support.h"
 #include "tally/log.h"
-
-static char db[64], dsn[512];
-static tally_pg *pg;
-static PGconn *chk;
 
 static void setup(void)
 {
-	tally_error err;
-
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_test_unique(db, sizeof(db), "t_ret");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_int_eq(tally_pg_connect(&pg, dsn, 5000, &err), 0);
-	chk = PQconnectdb(dsn);
-	ck_assert(PQstatus(chk) == CONNECTION_OK);
+	aggpg_setup("t_ret");
 }
 
 static void teardown(void)
 {
-	PQfinish(chk);
-	tally_pg_free(pg);
-	tally_test_db_drop(db);
+	aggpg_teardown();
 }
 
 static long long q_ll(const char *sql)
