@@ -243,21 +243,24 @@ static const char PERIOD_SQL[] =
 	"   AND bo.tenant_id = c.tenant_id AND bo.status = 'open'"
 	"   AND bo.period_start <= c.occurred_at"
 	"   AND c.occurred_at < bo.period_end"
-	"  WHERE c.bps IS NULL) x"
+	"  WHERE c.bps IS NULL AND c.d <> 0) x"
 	" LEFT JOIN tenants t ON t.id = x.tenant_id"
-	" GROUP BY x.tenant_id, x.ps ORDER BY 1, 2"
+	" GROUP BY x.tenant_id, x.ps HAVING sum(x.d) <> 0 ORDER BY 1, 2"
 	" ON CONFLICT (tenant_id, period_start) DO UPDATE SET"
 	"  cost = u.cost + EXCLUDED.cost, version = u.version + 1,"
 	"  updated_at = now(), budget_state = coalesce((SELECT"
 	TALLY_AGG_BUDGET_STATE_SQL("u.cost + EXCLUDED.cost", "t.monthly_budget")
 	"  FROM tenants t WHERE t.id = u.tenant_id), 'unlimited')";
 
-/* Closed periods: adjustments (inserts only: no row locks to order). */
+/* Closed periods: adjustments (inserts only: no row locks to order). A
+ * change of price_id alone (the same cost) moves no money: no adjustment,
+ * and above, no period version bumped. */
 static const char ADJUST_SQL[] =
 	"WITH adj AS (INSERT INTO usage_adjustments (tenant_id, period_start,"
 	"  period_end, kind, meter, provider, model, cost)"
 	"  SELECT tenant_id, bps, bpe, 'rerate', meter, provider, model, sum(d)"
-	"  FROM rr_delta WHERE bps IS NOT NULL GROUP BY 1, 2, 3, 5, 6, 7)"
+	"  FROM rr_delta WHERE bps IS NOT NULL AND d <> 0"
+	"  GROUP BY 1, 2, 3, 5, 6, 7 HAVING sum(d) <> 0)"
 	" SELECT count(*), count(*) FILTER (WHERE bps IS NOT NULL)"
 	" FROM rr_delta";
 

@@ -247,6 +247,57 @@ START_TEST(test_rerate_leaves_storage_alone)
 END_TEST
 
 /*
+ * A change of price_id alone (the same cost: here a row that names a
+ * price id the book no longer has, at the book's price) is recorded on
+ * the ledger row (price_id and prev_price_id) but moves no money: no
+ * zero 'rerate' adjustment for the closed period, no version bump (so
+ * no totals republished) for the open one.
+ */
+START_TEST(test_rerate_price_id_only_moves_no_money)
+{
+	int64_t now = tally_now_ms();
+	tally_agg *agg = new_agg();
+	tally_rerate_stats rs;
+	agg_gen g;
+	batch b = { 0 };
+	char sql[512], s1[37];
+	uint8_t t1[16];
+	int64_t v0;
+	int i;
+
+	agg_tenant(t1, 1);
+	tally_uuid_fmt(s1, t1);
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
+		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
+	tally_test_exec(dsn, sql);
+	for (i = 0; i < 2; i++) {
+		half_priced_call(&g, i, 1, i == 0 ? now - 5 * DAY_MS
+					       : now - 3600000, 1000);
+		g.re.cost = 1000 * INT64_C(100000000); /* the book's 0.0001 */
+		g.re.price_id = 999999;
+		batch_add(&b, &g.re, i);
+	}
+	run(agg, &b, now);
+	v0 = agg_query_i64(chk, "SELECT max(version) FROM tenant_period_usage");
+	ck_assert_int_ge(v0, 1);
+	rerate(now - 30 * DAY_MS, now + DAY_MS, &rs);
+	ck_assert_int_eq(rs.rows_changed, 2);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"
+				       " WHERE prev_price_id = 999999 AND"
+				       " price_id <> 999999"), 2);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments WHERE kind = 'rerate'"),
+			 0);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT max(version) FROM"
+				       " tenant_period_usage"), v0);
+	tally_agg_free(agg);
+}
+END_TEST
+
+/*
  * The first COMMIT of a day with changes fails with a serialisation
  * failure (a deferred trigger, once): the day is retried, and the run's
  * statistics and its rerate_runs row count its rows once, the adjustment
@@ -533,6 +584,7 @@ static Suite *rerate_suite(void)
 	tcase_add_test(tc, test_rerate_budget_state_follows_cost);
 	tcase_add_test(tc, test_rerate_stage_in_pieces);
 	tcase_add_test(tc, test_rerate_leaves_storage_alone);
+	tcase_add_test(tc, test_rerate_price_id_only_moves_no_money);
 	tcase_add_test(tc, test_rerate_stats_count_committed_only);
 	tcase_add_test(tc, test_rerate_bad_range_refused);
 	tcase_add_test(tc, test_rerate_cli_times);
