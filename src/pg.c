@@ -266,8 +266,12 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 		}
 		if (rc != TALLY_ETRANSIENT)
 			return rc;
-		/* stopping: nothing was committed; the caller gives up too */
-		if (tally_signals_stop_requested())
+		/*
+		 * Stopping: one more attempt (a connection gone stale while
+		 * idle, as at a shutdown after a PostgreSQL restart, is
+		 * reset by it), then give up: nothing was committed.
+		 */
+		if (attempt >= 1 && tally_signals_stop_requested())
 			return rc;
 		attempt++;
 		if (max_attempts > 0 && attempt >= max_attempts)
@@ -280,8 +284,7 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 			  TALLY_KV_INT("attempt", attempt),
 			  TALLY_KV_INT("wait_ms", wait),
 			  TALLY_KV_STR("error", err ? err->msg : ""));
-		if (tally_signals_sleep_ms((long)wait))
-			return rc;
+		(void)tally_signals_sleep_ms((long)wait);
 	}
 }
 

@@ -74,8 +74,9 @@ typedef int (*tally_pg_txn_fn)(tally_pg *pg, void *payload, tally_error *err);
  * commit fail with TALLY_ETRANSIENT, up to max_attempts (0 = until the
  * configured retry time is spent). fn must be safe to run again: it sees a
  * fresh transaction each time. Any other error rolls back and is returned;
- * so is the transient one once a stop is requested (SIGTERM: nothing was
- * committed, and the process should not wait out the retry time).
+ * so is the transient one once a stop is requested (SIGTERM), after at
+ * most one more attempt (it resets a connection gone stale while idle):
+ * the process does not wait out the retry time.
  */
 int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 		 int max_attempts, tally_error *err) TALLY_MUSTCHECK;
