@@ -73,6 +73,20 @@ static inline tally_agg *aggpg_new(const tally_pricebook *pb,
 	return agg;
 }
 
+/* Record tenant s's period [from_ms, to_ms) as invoiced (closed). */
+static inline void invoiced_period(const char *s, int64_t from_ms,
+				   int64_t to_ms, const char *invoice)
+{
+	char sql[512];
+
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
+		 PRId64 " * interval '1 ms', 'invoiced', now(), '%s')",
+		 s, from_ms, to_ms, invoice);
+	tally_test_exec(dsn, sql);
+}
+
 /* A batch of encoded events; offsets continue per partition. */
 typedef struct batch {
 	tally_agg_msg m[64];

@@ -322,12 +322,7 @@ START_TEST(test_aggregate_periods_late_closed_dlq)
 	/* close t1's calendar month of 3 days ago... use a recorded period */
 	pps = now - 30 * DAY_MS;
 	ppe = now - 2 * DAY_MS;
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
-		 s1, pps, ppe);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s1, pps, ppe, "in_1");
 	agg_gen_event(&g, 3, 40, now - 5 * DAY_MS);
 	memcpy(g.re.ev.tenant_id, t1, 16);
 	g.re.ev.meter = TALLY_METER_API_CALL;
@@ -1079,12 +1074,7 @@ START_TEST(test_aggregate_rerate_moves_totals)
 	agg_tenant(t1, 1);
 	tally_uuid_fmt(s1, t1);
 	/* tenant 1's period of 10..3 days ago is closed (invoiced) */
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
-		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s1, now - 10 * DAY_MS, now - 3 * DAY_MS, "in_1");
 	agg = new_agg();
 	/* api calls priced at half the book's price (a bug, fixed later) */
 	for (i = 0; i < 40; i++) {
@@ -1174,12 +1164,7 @@ START_TEST(test_aggregate_storage_priced_and_late_adjusted)
 		 s0, ps, pe);
 	tally_test_exec(dsn, sql);
 	/* tenant 6: a closed period 20..10 days ago, nothing recorded in it */
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_6')",
-		 s6, now - 20 * DAY_MS, now - 10 * DAY_MS);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s6, now - 20 * DAY_MS, now - 10 * DAY_MS, "in_6");
 	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
 		      err.msg);
 	agg = new_agg_priced(pb);

@@ -205,18 +205,13 @@ START_TEST(test_rerate_leaves_storage_alone)
 	tally_rerate_stats rs;
 	agg_gen g;
 	batch b = { 0 };
-	char sql[512], s1[37];
+	char s1[37];
 	uint8_t t1[16];
 	int i;
 
 	agg_tenant(t1, 1);
 	tally_uuid_fmt(s1, t1);
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
-		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s1, now - 10 * DAY_MS, now - 3 * DAY_MS, "in_1");
 	for (i = 0; i < 2; i++) {
 		agg_gen_event(&g, 9, 8, now);
 		agg_tenant(g.re.ev.tenant_id, 1);
@@ -260,19 +255,14 @@ START_TEST(test_rerate_price_id_only_moves_no_money)
 	tally_rerate_stats rs;
 	agg_gen g;
 	batch b = { 0 };
-	char sql[512], s1[37];
+	char s1[37];
 	uint8_t t1[16];
 	int64_t v0;
 	int i;
 
 	agg_tenant(t1, 1);
 	tally_uuid_fmt(s1, t1);
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
-		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s1, now - 10 * DAY_MS, now - 3 * DAY_MS, "in_1");
 	for (i = 0; i < 2; i++) {
 		half_priced_call(&g, i, 1, i == 0 ? now - 5 * DAY_MS
 					       : now - 3600000, 1000);
@@ -317,12 +307,7 @@ START_TEST(test_rerate_stats_count_committed_only)
 
 	agg_tenant(t1, 1);
 	tally_uuid_fmt(s1, t1);
-	snprintf(sql, sizeof(sql),
-		 "INSERT INTO billing_periods VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', timestamptz 'epoch' + %"
-		 PRId64 " * interval '1 ms', 'invoiced', now(), 'in_1')",
-		 s1, now - 10 * DAY_MS, now - 3 * DAY_MS);
-	tally_test_exec(dsn, sql);
+	invoiced_period(s1, now - 10 * DAY_MS, now - 3 * DAY_MS, "in_1");
 	for (i = 0; i < 10; i++) {
 		/* the first in tenant 1's closed period */
 		half_priced_call(&g, i, i == 0 ? 1 : 2 + i % 3,
