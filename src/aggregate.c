@@ -538,8 +538,9 @@ struct tally_agg {
 	size_t ntotals, cap_totals;
 	tally_agg_stats st;
 	accmap hourly, period, adj; /* deltas of the batch */
-	item **sorted;
-	size_t cap_sorted;
+	item **sorted;        /* the batch in key order (sort_batch) */
+	size_t cap_sorted, nsorted;
+	bool ledger_staged;   /* the ledger rows are in agg_stage, not written */
 	size_t nstorage;
 	const struct tally_pricebook *pb; /* storage prices; may be NULL */
 	size_t storage_unpriced;
@@ -1501,23 +1502,43 @@ static int cmp_key(const void *a, const void *b)
 static int ensure_stage(tally_agg *agg, tally_error *err);
 
 /*
- * The batch's new-looking events into agg_stage (binary COPY), in key
+ * The batch's new-looking events go to PostgreSQL by binary COPY, in key
  * order, streamed in pieces of ~64 KiB as the rows are encoded: no
- * batch-sized buffer here or in libpq. *rows: the number sent (0: nothing
- * to stage, no COPY).
+ * batch-sized buffer here or in libpq. What a COPY sends (copy_kind):
+ *
+ *   COPY_DEDUPE   their keys, straight into usage_dedupe (the fast path)
+ *   COPY_LEDGER   their ledger rows, straight into usage_ledger (after it)
+ *   COPY_STAGE    everything into agg_stage (the ON CONFLICT path: the
+ *                 stage is where duplicates are found and removed)
+ *   COPY_SNAPSHOTS the storage events only into agg_stage (the fast path:
+ *                 the apply statement's storage_snapshots insert reads it)
+ *
+ * (docs/aggregate.md, "Part 5": the fast path writes each row once; the
+ * stage cost a write and two reads of every row.)
  */
 #define COPY_PIECE (1 << 16)
 
-static int send_copy(tally_agg *agg, size_t *rows, tally_error *err)
-{
-	sbuf *c = &agg->copy;
-	size_t i, nsort = 0;
-	int rc;
+enum copy_kind { COPY_DEDUPE, COPY_LEDGER, COPY_STAGE, COPY_SNAPSHOTS };
 
-	/*
-	 * In key order: the dedupe index then takes the batch in one ordered
-	 * pass over its leaf pages instead of random hops.
-	 */
+static const char *const COPY_SQL[] = {
+	[COPY_DEDUPE] = "COPY usage_dedupe (tenant_id, digest, occurred_at)"
+			" FROM STDIN (FORMAT binary)",
+	[COPY_LEDGER] = "COPY usage_ledger (tenant_id, digest, occurred_at,"
+			" meter_id, provider_id, model_id, price_id, quantity,"
+			" input_tokens, output_tokens, cache_read_tokens,"
+			" cache_write_tokens, reasoning_tokens, steps, cost)"
+			" FROM STDIN (FORMAT binary)",
+	[COPY_STAGE] = "COPY agg_stage FROM STDIN (FORMAT binary)",
+	[COPY_SNAPSHOTS] = "COPY agg_stage FROM STDIN (FORMAT binary)",
+};
+
+/* The batch's accepted-so-far items in key order: agg->sorted[0, *n). In
+ * key order, the dedupe index takes the batch in one ordered pass over
+ * its leaf pages instead of random hops. */
+static void sort_batch(tally_agg *agg, size_t *n)
+{
+	size_t i, nsort = 0;
+
 	if (agg->cap_sorted < agg->n) {
 		free(agg->sorted);
 		agg->cap_sorted = agg->n;
@@ -1527,75 +1548,143 @@ static int send_copy(tally_agg *agg, size_t *rows, tally_error *err)
 		if (agg->items[i].status == ST_OK)
 			agg->sorted[nsort++] = &agg->items[i];
 	qsort(agg->sorted, nsort, sizeof(item *), cmp_key);
-	*rows = nsort;
-	if (nsort == 0)
+	agg->nsorted = nsort;
+	*n = nsort;
+}
+
+static void put_row(sbuf *c, const tally_agg *agg, const item *it,
+		    enum copy_kind kind)
+{
+	const agg_rated *re = &it->re;
+	const agg_event *ev = &re->ev;
+	bool ai = ev->meter == TALLY_METER_AI_TOKENS;
+
+	/* worst case per row, so the helpers never reallocate */
+	sb_reserve(c, 2 + STAGE_COLS * 4 + 16 + 16 + 8 * 10 + 2 * 2 +
+		   4 * 3 + TALLY_PGNUMERIC_LEN);
+	if (kind == COPY_DEDUPE) {
+		be16(c, 3);
+		f_uuid(c, ev->tenant_id);
+		f_uuid(c, it->key + 16);
+		f_ts(c, ev->time_ms);
+		return;
+	}
+	if (kind == COPY_LEDGER) {
+		be16(c, STAGE_COLS - 1);
+	} else {
+		be16(c, STAGE_COLS);
+		f_i32(c, (int64_t)(it - agg->items));
+	}
+	f_uuid(c, ev->tenant_id);
+	f_uuid(c, it->key + 16);
+	f_ts(c, ev->time_ms);
+	f_i16(c, (int64_t)ev->meter);
+	if (ai) {
+		f_i16(c, it->provider_id);
+		f_i32(c, it->model_id);
+	} else {
+		f_null(c);
+		f_null(c);
+	}
+	if (re->unpriced || re->price_id <= 0)
+		f_null(c);
+	else
+		f_i64(c, re->price_id);
+	f_i64(c, item_qty(ev));
+	if (ai) {
+		f_i64(c, ev->input_tokens);
+		f_i64(c, ev->output_tokens);
+		f_i64(c, ev->cache_read_tokens);
+		f_i64(c, ev->cache_write_tokens);
+		f_i64(c, ev->reasoning_tokens);
+	} else {
+		f_null(c);
+		f_null(c);
+		f_null(c);
+		f_null(c);
+		f_null(c);
+	}
+	if (ev->meter == TALLY_METER_WORKFLOW)
+		f_i32(c, ev->steps);
+	else
+		f_null(c);
+	f_money(c, re->cost);
+}
+
+/*
+ * COPY agg->sorted (as sort_batch left it; COPY_SNAPSHOTS: its storage
+ * events only) as `kind`. The result of the COPY is left to the caller:
+ * *res is PQgetResult's after the end (NULL if the connection failed
+ * before), so that the fast path can tell a unique violation from the
+ * rest. *rows: the rows sent (0: nothing to send, no COPY, *res NULL).
+ */
+static int copy_rows(tally_agg *agg, enum copy_kind kind, size_t *rows,
+		     PGresult **res, tally_error *err)
+{
+	PGconn *conn = tally_pg_conn(agg->pg);
+	sbuf *c = &agg->copy;
+	size_t i, n = 0;
+	int rc;
+
+	*res = NULL;
+	*rows = 0;
+	for (i = 0; i < agg->nsorted; i++)
+		if (kind != COPY_SNAPSHOTS ||
+		    agg->sorted[i]->re.ev.meter == TALLY_METER_STORAGE)
+			n++;
+	if (n == 0)
 		return 0;
-	rc = ensure_stage(agg, err);
-	if (rc == 0)
-		rc = tally_pg_copy_begin(agg->pg, "COPY agg_stage FROM STDIN"
-					 " (FORMAT binary)", err);
+	if (kind == COPY_STAGE || kind == COPY_SNAPSHOTS) {
+		rc = ensure_stage(agg, err);
+		if (rc != 0)
+			return rc;
+	}
+	rc = tally_pg_copy_begin(agg->pg, COPY_SQL[kind], err);
 	if (rc != 0)
 		return rc;
 	sb_reset(c);
 	sb_add(c, "PGCOPY\n\377\r\n\0", 11);
 	be32(c, 0); /* flags */
 	be32(c, 0); /* header extension */
-	for (i = 0; i < nsort; i++) {
-		item *it = agg->sorted[i];
-		const agg_rated *re = &it->re;
-		const agg_event *ev = &re->ev;
-		bool ai = ev->meter == TALLY_METER_AI_TOKENS;
+	for (i = 0; i < agg->nsorted; i++) {
+		const item *it = agg->sorted[i];
 
+		if (kind == COPY_SNAPSHOTS &&
+		    it->re.ev.meter != TALLY_METER_STORAGE)
+			continue;
 		if (c->len >= COPY_PIECE) {
-			rc = tally_pg_copy_put(agg->pg, c->p, c->len, err);
-			if (rc != 0)
-				return rc;
+			/* a failure here is the connection's: PostgreSQL
+			 * reports a rejected row after the end */
+			if (PQputCopyData(conn, c->p, (int)c->len) != 1)
+				return tally_pg__classify(conn, NULL, err);
 			sb_reset(c);
 		}
-		/* worst case per row, so the helpers never reallocate */
-		sb_reserve(c, 2 + STAGE_COLS * 4 + 16 + 16 + 8 * 10 + 2 * 2 +
-			   4 * 3 + TALLY_PGNUMERIC_LEN);
-		be16(c, STAGE_COLS);
-		f_i32(c, (int64_t)(it - agg->items));
-		f_uuid(c, ev->tenant_id);
-		f_uuid(c, it->key + 16);
-		f_ts(c, ev->time_ms);
-		f_i16(c, (int64_t)ev->meter);
-		if (ai) {
-			f_i16(c, it->provider_id);
-			f_i32(c, it->model_id);
-		} else {
-			f_null(c);
-			f_null(c);
-		}
-		if (re->unpriced || re->price_id <= 0)
-			f_null(c);
-		else
-			f_i64(c, re->price_id);
-		f_i64(c, item_qty(ev));
-		if (ai) {
-			f_i64(c, ev->input_tokens);
-			f_i64(c, ev->output_tokens);
-			f_i64(c, ev->cache_read_tokens);
-			f_i64(c, ev->cache_write_tokens);
-			f_i64(c, ev->reasoning_tokens);
-		} else {
-			f_null(c);
-			f_null(c);
-			f_null(c);
-			f_null(c);
-			f_null(c);
-		}
-		if (ev->meter == TALLY_METER_WORKFLOW)
-			f_i32(c, ev->steps);
-		else
-			f_null(c);
-		f_money(c, re->cost);
+		put_row(c, agg, it, kind);
 	}
 	be16(c, -1);
-	rc = tally_pg_copy_put(agg->pg, c->p, c->len, err);
-	if (rc == 0)
-		rc = tally_pg_copy_end(agg->pg, err);
+	if (PQputCopyData(conn, c->p, (int)c->len) != 1 ||
+	    PQputCopyEnd(conn, NULL) != 1)
+		return tally_pg__classify(conn, NULL, err);
+	*rows = n;
+	*res = PQgetResult(conn);
+	return 0;
+}
+
+/* copy_rows whose every failure is the batch's (the result drained) */
+static int copy_all(tally_agg *agg, enum copy_kind kind, size_t *rows,
+		    tally_error *err)
+{
+	PGconn *conn = tally_pg_conn(agg->pg);
+	PGresult *res, *more;
+	int rc = copy_rows(agg, kind, rows, &res, err);
+
+	if (rc != 0 || *rows == 0)
+		return rc;
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+		rc = tally_pg__classify(conn, res, err);
+	PQclear(res);
+	while ((more = PQgetResult(conn)) != NULL)
+		PQclear(more);
 	return rc;
 }
 
@@ -1812,13 +1901,17 @@ static void cols_end(sbuf *b, int n, size_t rows)
  */
 static void build_apply(tally_agg *agg, sbuf *q)
 {
+	const char *sep = "WITH ";
 	sbuf *c = agg->cols;
 	size_t i;
 	int k, np = 0;
 
 	sb_reset(q);
-	sb_puts(q,
-		"WITH led AS ("
+	if (agg->ledger_staged) {
+		sb_puts(q, sep);
+		sep = ", ";
+		sb_puts(q,
+		"led AS ("
 		" INSERT INTO usage_ledger (occurred_at, price_id, quantity,"
 		"  input_tokens, output_tokens, cache_read_tokens,"
 		"  cache_write_tokens, reasoning_tokens, tenant_id, digest,"
@@ -1827,12 +1920,17 @@ static void build_apply(tally_agg *agg, sbuf *q)
 		"  output_tokens, cache_read_tokens, cache_write_tokens,"
 		"  reasoning_tokens, tenant_id, digest, model_id, steps, meter_id,"
 		"  provider_id, cost FROM agg_stage)");
-	if (agg->nstorage > 0)
-		sb_puts(q, ", snap AS ("
+	}
+	/* the stage has the storage events on either path */
+	if (agg->nstorage > 0) {
+		sb_puts(q, sep);
+		sep = ", ";
+		sb_puts(q, "snap AS ("
 			" INSERT INTO storage_snapshots (tenant_id, occurred_at,"
 			"  digest, bytes) SELECT tenant_id, occurred_at, digest,"
 			"  quantity FROM agg_stage WHERE meter_id = 3"
 			" ON CONFLICT DO NOTHING)");
+	}
 	if (agg->hourly.n > 0) {
 		sbuf *b = c + np;
 
@@ -1854,7 +1952,9 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			col_i64(&b[11], a->rs);
 			col_cost(&b[12], a->cost);
 		}
-		sb_puts(q, ", hourly AS ("
+		sb_puts(q, sep);
+		sep = ", ";
+		sb_puts(q, "hourly AS ("
 			" INSERT INTO usage_hourly AS h (tenant_id, hour, meter,"
 			"  provider, model, events, quantity, input_tokens,"
 			"  output_tokens, cache_read_tokens, cache_write_tokens,"
@@ -1908,7 +2008,9 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			col_i64(&b[12], a->ss);
 			col_cost(&b[13], a->cost);
 		}
-		sb_puts(q, ", period AS ("
+		sb_puts(q, sep);
+		sep = ", ";
+		sb_puts(q, "period AS ("
 			" INSERT INTO tenant_period_usage AS u (tenant_id,"
 			"  period_start, period_end, ai_requests, input_tokens,"
 			"  output_tokens, cache_read_tokens, cache_write_tokens,"
@@ -1964,7 +2066,9 @@ static void build_apply(tally_agg *agg, sbuf *q)
 			col_i64(&b[12], a->rs);
 			col_cost(&b[13], a->cost);
 		}
-		sb_puts(q, ", adj AS ("
+		sb_puts(q, sep);
+		sep = ", ";
+		sb_puts(q, "adj AS ("
 			" INSERT INTO usage_adjustments (tenant_id, period_start,"
 			"  period_end, kind, meter, provider, model, events,"
 			"  quantity, input_tokens, output_tokens, cache_read_tokens,"
@@ -2028,42 +2132,56 @@ static int simple_exec(tally_pg *pg, PGresult **out, const char *sql,
 }
 
 /*
- * The fast path: a plain INSERT, inside a savepoint. With the keys of the
- * last batches already filtered out in C (seen_has), it nearly always
- * succeeds, and costs about 60 % of the ON CONFLICT ... RETURNING form
- * (measured in docs/aggregate.md). A unique violation -- a key older than
+ * The fast path: the keys by COPY straight into usage_dedupe, inside a
+ * savepoint; then the ledger rows by COPY straight into usage_ledger (and
+ * the storage events into the stage for storage_snapshots). With the keys
+ * of the last batches already filtered out in C (seen_has), the key COPY
+ * nearly always succeeds; each row is then written once (measured in
+ * docs/aggregate.md, "Part 5"). A unique violation -- a key older than
  * the ring (the ring counts keys of all partitions, and one partition can
  * lag far behind the others), or written by another instance -- rolls
- * back to the savepoint and the batch goes the ON CONFLICT way. So do the
- * next 1, 2, 4 ... 64 batches while fallbacks follow each other (after a
- * restart, while the ring is empty); one fast success resets that.
+ * back to the savepoint and the batch goes the ON CONFLICT way through
+ * the stage. So do the next 1, 2, 4 ... 64 batches while fallbacks follow
+ * each other (after a restart, while the ring is empty); one fast success
+ * resets that. *done: the batch's rows are written.
  */
-static const char DEDUPE_FAST_SQL[] =
-	"SAVEPOINT agg_dedupe;"
-	"INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)"
-	" SELECT tenant_id, digest, occurred_at FROM agg_stage";
-
-static int dedupe_fast(tally_agg *agg, bool *done, tally_error *err)
+static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 {
 	PGconn *conn = tally_pg_conn(agg->pg);
-	PGresult *res = PQexec(conn, DEDUPE_FAST_SQL);
+	PGresult *res, *more;
 	const char *state;
+	size_t rows;
 	int rc;
 
 	*done = false;
+	rc = simple_exec(agg->pg, NULL, "SAVEPOINT agg_dedupe",
+			 PGRES_COMMAND_OK, err);
+	if (rc == 0)
+		rc = copy_rows(agg, COPY_DEDUPE, &rows, &res, err);
+	if (rc != 0)
+		return rc;
 	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
 		PQclear(res);
+		while ((more = PQgetResult(conn)) != NULL)
+			PQclear(more);
 		*done = true;
 		agg->dedupe_streak = 0;
-		return 0;
+		rc = copy_all(agg, COPY_LEDGER, &rows, err);
+		if (rc == 0)
+			rc = copy_all(agg, COPY_SNAPSHOTS, &rows, err);
+		return rc;
 	}
 	state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 	if (state == NULL || strcmp(state, "23505") != 0) {
 		rc = tally_pg__classify(conn, res, err);
 		PQclear(res);
+		while ((more = PQgetResult(conn)) != NULL)
+			PQclear(more);
 		return rc;
 	}
 	PQclear(res);
+	while ((more = PQgetResult(conn)) != NULL)
+		PQclear(more);
 	agg->dedupe_slow = 1 << (agg->dedupe_streak < 6 ? agg->dedupe_streak : 6);
 	agg->dedupe_streak++;
 	agg->st.dedupe_fallbacks++;
@@ -2080,13 +2198,6 @@ static int dedupe(tally_agg *agg, size_t rows, tally_error *err)
 	size_t i, ndup = 0;
 	int rc = 0, r;
 
-	if (agg->dedupe_slow == 0) {
-		bool done;
-
-		rc = dedupe_fast(agg, &done, err);
-		if (rc != 0 || done)
-			return rc;
-	}
 	res = PQexecParams(conn, DEDUPE_SQL, 0, NULL, NULL, NULL, NULL, 1);
 	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
 		rc = tally_pg__classify(conn, res, err);
@@ -2138,6 +2249,33 @@ static int dedupe(tally_agg *agg, size_t rows, tally_error *err)
 				   " WHERE idx = ANY($1::integer[])", 1, &param,
 				   err);
 	free(ids.p);
+	return rc;
+}
+
+/*
+ * The batch's rows (agg->sorted, `rows` of them) into usage_dedupe and
+ * usage_ledger: the fast path's COPYs, or through the stage with
+ * ON CONFLICT (which also marks and removes the duplicates). Sets
+ * agg->ledger_staged: the apply statement inserts the ledger from the
+ * stage.
+ */
+static int write_batch(tally_agg *agg, size_t rows, tally_error *err)
+{
+	size_t n;
+	int rc;
+
+	agg->ledger_staged = false;
+	if (agg->dedupe_slow == 0) {
+		bool done;
+
+		rc = write_fast(agg, &done, err);
+		if (rc != 0 || done)
+			return rc;
+	}
+	agg->ledger_staged = true;
+	rc = copy_all(agg, COPY_STAGE, &n, err);
+	if (rc == 0)
+		rc = dedupe(agg, rows, err);
 	return rc;
 }
 
@@ -2959,11 +3097,11 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 		goto cleanup;
 	assign_periods(agg);
 	trace(agg, 0);
-	rc = send_copy(agg, &rows, err);
-	if (rc != 0 || rows == 0)
+	sort_batch(agg, &rows);
+	if (rows == 0)
 		goto cleanup;
 	trace(agg, 1);
-	rc = dedupe(agg, rows, err);
+	rc = write_batch(agg, rows, err);
 	if (rc != 0)
 		goto cleanup;
 	trace(agg, 2);

@@ -198,6 +198,114 @@ START_TEST(test_aggregate_recent_keys_and_fallback)
 }
 END_TEST
 
+/*
+ * The ledger row of each accepted event holds exactly that event's
+ * columns, whichever way the batch was written: the fast path (keys and
+ * ledger rows by COPY straight into their tables) and the ON CONFLICT
+ * path through the stage (taken here because event 0, re-sent, is older
+ * than the ring of 4 keys). Each event has its own second, so the rows
+ * compare in time order.
+ */
+static void ledger_line(char *out, size_t cap, const tally_rated_event *re)
+{
+	const tally_usage_event *ev = &re->ev;
+	bool ai = ev->meter == TALLY_METER_AI_TOKENS;
+	char id[40];
+	int64_t qty = ev->meter == TALLY_METER_AI_TOKENS ? 1 :
+		      ev->meter == TALLY_METER_WORKFLOW ? ev->complexity :
+		      ev->count;
+	int j, k = 0;
+
+	for (j = 0; j < 16; j++) {
+		if (j == 4 || j == 6 || j == 8 || j == 10)
+			id[k++] = '-';
+		k += snprintf(id + k, sizeof(id) - (size_t)k, "%02x",
+			      ev->tenant_id[j]);
+	}
+	snprintf(out, cap,
+		 "%s|%" PRId64 "|%d|%.*s|%.*s|%" PRId64 "|%" PRId64 "|%" PRId64
+		 "|%" PRId64 "|%" PRId64 "|%" PRId64 "|%" PRId64 "|%" PRId64
+		 "|%" PRId64 "|t",
+		 id, ev->time_ms, (int)ev->meter,
+		 ai ? (int)ev->provider.len : 1, ai ? ev->provider.ptr : "-",
+		 ai ? (int)ev->model.len : 1, ai ? ev->model.ptr : "-",
+		 re->price_id, qty,
+		 ai ? ev->input_tokens : -1, ai ? ev->output_tokens : -1,
+		 ai ? ev->cache_read_tokens : -1,
+		 ai ? ev->cache_write_tokens : -1,
+		 ai ? ev->reasoning_tokens : -1,
+		 ev->meter == TALLY_METER_WORKFLOW ? (int64_t)ev->steps : -1,
+		 (int64_t)re->cost);
+}
+
+static void check_ledger_rows(int n, int64_t base)
+{
+	PGresult *r = PQexec(chk,
+		"SELECT concat_ws('|', l.tenant_id,"
+		" (extract(epoch FROM l.occurred_at) * 1000)::bigint,"
+		" l.meter_id, coalesce(p.name, '-'), coalesce(m.name, '-'),"
+		" coalesce(l.price_id, -1), l.quantity,"
+		" coalesce(l.input_tokens, -1), coalesce(l.output_tokens, -1),"
+		" coalesce(l.cache_read_tokens, -1),"
+		" coalesce(l.cache_write_tokens, -1),"
+		" coalesce(l.reasoning_tokens, -1), coalesce(l.steps, -1),"
+		" (l.cost * 1000000000000)::bigint, l.prev_price_id IS NULL)"
+		" FROM usage_ledger l LEFT JOIN providers p ON p.id = l.provider_id"
+		" LEFT JOIN models m ON m.id = l.model_id ORDER BY l.occurred_at");
+	agg_gen g;
+	char want[512];
+	int i;
+
+	ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+	ck_assert_int_eq(PQntuples(r), n);
+	for (i = 0; i < n; i++) {
+		agg_gen_event(&g, 7, i, base);
+		ledger_line(want, sizeof(want), &g.re);
+		ck_assert_str_eq(PQgetvalue(r, i, 0), want);
+	}
+	PQclear(r);
+	/* every ledger row's key is the dedupe key of that event */
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"
+				       " JOIN usage_dedupe USING (tenant_id, digest,"
+				       " occurred_at)"), n);
+}
+
+START_TEST(test_aggregate_ledger_rows_exact)
+{
+	int64_t now = tally_now_ms(), base = now - 2 * 3600000;
+	tally_agg *agg = new_agg_keys(4);
+	tally_agg_stats st;
+	agg_gen g;
+	batch b = { 0 };
+	int i;
+
+	memset(next_off, 0, sizeof(next_off));
+	for (i = 0; i < 40; i++) {
+		agg_gen_event(&g, 7, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 40);
+	ck_assert_int_eq(st.dedupe_fallbacks, 0);
+	batch_free(&b);
+	check_ledger_rows(40, base);
+	/* event 0 again (left the ring): the ON CONFLICT path */
+	agg_gen_event(&g, 7, 0, base);
+	batch_add(&b, &g.re, 0);
+	for (i = 40; i < 80; i++) {
+		agg_gen_event(&g, 7, i, base);
+		batch_add(&b, &g.re, i % 4);
+	}
+	ck_assert_int_eq(run(agg, &b, now, &st), 0);
+	ck_assert_int_eq(st.accepted, 40);
+	ck_assert_int_eq(st.duplicates, 1);
+	ck_assert_int_eq(st.dedupe_fallbacks, 1);
+	batch_free(&b);
+	check_ledger_rows(80, base);
+	tally_agg_free(agg);
+}
+END_TEST
+
 START_TEST(test_aggregate_fence_stops_zombie)
 {
 	int64_t now = tally_now_ms();
@@ -1352,6 +1460,7 @@ static Suite *aggregate_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_aggregate_duplicates_count_once);
 	tcase_add_test(tc, test_aggregate_recent_keys_and_fallback);
+	tcase_add_test(tc, test_aggregate_ledger_rows_exact);
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_periods_late_closed_dlq);
 	tcase_add_test(tc, test_aggregate_period_close_waits_for_batch);
