@@ -92,6 +92,13 @@ int tally_cmd_rerate(tally_cli *cli, int argc, char **argv)
 	       "cost delta %s\n", (long long)st.rows_seen,
 	       (long long)st.rows_changed, (long long)st.adjusted,
 	       (long long)st.unpriced, st.cost_delta);
+	if (o.model == NULL)
+		printf("rerate: storage: %lld periods' charges moved (%lld "
+		       "closed -> adjustments), %lld without a price "
+		       "(unchanged), cost delta %s\n",
+		       (long long)st.storage_periods,
+		       (long long)st.storage_adjusted,
+		       (long long)st.storage_unpriced, st.storage_delta);
 	rc = 0;
 cleanup:
 	tally_pricebook_free(pb);

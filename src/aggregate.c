@@ -2402,6 +2402,7 @@ typedef struct starget {
 	bool closed;
 	bool carry;           /* touched, no snapshot: only if still unset */
 	bool seen;            /* has segments */
+	bool unpriced;        /* a segment has no price in the book */
 	__int128 bms;         /* byte-milliseconds */
 	tally_money128 cost;  /* pico */
 } starget;
@@ -2449,8 +2450,16 @@ static void fmt_i128(char *out, size_t len, __int128 v)
 	out[i] = '\0';
 }
 
+/*
+ * How storage_write writes the open periods: SW_BATCH and SW_REPRICE set
+ * them (upsert), SW_CREATE only creates missing rows (the rollover).
+ * SW_REPRICE leaves a period with an unpriced segment as it is (tally
+ * rerate: a price missing from the book now is not a price of 0).
+ */
+enum { SW_BATCH, SW_CREATE, SW_REPRICE };
+
 static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
-			 const hset *th, int64_t now_ms, bool create_only,
+			 const hset *th, int64_t now_ms, int mode,
 			 sbuf *at, sbuf *ap, size_t *naff, tally_error *err);
 
 /* The batch's storage targets, written by storage_write(). */
@@ -2517,7 +2526,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
 			ntg++; /* new; else already a target */
 	}
 	if (ntg > 0)
-		rc = storage_write(agg, tg, ntg, &th, agg->now_ms, false, at,
+		rc = storage_write(agg, tg, ntg, &th, agg->now_ms, SW_BATCH, at,
 				   ap, naff, err);
 	free(tg);
 	free(th.slot);
@@ -2532,7 +2541,7 @@ static int storage_recompute(tally_agg *agg, sbuf *at, sbuf *ap,
  * array bodies of the totals statement) and counted in naff.
  */
 static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
-			 const hset *th, int64_t now_ms, bool create_only,
+			 const hset *th, int64_t now_ms, int mode,
 			 sbuf *at, sbuf *ap, size_t *naff, tally_error *err)
 {
 	uint8_t key[STARGET_KEY];
@@ -2594,6 +2603,7 @@ static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
 					      dur, &e2);
 		if (src == TALLY_ENOTFOUND) {
 			agg->storage_unpriced++;
+			tg[j].unpriced = true;
 			continue;
 		}
 		if (src != 0) {
@@ -2619,7 +2629,8 @@ static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
 		char b[64], c[64];
 
 		/* a carry target without segments is not to be set */
-		if (tg[j].closed || (tg[j].carry && !tg[j].seen))
+		if (tg[j].closed || (tg[j].carry && !tg[j].seen) ||
+		    (mode == SW_REPRICE && tg[j].unpriced))
 			continue;
 		fmt_i128(b, sizeof(b), tg[j].bms);
 		tally_money_fmt128(c, sizeof(c), tg[j].cost);
@@ -2646,7 +2657,7 @@ static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
 		params[3] = a4.p;
 		params[4] = a5.p;
 		params[5] = a6.p;
-		rc = tally_pg_exec(agg->pg, &res, create_only ?
+		rc = tally_pg_exec(agg->pg, &res, mode == SW_CREATE ?
 				   STORAGE_CREATE_SQL : STORAGE_OPEN_SQL, 6,
 				   params, err);
 		if (rc != 0)
@@ -2674,7 +2685,7 @@ static int storage_write(tally_agg *agg, starget *tg, size_t ntg,
 	for (j = 0; j < ntg; j++) {
 		char b[64], c[64];
 
-		if (!tg[j].closed)
+		if (!tg[j].closed || (mode == SW_REPRICE && tg[j].unpriced))
 			continue;
 		fmt_i128(b, sizeof(b), tg[j].bms);
 		tally_money_fmt128(c, sizeof(c), tg[j].cost);
@@ -3405,6 +3416,47 @@ typedef struct rollover {
 	size_t rows;          /* rows this chunk wrote */
 } rollover;
 
+/*
+ * The tenants of a chunk (one id per row of res) as a batch's: agg->tenants
+ * and tenant_h set, *ids their array literal, last the last id.
+ */
+static int chunk_tenants(tally_agg *agg, const PGresult *res, sbuf *ids,
+			 char last[37], tally_error *err)
+{
+	size_t n = (size_t)PQntuples(res);
+	int r;
+
+	agg->ntenants = 0;
+	agg->nbps = 0;
+	if (n == 0)
+		return 0;
+	if (agg->cap_tenants < n) {
+		agg->cap_tenants = n;
+		agg->tenants = tally_xrealloc(agg->tenants, agg->cap_tenants *
+					      sizeof(*agg->tenants));
+	}
+	hset_init(&agg->tenant_h, n);
+	sb_puts(ids, "{");
+	for (r = 0; r < PQntuples(res); r++) {
+		tenant_info *ti = &agg->tenants[agg->ntenants];
+
+		memset(ti, 0, sizeof(*ti));
+		if (tally_uuid_parse(ti->id, PQgetvalue(res, r, 0), 36) != 0) {
+			agg->ntenants = 0;
+			return tally_error_set(err, TALLY_ERROR,
+					       "bad storage tenant id");
+		}
+		(void)hset_put(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			       sizeof(tenant_info), 16,
+			       (uint32_t)agg->ntenants);
+		uuid_arr(ids, ti->id, agg->ntenants == 0);
+		agg->ntenants++;
+	}
+	sb_puts(ids, "}");
+	snprintf(last, 37, "%s", PQgetvalue(res, PQntuples(res) - 1, 0));
+	return 0;
+}
+
 /* One chunk: ROLLOVER_CHUNK tenants with snapshots after ro->after. */
 static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 {
@@ -3429,39 +3481,12 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	rc = tally_pg_exec(agg->pg, &res, ROLLOVER_TENANTS_SQL, 2, params, err);
 	if (rc != 0)
 		goto cleanup;
-	ro->ntenants = (size_t)PQntuples(res);
-	if (ro->ntenants == 0)
-		goto cleanup;
-	/* the chunk's tenants as a batch's: FOR KEY SHARE, their periods */
-	agg->ntenants = 0;
-	agg->nbps = 0;
-	if (agg->cap_tenants < ro->ntenants) {
-		agg->cap_tenants = ro->ntenants;
-		agg->tenants = tally_xrealloc(agg->tenants, agg->cap_tenants *
-					      sizeof(*agg->tenants));
-	}
-	hset_init(&agg->tenant_h, ro->ntenants);
-	sb_puts(&ids, "{");
-	for (r = 0; r < PQntuples(res); r++) {
-		tenant_info *ti = &agg->tenants[agg->ntenants];
-
-		memset(ti, 0, sizeof(*ti));
-		if (tally_uuid_parse(ti->id, PQgetvalue(res, r, 0), 36) != 0) {
-			rc = tally_error_set(err, TALLY_ERROR,
-					     "bad storage tenant id");
-			goto cleanup;
-		}
-		(void)hset_put(&agg->tenant_h, (const uint8_t *)agg->tenants,
-			       sizeof(tenant_info), 16,
-			       (uint32_t)agg->ntenants);
-		uuid_arr(&ids, ti->id, agg->ntenants == 0);
-		agg->ntenants++;
-	}
-	sb_puts(&ids, "}");
-	snprintf(ro->last, sizeof(ro->last), "%s",
-		 PQgetvalue(res, PQntuples(res) - 1, 0));
+	rc = chunk_tenants(agg, res, &ids, ro->last, err);
+	ro->ntenants = agg->ntenants;
 	PQclear(res);
 	res = NULL;
+	if (rc != 0 || ro->ntenants == 0)
+		goto cleanup;
 	rc = load_tenant_rows(agg, ids.p, ro->now_ms, err);
 	if (rc != 0)
 		goto cleanup;
@@ -3517,7 +3542,7 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	sb_puts(&ap, "{");
 	/* create only: a row a batch wrote meanwhile wins (it may carry a
 	 * snapshot this statement's snapshot did not see) */
-	rc = storage_write(agg, tg, ntg, &th, ro->now_ms, true, &at, &ap,
+	rc = storage_write(agg, tg, ntg, &th, ro->now_ms, SW_CREATE, &at, &ap,
 			   &naff, err);
 	if (rc != 0 || naff == 0)
 		goto cleanup;
@@ -3578,6 +3603,235 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
 		/* a stop waits for this chunk only, not the whole run */
 	} while (ro.ntenants == ROLLOVER_CHUNK &&
 		 !tally_signals_stop_requested());
+	clear_totals(agg);
+	agg->ntenants = 0;
+	agg->nbps = 0;
+	return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* tally rerate: storage charges priced again                           */
+
+/*
+ * The periods of the chunk's tenants that overlap [$2, $3), with the
+ * storage charge they carry now in pico (the row's, plus for a closed
+ * period the storage adjustments made since): what the re-pricing is
+ * measured against.
+ */
+static const char REPRICE_TARGETS_SQL[] =
+	"SELECT u.tenant_id, (extract(epoch FROM u.period_start) * 1000)::bigint,"
+	" (extract(epoch FROM u.period_end) * 1000)::bigint,"
+	" (u.storage_cost * 1000000000000)::numeric(60, 0),"
+	" (coalesce((SELECT sum(a.cost) FROM usage_adjustments a"
+	"  WHERE a.tenant_id = u.tenant_id AND a.period_start = u.period_start"
+	"  AND a.kind = 'storage'), 0) * 1000000000000)::numeric(60, 0)"
+	" FROM tenant_period_usage u WHERE u.tenant_id = ANY($1::uuid[])"
+	" AND u.period_start < timestamptz 'epoch' + $3::bigint * interval '1 ms'"
+	" AND u.period_end > timestamptz 'epoch' + $2::bigint * interval '1 ms'"
+	" ORDER BY 1, 2";
+
+/* A decimal integer (optionally signed) that fits 128 bits. */
+static int parse_i128(tally_money128 *out, const char *s)
+{
+	unsigned __int128 u = 0, lim = ((unsigned __int128)1 << 126);
+	bool neg = *s == '-';
+
+	if (neg)
+		s++;
+	if (*s == '\0')
+		return -1;
+	for (; *s != '\0'; s++) {
+		if (*s < '0' || *s > '9' || u >= lim)
+			return -1;
+		u = u * 10 + (unsigned)(*s - '0');
+	}
+	*out = neg ? -(tally_money128)u : (tally_money128)u;
+	return 0;
+}
+
+typedef struct reprice {
+	tally_agg *agg;
+	int64_t from_ms, to_ms, now_ms;
+	const uint8_t *tenant;  /* NULL: every tenant with snapshots */
+	bool first;
+	char after[37], last[37];
+	size_t ntenants;
+	tally_agg_reprice_stats n; /* this chunk's (an attempt's) */
+} reprice;
+
+/*
+ * One chunk of tenants: locked FOR UPDATE in id order (as tally rerate
+ * locks its tenants: a batch of theirs holds FOR KEY SHARE until its
+ * commit, so the snapshots read here are complete and no batch writes
+ * their rows meanwhile), each period of theirs that overlaps the range
+ * recomputed as a batch would with the current book: open periods set,
+ * closed ones adjusted (kind 'storage'), a period with a segment the book
+ * has no price for now left alone.
+ */
+static int reprice_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	reprice *rp = payload;
+	tally_agg *agg = rp->agg;
+	PGresult *res = NULL;
+	sbuf ids = { 0 }, at = { 0 }, ap = { 0 };
+	starget *tg = NULL;
+	tally_money128 *old = NULL;
+	hset th = { 0 };
+	const char *params[5];
+	char lim[16], from[24], to[24], one[40];
+	size_t i, ntg = 0, naff = 0;
+	int rc, r;
+
+	(void)pg;
+	clear_totals(agg);
+	memset(&rp->n, 0, sizeof(rp->n));
+	rp->ntenants = 0;
+	agg->storage_unpriced = 0;
+	if (rp->tenant != NULL) {
+		tally_uuid_fmt(one, rp->tenant);
+		params[0] = one;
+		rc = tally_pg_exec(agg->pg, &res, "SELECT $1::uuid", 1, params,
+				   err);
+	} else {
+		snprintf(lim, sizeof(lim), "%d", ROLLOVER_CHUNK);
+		params[0] = rp->first ? NULL : rp->after;
+		params[1] = lim;
+		rc = tally_pg_exec(agg->pg, &res, ROLLOVER_TENANTS_SQL, 2,
+				   params, err);
+	}
+	if (rc != 0)
+		goto cleanup;
+	rc = chunk_tenants(agg, res, &ids, rp->last, err);
+	rp->ntenants = agg->ntenants;
+	PQclear(res);
+	res = NULL;
+	if (rc != 0 || rp->ntenants == 0)
+		goto cleanup;
+	params[0] = ids.p;
+	rc = tally_pg_exec(agg->pg, NULL, "SELECT 1 FROM tenants WHERE"
+			   " id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", 1,
+			   params, err);
+	if (rc == 0)
+		rc = load_tenant_rows(agg, ids.p, rp->from_ms, err);
+	if (rc != 0)
+		goto cleanup;
+	snprintf(from, sizeof(from), "%" PRId64, rp->from_ms);
+	snprintf(to, sizeof(to), "%" PRId64, rp->to_ms);
+	params[1] = from;
+	params[2] = to;
+	rc = tally_pg_exec(agg->pg, &res, REPRICE_TARGETS_SQL, 3, params, err);
+	if (rc != 0 || PQntuples(res) == 0)
+		goto cleanup;
+	tg = tally_xcalloc((size_t)PQntuples(res), sizeof(*tg));
+	old = tally_xcalloc((size_t)PQntuples(res), sizeof(*old));
+	hset_init(&th, (size_t)PQntuples(res));
+	for (r = 0; r < PQntuples(res); r++) {
+		starget *t = &tg[ntg];
+		tally_money128 c = 0, adj = 0;
+		uint32_t k;
+
+		if (tally_uuid_parse(t->tenant, PQgetvalue(res, r, 0),
+				     36) != 0 ||
+		    tally_parse_i64(&t->ps, PQgetvalue(res, r, 1)) != 0 ||
+		    tally_parse_i64(&t->pe, PQgetvalue(res, r, 2)) != 0 ||
+		    parse_i128(&c, PQgetvalue(res, r, 3)) != 0 ||
+		    parse_i128(&adj, PQgetvalue(res, r, 4)) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "bad storage re-pricing row");
+			goto cleanup;
+		}
+		k = hset_find(&agg->tenant_h, (const uint8_t *)agg->tenants,
+			      sizeof(tenant_info), 16, t->tenant);
+		if (k != UINT32_MAX) {
+			int64_t ps, pe;
+			bool closed;
+
+			/* closed: billing_periods says so for this period */
+			period_of(agg, &agg->tenants[k], t->ps, &ps, &pe,
+				  &closed);
+			t->closed = closed && ps == t->ps;
+		}
+		old[ntg] = t->closed ? c + adj : c;
+		if (hset_put(&th, (const uint8_t *)tg, sizeof(*tg), STARGET_KEY,
+			     (uint32_t)ntg) == ntg)
+			ntg++;
+	}
+	PQclear(res);
+	res = NULL;
+	sb_puts(&at, "{");
+	sb_puts(&ap, "{");
+	rc = storage_write(agg, tg, ntg, &th, rp->now_ms, SW_REPRICE, &at, &ap,
+			   &naff, err);
+	if (rc != 0)
+		goto cleanup;
+	for (i = 0; i < ntg; i++) {
+		if (tg[i].unpriced) {
+			rp->n.unpriced++;
+			continue;
+		}
+		if (tg[i].cost == old[i])
+			continue;
+		rp->n.periods++;
+		if (tg[i].closed)
+			rp->n.adjusted++;
+		rp->n.delta += tg[i].cost - old[i];
+	}
+	if (naff == 0)
+		goto cleanup;
+	sb_puts(&at, "}");
+	sb_puts(&ap, "}");
+	/* versions and budget states as a batch bumps them (no workflows);
+	 * tally-aggregate's outbox publishes them */
+	params[0] = at.p;
+	params[1] = ap.p;
+	params[2] = "{}";
+	params[3] = "{}";
+	params[4] = "{}";
+	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
+	if (rc != 0)
+		goto cleanup;
+	for (r = 0; r < PQntuples(res); r++)
+		add_total(agg, res, r);
+cleanup:
+	PQclear(res);
+	free(tg);
+	free(old);
+	free(th.slot);
+	free(ids.p);
+	free(at.p);
+	free(ap.p);
+	return rc;
+}
+
+int tally_agg__storage_reprice(tally_agg *agg, int64_t from_ms, int64_t to_ms,
+			       const uint8_t *tenant, int64_t now_ms,
+			       tally_agg_reprice_stats *out, tally_error *err)
+{
+	reprice rp;
+	int rc = 0;
+
+	memset(&rp, 0, sizeof(rp));
+	memset(out, 0, sizeof(*out));
+	rp.agg = agg;
+	rp.from_ms = from_ms;
+	rp.to_ms = to_ms;
+	rp.now_ms = now_ms;
+	rp.tenant = tenant;
+	rp.first = true;
+	do {
+		rc = tally_pg_txn(agg->pg, reprice_txn, &rp, 0, err);
+		if (rc != 0)
+			break;
+		/* committed: only now are the chunk's counts true */
+		out->periods += rp.n.periods;
+		out->adjusted += rp.n.adjusted;
+		out->unpriced += rp.n.unpriced;
+		out->delta += rp.n.delta;
+		publish_totals(agg);
+		clear_totals(agg);
+		memcpy(rp.after, rp.last, sizeof(rp.after));
+		rp.first = false;
+	} while (tenant == NULL && rp.ntenants == ROLLOVER_CHUNK);
 	clear_totals(agg);
 	agg->ntenants = 0;
 	agg->nbps = 0;

@@ -20,9 +20,12 @@
  * waits while holding aggregate rows — no deadlock, whatever order
  * PostgreSQL gives the consumer's data-modifying CTEs (not a fixed one).
  *
- * Storage snapshots are left alone: their ledger cost is always 0, the
- * charge is the period's GB-months (tenant_period_usage.storage_cost),
- * which rerate does not recompute (docs/aggregate.md).
+ * Storage snapshot rows are not re-priced (their ledger cost is always 0):
+ * the storage charge is the period's GB-months
+ * (tenant_period_usage.storage_cost). After the days, unless a model is
+ * given, tally_agg__storage_reprice recomputes the storage charge of
+ * every period that overlaps the range with the same book, as a batch
+ * would (docs/aggregate.md, "Re-pricing").
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
@@ -439,7 +442,9 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 	int64_t day;
 	int rc;
 	char from[24], to[24], tid[37], seen[24], changed[24], delta[48];
-	const char *params[8];
+	char sdelta[48], speriods[24];
+	tally_agg_reprice_stats sto;
+	const char *params[9];
 
 	/* bounded, so that a day + DAY_MS never overflows */
 	if (opts->from_ms < 0 || opts->to_ms > TALLY_RERATE_TIME_MAX ||
@@ -451,6 +456,7 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 				       opts->to_ms);
 	memset(&r, 0, sizeof(r));
 	memset(&run, 0, sizeof(run));
+	memset(&sto, 0, sizeof(sto));
 	r.pb = pb;
 	r.o = opts;
 	r.ctx = tally_rate_ctx_new();
@@ -479,7 +485,24 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 			run.delta += r.n.delta;
 		}
 	}
+	if (rc == 0 && opts->model == NULL) {
+		tally_agg_opts ao = { 0 };
+		tally_agg *agg = NULL;
+
+		ao.group = "tally-rerate";
+		ao.pricebook = pb;
+		ao.recent_keys = 1;
+		rc = tally_agg_new(&agg, pg, &ao, err);
+		if (rc == 0)
+			rc = tally_agg__storage_reprice(agg, opts->from_ms,
+							opts->to_ms,
+							opts->tenant_id,
+							tally_now_ms(), &sto,
+							err);
+		tally_agg_free(agg);
+	}
 	tally_money_fmt128(delta, sizeof(delta), run.delta);
+	tally_money_fmt128(sdelta, sizeof(sdelta), sto.delta);
 	if (rc == 0) {
 		snprintf(from, sizeof(from), "%" PRId64, opts->from_ms);
 		snprintf(to, sizeof(to), "%" PRId64, opts->to_ms);
@@ -496,14 +519,19 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		params[4] = seen;
 		params[5] = changed;
 		params[6] = delta;
+		snprintf(speriods, sizeof(speriods), "%" PRId64, sto.periods);
+		params[7] = speriods;
+		params[8] = sdelta;
 		rc = tally_pg_exec(pg, NULL,
 				   "INSERT INTO rerate_runs (range_from, range_to,"
 				   " tenant_id, model, rows_seen, rows_changed,"
-				   " cost_delta) VALUES (timestamptz 'epoch' +"
-				   " $1::bigint * interval '1 millisecond',"
-				   " timestamptz 'epoch' + $2::bigint * interval"
-				   " '1 millisecond', $3::uuid, $4, $5, $6, $7)",
-				   7, params, err);
+				   " cost_delta, storage_periods,"
+				   " storage_cost_delta) VALUES (timestamptz"
+				   " 'epoch' + $1::bigint * interval"
+				   " '1 millisecond', timestamptz 'epoch' +"
+				   " $2::bigint * interval '1 millisecond',"
+				   " $3::uuid, $4, $5, $6, $7, $8, $9)",
+				   9, params, err);
 	}
 	PQclear(res);
 	res = NULL;
@@ -522,6 +550,11 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		stats->adjusted = run.adjusted;
 		snprintf(stats->cost_delta, sizeof(stats->cost_delta), "%s",
 			 delta);
+		stats->storage_periods = sto.periods;
+		stats->storage_adjusted = sto.adjusted;
+		stats->storage_unpriced = sto.unpriced;
+		snprintf(stats->storage_delta, sizeof(stats->storage_delta),
+			 "%s", sdelta);
 	}
 cleanup:
 	PQclear(res);

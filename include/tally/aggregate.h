@@ -275,6 +275,12 @@ typedef struct tally_rerate_stats {
 	int64_t unpriced;      /* no price in the book now: left unchanged */
 	int64_t adjusted;      /* of the changed, in closed periods */
 	char cost_delta[48];   /* exact decimal, new minus old */
+	/* storage (not with a model filter): periods overlapping the range
+	 * whose storage charge the book now prices differently */
+	int64_t storage_periods;  /* charges that moved */
+	int64_t storage_adjusted; /* of them, closed periods (adjustments) */
+	int64_t storage_unpriced; /* left alone: no storage price now */
+	char storage_delta[48];   /* exact decimal, new minus old */
 } tally_rerate_stats;
 
 /**
@@ -285,8 +291,12 @@ typedef struct tally_rerate_stats {
  * 'rerate'). One transaction per UTC day of the range; a second run with
  * the same book changes nothing. Runs of rerate are serialised with an
  * advisory lock (a concurrent run gets TALLY_ETRANSIENT). Storage
- * snapshot rows are not re-priced (their ledger cost is 0; the charge is
- * the period's storage_cost). Row locks are taken in tally-aggregate's
+ * snapshot rows cost 0 in the ledger; the storage charge is the
+ * period's: unless opts->model is set, the storage charge of every period
+ * overlapping the range is recomputed with pb afterwards (open periods
+ * set, closed ones adjusted with kind 'storage'; one transaction per
+ * 1 000 tenants with snapshots, a period with a segment pb has no price
+ * for is left alone). Row locks are taken in tally-aggregate's
  * order (ledger, usage_hourly, tenant_period_usage, each by key), so the
  * two can run at the same time; a deadlock or serialisation failure is
  * retried. The stats count committed slices only.

@@ -1,7 +1,8 @@
 /*
  * test_rerate.c - `tally rerate` against a real PostgreSQL (ledger rows
  * written by the aggregate's batch logic, no broker): budget_state follows
- * the re-priced cost; storage snapshots are left alone; the statistics count
+ * the re-priced cost; storage snapshot rows are left alone and the
+ * periods' storage charges re-priced; the statistics count
  * what committed when a COMMIT fails and the day is retried; bad ranges and
  * times are refused (library and command line); the rows are locked in the
  * consumer's order (usage_hourly by key).
@@ -194,7 +195,8 @@ END_TEST
 
 /*
  * Storage snapshots cost 0 in the ledger (the charge is the period's
- * GB-months): rerate reads none, so their price_id stays, no
+ * GB-months, re-priced per period: test_rerate_storage_price_fixed):
+ * rerate reads no snapshot row, so their price_id stays, no
  * prev_price_id appears and no zero 'rerate' adjustment is written for a
  * snapshot in a closed period.
  */
@@ -238,6 +240,156 @@ START_TEST(test_rerate_leaves_storage_alone)
 	ck_assert_int_eq(rs.rows_seen, 0);
 	ck_assert_int_eq(rs.rows_changed, 0);
 	tally_agg_free(agg);
+}
+END_TEST
+
+/*
+ * A storage price fixed after the fact: the storage charge of each period
+ * in the range becomes what a batch prices with the new book. The tenant's
+ * periods are 25 days (fixed length): P0 = [now - 30 d, now - 5 d),
+ * invoiced after its usage was counted, and P1, the current one. 10 GB
+ * from day 10 of P0; 20 GB from day 1 of P1. At 0.10 per GB-month (10^9
+ * bytes for 30 days): P0 10 GB x 15 d = 5 GB-months = 0.50; P1 10 GB x
+ * 1 d + 20 GB x 24 d = 0.033333333333 + 1.6. The price is then corrected
+ * to 0.12: P1 becomes 0.04 + 1.92 = 1.96 (its budget of 1.80 now
+ * exceeded), P0 gets a 'storage' adjustment of exactly 0.10; a second run changes nothing; a
+ * book without a storage price leaves both alone; a model filter leaves
+ * storage out; back at 0.10 the adjustments sum to 0.
+ */
+static int64_t storage_sum(const char *what)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT (coalesce(sum(%s), 0)"
+		 " * 1000000000000)::bigint FROM %s", what,
+		 strcmp(what, "cost") == 0 ? "usage_adjustments WHERE kind ="
+		 " 'storage'" : "tenant_period_usage");
+	return agg_query_i64(chk, sql);
+}
+
+START_TEST(test_rerate_storage_price_fixed)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - 25 * DAY_MS, pe1 = ps1 + 25 * DAY_MS;
+	const int64_t pico = INT64_C(1000000000000);
+	tally_pricebook *pb = NULL;
+	tally_rerate_opts ro = { 0 };
+	tally_rerate_stats rs;
+	tally_error err;
+	tally_agg *agg;
+	agg_gen g;
+	batch b = { 0 };
+	char s[37], sql[512];
+	uint8_t t[16];
+	int i;
+
+	agg_tenant(t, 30);
+	tally_uuid_fmt(s, t);
+	snprintf(sql, sizeof(sql), "INSERT INTO tenants (id, name, slug, domain,"
+		 " monthly_budget, current_period_start, current_period_end)"
+		 " VALUES ('%s', 's', 's', 's.example', 1.80, timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms')", s, ps1, pe1);
+	tally_test_exec(dsn, sql);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = aggpg_new(pb, 0);
+	for (i = 0; i < 2; i++) {
+		agg_gen_event(&g, 9, 8, now);
+		memcpy(g.re.ev.tenant_id, t, 16);
+		g.re.ev.meter = TALLY_METER_STORAGE;
+		g.re.ev.bytes = i == 0 ? INT64_C(10000000000)
+				       : INT64_C(20000000000);
+		g.re.ev.time_ms = i == 0 ? ps0 + 10 * DAY_MS : ps1 + DAY_MS;
+		snprintf(g.id, sizeof(g.id), "snap-%d", i);
+		g.re.ev.id.len = (uint32_t)strlen(g.id);
+		g.re.cost = 0;
+		batch_add(&b, &g.re, i);
+	}
+	run(agg, &b, now);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+	invoiced_period(s, ps0, ps1, "in_p0");
+	ck_assert_int_eq(storage_sum("storage_cost"),
+			 pico / 2 + INT64_C(1633333333333));
+	snprintf(sql, sizeof(sql), "SELECT budget_state FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms'", s, ps1);
+	ck_assert_str_eq(agg_query1(chk, sql), "warning"); /* 1.63 of 1.80 */
+
+	tally_test_exec(dsn, "UPDATE unit_prices SET price = 0.12"
+			" WHERE meter = 'storage.snapshot'");
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.rows_seen, 0);
+	ck_assert_int_eq(rs.storage_periods, 2);
+	ck_assert_int_eq(rs.storage_adjusted, 1);
+	ck_assert_int_eq(rs.storage_unpriced, 0);
+	ck_assert_str_eq(rs.storage_delta, "0.426666666667");
+	snprintf(sql, sizeof(sql), "SELECT storage_cost::numeric(20, 12) || ' '"
+		 " || cost::numeric(20, 12) || ' '"
+		 " || budget_state || ' ' || version || ' ' ||"
+		 " (published_version < version) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms'", s, ps1);
+	ck_assert_str_eq(agg_query1(chk, sql), "1.960000000000 1.960000000000"
+			 " exceeded 2 true");
+	/* the invoiced period keeps its row; the difference is adjusted */
+	snprintf(sql, sizeof(sql), "SELECT storage_cost::numeric(20, 12) FROM"
+		 " tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms'", s, ps0);
+	ck_assert_str_eq(agg_query1(chk, sql), "0.500000000000");
+	ck_assert_int_eq(storage_sum("cost"), pico / 10);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments WHERE kind = 'storage'"
+				       " AND storage_byte_ms = 0"), 1);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT storage_periods FROM"
+				       " rerate_runs ORDER BY id DESC LIMIT 1"), 2);
+
+	/* again: nothing moves */
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_periods, 0);
+	ck_assert_str_eq(rs.storage_delta, "0");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments"), 1);
+	ck_assert_str_eq(agg_query1(chk, sql), "0.500000000000");
+
+	/* no storage price in the book now: left alone, counted */
+	tally_test_exec(dsn, "DELETE FROM unit_prices"
+			" WHERE meter = 'storage.snapshot'");
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_periods, 0);
+	ck_assert_int_eq(rs.storage_unpriced, 2);
+	ck_assert_int_eq(storage_sum("storage_cost"),
+			 pico / 2 + INT64_C(1960000000000));
+
+	/* back at 0.10; a model filter leaves storage out */
+	tally_test_exec(dsn, "INSERT INTO unit_prices (meter, unit, price)"
+			" VALUES ('storage.snapshot', 'GB-month', 0.10)");
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	ro.from_ms = ps0;
+	ro.to_ms = pe1;
+	ro.model = "gpt-4o";
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	tally_pricebook_free(pb);
+	ck_assert_int_eq(rs.storage_periods, 0);
+	ck_assert_int_eq(storage_sum("storage_cost"),
+			 pico / 2 + INT64_C(1960000000000));
+	/* ... without it: P1 back to 1.633333333333, P0's adjustments sum 0 */
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_periods, 2);
+	ck_assert_str_eq(rs.storage_delta, "-0.426666666667");
+	ck_assert_int_eq(storage_sum("storage_cost"),
+			 pico / 2 + INT64_C(1633333333333));
+	ck_assert_int_eq(storage_sum("cost"), 0);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments"), 2);
+	snprintf(sql, sizeof(sql), "SELECT budget_state FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms'", s, ps1);
+	ck_assert_str_eq(agg_query1(chk, sql), "warning");
 }
 END_TEST
 
@@ -569,6 +721,7 @@ static Suite *rerate_suite(void)
 	tcase_add_test(tc, test_rerate_budget_state_follows_cost);
 	tcase_add_test(tc, test_rerate_stage_in_pieces);
 	tcase_add_test(tc, test_rerate_leaves_storage_alone);
+	tcase_add_test(tc, test_rerate_storage_price_fixed);
 	tcase_add_test(tc, test_rerate_price_id_only_moves_no_money);
 	tcase_add_test(tc, test_rerate_stats_count_committed_only);
 	tcase_add_test(tc, test_rerate_bad_range_refused);
