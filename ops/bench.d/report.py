@@ -12,7 +12,7 @@ import sys
 ap = argparse.ArgumentParser()
 for a in ("out", "json", "png", "run", "start", "events", "tenants", "models", "dup",
           "ooo", "late", "partitions", "latency-events", "pg-version", "kafka-version",
-          "rdkafka-version", "quick"):
+          "rdkafka-version", "quick", "broker-topics"):
     ap.add_argument("--" + a)
 A = ap.parse_args()
 D = A.out
@@ -127,6 +127,7 @@ machine = {
     "postgresql": A.pg_version, "kafka": A.kafka_version, "librdkafka": A.rdkafka_version,
     "kcat": sh("kcat -V 2>&1 | head -1"), "cc": sh("cc --version | head -1"),
     "loadavg_at_end": sh("cat /proc/loadavg"),
+    "broker_topics_before": int(A.broker_topics or 0),
     "note": "Kafka, PostgreSQL, the consumers, the probe and the paced producer share the machine",
 }
 e2e_eps = e2e["events_per_s"] if correct else None
@@ -200,7 +201,11 @@ P(f"tally benchmark {A.run} ({A.start}), {int(A.events):,} events"
   f"ooo {A.ooo}, late {A.late}, {A.partitions} partitions")
 P(f"machine: {machine['cores']} cores ({machine['cpu_model']}), "
   f"{machine['memory_mib']} MiB; PostgreSQL {A.pg_version}, Kafka {A.kafka_version}, "
-  f"librdkafka {A.rdkafka_version}; load {machine['loadavg_at_end']}")
+  f"librdkafka {A.rdkafka_version}; load {machine['loadavg_at_end']}; "
+  f"{machine['broker_topics_before']} topics on the broker before the run")
+if machine["broker_topics_before"] > 200:
+    P("note: the broker held many topics before the run (the tests leave theirs);"
+      " compare runs with similar counts")
 P("")
 hdr = (f"{'':24}{'events/s':>11}{'CPU s/M ev':>12}{'PG+Kafka':>10}{'peak RSS MiB':>14}"
        f"{'lat full p50/p99/max ms':>26}{'lat half p50/p99/max ms':>26}")
