@@ -750,6 +750,52 @@ static int mirror_lines(tally_stripe_sync *ss, const tenant *t,
 	return rc;
 }
 
+/*
+ * A finalized subscription-cycle invoice closes the usage period it bills
+ * for tally-aggregate: its period_start .. period_end (a subscription
+ * invoice looks back one period) becomes an 'invoiced' billing_periods row,
+ * so usage of that period arriving later goes into usage_adjustments for
+ * the next invoice instead of rewriting the invoiced period
+ * (docs/aggregate.md, "Closing a period"). The closer's protocol: the
+ * tenant row FOR UPDATE first -- it waits for the batches that may have
+ * read the period as open, and later batches wait for this commit -- then
+ * the row. Drafts (still changing), other billing reasons (a mid-period
+ * update or threshold invoice does not end the period) and empty periods
+ * close nothing; a period already closed keeps its first invoice.
+ */
+static int close_period(tally_stripe_sync *ss, const tenant *t,
+			const json_t *inv, const char *invoice_id,
+			tally_error *err)
+{
+	const char *st = tally_stripe_jstr(inv, "status");
+	const char *why = tally_stripe_jstr(inv, "billing_reason");
+	numbuf ps, pe;
+	int rc;
+
+	if (st == NULL || strcmp(st, "draft") == 0 || why == NULL ||
+	    strcmp(why, "subscription_cycle") != 0 ||
+	    jnum(ps, inv, "period_start") == NULL ||
+	    jnum(pe, inv, "period_end") == NULL ||
+	    tally_stripe_jint(inv, "period_end") <=
+		    tally_stripe_jint(inv, "period_start"))
+		return 0;
+	rc = ex(ss, NULL, err, "SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE",
+		1, t->id);
+	if (rc == 0)
+		rc = ex(ss, NULL, err,
+			"INSERT INTO billing_periods AS b (tenant_id, "
+			"period_start, period_end, status, closed_at, "
+			"invoice_id) VALUES ($1, to_timestamp($2::bigint), "
+			"to_timestamp($3::bigint), 'invoiced', now(), $4) "
+			"ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
+			"status = 'invoiced', closed_at = now(), "
+			"invoice_id = EXCLUDED.invoice_id, "
+			"period_end = EXCLUDED.period_end "
+			"WHERE b.status = 'open'", 4, t->id, ps, pe,
+			invoice_id);
+	return rc;
+}
+
 static int mirror_invoice(tally_stripe_sync *ss, tenant *t,
 			  const json_t *inv, int64_t as_of, int rank,
 			  const char *event_id, bool failed_event,
@@ -822,6 +868,8 @@ static int mirror_invoice(tally_stripe_sync *ss, tenant *t,
 		event_id);
 	*applied = rc == 0 && PQntuples(res) == 1;
 	PQclear(res);
+	if (rc == 0)
+		rc = close_period(ss, t, inv, id, err);
 	if (rc != 0 || !*applied)
 		return rc;
 	lines = all_lines ? all_lines : jpath(inv, "lines", "data");

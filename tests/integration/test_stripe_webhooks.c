@@ -99,7 +99,7 @@ static void reset_state(void)
 {
 	testdb_sql(pg, "TRUNCATE subscriptions, invoices, invoice_lines, "
 		       "payments, stripe_events, tenant_status_transitions, "
-		       "billing_signals_outbox");
+		       "billing_signals_outbox, billing_periods");
 	testdb_sql(pg, "UPDATE tenants SET status = 'active', "
 		       "subscription_plan = 'starter', stripe_subscription_id"
 		       " = NULL, past_due_since = NULL, cancelled_at = NULL, "
@@ -192,6 +192,47 @@ START_TEST(test_stripe_webhooks_shuffled_duplicates)
 		(void)deliver(ss, order[i], NULL);
 	ck_assert_uint_eq(nd, 32);
 	check_final_state();
+	tally_stripe_sync_free(ss);
+}
+END_TEST
+
+/*
+ * A finalized subscription-cycle invoice closes the usage period it bills
+ * (billing_periods 'invoiced', for tally-aggregate's adjustments); its
+ * draft does not, a later version keeps the row, and an invoice of another
+ * billing reason (a mid-period update) closes nothing.
+ */
+START_TEST(test_stripe_webhooks_invoice_closes_period)
+{
+	tally_stripe_sync *ss = new_sync();
+	json_t *upd;
+	const char *outcome;
+
+	reset_state();
+	fake_now_ms = (BASE + 100000) * 1000;
+	deliver(ss, find_event("evt_inA_created"), &outcome);
+	check("SELECT count(*) FROM billing_periods", "0");
+	deliver(ss, find_event("evt_inA_finalized"), &outcome);
+	check("SELECT count(*) FROM billing_periods", "1");
+	check("SELECT status || ',' || invoice_id || ',' || extract(epoch FROM"
+	      " period_start)::bigint || ',' || extract(epoch FROM period_end)"
+	      "::bigint || ',' || (closed_at IS NOT NULL) || ',' || tenant_id"
+	      " FROM billing_periods",
+	      "invoiced,in_A,1767227700,1769819700,true," TENANT);
+	deliver(ss, find_event("evt_inA_paid"), &outcome);
+	check("SELECT count(*) || ',' || min(invoice_id) FROM billing_periods",
+	      "1,in_A");
+
+	/* in_B as a mid-period update invoice: nothing closes */
+	upd = json_deep_copy(find_event("evt_inB_finalized"));
+	json_object_set_new(upd, "id", json_string("evt_inB_update"));
+	json_object_set_new(json_object_get(json_object_get(upd, "data"),
+					    "object"),
+			    "billing_reason", json_string("subscription_update"));
+	deliver(ss, upd, &outcome);
+	json_decref(upd);
+	check("SELECT count(*) FROM invoices WHERE invoice_id = 'in_B'", "1");
+	check("SELECT count(*) FROM billing_periods", "1");
 	tally_stripe_sync_free(ss);
 }
 END_TEST
@@ -307,6 +348,7 @@ static Suite *tally_stripe_webhooks_suite(void)
 	tcase_add_loop_test(tc, test_stripe_webhooks_shuffled_duplicates, 0, 8);
 	tcase_add_test(tc, test_stripe_webhooks_dedupe_and_signature);
 	tcase_add_test(tc, test_stripe_webhooks_dunning_clock);
+	tcase_add_test(tc, test_stripe_webhooks_invoice_closes_period);
 	suite_add_tcase(s, tc);
 	return s;
 }
