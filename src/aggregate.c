@@ -3371,6 +3371,9 @@ done:
 
 /* tenants per rollover transaction */
 #define ROLLOVER_CHUNK 1000
+/* periods looked at per tenant, the current one included (with monthly
+ * periods and a 35-day window, two are inside) */
+#define ROLLOVER_BACK 8
 
 /*
  * The next tenants with snapshots after $1 (NULL: from the first), in id
@@ -3469,6 +3472,7 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	const char *params[5];
 	char lim[16];
 	size_t i, n = 0, ntg = 0, naff = 0;
+	int64_t bound;
 	int rc, r;
 
 	(void)pg;
@@ -3487,25 +3491,35 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 	res = NULL;
 	if (rc != 0 || ro->ntenants == 0)
 		goto cleanup;
-	rc = load_tenant_rows(agg, ids.p, ro->now_ms, err);
+	bound = ro->now_ms - agg->lateness_ms;
+	rc = load_tenant_rows(agg, ids.p, bound, err);
 	if (rc != 0)
 		goto cleanup;
-	/* each tenant's period containing now, unless it is closed */
+	/*
+	 * each tenant's period containing now and the earlier ones that end
+	 * inside the lateness window (a period that began and ended while
+	 * tally-aggregate was down has no row either), unless closed
+	 */
 	sb_reset(&ids);
 	sb_puts(&ids, "{");
 	sb_puts(&a2, "{");
 	sb_puts(&a3, "{");
 	for (i = 0; i < agg->ntenants; i++) {
-		int64_t ps, pe;
+		int64_t t = ro->now_ms, ps, pe;
 		bool closed;
+		int back;
 
-		period_of(agg, &agg->tenants[i], ro->now_ms, &ps, &pe, &closed);
-		if (closed)
-			continue;
-		uuid_arr(&ids, agg->tenants[i].id, n == 0);
-		sb_printf(&a2, "%s%" PRId64, n ? "," : "", ps);
-		sb_printf(&a3, "%s%" PRId64, n ? "," : "", pe);
-		n++;
+		for (back = 0; back < ROLLOVER_BACK; back++, t = ps - 1) {
+			period_of(agg, &agg->tenants[i], t, &ps, &pe, &closed);
+			if (back > 0 && pe <= bound)
+				break;
+			if (closed)
+				continue;
+			uuid_arr(&ids, agg->tenants[i].id, n == 0);
+			sb_printf(&a2, "%s%" PRId64, n ? "," : "", ps);
+			sb_printf(&a3, "%s%" PRId64, n ? "," : "", pe);
+			n++;
+		}
 	}
 	sb_puts(&ids, "}");
 	sb_puts(&a2, "}");

@@ -1161,6 +1161,63 @@ START_TEST(test_aggregate_storage_rollover)
 END_TEST
 
 
+/*
+ * A period that began and ended while tally-aggregate was down (no batch,
+ * no rollover in it) still gets its storage row from the next rollover, as
+ * long as it ends inside the lateness window (35 days). Tenant s: 10 GB
+ * from day 10 of P; the first rollover runs in P+2: P+1 and P+2 are both
+ * created, each holding 10 GB for its 25 days. Tenant u (its snapshot
+ * counted later): the next rollover runs on day 15 of P+3, when P+1 ended
+ * 40 days ago: P+2 and P+3 are created, P+1 is not.
+ */
+START_TEST(test_aggregate_storage_rollover_missed_period)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - CARRY_DAYS * DAY_MS, pe1 = ps1 + CARRY_DAYS * DAY_MS;
+	int64_t ps2 = pe1, ps3 = ps2 + CARRY_DAYS * DAY_MS;
+	tally_pricebook *pb = NULL;
+	tally_agg *agg;
+	tally_agg_stats st;
+	tally_error err;
+	batch b = { 0 };
+	char s[37], u[37], want[160], sql[256];
+	uint8_t t[16], tu[16];
+
+	memset(next_off, 0, sizeof(next_off));
+	carry_tenant(s, t, 25, ps1, pe1);
+	carry_tenant(u, tu, 26, ps1, pe1);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = new_agg_priced(pb);
+	add_snapshot(&b, t, 1, ps0 + 10 * DAY_MS, CARRY_BYTES);
+	ck_assert_int_eq(run(agg, &b, ps0 + 12 * DAY_MS, &st), 0);
+	batch_free(&b);
+	ck_assert_int_eq(rollover_rows(s), 1);
+	/* first rollover in P+2: P+1 and P+2 */
+	ck_assert_int_eq(rollover_at(agg, ps2 + DAY_MS), 2);
+	carry_expect(want, sizeof(want), CARRY_BYTES, CARRY_DAYS);
+	ck_assert_str_eq(carry_row(s, ps1), want);
+	ck_assert_str_eq(carry_row(s, ps2), want);
+	ck_assert_int_eq(rollover_rows(s), 3);
+
+	add_snapshot(&b, tu, 2, ps0 + 10 * DAY_MS, CARRY_BYTES);
+	ck_assert_int_eq(run(agg, &b, ps0 + 12 * DAY_MS, &st), 0);
+	batch_free(&b);
+	/* day 15 of P+3: u's P+2 and P+3, s's P+3; u's P+1 is too old */
+	ck_assert_int_eq(rollover_at(agg, ps3 + 15 * DAY_MS), 3);
+	ck_assert_str_eq(carry_row(u, ps2), want);
+	ck_assert_str_eq(carry_row(u, ps3), want);
+	ck_assert_str_eq(carry_row(s, ps3), want);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_period_usage"
+		 " WHERE tenant_id = '%s' AND period_start = timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms'", u, ps1);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 0);
+	ck_assert_int_eq(rollover_rows(u), 3);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+END_TEST
+
 START_TEST(test_aggregate_rerate_moves_totals)
 {
 	int64_t now = tally_now_ms();
@@ -1470,6 +1527,7 @@ static Suite *aggregate_suite(void)
 	tcase_add_test(tc, test_aggregate_storage_following_period_created);
 	tcase_add_test(tc, test_aggregate_storage_rollover);
 	tcase_add_test(tc, test_aggregate_storage_rollover_never_overwrites);
+	tcase_add_test(tc, test_aggregate_storage_rollover_missed_period);
 	tcase_add_test(tc, test_aggregate_rerate_moves_totals);
 	tcase_add_test(tc, test_aggregate_storage_priced_and_late_adjusted);
 	tcase_add_test(tc, test_aggregate_rerate_creates_missing_period);
