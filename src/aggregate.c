@@ -3460,6 +3460,37 @@ static int chunk_tenants(tally_agg *agg, const PGresult *res, sbuf *ids,
 	return 0;
 }
 
+/*
+ * The rows (tenants *at, period starts *ap: array literals still open)
+ * that the storage rollover or re-pricing wrote: versions and budget
+ * states bumped as a batch bumps them (no workflows), their totals
+ * collected for publish_totals(). *rows: how many.
+ */
+static int bump_versions(tally_agg *agg, sbuf *at, sbuf *ap, size_t *rows,
+			 tally_error *err)
+{
+	PGresult *res = NULL;
+	const char *params[5];
+	int rc, r;
+
+	sb_puts(at, "}");
+	sb_puts(ap, "}");
+	params[0] = at->p;
+	params[1] = ap->p;
+	params[2] = "{}";
+	params[3] = "{}";
+	params[4] = "{}";
+	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
+	if (rc == 0) {
+		for (r = 0; r < PQntuples(res); r++)
+			add_total(agg, res, r);
+		if (rows != NULL)
+			*rows = (size_t)PQntuples(res);
+	}
+	PQclear(res);
+	return rc;
+}
+
 /* One chunk: ROLLOVER_CHUNK tenants with snapshots after ro->after. */
 static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 {
@@ -3560,20 +3591,7 @@ static int rollover_txn(tally_pg *pg, void *payload, tally_error *err)
 			   &naff, err);
 	if (rc != 0 || naff == 0)
 		goto cleanup;
-	sb_puts(&at, "}");
-	sb_puts(&ap, "}");
-	/* versions and budget states as a batch bumps them (no workflows) */
-	params[0] = at.p;
-	params[1] = ap.p;
-	params[2] = "{}";
-	params[3] = "{}";
-	params[4] = "{}";
-	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
-	if (rc != 0)
-		goto cleanup;
-	for (r = 0; r < PQntuples(res); r++)
-		add_total(agg, res, r);
-	ro->rows = (size_t)PQntuples(res);
+	rc = bump_versions(agg, &at, &ap, &ro->rows, err);
 cleanup:
 	PQclear(res);
 	free(tg);
@@ -3790,22 +3808,9 @@ static int reprice_txn(tally_pg *pg, void *payload, tally_error *err)
 			rp->n.adjusted++;
 		rp->n.delta += tg[i].cost - old[i];
 	}
-	if (naff == 0)
-		goto cleanup;
-	sb_puts(&at, "}");
-	sb_puts(&ap, "}");
-	/* versions and budget states as a batch bumps them (no workflows);
-	 * tally-aggregate's outbox publishes them */
-	params[0] = at.p;
-	params[1] = ap.p;
-	params[2] = "{}";
-	params[3] = "{}";
-	params[4] = "{}";
-	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
-	if (rc != 0)
-		goto cleanup;
-	for (r = 0; r < PQntuples(res); r++)
-		add_total(agg, res, r);
+	/* without a producer (tally rerate) the outbox publishes them */
+	if (naff > 0)
+		rc = bump_versions(agg, &at, &ap, NULL, err);
 cleanup:
 	PQclear(res);
 	free(tg);
