@@ -6,6 +6,8 @@
  * past_due -> suspended -> active under a controlled clock, once each.
  */
 #include "stripe_testdb.h"
+#include "aggregate_support.h"
+#include "tally/aggregate.h"
 #include "tally/stripe_sync.h"
 #include "tally/webhook.h"
 
@@ -237,6 +239,89 @@ START_TEST(test_stripe_webhooks_invoice_closes_period)
 }
 END_TEST
 
+/*
+ * ... and tally-aggregate books usage of that period that arrives after
+ * the finalization as an adjustment for the next invoice, never in the
+ * invoiced period: the period the invoice closed (Stripe's seconds) is the
+ * one the aggregator finds for the event (its milliseconds). Usage of the
+ * same period before the close counted in the period itself.
+ */
+static void agg_one(tally_agg *agg, int64_t i, int64_t at, int64_t now,
+		    tally_agg_stats *st)
+{
+	static int64_t off;
+	msgpack_sbuffer sb;
+	tally_agg_msg m = { 0 };
+	tally_error err;
+	agg_gen g;
+
+	agg_gen_event(&g, 77, 10 * i + 8, at); /* an api.call */
+	ck_assert_int_eq(tally_uuid_parse(g.re.ev.tenant_id, TENANT, 36), 0);
+	g.re.ev.time_ms = at;
+	agg_encode(&sb, &g.re);
+	m.topic = "billing.usage.rated";
+	m.partition = 0;
+	m.offset = off++;
+	m.payload = sb.data;
+	m.len = sb.size;
+	ck_assert_msg(tally_agg_process(agg, &m, 1, now, st, &err) == 0, "%s",
+		      err.msg);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+START_TEST(test_stripe_webhooks_closed_period_late_usage)
+{
+	const int64_t pe = INT64_C(1769819700000);
+	tally_stripe_sync *ss = new_sync();
+	rd_kafka_topic_partition_list_t *l;
+	tally_agg_opts o = { 0 };
+	tally_agg_stats st;
+	tally_agg *agg = NULL;
+	tally_error err;
+	const char *outcome;
+
+	reset_state();
+	testdb_sql(pg, "TRUNCATE usage_dedupe, usage_ledger, usage_hourly,"
+		       " tenant_period_usage, usage_adjustments,"
+		       " consumer_offsets");
+	/* the subscription's period is the one the invoice will bill */
+	testdb_sql(pg, "UPDATE tenants SET current_period_start ="
+		       " to_timestamp(1767227700), current_period_end ="
+		       " to_timestamp(1769819700)");
+	/* the ledger's day partition of the period's last minutes */
+	testdb_sql(pg, "CREATE TABLE IF NOT EXISTS usage_ledger_p20260131"
+		       " PARTITION OF usage_ledger FOR VALUES FROM"
+		       " ('2026-01-31 00:00+00') TO ('2026-02-01 00:00+00')");
+	o.group = "tally.aggregate";
+	o.lateness_ms = INT64_C(35) * 86400000;
+	o.future_ms = 300000;
+	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
+	l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, "billing.usage.rated", 0);
+	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
+	rd_kafka_topic_partition_list_destroy(l);
+
+	/* before the invoice is final: in the period */
+	agg_one(agg, 1, pe - 120000, pe + 60000, &st);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.adjusted, 0);
+	fake_now_ms = pe + 3600000;
+	deliver(ss, find_event("evt_inA_finalized"), &outcome);
+	/* after: an adjustment for the next invoice */
+	agg_one(agg, 2, pe - 60000, pe + 3700000, &st);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.adjusted, 1);
+	check("SELECT api_calls || ',' || extract(epoch FROM period_start)"
+	      "::bigint FROM tenant_period_usage", "4,1767227700");
+	check("SELECT kind || ',' || events || ',' || quantity || ',' ||"
+	      " extract(epoch FROM period_start)::bigint || ',' ||"
+	      " extract(epoch FROM period_end)::bigint FROM usage_adjustments",
+	      "late_usage,1,4,1767227700,1769819700");
+	tally_agg_free(agg);
+	tally_stripe_sync_free(ss);
+}
+END_TEST
+
 START_TEST(test_stripe_webhooks_dedupe_and_signature)
 {
 	tally_stripe_sync *ss = new_sync();
@@ -349,6 +434,7 @@ static Suite *tally_stripe_webhooks_suite(void)
 	tcase_add_test(tc, test_stripe_webhooks_dedupe_and_signature);
 	tcase_add_test(tc, test_stripe_webhooks_dunning_clock);
 	tcase_add_test(tc, test_stripe_webhooks_invoice_closes_period);
+	tcase_add_test(tc, test_stripe_webhooks_closed_period_late_usage);
 	suite_add_tcase(s, tc);
 	return s;
 }
