@@ -2141,7 +2141,7 @@ static int simple_exec(tally_pg *pg, PGresult **out, const char *sql,
  * the ring (the ring counts keys of all partitions, and one partition can
  * lag far behind the others), or written by another instance -- rolls
  * back to the savepoint and the batch goes the ON CONFLICT way through
- * the stage. So do the next 1, 2, 4 ... 64 batches while fallbacks follow
+ * the stage. So do the next 0, 1, 3, 7 ... 63 batches while fallbacks follow
  * each other (after a restart, while the ring is empty); one fast success
  * resets that. *done: the batch's rows are written.
  */
@@ -3097,13 +3097,16 @@ static int apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	 * long backlog of acknowledgements is marked here, to bound memory.
 	 */
 	agg->nacks_marking = 0;
-	if (rc == 0 && agg->nacks >= ACKS_MARK_IN_BATCH)
-		rc = mark_published(agg, err);
 	if (rc == 0 && agg->st.gaps > 0)
 		rc = record_gaps(agg, err);
 	if (rc != 0)
 		goto cleanup;
 	rc = load_tenants(agg, err);
+	/* after the tenant locks: a batch takes no aggregate row before its
+	 * tenants, so it never waits for a rerate holding them while holding
+	 * a row that rerate wants */
+	if (rc == 0 && agg->nacks >= ACKS_MARK_IN_BATCH)
+		rc = mark_published(agg, err);
 	if (rc != 0)
 		goto cleanup;
 	assign_periods(agg);
@@ -3648,24 +3651,35 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
  * The periods of the chunk's tenants that overlap [$2, $3), with the
  * storage charge they carry now in pico (the row's, plus for a closed
  * period the storage adjustments made since): what the re-pricing is
- * measured against.
+ * measured against. Only periods that start at or after the oldest ledger
+ * partition (usage_ledger_pYYYYMMDD): retention drops partitions and the
+ * snapshots older than its bound (keeping each tenant's last one before
+ * it), so a period before that no longer has all its segments and is left
+ * as it was. No partition at all: nothing.
  */
 static const char REPRICE_TARGETS_SQL[] =
-	"SELECT u.tenant_id, (extract(epoch FROM u.period_start) * 1000)::bigint,"
+	"WITH lb AS (SELECT min(to_date(substr(c.relname, 15), 'YYYYMMDD'))"
+	"  ::timestamp AT TIME ZONE 'UTC' AS b FROM pg_inherits i"
+	"  JOIN pg_class c ON c.oid = i.inhrelid"
+	"  WHERE i.inhparent = 'usage_ledger'::regclass"
+	"  AND c.relname ~ '^usage_ledger_p[0-9]{8}$')"
+	" SELECT u.tenant_id, (extract(epoch FROM u.period_start) * 1000)::bigint,"
 	" (extract(epoch FROM u.period_end) * 1000)::bigint,"
 	" (u.storage_cost * 1000000000000)::numeric(60, 0),"
 	" (coalesce((SELECT sum(a.cost) FROM usage_adjustments a"
 	"  WHERE a.tenant_id = u.tenant_id AND a.period_start = u.period_start"
 	"  AND a.kind = 'storage'), 0) * 1000000000000)::numeric(60, 0)"
-	" FROM tenant_period_usage u WHERE u.tenant_id = ANY($1::uuid[])"
+	" FROM tenant_period_usage u, lb WHERE u.tenant_id = ANY($1::uuid[])"
 	" AND u.period_start < timestamptz 'epoch' + $3::bigint * interval '1 ms'"
 	" AND u.period_end > timestamptz 'epoch' + $2::bigint * interval '1 ms'"
+	" AND u.period_start >= lb.b"
 	" ORDER BY 1, 2";
 
-/* A decimal integer (optionally signed) that fits 128 bits. */
+/* A decimal integer (optionally signed) of at most 2^127 - 1. */
 static int parse_i128(tally_money128 *out, const char *s)
 {
-	unsigned __int128 u = 0, lim = ((unsigned __int128)1 << 126);
+	const unsigned __int128 max = ((unsigned __int128)1 << 127) - 1;
+	unsigned __int128 u = 0;
 	bool neg = *s == '-';
 
 	if (neg)
@@ -3673,9 +3687,11 @@ static int parse_i128(tally_money128 *out, const char *s)
 	if (*s == '\0')
 		return -1;
 	for (; *s != '\0'; s++) {
-		if (*s < '0' || *s > '9' || u >= lim)
+		unsigned d = (unsigned)(*s - '0');
+
+		if (*s < '0' || *s > '9' || u > (max - d) / 10)
 			return -1;
-		u = u * 10 + (unsigned)(*s - '0');
+		u = u * 10 + d;
 	}
 	*out = neg ? -(tally_money128)u : (tally_money128)u;
 	return 0;

@@ -759,7 +759,7 @@ static int mirror_lines(tally_stripe_sync *ss, const tenant *t,
  * (docs/aggregate.md, "Closing a period"). The closer's protocol: the
  * tenant row FOR UPDATE first -- it waits for the batches that may have
  * read the period as open, and later batches wait for this commit -- then
- * the row. Drafts (still changing), other billing reasons (a mid-period
+ * the row, in one statement. Drafts (still changing), other billing reasons (a mid-period
  * update or threshold invoice does not end the period) and empty periods
  * close nothing; a period already closed keeps its first invoice.
  */
@@ -779,20 +779,19 @@ static int close_period(tally_stripe_sync *ss, const tenant *t,
 	    tally_stripe_jint(inv, "period_end") <=
 		    tally_stripe_jint(inv, "period_start"))
 		return 0;
-	rc = ex(ss, NULL, err, "SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE",
-		1, t->id);
-	if (rc == 0)
-		rc = ex(ss, NULL, err,
-			"INSERT INTO billing_periods AS b (tenant_id, "
-			"period_start, period_end, status, closed_at, "
-			"invoice_id) VALUES ($1, to_timestamp($2::bigint), "
-			"to_timestamp($3::bigint), 'invoiced', now(), $4) "
-			"ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
-			"status = 'invoiced', closed_at = now(), "
-			"invoice_id = EXCLUDED.invoice_id, "
-			"period_end = EXCLUDED.period_end "
-			"WHERE b.status = 'open'", 4, t->id, ps, pe,
-			invoice_id);
+	/* one statement: the lock is held until the row is in, also where
+	 * the caller runs without a transaction (sync, reconcile) */
+	rc = ex(ss, NULL, err,
+		"WITH l AS (SELECT id FROM tenants WHERE id = $1 FOR UPDATE) "
+		"INSERT INTO billing_periods AS b (tenant_id, period_start, "
+		"period_end, status, closed_at, invoice_id) SELECT l.id, "
+		"to_timestamp($2::bigint), to_timestamp($3::bigint), "
+		"'invoiced', now(), $4 FROM l "
+		"ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
+		"status = 'invoiced', closed_at = now(), "
+		"invoice_id = EXCLUDED.invoice_id, "
+		"period_end = EXCLUDED.period_end "
+		"WHERE b.status = 'open'", 4, t->id, ps, pe, invoice_id);
 	return rc;
 }
 
@@ -2457,6 +2456,9 @@ static int recon_inv(json_t *inv, void *payload)
 		r->rc = mirror_invoice(r->ss, &t, inv, now_ms(r->ss) / 1000,
 				       invoice_rank(inv), NULL, false, NULL,
 				       &applied, r->err);
+	else if (r->apply)
+		/* mirrored before periods were closed: close it now */
+		r->rc = close_period(r->ss, &t, inv, id, r->err);
 cleanup:
 	PQclear(res);
 	return r->rc;

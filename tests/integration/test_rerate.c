@@ -394,6 +394,94 @@ START_TEST(test_rerate_storage_price_fixed)
 END_TEST
 
 /*
+ * Retention thins old snapshots (each tenant keeps its last one before the
+ * bound) and drops old ledger partitions; a period that starts before the
+ * oldest partition has lost segments and is not re-priced. P0 = [now -
+ * 30 d, now - 5 d): 10 GB from day 5, 20 GB from day 10; P1 carries 20 GB
+ * for its 25 days. Retention is played up to day 12 of P0 (the partitions
+ * before that day dropped, the day-5 snapshot deleted); the price then
+ * goes from 0.10 to 0.12: P1 becomes exactly 2.00, P0 keeps its charge
+ * (recomputed from what is left it would lose the day-5 segment).
+ */
+START_TEST(test_rerate_storage_beyond_retention)
+{
+	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
+	int64_t ps0 = ps1 - 25 * DAY_MS, pe1 = ps1 + 25 * DAY_MS;
+	int64_t bound = ps0 + 12 * DAY_MS;
+	tally_pricebook *pb = NULL;
+	tally_rerate_stats rs;
+	tally_error err;
+	tally_agg *agg;
+	agg_gen g;
+	batch b = { 0 };
+	char s[37], sql[1024], p0[64], q0[256];
+	uint8_t t[16];
+	int i;
+
+	agg_tenant(t, 31);
+	tally_uuid_fmt(s, t);
+	snprintf(sql, sizeof(sql), "INSERT INTO tenants (id, name, slug, domain,"
+		 " current_period_start, current_period_end) VALUES ('%s', 'r',"
+		 " 'r', 'r.example', timestamptz 'epoch' + %" PRId64 " * interval"
+		 " '1 ms', timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
+		 s, ps1, pe1);
+	tally_test_exec(dsn, sql);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = aggpg_new(pb, 0);
+	for (i = 0; i < 2; i++) {
+		agg_gen_event(&g, 9, 8, now);
+		memcpy(g.re.ev.tenant_id, t, 16);
+		g.re.ev.meter = TALLY_METER_STORAGE;
+		g.re.ev.bytes = i == 0 ? INT64_C(10000000000)
+				       : INT64_C(20000000000);
+		g.re.ev.time_ms = ps0 + (i == 0 ? 5 : 10) * DAY_MS;
+		snprintf(g.id, sizeof(g.id), "ret-%d", i);
+		g.re.ev.id.len = (uint32_t)strlen(g.id);
+		g.re.cost = 0;
+		batch_add(&b, &g.re, i);
+	}
+	run(agg, &b, now);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+	snprintf(q0, sizeof(q0), "SELECT storage_cost::text FROM"
+		 " tenant_period_usage WHERE tenant_id = '%s' AND period_start"
+		 " = timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", s, ps0);
+	snprintf(p0, sizeof(p0), "%s", agg_query1(chk, q0));
+	ck_assert_str_ne(p0, "0");
+
+	/* retention up to the bound's day */
+	snprintf(sql, sizeof(sql),
+		 "DO $$DECLARE r record; BEGIN FOR r IN SELECT c.relname"
+		 " FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+		 " WHERE i.inhparent = 'usage_ledger'::regclass AND"
+		 " c.relname ~ '^usage_ledger_p[0-9]{8}$' AND"
+		 " to_date(substr(c.relname, 15), 'YYYYMMDD') <"
+		 " ((timestamptz 'epoch' + %" PRId64 " * interval '1 ms')"
+		 " AT TIME ZONE 'UTC')::date LOOP EXECUTE format('DROP TABLE %%I',"
+		 " r.relname); END LOOP; END$$", bound);
+	tally_test_exec(dsn, sql);
+	snprintf(sql, sizeof(sql), "DELETE FROM storage_snapshots WHERE"
+		 " occurred_at < timestamptz 'epoch' + %" PRId64 " * interval"
+		 " '1 ms'", ps0 + 6 * DAY_MS);
+	tally_test_exec(dsn, sql);
+
+	tally_test_exec(dsn, "UPDATE unit_prices SET price = 0.12"
+			" WHERE meter = 'storage.snapshot'");
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_periods, 1);
+	ck_assert_str_eq(rs.storage_delta, "0.333333333333");
+	ck_assert_str_eq(agg_query1(chk, q0), p0);
+	snprintf(sql, sizeof(sql), "SELECT storage_cost = 2 FROM"
+		 " tenant_period_usage WHERE tenant_id = '%s' AND period_start"
+		 " = timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", s, ps1);
+	ck_assert_str_eq(agg_query1(chk, sql), "t");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
+				       " usage_adjustments"), 0);
+}
+END_TEST
+
+/*
  * A change of price_id alone (the same cost: here a row that names a
  * price id the book no longer has, at the book's price) is recorded on
  * the ledger row (price_id and prev_price_id) but moves no money: no
@@ -722,6 +810,7 @@ static Suite *rerate_suite(void)
 	tcase_add_test(tc, test_rerate_stage_in_pieces);
 	tcase_add_test(tc, test_rerate_leaves_storage_alone);
 	tcase_add_test(tc, test_rerate_storage_price_fixed);
+	tcase_add_test(tc, test_rerate_storage_beyond_retention);
 	tcase_add_test(tc, test_rerate_price_id_only_moves_no_money);
 	tcase_add_test(tc, test_rerate_stats_count_committed_only);
 	tcase_add_test(tc, test_rerate_bad_range_refused);
