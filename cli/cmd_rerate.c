@@ -95,10 +95,12 @@ int tally_cmd_rerate(tally_cli *cli, int argc, char **argv)
 	if (o.model == NULL)
 		printf("rerate: storage: %lld periods' charges moved (%lld "
 		       "closed -> adjustments), %lld without a price "
+		       "(unchanged), %lld before the retention bound "
 		       "(unchanged), cost delta %s\n",
 		       (long long)st.storage_periods,
 		       (long long)st.storage_adjusted,
-		       (long long)st.storage_unpriced, st.storage_delta);
+		       (long long)st.storage_unpriced,
+		       (long long)st.storage_too_old, st.storage_delta);
 	rc = 0;
 cleanup:
 	tally_pricebook_free(pb);

@@ -3651,11 +3651,11 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
  * The periods of the chunk's tenants that overlap [$2, $3), with the
  * storage charge they carry now in pico (the row's, plus for a closed
  * period the storage adjustments made since): what the re-pricing is
- * measured against. Only periods that start at or after the oldest ledger
+ * measured against, and whether it starts at or after the oldest ledger
  * partition (usage_ledger_pYYYYMMDD): retention drops partitions and the
  * snapshots older than its bound (keeping each tenant's last one before
  * it), so a period before that no longer has all its segments and is left
- * as it was. No partition at all: nothing.
+ * as it was (counted). No partition at all: none is re-priced.
  */
 static const char REPRICE_TARGETS_SQL[] =
 	"WITH lb AS (SELECT min(to_date(substr(c.relname, 15), 'YYYYMMDD'))"
@@ -3669,10 +3669,10 @@ static const char REPRICE_TARGETS_SQL[] =
 	" (coalesce((SELECT sum(a.cost) FROM usage_adjustments a"
 	"  WHERE a.tenant_id = u.tenant_id AND a.period_start = u.period_start"
 	"  AND a.kind = 'storage'), 0) * 1000000000000)::numeric(60, 0)"
+	"  , coalesce(u.period_start >= lb.b, false)"
 	" FROM tenant_period_usage u, lb WHERE u.tenant_id = ANY($1::uuid[])"
 	" AND u.period_start < timestamptz 'epoch' + $3::bigint * interval '1 ms'"
 	" AND u.period_end > timestamptz 'epoch' + $2::bigint * interval '1 ms'"
-	" AND u.period_start >= lb.b"
 	" ORDER BY 1, 2";
 
 /* A decimal integer (optionally signed) of at most 2^127 - 1. */
@@ -3778,6 +3778,10 @@ static int reprice_txn(tally_pg *pg, void *payload, tally_error *err)
 		tally_money128 c = 0, adj = 0;
 		uint32_t k;
 
+		if (PQgetvalue(res, r, 5)[0] != 't') {
+			rp->n.too_old++; /* before the retention bound */
+			continue;
+		}
 		if (tally_uuid_parse(t->tenant, PQgetvalue(res, r, 0),
 				     36) != 0 ||
 		    tally_parse_i64(&t->ps, PQgetvalue(res, r, 1)) != 0 ||
@@ -3861,6 +3865,7 @@ int tally_agg__storage_reprice(tally_agg *agg, int64_t from_ms, int64_t to_ms,
 		out->periods += rp.n.periods;
 		out->adjusted += rp.n.adjusted;
 		out->unpriced += rp.n.unpriced;
+		out->too_old += rp.n.too_old;
 		out->delta += rp.n.delta;
 		publish_totals(agg);
 		clear_totals(agg);

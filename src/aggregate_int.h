@@ -27,6 +27,8 @@ typedef struct tally_agg_reprice_stats {
 	int64_t periods;        /* periods whose storage charge moved */
 	int64_t adjusted;       /* of them, closed: an adjustment each */
 	int64_t unpriced;       /* left alone: a segment has no price now */
+	int64_t too_old;        /* left alone: starts before the oldest ledger
+				 * partition (retention thinned its snapshots) */
 	tally_money128 delta;   /* pico, new minus old */
 } tally_agg_reprice_stats;
 

@@ -553,6 +553,7 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 		stats->storage_periods = sto.periods;
 		stats->storage_adjusted = sto.adjusted;
 		stats->storage_unpriced = sto.unpriced;
+		stats->storage_too_old = sto.too_old;
 		snprintf(stats->storage_delta, sizeof(stats->storage_delta),
 			 "%s", sdelta);
 	}

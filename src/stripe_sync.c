@@ -759,9 +759,11 @@ static int mirror_lines(tally_stripe_sync *ss, const tenant *t,
  * (docs/aggregate.md, "Closing a period"). The closer's protocol: the
  * tenant row FOR UPDATE first -- it waits for the batches that may have
  * read the period as open, and later batches wait for this commit -- then
- * the row, in one statement. Drafts (still changing), other billing reasons (a mid-period
- * update or threshold invoice does not end the period) and empty periods
- * close nothing; a period already closed keeps its first invoice.
+ * the row, in one statement. Drafts (still changing), other billing
+ * reasons (a mid-period update or threshold invoice does not end the
+ * period) and empty periods close nothing; a period already closed keeps
+ * its first invoice and takes no lock (reconcile --apply passes every
+ * cycle invoice here).
  */
 static int close_period(tally_stripe_sync *ss, const tenant *t,
 			const json_t *inv, const char *invoice_id,
@@ -782,7 +784,10 @@ static int close_period(tally_stripe_sync *ss, const tenant *t,
 	/* one statement: the lock is held until the row is in, also where
 	 * the caller runs without a transaction (sync, reconcile) */
 	rc = ex(ss, NULL, err,
-		"WITH l AS (SELECT id FROM tenants WHERE id = $1 FOR UPDATE) "
+		"WITH l AS (SELECT id FROM tenants WHERE id = $1 AND NOT EXISTS "
+		"(SELECT 1 FROM billing_periods c WHERE c.tenant_id = $1 AND "
+		"c.period_start = to_timestamp($2::bigint) AND "
+		"c.status <> 'open') FOR UPDATE) "
 		"INSERT INTO billing_periods AS b (tenant_id, period_start, "
 		"period_end, status, closed_at, invoice_id) SELECT l.id, "
 		"to_timestamp($2::bigint), to_timestamp($3::bigint), "

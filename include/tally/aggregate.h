@@ -280,6 +280,7 @@ typedef struct tally_rerate_stats {
 	int64_t storage_periods;  /* charges that moved */
 	int64_t storage_adjusted; /* of them, closed periods (adjustments) */
 	int64_t storage_unpriced; /* left alone: no storage price now */
+	int64_t storage_too_old;  /* left alone: before the retention bound */
 	char storage_delta[48];   /* exact decimal, new minus old */
 } tally_rerate_stats;
 

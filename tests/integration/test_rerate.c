@@ -252,9 +252,10 @@ END_TEST
  * bytes for 30 days): P0 10 GB x 15 d = 5 GB-months = 0.50; P1 10 GB x
  * 1 d + 20 GB x 24 d = 0.033333333333 + 1.6. The price is then corrected
  * to 0.12: P1 becomes 0.04 + 1.92 = 1.96 (its budget of 1.80 now
- * exceeded), P0 gets a 'storage' adjustment of exactly 0.10; a second run changes nothing; a
- * book without a storage price leaves both alone; a model filter leaves
- * storage out; back at 0.10 the adjustments sum to 0.
+ * exceeded), P0 gets a 'storage' adjustment of exactly 0.10; a second
+ * run changes nothing; a book without a storage price leaves both alone;
+ * a model filter leaves storage out; back at 0.10 the adjustments sum
+ * to 0.
  */
 static int64_t storage_sum(const char *what)
 {
@@ -399,9 +400,11 @@ END_TEST
  * oldest partition has lost segments and is not re-priced. P0 = [now -
  * 30 d, now - 5 d): 10 GB from day 5, 20 GB from day 10; P1 carries 20 GB
  * for its 25 days. Retention is played up to day 12 of P0 (the partitions
- * before that day dropped, the day-5 snapshot deleted); the price then
- * goes from 0.10 to 0.12: P1 becomes exactly 2.00, P0 keeps its charge
- * (recomputed from what is left it would lose the day-5 segment).
+ * before that day dropped, the day-5 snapshot deleted). With the same
+ * book nothing moves (recomputed from what is left, P0 would lose the
+ * day-5 segment: 1.166666666667 -> 1.00); the price then goes from 0.10
+ * to 0.12: P1 becomes exactly 2.00, P0 keeps its charge. P0 is counted as
+ * before the retention bound both times.
  */
 START_TEST(test_rerate_storage_beyond_retention)
 {
@@ -414,7 +417,7 @@ START_TEST(test_rerate_storage_beyond_retention)
 	tally_agg *agg;
 	agg_gen g;
 	batch b = { 0 };
-	char s[37], sql[1024], p0[64], q0[256];
+	char s[37], sql[1024], p0[256], q0[256];
 	uint8_t t[16];
 	int i;
 
@@ -448,7 +451,8 @@ START_TEST(test_rerate_storage_beyond_retention)
 		 " tenant_period_usage WHERE tenant_id = '%s' AND period_start"
 		 " = timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", s, ps0);
 	snprintf(p0, sizeof(p0), "%s", agg_query1(chk, q0));
-	ck_assert_str_ne(p0, "0");
+	/* 10 GB x 5 d + 20 GB x 15 d at 0.10 */
+	ck_assert_str_eq(p0, "1.166666666667");
 
 	/* retention up to the bound's day */
 	snprintf(sql, sizeof(sql),
@@ -465,10 +469,16 @@ START_TEST(test_rerate_storage_beyond_retention)
 		 " occurred_at < timestamptz 'epoch' + %" PRId64 " * interval"
 		 " '1 ms'", ps0 + 6 * DAY_MS);
 	tally_test_exec(dsn, sql);
+	/* the same book: nothing moves, P0 is not recomputed */
+	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_periods, 0);
+	ck_assert_int_eq(rs.storage_too_old, 1);
+	ck_assert_str_eq(agg_query1(chk, q0), p0);
 
 	tally_test_exec(dsn, "UPDATE unit_prices SET price = 0.12"
 			" WHERE meter = 'storage.snapshot'");
 	rerate(ps0, pe1, &rs);
+	ck_assert_int_eq(rs.storage_too_old, 1);
 	ck_assert_int_eq(rs.storage_periods, 1);
 	ck_assert_str_eq(rs.storage_delta, "0.333333333333");
 	ck_assert_str_eq(agg_query1(chk, q0), p0);
