@@ -3651,18 +3651,24 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
  * The periods of the chunk's tenants that overlap [$2, $3), with the
  * storage charge they carry now in pico (the row's, plus for a closed
  * period the storage adjustments made since): what the re-pricing is
- * measured against, and whether it starts at or after the oldest ledger
- * partition (usage_ledger_pYYYYMMDD): retention drops partitions and the
- * snapshots older than its bound (keeping each tenant's last one before
- * it), so a period before that no longer has all its segments and is left
- * as it was (counted). No partition at all: none is re-priced.
+ * measured against, and whether it starts at or after the retention
+ * bound: retention drops partitions and the snapshots older than its bound
+ * (keeping each tenant's last one before it), so a period before that no
+ * longer has all its segments and is left as it was (counted). The bound
+ * is the later of the oldest ledger partition (usage_ledger_pYYYYMMDD) and
+ * the one maintenance recorded (ledger_retention, migration 0012: a longer
+ * retention recreates older partitions, not older snapshots). No partition
+ * at all: none is re-priced.
  */
 static const char REPRICE_TARGETS_SQL[] =
-	"WITH lb AS (SELECT min(to_date(substr(c.relname, 15), 'YYYYMMDD'))"
+	"WITH p AS (SELECT min(to_date(substr(c.relname, 15), 'YYYYMMDD'))"
 	"  ::timestamp AT TIME ZONE 'UTC' AS b FROM pg_inherits i"
 	"  JOIN pg_class c ON c.oid = i.inhrelid"
 	"  WHERE i.inhparent = 'usage_ledger'::regclass"
-	"  AND c.relname ~ '^usage_ledger_p[0-9]{8}$')"
+	"  AND c.relname ~ '^usage_ledger_p[0-9]{8}$'),"
+	" lb AS (SELECT CASE WHEN p.b IS NOT NULL THEN greatest(p.b,"
+	"  (SELECT snapshots_thinned_before FROM ledger_retention)) END AS b"
+	"  FROM p)"
 	" SELECT u.tenant_id, (extract(epoch FROM u.period_start) * 1000)::bigint,"
 	" (extract(epoch FROM u.period_end) * 1000)::bigint,"
 	" (u.storage_cost * 1000000000000)::numeric(60, 0),"

@@ -186,6 +186,11 @@ START_TEST(test_retention_snapshots_keep_the_opening_one)
 	ck_assert_int_eq(snaps_of(3), 1);
 	ck_assert_int_eq(oldest_of(3), -1);
 	ck_assert_int_eq(snaps_of(4), 1);
+	/* the bound is recorded for tally rerate (UTC midnight, 400 d ago) */
+	ck_assert_int_eq(q_ll("SELECT count(*) FROM ledger_retention WHERE"
+			      " snapshots_thinned_before = ((now() AT TIME ZONE"
+			      " 'UTC')::date - 400)::timestamp AT TIME ZONE"
+			      " 'UTC'"), 1);
 	/* a second run changes nothing */
 	ck_assert_msg(tally_agg_maintain(pg, 35, 7, 400, &err) == 0, "%s",
 		      err.msg);
