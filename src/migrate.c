@@ -71,23 +71,54 @@ static void sha256_hex(char out[65], const char *data, size_t len)
 	out[64] = '\0';
 }
 
+/*
+ * Roles are shared by every database of a cluster, and the migration lock
+ * is per database: two databases migrating at once (a first install, the
+ * tests' parallel suites) can both find a role missing and both create it;
+ * the second then fails with unique_violation (pg_authid) or
+ * duplicate_object once the first commits. Such a failure rolled the whole
+ * migration back, so it is simply run again (a few times): it then finds
+ * the role. A conflict that stays is reported as before.
+ */
+#define MIGRATE_RACE_TRIES 5
+
+static bool shared_object_race(const PGresult *res)
+{
+	const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	return st != NULL && (strcmp(st, "23505") == 0 ||
+			      strcmp(st, "42710") == 0);
+}
+
 static int apply_one(tally_pg *pg, const char *name, const char *version,
 		     const char *sql, const char *sum, tally_error *err)
 {
 	PGresult *res;
 	const char *params[3] = { version, name, sum };
-	int rc;
+	int rc, attempt;
 
-	rc = tally_pg_exec(pg, NULL, "BEGIN", 0, NULL, err);
-	if (rc != 0)
-		return rc;
-	res = PQexec(tally_pg_conn(pg), sql);
-	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+	for (attempt = 1;; attempt++) {
+		bool race;
+
+		rc = tally_pg_exec(pg, NULL, "BEGIN", 0, NULL, err);
+		if (rc != 0)
+			return rc;
+		res = PQexec(tally_pg_conn(pg), sql);
+		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
+			break;
 		rc = tally_pg__classify(tally_pg_conn(pg), res, err);
+		race = shared_object_race(res);
 		PQclear(res);
 		tally_error e2;
 		if (tally_pg_exec(pg, NULL, "ROLLBACK", 0, NULL, &e2) != 0) {
 			/* connection broken: nothing was committed */
+		}
+		if (race && attempt < MIGRATE_RACE_TRIES) {
+			tally_log(TALLY_WARN, "migrate.retry",
+				  TALLY_KV_STR("file", name),
+				  TALLY_KV_STR("error", err->msg));
+			tally_sleep_ms(50 * attempt);
+			continue;
 		}
 		char why[sizeof(err->msg)];
 		snprintf(why, sizeof(why), "%s", err->msg);

@@ -11,6 +11,7 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 
+#include <pthread.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -148,6 +149,73 @@ START_TEST(test_migrate_refuses_changed_file)
 				       " tablename = 'b'"), 0);
 	ck_assert_int_eq(query_int(pg, "SELECT count(*) FROM schema_migrations"), 1);
 	tally_pg_free(pg);
+	tally_test_db_drop(db);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/*
+ * Roles belong to the whole cluster, the migration lock to one database:
+ * a migration creating a role that another database's migration is
+ * creating at the same moment fails (unique_violation) when that one
+ * commits; tally_migrate runs it again and it finds the role. Played with
+ * a session holding an uncommitted CREATE ROLE: the migration waits for
+ * it, the session commits after 300 ms, the migration must be applied.
+ */
+static void *commit_later(void *c)
+{
+	PGresult *r;
+
+	tally_sleep_ms(300);
+	r = PQexec(c, "COMMIT");
+	PQclear(r);
+	return NULL;
+}
+
+START_TEST(test_migrate_retries_shared_role_race)
+{
+	char db[64], dsn[512], dir[128], cmd[512], role[64], sql[256];
+	tally_pg *pg = NULL;
+	tally_error err;
+	PGconn *other;
+	PGresult *r;
+	pthread_t th;
+	int applied = 0, rc;
+	FILE *fp;
+
+	snprintf(role, sizeof(role), "tally_race_%d", (int)getpid());
+	snprintf(dir, sizeof(dir), "/tmp/tally_migr_%d", (int)getpid());
+	snprintf(cmd, sizeof(cmd), "rm -rf %s && mkdir -p %s", dir, dir);
+	ck_assert_int_eq(system(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "%s/0001_role.sql", dir);
+	fp = fopen(cmd, "w");
+	fprintf(fp, "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE"
+		" rolname = '%s') THEN CREATE ROLE %s NOLOGIN; END IF; END $$;\n"
+		"CREATE TABLE race_t (x int);\n", role, role);
+	fclose(fp);
+	tally_test_unique(db, sizeof(db), "t_migr");
+	tally_test_db_create(dsn, sizeof(dsn), db, 0);
+	other = PQconnectdb(dsn);
+	ck_assert_int_eq(PQstatus(other), CONNECTION_OK);
+	snprintf(sql, sizeof(sql), "BEGIN; CREATE ROLE %s NOLOGIN", role);
+	r = PQexec(other, sql);
+	ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	ck_assert_int_eq(tally_pg_connect(&pg, dsn, 5000, &err), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, commit_later, other), 0);
+	rc = tally_migrate(pg, dir, &applied, &err);
+	pthread_join(th, NULL);
+	ck_assert_msg(rc == 0, "migrate: %s", err.msg);
+	ck_assert_int_eq(applied, 1);
+	ck_assert_int_eq(query_int(pg, "SELECT count(*) FROM schema_migrations"),
+			 1);
+	tally_pg_free(pg);
+	snprintf(sql, sizeof(sql), "DROP ROLE %s", role);
+	r = PQexec(other, sql);
+	ck_assert_int_eq(PQresultStatus(r), PGRES_COMMAND_OK);
+	PQclear(r);
+	PQfinish(other);
 	tally_test_db_drop(db);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	ck_assert_int_eq(system(cmd), 0);
@@ -338,6 +406,7 @@ static Suite *foundation_suite(void)
 	tcase_add_test(tm, test_migrate_empty_then_noop);
 	tcase_add_test(tm, test_migrate_concurrent_processes);
 	tcase_add_test(tm, test_migrate_refuses_changed_file);
+	tcase_add_test(tm, test_migrate_retries_shared_role_race);
 	tcase_add_test(tp, test_pg_reconnects_after_backend_killed);
 	tcase_add_test(tp, test_pg_classifies_errors);
 	tcase_add_test(tp, test_pg_statement_timeout_from_config);

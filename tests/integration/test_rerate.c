@@ -243,6 +243,55 @@ START_TEST(test_rerate_leaves_storage_alone)
 }
 END_TEST
 
+/* Tenant k with 25-day periods, the current one [ps1, pe1); budget may be
+ * "DEFAULT". Its uuid text into s. */
+static void period_tenant(char s[37], uint8_t t[16], int k, int64_t ps1,
+			  int64_t pe1, const char *budget)
+{
+	char sql[512];
+
+	agg_tenant(t, k);
+	tally_uuid_fmt(s, t);
+	snprintf(sql, sizeof(sql), "INSERT INTO tenants (id, name, slug, domain,"
+		 " monthly_budget, current_period_start, current_period_end)"
+		 " VALUES ('%s', 't%d', 't%d', 't%d.example', %s, timestamptz"
+		 " 'epoch' + %" PRId64 " * interval '1 ms', timestamptz 'epoch'"
+		 " + %" PRId64 " * interval '1 ms')", s, k, k, k, budget, ps1,
+		 pe1);
+	tally_test_exec(dsn, sql);
+}
+
+/* Two storage snapshots of tenant t (bytes b[i] at at[i]), counted by a
+ * batch priced with the database's book at now. */
+static void two_snapshots(const uint8_t t[16], const int64_t b[2],
+			  const int64_t at[2], int64_t now)
+{
+	tally_pricebook *pb = NULL;
+	tally_error err;
+	tally_agg *agg;
+	agg_gen g;
+	batch bt = { 0 };
+	int i;
+
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	agg = aggpg_new(pb, 0);
+	for (i = 0; i < 2; i++) {
+		agg_gen_event(&g, 9, 8, now);
+		memcpy(g.re.ev.tenant_id, t, 16);
+		g.re.ev.meter = TALLY_METER_STORAGE;
+		g.re.ev.bytes = b[i];
+		g.re.ev.time_ms = at[i];
+		snprintf(g.id, sizeof(g.id), "snap-%" PRId64 "-%d", at[i], i);
+		g.re.ev.id.len = (uint32_t)strlen(g.id);
+		g.re.cost = 0;
+		batch_add(&bt, &g.re, i);
+	}
+	run(agg, &bt, now);
+	tally_agg_free(agg);
+	tally_pricebook_free(pb);
+}
+
 /*
  * A storage price fixed after the fact: the storage charge of each period
  * in the range becomes what a batch prices with the new book. The tenant's
@@ -277,39 +326,14 @@ START_TEST(test_rerate_storage_price_fixed)
 	tally_rerate_opts ro = { 0 };
 	tally_rerate_stats rs;
 	tally_error err;
-	tally_agg *agg;
-	agg_gen g;
-	batch b = { 0 };
 	char s[37], sql[512];
 	uint8_t t[16];
-	int i;
 
-	agg_tenant(t, 30);
-	tally_uuid_fmt(s, t);
-	snprintf(sql, sizeof(sql), "INSERT INTO tenants (id, name, slug, domain,"
-		 " monthly_budget, current_period_start, current_period_end)"
-		 " VALUES ('%s', 's', 's', 's.example', 1.80, timestamptz"
-		 " 'epoch' + %" PRId64 " * interval '1 ms', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms')", s, ps1, pe1);
-	tally_test_exec(dsn, sql);
-	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
-		      err.msg);
-	agg = aggpg_new(pb, 0);
-	for (i = 0; i < 2; i++) {
-		agg_gen_event(&g, 9, 8, now);
-		memcpy(g.re.ev.tenant_id, t, 16);
-		g.re.ev.meter = TALLY_METER_STORAGE;
-		g.re.ev.bytes = i == 0 ? INT64_C(10000000000)
-				       : INT64_C(20000000000);
-		g.re.ev.time_ms = i == 0 ? ps0 + 10 * DAY_MS : ps1 + DAY_MS;
-		snprintf(g.id, sizeof(g.id), "snap-%d", i);
-		g.re.ev.id.len = (uint32_t)strlen(g.id);
-		g.re.cost = 0;
-		batch_add(&b, &g.re, i);
-	}
-	run(agg, &b, now);
-	tally_agg_free(agg);
-	tally_pricebook_free(pb);
+	period_tenant(s, t, 30, ps1, pe1, "1.80");
+	two_snapshots(t, (const int64_t[2]){ INT64_C(10000000000),
+					    INT64_C(20000000000) },
+		      (const int64_t[2]){ ps0 + 10 * DAY_MS, ps1 + DAY_MS },
+		      now);
 	invoiced_period(s, ps0, ps1, "in_p0");
 	ck_assert_int_eq(storage_sum("storage_cost"),
 			 pico / 2 + INT64_C(1633333333333));
@@ -414,42 +438,15 @@ START_TEST(test_rerate_storage_beyond_retention)
 	int64_t now = tally_now_ms(), ps1 = now - 5 * DAY_MS;
 	int64_t ps0 = ps1 - 25 * DAY_MS, pe1 = ps1 + 25 * DAY_MS;
 	int64_t bound = ps0 + 12 * DAY_MS;
-	tally_pricebook *pb = NULL;
 	tally_rerate_stats rs;
-	tally_error err;
-	tally_agg *agg;
-	agg_gen g;
-	batch b = { 0 };
 	char s[37], sql[1024], p0[256], q0[256];
 	uint8_t t[16];
-	int i;
 
-	agg_tenant(t, 31);
-	tally_uuid_fmt(s, t);
-	snprintf(sql, sizeof(sql), "INSERT INTO tenants (id, name, slug, domain,"
-		 " current_period_start, current_period_end) VALUES ('%s', 'r',"
-		 " 'r', 'r.example', timestamptz 'epoch' + %" PRId64 " * interval"
-		 " '1 ms', timestamptz 'epoch' + %" PRId64 " * interval '1 ms')",
-		 s, ps1, pe1);
-	tally_test_exec(dsn, sql);
-	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
-		      err.msg);
-	agg = aggpg_new(pb, 0);
-	for (i = 0; i < 2; i++) {
-		agg_gen_event(&g, 9, 8, now);
-		memcpy(g.re.ev.tenant_id, t, 16);
-		g.re.ev.meter = TALLY_METER_STORAGE;
-		g.re.ev.bytes = i == 0 ? INT64_C(10000000000)
-				       : INT64_C(20000000000);
-		g.re.ev.time_ms = ps0 + (i == 0 ? 5 : 10) * DAY_MS;
-		snprintf(g.id, sizeof(g.id), "ret-%d", i);
-		g.re.ev.id.len = (uint32_t)strlen(g.id);
-		g.re.cost = 0;
-		batch_add(&b, &g.re, i);
-	}
-	run(agg, &b, now);
-	tally_agg_free(agg);
-	tally_pricebook_free(pb);
+	period_tenant(s, t, 31, ps1, pe1, "DEFAULT");
+	two_snapshots(t, (const int64_t[2]){ INT64_C(10000000000),
+					    INT64_C(20000000000) },
+		      (const int64_t[2]){ ps0 + 5 * DAY_MS, ps0 + 10 * DAY_MS },
+		      now);
 	snprintf(q0, sizeof(q0), "SELECT storage_cost::text FROM"
 		 " tenant_period_usage WHERE tenant_id = '%s' AND period_start"
 		 " = timestamptz 'epoch' + %" PRId64 " * interval '1 ms'", s, ps0);
