@@ -19,8 +19,8 @@ cp "$ROOT"/schemas/vectors/valid/*.msgpack "$ROOT"/schemas/vectors/invalid/*.msg
 if ! "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all -I"$ROOT/include" -I"$ROOT/src" \
 	$(pkg-config --cflags msgpack uuid) \
-	"$ROOT/tests/fuzz/fuzz_codec.c" "$ROOT/src/codec.c" \
-	"$ROOT/src/event.c" "$ROOT/src/money.c" "$ROOT/src/common.c" \
+	"$ROOT/tests/fuzz/fuzz_codec.c" "$ROOT"/src/events/codec.c \
+	"$ROOT"/src/events/event.c "$ROOT"/src/base/money.c "$ROOT"/src/base/common.c \
 	$(pkg-config --libs msgpack uuid) -o "$OUT/fuzz_codec"; then
 	echo "fuzz: build failed" >&2
 	exit 1

@@ -13,7 +13,7 @@
 #include <time.h>
 
 #include "check_main.h"
-#include "codec_int.h"
+#include "events/codec_int.h"
 #include "tally/codec.h"
 #include "tally/codec_json.h"
 #include "tally/command.h"

@@ -11,6 +11,7 @@
  * Encoding uses msgpack-c's packer into the caller's sbuffer.
  */
 #include "codec_int.h"
+#include "base/calendar.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -268,23 +269,8 @@ static int digits(const char *s, int n)
 	return x;
 }
 
-/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant). */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
 int tally_codec__parse_rfc3339(int64_t *out, const char *s, uint32_t len)
 {
-	static const int mdays[] = { 31, 28, 31, 30, 31, 30,
-				     31, 31, 30, 31, 30, 31 };
 	int y, mo, d, h, mi, sec, ms = 0, dim, oh, om, sign;
 	uint32_t i;
 	int64_t t;
@@ -302,9 +288,7 @@ int tally_codec__parse_rfc3339(int64_t *out, const char *s, uint32_t len)
 	if (y < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 ||
 	    mi < 0 || mi > 59 || sec < 0 || sec > 59)
 		return -1;
-	dim = mdays[mo - 1];
-	if (mo == 2 && (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
-		dim = 29;
+	dim = tally_days_in_month(y, mo);
 	if (d > dim)
 		return -1;
 	i = 19;
@@ -341,7 +325,7 @@ int tally_codec__parse_rfc3339(int64_t *out, const char *s, uint32_t len)
 	} else {
 		return -1;
 	}
-	t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
+	t = tally_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec;
 	t -= sign * (oh * 3600 + om * 60);
 	t = t * 1000 + ms;
 	if (t < 0 || t > TALLY_CODEC_TIME_MAX)

@@ -17,7 +17,8 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 
-#include "codec_int.h"
+#include "events/codec_int.h"
+#include "base/calendar.h"
 
 #include <curl/curl.h>
 #include <inttypes.h>
@@ -123,34 +124,9 @@ void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
 	out[8] = (uint8_t)((out[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 }
 
-/* Days since 1970-01-01 of a civil date (H. Hinnant's algorithm). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
 int64_t tally_alert_month_start(int64_t t_ms)
 {
-	int64_t z, era, doe, yoe, y, doy, mp, m;
-	int64_t days = t_ms / 86400000 - (t_ms % 86400000 < 0);
-
-	z = days + 719468;
-	era = (z >= 0 ? z : z - 146096) / 146097;
-	doe = z - era * 146097;
-	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	y = yoe + era * 400;
-	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	mp = (5 * doy + 2) / 153;
-	m = mp + (mp < 10 ? 3 : -9);
-	y += m <= 2;
-	return days_from_civil(y, m, 1) * 86400000;
+	return tally_month_start_ms(t_ms);
 }
 
 /* ------------------------------------------------------------------ */

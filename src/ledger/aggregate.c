@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
 #include "aggregate_int.h"
+#include "base/calendar.h"
 #include "tally/positions.h"
 #include "tally/codec.h"
 #include "tally/event.h"
@@ -260,69 +261,24 @@ static void seen_add(seen_ring *r, const uint8_t *k)
 /* ------------------------------------------------------------------ */
 /* civil time (UTC), exact integer arithmetic                          */
 
-#define MS_PER_DAY INT64_C(86400000)
-
-static int64_t floor_div(int64_t a, int64_t b)
-{
-	int64_t q = a / b;
-
-	return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
-}
-
-/* days since 1970-01-01 from y-m-d (H. Hinnant's algorithm) */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, int *m, int *d)
-{
-	int64_t era, doe, yoe, doy, mp;
-
-	z += 719468;
-	era = (z >= 0 ? z : z - 146096) / 146097;
-	doe = z - era * 146097;
-	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	mp = (5 * doy + 2) / 153;
-	*d = (int)(doy - (153 * mp + 2) / 5 + 1);
-	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
-	*y = yoe + era * 400 + (*m <= 2);
-}
-
-static int days_in_month(int64_t y, int m)
-{
-	static const int dm[] = { 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
-	bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-
-	return m == 2 && leap ? 29 : dm[m - 1];
-}
-
 /* month index y * 12 + (m - 1) and day of the UTC time t; tod: ms in day */
 static int64_t month_of(int64_t t, int *d, int64_t *tod)
 {
-	int64_t day = floor_div(t, MS_PER_DAY), y;
+	int64_t day = tally_floor_div(t, TALLY_MS_PER_DAY), y;
 	int m;
 
-	*tod = t - day * MS_PER_DAY;
-	civil_from_days(day, &y, &m, d);
+	*tod = t - day * TALLY_MS_PER_DAY;
+	tally_civil_from_days(day, &y, &m, d);
 	return y * 12 + (m - 1);
 }
 
 /* Day a of month index mi (clamped to the month end) at tod. */
 static int64_t anchored(int64_t mi, int a, int64_t tod)
 {
-	int64_t y = floor_div(mi, 12);
-	int m = (int)(mi - y * 12) + 1, dim = days_in_month(y, m);
+	int64_t y = tally_floor_div(mi, 12);
+	int m = (int)(mi - y * 12) + 1, dim = tally_days_in_month(y, m);
 
-	return days_from_civil(y, m, a < dim ? a : dim) * MS_PER_DAY + tod;
+	return tally_days_from_civil(y, m, a < dim ? a : dim) * TALLY_MS_PER_DAY + tod;
 }
 
 /*
@@ -356,13 +312,13 @@ void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
 		/* not whole months: fixed length */
 		int64_t step = cpe - cps;
 
-		k = floor_div(t - cps, step);
+		k = tally_floor_div(t - cps, step);
 		*start = cps + k * step;
 		*end = *start + step;
 		return;
 	}
 	mt = month_of(t, &dt, &tod1);
-	k = floor_div(mt - m0, n);
+	k = tally_floor_div(mt - m0, n);
 	if (anchored(m0 + k * n, a, tod) > t)
 		k--; /* t is in its month before the anchor */
 	*start = anchored(m0 + k * n, a, tod);
@@ -1743,7 +1699,7 @@ static void accumulate(tally_agg *agg)
 		if (ev->meter == TALLY_METER_STORAGE)
 			agg->nstorage++;
 		h = acc_get(&agg->hourly, ev->tenant_id,
-			    floor_div(ev->time_ms, 3600000) * 3600000,
+			    tally_floor_div(ev->time_ms, 3600000) * 3600000,
 			    (int)ev->meter, pid, mid);
 		h->events++;
 		if (ev->meter == TALLY_METER_STORAGE)

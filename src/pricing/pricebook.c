@@ -12,6 +12,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "pricebook_int.h"
+#include "base/calendar.h"
 #include "tally/log.h"
 #include "tally/money.h"
 #include "tally/pricebook.h"
@@ -479,18 +480,6 @@ static void cond_dispose(pb_cond *c)
 		free(c->p[k].tiers);
 }
 
-/* Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm). */
-static int64_t days_from_civil(int64_t y, int64_t m, int64_t d)
-{
-	y -= m <= 2;
-	int64_t era = (y >= 0 ? y : y - 399) / 400;
-	int64_t yoe = y - era * 400;
-	int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-	int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-
-	return era * 146097 + doe - 719468;
-}
-
 static int digits(const char *s, int n, int64_t *out)
 {
 	int i;
@@ -515,7 +504,7 @@ int tally_pb__parse_date(int64_t *out, const char *s)
 	    digits(s, 4, &y) || digits(s + 5, 2, &m) || digits(s + 8, 2, &d) ||
 	    m < 1 || m > 12 || d < 1 || d > 31)
 		return -1;
-	*out = days_from_civil(y, m, d) * 86400000;
+	*out = tally_days_from_civil(y, (int)m, (int)d) * TALLY_MS_PER_DAY;
 	return 0;
 }
 

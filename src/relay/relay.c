@@ -19,7 +19,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/relay.h"
-#include "metrics_int.h"
+#include "io/metrics_int.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/webhook.h"
