@@ -1,16 +1,22 @@
 #!/bin/sh
 # tests/fuzz/run.sh [SECONDS] - build the codec fuzzer with clang's libFuzzer
 # (+ ASan/UBSan) and run it for SECONDS (default 10) with the golden vectors
-# as the seed corpus. Exit 0 when no crash was found; 77 when clang or
-# libFuzzer is unavailable (skipped). Called by ops/test.
+# as the seed corpus. Exit 0 when no crash was found, 1 on a crash or a
+# build error, 2 when the toolchain is incomplete (clang or its libFuzzer
+# runtime missing: ops/install-deps installs both). Called by ops/test.
 set -eu
 SECS=${1:-10}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${TALLY_FUZZ_DIR:-$ROOT/build-fuzz}
 CC=${FUZZ_CC:-clang}
 if ! command -v "$CC" >/dev/null 2>&1; then
-	echo "fuzz: $CC not found, skipped" >&2
-	exit 77
+	echo "fuzz: toolchain incomplete: $CC not found (run ops/install-deps)" >&2
+	exit 2
+fi
+RT=$("$CC" --print-runtime-dir 2>/dev/null)/libclang_rt.fuzzer-x86_64.a
+if [ ! -f "$RT" ] && ! "$CC" -print-file-name=libclang_rt.fuzzer-x86_64.a | grep -q /; then
+	echo "fuzz: toolchain incomplete: no libFuzzer runtime ($RT; Debian package libclang-rt-14-dev, run ops/install-deps)" >&2
+	exit 2
 fi
 mkdir -p "$OUT/corpus"
 cp "$ROOT"/schemas/vectors/valid/*.msgpack "$ROOT"/schemas/vectors/invalid/*.msgpack \
@@ -20,7 +26,7 @@ if ! "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all -I"$ROOT/include" -I"$ROOT/src" \
 	$(pkg-config --cflags msgpack uuid) \
 	"$ROOT/tests/fuzz/fuzz_codec.c" "$ROOT"/src/events/codec.c \
-	"$ROOT"/src/events/event.c "$ROOT"/src/base/money.c "$ROOT"/src/base/common.c \
+	"$ROOT"/src/events/event.c "$ROOT"/src/base/money.c "$ROOT"/src/base/common.c "$ROOT"/src/base/calendar.c \
 	$(pkg-config --libs msgpack uuid) -o "$OUT/fuzz_codec"; then
 	echo "fuzz: build failed" >&2
 	exit 1

@@ -1,0 +1,3 @@
+module tally/ops/deploy-check
+
+go 1.24
