@@ -16,7 +16,7 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/rate_consumer.h"
 #include "tally/program.h"
 #include "tally/rating.h"
