@@ -18,10 +18,10 @@ cp "$ROOT"/schemas/vectors/valid/*.msgpack "$ROOT"/schemas/vectors/invalid/*.msg
 # shellcheck disable=SC2046
 if ! "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all -I"$ROOT/include" -I"$ROOT/src" \
-	$(pkg-config --cflags msgpack uuid) \
-	"$ROOT/tests/fuzz/fuzz_codec.c" "$ROOT"/src/events/codec.c \
+	$(pkg-config --cflags msgpack jansson uuid) \
+	"$ROOT/tests/fuzz/fuzz_codec.c" "$ROOT"/src/events/codec_*.c "$ROOT"/src/base/calendar.c \
 	"$ROOT"/src/events/event.c "$ROOT"/src/base/money.c "$ROOT"/src/base/common.c \
-	$(pkg-config --libs msgpack uuid) -o "$OUT/fuzz_codec"; then
+	$(pkg-config --libs msgpack jansson uuid) -o "$OUT/fuzz_codec"; then
 	echo "fuzz: build failed" >&2
 	exit 1
 fi
