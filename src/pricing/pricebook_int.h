@@ -151,6 +151,12 @@ char *tally_pb__lower_dup(const char *s);
 /* Match a rule against a lower-cased, trimmed, NUL-terminated name. */
 bool tally_pb__match(const pb_rule *r, const char *name, size_t len);
 
+/* rating_match.c: the provider and model an event's names resolve to;
+ * *outp NULL: no such provider, *outm NULL: no price for the model. */
+void tally_pb__resolve(const tally_pricebook *pb, const tally_str *provider,
+		       const tally_str *model, const pb_provider **outp,
+		       const pb_model **outm);
+
 /* pricebook_prices.c: an exact non-negative decimal price -> pico */
 int tally_pb__parse_price_text(int64_t *out, const char *s, const char *what,
 			       tally_error *err);
