@@ -146,7 +146,8 @@ static int top_usage(tally_codec__st *st, int k, const tally_codec__val *v)
 	case K_ID:
 		return tally_codec__get_str(st, "id", v, TALLY_ID_MAX, &ev->id);
 	case K_SOURCE:
-		return tally_codec__get_str(st, "source", v, TALLY_SOURCE_MAX, &ev->source);
+		return tally_codec__get_str(st, "source", v, TALLY_SOURCE_MAX,
+					    &ev->source);
 	case K_SUBJECT:
 		return tally_codec__get_str(st, "subject", v, TALLY_SOURCE_MAX,
 			       &ev->subject);
@@ -197,7 +198,8 @@ static int top_usage(tally_codec__st *st, int k, const tally_codec__val *v)
 		re->currency[3] = '\0';
 		return 0;
 	case K_PRICE_ID:
-		return tally_codec__get_int(st, "price_id", v, 0, INT64_MAX, &re->price_id);
+		return tally_codec__get_int(st, "price_id", v, 0, INT64_MAX,
+					    &re->price_id);
 	case K_UNPRICED:
 		return tally_codec__get_bool(st, "unpriced", v, &re->unpriced);
 	case K_RATED_AT:
@@ -227,9 +229,11 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 
 	switch (k) {
 	case K_ID:
-		return tally_codec__get_str(st, "id", v, TALLY_ID_MAX, &cmd->id);
+		return tally_codec__get_str(st, "id", v, TALLY_ID_MAX,
+					    &cmd->id);
 	case K_TENANT:
-		return tally_codec__get_uuid(st, "tenant_id", v, cmd->tenant_id);
+		return tally_codec__get_uuid(st, "tenant_id", v,
+					     cmd->tenant_id);
 	case K_TIME:
 		return tally_codec__get_time(st, "time", v, &cmd->time_ms);
 	case K_TYPE:
@@ -244,22 +248,26 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 				    "type is not a known command");
 		return 0;
 	case K_PLAN:
-		rc = tally_codec__get_str(st, "plan", v, TALLY_PLAN_MAX, &cmd->plan);
+		rc = tally_codec__get_str(st, "plan", v, TALLY_PLAN_MAX,
+					  &cmd->plan);
 		if (rc == 0 && !plan_ok(v->s, v->len))
 			return FAIL(st, "unknown_plan", "plan",
 				    "plan is not in the plan matrix");
 		return rc;
 	case K_TRIAL_DAYS:
-		return tally_codec__get_int(st, "trial_days", v, 0, 730, &cmd->trial_days);
+		return tally_codec__get_int(st, "trial_days", v, 0, 730,
+					    &cmd->trial_days);
 	case K_PM:
-		return tally_codec__get_str(st, "payment_method_id", v, TALLY_SOURCE_MAX,
-			       &cmd->payment_method_id);
+		return tally_codec__get_str(st, "payment_method_id", v,
+					    TALLY_SOURCE_MAX,
+					    &cmd->payment_method_id);
 	case K_PRORATION:
 		if (v->kind != TALLY_CV_STR)
 			return FAIL(st, "wrong_type", "proration",
 				    "proration must be a string");
 		for (i = 1; i <= 3; i++)
-			if (tally_codec__str_is(v->s, v->len, proration_names[i]))
+			if (tally_codec__str_is(v->s, v->len,
+						proration_names[i]))
 				cmd->proration = (tally_proration)i;
 		if (cmd->proration == TALLY_PRORATION_DEFAULT)
 			return FAIL(st, "bad_value", "proration",
@@ -268,11 +276,14 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 		return 0;
 	case K_AT_PERIOD_END:
 		cmd->has_at_period_end = true;
-		return tally_codec__get_bool(st, "at_period_end", v, &cmd->at_period_end);
+		return tally_codec__get_bool(st, "at_period_end", v,
+					     &cmd->at_period_end);
 	case K_EMAIL:
-		return tally_codec__get_str(st, "email", v, TALLY_SOURCE_MAX, &cmd->email);
+		return tally_codec__get_str(st, "email", v, TALLY_SOURCE_MAX,
+					    &cmd->email);
 	case K_NAME:
-		return tally_codec__get_str(st, "name", v, TALLY_SOURCE_MAX, &cmd->name);
+		return tally_codec__get_str(st, "name", v, TALLY_SOURCE_MAX,
+					    &cmd->name);
 	default:
 		return 0;
 	}
@@ -292,7 +303,8 @@ int tally_codec__field(tally_codec__st *st, tally_codec__scope sc,
 			return FAIL(st, "duplicate_key", data_fields[k],
 				    "%s appears twice", data_fields[k]);
 		st->dseen |= 1u << k;
-		st->data[k] = *v; /* validated in finish, once the meter is known */
+		st->data[k] =
+		    *v; /* validated in finish, once the meter is known */
 		return 0;
 	}
 	if (sc == TALLY_CODEC__COMPONENTS) {
@@ -301,7 +313,8 @@ int tally_codec__field(tally_codec__st *st, tally_codec__scope sc,
 		k = lookup(tally_codec__comp_names, TALLY_COMP_N, key, klen);
 		if (k < 0)
 			return 0;
-		snprintf(field, sizeof(field), "components.%s", tally_codec__comp_names[k]);
+		snprintf(field, sizeof(field), "components.%s",
+			 tally_codec__comp_names[k]);
 		if (st->cseen & (1u << k))
 			return FAIL(st, "duplicate_key", field,
 				    "%s appears twice", field);
@@ -350,7 +363,8 @@ static int data_str(tally_codec__st *st, int f, bool req, uint32_t max,
 	if (req)
 		rc = need_data(st, f);
 	if (rc == 0 && (st->dseen & (1u << f)))
-		rc = tally_codec__get_str(st, data_fields[f], &st->data[f], max, out);
+		rc = tally_codec__get_str(st, data_fields[f], &st->data[f], max,
+					  out);
 	return rc;
 }
 
@@ -361,7 +375,8 @@ static int data_qty(tally_codec__st *st, int f, bool req, int64_t *out)
 	if (req)
 		rc = need_data(st, f);
 	if (rc == 0 && (st->dseen & (1u << f)))
-		rc = tally_codec__get_qty(st, data_fields[f], &st->data[f], out);
+		rc =
+		    tally_codec__get_qty(st, data_fields[f], &st->data[f], out);
 	return rc;
 }
 

@@ -139,7 +139,8 @@ int tally_codec__get_time(tally_codec__st *st, const char *field,
 		return 0;
 	}
 	if (v->kind == TALLY_CV_INT || v->kind == TALLY_CV_BIGUINT)
-		return tally_codec__get_int(st, field, v, 0, TALLY_CODEC_TIME_MAX, out);
+		return tally_codec__get_int(st, field, v, 0,
+					    TALLY_CODEC_TIME_MAX, out);
 	return FAIL(st, "wrong_type", field,
 		    "%s must be unix ms or an RFC 3339 string", field);
 }

@@ -162,12 +162,12 @@ int tally_pricebook_add_override(tally_pricebook *pb,
 				       spec->cache_write_mtok,
 				       "cache_write_mtok", err);
 		if (rc == 0)
-			rc = opt_price(&o.cond.p[PB_K_OUTPUT], spec->output_mtok,
-				       "output_mtok", err);
+			rc = opt_price(&o.cond.p[PB_K_OUTPUT],
+				       spec->output_mtok, "output_mtok", err);
 		if (rc == 0 && spec->unit_price && *spec->unit_price) {
 			o.has_unit = true;
-			rc = tally_pb__parse_price_text(&o.unit_price, spec->unit_price,
-					      "unit_price", err);
+			rc = tally_pb__parse_price_text(
+			    &o.unit_price, spec->unit_price, "unit_price", err);
 		}
 		o.cond.price_id = spec->id;
 	}
@@ -177,7 +177,7 @@ int tally_pricebook_add_override(tally_pricebook *pb,
 		return rc;
 	}
 	pb->overrides = tally_xrealloc(pb->overrides, (pb->noverrides + 1) *
-							      sizeof(pb_override));
+							  sizeof(pb_override));
 	pb->overrides[pb->noverrides++] = o;
 	qsort(pb->overrides, pb->noverrides, sizeof(pb_override),
 	      cmp_override);

@@ -105,7 +105,8 @@ static int version_parse(pb_version *ver, json_t *prices, int64_t *next_id,
 		ver->conds[0].price_id = (*next_id)++;
 		return 0;
 	}
-	ver->conds = tally_xcalloc(json_array_size(prices) + 1, sizeof(pb_cond));
+	ver->conds =
+	    tally_xcalloc(json_array_size(prices) + 1, sizeof(pb_cond));
 	json_array_foreach(prices, c, jc) {
 		rc = tally_pb__cond_parse(&ver->conds[ver->nconds++], jc, err);
 		if (rc != 0)

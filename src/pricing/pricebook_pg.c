@@ -138,7 +138,8 @@ static int load_model_row(tally_pricebook *pb, PGresult *res, int r,
 		c->kind = PB_C_TOD;
 		if (tally_pb__parse_tod(&c->tod_start,
 					PQgetvalue(res, r, 6)) != 0 ||
-		    tally_pb__parse_tod(&c->tod_end, PQgetvalue(res, r, 7)) != 0)
+		    tally_pb__parse_tod(&c->tod_end,
+					PQgetvalue(res, r, 7)) != 0)
 			return tally_error_set(err, TALLY_EINVALID,
 					       "price %" PRId64
 					       ": bad time window",
@@ -150,117 +151,106 @@ static int load_model_row(tally_pricebook *pb, PGresult *res, int r,
 		if (s == NULL)
 			continue;
 		c->p[k].set = true;
-		rc = tally_pb__parse_price_text(&c->p[k].base, s, tally_pb__key_names[k],
-				      err);
+		rc = tally_pb__parse_price_text(&c->p[k].base, s,
+						tally_pb__key_names[k], err);
 		if (rc != 0)
 			return rc;
 	}
 	return tally_pb__tiers_parse_text(c, col_str(res, r, 15), err);
 }
 
-static int load_providers(tally_pricebook *pb, tally_pg *pg, tally_error *err)
+/* One row of a query into the book being built; 0 or an error. */
+typedef int (*row_fn)(tally_pricebook *pb, PGresult *res, int r,
+		      tally_error *err);
+
+/* Run sql and hand each row, in order, to fn; stops at the first error. */
+static int load_rows(tally_pricebook *pb, tally_pg *pg, const char *sql,
+		     row_fn fn, tally_error *err)
 {
 	PGresult *res = NULL;
 	int rc, n, r;
 
-	rc = tally_pg_exec(pg, &res, providers_sql, 0, NULL, err);
+	rc = tally_pg_exec(pg, &res, sql, 0, NULL, err);
 	if (rc != 0)
 		return rc;
 	n = PQntuples(res);
-	pb->providers = tally_xcalloc((size_t)n + 1, sizeof(pb_provider));
-	for (r = 0; r < n; r++) {
-		pb_provider *p = &pb->providers[pb->nproviders++];
-		const char *fb = PQgetvalue(res, r, 3);
-
-		p->id = tally_xstrdup(PQgetvalue(res, r, 0));
-		if (!PQgetisnull(res, r, 1)) {
-			rc = tally_pb__rule_parse_text(&p->provider_match,
-						       PQgetvalue(res, r, 1),
-						       err);
-			if (rc != 0)
-				break;
-			p->has_pmatch = true;
-		}
-		if (!PQgetisnull(res, r, 2)) {
-			rc = tally_pb__rule_parse_text(&p->model_match,
-						       PQgetvalue(res, r, 2),
-						       err);
-			if (rc != 0)
-				break;
-			p->has_mmatch = true;
-		}
-		while (fb != NULL && *fb) {
-			const char *comma = strchr(fb, ',');
-			size_t l = comma ? (size_t)(comma - fb) : strlen(fb);
-
-			p->fallbacks = tally_xrealloc(
-				p->fallbacks,
-				(p->nfallbacks + 1) * sizeof(char *));
-			p->fallbacks[p->nfallbacks++] =
-				tally_xstrndup(fb, l);
-			fb = comma ? comma + 1 : NULL;
-		}
-	}
+	for (r = 0; r < n && rc == 0; r++)
+		rc = fn(pb, res, r, err);
 	PQclear(res);
 	return rc;
 }
 
-static int load_models(tally_pricebook *pb, tally_pg *pg, tally_error *err)
+static int provider_row(tally_pricebook *pb, PGresult *res, int r,
+			tally_error *err)
 {
-	PGresult *res = NULL;
-	int rc, n, r;
+	pb_provider *p;
+	const char *fb = PQgetvalue(res, r, 3);
+	int rc;
 
-	rc = tally_pg_exec(pg, &res, models_sql, 0, NULL, err);
-	if (rc != 0)
-		return rc;
-	n = PQntuples(res);
-	for (r = 0; r < n; r++) {
-		int pi = tally_pb__provider_index(pb, PQgetvalue(res, r, 1));
-
-		if (pi < 0)
-			continue;
-		rc = load_model_row(pb, res, r, &pb->providers[pi], err);
+	pb->providers = tally_xrealloc(pb->providers, (pb->nproviders + 1) *
+							      sizeof(*p));
+	p = &pb->providers[pb->nproviders++];
+	memset(p, 0, sizeof(*p));
+	p->id = tally_xstrdup(PQgetvalue(res, r, 0));
+	if (!PQgetisnull(res, r, 1)) {
+		rc = tally_pb__rule_parse_text(&p->provider_match,
+					       PQgetvalue(res, r, 1), err);
 		if (rc != 0)
-			break;
+			return rc;
+		p->has_pmatch = true;
 	}
-	PQclear(res);
-	return rc;
+	if (!PQgetisnull(res, r, 2)) {
+		rc = tally_pb__rule_parse_text(&p->model_match,
+					       PQgetvalue(res, r, 2), err);
+		if (rc != 0)
+			return rc;
+		p->has_mmatch = true;
+	}
+	while (fb != NULL && *fb) {
+		const char *comma = strchr(fb, ',');
+		size_t l = comma ? (size_t)(comma - fb) : strlen(fb);
+
+		p->fallbacks = tally_xrealloc(
+		    p->fallbacks, (p->nfallbacks + 1) * sizeof(char *));
+		p->fallbacks[p->nfallbacks++] = tally_xstrndup(fb, l);
+		fb = comma ? comma + 1 : NULL;
+	}
+	return 0;
 }
 
-static int load_units(tally_pricebook *pb, tally_pg *pg, tally_error *err)
+/* a price of a provider that is not in price_providers is ignored */
+static int model_row(tally_pricebook *pb, PGresult *res, int r,
+		     tally_error *err)
 {
-	PGresult *res = NULL;
-	int rc, n, r;
+	int pi = tally_pb__provider_index(pb, PQgetvalue(res, r, 1));
 
-	rc = tally_pg_exec(pg, &res, units_sql, 0, NULL, err);
+	if (pi < 0)
+		return 0;
+	return load_model_row(pb, res, r, &pb->providers[pi], err);
+}
+
+static int unit_row(tally_pricebook *pb, PGresult *res, int r,
+		    tally_error *err)
+{
+	const char *meter = PQgetvalue(res, r, 1);
+	pb_unit_price *u;
+	int rc;
+
+	pb->units = tally_xrealloc(pb->units, (pb->nunits + 1) * sizeof(*u));
+	u = &pb->units[pb->nunits++];
+	memset(u, 0, sizeof(*u));
+	u->meter = tally_meter_parse(meter, (uint32_t)strlen(meter));
+	if (tally_parse_i64(&u->price_id, PQgetvalue(res, r, 0)) != 0)
+		return tally_error_set(err, TALLY_EINVALID, "bad id");
+	rc = tally_pb__parse_price_text(&u->price, PQgetvalue(res, r, 2),
+					meter, err);
 	if (rc != 0)
 		return rc;
-	n = PQntuples(res);
-	for (r = 0; r < n; r++) {
-		const char *meter = PQgetvalue(res, r, 1);
-		pb_unit_price *u;
-
-		pb->units = tally_xrealloc(pb->units, (pb->nunits + 1) *
-							      sizeof(*u));
-		u = &pb->units[pb->nunits++];
-		memset(u, 0, sizeof(*u));
-		u->meter = tally_meter_parse(meter, (uint32_t)strlen(meter));
-		if (tally_parse_i64(&u->price_id, PQgetvalue(res, r, 0)) != 0) {
-			rc = tally_error_set(err, TALLY_EINVALID, "bad id");
-			break;
-		}
-		rc = tally_pb__parse_price_text(&u->price,
-						PQgetvalue(res, r, 2), meter,
-						err);
-		if (rc != 0)
-			break;
-		u->from_ms = PQgetvalue(res, r, 5)[0] == 't'
-				     ? INT64_MIN : col_ms(res, r, 3, INT64_MIN);
-		u->to_ms = PQgetvalue(res, r, 6)[0] == 't'
-				   ? INT64_MAX : col_ms(res, r, 4, INT64_MAX);
-	}
-	PQclear(res);
-	return rc;
+	u->from_ms = PQgetvalue(res, r, 5)[0] == 't'
+			     ? INT64_MIN : col_ms(res, r, 3, INT64_MIN);
+	u->to_ms = PQgetvalue(res, r, 6)[0] == 't'
+			   ? INT64_MAX : col_ms(res, r, 4, INT64_MAX);
+	return 0;
 }
 
 /* one row of overrides_sql -> an override spec (strings borrowed from res) */
@@ -294,27 +284,13 @@ static int override_row(tally_override_spec *s, PGresult *res, int r,
 	return 0;
 }
 
-static int load_overrides(tally_pricebook *pb, tally_pg *pg,
-			  tally_error *err)
+static int override_add_row(tally_pricebook *pb, PGresult *res, int r,
+			    tally_error *err)
 {
-	PGresult *res = NULL;
-	int rc, n, r;
+	tally_override_spec s;
+	int rc = override_row(&s, res, r, err);
 
-	rc = tally_pg_exec(pg, &res, overrides_sql, 0, NULL, err);
-	if (rc != 0)
-		return rc;
-	n = PQntuples(res);
-	for (r = 0; r < n; r++) {
-		tally_override_spec s;
-
-		rc = override_row(&s, res, r, err);
-		if (rc == 0)
-			rc = tally_pricebook_add_override(pb, &s, err);
-		if (rc != 0)
-			break;
-	}
-	PQclear(res);
-	return rc;
+	return rc != 0 ? rc : tally_pricebook_add_override(pb, &s, err);
 }
 
 static int load_pg_txn(tally_pg *pg, void *payload, tally_error *err)
@@ -329,13 +305,13 @@ static int load_pg_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0)
 		rc = tally_pricebook_pg_version(&pb->version, pg, err);
 	if (rc == 0)
-		rc = load_providers(pb, pg, err);
+		rc = load_rows(pb, pg, providers_sql, provider_row, err);
 	if (rc == 0)
-		rc = load_models(pb, pg, err);
+		rc = load_rows(pb, pg, models_sql, model_row, err);
 	if (rc == 0)
-		rc = load_units(pb, pg, err);
+		rc = load_rows(pb, pg, units_sql, unit_row, err);
 	if (rc == 0)
-		rc = load_overrides(pb, pg, err);
+		rc = load_rows(pb, pg, overrides_sql, override_add_row, err);
 	if (rc != 0) {
 		tally_pricebook_free(pb);
 		return rc;

@@ -91,8 +91,8 @@ static int price_parse(pb_price *p, json_t *v, const char *key,
 	memset(p, 0, sizeof(*p));
 	if (json_is_string(v)) {
 		p->set = true;
-		return tally_pb__parse_price_text(&p->base, json_string_value(v), key,
-					err);
+		return tally_pb__parse_price_text(
+		    &p->base, json_string_value(v), key, err);
 	}
 	base = json_object_get(v, "base");
 	tiers = json_object_get(v, "tiers");
@@ -101,7 +101,8 @@ static int price_parse(pb_price *p, json_t *v, const char *key,
 				       "price %s: number or tiers expected",
 				       key);
 	p->set = true;
-	rc = tally_pb__parse_price_text(&p->base, json_string_value(base), key, err);
+	rc = tally_pb__parse_price_text(&p->base, json_string_value(base), key,
+					err);
 	if (rc != 0)
 		return rc;
 	p->ntiers = (uint32_t)json_array_size(tiers);
@@ -259,7 +260,8 @@ int tally_pb__cond_parse(pb_cond *c, json_t *entry, tally_error *err)
 					       "unknown price constraint");
 		}
 	}
-	return tally_pb__cond_prices_parse(c, json_object_get(entry, "prices"), err);
+	return tally_pb__cond_prices_parse(c, json_object_get(entry, "prices"),
+					   err);
 }
 
 /* the tiers column of model_prices: {"<key>": {"base": p, "tiers": [...]}} */

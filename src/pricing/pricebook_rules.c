@@ -151,7 +151,8 @@ static int compile_regex(pb_rule *r, const char *js, tally_error *err)
 
 		if (end == 0 || end - 4 + 2 > sizeof(tmp))
 			return tally_error_set(err, TALLY_EINVALID,
-					       "regex '%s': bad look-ahead", js);
+					       "regex '%s': bad look-ahead",
+					       js);
 		tmp[0] = '^';
 		memcpy(tmp + 1, js + 4, end - 4);
 		tmp[end - 3] = '\0';
@@ -229,7 +230,8 @@ int tally_pb__rule_parse(pb_rule *r, json_t *j, tally_error *err)
 		}
 		if (!json_is_string(v))
 			return tally_error_set(err, TALLY_EINVALID,
-					       "match %s: string expected", key);
+					       "match %s: string expected",
+					       key);
 		if (strcmp(key, "regex") == 0)
 			return compile_regex(r, json_string_value(v), err);
 		if (strcmp(key, "equals") == 0)

@@ -163,8 +163,8 @@ static rd_kafka_topic_partition_list_t *next_offsets(tally_rater *r,
 	for (i = 0; i < n; i++) {
 		const char *t = rd_kafka_topic_name(r->msgs[i]->rkt);
 		rd_kafka_topic_partition_t *p =
-			rd_kafka_topic_partition_list_find(offs, t,
-							   r->msgs[i]->partition);
+		    rd_kafka_topic_partition_list_find(offs, t,
+						       r->msgs[i]->partition);
 		if (p == NULL)
 			p = rd_kafka_topic_partition_list_add(
 				offs, t, r->msgs[i]->partition);

@@ -32,9 +32,9 @@ static void register_metrics(tally_rater *r)
 {
 	if (r->m == NULL)
 		return;
-	r->c_rated = tally_metrics_counter(r->m, "tally_rate_events_total",
-					   "outcome=\"rated\"",
-					   "Usage events handled by tally-rate");
+	r->c_rated = tally_metrics_counter(
+	    r->m, "tally_rate_events_total", "outcome=\"rated\"",
+	    "Usage events handled by tally-rate");
 	r->c_unpriced = tally_metrics_counter(r->m, "tally_rate_events_total",
 					      "outcome=\"unpriced\"", NULL);
 	r->c_dlq = tally_metrics_counter(r->m, "tally_rate_events_total",
@@ -60,9 +60,9 @@ static int open_producer(tally_rater *r, tally_config *cfg, tally_error *err)
 	int rc;
 
 	conf = tally_kafka_conf(cfg);
-	rc = tally_kafka_conf_set(conf, "transactional.id",
-				  tally_config_str(cfg, "rate.transactional_id"),
-				  err);
+	rc = tally_kafka_conf_set(
+	    conf, "transactional.id",
+	    tally_config_str(cfg, "rate.transactional_id"), err);
 	/*
 	 * Measured on the 2-core box (docs/pricing.md): the broker's CPU per
 	 * event is what bounds us, so we send fewer, fuller batches.
@@ -228,7 +228,8 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	rc = tally_consumer_new(&r->consumer, conf, &co, err);
 	if (rc != 0)
 		goto fail;
-	tally_log(TALLY_INFO, "rate.started", TALLY_KV_STR("topic", r->in_topic),
+	tally_log(TALLY_INFO, "rate.started",
+		  TALLY_KV_STR("topic", r->in_topic),
 		  TALLY_KV_STR("rated", r->out_topic),
 		  TALLY_KV_STR("group", co.group),
 		  TALLY_KV_STR("transactional_id",
