@@ -22,9 +22,9 @@ PURE=$(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' -e "s|^[[:space:]]*|$ROOT/src/|" 
 # shellcheck disable=SC2046,SC2086
 if ! "$CC" -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=all -I"$ROOT/include" -I"$ROOT/src" \
-	$(pkg-config --cflags msgpack jansson uuid) \
+	$(pkg-config --cflags msgpack jansson uuid libcrypto) \
 	"$ROOT/tests/fuzz/fuzz_codec.c" $PURE \
-	$(pkg-config --libs msgpack jansson uuid) -lm -o "$OUT/fuzz_codec"; then
+	$(pkg-config --libs msgpack jansson uuid libcrypto) -pthread -lm -o "$OUT/fuzz_codec"; then
 	echo "fuzz: build failed" >&2
 	exit 1
 fi
