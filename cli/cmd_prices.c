@@ -5,7 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 #include <stdio.h>
 #include <stdlib.h>

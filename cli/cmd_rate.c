@@ -12,7 +12,7 @@
 #include "cli.h"
 #include "tally/codec_json.h"
 #include "tally/money.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/rating.h"
 
 #include <inttypes.h>

@@ -9,7 +9,7 @@
 #include "tally/aggregate.h"
 #include "tally/event.h"
 #include "tally/gen.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -35,7 +35,7 @@
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/program.h"
 #include "tally/signals.h"
 

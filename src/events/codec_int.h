@@ -2,8 +2,9 @@
 #define TALLY_CODEC_INT_H
 
 /*
- * codec_int.h - the validation core shared by the msgpack decoder
- * (codec.c) and the JSON reader (codec_json.c). A backend walks its map and
+ * codec_int.h - the validation core (codec_fields.c, codec_values.c,
+ * codec_time.c) shared by the msgpack decoder (codec_msgpack.c) and the
+ * JSON reader (codec_json.c). A backend walks its map and
  * hands each value to the core as a tagged view (tally_codec__val); the core
  * checks types, ranges and lengths and fills the struct, so both encodings
  * obey exactly the same rules and reason codes.
@@ -94,6 +95,40 @@ int tally_codec__finish(tally_codec__st *st);
 int tally_codec__fail(tally_codec_error *err, const char *reason,
 		      const char *field, const char *fmt, ...)
 	TALLY_PRINTF(4, 5);
+
+/** tally_codec__fail() on the state's error. */
+#define TALLY_CODEC__FAIL(st, reason, field, ...) \
+	tally_codec__fail((st)->err, (reason), (field), __VA_ARGS__)
+
+/** The len bytes at s equal the NUL-terminated lit. */
+bool tally_codec__str_is(const char *s, uint32_t len, const char *lit);
+
+/*
+ * Checks of one value for the field named field (codec_values.c): each
+ * stores the value in *out, or fails with the reason code (wrong_type,
+ * empty, too_long, bad_utf8, out_of_range, bad_time, bad_uuid) and returns
+ * TALLY_EINVALID. Strings are non-empty UTF-8 without control characters
+ * and at most max bytes; out borrows v's bytes.
+ */
+int tally_codec__get_str(tally_codec__st *st, const char *field,
+			 const tally_codec__val *v, uint32_t max,
+			 tally_str *out);
+int tally_codec__get_int(tally_codec__st *st, const char *field,
+			 const tally_codec__val *v, int64_t min, int64_t max,
+			 int64_t *out);
+/** 0 .. TALLY_MAX_QUANTITY */
+int tally_codec__get_qty(tally_codec__st *st, const char *field,
+			 const tally_codec__val *v, int64_t *out);
+/** unix ms (integer) or an RFC 3339 string */
+int tally_codec__get_time(tally_codec__st *st, const char *field,
+			  const tally_codec__val *v, int64_t *out);
+int tally_codec__get_uuid(tally_codec__st *st, const char *field,
+			  const tally_codec__val *v, uint8_t out[16]);
+int tally_codec__get_bool(tally_codec__st *st, const char *field,
+			  const tally_codec__val *v, bool *out);
+
+/** Names of the rated event's cost components, by tally_comp index. */
+extern const char *const tally_codec__comp_names[TALLY_COMP_N];
 
 /**
  * Parse RFC 3339 ("2026-11-26T10:00:00.123+01:00", offset or Z required;

@@ -1,8 +1,8 @@
 /*
  * codec_json.c - JSON form of usage events, rated events and commands.
  * The JSON object is walked and each value handed, as a borrowed view, to
- * the validation core of codec.c, so JSON lines and msgpack messages are
- * accepted or rejected by exactly the same rules.
+ * the validation core of codec_fields.c, so JSON lines and msgpack
+ * messages are accepted or rejected by exactly the same rules.
  */
 #include "tally/codec_json.h"
 

@@ -15,7 +15,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "pricebook_int.h"
 #include "tally/log.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 #include <inttypes.h>
 #include <jansson.h>
@@ -23,8 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-char *tally_pb__quote_numbers(const char *text, size_t len, size_t *outlen);
 
 typedef struct known {
 	char *provider, *model, *sha;

@@ -2,14 +2,15 @@
 #define TALLY_PRICEBOOK_INT_H
 
 /*
- * pricebook_int.h - the in-memory layout of a price book, shared by
- * pricebook.c (building it) and rating.c (reading it). The layout mirrors
+ * pricebook_int.h - the in-memory layout of a price book, shared by the
+ * files that build it (pricebook*.c) and rating.c (reading it). The layout mirrors
  * genai-prices: providers in file order, each with its models in file order
  * (first match wins), each model with one or more versions in time
  * (effective_from/effective_to, from PostgreSQL) and, inside a version, the
  * list of conditional prices (last matching constraint wins).
  */
 
+#include <jansson.h>
 #include <regex.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -131,10 +132,49 @@ struct tally_pricebook {
 	size_t nmodels;
 };
 
-/* Match a rule against a lower-cased, trimmed, NUL-terminated name. */
-bool tally_pb__match(const pb_rule *r, const char *name, size_t len);
+/* pricebook.c: a new empty book (unique serial, USD), and the fallback
+ * providers' indexes resolved once every provider is in. */
+tally_pricebook *tally_pb__book_new(void);
+void tally_pb__resolve_fallbacks(tally_pricebook *pb);
 
 /* Index of a provider by id, or -1. */
 int tally_pb__provider_index(const tally_pricebook *pb, const char *id);
+
+/* pricebook_rules.c: parse a match rule (a JSON object, or its text) into
+ * r; free it with tally_pb__rule_dispose() even after an error. */
+int tally_pb__rule_parse(pb_rule *r, json_t *j, tally_error *err);
+int tally_pb__rule_parse_text(pb_rule *r, const char *text,
+			      tally_error *err);
+void tally_pb__rule_dispose(pb_rule *r);
+char *tally_pb__lower_dup(const char *s);
+
+/* Match a rule against a lower-cased, trimmed, NUL-terminated name. */
+bool tally_pb__match(const pb_rule *r, const char *name, size_t len);
+
+/* rating_match.c: the provider and model an event's names resolve to;
+ * *outp NULL: no such provider, *outm NULL: no price for the model. */
+void tally_pb__resolve(const tally_pricebook *pb, const tally_str *provider,
+		       const tally_str *model, const pb_provider **outp,
+		       const pb_model **outm);
+
+/* pricebook_prices.c: an exact non-negative decimal price -> pico */
+int tally_pb__parse_price_text(int64_t *out, const char *s, const char *what,
+			       tally_error *err);
+/* "YYYY-MM-DD" -> unix ms at 00:00 UTC; 0 or -1 */
+int tally_pb__parse_date(int64_t *out, const char *s);
+/* "HH:MM:SS[.fff](Z|+HH:MM|-HH:MM)" -> ms of the UTC day; 0 or -1 */
+int tally_pb__parse_tod(int32_t *out, const char *s);
+/* a price entry of the data ({"constraint": ..., "prices": {...}}), or
+ * only its prices object; the tiers column of PostgreSQL (JSON text) */
+int tally_pb__cond_parse(pb_cond *c, json_t *entry, tally_error *err);
+int tally_pb__cond_prices_parse(pb_cond *c, json_t *prices,
+				tally_error *err);
+int tally_pb__tiers_parse_text(pb_cond *c, const char *text,
+			       tally_error *err);
+void tally_pb__cond_dispose(pb_cond *c);
+
+/* pricebook_genai.c: copy of text with every JSON number outside strings
+ * quoted, so jansson keeps its exact text; free() the result. */
+char *tally_pb__quote_numbers(const char *text, size_t len, size_t *outlen);
 
 #endif /* TALLY_PRICEBOOK_INT_H */

@@ -14,7 +14,7 @@
 #include "aggregate_support.h"
 #include "check_main.h"
 #include "tally/aggregate.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 #define AGG_TOPIC "billing.usage.rated"
 #define DAY_MS INT64_C(86400000)

@@ -14,7 +14,7 @@
 #include "tally/migrate.h"
 #include "tally/money.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/rating.h"
 
 #include <stdio.h>

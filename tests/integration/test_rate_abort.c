@@ -25,7 +25,7 @@
 #include "tally/metrics.h"
 #include "tally/migrate.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/rate_consumer.h"
 
 #include <librdkafka/rdkafka.h>

@@ -23,7 +23,7 @@
 #include "tally/log.h"
 #include "tally/migrate.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 #include "tally/rating.h"
 
 #include <librdkafka/rdkafka.h>
