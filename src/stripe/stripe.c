@@ -304,15 +304,16 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 {
 	tally_stripe_error se_local;
 	tally_stripe_error *se = serr ? serr : &se_local;
-	bool is_post = strcmp(method, "POST") == 0;
 	char *form = NULL, *url = NULL;
 	char curlerr[CURL_ERROR_SIZE];
 	struct curl_slist *headers = NULL;
 	tally_stripe__exchange x = { 0 };
 	int attempt, rc = TALLY_ERROR;
 
-	assert(!is_post || (idempotency_key && *idempotency_key &&
-			    strlen(idempotency_key) <= 255));
+	/* every POST is idempotent */
+	assert(strcmp(method, "POST") != 0 ||
+	       (idempotency_key && *idempotency_key &&
+		strlen(idempotency_key) <= 255));
 	if (out)
 		*out = NULL;
 	memset(se, 0, sizeof(*se));

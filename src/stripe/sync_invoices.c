@@ -144,6 +144,7 @@ int tally_ss__close_period(tally_stripe_sync *ss, const ss_tenant *t,
 	return rc;
 }
 
+/* One upsert: its SQL and 24 parameters are most of the length. */
 int tally_ss__mirror_invoice(tally_stripe_sync *ss, ss_tenant *t,
 			  const json_t *inv, int64_t as_of, int rank,
 			  const char *event_id, bool failed_event,
