@@ -3,19 +3,15 @@
 
 /**
  * @file tally/alerts.h
- * @brief Alerts (DESIGN.md §3 "Alerts", docs/alerts.md): the rules that turn
- *        per-tenant period totals (billing.totals) and billing signals
- *        (billing.signals) into alerts, and the engine of tally-alerts that
- *        writes them to PostgreSQL, produces them to billing.alerts and
- *        delivers them to a webhook.
+ * @brief The engine of tally-alerts (DESIGN.md §3 "Alerts", docs/alerts.md):
+ *        applies the rules of tally/alerts_rules.h to per-tenant period
+ *        totals (billing.totals) and billing signals (billing.signals),
+ *        writes the alerts to PostgreSQL, produces them to billing.alerts
+ *        and delivers them to a webhook.
  *
- * Key design decision: an alert is identified by its primary key (tenant,
- * kind, period_start, threshold) and nothing else, so the rules are pure
- * functions of one input message (plus a little context looked up in
- * PostgreSQL) and need no memory of what was raised before: a threshold
- * crossed yields the alert again on every evaluation, and
- * INSERT ... ON CONFLICT DO NOTHING keeps the first. The alert id is a
- * function of the same key (tally_alert_id()), so receivers can dedupe.
+ * Alerts are keyed by (tenant, kind, period_start, threshold):
+ * INSERT ... ON CONFLICT DO NOTHING keeps the first, so replays and
+ * duplicates raise nothing new.
  *
  * Exactly once: one PostgreSQL transaction per batch holds the alert
  * inserts, the totals version high-water marks, the dead-letter mirror and
@@ -24,9 +20,6 @@
  * the commit; rows whose produce did not complete keep produced_at NULL and
  * are produced again by tally_alerts_sweep() (at start-up and on a timer).
  * Webhook delivery runs on its own connection (tally_alerts_deliver()).
- *
- * Amounts are int64 pico-units; comparisons use 128-bit products. No
- * floating point.
  */
 
 #include <librdkafka/rdkafka.h>
@@ -34,210 +27,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tally/codec.h"
+#include "tally/alerts_rules.h"
 #include "tally/common.h"
 #include "tally/metrics.h"
-#include "tally/money.h"
 #include "tally/pg.h"
-
-/* ------------------------------------------------------------------ */
-/* rules (pure)                                                        */
-
-/** Alert kinds, as in the alerts.kind CHECK constraint. */
-typedef enum {
-	TALLY_ALERT_BUDGET = 0,
-	TALLY_ALERT_PLAN_LIMIT,
-	TALLY_ALERT_PAYMENT_FAILED,
-	TALLY_ALERT_DUNNING,
-	TALLY_ALERT_SUBSCRIPTION_CANCELLED,
-	TALLY_ALERT_DOWNGRADE,
-	TALLY_ALERT_TRIAL_ENDING,
-	TALLY_ALERT_CHURN_RISK,
-	TALLY_ALERT_REVENUE,
-	TALLY_ALERT_DISPUTE,
-	TALLY_ALERT_KIND_N
-} tally_alert_kind;
-
-/** "budget", "plan_limit", ...; NULL when out of range. */
-const char *tally_alert_kind_name(tally_alert_kind k);
-
-/** Thresholds for the dunning kind (not a percentage: a stage). */
-#define TALLY_ALERT_DUNNING_PAST_DUE 1
-#define TALLY_ALERT_DUNNING_SUSPENDED 2
-/** churn_risk thresholds: 0 = cancellation scheduled, 50 = usage drop. */
-#define TALLY_ALERT_CHURN_SCHEDULED 0
-#define TALLY_ALERT_CHURN_USAGE_DROP 50
-/** revenue threshold: usage cost >= 100 % of the plan's monthly price. */
-#define TALLY_ALERT_REVENUE_PCT 100
-/** revenue threshold of a refund signal (not a percentage). */
-#define TALLY_ALERT_REVENUE_REFUND 0
-/**
- * Usage-drop rule: the previous period's cost must be at least this much
- * (1 currency unit) for a drop to count, so tiny tenants do not flap.
- */
-#define TALLY_ALERT_CHURN_MIN_PICO TALLY_PICO_PER_UNIT
-
-#define TALLY_ALERT_MAX_THRESHOLDS 16
-
-/** Percentages, strictly increasing, each 1..1000. */
-typedef struct tally_alert_thresholds {
-	int n;
-	int pct[TALLY_ALERT_MAX_THRESHOLDS];
-} tally_alert_thresholds;
-
-/**
- * Parse "50,80,100" (spaces allowed, sorted and de-duplicated on output).
- * @return 0 or TALLY_EINVALID
- */
-int tally_alert_thresholds_parse(tally_alert_thresholds *out, const char *s,
-				 tally_error *err) TALLY_MUSTCHECK;
-
-/** One message of billing.totals (schemas/totals.md), decoded. */
-typedef struct tally_totals {
-	uint8_t tenant_id[16];
-	int64_t period_start_ms;
-	int64_t period_end_ms;     /* -1 when absent */
-	int64_t version;           /* per (tenant, period); grows */
-	int64_t ai_requests;
-	int64_t max_ai_requests;   /* -1: unlimited / unknown */
-	int64_t workflows;         /* `workflows`, else workflow_executions */
-	int64_t max_workflows;     /* -1: unlimited */
-	int64_t cost_pico;
-	int64_t budget_pico;       /* -1: no budget (NULL or <= 0) */
-	char currency[4];
-} tally_totals;
-
-/**
- * Decode one totals message (JSON object). Unknown keys are ignored.
- * @return 0 or TALLY_EINVALID with err filled (reason: "not_json",
- *         "missing_field", "wrong_type", "bad_value", "unsupported_schema")
- */
-int tally_totals_from_json(tally_totals *out, const char *buf, size_t len,
-			   tally_codec_error *err) TALLY_MUSTCHECK;
-
-/** Signal kinds of billing.signals (schemas/signals.md). */
-typedef enum {
-	TALLY_SIGNAL_OTHER = 0,            /* recognised: no alert */
-	TALLY_SIGNAL_PAYMENT_FAILED,
-	TALLY_SIGNAL_PAYMENT_SUCCEEDED,
-	TALLY_SIGNAL_SUBSCRIPTION_CANCELLED,
-	TALLY_SIGNAL_CANCELLATION_SCHEDULED,
-	TALLY_SIGNAL_DOWNGRADE,
-	TALLY_SIGNAL_UPGRADE,
-	TALLY_SIGNAL_TRIAL_ENDING,
-	TALLY_SIGNAL_DISPUTE,
-	TALLY_SIGNAL_STATUS_CHANGED,       /* also "dunning" */
-	TALLY_SIGNAL_REFUND,
-} tally_signal_kind;
-
-/** One message of billing.signals, decoded. */
-typedef struct tally_signal {
-	uint8_t tenant_id[16];
-	tally_signal_kind kind;
-	char kind_name[48];        /* as received */
-	char signal_id[64];        /* "" when absent */
-	int64_t time_ms;           /* when it happened */
-	int64_t period_start_ms;   /* billing period it concerns; -1 absent */
-	char to_status[24];        /* status_to: new tenant status */
-	char from_status[24];      /* status_from */
-	bool at_period_end;        /* cancellation only scheduled */
-	bool closed;               /* dispute: closed (no new alert) */
-	char *json;                /* the signal, compact JSON (owned) */
-} tally_signal;
-
-/**
- * Decode one signal (JSON object). Unknown kinds decode as
- * TALLY_SIGNAL_OTHER (forward compatible: no alert, not a dead letter).
- * On success out->json is allocated: release with tally_signal_dispose().
- * @return 0 or TALLY_EINVALID with err filled
- */
-int tally_signal_from_json(tally_signal *out, const char *buf, size_t len,
-			   tally_codec_error *err) TALLY_MUSTCHECK;
-
-void tally_signal_dispose(tally_signal *s);
-
-/** One alert to raise. */
-typedef struct tally_alert {
-	uint8_t id[16];
-	uint8_t tenant_id[16];
-	tally_alert_kind kind;
-	int64_t period_start_ms;
-	int threshold;
-	char *payload;             /* compact JSON object (owned) */
-} tally_alert;
-
-typedef struct tally_alert_list {
-	tally_alert *v;
-	size_t n, cap;
-} tally_alert_list;
-
-void tally_alert_list_init(tally_alert_list *l);
-/** Free every payload; the list is empty and reusable afterwards. */
-void tally_alert_list_clear(tally_alert_list *l);
-void tally_alert_list_dispose(tally_alert_list *l);
-
-/**
- * The stable alert id: the first 16 bytes of
- * SHA-256("tally.alert/1|<tenant uuid>|<kind>|<period_start>|<threshold>")
- * with the UUID version nibble set to 5 and the RFC 4122 variant bits, where
- * <tenant uuid> is lower-case with dashes, <period_start> is RFC 3339 UTC
- * with milliseconds ("2026-11-01T00:00:00.000Z") and <threshold> decimal.
- */
-void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
-		    tally_alert_kind kind, int64_t period_start_ms,
-		    int threshold);
-
-/** What the totals rules need besides the message (from PostgreSQL). */
-typedef struct tally_alert_context {
-	int64_t plan_price_pico;   /* tenant's plan monthly price; -1 unknown */
-	const char *plan;          /* plan id, may be NULL */
-	/* the period just before the totals' one (ends where it starts) */
-	int64_t prev_start_ms;     /* -1: unknown / not adjacent */
-	int64_t prev_cost_pico;
-	/* and the one before that (ends where prev starts) */
-	int64_t prev2_start_ms;    /* -1: unknown / not adjacent */
-	int64_t prev2_cost_pico;
-} tally_alert_context;
-
-/** A context with nothing known (every field -1 / NULL). */
-void tally_alert_context_init(tally_alert_context *ctx);
-
-/**
- * The alerts a totals message calls for (appended to out), in this order:
- * - budget, per threshold T: cost * 100 >= monthly_budget * T
- *   (no budget: none);
- * - plan_limit, per threshold T: for AI requests or workflows,
- *   used * 100 >= limit * T (limit unknown/unlimited or <= 0: none); one
- *   alert per threshold whichever metric crossed it, the payload lists the
- *   metrics at or above it;
- * - revenue, threshold 100: cost >= the plan's monthly price (> 0);
- * - churn_risk, threshold 50, for the previous period: when the two periods
- *   before the totals' period are known and adjacent, the older one cost at
- *   least TALLY_ALERT_CHURN_MIN_PICO and the newer one at most half of it
- *   (prev * 2 <= prev2).
- */
-void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
-			      const tally_alert_context *ctx,
-			      const tally_alert_thresholds *th);
-
-/**
- * The alerts a signal calls for (appended to out), threshold 0 unless
- * said otherwise, period = the signal's period_start, or else the UTC
- * calendar month of its time:
- * payment_failed -> payment_failed; subscription_cancelled -> (at period
- * end: churn_risk/0) else subscription_cancelled; cancellation_scheduled ->
- * churn_risk/0; downgrade -> downgrade; trial_ending -> trial_ending;
- * dispute (opened; closed ones raise nothing) -> dispute, with period =
- * the signal's own time so that every dispute is one alert; refund ->
- * revenue/0, also keyed by its own time; dunning or status_changed to
- * past_due -> dunning/1, to suspended -> dunning/2, to cancelled ->
- * subscription_cancelled; others (payment_succeeded, upgrade, unknown
- * kinds): none.
- */
-void tally_alerts_eval_signal(tally_alert_list *out, const tally_signal *s);
-
-/** Start of the UTC calendar month containing t (unix ms). */
-int64_t tally_alert_month_start(int64_t t_ms);
 
 /* ------------------------------------------------------------------ */
 /* engine (PostgreSQL + Kafka)                                         */

@@ -81,6 +81,14 @@ void tally_strbuf_pg_array_elem(tally_strbuf *b, const char *s, size_t n)
 	tally_strbuf_add(b, "\"", 1);
 }
 
+void tally_strbuf_truncate(tally_strbuf *b, size_t len)
+{
+	if (len >= b->len)
+		return;
+	b->len = len;
+	b->p[len] = '\0';
+}
+
 void tally_strbuf_reset(tally_strbuf *b)
 {
 	b->len = 0;

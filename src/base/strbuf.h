@@ -32,6 +32,8 @@ void tally_strbuf_i64(tally_strbuf *b, int64_t v);
 void tally_strbuf_u64(tally_strbuf *b, uint64_t v);
 /** One element of a PostgreSQL array literal: "..." with \ and " escaped. */
 void tally_strbuf_pg_array_elem(tally_strbuf *b, const char *s, size_t n);
+/** Cut the string back to its first len bytes (len <= b->len). */
+void tally_strbuf_truncate(tally_strbuf *b, size_t len);
 /** Empty the string, keeping its memory. */
 void tally_strbuf_reset(tally_strbuf *b);
 /** The text ("" when nothing was added); owned by b. */

@@ -1,5 +1,7 @@
 /*
- * stripe.c - Stripe API client: form encoding, idempotent POSTs, retries.
+ * stripe.c - Stripe API client: idempotent requests with retries,
+ * pagination, and the JSON helpers of its answers. Form encoding is
+ * stripe_form.c, the reading of one exchange stripe_exchange.c.
  *
  * Key decision: the retry policy lives here, in one place, and follows
  * Stripe's own SDKs: the Stripe-Should-Retry header wins when present;
@@ -12,18 +14,16 @@
  * messages are scrubbed of it in case a server echoes it back.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "tally/stripe.h"
+#include "stripe/stripe_int.h"
 #include "tally/log.h"
 #include "tally/pg.h"
 
 #include <assert.h>
-#include <curl/curl.h>
 #include <inttypes.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 struct tally_stripe {
 	CURL *curl;
@@ -37,170 +37,6 @@ struct tally_stripe {
 	int64_t backoff_cap_ms;
 	uint64_t sent;
 };
-
-/* ---- growable string ---------------------------------------------------- */
-
-typedef struct sbuf {
-	char *p;
-	size_t len, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n)
-{
-	if (b->len + n + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 256;
-
-		while (b->len + n + 1 > cap)
-			cap *= 2;
-		b->p = tally_xrealloc(b->p, cap);
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, s, n);
-	b->len += n;
-	b->p[b->len] = '\0';
-}
-
-static void sb_adds(sbuf *b, const char *s)
-{
-	sb_add(b, s, strlen(s));
-}
-
-/* Bounded copy that always terminates (snprintf "%s" without the
- * truncation warnings). */
-static void cpy(char *dst, size_t size, const char *src)
-{
-	size_t n = strlen(src);
-
-	if (n >= size)
-		n = size - 1;
-	memcpy(dst, src, n);
-	dst[n] = '\0';
-}
-
-/* ---- form encoding ------------------------------------------------------ */
-
-static void add_escaped(sbuf *b, const char *s, size_t n)
-{
-	char *e = curl_easy_escape(NULL, s, (int)n);
-
-	if (e == NULL)
-		abort(); /* allocation failure, as tally_xmalloc */
-	sb_adds(b, e);
-	curl_free(e);
-}
-
-static void add_pair(sbuf *out, const char *key, const char *val)
-{
-	if (out->len > 0)
-		sb_add(out, "&", 1);
-	add_escaped(out, key, strlen(key));
-	sb_add(out, "=", 1);
-	add_escaped(out, val, strlen(val));
-}
-
-static int encode_value(sbuf *out, sbuf *key, const json_t *v,
-			tally_error *err);
-
-static int encode_child(sbuf *out, sbuf *key, const char *seg,
-			const json_t *v, tally_error *err)
-{
-	size_t keep = key->len;
-	int rc;
-
-	if (keep > 0) {
-		sb_add(key, "[", 1);
-		sb_adds(key, seg);
-		sb_add(key, "]", 1);
-	} else {
-		sb_adds(key, seg);
-	}
-	rc = encode_value(out, key, v, err);
-	key->len = keep;
-	if (key->p)
-		key->p[keep] = '\0';
-	return rc;
-}
-
-static int encode_value(sbuf *out, sbuf *key, const json_t *v,
-			tally_error *err)
-{
-	char num[32];
-	const char *k;
-	json_t *item;
-	size_t i;
-	int rc;
-
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		json_object_foreach((json_t *)v, k, item) {
-			rc = encode_child(out, key, k, item, err);
-			if (rc != 0)
-				return rc;
-		}
-		return 0;
-	case JSON_ARRAY:
-		json_array_foreach(v, i, item) {
-			if (json_is_object(item) || json_is_array(item)) {
-				snprintf(num, sizeof(num), "%zu", i);
-				rc = encode_child(out, key, num, item, err);
-			} else {
-				rc = encode_child(out, key, "", item, err);
-			}
-			if (rc != 0)
-				return rc;
-		}
-		return 0;
-	case JSON_STRING:
-		add_pair(out, key->p, json_string_value(v));
-		return 0;
-	case JSON_INTEGER:
-		snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
-			 json_integer_value(v));
-		add_pair(out, key->p, num);
-		return 0;
-	case JSON_TRUE:
-		add_pair(out, key->p, "true");
-		return 0;
-	case JSON_FALSE:
-		add_pair(out, key->p, "false");
-		return 0;
-	case JSON_NULL:
-		add_pair(out, key->p, "");
-		return 0;
-	case JSON_REAL:
-	default:
-		return tally_error_set(err, TALLY_EINVALID,
-				       "stripe form: %s: non-integer number",
-				       key->p ? key->p : "");
-	}
-}
-
-int tally_stripe_form_encode(char **out, const json_t *params,
-			     tally_error *err)
-{
-	sbuf body = { 0 }, key = { 0 };
-	int rc = 0;
-
-	*out = NULL;
-	sb_add(&body, "", 0);
-	if (params != NULL) {
-		if (!json_is_object(params)) {
-			rc = tally_error_set(err, TALLY_EINVALID,
-					     "stripe form: params not an object");
-			goto cleanup;
-		}
-		sb_add(&key, "", 0);
-		rc = encode_value(&body, &key, params, err);
-		if (rc != 0)
-			goto cleanup;
-	}
-	*out = body.p;
-	body.p = NULL; /* now owned by the caller */
-cleanup:
-	free(body.p);
-	free(key.p);
-	return rc;
-}
 
 /* ---- client ------------------------------------------------------------- */
 
@@ -280,166 +116,15 @@ uint64_t tally_stripe_requests_sent(const tally_stripe *s)
 	return s->sent;
 }
 
-/* ---- one HTTP exchange -------------------------------------------------- */
+/* ---- one request, retried ---------------------------------------------- */
 
-typedef struct exchange {
-	sbuf body;
-	char request_id[64];
-	int should_retry; /* -1 absent, 0 false, 1 true */
-	int64_t retry_after_ms;
-} exchange;
-
-static size_t on_body(char *ptr, size_t size, size_t n, void *payload)
+/* The request's headers; the first holds the secret key (see wipe). */
+static struct curl_slist *request_headers(const tally_stripe *s,
+					  const char *method,
+					  const char *idempotency_key)
 {
-	exchange *x = payload;
-
-	/* Stripe bodies are small; refuse absurd ones instead of growing */
-	if (x->body.len + size * n > (size_t)64 << 20)
-		return 0;
-	sb_add(&x->body, ptr, size * n);
-	return size * n;
-}
-
-static void trim_copy(char *out, size_t outlen, const char *v, size_t n)
-{
-	while (n > 0 && (*v == ' ' || *v == '\t')) {
-		v++;
-		n--;
-	}
-	while (n > 0 && (v[n - 1] == '\r' || v[n - 1] == '\n' ||
-			 v[n - 1] == ' '))
-		n--;
-	if (n >= outlen)
-		n = outlen - 1;
-	memcpy(out, v, n);
-	out[n] = '\0';
-}
-
-static size_t on_header(char *ptr, size_t size, size_t n, void *payload)
-{
-	exchange *x = payload;
-	size_t len = size * n;
-	const char *colon = memchr(ptr, ':', len);
-	char name[64], val[128];
-	size_t nl;
-
-	if (colon == NULL)
-		return len;
-	nl = (size_t)(colon - ptr);
-	if (nl >= sizeof(name))
-		return len;
-	memcpy(name, ptr, nl);
-	name[nl] = '\0';
-	trim_copy(val, sizeof(val), colon + 1, len - nl - 1);
-	if (strcasecmp(name, "Request-Id") == 0) {
-		cpy(x->request_id, sizeof(x->request_id), val);
-	} else if (strcasecmp(name, "Stripe-Should-Retry") == 0) {
-		x->should_retry = strcasecmp(val, "true") == 0 ? 1 : 0;
-	} else if (strcasecmp(name, "Retry-After") == 0) {
-		int64_t secs;
-
-		if (tally_parse_i64(&secs, val) == 0 && secs >= 0 &&
-		    secs < 3600)
-			x->retry_after_ms = secs * 1000;
-	}
-	return len;
-}
-
-/* Replace any occurrence of the secret key in s (in place). */
-static void scrub(const tally_stripe *s, char *msg)
-{
-	size_t kl = strlen(s->secret_key);
-	char *p;
-
-	if (kl < 4)
-		return;
-	while ((p = strstr(msg, s->secret_key)) != NULL) {
-		memset(p, '*', kl);
-	}
-}
-
-static void parse_error(tally_stripe_error *se, const char *body)
-{
-	json_t *root, *e;
-
-	root = json_loads(body, 0, NULL);
-	e = root ? json_object_get(root, "error") : NULL;
-	if (json_is_object(e)) {
-		const char *v;
-
-		v = tally_stripe_jstr(e, "type");
-		cpy(se->type, sizeof(se->type), v ? v : "");
-		v = tally_stripe_jstr(e, "code");
-		cpy(se->code, sizeof(se->code), v ? v : "");
-		v = tally_stripe_jstr(e, "message");
-		cpy(se->message, sizeof(se->message), v ? v : "");
-		v = tally_stripe_jstr(e, "param");
-		cpy(se->param, sizeof(se->param), v ? v : "");
-		v = tally_stripe_jstr(e, "decline_code");
-		cpy(se->decline_code, sizeof(se->decline_code), v ? v : "");
-	}
-	json_decref(root);
-}
-
-static bool curl_retryable(CURLcode cc)
-{
-	switch (cc) {
-	case CURLE_COULDNT_RESOLVE_HOST:
-	case CURLE_COULDNT_CONNECT:
-	case CURLE_OPERATION_TIMEDOUT:
-	case CURLE_SEND_ERROR:
-	case CURLE_RECV_ERROR:
-	case CURLE_GOT_NOTHING:
-	case CURLE_PARTIAL_FILE:
-	case CURLE_HTTP2:
-	case CURLE_HTTP2_STREAM:
-	case CURLE_SSL_CONNECT_ERROR:
-		return true;
-	default:
-		return false;
-	}
-}
-
-/* Whether an HTTP answer should be retried (header first, then status). */
-static bool status_retryable(long status, int should_retry)
-{
-	if (should_retry == 1)
-		return true;
-	if (should_retry == 0)
-		return false;
-	return status == 409 || status == 429 || status >= 500;
-}
-
-int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
-			 const char *path, const json_t *params,
-			 const char *idempotency_key, tally_stripe_error *serr,
-			 tally_error *err)
-{
-	tally_stripe_error se_local;
-	tally_stripe_error *se = serr ? serr : &se_local;
-	bool is_post = strcmp(method, "POST") == 0;
-	char *form = NULL, *url = NULL, hdr[512];
-	char curlerr[CURL_ERROR_SIZE];
 	struct curl_slist *headers = NULL;
-	exchange x = { 0 };
-	int attempt, rc = TALLY_ERROR;
-	size_t ul;
-
-	assert(!is_post || (idempotency_key && *idempotency_key &&
-			    strlen(idempotency_key) <= 255));
-	if (out)
-		*out = NULL;
-	memset(se, 0, sizeof(*se));
-
-	rc = tally_stripe_form_encode(&form, params, err);
-	if (rc != 0)
-		goto cleanup;
-	ul = strlen(s->api_base) + strlen(path) + strlen(form) + 2;
-	url = tally_xmalloc(ul);
-	if (!is_post && *form)
-		snprintf(url, ul, "%s%s?%s", s->api_base, path, form);
-	else
-		snprintf(url, ul, "%s%s", s->api_base, path);
+	char hdr[512];
 
 	snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", s->secret_key);
 	headers = curl_slist_append(headers, hdr);
@@ -455,7 +140,7 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 			 idempotency_key);
 		headers = curl_slist_append(headers, hdr);
 	}
-	if (is_post) {
+	if (strcmp(method, "POST") == 0) {
 		headers = curl_slist_append(headers,
 			"Content-Type: application/x-www-form-urlencoded");
 	}
@@ -463,48 +148,193 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 	headers = curl_slist_append(headers, "Expect:");
 	if (headers == NULL)
 		abort();
+	return headers;
+}
 
+/* The header list holds the key: wipe it before freeing. */
+static void free_headers(struct curl_slist *headers)
+{
+	struct curl_slist *h;
+
+	for (h = headers; h; h = h->next) {
+		volatile char *p = h->data;
+
+		while (*p)
+			*p++ = '\0';
+	}
+	curl_slist_free_all(headers);
+}
+
+/* Set up s->curl for one attempt (reset keeps the connection cache:
+ * connections are reused). */
+static void setup_attempt(tally_stripe *s, tally_stripe__exchange *x,
+			  const char *url, struct curl_slist *headers,
+			  const char *method, const char *form,
+			  char *curlerr)
+{
+	curl_easy_reset(s->curl);
+	curl_easy_setopt(s->curl, CURLOPT_URL, url);
+	curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(s->curl, CURLOPT_USERAGENT, "tally/0.1 (libcurl)");
+	curl_easy_setopt(s->curl, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(s->curl, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
+	curl_easy_setopt(s->curl, CURLOPT_CONNECTTIMEOUT_MS,
+			 (long)s->connect_timeout_ms);
+	curl_easy_setopt(s->curl, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curlerr);
+	curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION,
+			 tally_stripe__on_body);
+	curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION,
+			 tally_stripe__on_header);
+	curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, x);
+	curl_easy_setopt(s->curl, CURLOPT_ACCEPT_ENCODING, "");
+	if (strcmp(method, "POST") == 0) {
+		curl_easy_setopt(s->curl, CURLOPT_POST, 1L);
+		curl_easy_setopt(s->curl, CURLOPT_POSTFIELDS, form);
+		curl_easy_setopt(s->curl, CURLOPT_POSTFIELDSIZE,
+				 (long)strlen(form));
+	} else if (strcmp(method, "GET") != 0) {
+		curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST, method);
+	}
+}
+
+/* The error of a final failure (retry: it was retryable, retries are
+ * exhausted), scrubbed of the key. */
+static int final_error(const tally_stripe *s, const tally_stripe_error *se,
+		       CURLcode cc, long status, bool retry,
+		       const char *method, const char *path, tally_error *err)
+{
+	const char *what = se->type[0] ? se->type : "http";
+	int rc;
+
+	if (cc != CURLE_OK) {
+		rc = tally_error_set(
+		    err, retry ? TALLY_ETRANSIENT : TALLY_ERROR,
+		    "stripe: %s %s: %s", method, path, se->message);
+	} else {
+		int code = status == 404 ? TALLY_ENOTFOUND
+			: retry ? TALLY_ETRANSIENT
+			: TALLY_EINVALID;
+		/* a 5xx Stripe told us not to retry is final */
+		rc = tally_error_set(err, code,
+			"stripe: %s %s: %ld %s%s%s: %s%s%s",
+			method, path, status, what,
+			se->code[0] ? "/" : "", se->code,
+			se->message,
+			se->param[0] ? " param=" : "",
+			se->param);
+	}
+	if (err)
+		tally_stripe__scrub(s->secret_key, err->msg);
+	return rc;
+}
+
+/* A 2xx answer: its JSON into *out (or dropped). */
+static int take_answer(const tally_stripe__exchange *x, json_t **out,
+		       const char *method, const char *path, tally_error *err)
+{
+	json_error_t je;
+	json_t *root = json_loads(tally_strbuf_cstr(&x->body), 0, &je);
+
+	if (root == NULL)
+		return tally_error_set(err, TALLY_ERROR,
+				       "stripe: %s %s: unparseable answer "
+				       "(line %d)", method, path, je.line);
+	if (out)
+		*out = root;
+	else
+		json_decref(root);
+	return 0;
+}
+
+/* How long to wait before attempt + 1: backoff, or Retry-After (capped). */
+static int64_t retry_wait(const tally_stripe *s,
+			  const tally_stripe__exchange *x, int attempt)
+{
+	int64_t wait = tally_backoff_ms(attempt, s->backoff_base_ms,
+					s->backoff_cap_ms);
+
+	if (x->retry_after_ms > wait)
+		wait = x->retry_after_ms < s->backoff_cap_ms
+			? x->retry_after_ms : s->backoff_cap_ms;
+	return wait;
+}
+
+/* The URL: the form goes into the query string unless it is a POST. */
+static char *request_url(const tally_stripe *s, const char *method,
+			 const char *path, const char *form)
+{
+	size_t ul = strlen(s->api_base) + strlen(path) + strlen(form) + 2;
+	char *url = tally_xmalloc(ul);
+
+	if (strcmp(method, "POST") != 0 && *form)
+		snprintf(url, ul, "%s%s?%s", s->api_base, path, form);
+	else
+		snprintf(url, ul, "%s%s", s->api_base, path);
+	return url;
+}
+
+/* A failed attempt: its error into se (scrubbed); whether to retry. */
+static bool read_failure(const tally_stripe *s, tally_stripe_error *se,
+			 const tally_stripe__exchange *x, CURLcode cc,
+			 long status, const char *curlerr)
+{
+	bool retry;
+
+	if (cc != CURLE_OK) {
+		retry = tally_stripe__curl_retryable(cc);
+		tally_stripe__cpy(se->message, sizeof(se->message),
+				  curlerr[0] ? curlerr
+					     : curl_easy_strerror(cc));
+	} else {
+		tally_stripe__parse_error(se, tally_strbuf_cstr(&x->body));
+		se->should_retry_false = x->should_retry == 0;
+		retry = tally_stripe__status_retryable(status,
+						       x->should_retry);
+	}
+	tally_stripe__scrub(s->secret_key, se->message);
+	return retry;
+}
+
+int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
+			 const char *path, const json_t *params,
+			 const char *idempotency_key, tally_stripe_error *serr,
+			 tally_error *err)
+{
+	tally_stripe_error se_local;
+	tally_stripe_error *se = serr ? serr : &se_local;
+	char *form = NULL, *url = NULL;
+	char curlerr[CURL_ERROR_SIZE];
+	struct curl_slist *headers = NULL;
+	tally_stripe__exchange x = { 0 };
+	int attempt, rc = TALLY_ERROR;
+
+	/* every POST is idempotent */
+	assert(strcmp(method, "POST") != 0 ||
+	       (idempotency_key && *idempotency_key &&
+		strlen(idempotency_key) <= 255));
+	if (out)
+		*out = NULL;
+	memset(se, 0, sizeof(*se));
+
+	rc = tally_stripe_form_encode(&form, params, err);
+	if (rc != 0)
+		goto cleanup;
+	url = request_url(s, method, path, form);
+	headers = request_headers(s, method, idempotency_key);
 	for (attempt = 0;; attempt++) {
 		CURLcode cc;
 		long status = 0;
 		bool retry;
 		int64_t wait;
 
-		free(x.body.p);
+		tally_strbuf_free(&x.body);
 		memset(&x, 0, sizeof(x));
 		x.should_retry = -1;
 		x.retry_after_ms = -1;
-		sb_add(&x.body, "", 0);
 		curlerr[0] = '\0';
-
-		/* reset keeps the connection cache: connections are reused */
-		curl_easy_reset(s->curl);
-		curl_easy_setopt(s->curl, CURLOPT_URL, url);
-		curl_easy_setopt(s->curl, CURLOPT_HTTPHEADER, headers);
-		curl_easy_setopt(s->curl, CURLOPT_USERAGENT,
-				 "tally/0.1 (libcurl)");
-		curl_easy_setopt(s->curl, CURLOPT_NOSIGNAL, 1L);
-		curl_easy_setopt(s->curl, CURLOPT_TIMEOUT_MS,
-				 (long)s->timeout_ms);
-		curl_easy_setopt(s->curl, CURLOPT_CONNECTTIMEOUT_MS,
-				 (long)s->connect_timeout_ms);
-		curl_easy_setopt(s->curl, CURLOPT_TCP_KEEPALIVE, 1L);
-		curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, curlerr);
-		curl_easy_setopt(s->curl, CURLOPT_WRITEFUNCTION, on_body);
-		curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, &x);
-		curl_easy_setopt(s->curl, CURLOPT_HEADERFUNCTION, on_header);
-		curl_easy_setopt(s->curl, CURLOPT_HEADERDATA, &x);
-		curl_easy_setopt(s->curl, CURLOPT_ACCEPT_ENCODING, "");
-		if (is_post) {
-			curl_easy_setopt(s->curl, CURLOPT_POST, 1L);
-			curl_easy_setopt(s->curl, CURLOPT_POSTFIELDS, form);
-			curl_easy_setopt(s->curl, CURLOPT_POSTFIELDSIZE,
-					 (long)strlen(form));
-		} else if (strcmp(method, "GET") != 0) {
-			curl_easy_setopt(s->curl, CURLOPT_CUSTOMREQUEST,
-					 method);
-		}
-
+		setup_attempt(s, &x, url, headers, method, form, curlerr);
 		s->sent++;
 		se->attempts = attempt + 1;
 		cc = curl_easy_perform(s->curl);
@@ -512,65 +342,19 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 			curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE,
 					  &status);
 		se->http_status = status;
-		cpy(se->request_id, sizeof(se->request_id), x.request_id);
-
+		tally_stripe__cpy(se->request_id, sizeof(se->request_id),
+				  x.request_id);
 		if (cc == CURLE_OK && status >= 200 && status < 300) {
-			json_error_t je;
-			json_t *root = json_loads(x.body.p, 0, &je);
-
-			if (root == NULL) {
-				rc = tally_error_set(err, TALLY_ERROR,
-					"stripe: %s %s: unparseable answer "
-					"(line %d)", method, path, je.line);
-				goto cleanup;
-			}
-			if (out)
-				*out = root;
-			else
-				json_decref(root);
-			rc = 0;
+			rc = take_answer(&x, out, method, path, err);
 			goto cleanup;
 		}
-		if (cc != CURLE_OK) {
-			retry = curl_retryable(cc);
-			cpy(se->message, sizeof(se->message), curlerr[0] ? curlerr : curl_easy_strerror(cc));
-			scrub(s, se->message);
-		} else {
-			parse_error(se, x.body.p);
-			scrub(s, se->message);
-			se->should_retry_false = x.should_retry == 0;
-			retry = status_retryable(status, x.should_retry);
-		}
+		retry = read_failure(s, se, &x, cc, status, curlerr);
 		if (!retry || attempt >= s->max_retries) {
-			const char *what = se->type[0] ? se->type : "http";
-
-			if (cc != CURLE_OK) {
-				rc = tally_error_set(err, retry
-					? TALLY_ETRANSIENT : TALLY_ERROR,
-					"stripe: %s %s: %s", method, path,
-					se->message);
-			} else {
-				int code = status == 404 ? TALLY_ENOTFOUND
-					: retry ? TALLY_ETRANSIENT
-					: TALLY_EINVALID;
-				/* a 5xx Stripe told us not to retry is final */
-				rc = tally_error_set(err, code,
-					"stripe: %s %s: %ld %s%s%s: %s%s%s",
-					method, path, status, what,
-					se->code[0] ? "/" : "", se->code,
-					se->message,
-					se->param[0] ? " param=" : "",
-					se->param);
-			}
-			if (err)
-				scrub(s, err->msg);
+			rc = final_error(s, se, cc, status, retry, method, path,
+					 err);
 			goto cleanup;
 		}
-		wait = tally_backoff_ms(attempt, s->backoff_base_ms,
-					s->backoff_cap_ms);
-		if (x.retry_after_ms > wait)
-			wait = x.retry_after_ms < s->backoff_cap_ms
-				? x.retry_after_ms : s->backoff_cap_ms;
+		wait = retry_wait(s, &x, attempt);
 		tally_log(TALLY_WARN, "stripe.retry",
 			  TALLY_KV_STR("method", method),
 			  TALLY_KV_STR("path", path),
@@ -585,19 +369,8 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 	}
 
 cleanup:
-	/* the header list holds the key: wipe it before freeing */
-	{
-		struct curl_slist *h;
-
-		for (h = headers; h; h = h->next) {
-			volatile char *p = h->data;
-
-			while (*p)
-				*p++ = '\0';
-		}
-	}
-	curl_slist_free_all(headers);
-	free(x.body.p);
+	free_headers(headers);
+	tally_strbuf_free(&x.body);
 	free(url);
 	free(form);
 	return rc;

@@ -5,7 +5,7 @@
  * the stable alert id (golden value), thresholds and month arithmetic.
  */
 #include "check_main.h"
-#include "tally/alerts.h"
+#include "tally/alerts_rules.h"
 #include "tally/event.h"
 
 #include <stdio.h>

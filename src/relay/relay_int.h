@@ -1,0 +1,121 @@
+/*
+ * relay_int.h - what the files of tally-relay share: the relay's state,
+ * one webhook request in flight, the outcomes it can be answered with, and
+ * the functions one file offers the others.
+ */
+#ifndef TALLY_RELAY_INT_H
+#define TALLY_RELAY_INT_H
+
+#include "tally/relay.h"
+
+#include "base/strbuf.h"
+
+#include <librdkafka/rdkafka.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#define MAX_KEY 255         /* longer customer ids fall back to the event */
+
+/* Outcomes: one series of tally_relay_requests_total each. */
+typedef enum {
+	O_OK = 0,
+	O_MISSING_HEADER,
+	O_MALFORMED_HEADER,
+	O_NO_V1,
+	O_EXPIRED,
+	O_BAD_SIGNATURE,
+	O_MALFORMED_BODY,
+	O_TOO_LARGE,
+	O_KAFKA,
+	O_DRAINING,
+	O_METHOD,
+	O_NOT_FOUND,
+	O__COUNT
+} tally_relay__outcome;
+
+/* HTTP status and reason of each outcome (relay.c). */
+extern const struct tally_relay__answer {
+	unsigned status;
+	const char *reason;
+} tally_relay__outcomes[O__COUNT];
+
+struct tally_relay {
+	struct MHD_Daemon *d;
+	MHD_socket lsock;
+	rd_kafka_t *rk;
+	pthread_t poller;
+	bool poller_started;
+	atomic_int poll_stop;
+	atomic_int fatal;
+
+	char *topic;
+	char *path;
+	char *secrets[2];
+	const char *secret_list[2];
+	size_t nsecrets;
+	atomic_int_fast64_t tolerance_s;
+	int64_t produce_timeout_ms;
+	size_t max_body;
+	int port;
+
+	pthread_mutex_t mu; /* pending, stopping, stopped */
+	pthread_cond_t cv;
+	int pending; /* produced, not yet answered and completed */
+	bool stopping, stopped;
+
+	pthread_mutex_t ready_mu;
+	int64_t ready_at_ms;
+	int ready_bad;
+	char ready_detail[128];
+
+	tally_metrics *m;
+	tally_counter *requests[O__COUNT];
+	tally_counter *delivered, *delivery_failed;
+	tally_histogram *produce_lat;
+	tally_histogram *request_lat;
+	tally_gauge *inflight;
+};
+
+typedef enum { S_READING = 0, S_WAITING, S_DONE } rstate;
+
+typedef struct tally_relay__req {
+	tally_relay *r;
+	struct MHD_Connection *conn;
+	tally_strbuf body;
+	bool too_big;
+	bool counted; /* in r->pending until completed_cb */
+	atomic_int state;
+	atomic_int result; /* outcome once S_DONE */
+	int64_t received_ms;
+	int64_t start_ns;
+	int64_t produce_ns;
+	char event_id[64];
+} tally_relay__req;
+
+/* signature and event (relay_event.c): the key to produce with */
+tally_relay__outcome tally_relay__verify(tally_relay *r, tally_relay__req *rq,
+					 const char *sig, char *key,
+					 size_t keylen);
+
+/* Kafka (relay_kafka.c) */
+int tally_relay__kafka_setup(tally_relay *r, const tally_config *cfg,
+			     tally_error *err);
+void *tally_relay__poll_main(void *arg);
+/* Produce rq's body; the connection is already suspended. */
+void tally_relay__produce(tally_relay *r, tally_relay__req *rq,
+			  const char *key, const char *sig, const char *ctype);
+
+/* HTTP (relay_http.c): the libmicrohttpd callbacks */
+enum MHD_Result tally_relay__access_cb(void *cls, struct MHD_Connection *conn,
+				       const char *url, const char *method,
+				       const char *version,
+				       const char *upload_data,
+				       size_t *upload_data_size,
+				       void **con_cls);
+void tally_relay__completed_cb(void *cls, struct MHD_Connection *conn,
+			       void **con_cls,
+			       enum MHD_RequestTerminationCode toe);
+
+#endif /* TALLY_RELAY_INT_H */

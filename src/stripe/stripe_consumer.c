@@ -1,0 +1,343 @@
+/*
+ * stripe_consumer.c - the pipeline of tally-stripe (tally/stripe_consumer.h):
+ * commands and Stripe events from Kafka into tally_stripe_sync, dead
+ * letters, and the periodic work (signals outbox, dunning, meters).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "tally/stripe_consumer.h"
+#include "tally/command.h"
+#include "tally/kafka.h"
+#include "tally/log.h"
+#include "tally/pg.h"
+#include "tally/program.h"
+#include "tally/signals.h"
+#include "tally/stripe.h"
+#include "tally/stripe_sync.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BATCH 100
+
+struct tally_stripe_consumer {
+	tally_config *cfg;
+	tally_pg *pg;
+	tally_stripe *stripe;
+	tally_stripe_sync *ss;
+	rd_kafka_t *producer;
+	tally_consumer *consumer;
+	tally_counter *c_cmd, *c_evt, *c_dup, *c_dlq, *c_sig, *c_meter;
+	char dlq_commands[256], dlq_events[256];
+	const char *secrets[2];
+	uint64_t dlq_failed; /* failed delivery reports of dead letters */
+};
+
+/* Delivery reports, served on this thread by rd_kafka_poll/flush: signals
+ * go to stripe_sync (per-message opaque), anything else is a dead letter. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
+			void *opaque)
+{
+	tally_stripe_consumer *a = opaque;
+
+	(void)rk;
+	if (tally_stripe_sync_on_delivery(rkm))
+		return;
+	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		a->dlq_failed++;
+		tally_log(TALLY_WARN, "stripe.dead_letter_not_delivered",
+			  TALLY_KV_STR("error", rd_kafka_err2str(rkm->err)));
+	}
+}
+
+static void header(const rd_kafka_message_t *rkm, const char *name,
+		   char *out, size_t n)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *v = NULL;
+	size_t len = 0;
+
+	out[0] = '\0';
+	if (rd_kafka_message_headers(rkm, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	if (rd_kafka_header_get_last(hdrs, name, &v, &len) !=
+	    RD_KAFKA_RESP_ERR_NO_ERROR || v == NULL)
+		return;
+	if (len >= n)
+		len = n - 1;
+	memcpy(out, v, len);
+	out[len] = '\0';
+}
+
+static int dead_letter(tally_stripe_consumer *a, const rd_kafka_message_t *rkm,
+		       const char *dlq, const char *reason, const char *detail)
+{
+	uint64_t failed_before = a->dlq_failed;
+	tally_error err;
+	int rc;
+
+	rc = tally_dlq_send(a->producer, dlq, rkm, "tally-stripe", reason,
+			    detail, &err);
+	/* flush serves the reports; ours must not be a failure */
+	if (rc == 0 && (rd_kafka_flush(a->producer, 10000) !=
+			RD_KAFKA_RESP_ERR_NO_ERROR ||
+			a->dlq_failed != failed_before))
+		rc = TALLY_ETRANSIENT;
+	if (rc == 0)
+		tally_counter_add(a->c_dlq, 1);
+	tally_log(TALLY_WARN, "stripe.dead_letter",
+		  TALLY_KV_STR("topic", rd_kafka_topic_name(rkm->rkt)),
+		  TALLY_KV_INT("partition", rkm->partition),
+		  TALLY_KV_INT("offset", rkm->offset),
+		  TALLY_KV_STR("reason", reason));
+	return rc;
+}
+
+/* One message to a final state: 0, or ETRANSIENT (retry it). */
+static int handle(tally_stripe_consumer *a, const rd_kafka_message_t *rkm)
+{
+	const char *topic = rd_kafka_topic_name(rkm->rkt);
+	tally_error err;
+	int rc;
+
+	tally_error_clear(&err);
+	if (strcmp(topic, tally_config_str(a->cfg, "topics.commands")) == 0) {
+		tally_command cmd;
+		tally_codec_error ce;
+
+		memset(&ce, 0, sizeof(ce));
+		if (tally_codec_decode_command(&cmd, rkm->payload, rkm->len,
+					       &ce) != 0)
+			return dead_letter(a, rkm, a->dlq_commands,
+					   ce.reason ? ce.reason : "invalid",
+					   ce.detail);
+		rc = tally_stripe_sync_command(a->ss, &cmd, &err);
+		tally_counter_add(a->c_cmd, 1);
+	} else {
+		char sig[512];
+		const char *outcome = NULL;
+
+		header(rkm, "stripe-signature", sig, sizeof(sig));
+		rc = tally_stripe_sync_event(a->ss, rkm->payload, rkm->len,
+					     sig[0] ? sig : NULL, &outcome,
+					     &err);
+		tally_counter_add(a->c_evt, 1);
+		if (rc == TALLY_EINVALID)
+			return dead_letter(a, rkm, a->dlq_events,
+					   "invalid_event", err.msg);
+	}
+	if (rc == TALLY_EDUPLICATE) {
+		tally_counter_add(a->c_dup, 1);
+		return 0;
+	}
+	if (rc == TALLY_EINVALID)
+		return dead_letter(a, rkm, a->dlq_commands, "invalid_command",
+				   err.msg);
+	if (rc != 0)
+		tally_log(TALLY_WARN, "stripe.retry_message",
+			  TALLY_KV_STR("topic", topic),
+			  TALLY_KV_INT("offset", rkm->offset),
+			  TALLY_KV_STR("error", err.msg));
+	return rc == 0 ? 0 : TALLY_ETRANSIENT;
+}
+
+static void publish(tally_stripe_consumer *a)
+{
+	tally_error err;
+	int n = 0;
+
+	if (tally_stripe_sync_publish(a->ss, a->producer,
+				      tally_config_str(a->cfg,
+						       "topics.signals"),
+				      &n, &err) != 0)
+		tally_log(TALLY_WARN, "stripe.signals_publish",
+			  TALLY_KV_STR("error", err.msg));
+	tally_counter_add(a->c_sig, (uint64_t)n);
+}
+
+/* Handle one polled batch; offsets are stored for the messages that
+ * reached a final state (all, unless stopping). */
+static void handle_batch(tally_stripe_consumer *a, rd_kafka_message_t **msgs,
+			 size_t n)
+{
+	size_t i, done = 0;
+	tally_error err;
+
+	for (i = 0; i < n && !tally_signals_stop_requested(); i++) {
+		int attempt = 0, hrc;
+
+		while ((hrc = handle(a, msgs[i])) != 0 &&
+		       !tally_signals_sleep_ms((long)tally_backoff_ms(
+			       attempt++, 500, 30000)))
+			;
+		if (hrc != 0)
+			break; /* stopping: leave it for redelivery */
+		done = i + 1;
+	}
+	/* store only what reached a final state */
+	if (done > 0 && tally_consumer_store(a->consumer, msgs, done,
+					     &err) != 0)
+		tally_log(TALLY_WARN, "kafka.store_failed",
+			  TALLY_KV_STR("error", err.msg));
+	for (i = 0; i < n; i++)
+		rd_kafka_message_destroy(msgs[i]);
+}
+
+/* The dunning clock (every minute) and the meters, when due. */
+static void periodic(tally_stripe_consumer *a, int64_t now,
+		     int64_t *next_dunning, int64_t *next_meter)
+{
+	tally_error err;
+	int k = 0;
+
+	if (now >= *next_dunning) {
+		if (tally_stripe_sync_dunning(a->ss, &k, &err) != 0)
+			tally_log(TALLY_WARN, "stripe.dunning",
+				  TALLY_KV_STR("error", err.msg));
+		*next_dunning = now + 60000;
+	}
+	if (now >= *next_meter) {
+		k = 0;
+		if (tally_stripe_sync_report_meters(a->ss, &k, &err) != 0)
+			tally_log(TALLY_WARN, "stripe.meters",
+				  TALLY_KV_STR("error", err.msg));
+		tally_counter_add(a->c_meter, (uint64_t)k);
+		*next_meter = now + 1000 * tally_config_int(a->cfg,
+					"stripe.meter_interval_s");
+	}
+}
+
+int tally_stripe_consumer_run(tally_stripe_consumer *a, tally_error *err)
+{
+	rd_kafka_message_t *msgs[BATCH];
+	int64_t next_dunning = 0, next_meter = 0;
+
+	(void)err;
+	while (!tally_signals_stop_requested()) {
+		int64_t now = tally_now_ms();
+		size_t n;
+
+		if (tally_signals_reload_requested())
+			(void)tally_program_reload(a->cfg);
+		n = tally_consumer_poll_batch(a->consumer, msgs, BATCH, 100);
+		handle_batch(a, msgs, n);
+		publish(a);
+		periodic(a, now, &next_dunning, &next_meter);
+	}
+	publish(a); /* settle the last batch's delivery reports */
+	return 0;
+}
+
+/* The webhook secrets events are re-verified with (current, previous). */
+static size_t webhook_secrets(tally_stripe_consumer *a)
+{
+	size_t ns = 0;
+
+	a->secrets[0] = tally_config_str(a->cfg, "relay.webhook_secret");
+	a->secrets[1] = tally_config_str(a->cfg,
+					 "relay.webhook_secret_previous");
+	if (*a->secrets[0])
+		ns++;
+	if (*a->secrets[1])
+		a->secrets[ns++] = a->secrets[1];
+	if (ns == 0)
+		tally_log(TALLY_WARN, "stripe.no_webhook_secret",
+			  TALLY_KV_STR("detail", "events are not re-verified"));
+	return ns;
+}
+
+/* The producer (its delivery reports come to on_delivery), the dead-letter
+ * topics and the consumer. */
+static int kafka_clients(tally_stripe_consumer *a, tally_error *err)
+{
+	const char *topics[3];
+	tally_consumer_opts co = { 0 };
+	rd_kafka_conf_t *conf = tally_kafka_conf(a->cfg);
+	int rc;
+
+	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+	rd_kafka_conf_set_opaque(conf, a);
+	rc = tally_kafka_producer_new(&a->producer, conf, err);
+	if (rc != 0)
+		return rc;
+	snprintf(a->dlq_commands, sizeof(a->dlq_commands), "%s%s",
+		 tally_config_str(a->cfg, "topics.commands"),
+		 tally_config_str(a->cfg, "kafka.dlq_suffix"));
+	snprintf(a->dlq_events, sizeof(a->dlq_events), "%s%s",
+		 tally_config_str(a->cfg, "topics.stripe_events"),
+		 tally_config_str(a->cfg, "kafka.dlq_suffix"));
+	topics[0] = tally_config_str(a->cfg, "topics.commands");
+	topics[1] = tally_config_str(a->cfg, "topics.stripe_events");
+	topics[2] = NULL;
+	co.group = tally_config_str(a->cfg, "stripe.group");
+	co.topics = topics;
+	conf = tally_kafka_conf(a->cfg);
+	return tally_consumer_new(&a->consumer, conf, &co, err);
+}
+
+static void counters(tally_stripe_consumer *a, tally_metrics *m)
+{
+	a->c_cmd = tally_metrics_counter(m, "tally_stripe_commands_total",
+					 NULL, "commands handled");
+	a->c_evt = tally_metrics_counter(m, "tally_stripe_events_total",
+					 NULL, "Stripe events handled");
+	a->c_dup = tally_metrics_counter(m, "tally_stripe_duplicates_total",
+					 NULL,
+					 "commands and events already done");
+	a->c_dlq = tally_metrics_counter(m, "tally_stripe_dead_letters_total",
+					 NULL, "dead letters");
+	a->c_sig = tally_metrics_counter(m, "tally_stripe_signals_total",
+					 NULL, "signals published");
+	a->c_meter = tally_metrics_counter(m,
+					   "tally_stripe_meter_events_total",
+					   NULL, "meter events sent to Stripe");
+}
+
+int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
+			      tally_metrics *m, tally_error *err)
+{
+	tally_stripe_consumer *a = tally_xcalloc(1, sizeof(*a));
+	tally_stripe_sync_opts so = { 0 };
+	int rc;
+
+	assert(m != NULL);
+	*out = NULL;
+	a->cfg = cfg;
+	counters(a, m);
+	rc = tally_pg_connect_cfg(&a->pg, cfg, err);
+	if (rc == 0)
+		rc = tally_stripe_new_from_config(&a->stripe, cfg, err);
+	if (rc != 0)
+		goto fail;
+	so.pg = a->pg;
+	so.stripe = a->stripe;
+	so.cfg = cfg;
+	so.webhook_secrets = a->secrets;
+	so.nsecrets = webhook_secrets(a);
+	rc = tally_stripe_sync_new(&a->ss, &so, err);
+	if (rc == 0)
+		rc = kafka_clients(a, err);
+	if (rc != 0)
+		goto fail;
+	*out = a;
+	return 0;
+fail:
+	tally_stripe_consumer_free(a);
+	return rc;
+}
+
+void tally_stripe_consumer_free(tally_stripe_consumer *a)
+{
+	if (a == NULL)
+		return;
+	tally_consumer_free(a->consumer);
+	if (a->producer) {
+		rd_kafka_flush(a->producer, 5000);
+		rd_kafka_destroy(a->producer);
+	}
+	tally_stripe_sync_free(a->ss);
+	tally_stripe_free(a->stripe);
+	tally_pg_free(a->pg);
+	free(a);
+}
