@@ -18,6 +18,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/stripe_sync.h"
 #include "tally/event.h"
+#include "tally/invoice_sync.h"
 #include "tally/log.h"
 #include "tally/webhook.h"
 
@@ -1420,6 +1421,12 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 		if (rc != 0)
 			goto cleanup;
 	}
+	/* a drafted cycle invoice gets the period's usage (invoice_sync.c);
+	 * before the event is recorded, so a failure is delivered again */
+	rc = tally_invoice_sync_event(ss->pg, ss->stripe, ss->cfg, x.type,
+				      x.obj, err);
+	if (rc != 0)
+		goto cleanup;
 	rc = tally_pg_txn(ss->pg, apply_event, &x, 0, err);
 	if (rc == 0 && strcmp(x.outcome, "duplicate") == 0)
 		rc = TALLY_EDUPLICATE;
@@ -1542,6 +1549,16 @@ static int cmd_stripe_error(cmd_ctx *c, int rc, tally_error *err)
  * record the object id as soon as Stripe answers.
  * @return 0 (*out set), 1 (failed and recorded), or an error
  */
+/* A command step's Idempotency-Key: command ids are unique per tenant
+ * only, so the tenant is part of the key ("tally-cmd-<tenant>-<id>-<step>"). */
+static void cmd_key(const cmd_ctx *c, const char *step, char key[256])
+{
+	char id[sizeof(c->tenant_id) + sizeof(c->id) + 1];
+
+	snprintf(id, sizeof(id), "%s-%s", c->tenant_id, c->id);
+	tally_stripe_idempotency_key(key, "cmd", id, step);
+}
+
 static int step_post(cmd_ctx *c, const char *step, const char *method,
 		     const char *path, const json_t *params,
 		     const char *get_prefix, json_t **out, tally_error *err)
@@ -1553,7 +1570,7 @@ static int step_post(cmd_ctx *c, const char *step, const char *method,
 	int rc;
 
 	*out = NULL;
-	tally_stripe_idempotency_key(key, "cmd", c->id, step);
+	cmd_key(c, step, key);
 	rc = ex(ss, &res, err,
 		"SELECT coalesce(object_id, '') FROM stripe_requests "
 		"WHERE tenant_id = $1 AND idempotency_key = $2", 2,
@@ -1608,7 +1625,7 @@ static int step_done(cmd_ctx *c, const char *step, bool *done,
 	char key[256];
 	int rc;
 
-	tally_stripe_idempotency_key(key, "cmd", c->id, step);
+	cmd_key(c, step, key);
 	rc = ex(c->ss, &res, err,
 		"SELECT 1 FROM stripe_requests WHERE tenant_id = $1 AND "
 		"idempotency_key = $2 AND object_id IS NOT NULL", 2,
@@ -2220,6 +2237,9 @@ int tally_stripe_sync_report_meters(tally_stripe_sync *ss, int *n,
 	if (ss->stripe == NULL)
 		return tally_error_set(err, TALLY_EINVALID,
 				       "meters: no Stripe client");
+	/* usage reaches Stripe as meter events only when so configured */
+	if (tally_usage_billing_of(ss->cfg) != TALLY_USAGE_BILLING_METERS)
+		return 0;
 	i64s(now, now_ms(ss) / 1000);
 	/* Stripe accepts timestamps up to 35 days back: keep an hour of
 	 * margin, give up on older pending reports */
