@@ -45,6 +45,9 @@ CREATE TABLE invoice_usage_lines (
     stripe_item_id   text,
     attached_invoice text,              -- NULL for a pending invoice item
     attempts         integer NOT NULL DEFAULT 0,
+    -- sent again by reconcile --apply (the item was deleted on Stripe):
+    -- part of the Idempotency-Key, so Stripe does not answer the old item
+    resends          integer NOT NULL DEFAULT 0,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, invoice_id, line_key)
@@ -59,13 +62,19 @@ SELECT i.tenant_id, i.invoice_id, i.status, i.currency, i.period_start,
        i.period_end, i.billing_reason,
        coalesce(p.monthly_price, 0) AS plan_amount,
        coalesce(u.exact, 0) AS usage_exact,
-       coalesce(tally_from_minor(u.minor, i.currency), 0) AS usage_rounded,
-       tally_from_minor(i.amount_due, i.currency) AS amount_due,
-       tally_from_minor(i.amount_paid, i.currency) AS amount_paid,
-       tally_from_minor(coalesce(i.total, i.amount_due), i.currency)
+       round(coalesce(tally_from_minor(u.minor, i.currency), 0), c.d)
+         AS usage_rounded,
+       round(tally_from_minor(i.amount_due, i.currency), c.d) AS amount_due,
+       round(tally_from_minor(i.amount_paid, i.currency), c.d) AS amount_paid,
+       round(tally_from_minor(coalesce(i.total, i.amount_due), i.currency)
          - coalesce(p.monthly_price, 0)
-         - coalesce(tally_from_minor(u.minor, i.currency), 0) AS difference
+         - coalesce(tally_from_minor(u.minor, i.currency), 0), c.d)
+         AS difference
 FROM invoices i
+CROSS JOIN LATERAL (
+    SELECT coalesce((SELECT minor_digits FROM currencies
+                     WHERE code = upper(i.currency)), 2)::int AS d
+) c
 LEFT JOIN tenants t ON t.id = i.tenant_id
 LEFT JOIN plans p ON p.id = t.subscription_plan
 LEFT JOIN LATERAL (

@@ -18,6 +18,7 @@
  */
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include "tally/common.h"
 #include "tally/config.h"
 #include "tally/pg.h"
@@ -60,5 +61,19 @@ int tally_invoice_sync_event(tally_pg *pg, tally_stripe *stripe,
 int tally_invoice_sync_push(tally_pg *pg, tally_stripe *stripe,
 			    const char *tenant_id, const char *invoice_id,
 			    int *sent, tally_error *err) TALLY_MUSTCHECK;
+
+/**
+ * Compare, for every invoice tally computed usage lines for, the lines
+ * (amount in minor units) with the invoice items Stripe holds for them
+ * (matched on metadata tenant_id, invoice_id, line_key). Each difference
+ * is one tab-separated line on out: `usage_line_missing` or
+ * `usage_line_amount`, tenant, invoice, line key, postgres=…, stripe=….
+ * With apply, missing lines are sent again (to the draft, else as pending
+ * invoice items); amount differences are only reported.
+ * @param[out] ndiff differences found (may be NULL)
+ */
+int tally_invoice_reconcile(tally_pg *pg, tally_stripe *stripe, bool apply,
+			    FILE *out, int *ndiff, tally_error *err)
+	TALLY_MUSTCHECK;
 
 #endif /* TALLY_INVOICE_SYNC_H */

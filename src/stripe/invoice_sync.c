@@ -94,9 +94,9 @@ static int pending_lines(push_ctx *c, PGresult **res, tally_error *err)
 {
 	return tally_pg_exec(c->pg, res,
 		"SELECT line_key, description, amount_minor::text, "
-		"lower(currency), attempts FROM invoice_usage_lines WHERE "
-		"tenant_id = $1 AND invoice_id = $2 AND status = 'pending' "
-		"ORDER BY line_key", 2,
+		"lower(currency), attempts, resends FROM invoice_usage_lines "
+		"WHERE tenant_id = $1 AND invoice_id = $2 AND status = "
+		"'pending' ORDER BY line_key", 2,
 		(const char *[]){ c->tenant_id, c->invoice_id }, err);
 }
 
@@ -233,7 +233,10 @@ static int post_line(push_ctx *c, PGresult *res, int i, tally_error *err)
 		return rc;
 	/* the tenant is part of every key: ids are only unique per tenant */
 	snprintf(id, sizeof(id), "%s-%s", c->tenant_id, c->invoice_id);
-	snprintf(step, sizeof(step), "%s%s", c->draft ? "" : "next:", key);
+	snprintf(step, sizeof(step), "%s%s%s%s", c->draft ? "" : "next:", key,
+		 strcmp(PQgetvalue(res, i, 5), "0") ? ":r" : "",
+		 strcmp(PQgetvalue(res, i, 5), "0") ? PQgetvalue(res, i, 5)
+						     : "");
 	tally_stripe_idempotency_key(idem, "inv", id, step);
 	params = item_params(c, res, i);
 	if (params == NULL)

@@ -20,6 +20,7 @@
 #include "tally/event.h"
 #include "tally/invoice_sync.h"
 #include "tally/log.h"
+#include "tally/plan_setup.h"
 #include "tally/webhook.h"
 
 #include <assert.h>
@@ -62,6 +63,7 @@ struct tally_stripe_sync {
 	struct sig_slot *inflight; /* signals produced, report pending */
 	int ninflight;
 	uint64_t signals_failed;
+	tally_plan_prices *plan_prices; /* from `tally stripe setup` */
 };
 
 #define MAXP 32
@@ -210,7 +212,10 @@ static const char *price_for_plan(tally_stripe_sync *ss, const char *plan)
 	for (i = 0; plan_ids[i]; i++)
 		if (strcmp(plan_ids[i], plan) == 0) {
 			snprintf(key, sizeof(key), "stripe.price_%s", plan);
-			return tally_config_str(ss->cfg, key);
+			/* configured first, else what setup stored */
+			return *tally_config_str(ss->cfg, key)
+				? tally_config_str(ss->cfg, key)
+				: tally_plan_prices_get(ss->plan_prices, plan);
 		}
 	return "";
 }
@@ -233,6 +238,7 @@ int tally_stripe_sync_new(tally_stripe_sync **out,
 			  const tally_stripe_sync_opts *opts, tally_error *err)
 {
 	tally_stripe_sync *ss;
+	tally_error e;
 
 	(void)err;
 	assert(opts->pg && opts->cfg);
@@ -248,6 +254,9 @@ int tally_stripe_sync_new(tally_stripe_sync **out,
 		? opts->meter_rate_per_s : 25;
 	ss->publish_wait_ms = opts->publish_wait_ms > 0
 		? opts->publish_wait_ms : 10000;
+	if (tally_plan_prices_load(ss->pg, &ss->plan_prices, &e) != 0)
+		tally_log(TALLY_WARN, "stripe.plan_prices_unavailable",
+			  TALLY_KV_STR("error", e.msg));
 	*out = ss;
 	return 0;
 }
@@ -263,6 +272,7 @@ void tally_stripe_sync_free(tally_stripe_sync *ss)
 		free(ss->inflight);
 		ss->inflight = next;
 	}
+	tally_plan_prices_free(ss->plan_prices);
 	free(ss);
 }
 

@@ -30,6 +30,7 @@ typedef struct ss_item {
 	char id[32], customer[64], invoice[64], currency[8];
 	char line_key[256], tenant[40], meta_invoice[64], desc[256];
 	long long amount, period_start, period_end;
+	bool deleted; /* DELETE /v1/invoiceitems/{id}, as the test says */
 } ss_item;
 
 typedef struct ss_key {
@@ -199,8 +200,8 @@ static char *ss_list_items(const char *customer)
 	int i;
 
 	for (i = 0; i < ss_srv.nitems; i++)
-		if (customer == NULL ||
-		    strcmp(ss_srv.items[i].customer, customer) == 0)
+		if (!ss_srv.items[i].deleted && (customer == NULL ||
+		    strcmp(ss_srv.items[i].customer, customer) == 0))
 			json_array_append_new(data,
 					      ss_item_json(&ss_srv.items[i]));
 	l = json_pack("{s:s, s:o, s:b}", "object", "list", "data", data,
@@ -385,7 +386,8 @@ static int ss_items_for(const char *tenant, const char *line_key)
 
 	pthread_mutex_lock(&ss_srv.mu);
 	for (i = 0; i < ss_srv.nitems; i++)
-		n += strcmp(ss_srv.items[i].tenant, tenant) == 0 &&
+		n += !ss_srv.items[i].deleted &&
+		     strcmp(ss_srv.items[i].tenant, tenant) == 0 &&
 		     strcmp(ss_srv.items[i].line_key, line_key) == 0;
 	pthread_mutex_unlock(&ss_srv.mu);
 	return n;

@@ -24,6 +24,8 @@
 #include "tally/stripe_sync.h"
 
 #include <stdarg.h>
+#include "tally/invoice_sync.h"
+#include "tally/plan_setup.h"
 
 #define T1 "b1110000-0000-4000-8000-000000000001"
 #define T2 "b1110000-0000-4000-8000-000000000002"
@@ -35,6 +37,7 @@
 #define T8 "b1110000-0000-4000-8000-000000000008"
 #define T9 "b1110000-0000-4000-8000-000000000009"
 #define T10 "b1110000-0000-4000-8000-000000000010"
+#define T11 "b1110000-0000-4000-8000-000000000011"
 
 /* December 2025, January 2026, February 2026 (UTC) */
 #define P0 1764547200LL
@@ -228,6 +231,49 @@ static void one_item_per_line(const char *t)
 	ck_assert_int_eq(ss_items_for(t, "usage:api.call"), 0);
 }
 
+/* `tally report invoices --format csv`: the columns of finance_invoices
+ * for invoice inv: status, currency, plan, usage exact and rounded,
+ * amount due and paid, difference. */
+static void report_row(const char *inv, const char *want)
+{
+	const char *bin = getenv("TALLY_BIN_DIR");
+	const char *slash = strrchr(testdb_admin, '/');
+	char cmd[2048], line[1024], got[1024] = "";
+	FILE *fp;
+
+	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%.*s/%s' %s/tally report "
+		 "invoices --format csv --tenant %s", (int)(slash - testdb_admin),
+		 testdb_admin, testdb_name, bin ? bin : TALLY_BINARY_DIR, T1);
+	fp = popen(cmd, "r");
+	ck_assert_ptr_nonnull(fp);
+	ck_assert_ptr_nonnull(fgets(line, sizeof(line), fp));
+	ck_assert_str_eq(line, "invoice_id,tenant_id,tenant,number,status,"
+			 "currency,period_start,period_end,plan_amount,"
+			 "usage_exact,usage_rounded,amount_due,amount_paid,"
+			 "amount_remaining,difference,paid_at\n");
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		char *f[16], *p = line;
+		int n = 0;
+
+		if (strncmp(line, inv, strlen(inv)) != 0)
+			continue;
+		/* no commas inside these fields; empty ones count */
+		line[strcspn(line, "\n")] = '\0';
+		while (n < 16) {
+			f[n++] = p;
+			p = strchr(p, ',');
+			if (p == NULL)
+				break;
+			*p++ = '\0';
+		}
+		ck_assert_int_ge(n, 15);
+		snprintf(got, sizeof(got), "%s,%s,%s,%s,%s,%s,%s,%s", f[4],
+			 f[5], f[8], f[9], f[10], f[11], f[12], f[14]);
+	}
+	ck_assert_int_eq(pclose(fp), 0);
+	ck_assert_str_eq(got, want);
+}
+
 START_TEST(test_invoice_usage_lifecycle)
 {
 	world w;
@@ -291,6 +337,8 @@ START_TEST(test_invoice_usage_lifecycle)
 	      "late_usage:ai.tokens:openai:gpt-4o=25:created,"
 	      "usage:ai.tokens:openai:gpt-4o=700:created");
 	jan_lines("in_t1_jan", "created");
+	report_row("in_t1_jan",
+		   "paid,USD,99.00,4.493567891235,4.49,103.49,103.49,0.00");
 	world_stop(&w);
 }
 END_TEST
@@ -479,11 +527,92 @@ START_TEST(test_invoice_usage_stripe_mock)
 }
 END_TEST
 
+START_TEST(test_invoice_usage_reconcile)
+{
+	world w;
+	tally_error err;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *out;
+	int n = -1;
+
+	usage(T11, P1 + 7200, "ai.tokens", "openai", "gpt-4o", "1.5");
+	usage(T11, P1 + 7200, "api.call", "", "", "0.25");
+	/* only this tenant's invoices are on this scripted Stripe */
+	testdb_sql(pg, "DELETE FROM invoice_usage_runs WHERE tenant_id <> '"
+		   T11 "'");
+	world_start(&w, NULL);
+	ss_invoice("in_t11_jan", "draft");
+	deliver_ok(&w, "evt_t11", "invoice.created", "in_t11_jan", "cus_t11",
+		   "draft", P1, P2, 9900);
+	ck_assert_int_eq(tally_invoice_reconcile(pg, w.stripe, false,
+						 stderr, &n, &err), 0);
+	ck_assert_int_eq(n, 0);
+	/* someone deletes one item on Stripe and edits the other */
+	pthread_mutex_lock(&ss_srv.mu);
+	ss_srv.items[0].deleted = true;
+	ss_srv.items[1].amount = 30;
+	pthread_mutex_unlock(&ss_srv.mu);
+	out = open_memstream(&buf, &len);
+	ck_assert_int_eq(tally_invoice_reconcile(pg, w.stripe, false, out, &n,
+						 &err), 0);
+	fclose(out);
+	ck_assert_int_eq(n, 2);
+	ck_assert_str_eq(buf,
+		"usage_line_missing\t" T11 "\tin_t11_jan\t"
+		"usage:ai.tokens:openai:gpt-4o\tpostgres=150\tstripe=-\n"
+		"usage_line_amount\t" T11 "\tin_t11_jan\tusage:api.call\t"
+		"postgres=25\tstripe=30\n");
+	free(buf);
+	/* --apply: the missing line goes on the draft again, once */
+	ck_assert_int_eq(tally_invoice_reconcile(pg, w.stripe, true, stderr,
+						 &n, &err), 0);
+	ck_assert_int_eq(ss_items_for(T11, "usage:ai.tokens:openai:gpt-4o"), 1);
+	check("SELECT status || ':' || attached_invoice FROM "
+	      "invoice_usage_lines WHERE invoice_id = $1 AND line_key = "
+	      "'usage:ai.tokens:openai:gpt-4o'", "in_t11_jan",
+	      "created:in_t11_jan");
+	ck_assert_int_eq(tally_invoice_reconcile(pg, w.stripe, true, stderr,
+						 &n, &err), 0);
+	ck_assert_int_eq(n, 1); /* the edited amount is only reported */
+	world_stop(&w);
+}
+END_TEST
+
+START_TEST(test_plan_setup_stripe_mock)
+{
+	const char *base = tally_test_need_env("TALLY_TEST_STRIPE_BASE");
+	world w;
+	tally_error err;
+	uint64_t sent;
+	int made = -1;
+	char nplans[16];
+
+	world_start(&w, base);
+	testdb_get(pg, nplans, sizeof(nplans), "SELECT count(*) FROM plans",
+		   NULL);
+	ck_assert_msg(tally_plan_setup(pg, w.stripe, stderr, &made, &err) == 0,
+		      "setup: %s", err.msg);
+	ck_assert_int_eq(made, 2 * atoi(nplans));
+	check("SELECT count(*) FROM plans WHERE stripe_product_id IS NOT NULL"
+	      " AND stripe_price_id LIKE 'price_%'", NULL, nplans);
+	/* again: everything is stored, not a single call */
+	sent = tally_stripe_requests_sent(w.stripe);
+	ck_assert_int_eq(tally_plan_setup(pg, w.stripe, NULL, &made, &err), 0);
+	ck_assert_int_eq(made, 0);
+	ck_assert_uint_eq(tally_stripe_requests_sent(w.stripe), sent);
+	testdb_sql(pg, "UPDATE plans SET stripe_product_id = NULL, "
+		   "stripe_price_id = NULL");
+	world_stop(&w);
+}
+END_TEST
+
 static void setup(void)
 {
-	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10 };
+	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10, T11 };
 	const char *cus[] = { "cus_t1", "cus_t2", "cus_t3", "cus_t4",
-			      "cus_t5", "cus_t6", "cus_t7", "cus_t10" };
+			      "cus_t5", "cus_t6", "cus_t7", "cus_t10",
+			      "cus_t11" };
 	char slug[16];
 	size_t i;
 
@@ -525,6 +654,8 @@ static Suite *invoice_usage_suite(void)
 	tcase_add_test(tc, test_invoice_usage_jpy_and_usd);
 	tcase_add_test(tc, test_stripe_same_command_id_two_tenants);
 	tcase_add_test(tc, test_invoice_usage_stripe_mock);
+	tcase_add_test(tc, test_invoice_usage_reconcile);
+	tcase_add_test(tc, test_plan_setup_stripe_mock);
 	suite_add_tcase(s, tc);
 	return s;
 }
