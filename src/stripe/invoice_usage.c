@@ -254,8 +254,20 @@ int invoice_usage_compute(tally_pg *pg, const invoice_period *p,
 			  tally_error *err)
 {
 	compute_ctx x = { p, g, false };
-	int rc = tally_pg_txn(pg, compute_txn, &x, 0, err);
+	PGresult *res = NULL;
+	bool done;
+	int rc;
 
+	*fresh = false;
+	/* a redelivery takes no tenant lock (batches would wait for it) */
+	rc = tally_pg_exec(pg, &res, "SELECT 1 FROM invoice_usage_runs WHERE "
+			   "tenant_id = $1 AND invoice_id = $2", 2,
+			   (const char *[]){ p->tenant_id, p->invoice_id }, err);
+	done = rc == 0 && PQntuples(res) == 1;
+	PQclear(res);
+	if (rc != 0 || done)
+		return rc;
+	rc = tally_pg_txn(pg, compute_txn, &x, 0, err);
 	*fresh = rc == 0 && x.fresh;
 	return rc;
 }

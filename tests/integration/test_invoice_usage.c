@@ -19,7 +19,9 @@
  * - the request shapes against stripe-mock.
  */
 #include "stripe_testdb.h"
+#include "aggregate_support.h"
 #include "stripe_scripted.h"
+#include "tally/aggregate.h"
 #include "tally/event.h"
 #include "tally/stripe_sync.h"
 
@@ -38,6 +40,7 @@
 #define T9 "b1110000-0000-4000-8000-000000000009"
 #define T10 "b1110000-0000-4000-8000-000000000010"
 #define T11 "b1110000-0000-4000-8000-000000000011"
+#define T12 "b1110000-0000-4000-8000-000000000012"
 
 /* December 2025, January 2026, February 2026 (UTC) */
 #define P0 1764547200LL
@@ -607,12 +610,119 @@ START_TEST(test_plan_setup_stripe_mock)
 }
 END_TEST
 
+/*
+ * End to end from rated usage: tally-aggregate books events of T12 around
+ * a period that starts and ends mid-hour (Jan 1 00:35 .. Jan 31 00:35),
+ * some in the same hours as the period's edges but outside it; the
+ * renewal's draft then gets lines equal to the ledger's exact totals of
+ * the period, rounded once; usage after the close becomes an adjustment.
+ */
+static void agg_event(tally_agg *agg, int64_t i, int64_t at_s,
+		      tally_agg_stats *st)
+{
+	static int64_t off;
+	const int64_t now = (1769819700LL + 3600) * 1000;
+	msgpack_sbuffer sb;
+	tally_agg_msg m = { 0 };
+	tally_error err;
+	agg_gen g;
+	int k;
+
+	agg_gen_event(&g, 91, i, 0);
+	ck_assert_int_eq(tally_uuid_parse(g.re.ev.tenant_id, T12, 36), 0);
+	g.re.ev.time_ms = at_s * 1000;
+	/* amounts of cents, not of micro-cents */
+	g.re.cost = g.re.cost * 1000 + 5000000000LL * (i % 3);
+	for (k = 0; k < TALLY_COMP_N; k++)
+		g.re.components[k] = 0;
+	g.re.components[TALLY_COMP_UNITS] = g.re.cost;
+	agg_encode(&sb, &g.re);
+	m.topic = "billing.usage.rated";
+	m.partition = 0;
+	m.offset = off++;
+	m.payload = sb.data;
+	m.len = sb.size;
+	ck_assert_msg(tally_agg_process(agg, &m, 1, now, st, &err) == 0, "%s",
+		      err.msg);
+	msgpack_sbuffer_destroy(&sb);
+}
+
+START_TEST(test_invoice_usage_end_to_end)
+{
+	const long long ps = 1767227700, pe = 1769819700;
+	const long long at[] = { ps - 1500, ps + 60, ps + 600, ps + 1400,
+				 1768478400, 1768480200, pe - 1500, pe - 600,
+				 pe - 1, pe + 300, pe + 1200 };
+	rd_kafka_topic_partition_list_t *l;
+	tally_agg_opts o = { 0 };
+	tally_agg_stats st;
+	tally_agg *agg = NULL;
+	tally_error err;
+	world w;
+	int64_t i;
+
+	sql("UPDATE tenants SET current_period_start = to_timestamp(%lld), "
+	    "current_period_end = to_timestamp(%lld) WHERE id = '%s'", ps, pe,
+	    T12);
+	testdb_sql(pg, "CREATE TABLE IF NOT EXISTS usage_ledger_p20260101 "
+		   "PARTITION OF usage_ledger FOR VALUES FROM ('2026-01-01 "
+		   "00:00+00') TO ('2026-01-02 00:00+00')");
+	testdb_sql(pg, "CREATE TABLE IF NOT EXISTS usage_ledger_p20260115 "
+		   "PARTITION OF usage_ledger FOR VALUES FROM ('2026-01-15 "
+		   "00:00+00') TO ('2026-01-16 00:00+00')");
+	testdb_sql(pg, "CREATE TABLE IF NOT EXISTS usage_ledger_p20260131 "
+		   "PARTITION OF usage_ledger FOR VALUES FROM ('2026-01-31 "
+		   "00:00+00') TO ('2026-02-01 00:00+00')");
+	o.group = "tally.aggregate";
+	o.lateness_ms = INT64_C(35) * 86400000;
+	o.future_ms = 300000;
+	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
+	l = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(l, "billing.usage.rated", 0);
+	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
+	rd_kafka_topic_partition_list_destroy(l);
+	for (i = 0; i < 44; i++) {
+		agg_event(agg, i, at[i % (int64_t)(sizeof(at) / sizeof(*at))],
+			  &st);
+		ck_assert_int_eq(st.accepted, 1);
+	}
+
+	world_start(&w, NULL);
+	ss_invoice("in_t12", "draft");
+	deliver_ok(&w, "evt_t12", "invoice.created", "in_t12", "cus_t12",
+		   "draft", ps, pe, 9900);
+	/* every line is the ledger's exact total of the period, rounded */
+	check("WITH g AS (SELECT CASE WHEN coalesce(model, '') = '' THEN "
+	      "'usage:' || meter ELSE 'usage:' || meter || ':' || provider || "
+	      "':' || model END AS k, sum(cost) AS c FROM usage_ledger_named "
+	      "WHERE tenant_id = $1 AND occurred_at >= to_timestamp(1767227700)"
+	      " AND occurred_at < to_timestamp(1769819700) GROUP BY 1), "
+	      "l AS (SELECT * FROM invoice_usage_lines WHERE invoice_id = "
+	      "'in_t12') SELECT count(*) FILTER (WHERE l.line_key IS NULL OR "
+	      "g.k IS NULL OR l.exact_amount <> g.c OR l.amount_minor <> "
+	      "round(g.c * 100)) || '/' || count(*) FROM g FULL JOIN l ON "
+	      "l.line_key = g.k", T12, "0/4");
+	check("SELECT (SELECT sum(exact_amount) FROM invoice_usage_lines WHERE"
+	      " invoice_id = 'in_t12') = cost FROM tenant_period_usage WHERE "
+	      "tenant_id = $1 AND period_start = to_timestamp(1767227700)",
+	      T12, "t");
+	ck_assert_int_eq(posts(), 4);
+	/* after the close: an adjustment for the next invoice */
+	agg_event(agg, 44, pe - 60, &st);
+	ck_assert_int_eq(st.adjusted, 1);
+	check("SELECT count(*) FROM usage_adjustments WHERE tenant_id = $1 AND"
+	      " invoiced_at IS NULL", T12, "1");
+	tally_agg_free(agg);
+	world_stop(&w);
+}
+END_TEST
+
 static void setup(void)
 {
-	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10, T11 };
+	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10, T11, T12 };
 	const char *cus[] = { "cus_t1", "cus_t2", "cus_t3", "cus_t4",
 			      "cus_t5", "cus_t6", "cus_t7", "cus_t10",
-			      "cus_t11" };
+			      "cus_t11", "cus_t12" };
 	char slug[16];
 	size_t i;
 
@@ -656,6 +766,7 @@ static Suite *invoice_usage_suite(void)
 	tcase_add_test(tc, test_invoice_usage_stripe_mock);
 	tcase_add_test(tc, test_invoice_usage_reconcile);
 	tcase_add_test(tc, test_plan_setup_stripe_mock);
+	tcase_add_test(tc, test_invoice_usage_end_to_end);
 	suite_add_tcase(s, tc);
 	return s;
 }
