@@ -9,7 +9,8 @@
  * parameters is a 400 idempotency_error; `forget_keys` plays Stripe after
  * 24 hours). Faults: the Nth POST /v1/invoiceitems fails with a 500 before
  * creating anything (fail_before) or after creating the item (fail_after:
- * the answer is lost, as with a crash between Stripe and PostgreSQL).
+ * the answer is lost, as with a crash between Stripe and PostgreSQL);
+ * finalize_at: Stripe finalizes the drafts just before the Nth POST.
  * Start it per test: Check forks each test and threads do not follow.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -50,6 +51,7 @@ static struct {
 	int nkeys;
 	bool forget_keys;
 	int fail_before, fail_after; /* 1-based POST /v1/invoiceitems */
+	int finalize_at; /* Stripe finalizes every draft before that POST */
 	int item_posts, item_lists, invoice_gets, customers;
 } ss_srv = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -151,6 +153,13 @@ static int ss_post_item(const char *body, char **answer, bool *lost)
 	int n = ++ss_srv.item_posts;
 
 	*lost = false;
+	if (n == ss_srv.finalize_at) {
+		int i;
+
+		for (i = 0; i < ss_srv.ninv; i++)
+			if (strcmp(ss_srv.inv_status[i], "draft") == 0)
+				snprintf(ss_srv.inv_status[i], 16, "open");
+	}
 	if (n == ss_srv.fail_before) {
 		*answer = strdup("{\"error\":{\"type\":\"api_error\"}}");
 		return 500;

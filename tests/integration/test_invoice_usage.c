@@ -41,6 +41,7 @@
 #define T10 "b1110000-0000-4000-8000-000000000010"
 #define T11 "b1110000-0000-4000-8000-000000000011"
 #define T12 "b1110000-0000-4000-8000-000000000012"
+#define T13 "b1110000-0000-4000-8000-000000000013"
 
 /* December 2025, January 2026, February 2026 (UTC) */
 #define P0 1764547200LL
@@ -377,6 +378,31 @@ END_TEST
  * Stripe no longer knows the key when the event comes again (only the
  * lookup finds the item); else the 2nd call fails before Stripe creates
  * anything. */
+/* Stripe finalizes the draft while tally adds the 2nd item: the first
+ * stays on the invoice, the rest become pending items, none is lost. */
+START_TEST(test_invoice_usage_finalized_midway)
+{
+	world w;
+
+	usage(T13, P1 + 7200, "ai.tokens", "openai", "gpt-4o", "1.5");
+	usage(T13, P1 + 7200, "api.call", "", "", "0.25");
+	world_start(&w, NULL);
+	ss_invoice("in_t13_jan", "draft");
+	pthread_mutex_lock(&ss_srv.mu);
+	ss_srv.finalize_at = 2;
+	pthread_mutex_unlock(&ss_srv.mu);
+	deliver_ok(&w, "evt_t13", "invoice.created", "in_t13_jan", "cus_t13",
+		   "draft", P1, P2, 9900);
+	check("SELECT string_agg(status || ':' || coalesce(attached_invoice, "
+	      "'-'), ',' ORDER BY line_key) FROM invoice_usage_lines WHERE "
+	      "invoice_id = $1", "in_t13_jan",
+	      "created:in_t13_jan,pending_item:-");
+	ck_assert_int_eq(ss_items_for(T13, "usage:api.call"), 1);
+	ck_assert_int_eq(posts(), 3); /* the rejected one, then pending */
+	world_stop(&w);
+}
+END_TEST
+
 static void crash_case(const char *t, const char *cus, const char *inv,
 		       bool after_forgotten)
 {
@@ -719,10 +745,11 @@ END_TEST
 
 static void setup(void)
 {
-	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10, T11, T12 };
+	const char *ids[] = { T1, T2, T3, T4, T5, T6, T7, T10, T11, T12,
+			      T13 };
 	const char *cus[] = { "cus_t1", "cus_t2", "cus_t3", "cus_t4",
 			      "cus_t5", "cus_t6", "cus_t7", "cus_t10",
-			      "cus_t11", "cus_t12" };
+			      "cus_t11", "cus_t12", "cus_t13" };
 	char slug[16];
 	size_t i;
 
@@ -758,6 +785,7 @@ static Suite *invoice_usage_suite(void)
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_invoice_usage_lifecycle);
 	tcase_add_test(tc, test_invoice_usage_finalized_first);
+	tcase_add_test(tc, test_invoice_usage_finalized_midway);
 	tcase_add_test(tc, test_invoice_usage_crash_between_items);
 	tcase_add_test(tc, test_invoice_usage_crash_key_forgotten);
 	tcase_add_test(tc, test_invoice_usage_empty_period);
