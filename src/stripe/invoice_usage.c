@@ -53,7 +53,8 @@ int invoice_usage_tenant(tally_pg *pg, const char *customer,
 }
 
 /* The period's own usage, as closed (see the file comment). $1 tenant,
- * $2/$3 period, $4/$5 the whole hours inside it ($4 = $5: none). */
+ * $2/$3 period, $4/$5 the whole hours inside it ($4 = $5: none), $6
+ * whether the period has partial hours (else the ledger is not read). */
 static const char period_usage_sql[] =
 	"WITH u AS ("
 	" SELECT meter, provider, model, cost FROM usage_hourly"
@@ -61,7 +62,7 @@ static const char period_usage_sql[] =
 	"  AND hour < to_timestamp($5::bigint)"
 	" UNION ALL"
 	" SELECT meter, coalesce(provider, ''), coalesce(model, ''), cost"
-	"  FROM usage_ledger_named WHERE tenant_id = $1 AND"
+	"  FROM usage_ledger_named WHERE $6::boolean AND tenant_id = $1 AND"
 	"  ((occurred_at >= to_timestamp($2::bigint) AND"
 	"    occurred_at < to_timestamp($4::bigint)) OR"
 	"   (occurred_at >= to_timestamp($5::bigint) AND"
@@ -213,9 +214,11 @@ static int compute_txn(tally_pg *pg, void *payload, tally_error *err)
 	rc = lock_and_close(pg, p, &done, err);
 	if (rc != 0 || done)
 		return rc;
-	rc = tally_pg_exec(pg, &r1, period_usage_sql, 5, (const char *[]){
+	rc = tally_pg_exec(pg, &r1, period_usage_sql, 6, (const char *[]){
 		p->tenant_id, i64s(ps, p->period_start),
-		i64s(pe, p->period_end), i64s(a, h0), i64s(b, h1) }, err);
+		i64s(pe, p->period_end), i64s(a, h0), i64s(b, h1),
+		h0 == p->period_start && h1 == p->period_end ? "false" : "true"
+		}, err);
 	if (rc == 0)
 		rc = tally_pg_exec(pg, &r2, take_adjustments_sql, 2,
 				   (const char *[]){ p->tenant_id,
