@@ -7,7 +7,9 @@
  * - reconcile: a deleted and an edited item are reported, --apply adds
  *   the missing line again, once;
  * - end to end from rated usage through tally-aggregate to the renewal's
- *   lines, for a period that starts and ends mid-hour.
+ *   lines, for a period that starts and ends mid-hour;
+ * - a plan's included usage, per_meter grouping, no meter events unless
+ *   stripe.usage_billing = meters.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_support.h" /* before the suite's global pg */
@@ -260,6 +262,44 @@ START_TEST(test_invoice_usage_end_to_end)
 END_TEST
 
 
+/* The plan's included usage is deducted once; per_meter groups the
+ * models; meter events are not sent unless usage_billing = meters. */
+START_TEST(test_invoice_usage_included_per_meter)
+{
+	world w;
+	tally_error err;
+	uint64_t sent;
+	int n = -1;
+
+	testdb_sql(pg, "UPDATE plans SET included_usage = 1.00 WHERE id = "
+		   "'professional'");
+	testdb_sql(pg, "UPDATE tenants SET subscription_plan = 'professional'"
+		   " WHERE id = '" T13 "'");
+	usage(T13, P1 + 7200, "ai.tokens", "openai", "gpt-4o", "1.5");
+	usage(T13, P1 + 7200, "ai.tokens", "openai", "gpt-4o-mini", "0.125");
+	usage(T13, P1 + 7200, "api.call", "", "", "0.25");
+	tally_config_set(cfg, "stripe.invoice_grouping", "per_meter");
+	world_start(&w, NULL);
+	ss_invoice("in_t13_jan", "draft");
+	deliver_ok(&w, "evt_t13", "invoice.created", "in_t13_jan", "cus_t13",
+		   "draft", P1, P2, 29900);
+	check(lines_sql, "in_t13_jan",
+	      "included=-100:created,usage:ai.tokens=163:created,"
+	      "usage:api.call=25:created");
+	/* a closed hour of tokens Stripe's meter window would take */
+	testdb_sql(pg, "INSERT INTO usage_hourly (tenant_id, hour, meter, "
+		   "provider, model, events, input_tokens, output_tokens, cost)"
+		   " VALUES ('" T13 "', date_trunc('hour', now()) - interval "
+		   "'3 hours', 'ai.tokens', 'openai', 'gpt-4o', 1, 1000, 100, 1)");
+	sent = tally_stripe_requests_sent(w.stripe);
+	ck_assert_int_eq(tally_stripe_sync_report_meters(w.ss, &n, &err), 0);
+	ck_assert_int_eq(n, 0);
+	ck_assert_uint_eq(tally_stripe_requests_sent(w.stripe), sent);
+	check("SELECT count(*) FROM stripe_meter_reports", NULL, "0");
+	world_stop(&w);
+}
+END_TEST
+
 static void setup(void)
 {
 	usage_db_setup("tally_invoice_ops");
@@ -277,6 +317,7 @@ static Suite *invoice_usage_ops_suite(void)
 	tcase_add_test(tc, test_invoice_usage_reconcile);
 	tcase_add_test(tc, test_plan_setup_stripe_mock);
 	tcase_add_test(tc, test_invoice_usage_end_to_end);
+	tcase_add_test(tc, test_invoice_usage_included_per_meter);
 	suite_add_tcase(s, tc);
 	return s;
 }
