@@ -71,18 +71,20 @@ static const report reports[] = {
 	  "ORDER BY day, tenant_id, meter, provider, model",
 	  "usage and cost per tenant, model and day (UTC)" },
 	{ "invoices",
-	  "SELECT i.invoice_id, i.tenant_id, t.slug AS tenant, i.number, "
-	  "i.status, i.currency, "
-	  "tally_from_minor(i.amount_due, i.currency) AS amount_due, "
-	  "tally_from_minor(i.amount_paid, i.currency) AS amount_paid, "
+	  "SELECT f.invoice_id, f.tenant_id, t.slug AS tenant, i.number, "
+	  "f.status, f.currency, f.period_start, f.period_end, f.plan_amount, "
+	  "f.usage_exact, f.usage_rounded, f.amount_due, f.amount_paid, "
 	  "tally_from_minor(i.amount_remaining, i.currency) AS amount_remaining, "
-	  "i.period_start, i.period_end, i.paid_at "
-	  "FROM invoices i LEFT JOIN tenants t ON t.id = i.tenant_id "
+	  "f.difference, i.paid_at "
+	  "FROM finance_invoices f JOIN invoices i ON i.tenant_id = f.tenant_id "
+	  "AND i.invoice_id = f.invoice_id "
+	  "LEFT JOIN tenants t ON t.id = f.tenant_id "
 	  "WHERE ($1::timestamptz IS NULL OR i.stripe_created >= $1) "
 	  "AND ($2::timestamptz IS NULL OR i.stripe_created < $2) "
-	  "AND ($3::uuid IS NULL OR i.tenant_id = $3) "
-	  "ORDER BY i.stripe_created, i.invoice_id",
-	  "invoices mirrored from Stripe, in currency units" },
+	  "AND ($3::uuid IS NULL OR f.tenant_id = $3) "
+	  "ORDER BY i.stripe_created, f.invoice_id",
+	  "invoices mirrored from Stripe with tally's usage (exact, rounded) "
+	  "and the difference, in currency units" },
 	{ "alerts",
 	  "SELECT a.raised_at, a.tenant_id, t.slug AS tenant, a.kind, "
 	  "a.threshold, a.period_start, a.delivered_at, a.id "

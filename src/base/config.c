@@ -87,6 +87,8 @@ static const keydef keys[] = {
 	IE("stripe.auto_suspend_days", 7, true, "AUTO_SUSPEND_DAYS", 1, 365),
 	I("stripe.meter_interval_s", 3600, true, 10, 86400),
 	S("stripe.meter_event_name", "ai_tokens", true, NULL),
+	S("stripe.usage_billing", "invoice_items", true, NULL),
+	S("stripe.invoice_grouping", "per_model", true, NULL),
 	S("stripe.price_starter", "", true, "STRIPE_PRICE_ID_STARTER"),
 	S("stripe.price_professional", "", true, "STRIPE_PRICE_ID_PROFESSIONAL"),
 	S("stripe.price_enterprise", "", true, "STRIPE_PRICE_ID_ENTERPRISE"),

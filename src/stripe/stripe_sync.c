@@ -26,6 +26,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "stripe/sync_int.h"
+#include "tally/log.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -120,7 +121,10 @@ const char *tally_ss__price_for_plan(tally_stripe_sync *ss, const char *plan)
 	for (i = 0; plan_ids[i]; i++)
 		if (strcmp(plan_ids[i], plan) == 0) {
 			snprintf(key, sizeof(key), "stripe.price_%s", plan);
-			return tally_config_str(ss->cfg, key);
+			/* configured first, else what setup stored */
+			return *tally_config_str(ss->cfg, key)
+				? tally_config_str(ss->cfg, key)
+				: tally_plan_prices_get(ss->plan_prices, plan);
 		}
 	return "";
 }
@@ -144,6 +148,7 @@ int tally_stripe_sync_new(tally_stripe_sync **out,
 			  const tally_stripe_sync_opts *opts, tally_error *err)
 {
 	tally_stripe_sync *ss;
+	tally_error e;
 
 	(void)err;
 	assert(opts->pg && opts->cfg);
@@ -159,6 +164,9 @@ int tally_stripe_sync_new(tally_stripe_sync **out,
 		? opts->meter_rate_per_s : 25;
 	ss->publish_wait_ms = opts->publish_wait_ms > 0
 		? opts->publish_wait_ms : 10000;
+	if (tally_plan_prices_load(ss->pg, &ss->plan_prices, &e) != 0)
+		tally_log(TALLY_WARN, "stripe.plan_prices_unavailable",
+			  TALLY_KV_STR("error", e.msg));
 	*out = ss;
 	return 0;
 }
@@ -174,5 +182,6 @@ void tally_stripe_sync_free(tally_stripe_sync *ss)
 		free(ss->inflight);
 		ss->inflight = next;
 	}
+	tally_plan_prices_free(ss->plan_prices);
 	free(ss);
 }

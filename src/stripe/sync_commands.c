@@ -92,6 +92,13 @@ int tally_ss__cmd_stripe_error(ss_cmd *c, int rc, tally_error *err)
 	return rc;
 }
 
+/* A step's Idempotency-Key: the command's recorded base key + "-step". */
+void tally_ss__cmd_key(const ss_cmd *c, const char *step, char key[256])
+{
+	if (snprintf(key, 256, "%s-%s", c->base_key, step) >= 256)
+		tally_stripe_idempotency_key(key, "cmd", c->base_key, step);
+}
+
 /*
  * POST once per (command, step): if stripe_requests already holds the
  * object this step produced, GET it (lookup by recorded id) instead of
@@ -110,7 +117,7 @@ int tally_ss__step_post(ss_cmd *c, const char *step, const char *method,
 	int rc;
 
 	*out = NULL;
-	tally_stripe_idempotency_key(key, "cmd", c->id, step);
+	tally_ss__cmd_key(c, step, key);
 	rc = tally_ss__ex(ss, &res, err,
 		"SELECT coalesce(object_id, '') FROM stripe_requests "
 		"WHERE tenant_id = $1 AND idempotency_key = $2", 2,
@@ -166,7 +173,7 @@ int tally_ss__step_done(ss_cmd *c, const char *step, bool *done,
 	char key[256];
 	int rc;
 
-	tally_stripe_idempotency_key(key, "cmd", c->id, step);
+	tally_ss__cmd_key(c, step, key);
 	rc = tally_ss__ex(c->ss, &res, err,
 		"SELECT 1 FROM stripe_requests WHERE tenant_id = $1 AND "
 		"idempotency_key = $2 AND object_id IS NOT NULL", 2,
@@ -239,8 +246,14 @@ static int record_command(ss_cmd *c, const char *tname, tally_error *err)
 	ss_numbuf tms;
 	int rc;
 
-	tally_stripe_idempotency_key(key, "cmd", c->id, "");
-	key[strlen(key) - 1] = '\0'; /* base key, without the step */
+	{
+		/* command ids are unique per tenant only: the key names both */
+		char tid[sizeof(c->tenant_id) + sizeof(c->id) + 1];
+
+		snprintf(tid, sizeof(tid), "%s-%s", c->tenant_id, c->id);
+		tally_stripe_idempotency_key(key, "cmd", tid, "");
+		key[strlen(key) - 1] = '\0'; /* base key, without the step */
+	}
 	payload = json_pack("{s:s, s:I}", "type", tname, "time",
 			    (json_int_t)cmd->time_ms);
 	if (c->plan[0])
@@ -263,9 +276,14 @@ static int record_command(ss_cmd *c, const char *tname, tally_error *err)
 		"type, idempotency_key, payload, command_time) VALUES ($1, $2,"
 		" $3, $4, $5::jsonb, to_timestamp($6::bigint / 1000.0)) "
 		"ON CONFLICT (tenant_id, command_id) DO UPDATE SET "
-		"attempts = b.attempts + 1 RETURNING status, attempts", 6,
+		"attempts = b.attempts + 1 "
+		"RETURNING status, attempts, idempotency_key", 6,
 		c->tenant_id, c->id, tname, key, ptext,
 		tally_ss__i64s(tms, cmd->time_ms));
+	/* a command recorded earlier keeps the key it was first sent with */
+	if (rc == 0)
+		tally_ss__cpy(c->base_key, sizeof(c->base_key),
+			      PQgetvalue(res, 0, 2));
 	if (rc == 0 && strcmp(PQgetvalue(res, 0, 0), "pending") != 0) {
 		rc = TALLY_EDUPLICATE;
 		tally_log(TALLY_INFO, "stripe.command_duplicate",

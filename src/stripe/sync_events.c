@@ -5,6 +5,7 @@
  * resolution and the dispatch to the mirror of the event's object.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "tally/invoice_sync.h"
 #include "stripe/sync_int.h"
 #include "tally/event.h"
 #include "tally/log.h"
@@ -233,6 +234,12 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 		if (rc != 0)
 			goto cleanup;
 	}
+	/* a drafted cycle invoice gets the period's usage (invoice_sync.c);
+	 * before the event is recorded, so a failure is delivered again */
+	rc = tally_invoice_sync_event(ss->pg, ss->stripe, ss->cfg, x.type,
+				      x.obj, err);
+	if (rc != 0)
+		goto cleanup;
 	rc = tally_pg_txn(ss->pg, apply_event, &x, 0, err);
 	if (rc == 0 && strcmp(x.outcome, "duplicate") == 0)
 		rc = TALLY_EDUPLICATE;

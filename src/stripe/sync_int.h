@@ -7,6 +7,7 @@
 #ifndef TALLY_STRIPE_SYNC_INT_H
 #define TALLY_STRIPE_SYNC_INT_H
 
+#include "tally/plan_setup.h"
 #include "tally/stripe_sync.h"
 
 #include <jansson.h>
@@ -45,6 +46,7 @@ struct tally_stripe_sync {
 	struct ss_sig_slot *inflight; /* signals produced, report pending */
 	int ninflight;
 	uint64_t signals_failed;
+	tally_plan_prices *plan_prices; /* from `tally stripe setup` */
 };
 
 #define MAXP 32
@@ -108,7 +110,11 @@ typedef struct ss_cmd {
 	tally_stripe_error se;
 	json_t *result; /* owned */
 	char object_id[256];
+	/* billing_commands.idempotency_key: each step's key is it + "-step" */
+	char base_key[256];
 } ss_cmd;
+
+void tally_ss__cmd_key(const ss_cmd *c, const char *step, char key[256]);
 
 /* helpers and config (stripe_sync.c) */
 void tally_ss__cpy(char *dst, size_t size, const char *src);

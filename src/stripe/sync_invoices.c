@@ -4,6 +4,7 @@
  * subscription-cycle invoice closes for tally-aggregate.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "tally/period_close.h"
 #include "stripe/sync_int.h"
 
 #include <inttypes.h>
@@ -116,7 +117,6 @@ int tally_ss__close_period(tally_stripe_sync *ss, const ss_tenant *t,
 	const char *st = tally_stripe_jstr(inv, "status");
 	const char *why = tally_stripe_jstr(inv, "billing_reason");
 	ss_numbuf ps, pe;
-	int rc;
 
 	if (st == NULL || strcmp(st, "draft") == 0 || why == NULL ||
 	    strcmp(why, "subscription_cycle") != 0 ||
@@ -125,23 +125,10 @@ int tally_ss__close_period(tally_stripe_sync *ss, const ss_tenant *t,
 	    tally_stripe_jint(inv, "period_end") <=
 		    tally_stripe_jint(inv, "period_start"))
 		return 0;
-	/* one statement: the lock is held until the row is in, also where
-	 * the caller runs without a transaction (sync, reconcile) */
-	rc = tally_ss__ex(ss, NULL, err,
-		"WITH l AS (SELECT id FROM tenants WHERE id = $1 AND NOT EXISTS "
-		"(SELECT 1 FROM billing_periods c WHERE c.tenant_id = $1 AND "
-		"c.period_start = to_timestamp($2::bigint) AND "
-		"c.status <> 'open') FOR UPDATE) "
-		"INSERT INTO billing_periods AS b (tenant_id, period_start, "
-		"period_end, status, closed_at, invoice_id) SELECT l.id, "
-		"to_timestamp($2::bigint), to_timestamp($3::bigint), "
-		"'invoiced', now(), $4 FROM l "
-		"ON CONFLICT (tenant_id, period_start) DO UPDATE SET "
-		"status = 'invoiced', closed_at = now(), "
-		"invoice_id = EXCLUDED.invoice_id, "
-		"period_end = EXCLUDED.period_end "
-		"WHERE b.status = 'open'", 4, t->id, ps, pe, invoice_id);
-	return rc;
+	return tally_period_close(ss->pg, t->id,
+				  tally_stripe_jint(inv, "period_start"),
+				  tally_stripe_jint(inv, "period_end"),
+				  invoice_id, err);
 }
 
 /* One upsert: its SQL and 24 parameters are most of the length. */

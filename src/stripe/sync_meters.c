@@ -4,6 +4,7 @@
  * crash is deduplicated by Stripe; rate-limited.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "tally/invoice_sync.h"
 #include "stripe/sync_int.h"
 
 #include <openssl/sha.h>
@@ -170,6 +171,9 @@ int tally_stripe_sync_report_meters(tally_stripe_sync *ss, int *n,
 	if (ss->stripe == NULL)
 		return tally_error_set(err, TALLY_EINVALID,
 				       "meters: no Stripe client");
+	/* usage reaches Stripe as meter events only when so configured */
+	if (tally_usage_billing_of(ss->cfg) != TALLY_USAGE_BILLING_METERS)
+		return 0;
 	tally_ss__i64s(now, tally_ss__now_ms(ss) / 1000);
 	/* Stripe accepts timestamps up to 35 days back: keep an hour of
 	 * margin, give up on older pending reports */

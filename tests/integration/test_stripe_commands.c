@@ -133,7 +133,7 @@ START_TEST(test_stripe_commands_lifecycle)
 	ck_assert_msg(strncmp(sub, "sub_", 4) == 0, "tenant has a sub_ id");
 	check("SELECT idempotency_key FROM stripe_requests WHERE "
 	      "command_id = $1 AND path = '/v1/subscriptions'", "cmd-sub-1",
-	      "tally-cmd-cmd-sub-1-subscription");
+	      "tally-cmd-" T1 "-cmd-sub-1-subscription");
 	check("SELECT count(*) FROM subscriptions WHERE tenant_id = $1", T1,
 	      "1");
 

@@ -944,14 +944,15 @@ START_TEST(test_stripe_consumer_fault)
 		char tid[40], want[300];
 
 		snprintf(tid, sizeof(tid), "f2000000-0000-4000-8000-%012d", i);
-		snprintf(key, sizeof(key), "tally-cmd-f2-%d-sub-subscription",
-			 i);
+		snprintf(key, sizeof(key),
+			 "tally-cmd-%s-f2-%d-sub-subscription", tid, i);
 		object_for_key(obj, sizeof(obj), key);
 		ck_assert_msg(strncmp(obj, "sub_", 4) == 0, "key %s", key);
 		snprintf(want, sizeof(want), "%s", obj);
 		check("SELECT stripe_subscription_id FROM tenants WHERE id = $1",
 		      tid, want);
-		snprintf(key, sizeof(key), "tally-cmd-f2-%d-sub-customer", i);
+		snprintf(key, sizeof(key), "tally-cmd-%s-f2-%d-sub-customer",
+			 tid, i);
 		object_for_key(obj, sizeof(obj), key);
 		snprintf(want, sizeof(want), "%s", obj);
 		check("SELECT stripe_customer_id FROM tenants WHERE id = $1",

@@ -263,7 +263,8 @@ START_TEST(test_stripe_local_400_recorded_failed)
 		      "(%s)", rc, rc ? err.msg : "");
 	ck_assert_int_eq(hits(&srv.posts_subscriptions), 1); /* no retry */
 	pthread_mutex_lock(&srv.mu);
-	ck_assert_str_eq(srv.last_key, "tally-cmd-cmd-local-400-subscription");
+	ck_assert_str_eq(srv.last_key,
+			 "tally-cmd-" T1 "-cmd-local-400-subscription");
 	pthread_mutex_unlock(&srv.mu);
 	check("SELECT concat_ws('|', status, error_type, error_code, "
 	      "error_param, http_status, stripe_request_id, attempts) FROM "

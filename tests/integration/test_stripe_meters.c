@@ -35,6 +35,8 @@ START_TEST(test_stripe_meters_and_reconcile)
 	tally_pg *pg = testdb_create("tally_stripe_meter");
 	tally_config *cfg = testdb_config();
 	tally_stripe_opts o = { 0 };
+
+	tally_config_set(cfg, "stripe.usage_billing", "meters");
 	tally_stripe_sync_opts so = { 0 };
 	tally_stripe *stripe = NULL;
 	tally_stripe_sync *ss = NULL;
