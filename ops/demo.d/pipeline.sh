@@ -7,9 +7,10 @@
 # exact duplicates and 2 % out of order) and publish it with
 # `tally produce`; 4. run tally-rate, tally-aggregate and tally-alerts until
 # every unique event is committed; 5. show per-tenant totals next to the
-# generator's exact expectation, finance's reports and the alerts; 6. send
-# Stripe commands through tally-stripe (stripe-mock) and a signed webhook
-# through tally-relay.
+# generator's exact expectation, finance's reports and the alerts; 6. a
+# signed and a forged webhook through tally-relay; 7. a renewal draft for
+# one tenant: tally-stripe closes the period and puts its usage lines on the
+# invoice (stripe-mock), shown beside tally's exact period cost.
 #
 # Running the demo again changes nothing in the totals: the same seed
 # produces the same events, and tally dedupes them.
@@ -137,6 +138,44 @@ if [ -x "$BUILD/tally-relay" ]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Stripe-Signature: t=$ts,v1=deadbeef" \
         -H 'Content-Type: application/json' --data-binary "$body" http://127.0.0.1:18088/webhooks/stripe)
     echo "forged signature -> HTTP $code"
+
+    step "usage on the invoice: a renewal draft for demo-0's first period, through tally-relay and tally-stripe"
+    t0=$(psqlq -At -c "SELECT id FROM tenants WHERE slug = 'demo-0'")
+    psqlq -c "UPDATE tenants SET stripe_customer_id = 'cus_demo0' WHERE id = '$t0' AND stripe_customer_id IS NULL"
+    read -r ps pe < <(psqlq -At -F ' ' -c "SELECT extract(epoch FROM period_start)::bigint, extract(epoch FROM period_end)::bigint
+        FROM tenant_period_usage WHERE tenant_id = '$t0' ORDER BY period_start LIMIT 1")
+    inv=in_demo0_$ps
+    body=$(jq -cn --arg id "evt_demo_inv_$ps" --arg inv "$inv" --argjson ps "$ps" --argjson pe "$pe" --argjson now "$(date +%s)" \
+        '{id: $id, object: "event", type: "invoice.created", created: $now, livemode: false,
+          data: {object: {id: $inv, object: "invoice", status: "draft", billing_reason: "subscription_cycle",
+                          customer: "cus_demo0", subscription: "sub_demo0", currency: "usd",
+                          period_start: $ps, period_end: $pe, created: $now,
+                          amount_due: 0, amount_paid: 0, amount_remaining: 0, subtotal: 0, total: 0,
+                          lines: {object: "list", data: [], has_more: false}}}}')
+    ts=$(date +%s)
+    sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$STRIPE_WEBHOOK_SECRET" | sed 's/^.* //')
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Stripe-Signature: t=$ts,v1=$sig" \
+        -H 'Content-Type: application/json' --data-binary "$body" http://127.0.0.1:18088/webhooks/stripe)
+    echo "invoice.created (draft, subscription_cycle) -> HTTP $code"
+    "$BUILD/tally-stripe" --config "$CFG" 2> "$OUT/tally-stripe.log" &
+    PIDS+=($!)
+    deadline=$(( $(date +%s) + 60 ))
+    until [ "$(psqlq -At -c "SELECT count(*) FROM invoice_usage_lines WHERE invoice_id = '$inv' AND status <> 'pending'")" -gt 0 ]; do
+        if [ "$(date +%s)" -ge $deadline ]; then
+            echo "ops/demo: no usage line reached invoice $inv; see $OUT/tally-stripe.log" >&2; exit 1
+        fi
+        sleep 1
+    done
     cleanup
     PIDS=()
+    echo "invoice $inv (stripe-mock), lines as tally recorded them: exact amount, rounded once to cents"
+    psqlq -c "SELECT line_key, exact_amount, amount_minor AS cents, status, stripe_item_id
+              FROM invoice_usage_lines WHERE invoice_id = '$inv' ORDER BY line_key"
+    psqlq -c "SELECT p.cost AS tally_exact_period_cost,
+                     (SELECT sum(exact_amount) FROM invoice_usage_lines WHERE invoice_id = '$inv') AS lines_exact,
+                     (SELECT sum(amount_minor) FROM invoice_usage_lines WHERE invoice_id = '$inv') AS lines_cents,
+                     b.status AS period_status
+              FROM tenant_period_usage p
+              LEFT JOIN billing_periods b ON b.tenant_id = p.tenant_id AND b.period_start = p.period_start
+              WHERE p.tenant_id = '$t0' AND p.period_start = to_timestamp($ps)"
 fi
