@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "tally/common.h"
+#include "tally/consumer_loop.h"
 #include "tally/pg.h"
 #include "tally/periods.h"
 
@@ -53,14 +54,7 @@ typedef struct tally_agg_opts {
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */
-typedef struct tally_agg_msg {
-	const char *topic;
-	int32_t partition;
-	int64_t offset;
-	const void *payload;
-	size_t len;
-	const rd_kafka_message_t *rkm; /* for the DLQ copy; may be NULL */
-} tally_agg_msg;
+typedef tally_kafka_msg tally_agg_msg;
 
 typedef struct tally_agg_stats {
 	size_t accepted;      /* new rows in the ledger */

@@ -97,13 +97,10 @@ static int discard_gathered(tally_aggregator *a)
 		job *p = &a->lanes[l].jobs[a->next];
 
 		if (p->n > 0 && !tally_signals_stop_requested() &&
-		    tally_agg_reseek(a->lanes[l].agg,
-				     tally_consumer_rk(a->consumer),
-				     p->views, p->n, &err) != 0) {
-			tally_log(TALLY_FATAL, "aggregate.reseek_failed",
-				  TALLY_KV_STR("error", err.msg));
+		    tally_loop_reseeked("aggregate", tally_agg_reseek(
+				a->lanes[l].agg, tally_consumer_rk(a->consumer),
+				p->views, p->n, &err), &err) != 0)
 			lost = true;
-		}
 		aggr_job_clear(p);
 	}
 	a->discard_next = false;
@@ -132,16 +129,13 @@ static void loop_trace(tally_aggregator *a, size_t got, int64_t t0,
  * One turn of the poll loop: gather batch N+1 while batch N is in its
  * transactions, collect N, hand N+1 over. Returns -1 to stop (failure).
  */
-static int loop_step(tally_aggregator *a)
+static int loop_step(void *ctx)
 {
+	tally_aggregator *a = ctx;
 	size_t bs, got;
 	int64_t t0, t1, t2;
 	int l;
 
-	if (tally_signals_reload_requested()) {
-		(void)tally_program_reload(a->cfg);
-		aggr_maint_settings(a);
-	}
 	bs = (size_t)tally_config_int(a->cfg, "aggregate.batch_size");
 	for (l = 0; l < a->nlanes; l++)
 		aggr_job_reserve(&a->lanes[l].jobs[a->next],
@@ -171,14 +165,23 @@ static int loop_step(tally_aggregator *a)
 	return 0;
 }
 
+/* SIGHUP: batch sizes, windows, log.level (read at each use) and the
+ * maintenance settings the lanes read */
+static void reload(void *ctx)
+{
+	tally_aggregator *a = ctx;
+
+	(void)tally_program_reload(a->cfg);
+	aggr_maint_settings(a);
+}
+
 int tally_aggregator_run(tally_aggregator *a, tally_error *err)
 {
-	int rc = 0;
+	int rc;
 
 	a->last_maint = a->last_tick = tally_mono_ns();
 	a->empty_polls = 0;
-	while (!tally_signals_stop_requested() && rc == 0)
-		rc = loop_step(a);
+	rc = tally_loop_run(loop_step, reload, a);
 	/* the batch in flight commits, or is abandoned if it is retrying a
 	 * failure (tally_pg_txn stops retrying on a stop): redone next start */
 	if (aggr_finish_batch(a, false) != 0)

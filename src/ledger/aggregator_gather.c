@@ -29,12 +29,8 @@ static void job_add(job *j, rd_kafka_message_t *m)
 	size_t i = j->n++;
 
 	j->msgs[i] = m;
-	j->views[i].topic = job_topic(j, rd_kafka_topic_name(m->rkt));
-	j->views[i].partition = m->partition;
-	j->views[i].offset = m->offset;
-	j->views[i].payload = m->payload;
-	j->views[i].len = m->len;
-	j->views[i].rkm = m;
+	tally_kafka_msg_view(&j->views[i], m,
+			     job_topic(j, rd_kafka_topic_name(m->rkt)));
 }
 
 /* destroy the messages still held (dead letters; all after a drop) */
@@ -65,70 +61,86 @@ void aggr_job_clear(job *j)
  * alive at a time. A rebalance during the gathering drops what came before
  * it (it belongs to the old assignment).
  */
-#define GATHER_CHUNK 2048
+/* The batch being gathered (tally_loop_gather's ctx). */
+typedef struct gathering {
+	tally_aggregator *a;
+	int slot;
+	size_t per_lane;  /* a lane's part of the batch at most */
+	int64_t now_ms;   /* the batch's clock, from its first messages */
+} gathering;
+
+/* a whole poll may go to one lane */
+static size_t gather_room(void *ctx)
+{
+	gathering *g = ctx;
+	size_t room = TALLY_GATHER_CHUNK;
+	int l;
+
+	for (l = 0; l < g->a->nlanes; l++)
+		if (g->per_lane - g->a->lanes[l].jobs[g->slot].n < room)
+			room = g->per_lane - g->a->lanes[l].jobs[g->slot].n;
+	return room;
+}
+
+static void gather_drop(void *ctx)
+{
+	gathering *g = ctx;
+	int l;
+
+	for (l = 0; l < g->a->nlanes; l++)
+		job_drop(&g->a->lanes[l].jobs[g->slot]);
+}
+
+/* Decode the lane's new messages [from, n) and destroy those not needed. */
+static void job_decode(lane *ln, job *j, size_t from, int64_t now_ms)
+{
+	size_t i;
+
+	j->now_ms = now_ms;
+	tally_agg_decode_range(j->dec, j->views, from, j->n);
+	(void)tally_agg_detach_range(ln->agg, j->dec, now_ms, j->keep, from,
+				     j->n);
+	for (i = from; i < j->n; i++) {
+		if (j->keep[i])
+			continue;
+		rd_kafka_message_destroy(j->msgs[i]);
+		j->msgs[i] = NULL;
+		j->views[i].rkm = NULL;
+		j->views[i].payload = NULL;
+		j->views[i].len = 0;
+	}
+}
+
+static void gather_take(void *ctx, rd_kafka_message_t **msgs, size_t k,
+			bool first)
+{
+	gathering *g = ctx;
+	tally_aggregator *a = g->a;
+	size_t from[MAX_LANES], i;
+	int l;
+
+	if (first)
+		g->now_ms = tally_now_ms();
+	for (l = 0; l < a->nlanes; l++)
+		from[l] = a->lanes[l].jobs[g->slot].n;
+	for (i = 0; i < k; i++)
+		job_add(&a->lanes[aggr_lane_of(a, msgs[i]->partition)]
+				 .jobs[g->slot], msgs[i]);
+	for (l = 0; l < a->nlanes; l++)
+		if (a->lanes[l].jobs[g->slot].n != from[l])
+			job_decode(&a->lanes[l], &a->lanes[l].jobs[g->slot],
+				   from[l], g->now_ms);
+}
 
 size_t aggr_gather(tally_aggregator *a, int slot, size_t max, int timeout_ms)
 {
-	int64_t deadline = tally_mono_ns() + (int64_t)timeout_ms * 1000000;
-	unsigned gen = tally_consumer_generation(a->consumer);
-	rd_kafka_message_t *chunk[GATHER_CHUNK];
-	size_t got = 0, from[MAX_LANES], k, i, room;
-	size_t per_lane = aggr_lane_cap(a, max);
-	int64_t now_ms = 0;
+	gathering g = { a, slot, aggr_lane_cap(a, max), 0 };
+	tally_gather_ops ops = { gather_room, gather_take, gather_drop, &g };
 	int l;
 
 	for (l = 0; l < a->nlanes; l++)
 		a->lanes[l].jobs[slot].n = 0;
-	for (;;) {
-		int64_t left = (deadline - tally_mono_ns()) / 1000000;
-
-		/* a whole poll may go to one lane */
-		room = GATHER_CHUNK;
-		for (l = 0; l < a->nlanes; l++)
-			if (per_lane - a->lanes[l].jobs[slot].n < room)
-				room = per_lane - a->lanes[l].jobs[slot].n;
-		if (room == 0 || left <= 0)
-			break;
-		k = tally_consumer_poll_batch(a->consumer, chunk, room,
-					      (int)left);
-		if (tally_consumer_generation(a->consumer) != gen) {
-			for (l = 0; l < a->nlanes; l++)
-				job_drop(&a->lanes[l].jobs[slot]);
-			got = 0;
-			gen = tally_consumer_generation(a->consumer);
-		}
-		if (k == 0)
-			continue;
-		if (got == 0)
-			now_ms = tally_now_ms();
-		for (l = 0; l < a->nlanes; l++)
-			from[l] = a->lanes[l].jobs[slot].n;
-		for (i = 0; i < k; i++)
-			job_add(&a->lanes[aggr_lane_of(a, chunk[i]->partition)]
-					 .jobs[slot], chunk[i]);
-		for (l = 0; l < a->nlanes; l++) {
-			lane *ln = &a->lanes[l];
-			job *j = &ln->jobs[slot];
-
-			if (j->n == from[l])
-				continue;
-			j->now_ms = now_ms;
-			tally_agg_decode_range(j->dec, j->views, from[l], j->n);
-			(void)tally_agg_detach_range(ln->agg, j->dec, now_ms,
-						     j->keep, from[l], j->n);
-			for (i = from[l]; i < j->n; i++) {
-				if (j->keep[i])
-					continue;
-				rd_kafka_message_destroy(j->msgs[i]);
-				j->msgs[i] = NULL;
-				j->views[i].rkm = NULL;
-				j->views[i].payload = NULL;
-				j->views[i].len = 0;
-			}
-		}
-		got += k;
-	}
-	return got;
+	return tally_loop_gather(a->consumer, &ops, timeout_ms);
 }
 
 /* After the commit: the lane's next offsets, for lag monitoring. */

@@ -36,8 +36,6 @@ typedef struct job {
 	size_t ntopics;
 } job;
 
-/* outcome of a batch on the PostgreSQL thread */
-enum { R_COMMITTED, R_FENCED, R_ABANDONED, R_FATAL };
 /* PostgreSQL thread state */
 enum { W_IDLE, W_BUSY, W_DONE };
 
@@ -68,6 +66,7 @@ struct tally_aggregator {
 	tally_config *cfg;
 	tally_pg *pg;         /* housekeeping: maintenance, prices */
 	tally_consumer *consumer;
+	tally_rebalance_ops rb; /* the consumer's rebalance callbacks */
 	tally_metrics *m;
 	bool own_m;           /* m is ours to free */
 	bool sync_init;       /* mu and the condition variables exist */

@@ -11,15 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int on_assign(rd_kafka_topic_partition_list_t *parts, void *payload)
+/* Each lane reads and fences its own partitions of parts. */
+static int lanes_assign(void *ctx, rd_kafka_topic_partition_list_t *parts,
+			tally_error *err)
 {
-	tally_aggregator *a = payload;
-	tally_error err;
+	tally_aggregator *a = ctx;
 	int l, i, rc = 0;
 
-	/* nothing may be in flight while positions are read */
-	(void)aggr_finish_batch(a, true);
-	/* each lane reads and fences its own partitions */
 	for (l = 0; l < a->nlanes && rc == 0; l++) {
 		rd_kafka_topic_partition_list_t *sub =
 			rd_kafka_topic_partition_list_new(parts->cnt);
@@ -30,7 +28,7 @@ static int on_assign(rd_kafka_topic_partition_list_t *parts, void *payload)
 					sub, parts->elems[i].topic,
 					parts->elems[i].partition);
 		if (sub->cnt > 0)
-			rc = tally_agg_assign(a->lanes[l].agg, sub, &err);
+			rc = tally_agg_assign(a->lanes[l].agg, sub, err);
 		for (i = 0; rc == 0 && i < sub->cnt; i++)
 			rd_kafka_topic_partition_list_find(
 				parts, sub->elems[i].topic,
@@ -38,28 +36,33 @@ static int on_assign(rd_kafka_topic_partition_list_t *parts, void *payload)
 				sub->elems[i].offset;
 		rd_kafka_topic_partition_list_destroy(sub);
 	}
-	if (rc != 0)
-		tally_log(TALLY_WARN, "aggregate.assign_failed",
-			  TALLY_KV_STR("error", err.msg));
 	return rc;
 }
 
-static void on_revoke(rd_kafka_topic_partition_list_t *parts, void *payload)
+static void lanes_revoke(void *ctx, const rd_kafka_topic_partition_list_t *parts)
 {
-	tally_aggregator *a = payload;
+	tally_aggregator *a = ctx;
 
-	/*
-	 * The in-flight batch (if any) finishes before the partitions go:
-	 * each lane's part committed (its offsets are stored now) or, if it
-	 * is retrying a PostgreSQL failure, abandoned (the next owner redoes
-	 * it from consumer_offsets). The batch being gathered is dropped by
-	 * the poll.
-	 */
-	atomic_store(&a->abandon, 1);
-	(void)aggr_finish_batch(a, true);
-	atomic_store(&a->abandon, 0);
 	for (int l = 0; l < a->nlanes; l++)
 		tally_agg_revoke(a->lanes[l].agg, parts);
+}
+
+/*
+ * Before an assignment nothing may be in flight while positions are read;
+ * before a revocation the in-flight batch (if any) finishes: each lane's
+ * part committed (its offsets are stored now) or, if it is retrying a
+ * PostgreSQL failure, abandoned (the next owner redoes it from
+ * consumer_offsets). The batch being gathered is dropped by the poll.
+ */
+static void lanes_drain(void *ctx, bool revoking)
+{
+	tally_aggregator *a = ctx;
+
+	if (revoking)
+		atomic_store(&a->abandon, 1);
+	(void)aggr_finish_batch(a, true);
+	if (revoking)
+		atomic_store(&a->abandon, 0);
 }
 
 /* TALLY_AGG_KAFKA_CONF="name=value,...": overrides (for measurements). */
@@ -87,8 +90,7 @@ static void conf_overrides(rd_kafka_conf_t *conf)
 }
 
 /*
- * Room for a PostgreSQL restart before we are thrown out, and a bounded
- * prefetch (RSS vs throughput: measured in docs/aggregate.md,
+ * A bounded prefetch (RSS vs throughput: measured in docs/aggregate.md,
  * "Performance"). librdkafka stops fetching a partition whose queue
  * reached queued.max.messages.kbytes and, before 2.1, looks at it again
  * only after a fixed 1 s (issue #2879; 2.1 added fetch.queue.backoff.ms).
@@ -101,21 +103,13 @@ static void conf_overrides(rd_kafka_conf_t *conf)
  */
 static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 {
-	rd_kafka_conf_t *conf = tally_kafka_conf(cfg);
+	rd_kafka_conf_t *conf = tally_loop_consumer_conf(cfg);
 	tally_error err, qerr;
-	char v[24];
 	bool qbackoff;
 
-	snprintf(v, sizeof(v), "%lld", (long long)tally_config_int(
-		 cfg, "kafka.session_timeout_ms"));
-	if (tally_kafka_conf_set(conf, "session.timeout.ms", v, &err) != 0)
-		tally_log(TALLY_WARN, "kafka.conf",
-			  TALLY_KV_STR("error", err.msg));
 	qbackoff = tally_kafka_conf_set(conf, "fetch.queue.backoff.ms", "10",
 					&qerr) == 0;
-	if (tally_kafka_conf_set(conf, "max.poll.interval.ms", "600000",
-				 &err) != 0 ||
-	    tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
+	if (tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
 				 qbackoff ? "1024" : "12288", &err) != 0 ||
 	    tally_kafka_conf_set(conf, "fetch.max.bytes", "2097152",
 				 &err) != 0 ||
@@ -133,22 +127,18 @@ static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 int aggr_consumer_open(tally_aggregator *a, tally_error *err)
 {
 	const char *topics[2] = { NULL, NULL };
-	tally_consumer_opts co = { 0 };
 	int l;
 
 	topics[0] = tally_config_str(a->cfg, "topics.rated");
-	co.group = tally_config_str(a->cfg, "aggregate.group");
-	co.topics = topics;
-	co.read_committed = true;
-	co.on_assign = on_assign;
-	co.on_revoke = on_revoke;
-	co.payload = a;
-	if (tally_consumer_new(&a->consumer, consumer_conf(a->cfg), &co,
-			       err) != 0) {
-		tally_log(TALLY_FATAL, "kafka.consumer_failed",
-			  TALLY_KV_STR("error", err->msg));
+	a->rb.name = "aggregate";
+	a->rb.assign = lanes_assign;
+	a->rb.revoke = lanes_revoke;
+	a->rb.drain = lanes_drain;
+	a->rb.ctx = a;
+	if (tally_loop_consumer_new(&a->consumer, consumer_conf(a->cfg),
+				    tally_config_str(a->cfg, "aggregate.group"),
+				    topics, &a->rb, err) != 0)
 		return -1;
-	}
 	for (l = 0; l < a->nlanes; l++)
 		tally_agg_set_consumer(a->lanes[l].agg,
 				       tally_consumer_rk(a->consumer));

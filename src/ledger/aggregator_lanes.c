@@ -62,9 +62,72 @@ static tally_agg_opts agg_opts(tally_aggregator *a, rd_kafka_t *producer,
 	return o;
 }
 
-static bool stop_batch(tally_aggregator *a)
+/* A lane's batch as tally_loop_batch runs it. */
+typedef struct lane_batch {
+	lane *ln;
+	job *j;
+	tally_agg_stats st;
+} lane_batch;
+
+static int lb_attempt(void *ctx, tally_error *err)
 {
-	return tally_signals_stop_requested() || atomic_load(&a->abandon);
+	lane_batch *b = ctx;
+
+	return tally_agg_process_decoded(b->ln->agg, b->j->dec, b->j->views,
+					 b->j->n, b->j->now_ms, &b->st, err);
+}
+
+/* revocation: stop retrying the batch (its partitions go elsewhere) */
+static bool lb_abandon(void *ctx)
+{
+	lane_batch *b = ctx;
+
+	return atomic_load(&b->ln->a->abandon);
+}
+
+/* e.g. a missing ledger partition: maintain, retry */
+static void lb_failed(void *ctx)
+{
+	lane_batch *b = ctx;
+
+	(void)aggr_maintain(b->ln->a, b->ln->pg);
+}
+
+static void lb_waited(void *ctx)
+{
+	lane_batch *b = ctx;
+
+	rd_kafka_poll(b->ln->producer, 0);
+}
+
+static void lb_health(void *ctx, bool ok)
+{
+	lane_batch *b = ctx;
+
+	atomic_store(&b->ln->a->pg_ok, ok ? 1 : 0);
+}
+
+/* A committed batch's counters and its debug line. */
+static void batch_done(lane *ln, const job *j, const tally_agg_stats *st,
+		       int64_t t0)
+{
+	tally_aggregator *a = ln->a;
+
+	tally_counter_add(a->c_batches, 1);
+	tally_counter_add(a->c_accepted, st->accepted);
+	tally_counter_add(a->c_dup, st->duplicates);
+	tally_counter_add(a->c_dlq, st->dead_lettered);
+	tally_counter_add(a->c_adj, st->adjusted);
+	tally_counter_add(a->c_gaps, st->gaps);
+	tally_counter_add(a->c_fallbacks, st->dedupe_fallbacks);
+	ln->busy_ns = tally_mono_ns() - t0;
+	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));
+	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("lane", ln->idx),
+		  TALLY_KV_INT("messages", j->n),
+		  TALLY_KV_INT("accepted", st->accepted),
+		  TALLY_KV_INT("duplicates", st->duplicates),
+		  TALLY_KV_INT("dead_lettered", st->dead_lettered),
+		  TALLY_KV_INT("adjusted", st->adjusted));
 }
 
 /*
@@ -73,70 +136,28 @@ static bool stop_batch(tally_aggregator *a)
  */
 static int run_batch(lane *ln, job *j)
 {
-	tally_aggregator *a = ln->a;
-	tally_agg_stats st;
-	tally_error err;
+	lane_batch b;
+	tally_batch_ops ops = { 0 };
 	int64_t t0 = tally_mono_ns();
-	int attempt = 0, errors = 0, rc;
-	size_t n = j->n;
-	tally_agg_msg *views = j->views;
+	enum tally_batch_outcome r;
 
-	for (;;) {
-		rc = tally_agg_process_decoded(ln->agg, j->dec, views, n,
-					       j->now_ms, &st, &err);
-		if (rc == 0) {
-			atomic_store(&a->pg_ok, 1);
-			break;
-		}
-		if (rc == TALLY_AGG_FENCED) {
-			tally_counter_add(a->c_fenced, 1);
-			tally_log(TALLY_WARN, "aggregate.fenced",
-				  TALLY_KV_INT("lane", ln->idx),
-				  TALLY_KV_STR("error", err.msg));
-			return R_FENCED;
-		}
-		if (stop_batch(a))
-			return R_ABANDONED; /* not committed: redone later */
-		tally_counter_add(a->c_retries, 1);
-		if (rc == TALLY_ETRANSIENT) {
-			atomic_store(&a->pg_ok, 0);
-		} else if (++errors >= 5) {
-			tally_log(TALLY_FATAL, "aggregate.batch_failed",
-				  TALLY_KV_INT("lane", ln->idx),
-				  TALLY_KV_STR("error", err.msg));
-			return R_FATAL;
-		} else {
-			/* e.g. a missing ledger partition: aggr_maintain, retry */
-			(void)aggr_maintain(a, ln->pg);
-		}
-		int64_t wait = tally_backoff_ms(attempt++, 200, 10000);
-		tally_log(TALLY_WARN, "aggregate.retry",
-			  TALLY_KV_INT("lane", ln->idx),
-			  TALLY_KV_STR("error", err.msg),
-			  TALLY_KV_INT("attempt", attempt),
-			  TALLY_KV_INT("wait_ms", wait));
-		for (; wait > 0 && !stop_batch(a); wait -= 50)
-			tally_sleep_ms(wait < 50 ? wait : 50);
-		if (stop_batch(a))
-			return R_ABANDONED;
-		rd_kafka_poll(ln->producer, 0);
-	}
-	tally_counter_add(a->c_batches, 1);
-	tally_counter_add(a->c_accepted, st.accepted);
-	tally_counter_add(a->c_dup, st.duplicates);
-	tally_counter_add(a->c_dlq, st.dead_lettered);
-	tally_counter_add(a->c_adj, st.adjusted);
-	tally_counter_add(a->c_gaps, st.gaps);
-	tally_counter_add(a->c_fallbacks, st.dedupe_fallbacks);
-	ln->busy_ns = tally_mono_ns() - t0;
-	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));
-	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("lane", ln->idx),
-		  TALLY_KV_INT("messages", n),
-		  TALLY_KV_INT("accepted", st.accepted),
-		  TALLY_KV_INT("duplicates", st.duplicates),
-		  TALLY_KV_INT("dead_lettered", st.dead_lettered),
-		  TALLY_KV_INT("adjusted", st.adjusted));
-	return R_COMMITTED;
+	memset(&b, 0, sizeof(b));
+	b.ln = ln;
+	b.j = j;
+	ops.name = "aggregate";
+	ops.lane = ln->idx;
+	ops.attempt = lb_attempt;
+	ops.abandon = lb_abandon;
+	ops.failed = lb_failed;
+	ops.waited = lb_waited;
+	ops.health = lb_health;
+	ops.c_fenced = ln->a->c_fenced;
+	ops.c_retries = ln->a->c_retries;
+	ops.ctx = &b;
+	r = tally_loop_batch(&ops);
+	if (r == TALLY_BATCH_COMMITTED)
+		batch_done(ln, j, &b.st, t0);
+	return (int)r;
 }
 
 void *aggr_worker_main(void *arg)
@@ -190,11 +211,14 @@ int aggr_finish_batch(tally_aggregator *a, bool rebalance)
 	for (l = 0; l < a->nlanes; l++) {
 		lane *ln = &a->lanes[l];
 		job *j = ln->cur;
+		bool not_committed = r[l] == TALLY_BATCH_FENCED ||
+				     r[l] == TALLY_BATCH_ABANDONED;
 
 		if (r[l] < 0)
 			continue;
 		ln->cur = NULL;
-		if (r[l] == R_COMMITTED && aggr_store_offsets(a, j, &err) != 0)
+		if (r[l] == TALLY_BATCH_COMMITTED &&
+		    aggr_store_offsets(a, j, &err) != 0)
 			tally_log(TALLY_WARN, "aggregate.store_failed",
 				  TALLY_KV_STR("error", err.msg));
 		/*
@@ -204,21 +228,18 @@ int aggr_finish_batch(tally_aggregator *a, bool rebalance)
 		 * rebalance drops it anyway and seeks to PostgreSQL's
 		 * positions; on a stop it is dropped and redone next start.
 		 */
-		if ((r[l] == R_FENCED || r[l] == R_ABANDONED) && !rebalance)
+		if (not_committed && !rebalance)
 			a->discard_next = true;
 		/* (abandoned without a stop or a rebalance does not happen
 		 * today; if it did, its partitions go back too) */
-		if ((r[l] == R_FENCED || r[l] == R_ABANDONED) && !rebalance &&
+		if (not_committed && !rebalance &&
 		    !tally_signals_stop_requested() &&
-		    tally_agg_reseek(ln->agg, tally_consumer_rk(a->consumer),
-				     j->views, j->n, &err) != 0) {
-			/* going on would skip what was not committed */
-			tally_log(TALLY_FATAL, "aggregate.reseek_failed",
-				  TALLY_KV_STR("error", err.msg));
-			fatal = 1;
-		}
+		    tally_loop_reseeked("aggregate", tally_agg_reseek(
+				ln->agg, tally_consumer_rk(a->consumer),
+				j->views, j->n, &err), &err) != 0)
+			fatal = 1; /* going on would skip what was not committed */
 		aggr_job_clear(j);
-		if (r[l] == R_FATAL)
+		if (r[l] == TALLY_BATCH_FATAL)
 			fatal = 1;
 	}
 	if (fatal)
