@@ -78,6 +78,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->bps);
 	free(agg->copy.p);
 	free(agg->details.p);
+	tally_dead_letters_free(agg->dead);
 	free(agg->q1.p);
 	free(agg->q2.p);
 	free(agg->q3.p);

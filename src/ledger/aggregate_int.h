@@ -14,6 +14,7 @@
 
 #include "tally/aggregate.h"
 #include "tally/codec.h"
+#include "tally/dead_letters.h"
 #include "tally/event.h"
 #include "tally/money.h"
 #include "tally/positions.h"
@@ -186,6 +187,7 @@ struct tally_agg {
 	int coll[APPLY_COLS], colf[APPLY_COLS]; /* lengths; 1 = binary */
 	int ncols;
 	tally_strbuf details; /* dead letters' details (item.detail) */
+	tally_dead_letters *dead; /* the batch's dead_letters rows */
 	char **totals;  /* JSON per affected tenant-period, after commit */
 	char **totals_key;
 	totals_ack *totals_ack;

@@ -4,6 +4,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_int.h"
+#include "tally/dead_letters.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 
@@ -57,81 +58,26 @@ int agg_send_dead_letters(tally_agg *agg, tally_error *err)
 	return 0;
 }
 
+/* The batch's dead letters into dead_letters (in its transaction). */
 int agg_mirror_dead_letters(tally_agg *agg, tally_error *err)
 {
-	tally_strbuf tp = { 0 }, pa = { 0 }, of = { 0 }, rs = { 0 }, dt = { 0 },
-	     ky = { 0 };
-	const char *params[7];
-	size_t i, n = 0;
-	int rc = 0;
+	size_t i;
 
-	tally_strbuf_puts(&tp, "{");
-	tally_strbuf_puts(&pa, "{");
-	tally_strbuf_puts(&of, "{");
-	tally_strbuf_puts(&rs, "{");
-	tally_strbuf_puts(&dt, "{");
-	tally_strbuf_puts(&ky, "{");
+	if (agg->dead == NULL)
+		agg->dead = tally_dead_letters_new();
 	for (i = 0; i < agg->n; i++) {
 		const tally_agg_msg *m = &agg->msgs[i];
-		const char *key = "";
-		size_t klen = 0, j;
+		tally_dead_letter dl = { 0 };
 
 		if (agg->items[i].status != ST_DLQ)
 			continue;
-		if (m->rkm != NULL && m->rkm->key != NULL) {
-			key = m->rkm->key;
-			klen = m->rkm->key_len > 64 ? 64 : m->rkm->key_len;
-			for (j = 0; j < klen; j++)
-				if ((unsigned char)key[j] < 0x20 ||
-				    (unsigned char)key[j] > 0x7e)
-					klen = 0; /* not text: leave it out */
-		}
-		if (n++ > 0) {
-			tally_strbuf_puts(&tp, ",");
-			tally_strbuf_puts(&pa, ",");
-			tally_strbuf_puts(&of, ",");
-			tally_strbuf_puts(&rs, ",");
-			tally_strbuf_puts(&dt, ",");
-			tally_strbuf_puts(&ky, ",");
-		}
-		tally_strbuf_pg_array_elem(&tp, m->topic, strlen(m->topic));
-		tally_strbuf_printf(&pa, "%d", (int)m->partition);
-		tally_strbuf_printf(&of, "%" PRId64, m->offset);
-		tally_strbuf_pg_array_elem(&rs, agg->items[i].reason,
-			     strlen(agg->items[i].reason));
-		tally_strbuf_pg_array_elem(&dt, agg_item_detail(agg, &agg->items[i]),
-			     strlen(agg_item_detail(agg, &agg->items[i])));
-		tally_strbuf_pg_array_elem(&ky, key, klen);
+		dl.topic = m->topic;
+		dl.partition = m->partition;
+		dl.offset = m->offset;
+		dl.reason = agg->items[i].reason;
+		dl.detail = agg_item_detail(agg, &agg->items[i]);
+		dl.rkm = m->rkm;
+		tally_dead_letters_add(agg->dead, &dl);
 	}
-	tally_strbuf_puts(&tp, "}");
-	tally_strbuf_puts(&pa, "}");
-	tally_strbuf_puts(&of, "}");
-	tally_strbuf_puts(&rs, "}");
-	tally_strbuf_puts(&dt, "}");
-	tally_strbuf_puts(&ky, "}");
-	if (n == 0)
-		goto cleanup;
-	params[0] = agg->group;
-	params[1] = tp.p;
-	params[2] = pa.p;
-	params[3] = of.p;
-	params[4] = rs.p;
-	params[5] = dt.p;
-	params[6] = ky.p;
-	rc = tally_pg_exec(agg->pg, NULL,
-			   "INSERT INTO dead_letters (tenant_id, consumer_group,"
-			   " topic, partition, \"offset\", reason, detail)"
-			   " SELECT nullif(k, ''), $1, t, p, o, r, d FROM"
-			   " unnest($2::text[], $3::int[], $4::bigint[],"
-			   " $5::text[], $6::text[], $7::text[]) x(t, p, o, r, d, k)"
-			   " ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
-			   7, params, err);
-cleanup:
-	free(tp.p);
-	free(pa.p);
-	free(of.p);
-	free(rs.p);
-	free(dt.p);
-	free(ky.p);
-	return rc;
+	return tally_dead_letters_write(agg->dead, agg->pg, agg->group, err);
 }
