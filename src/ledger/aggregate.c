@@ -35,6 +35,9 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	agg->future_ms = opts->future_ms;
 	agg->producer = opts->producer;
 	agg->pb = opts->pricebook;
+	if (agg->producer != NULL && agg->totals_topic != NULL)
+		agg->outbox = tally_outbox_new(agg->producer, agg->totals_topic,
+					       sizeof(totals_ack));
 	agg_seen_init(&agg->seen, opts->recent_keys);
 	{
 		const char *t = getenv("TALLY_AGG_TRACE");
@@ -60,7 +63,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->totals);
 	free(agg->totals_key);
 	free(agg->totals_ack);
-	free(agg->acks);
+	tally_outbox_free(agg->outbox);
 	free(agg->models);
 	for (i = 0; i < agg->own.nblocks; i++)
 		free(agg->own.blocks[i]);

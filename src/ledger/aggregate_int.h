@@ -19,6 +19,7 @@
 #include "tally/money.h"
 #include "tally/positions.h"
 #include "base/hashset.h"
+#include "io/outbox.h"
 #include "base/strbuf.h"
 
 #include <libpq-fe.h>
@@ -121,13 +122,12 @@ typedef struct accmap {
 	tally_hashset h;
 } accmap;
 
-/* What a published totals message carries as its opaque: once the broker
+/* A totals message's row in the outbox (its identity): once the broker
  * acknowledges it, published_version moves up to version. */
-#define TOTALS_MAGIC 0x746f746cU
 typedef struct totals_ack {
-	uint32_t magic;
 	uint8_t tenant[16];
 	int64_t ps, version;
+	bool valid;           /* parsed (else produced, never marked) */
 } totals_ack;
 
 typedef struct model_ids {
@@ -191,8 +191,8 @@ struct tally_agg {
 	char **totals;  /* JSON per affected tenant-period, after commit */
 	char **totals_key;
 	totals_ack *totals_ack;
-	totals_ack *acks;     /* delivered, not yet marked in PostgreSQL */
-	size_t nacks, capacks, nacks_marking, inflight;
+	tally_outbox *outbox; /* billing.totals; NULL without a producer */
+	size_t nacks_marking; /* acknowledged, being marked in this txn */
 	size_t ntotals, cap_totals;
 	tally_agg_stats st;
 	accmap hourly, period, adj; /* deltas of the batch */
@@ -346,6 +346,7 @@ int agg_storage_write(tally_agg *agg, starget *tg, size_t ntg,
 void agg_clear_totals(tally_agg *agg);
 int agg_mark_published(tally_agg *agg, tally_error *err);
 void agg_acks_committed(tally_agg *agg);
+size_t agg_acks_pending(const tally_agg *agg);
 void agg_publish_totals(tally_agg *agg);
 int agg_bump_versions(tally_agg *agg, tally_strbuf *at, tally_strbuf *ap,
 		      const char *const wf[3], size_t *rows, tally_error *err);

@@ -424,7 +424,7 @@ static int apply_prepare(tally_agg *agg, tally_error *err)
 	/* after the tenant locks: a batch takes no aggregate row before its
 	 * tenants, so it never waits for a rerate holding them while holding
 	 * a row that rerate wants */
-	if (rc == 0 && agg->nacks >= ACKS_MARK_IN_BATCH)
+	if (rc == 0 && agg_acks_pending(agg) >= ACKS_MARK_IN_BATCH)
 		rc = agg_mark_published(agg, err);
 	if (rc == 0)
 		agg_assign_periods(agg);

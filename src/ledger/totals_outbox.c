@@ -169,33 +169,50 @@ static void add_total(tally_agg *agg, PGresult *res, int r)
 		totals_ack *k = &agg->totals_ack[agg->ntotals];
 
 		memset(k, 0, sizeof(*k));
-		k->magic = TOTALS_MAGIC;
-		if (tally_uuid_parse(k->tenant, PQgetvalue(res, r, 0), 36) != 0 ||
-		    tally_parse_i64(&k->ps, PQgetvalue(res, r, 1)) != 0 ||
-		    tally_parse_i64(&k->version, PQgetvalue(res, r, 3)) != 0)
-			k->magic = 0; /* cannot happen; then just not marked */
+		/* cannot fail; if it did, the row is just not marked */
+		k->valid = tally_uuid_parse(k->tenant, PQgetvalue(res, r, 0),
+					    36) == 0 &&
+			   tally_parse_i64(&k->ps, PQgetvalue(res, r, 1)) == 0 &&
+			   tally_parse_i64(&k->version,
+					   PQgetvalue(res, r, 3)) == 0;
 	}
 	agg->ntotals++;
+}
+
+/* Acknowledged totals not marked yet. */
+size_t agg_acks_pending(const tally_agg *agg)
+{
+	size_t n = 0;
+
+	if (agg->outbox != NULL)
+		(void)tally_outbox_acked(agg->outbox, &n);
+	return n;
 }
 
 /* Mark the versions whose delivery the broker acknowledged. */
 int agg_mark_published(tally_agg *agg, tally_error *err)
 {
-	tally_strbuf a1 = { 0 }, a2 = { 0 }, a3 = { 0 };
+	tally_strbuf a1 = TALLY_STRBUF_INIT, a2 = TALLY_STRBUF_INIT,
+		     a3 = TALLY_STRBUF_INIT;
+	const totals_ack *acks = NULL;
 	const char *params[3];
-	size_t i;
+	size_t i, n = 0;
 	int rc;
 
-	agg->nacks_marking = agg->nacks;
-	if (agg->nacks == 0)
+	if (agg->outbox != NULL)
+		acks = tally_outbox_acked(agg->outbox, &n);
+	agg->nacks_marking = n;
+	if (n == 0)
 		return 0;
 	tally_strbuf_puts(&a1, "{");
 	tally_strbuf_puts(&a2, "{");
 	tally_strbuf_puts(&a3, "{");
-	for (i = 0; i < agg->nacks; i++) {
-		agg_uuid_arr(&a1, agg->acks[i].tenant, i == 0);
-		tally_strbuf_printf(&a2, "%s%" PRId64, i ? "," : "", agg->acks[i].ps);
-		tally_strbuf_printf(&a3, "%s%" PRId64, i ? "," : "", agg->acks[i].version);
+	for (i = 0; i < n; i++) {
+		agg_uuid_arr(&a1, acks[i].tenant, i == 0);
+		tally_strbuf_printf(&a2, "%s%" PRId64, i ? "," : "",
+				    acks[i].ps);
+		tally_strbuf_printf(&a3, "%s%" PRId64, i ? "," : "",
+				    acks[i].version);
 	}
 	tally_strbuf_puts(&a1, "}");
 	tally_strbuf_puts(&a2, "}");
@@ -204,86 +221,57 @@ int agg_mark_published(tally_agg *agg, tally_error *err)
 	params[1] = a2.p;
 	params[2] = a3.p;
 	rc = tally_pg_exec(agg->pg, NULL, MARK_PUBLISHED_SQL, 3, params, err);
-	free(a1.p);
-	free(a2.p);
-	free(a3.p);
+	tally_strbuf_free(&a1);
+	tally_strbuf_free(&a2);
+	tally_strbuf_free(&a3);
 	return rc;
 }
 
 /* After a commit: forget the acknowledgements it marked. */
 void agg_acks_committed(tally_agg *agg)
 {
-	size_t k = agg->nacks_marking;
-
-	if (k == 0)
-		return;
-	memmove(agg->acks, agg->acks + k, (agg->nacks - k) * sizeof(*agg->acks));
-	agg->nacks -= k;
+	if (agg->outbox != NULL)
+		tally_outbox_forget(agg->outbox, agg->nacks_marking);
 	agg->nacks_marking = 0;
 }
 
 void agg_publish_totals(tally_agg *agg)
 {
+	tally_error err;
 	size_t i;
 
-	if (agg->producer == NULL || agg->totals_topic == NULL)
+	if (agg->outbox == NULL)
 		return;
 	for (i = 0; i < agg->ntotals; i++) {
-		totals_ack *k = NULL;
-		rd_kafka_resp_err_t e;
+		tally_outbox_msg m = { 0 };
 
-		if (agg->totals_ack[i].magic == TOTALS_MAGIC) {
-			/* freed by tally_agg_delivered() */
-			k = tally_xmalloc(sizeof(*k));
-			*k = agg->totals_ack[i];
-		}
-		e = rd_kafka_producev(
-			agg->producer, RD_KAFKA_V_TOPIC(agg->totals_topic),
-			RD_KAFKA_V_KEY(agg->totals_key[i],
-				       strlen(agg->totals_key[i])),
-			RD_KAFKA_V_VALUE(agg->totals[i], strlen(agg->totals[i])),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-			RD_KAFKA_V_OPAQUE(k), RD_KAFKA_V_END);
-		if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+		m.key = agg->totals_key[i];
+		m.key_len = strlen(agg->totals_key[i]);
+		m.value = agg->totals[i];
+		m.len = strlen(agg->totals[i]);
+		m.ident = agg->totals_ack[i].valid ? &agg->totals_ack[i] : NULL;
+		if (tally_outbox_produce(agg->outbox, &m, &err) != 0)
 			/* left unpublished: the outbox sweep sends it again */
-			free(k);
 			tally_log(TALLY_WARN, "aggregate.totals_failed",
-				  TALLY_KV_STR("error", rd_kafka_err2str(e)));
-		} else {
+				  TALLY_KV_STR("error", err.msg));
+		else
 			agg->st.published++;
-			if (k != NULL)
-				agg->inflight++;
-		}
 	}
 	rd_kafka_poll(agg->producer, 0);
 }
 
 void tally_agg_delivered(tally_agg *agg, const rd_kafka_message_t *rkm)
 {
-	totals_ack *k = rkm->_private;
-
 	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR && rkm->rkt != NULL &&
 	    strcmp(rd_kafka_topic_name(rkm->rkt), agg->dlq_topic) == 0)
 		agg->dlq_failed++;
-	if (k == NULL || k->magic != TOTALS_MAGIC)
-		return;
-	if (agg->inflight > 0)
-		agg->inflight--;
-	if (rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-		if (agg->nacks == agg->capacks) {
-			agg->capacks = agg->capacks ? agg->capacks * 2 : 64;
-			agg->acks = tally_xrealloc(agg->acks, agg->capacks *
-						   sizeof(*agg->acks));
-		}
-		agg->acks[agg->nacks++] = *k;
-	}
-	k->magic = 0;
-	free(k);
+	if (agg->outbox != NULL)
+		(void)tally_outbox_delivered(agg->outbox, rkm);
 }
 
 size_t tally_agg_inflight(const tally_agg *agg)
 {
-	return agg->inflight;
+	return agg->outbox != NULL ? tally_outbox_inflight(agg->outbox) : 0;
 }
 
 static int flush_txn(tally_pg *pg, void *payload, tally_error *err)
@@ -297,15 +285,15 @@ int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
 	PGresult *res = NULL;
 	int rc = 0, r;
 
-	if (agg->nacks > 0) {
+	if (agg_acks_pending(agg) > 0) {
 		rc = tally_pg_txn(agg->pg, flush_txn, agg, 0, err);
 		if (rc != 0)
 			return rc;
 		agg_acks_committed(agg);
 	}
 	/* while versions are in flight their acknowledgement is pending */
-	if (!republish || agg->producer == NULL || agg->totals_topic == NULL ||
-	    agg->inflight > 0)
+	if (!republish || agg->outbox == NULL ||
+	    tally_outbox_inflight(agg->outbox) > 0)
 		return 0;
 	rc = tally_pg_exec(agg->pg, &res, UNPUBLISHED_SQL, 0, NULL, err);
 	if (rc != 0)
