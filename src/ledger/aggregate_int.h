@@ -5,8 +5,9 @@
  * aggregate_int.h - the aggregator's state and what its files share
  * (private to libtally). One file per step of a batch: decode.c (decode,
  * classify), models.c, offsets.c (positions, fence, retention gaps),
- * tenants.c (the batch's tenants and billing periods), copy.c (binary
- * COPY, the stage), dedupe.c, deltas.c, apply.c (the batch's transaction),
+ * tenants.c (the batch's tenants and billing periods; the arithmetic is
+ * periods.c), copy.c (binary COPY, the stage; the encoders pg_binary.h),
+ * dedupe.c, deltas.c, apply.c (the batch's transaction),
  * storage.c (GB-months), dead_letters.c, totals_outbox.c; rollover.c and
  * rerate_storage.c reuse them outside batches; aggregate.c holds the
  * public entry points.
