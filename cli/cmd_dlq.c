@@ -13,6 +13,7 @@
  *        returns to the dead-letter topic.
  */
 #include "cli.h"
+#include "tally/dead_letters.h"
 #include "tally/kafka.h"
 
 #include <jansson.h>
@@ -48,44 +49,21 @@ static void header_str(rd_kafka_headers_t *h, const char *name, char *out,
 	}
 }
 
+/* The dead letter m (on the DLQ topic) into dead_letters, payload kept. */
 static int mirror_row(tally_pg *pg, const rd_kafka_message_t *m,
 		      const char *topic, const char *reason, const char *detail,
 		      const char *consumer, tally_error *err)
 {
-	char part[16], off[24], key[256];
-	const char *params[8];
-	const int formats[8] = { 0, 0, 0, 0, 0, 0, 0, 1 };
-	int lengths[8] = { 0 };
-	size_t kl = m->key_len < sizeof(key) - 1 ? m->key_len : sizeof(key) - 1;
-	PGresult *res;
-	int rc = 0;
+	tally_dead_letter dl = { 0 };
 
-	memcpy(key, m->key ? m->key : "", kl);
-	key[kl] = '\0';
-	snprintf(part, sizeof(part), "%d", (int)m->partition);
-	snprintf(off, sizeof(off), "%lld", (long long)m->offset);
-	params[0] = kl ? key : NULL;
-	params[1] = consumer;
-	params[2] = topic;
-	params[3] = part;
-	params[4] = off;
-	params[5] = reason;
-	params[6] = detail;
-	params[7] = m->payload ? m->payload : "";
-	lengths[7] = (int)m->len;
-	/* bytea payload goes in binary: PQexecParams, not tally_pg_exec */
-	if (tally_pg_ensure(pg, err) != 0)
-		return err->code;
-	res = PQexecParams(tally_pg_conn(pg),
-			   "INSERT INTO dead_letters (tenant_id, consumer_group,"
-			   " topic, partition, \"offset\", reason, detail, payload)"
-			   " VALUES ($1, $2, $3, $4::int, $5::bigint, $6, $7, $8)"
-			   " ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
-			   8, NULL, params, lengths, formats, 0);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		rc = tally_pg__classify(tally_pg_conn(pg), res, err);
-	PQclear(res);
-	return rc;
+	dl.topic = topic;
+	dl.partition = m->partition;
+	dl.offset = m->offset;
+	dl.reason = reason;
+	dl.detail = detail;
+	dl.rkm = m;
+	dl.keep_payload = true;
+	return tally_dead_letter_write(pg, consumer, &dl, err);
 }
 
 static int run(tally_cli *cli, const dlq_opts *o)

@@ -25,7 +25,9 @@
 #include <stdint.h>
 
 #include "tally/common.h"
+#include "tally/consumer_loop.h"
 #include "tally/pg.h"
+#include "tally/periods.h"
 
 /**
  * Returned by tally_agg_process() when the positions in PostgreSQL are not
@@ -52,14 +54,7 @@ typedef struct tally_agg_opts {
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */
-typedef struct tally_agg_msg {
-	const char *topic;
-	int32_t partition;
-	int64_t offset;
-	const void *payload;
-	size_t len;
-	const rd_kafka_message_t *rkm; /* for the DLQ copy; may be NULL */
-} tally_agg_msg;
+typedef tally_kafka_msg tally_agg_msg;
 
 typedef struct tally_agg_stats {
 	size_t accepted;      /* new rows in the ledger */
@@ -242,19 +237,6 @@ int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
 		      const char *id, size_t idlen);
 
-/**
- * The billing period [start, end) containing t (half-open) for a tenant
- * whose current period is [cps, cpe) (cpe <= cps, e.g. both 0: the calendar
- * month, UTC). If cps and cpe have the same time of day and are 1..12
- * months apart on one anchor day (the larger of their days, the other
- * clamped to its month end: Jan 31 -> Feb 29, Apr 30 -> May 31), the periods
- * are that many months long and start on the anchor day, clamped to each
- * month's end, at cps's time of day (Stripe's billing_cycle_anchor: Jan 31,
- * Feb 29, Mar 31, Apr 30, May 31). Otherwise they repeat cpe - cps in
- * milliseconds from cps.
- */
-void tally_agg_period(int64_t *start, int64_t *end, int64_t cps, int64_t cpe,
-		      int64_t t);
 
 /** The end of the times rerate accepts: 10000-01-01T00:00:00Z in unix ms. */
 #define TALLY_RERATE_TIME_MAX INT64_C(253402300800000)

@@ -1,5 +1,5 @@
 /*
- * aggregate_rerate.c - `tally rerate`: price ledger rows again with the
+ * rerate.c - `tally rerate`: price ledger rows again with the
  * current book and move the differences into the aggregates.
  *
  * Key design decision: idempotence comes from comparing, not from
@@ -30,6 +30,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
 #include "aggregate_int.h"
+#include "base/strbuf.h"
 #include "tally/event.h"
 #include "tally/log.h"
 #include "tally/money.h"
@@ -55,8 +56,7 @@ typedef struct rr {
 	const tally_rerate_opts *o;
 	tally_rate_ctx *ctx;
 	int64_t from, to; /* this transaction's slice */
-	char *copy;
-	size_t len, cap;
+	tally_strbuf copy; /* changed rows for the stage (COPY text) */
 	rr_counts n; /* this transaction's (an attempt's) counts */
 	tally_pg *pg;
 	struct tperiod { uint8_t id[16]; int64_t cps, cpe; } *tp; /* cache */
@@ -110,17 +110,6 @@ static int tenant_period(rr *r, const uint8_t *id, int64_t *cps, int64_t *cpe)
 	r->tp[r->ntp].cpe = *cpe;
 	r->ntp++;
 	return 0;
-}
-
-static void add(rr *r, const char *s, size_t n)
-{
-	if (r->len + n + 1 > r->cap) {
-		while (r->len + n + 1 > r->cap)
-			r->cap = r->cap ? r->cap * 2 : 65536;
-		r->copy = tally_xrealloc(r->copy, r->cap);
-	}
-	memcpy(r->copy + r->len, s, n);
-	r->len += n;
 }
 
 static const char SELECT_SQL[] =
@@ -339,49 +328,24 @@ static void rate_row(rr *r, PGresult *res, int i)
 		     "\t%" PRId64 "\n",
 		     PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), ms, oc, nc,
 		     re.price_id, ps, pe);
-	add(r, line, (size_t)n);
+	tally_strbuf_add(&r->copy, line, (size_t)n);
 }
 
 /*
- * One transaction: a UTC day of the range. Counts go to r->n, which the
- * caller resets before each attempt and adds to the run's only after the
- * COMMIT (a failed attempt, COMMIT included, is retried from scratch).
+ * The cursor's rows priced again; the changed ones go to the stage in
+ * pieces of stage_bytes (bounded memory), the last piece stays in r->copy.
+ * *staged: bytes sent already.
  */
-static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
+static int rerate_fetch(tally_pg *pg, rr *r, size_t *staged, tally_error *err)
 {
-	rr *r = payload;
-	PGresult *res = NULL;
-	char from[24], to[24], tid[37], storage[8];
-	const char *params[5];
 	size_t chunk = r->o->stage_bytes ? r->o->stage_bytes : 8u << 20;
-	size_t staged = 0;
+	PGresult *res = NULL;
 	int rc, i;
 
-	memset(&r->n, 0, sizeof(r->n));
-	r->len = 0;
-	snprintf(from, sizeof(from), "%" PRId64, r->from);
-	snprintf(to, sizeof(to), "%" PRId64, r->to);
-	snprintf(storage, sizeof(storage), "%d", (int)TALLY_METER_STORAGE);
-	params[0] = from;
-	params[1] = to;
-	params[2] = NULL;
-	if (r->o->tenant_id != NULL) {
-		tally_uuid_fmt(tid, r->o->tenant_id);
-		params[2] = tid;
-	}
-	params[3] = r->o->model;
-	params[4] = storage;
-	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 5, params, err);
-	if (rc == 0)
-		rc = tally_pg_exec(pg, NULL, STAGE_SQL, 0, NULL, err);
 	for (;;) {
-		if (rc != 0)
-			goto done;
 		rc = tally_pg_exec(pg, &res, "FETCH 10000 FROM rr_cur", 0, NULL,
 				   err);
-		if (rc != 0)
-			goto done;
-		if (PQntuples(res) == 0)
+		if (rc != 0 || PQntuples(res) == 0)
 			break;
 		for (i = 0; i < PQntuples(res) && r->err_rc == 0; i++)
 			rate_row(r, res, i);
@@ -390,27 +354,34 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 			if (err != NULL)
 				*err = r->err;
 			r->err_rc = 0;
-			goto done;
+			break;
 		}
 		PQclear(res);
 		res = NULL;
-		/* a piece of the changed rows to the stage: bounded memory */
-		if (r->len >= chunk) {
+		if (r->copy.len >= chunk) {
 			rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN",
-					   r->copy, r->len, err);
-			staged += r->len;
-			r->len = 0;
+					   r->copy.p, r->copy.len, err);
+			*staged += r->copy.len;
+			tally_strbuf_reset(&r->copy);
+			if (rc != 0)
+				break;
 		}
 	}
 	PQclear(res);
-	res = NULL;
-	rc = tally_pg_exec(pg, NULL, "CLOSE rr_cur", 0, NULL, err);
-	if (rc != 0 || (r->len == 0 && staged == 0))
-		goto done;
+	return rc;
+}
+
+/* The staged changes into the ledger and the aggregates, locks first. */
+static int rerate_apply(tally_pg *pg, rr *r, const char *const *params,
+			tally_error *err)
+{
+	PGresult *res = NULL;
+	int rc;
+
 	rc = tally_pg_exec(pg, NULL, DELTA_TABLE_SQL, 0, NULL, err);
-	if (rc == 0 && r->len > 0)
-		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy,
-				   r->len, err);
+	if (rc == 0 && r->copy.len > 0)
+		rc = tally_pg_copy(pg, "COPY rr_stage FROM STDIN", r->copy.p,
+				   r->copy.len, err);
 	/* tenants first: no consumer batch of theirs in flight after it */
 	if (rc == 0)
 		rc = tally_pg_exec(pg, NULL, TENANT_LOCK_SQL, 0, NULL, err);
@@ -427,9 +398,147 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0 &&
 	    tally_parse_i64(&r->n.adjusted, PQgetvalue(res, 0, 1)) != 0)
 		r->n.adjusted = 0;
-done:
 	PQclear(res);
 	return rc;
+}
+
+/*
+ * One transaction: a UTC day of the range. Counts go to r->n, which the
+ * caller resets before each attempt and adds to the run's only after the
+ * COMMIT (a failed attempt, COMMIT included, is retried from scratch).
+ */
+static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
+{
+	rr *r = payload;
+	char from[24], to[24], tid[37], storage[8];
+	const char *params[5];
+	size_t staged = 0;
+	int rc;
+
+	memset(&r->n, 0, sizeof(r->n));
+	tally_strbuf_reset(&r->copy);
+	snprintf(from, sizeof(from), "%" PRId64, r->from);
+	snprintf(to, sizeof(to), "%" PRId64, r->to);
+	snprintf(storage, sizeof(storage), "%d", (int)TALLY_METER_STORAGE);
+	params[0] = from;
+	params[1] = to;
+	params[2] = NULL;
+	if (r->o->tenant_id != NULL) {
+		tally_uuid_fmt(tid, r->o->tenant_id);
+		params[2] = tid;
+	}
+	params[3] = r->o->model;
+	params[4] = storage;
+	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 5, params, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, STAGE_SQL, 0, NULL, err);
+	if (rc == 0)
+		rc = rerate_fetch(pg, r, &staged, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, NULL, "CLOSE rr_cur", 0, NULL, err);
+	if (rc != 0 || (r->copy.len == 0 && staged == 0))
+		return rc;
+	return rerate_apply(pg, r, params, err);
+}
+
+/* One transaction per UTC day of the range (partitions are days). */
+static int rerate_days(tally_pg *pg, rr *r, rr_counts *run, tally_error *err)
+{
+	const tally_rerate_opts *opts = r->o;
+	int64_t day;
+	int rc = 0;
+
+	for (day = opts->from_ms - ((opts->from_ms % DAY_MS) + DAY_MS) % DAY_MS;
+	     day < opts->to_ms && rc == 0; day += DAY_MS) {
+		r->from = day > opts->from_ms ? day : opts->from_ms;
+		r->to = day + DAY_MS < opts->to_ms ? day + DAY_MS : opts->to_ms;
+		rc = tally_pg_txn(pg, rerate_slice, r, 0, err);
+		if (rc == 0) {
+			/* committed: only now are the slice's counts true */
+			run->seen += r->n.seen;
+			run->changed += r->n.changed;
+			run->unpriced += r->n.unpriced;
+			run->adjusted += r->n.adjusted;
+			run->delta += r->n.delta;
+		}
+	}
+	return rc;
+}
+
+/* The storage charges of the range priced again (an aggregator of its own). */
+static int rerate_storage(tally_pg *pg, const tally_pricebook *pb,
+			  const tally_rerate_opts *opts,
+			  tally_agg_reprice_stats *sto, tally_error *err)
+{
+	tally_agg_opts ao = { 0 };
+	tally_agg *agg = NULL;
+	int rc;
+
+	ao.group = "tally-rerate";
+	ao.pricebook = pb;
+	ao.recent_keys = 1;
+	rc = tally_agg_new(&agg, pg, &ao, err);
+	if (rc == 0)
+		rc = tally_agg__storage_reprice(agg, opts->from_ms, opts->to_ms,
+						opts->tenant_id, tally_now_ms(),
+						sto, err);
+	tally_agg_free(agg);
+	return rc;
+}
+
+/* The run into rerate_runs (deltas: exact decimals). */
+static int record_run(tally_pg *pg, const tally_rerate_opts *opts,
+		      const rr_counts *run, const tally_agg_reprice_stats *sto,
+		      const char *delta, const char *sdelta, tally_error *err)
+{
+	char from[24], to[24], tid[37], seen[24], changed[24], speriods[24];
+	const char *params[9];
+
+	snprintf(from, sizeof(from), "%" PRId64, opts->from_ms);
+	snprintf(to, sizeof(to), "%" PRId64, opts->to_ms);
+	snprintf(seen, sizeof(seen), "%" PRId64, run->seen);
+	snprintf(changed, sizeof(changed), "%" PRId64, run->changed);
+	params[0] = from;
+	params[1] = to;
+	params[2] = NULL;
+	if (opts->tenant_id != NULL) {
+		tally_uuid_fmt(tid, opts->tenant_id);
+		params[2] = tid;
+	}
+	params[3] = opts->model;
+	params[4] = seen;
+	params[5] = changed;
+	params[6] = delta;
+	snprintf(speriods, sizeof(speriods), "%" PRId64, sto->periods);
+	params[7] = speriods;
+	params[8] = sdelta;
+	return tally_pg_exec(pg, NULL,
+			     "INSERT INTO rerate_runs (range_from, range_to,"
+			     " tenant_id, model, rows_seen, rows_changed,"
+			     " cost_delta, storage_periods,"
+			     " storage_cost_delta) VALUES (timestamptz"
+			     " 'epoch' + $1::bigint * interval"
+			     " '1 millisecond', timestamptz 'epoch' +"
+			     " $2::bigint * interval '1 millisecond',"
+			     " $3::uuid, $4, $5, $6, $7, $8, $9)",
+			     9, params, err);
+}
+
+static void fill_stats(tally_rerate_stats *stats, const rr_counts *run,
+		       const tally_agg_reprice_stats *sto, const char *delta,
+		       const char *sdelta)
+{
+	stats->rows_seen = run->seen;
+	stats->rows_changed = run->changed;
+	stats->unpriced = run->unpriced;
+	stats->adjusted = run->adjusted;
+	snprintf(stats->cost_delta, sizeof(stats->cost_delta), "%s", delta);
+	stats->storage_periods = sto->periods;
+	stats->storage_adjusted = sto->adjusted;
+	stats->storage_unpriced = sto->unpriced;
+	stats->storage_too_old = sto->too_old;
+	snprintf(stats->storage_delta, sizeof(stats->storage_delta), "%s",
+		 sdelta);
 }
 
 int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
@@ -439,12 +548,10 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 	rr r;
 	rr_counts run;
 	PGresult *res = NULL;
-	int64_t day;
-	int rc;
-	char from[24], to[24], tid[37], seen[24], changed[24], delta[48];
-	char sdelta[48], speriods[24];
 	tally_agg_reprice_stats sto;
-	const char *params[9];
+	tally_error e2;
+	char delta[48], sdelta[48];
+	int rc;
 
 	/* bounded, so that a day + DAY_MS never overflows */
 	if (opts->from_ms < 0 || opts->to_ms > TALLY_RERATE_TIME_MAX ||
@@ -470,97 +577,23 @@ int tally_agg_rerate(tally_pg *pg, const tally_pricebook *pb,
 				     "another tally rerate is running");
 		goto cleanup;
 	}
-	/* one transaction per UTC day: partitions are days */
-	for (day = opts->from_ms - ((opts->from_ms % DAY_MS) + DAY_MS) % DAY_MS;
-	     day < opts->to_ms && rc == 0; day += DAY_MS) {
-		r.from = day > opts->from_ms ? day : opts->from_ms;
-		r.to = day + DAY_MS < opts->to_ms ? day + DAY_MS : opts->to_ms;
-		rc = tally_pg_txn(pg, rerate_slice, &r, 0, err);
-		if (rc == 0) {
-			/* committed: only now are the slice's counts true */
-			run.seen += r.n.seen;
-			run.changed += r.n.changed;
-			run.unpriced += r.n.unpriced;
-			run.adjusted += r.n.adjusted;
-			run.delta += r.n.delta;
-		}
-	}
-	if (rc == 0 && opts->model == NULL) {
-		tally_agg_opts ao = { 0 };
-		tally_agg *agg = NULL;
-
-		ao.group = "tally-rerate";
-		ao.pricebook = pb;
-		ao.recent_keys = 1;
-		rc = tally_agg_new(&agg, pg, &ao, err);
-		if (rc == 0)
-			rc = tally_agg__storage_reprice(agg, opts->from_ms,
-							opts->to_ms,
-							opts->tenant_id,
-							tally_now_ms(), &sto,
-							err);
-		tally_agg_free(agg);
-	}
+	rc = rerate_days(pg, &r, &run, err);
+	if (rc == 0 && opts->model == NULL)
+		rc = rerate_storage(pg, pb, opts, &sto, err);
 	tally_money_fmt128(delta, sizeof(delta), run.delta);
 	tally_money_fmt128(sdelta, sizeof(sdelta), sto.delta);
-	if (rc == 0) {
-		snprintf(from, sizeof(from), "%" PRId64, opts->from_ms);
-		snprintf(to, sizeof(to), "%" PRId64, opts->to_ms);
-		snprintf(seen, sizeof(seen), "%" PRId64, run.seen);
-		snprintf(changed, sizeof(changed), "%" PRId64, run.changed);
-		params[0] = from;
-		params[1] = to;
-		params[2] = NULL;
-		if (opts->tenant_id != NULL) {
-			tally_uuid_fmt(tid, opts->tenant_id);
-			params[2] = tid;
-		}
-		params[3] = opts->model;
-		params[4] = seen;
-		params[5] = changed;
-		params[6] = delta;
-		snprintf(speriods, sizeof(speriods), "%" PRId64, sto.periods);
-		params[7] = speriods;
-		params[8] = sdelta;
-		rc = tally_pg_exec(pg, NULL,
-				   "INSERT INTO rerate_runs (range_from, range_to,"
-				   " tenant_id, model, rows_seen, rows_changed,"
-				   " cost_delta, storage_periods,"
-				   " storage_cost_delta) VALUES (timestamptz"
-				   " 'epoch' + $1::bigint * interval"
-				   " '1 millisecond', timestamptz 'epoch' +"
-				   " $2::bigint * interval '1 millisecond',"
-				   " $3::uuid, $4, $5, $6, $7, $8, $9)",
-				   9, params, err);
+	if (rc == 0)
+		rc = record_run(pg, opts, &run, &sto, delta, sdelta, err);
+	if (tally_pg_exec(pg, NULL, "SELECT pg_advisory_unlock(7245880104)",
+			  0, NULL, &e2) != 0) {
+		/* the session ends soon anyway */
 	}
-	PQclear(res);
-	res = NULL;
-	{
-		tally_error e2;
-
-		if (tally_pg_exec(pg, NULL, "SELECT pg_advisory_unlock(7245880104)",
-				  0, NULL, &e2) != 0) {
-			/* the session ends soon anyway */
-		}
-	}
-	if (stats != NULL) {
-		stats->rows_seen = run.seen;
-		stats->rows_changed = run.changed;
-		stats->unpriced = run.unpriced;
-		stats->adjusted = run.adjusted;
-		snprintf(stats->cost_delta, sizeof(stats->cost_delta), "%s",
-			 delta);
-		stats->storage_periods = sto.periods;
-		stats->storage_adjusted = sto.adjusted;
-		stats->storage_unpriced = sto.unpriced;
-		stats->storage_too_old = sto.too_old;
-		snprintf(stats->storage_delta, sizeof(stats->storage_delta),
-			 "%s", sdelta);
-	}
+	if (stats != NULL)
+		fill_stats(stats, &run, &sto, delta, sdelta);
 cleanup:
 	PQclear(res);
 	tally_rate_ctx_free(r.ctx);
-	free(r.copy);
+	tally_strbuf_free(&r.copy);
 	free(r.tp);
 	return rc;
 }

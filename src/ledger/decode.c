@@ -1,0 +1,259 @@
+/*
+ * decode.c - a batch decoded and classified (no I/O): rated events into
+ * items with their dedupe key, dead letters for the undecodable and the
+ * out-of-window, duplicates within the batch or committed lately.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "aggregate_int.h"
+#include "tally/codec.h"
+
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
+		      const char *id, size_t idlen)
+{
+	char buf[16 + TALLY_SOURCE_MAX + TALLY_ID_MAX];
+	unsigned int olen = 16;
+	int n = snprintf(buf, 16, "%zu:", slen);
+
+	if (slen > TALLY_SOURCE_MAX)
+		slen = TALLY_SOURCE_MAX; /* codec guarantees; be safe */
+	if (idlen > TALLY_ID_MAX)
+		idlen = TALLY_ID_MAX;
+	memcpy(buf + n, source, slen);
+	memcpy(buf + n + slen, id, idlen);
+	EVP_Digest(buf, (size_t)n + slen + idlen, out, &olen, EVP_md5(), NULL);
+}
+
+/*
+ * Dead-letter details live in one buffer per batch (offset 0 is ""), so an
+ * item stays small: two batches of items are alive while the poll thread
+ * gathers the next one (RSS).
+ */
+static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+	TALLY_PRINTF(3, 4);
+static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+{
+	char buf[160];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	it->detail = (uint32_t)agg->details.len;
+	tally_strbuf_add(&agg->details, buf, strlen(buf) + 1);
+}
+
+const char *agg_item_detail(const tally_agg *agg, const item *it)
+{
+	return agg->details.p + it->detail;
+}
+
+static void decoded_reset(tally_agg_decoded *d)
+{
+	size_t k;
+
+	for (k = 0; k < d->nblocks; k++)
+		free(d->blocks[k]);
+	d->nblocks = 0;
+	d->n = 0;
+}
+
+static void to_item(agg_rated *out, const tally_rated_event *re)
+{
+	const tally_usage_event *ev = &re->ev;
+	agg_event *o = &out->ev;
+
+	o->provider = ev->provider;
+	o->model = ev->model;
+	o->workflow_id = ev->workflow_id;
+	memcpy(o->tenant_id, ev->tenant_id, 16);
+	o->time_ms = ev->time_ms;
+	o->input_tokens = ev->input_tokens;
+	o->output_tokens = ev->output_tokens;
+	o->cache_read_tokens = ev->cache_read_tokens;
+	o->cache_write_tokens = ev->cache_write_tokens;
+	o->reasoning_tokens = ev->reasoning_tokens;
+	o->steps = ev->steps;
+	o->complexity = ev->complexity;
+	o->bytes = ev->bytes;
+	o->count = ev->count;
+	o->meter = ev->meter;
+	out->cost = re->cost;
+	out->price_id = re->price_id;
+	out->unpriced = re->unpriced;
+}
+
+void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
+			    size_t from, size_t to)
+{
+	tally_rated_event re;
+	size_t i;
+
+	if (from == 0)
+		decoded_reset(d);
+	if (d->cap < to) {
+		size_t cap = d->cap ? d->cap : 1024;
+
+		while (cap < to)
+			cap *= 2;
+		d->items = tally_xrealloc(d->items, cap * sizeof(item));
+		if (d->errs != NULL) {
+			d->errs = tally_xrealloc(d->errs, cap * sizeof(*d->errs));
+			memset(d->errs + d->cap, 0,
+			       (cap - d->cap) * sizeof(*d->errs));
+		}
+		d->cap = cap;
+	}
+	d->n = to;
+	d->msgs = msgs;
+	for (i = from; i < to; i++) {
+		const tally_agg_msg *m = &msgs[i];
+		item *it = &d->items[i];
+		tally_codec_error ce;
+
+		memset(it, 0, sizeof(*it));
+		memset(&ce, 0, sizeof(ce));
+		if (tally_codec_decode_rated(&re, m->payload, m->len, &ce) !=
+		    0) {
+			if (d->errs == NULL)
+				d->errs = tally_xcalloc(d->cap, sizeof(*d->errs));
+			d->errs[i] = ce;
+			it->bad = true;
+			continue;
+		}
+		memcpy(it->key, re.ev.tenant_id, 16);
+		tally_agg_digest(it->key + 16, re.ev.source.ptr,
+				 re.ev.source.len, re.ev.id.ptr, re.ev.id.len);
+		to_item(&it->re, &re);
+	}
+}
+
+void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
+		      size_t n)
+{
+	tally_agg_decode_range(d, msgs, 0, n);
+}
+
+tally_agg_decoded *tally_agg_decoded_new(void)
+{
+	return tally_xcalloc(1, sizeof(tally_agg_decoded));
+}
+
+void tally_agg_decoded_free(tally_agg_decoded *d)
+{
+	if (d == NULL)
+		return;
+	decoded_reset(d);
+	free(d->blocks);
+	free(d->items);
+	free(d->errs);
+	free(d);
+}
+
+static void detach_str(tally_str *s, char **pool)
+{
+	if (s->len > 0)
+		memcpy(*pool, s->ptr, s->len);
+	s->ptr = *pool;
+	*pool += s->len;
+}
+
+size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
+			      int64_t now_ms, bool *keep, size_t from,
+			      size_t to)
+{
+	size_t i, need = 0, n = 0;
+	char *pool;
+
+	for (i = from; i < to; i++) {
+		const agg_event *ev = &d->items[i].re.ev;
+
+		/* the very test agg_classify() makes with the same now_ms */
+		keep[i] = d->items[i].bad ||
+			  ev->time_ms < now_ms - agg->lateness_ms ||
+			  ev->time_ms > now_ms + agg->future_ms;
+		if (!keep[i])
+			need += (size_t)ev->provider.len + ev->model.len +
+				ev->workflow_id.len;
+	}
+	/* a block per range: earlier ranges' strings never move */
+	if (d->nblocks == d->capblocks) {
+		d->capblocks = d->capblocks ? d->capblocks * 2 : 16;
+		d->blocks = tally_xrealloc(d->blocks,
+					   d->capblocks * sizeof(*d->blocks));
+	}
+	pool = d->blocks[d->nblocks++] = tally_xmalloc(need + 1);
+	for (i = from; i < to; i++) {
+		agg_event *ev = &d->items[i].re.ev;
+
+		if (keep[i])
+			continue;
+		detach_str(&ev->provider, &pool);
+		detach_str(&ev->model, &pool);
+		detach_str(&ev->workflow_id, &pool);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Statuses of the decoded batch: undecodable or outside the time window
+ * (dead letters), repeated within the batch or committed lately (ring),
+ * else ST_OK. Resets what a previous attempt at the batch changed.
+ */
+void agg_classify(tally_agg *agg)
+{
+	size_t i;
+
+	tally_strbuf_reset(&agg->details);
+	tally_strbuf_add(&agg->details, "", 1);
+	tally_hashset_init(&agg->dedupe, agg->n);
+	for (i = 0; i < agg->n; i++) {
+		item *it = &agg->items[i];
+		int64_t t;
+
+		it->status = ST_OK;
+		it->reason = NULL;
+		it->detail = 0;
+		it->provider_id = it->model_id = 0;
+		it->ps = it->pe = 0;
+		it->closed = it->dup_db = false;
+		if (it->bad) {
+			const tally_codec_error *ce = &agg->dec->errs[i];
+
+			it->status = ST_DLQ;
+			it->reason = ce->reason ? ce->reason : "invalid";
+			set_detail(agg, it, "%.40s: %.110s", ce->field,
+				   ce->detail);
+			continue;
+		}
+		t = it->re.ev.time_ms;
+		if (t < agg->now_ms - agg->lateness_ms) {
+			it->status = ST_DLQ;
+			it->reason = "too_late";
+			set_detail(agg, it,
+				 "event time is %" PRId64 " s before the "
+				 "lateness window", (agg->now_ms -
+				 agg->lateness_ms - t) / 1000);
+			continue;
+		}
+		if (t > agg->now_ms + agg->future_ms) {
+			it->status = ST_DLQ;
+			it->reason = "future_timestamp";
+			set_detail(agg, it,
+				 "event time is %" PRId64 " s in the future",
+				 (t - agg->now_ms) / 1000);
+			continue;
+		}
+		if (tally_hashset_put(&agg->dedupe, (const uint8_t *)agg->items,
+			     sizeof(item), 32, (uint32_t)i) != (uint32_t)i ||
+		    agg_seen_has(&agg->seen, it->key))
+			it->status = ST_DUP;
+	}
+}
