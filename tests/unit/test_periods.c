@@ -8,7 +8,7 @@
  * by a day count of their own (not the library's civil-time code).
  */
 #include "check_main.h"
-#include "tally/aggregate.h"
+#include "tally/periods.h"
 
 #include <inttypes.h>
 #include <stdio.h>
