@@ -1,5 +1,7 @@
 // deploy-check: the checks of ops/check-deploy that need Go types.
 //
+//	deploy-check compose FILE...
+//	    load each compose file as `docker compose config` does (compose-go)
 //	deploy-check k8s --partitions N DIR...
 //	    render each kustomization DIR (sigs.k8s.io/kustomize/api/krusty),
 //	    decode every object strictly into its official Go type (k8s.io/api,
@@ -31,7 +33,7 @@ func problem(where, format string, args ...any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: deploy-check k8s|promql ...")
+		fmt.Fprintln(os.Stderr, "usage: deploy-check k8s|promql|compose ...")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -39,6 +41,8 @@ func main() {
 		runK8s(os.Args[2:])
 	case "promql":
 		runPromQL(os.Args[2:])
+	case "compose":
+		runCompose(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "deploy-check: unknown command %q\n", os.Args[1])
 		os.Exit(2)
