@@ -27,12 +27,13 @@ RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
  && cmake --install build --prefix /stage/usr/local
 
 FROM debian:bookworm-slim AS runtime
-# runtime libraries only (no compilers, no -dev packages); curl for the
+# runtime libraries only (no compilers, no -dev packages): what the
+# programs and librdkafka link (readelf -d: NEEDED), curl for the
 # HEALTHCHECK; the librdkafka the programs were linked with (RPATH).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
-        libpq5 libmsgpackc2 libconfig9 libjansson4 libcurl4 \
+        libpq5 libconfig9 libjansson4 libcurl4 \
         libmicrohttpd12 libssl3 libuuid1 libsystemd0 \
         libsasl2-2 libzstd1 liblz4-1 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
