@@ -11,8 +11,9 @@ FROM debian:bookworm-slim AS build
 # ops/install-deps installs ops/debian-packages.txt and builds librdkafka
 # 2.12.1 into /opt/tally-deps (the runtime stage copies that prefix).
 # libsystemd-dev: sd_notify (a no-op in a container, but the same build
-# as on hosts with the systemd units). Versions are the distribution's (bookworm + its security updates), not
-# pinned one by one: a pin would break at the next point release.
+# as on hosts with the systemd units). Versions are the distribution's
+# (bookworm and its security updates), not pinned one by one: a pin would
+# break at the next point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends bash ca-certificates curl \
