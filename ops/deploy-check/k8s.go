@@ -47,6 +47,17 @@ var secretEnv = map[string]bool{
 	"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true,
 }
 
+// the secrets each program may see (least privilege, as the systemd units'
+// EnvironmentFiles): the relay has no database, only tally-stripe the API key
+var secretsOf = map[string]map[string]bool{
+	"tally-rate":      {"DATABASE_URL": true},
+	"tally-aggregate": {"DATABASE_URL": true},
+	"tally-stripe":    {"DATABASE_URL": true, "STRIPE_SECRET_KEY": true},
+	"tally-alerts":    {"DATABASE_URL": true},
+	"tally-relay":     {"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
+	"tally-migrate":   {"DATABASE_URL": true},
+}
+
 type rendered struct {
 	deployments []*appsv1.Deployment
 	pdbs        []*policyv1.PodDisruptionBudget
@@ -122,6 +133,7 @@ func checkRendered(dir string, r *rendered, partitions int) {
 	for _, d := range r.deployments {
 		have[d.Name] = d
 		checkPod(dir+": Deployment/"+d.Name, &d.Spec.Template.Spec, r, true)
+		checkSecretsOf(dir+": Deployment/"+d.Name, d.Name, &d.Spec.Template.Spec)
 		if !coveredByPDB(d, r.pdbs) {
 			problem(dir+": Deployment/"+d.Name, "no PodDisruptionBudget selects its pods")
 		}
@@ -133,6 +145,7 @@ func checkRendered(dir string, r *rendered, partitions int) {
 	}
 	for _, j := range r.jobs {
 		checkPod(dir+": Job/"+j.Name, &j.Spec.Template.Spec, r, false)
+		checkSecretsOf(dir+": Job/"+j.Name, j.Name, &j.Spec.Template.Spec)
 	}
 	if len(r.jobs) == 0 {
 		problem(dir, "no migrate Job")
@@ -189,6 +202,25 @@ func checkPod(where string, spec *corev1.PodSpec, r *rendered, probes bool) {
 	}
 	if spec.SecurityContext == nil || spec.SecurityContext.RunAsNonRoot == nil || !*spec.SecurityContext.RunAsNonRoot {
 		problem(where, "securityContext.runAsNonRoot must be true")
+	}
+}
+
+func checkSecretsOf(where, name string, spec *corev1.PodSpec) {
+	allowed, known := secretsOf[name]
+	if !known {
+		problem(where, "no secret policy for %s", name)
+		return
+	}
+	for _, c := range spec.Containers {
+		for _, e := range c.Env {
+			refs := e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil
+			if (secretEnv[e.Name] || refs) && !allowed[e.Name] {
+				problem(where, "container %s gets secret %s, which %s does not use", c.Name, e.Name, name)
+			}
+		}
+		if len(c.EnvFrom) > 0 {
+			problem(where, "container %s: envFrom imports a whole object; name each variable", c.Name)
+		}
 	}
 }
 
