@@ -53,7 +53,7 @@ var secretsOf = map[string]map[string]bool{
 	"tally-rate":      {"DATABASE_URL": true},
 	"tally-aggregate": {"DATABASE_URL": true},
 	"tally-stripe":    {"DATABASE_URL": true, "STRIPE_SECRET_KEY": true},
-	"tally-alerts":    {"DATABASE_URL": true},
+	"tally-alerts":    {"DATABASE_URL": true, "TALLY_ALERTS_WEBHOOK_URL": true},
 	"tally-relay":     {"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
 	"tally-migrate":   {"DATABASE_URL": true},
 }
