@@ -1,10 +1,10 @@
 /*
  * business_gauges.c - MRR, ARR, paying tenants, tenants by status and open
  * alerts as gauges, refreshed by one thread on its own connection (see
- * business_gauges.h). One statement, so the figures share one snapshot.
+ * tally/business_gauges.h). One statement: the figures share a snapshot.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "alerts/business_gauges.h"
+#include "tally/business_gauges.h"
 #include "tally/log.h"
 
 #include <errno.h>

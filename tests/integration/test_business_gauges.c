@@ -8,7 +8,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "test_support.h"
 #include "check_main.h"
-#include "alerts/business_gauges.h"
+#include "tally/business_gauges.h"
 
 #include <stdlib.h>
 #include <string.h>

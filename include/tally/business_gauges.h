@@ -1,11 +1,13 @@
-#ifndef TALLY_ALERTS_BUSINESS_GAUGES_H
-#define TALLY_ALERTS_BUSINESS_GAUGES_H
+#ifndef TALLY_BUSINESS_GAUGES_H
+#define TALLY_BUSINESS_GAUGES_H
 
-/*
- * business_gauges.h - business figures as Prometheus gauges, read from the
- * finance views (migrations/0005_finance.sql) on a thread of their own with
- * a connection of their own, every interval (a minute in tally-alerts);
- * never per scrape, so a scrape costs PostgreSQL nothing.
+/**
+ * @file tally/business_gauges.h
+ * @brief Business figures as Prometheus gauges, read from the finance
+ *        views (migrations/0005_finance.sql) on a thread of their own with
+ *        a connection of their own, every interval (a minute in
+ *        tally-alerts); never per scrape, so a scrape costs PostgreSQL
+ *        nothing. Code: src/alerts/business_gauges.c.
  *
  * Gauges (amounts are integers in minor units, rounded by PostgreSQL's
  * numeric, never through a float):
@@ -26,14 +28,14 @@
 
 typedef struct tally_business_gauges tally_business_gauges;
 
-/*
+/**
  * One refresh on pg into m (registers the gauges on first use). Returns 0,
  * or the database error (gauges keep their previous values).
  */
 int tally_business_gauges_refresh(tally_pg *pg, tally_metrics *m,
 				  tally_error *err) TALLY_MUSTCHECK;
 
-/*
+/**
  * Start the refresh thread: it connects to database_url (retrying up to
  * retry_max_ms each time), refreshes at once, then every interval_ms.
  * m is borrowed and must outlive tally_business_gauges_stop().
@@ -43,7 +45,7 @@ int tally_business_gauges_start(tally_business_gauges **out,
 				tally_metrics *m, long interval_ms,
 				tally_error *err) TALLY_MUSTCHECK;
 
-/* Stop the thread (waits for a refresh in progress) and free. NULL: no-op. */
+/** Stop the thread (waits for a refresh in progress) and free. NULL: no-op. */
 void tally_business_gauges_stop(tally_business_gauges *bg);
 
-#endif /* TALLY_ALERTS_BUSINESS_GAUGES_H */
+#endif /* TALLY_BUSINESS_GAUGES_H */
