@@ -31,15 +31,37 @@ static int64_t field_i64(json_t *p, const char *key)
 	return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
 }
 
+/*
+ * The committed offset and lag of one partition. librdkafka's own (from the
+ * offsets this consumer committed) when it knows them; otherwise, as for
+ * offsets committed inside a Kafka transaction by a producer (tally-rate:
+ * the consumer never sees those), the read position: batches commit in
+ * order and an aborted one rewinds, so it is at most one batch ahead.
+ */
+static void partition_lag(json_t *p, int64_t *committed, int64_t *lag)
+{
+	int64_t pos = field_i64(p, "app_offset");
+	int64_t end = field_i64(p, "ls_offset"); /* = hi_offset without txns */
+
+	*committed = field_i64(p, "committed_offset");
+	*lag = field_i64(p, "consumer_lag");
+	if (*committed >= 0)
+		return;
+	if (end < 0)
+		end = field_i64(p, "hi_offset");
+	*committed = pos;
+	*lag = pos >= 0 && end >= pos ? end - pos : -1;
+}
+
 static void set_partition(tally_metrics *m, const char *group,
 			  const char *topic, const char *part, json_t *p)
 {
 	char g[128], t[256], labels[512];
-	int64_t lag = field_i64(p, "consumer_lag");
-	int64_t committed = field_i64(p, "committed_offset");
+	int64_t lag, committed;
 	/* "desired": the partition is assigned to this instance */
 	bool mine = json_is_true(json_object_get(p, "desired"));
 
+	partition_lag(p, &committed, &lag);
 	tally_metrics_escape_label(g, sizeof(g), group);
 	tally_metrics_escape_label(t, sizeof(t), topic);
 	snprintf(labels, sizeof(labels),

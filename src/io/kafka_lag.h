@@ -8,10 +8,12 @@
  * offset, and committed_offset):
  *   tally_kafka_consumer_lag{group,topic,partition}
  *   tally_kafka_consumer_committed_offset{group,topic,partition}
- * A partition this instance does not own (or whose lag librdkafka does not
- * know yet, -1) reads 0, so sum() over the instances of a group is the
- * group's lag and a partition moved to another instance does not stay
- * stale here.
+ * When librdkafka does not know the committed offset (offsets committed
+ * in a Kafka transaction by a producer, as tally-rate does, or none yet),
+ * the read position stands for it (app_offset; lag = last stable offset -
+ * position). A partition this instance does not own reads 0, so sum() over
+ * the instances of a group is the group's lag and a partition moved to
+ * another instance does not stay stale here.
  */
 
 #include <librdkafka/rdkafka.h>

@@ -2,7 +2,9 @@
  * test_kafka_lag.c - a real consumer with tally_consumer_opts.metrics set
  * exports its lag and committed offset per partition from librdkafka's
  * statistics: 10 messages read, 4 of them stored (committed) -> lag 6,
- * committed offset 4; without .metrics no lag series at all.
+ * committed offset 4; 4 read and nothing committed by this consumer (as
+ * when a transactional producer commits its offsets) -> the position: lag
+ * 6, offset 4; without .metrics no lag series at all.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "test_support.h"
@@ -67,7 +69,9 @@ static bool wait_line(tally_consumer *c, tally_metrics *m, const char *line)
 	return false;
 }
 
-static void run(bool with_metrics)
+typedef enum { COMMIT_4, READ_4, NO_METRICS } mode;
+
+static void run(mode md)
 {
 	tally_config *cfg = config();
 	tally_metrics *m = tally_metrics_new();
@@ -77,7 +81,7 @@ static void run(bool with_metrics)
 	rd_kafka_message_t *msgs[16];
 	char line[512], *text = NULL;
 	tally_error err;
-	size_t n = 0, got;
+	size_t n = 0, got, want;
 	int rounds;
 
 	tally_test_unique(topic, sizeof(topic), "t_lag");
@@ -85,21 +89,34 @@ static void run(bool with_metrics)
 	produce_ten(cfg);
 	co.group = group;
 	co.topics = topics;
-	co.metrics = with_metrics ? m : NULL;
+	co.metrics = md != NO_METRICS ? m : NULL;
 	ck_assert_int_eq(tally_consumer_new(&c, tally_kafka_conf(cfg), &co,
 					    &err), 0);
-	for (rounds = 0; rounds < 40 && n < 10; rounds++) {
-		got = tally_consumer_poll_batch(c, msgs + n, 16 - n, 500);
+	want = md == READ_4 ? 4 : 10;
+	for (rounds = 0; rounds < 40 && n < want; rounds++) {
+		got = tally_consumer_poll_batch(c, msgs + n, want - n, 500);
 		n += got;
 	}
-	ck_assert_uint_eq(n, 10);
-	ck_assert_int_eq(tally_consumer_store(c, msgs, 4, &err), 0);
+	ck_assert_uint_eq(n, want);
+	if (md != READ_4) {
+		ck_assert_int_eq(tally_consumer_store(c, msgs, 4, &err), 0);
+		ck_assert_int_eq(rd_kafka_commit(tally_consumer_rk(c), NULL, 0),
+				 0);
+	} else {
+		/* stop at the position: no more is read while we wait */
+		rd_kafka_topic_partition_list_t *asg = NULL;
+
+		ck_assert_int_eq(rd_kafka_assignment(tally_consumer_rk(c), &asg),
+				 0);
+		ck_assert_int_eq(rd_kafka_pause_partitions(tally_consumer_rk(c),
+							   asg), 0);
+		rd_kafka_topic_partition_list_destroy(asg);
+	}
 	for (got = 0; got < n; got++)
 		rd_kafka_message_destroy(msgs[got]);
-	ck_assert_int_eq(rd_kafka_commit(tally_consumer_rk(c), NULL, 0), 0);
 	snprintf(line, sizeof(line), "tally_kafka_consumer_lag{group=\"%s\","
 		 "topic=\"%s\",partition=\"0\"} 6\n", group, topic);
-	if (with_metrics) {
+	if (md != NO_METRICS) {
 		ck_assert_msg(wait_line(c, m, line), "no \"%s\"", line);
 		snprintf(line, sizeof(line),
 			 "tally_kafka_consumer_committed_offset{group=\"%s\","
@@ -118,13 +135,19 @@ static void run(bool with_metrics)
 
 START_TEST(test_kafka_lag_from_statistics)
 {
-	run(true);
+	run(COMMIT_4);
+}
+END_TEST
+
+START_TEST(test_kafka_lag_position_when_commits_unseen)
+{
+	run(READ_4);
 }
 END_TEST
 
 START_TEST(test_kafka_lag_off_without_metrics)
 {
-	run(false);
+	run(NO_METRICS);
 }
 END_TEST
 
@@ -136,6 +159,7 @@ static Suite *suite(void)
 	tally_test_need_env("TALLY_TEST_BROKERS");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_kafka_lag_from_statistics);
+	tcase_add_test(tc, test_kafka_lag_position_when_commits_unseen);
 	tcase_add_test(tc, test_kafka_lag_off_without_metrics);
 	suite_add_tcase(s, tc);
 	return s;

@@ -1,7 +1,8 @@
 /*
  * test_kafka_lag.c - librdkafka statistics JSON -> consumer lag and
- * committed offset gauges: owned partitions carry their lag, partitions not
- * owned (or not known yet: -1) read 0, the internal partition -1 is
+ * committed offset gauges: owned partitions carry their lag (from the read
+ * position when librdkafka does not know the committed offset), partitions
+ * not owned or not known at all read 0, the internal partition -1 is
  * skipped, labels are escaped, a bad document changes nothing.
  */
 #include "check_main.h"
@@ -20,6 +21,9 @@ static const char *stats =
 	"        \"hi_offset\":900,\"consumer_lag\":-1},"
 	"  \"2\":{\"partition\":2,\"desired\":true,\"committed_offset\":-1001,"
 	"        \"hi_offset\":-1,\"consumer_lag\":-1},"
+	"  \"3\":{\"partition\":3,\"desired\":true,\"committed_offset\":-1001,"
+	"        \"app_offset\":400,\"ls_offset\":1000,\"hi_offset\":1000,"
+	"        \"consumer_lag\":-1},"
 	"  \"-1\":{\"partition\":-1,\"desired\":false,\"consumer_lag\":-1}}},"
 	" \"we\\\"ird\":{\"partitions\":{"
 	"  \"0\":{\"desired\":true,\"committed_offset\":7,\"consumer_lag\":0}}}}}";
@@ -50,6 +54,12 @@ START_TEST(test_kafka_lag_per_partition)
 	ck_assert_ptr_nonnull(strstr(t, "tally_kafka_consumer_lag{group=\""
 		"tally.rate\",topic=\"billing.usage\",partition=\"2\"} 0\n"));
 	ck_assert_ptr_null(strstr(t, "partition=\"-1\""));
+	/* commits librdkafka does not see (Kafka transactions): the position */
+	ck_assert_ptr_nonnull(strstr(t, "tally_kafka_consumer_lag{group=\""
+		"tally.rate\",topic=\"billing.usage\",partition=\"3\"} 600\n"));
+	ck_assert_ptr_nonnull(strstr(t,
+		"tally_kafka_consumer_committed_offset{group=\"tally.rate\","
+		"topic=\"billing.usage\",partition=\"3\"} 400\n"));
 	ck_assert_ptr_nonnull(strstr(t,
 		"tally_kafka_consumer_committed_offset{group=\"tally.rate\","
 		"topic=\"billing.usage\",partition=\"0\"} 1200\n"));
