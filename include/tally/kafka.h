@@ -18,6 +18,7 @@
 
 #include "tally/common.h"
 #include "tally/config.h"
+#include "tally/metrics.h"
 
 /**
  * A new librdkafka conf with bootstrap servers, client.id and the log
@@ -59,6 +60,8 @@ typedef struct tally_consumer_opts {
 	tally_assign_fn on_assign; /* may be NULL */
 	tally_revoke_fn on_revoke; /* may be NULL */
 	void *payload;
+	/* consumer lag gauges go here (src/io/kafka_lag.h); NULL: none */
+	tally_metrics *metrics;
 } tally_consumer_opts;
 
 /** conf is taken over, even on error. */

@@ -8,6 +8,7 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/pg.h"
+#include "io/kafka_lag.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +137,20 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 	}
 }
 
+/* librdkafka statistics (on the polling thread) -> lag gauges */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+	tally_consumer *c = opaque;
+	tally_error err;
+
+	(void)rk;
+	if (tally_kafka_lag_update(c->opts.metrics, c->opts.group, json, len,
+				   &err) != 0)
+		tally_log(TALLY_WARN, "kafka.stats_bad",
+			  TALLY_KV_STR("error", err.msg));
+	return 0; /* librdkafka frees json */
+}
+
 int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 		       const tally_consumer_opts *opts, tally_error *err)
 {
@@ -158,6 +173,8 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 					  opts->read_committed ?
 					  "read_committed" : "read_uncommitted",
 					  err);
+	if (rc == 0 && opts->metrics != NULL)
+		rc = tally_kafka_lag_enable(conf, stats_cb, err);
 	if (rc != 0) {
 		rd_kafka_conf_destroy(conf);
 		free(c);

@@ -5,6 +5,7 @@
 #include "tally/program.h"
 #include "tally/log.h"
 #include "tally/signals.h"
+#include "io/sd_notify.h"
 
 #include <librdkafka/rdkafka.h>
 #ifdef __GLIBC__
@@ -85,6 +86,7 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
 	tally_log(TALLY_INFO, "program.start",
 		  TALLY_KV_STR("config", cfg_path ? cfg_path : "(defaults)"),
 		  TALLY_KV_STR("librdkafka", rd_kafka_version_str()));
+	tally_sd_notify_start(); /* systemd: READY=1, watchdog, STOPPING=1 */
 	*exit_code = EXIT_SUCCESS;
 	return 0;
 }
