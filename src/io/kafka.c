@@ -60,6 +60,21 @@ static void error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque)
 		  TALLY_KV_STR("error", reason));
 }
 
+/* librdkafka before 2.6.1 sends a SCRAM proof Kafka 4.x rejects (#4895) */
+static const char *scram_hint(rd_kafka_t *rk)
+{
+	char mech[32];
+	size_t n = sizeof(mech);
+
+	if (rd_kafka_version() < 0x020601ff &&
+	    rd_kafka_conf_get(rd_kafka_conf(rk), "sasl.mechanisms", mech, &n) ==
+		    RD_KAFKA_CONF_OK &&
+	    strncmp(mech, "SCRAM", 5) == 0)
+		return " (librdkafka before 2.6.1 cannot log in with SCRAM to "
+		       "Kafka 4.x: use a newer librdkafka, or PLAIN over TLS)";
+	return "";
+}
+
 /*
  * Credentials or a CA the broker rejects do not heal by retrying, and a
  * client would retry them for ever: a new client first asks for metadata
@@ -80,8 +95,8 @@ static int preflight(rd_kafka_t *rk, tally_error *err)
 		md = NULL;
 		rd_kafka_poll(rk, 0); /* serves error_cb */
 		if (auth_failure[0] != '\0')
-			return tally_error_set(err, TALLY_EINVALID, "kafka: %s",
-					       auth_failure);
+			return tally_error_set(err, TALLY_EINVALID, "kafka: %s%s",
+					       auth_failure, scram_hint(rk));
 	} while (e != RD_KAFKA_RESP_ERR_NO_ERROR && tally_mono_ns() < deadline);
 	return 0;
 }
