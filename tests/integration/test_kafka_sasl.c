@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_support.h"
 #include "check_main.h"
+#include "program_support.h"
 #include "tally/config.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -26,7 +27,6 @@
 
 #define NPART 4
 #define N_EVENTS 20000
-#define DATA TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json"
 
 static const char *brokers, *password;
 static char db[64], dsn[512], usage_t[96], rated_t[96], totals_t[96];
@@ -59,13 +59,6 @@ static void write_config(const char *path, const char *ca)
 
 static void setup(void)
 {
-	tally_pg *pg = NULL;
-	tally_price_import_stats st;
-	tally_error err;
-	char *text = NULL;
-	size_t len = 0;
-	FILE *fp;
-
 	tally_test_need_env("TALLY_TEST_PG_DSN");
 	brokers = tally_test_need_env("TALLY_TEST_KAFKA_SASL_BROKERS");
 	password = tally_test_need_env("TALLY_TEST_KAFKA_SASL_PASSWORD");
@@ -77,18 +70,7 @@ static void setup(void)
 	tally_test_db_create(dsn, sizeof(dsn), db, 1);
 	chk = PQconnectdb(dsn);
 	ck_assert(PQstatus(chk) == CONNECTION_OK);
-	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
-	fp = fopen(DATA, "rb");
-	ck_assert(fp != NULL);
-	text = tally_xmalloc(4 << 20);
-	len = fread(text, 1, 4 << 20, fp);
-	fclose(fp);
-	ck_assert_msg(tally_pricebook_import_genai(pg, text, len, "test",
-						   tally_now_ms(), &st,
-						   &err) == 0,
-		      "import: %s", err.msg);
-	free(text);
-	tally_pg_free(pg);
+	prog_import_prices(dsn);
 	snprintf(usage_t, sizeof(usage_t), "test.usage.%s", db);
 	snprintf(rated_t, sizeof(rated_t), "test.rated.%s", db);
 	snprintf(totals_t, sizeof(totals_t), "test.totals.%s", db);
@@ -133,23 +115,10 @@ static pid_t start(const char *program, const char *cfg, const char *pw,
 	return pid;
 }
 
-static char *slurp(const char *path)
-{
-	FILE *fp = fopen(path, "rb");
-	char *buf = tally_xcalloc(1, 1 << 22);
-
-	if (fp != NULL) {
-		size_t n = fread(buf, 1, (1 << 22) - 1, fp);
-		buf[n] = '\0';
-		fclose(fp);
-	}
-	return buf;
-}
-
 /* No line of the log may hold a password (the real one or pw). */
 static void no_secret_in(const char *log, const char *pw)
 {
-	char *text = slurp(log);
+	char *text = prog_slurp(log);
 
 	ck_assert_msg(strstr(text, password) == NULL,
 		      "%s holds the SASL password", log);
@@ -295,7 +264,7 @@ static void expect_refused(const char *program, const char *cfg,
 	}
 	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) != 0,
 		      "%s: non-zero exit expected (status %d)", program, status);
-	text = slurp(log);
+	text = prog_slurp(log);
 	ck_assert_msg(strstr(text, brokers) != NULL,
 		      "%s names the broker %s; see %s", program, brokers, log);
 	ck_assert_msg(strstr(text, cause) != NULL, "%s says '%s'; see %s",

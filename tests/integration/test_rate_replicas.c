@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
+#include "program_support.h"
 #include "test_support.h"
 #include "tally/codec.h"
 #include "tally/kafka.h"
@@ -22,7 +23,6 @@
 
 #define PARTS 4
 #define N_EVENTS 20000
-#define DATA TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json"
 
 static const char *brokers;
 static char db[64], dsn[512], usage_t[96], rated_t[96], dlq_t[112];
@@ -31,11 +31,6 @@ static pid_t procs[2];
 
 static void setup(void)
 {
-	tally_pg *pg = NULL;
-	tally_price_import_stats st;
-	tally_error err;
-	char *text;
-	size_t len;
 	FILE *fp;
 
 	tally_test_need_env("TALLY_TEST_PG_DSN");
@@ -43,18 +38,7 @@ static void setup(void)
 	tally_log_init("test_rate_replicas", TALLY_WARN);
 	tally_test_unique(db, sizeof(db), "rrep");
 	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
-	fp = fopen(DATA, "rb");
-	ck_assert(fp != NULL);
-	text = tally_xmalloc(4 << 20);
-	len = fread(text, 1, 4 << 20, fp);
-	fclose(fp);
-	ck_assert_msg(tally_pricebook_import_genai(pg, text, len, "test",
-						   tally_now_ms(), &st,
-						   &err) == 0,
-		      "import: %s", err.msg);
-	free(text);
-	tally_pg_free(pg);
+	prog_import_prices(dsn);
 	snprintf(usage_t, sizeof(usage_t), "test.usage.%s", db);
 	snprintf(rated_t, sizeof(rated_t), "test.rated.%s", db);
 	snprintf(dlq_t, sizeof(dlq_t), "%s.dlq", usage_t);
@@ -112,19 +96,6 @@ static void start(int i)
 	procs[i] = pid;
 }
 
-static char *slurp(const char *path)
-{
-	FILE *fp = fopen(path, "rb");
-	char *buf = tally_xcalloc(1, 1 << 22);
-
-	if (fp != NULL) {
-		size_t n = fread(buf, 1, (1 << 22) - 1, fp);
-		buf[n] = '\0';
-		fclose(fp);
-	}
-	return buf;
-}
-
 static void both_alive(void)
 {
 	int i, status;
@@ -138,7 +109,7 @@ static void both_alive(void)
 /* instance i holds partitions: assigned after its last revocation */
 static bool holds_partitions(int i)
 {
-	char *text = slurp(logs[i]);
+	char *text = prog_slurp(logs[i]);
 	char *rev = NULL, *p = text;
 	bool yes;
 
@@ -152,7 +123,7 @@ static bool holds_partitions(int i)
 /* the transactional_id instance i logged at start ("" if none yet) */
 static void txn_id(int i, char *out, size_t n)
 {
-	char *text = slurp(logs[i]);
+	char *text = prog_slurp(logs[i]);
 	const char *k = "\"transactional_id\":\"";
 	char *p = strstr(text, k), *e;
 
@@ -226,7 +197,7 @@ static void produce(rd_kafka_t *rk)
 /* the sum of a counter on instance i's /metrics (port from its log) */
 static int64_t metric(int i, const char *name)
 {
-	char *text = slurp(logs[i]), *p, cmd[128], line[512];
+	char *text = prog_slurp(logs[i]), *p, cmd[128], line[512];
 	int64_t sum = 0;
 	long port;
 	FILE *fp;
