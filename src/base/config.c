@@ -9,11 +9,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/config.h"
 #include "tally/log.h"
+#include "kafka_props.h"
 
 #include <assert.h>
 #include <inttypes.h>
 #include <libconfig.h>
-#include <librdkafka/rdkafka.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -117,156 +117,14 @@ static const keydef keys[] = {
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
-/*
- * librdkafka properties: lists of ("name", "value") pairs (libconfig names
- * cannot hold the dots of librdkafka's names). kafka.properties applies to
- * every client; a program's own list is applied after it, so its pairs win.
- */
-static const char *const psects[] = {
-	"kafka.properties", "rate.kafka.properties",
-	"aggregate.kafka.properties", "stripe.kafka.properties",
-	"alerts.kafka.properties", "relay.kafka.properties",
-};
-#define NPSECT (sizeof(psects) / sizeof(psects[0]))
-
-typedef struct kprops {
-	size_t n;
-	char **kv; /* name, value, name, value ... */
-} kprops;
-
-/* librdkafka properties that hold secrets: never from the file */
-static const struct {
-	const char *name, *env;
-} secret_props[] = {
-	{ "sasl.password", "KAFKA_SASL_PASSWORD" },
-	{ "ssl.key.password", "KAFKA_SSL_KEY_PASSWORD" },
-	{ "ssl.keystore.password", NULL },
-	{ "ssl.key.pem", NULL },
-	{ "sasl.oauthbearer.client.secret", NULL },
-	{ "sasl.oauthbearer.config", NULL },
-};
-
 struct tally_config {
 	char *path;
 	char *values[NKEYS];
 	bool from_env[NKEYS];
 	bool from_cli[NKEYS]; /* tally_config_set(): a reload keeps it */
-	kprops props[NPSECT];
-	size_t program;       /* index in psects of the program's list, 0: none */
+	tally_kprops props[TALLY_KPROPS_NSECT];
+	size_t program; /* its list in tally_kprops_sections; 0: none */
 };
-
-static void kprops_free(kprops *p)
-{
-	size_t i;
-
-	for (i = 0; i < 2 * p->n; i++)
-		free(p->kv[i]);
-	free(p->kv);
-	p->kv = NULL;
-	p->n = 0;
-}
-
-static bool kprops_equal(const kprops *a, const kprops *b)
-{
-	size_t i;
-
-	if (a->n != b->n)
-		return false;
-	for (i = 0; i < 2 * a->n; i++)
-		if (strcmp(a->kv[i], b->kv[i]) != 0)
-			return false;
-	return true;
-}
-
-/* Whether name may be set from the file; why says what is wrong if not. */
-static bool prop_allowed(const char *name, char *why, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(secret_props) / sizeof(secret_props[0]); i++) {
-		if (strcmp(name, secret_props[i].name) != 0)
-			continue;
-		if (secret_props[i].env != NULL)
-			snprintf(why, n, "'%s' is a secret and comes only from "
-				 "$%s", name, secret_props[i].env);
-		else
-			snprintf(why, n, "'%s' is a secret and may not be in "
-				 "the file", name);
-		return false;
-	}
-	if (strcmp(name, "bootstrap.servers") == 0 ||
-	    strcmp(name, "metadata.broker.list") == 0) {
-		snprintf(why, n, "'%s' is set by kafka.brokers", name);
-		return false;
-	}
-	return true;
-}
-
-/*
- * One ("name", "value") list into p; every pair is checked by librdkafka
- * on a scratch conf, so a misspelt property fails the load.
- */
-static int parse_props(config_setting_t *s, const char *path, kprops *p,
-		       const char *file, tally_error *err)
-{
-	rd_kafka_conf_t *scratch;
-	int i, n, rc = 0;
-	char why[300], errstr[256];
-
-	if (config_setting_type(s) != CONFIG_TYPE_LIST &&
-	    config_setting_type(s) != CONFIG_TYPE_ARRAY)
-		return tally_error_set(err, TALLY_EINVALID,
-				       "%s:%u: '%s' must be a list of "
-				       "(\"name\", \"value\") pairs", file,
-				       config_setting_source_line(s), path);
-	kprops_free(p);
-	scratch = rd_kafka_conf_new();
-	n = config_setting_length(s);
-	for (i = 0; rc == 0 && i < n; i++) {
-		config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
-		const char *k = NULL, *v = NULL;
-		unsigned line = config_setting_source_line(e);
-
-		if (config_setting_is_aggregate(e) &&
-		    config_setting_length(e) == 2) {
-			k = config_setting_get_string_elem(e, 0);
-			v = config_setting_get_string_elem(e, 1);
-		}
-		if (k == NULL || v == NULL || *k == '\0') {
-			rc = tally_error_set(err, TALLY_EINVALID,
-					     "%s:%u: '%s': element %d is not a "
-					     "(\"name\", \"value\") pair",
-					     file, line, path, i + 1);
-		} else if (!prop_allowed(k, why, sizeof(why))) {
-			rc = tally_error_set(err, TALLY_EINVALID, "%s:%u: %s: %s",
-					     file, line, path, why);
-		} else if (rd_kafka_conf_set(scratch, k, v, errstr,
-					     sizeof(errstr)) != RD_KAFKA_CONF_OK) {
-			rc = tally_error_set(err, TALLY_EINVALID, "%s:%u: %s: %s",
-					     file, line, path, errstr);
-		} else {
-			p->kv = tally_xrealloc(p->kv, 2 * (p->n + 1) *
-					       sizeof(*p->kv));
-			p->kv[2 * p->n] = tally_xstrdup(k);
-			p->kv[2 * p->n + 1] = tally_xstrdup(v);
-			p->n++;
-		}
-	}
-	rd_kafka_conf_destroy(scratch);
-	if (rc != 0)
-		kprops_free(p);
-	return rc;
-}
-
-static int find_psect(const char *path)
-{
-	size_t i;
-
-	for (i = 0; i < NPSECT; i++)
-		if (strcmp(psects[i], path) == 0)
-			return (int)i;
-	return -1;
-}
 
 static int find_key(const char *key)
 {
@@ -330,7 +188,7 @@ static char *setting_path(const config_setting_t *c)
 }
 
 /* Walk the libconfig tree; every leaf must be a known key of the right type. */
-static int walk(config_setting_t *s, char *vals[], kprops props[],
+static int walk(config_setting_t *s, char *vals[], tally_kprops props[],
 		const char *file, tally_error *err)
 {
 	int i, n = config_setting_length(s);
@@ -348,9 +206,9 @@ static int walk(config_setting_t *s, char *vals[], kprops props[],
 			continue;
 		}
 		path = setting_path(c);
-		k = find_psect(path);
+		k = tally_kprops_section(path);
 		if (k >= 0) {
-			k = parse_props(c, path, &props[k], file, err);
+			k = tally_kprops_parse(c, path, &props[k], file, err);
 			free(path);
 			if (k != 0)
 				return TALLY_EINVALID;
@@ -435,7 +293,7 @@ static void instance_default(char *vals[])
 	vals[k] = tally_xstrdup(id);
 }
 
-static int load_values(char *vals[], bool from_env[], kprops props[],
+static int load_values(char *vals[], bool from_env[], tally_kprops props[],
 		       const char *path, tally_error *err)
 {
 	config_t lc;
@@ -489,8 +347,8 @@ static int load_values(char *vals[], bool from_env[], kprops props[],
 			free(vals[i]);
 			vals[i] = NULL;
 		}
-		for (i = 0; i < NPSECT; i++)
-			kprops_free(&props[i]);
+		for (i = 0; i < TALLY_KPROPS_NSECT; i++)
+			tally_kprops_free(&props[i]);
 	}
 	return rc;
 }
@@ -514,7 +372,7 @@ int tally_config_reload(tally_config *cfg, tally_error *err)
 {
 	char *vals[NKEYS];
 	bool env[NKEYS];
-	kprops props[NPSECT];
+	tally_kprops props[TALLY_KPROPS_NSECT];
 	size_t i;
 	int rc;
 
@@ -523,12 +381,12 @@ int tally_config_reload(tally_config *cfg, tally_error *err)
 	if (rc != 0)
 		return rc;
 	/* clients keep the properties they were created with */
-	for (i = 0; i < NPSECT; i++) {
-		if (!kprops_equal(&props[i], &cfg->props[i]))
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++) {
+		if (!tally_kprops_equal(&props[i], &cfg->props[i]))
 			tally_log(TALLY_WARN, "config.reload_ignored",
-				  TALLY_KV_STR("key", psects[i]),
+				  TALLY_KV_STR("key", tally_kprops_sections[i]),
 				  TALLY_KV_STR("reason", "needs a restart"));
-		kprops_free(&props[i]);
+		tally_kprops_free(&props[i]);
 	}
 	for (i = 0; i < NKEYS; i++) {
 		if (cfg->from_cli[i] || strcmp(vals[i], cfg->values[i]) == 0) {
@@ -559,8 +417,8 @@ void tally_config_free(tally_config *cfg)
 		return;
 	for (i = 0; i < NKEYS; i++)
 		free(cfg->values[i]);
-	for (i = 0; i < NPSECT; i++)
-		kprops_free(&cfg->props[i]);
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++)
+		tally_kprops_free(&cfg->props[i]);
 	free(cfg->path);
 	free(cfg);
 }
@@ -622,16 +480,16 @@ void tally_config_set_program(tally_config *cfg, const char *program)
 	size_t i, len = program ? strlen(program) : 0;
 
 	cfg->program = 0;
-	for (i = 1; len > 0 && i < NPSECT; i++)
-		if (strncmp(psects[i], program, len) == 0 &&
-		    psects[i][len] == '.')
+	for (i = 1; len > 0 && i < TALLY_KPROPS_NSECT; i++)
+		if (strncmp(tally_kprops_sections[i], program, len) == 0 &&
+		    tally_kprops_sections[i][len] == '.')
 			cfg->program = i;
 }
 
 bool tally_config_kafka_property(const tally_config *cfg, size_t i,
 				 const char **name, const char **value)
 {
-	const kprops *p = &cfg->props[0];
+	const tally_kprops *p = &cfg->props[0];
 
 	if (i >= p->n) {
 		i -= p->n;
@@ -664,11 +522,11 @@ void tally_config_show(const tally_config *cfg, FILE *fp)
 			cfg->from_cli[i] ? "flag" :
 			cfg->from_env[i] ? "env" : "file", v);
 	}
-	for (i = 0; i < NPSECT; i++) {
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++) {
 		size_t j;
 
 		for (j = 0; j < cfg->props[i].n; j++)
-			fprintf(fp, "%-40s %-8s %-6s %s=%s\n", psects[i], "no",
+			fprintf(fp, "%-40s %-8s %-6s %s=%s\n", tally_kprops_sections[i], "no",
 				"file", cfg->props[i].kv[2 * j],
 				cfg->props[i].kv[2 * j + 1]);
 	}
