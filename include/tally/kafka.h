@@ -29,6 +29,16 @@
  */
 rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg);
 
+/**
+ * The error callback tally_kafka_conf() installs: logs kafka.error, and
+ * kafka.auth_failed for authentication and TLS failures, which it also
+ * remembers for the start-up check of tally_kafka_producer_new() and
+ * tally_consumer_new(). A caller that sets its own error callback calls
+ * this one from it to keep that check.
+ */
+void tally_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason,
+			  void *opaque);
+
 /** Set one property; returns 0 or TALLY_EINVALID with librdkafka's text. */
 int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 			 const char *value, tally_error *err) TALLY_MUSTCHECK;
@@ -39,8 +49,8 @@ int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
  * Like tally_consumer_new(), it first asks the broker for metadata (up to
  * 10 s): a rejected password or an untrusted certificate fails here with
  * TALLY_EINVALID and librdkafka's cause (which names the broker), instead
- * of being retried for ever. The check relies on tally_kafka_conf()'s
- * error callback; a caller that sets its own is not checked.
+ * of being retried for ever. The check relies on tally_kafka_error_cb()
+ * being called (tally_kafka_conf() installs it).
  */
 int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 			     tally_error *err) TALLY_MUSTCHECK;

@@ -41,7 +41,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
  */
 static _Thread_local char auth_failure[512];
 
-static void error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque)
+void tally_kafka_error_cb(rd_kafka_t *rk, int e, const char *reason,
+			  void *opaque)
 {
 	(void)opaque;
 	/* librdkafka's reason names the broker ("sasl_ssl://host:port/id:
@@ -134,7 +135,7 @@ rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
 	char errstr[256];
 
 	rd_kafka_conf_set_log_cb(conf, log_cb);
-	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_error_cb(conf, tally_kafka_error_cb);
 	if (rd_kafka_conf_set(conf, "bootstrap.servers",
 			      tally_config_str(cfg, "kafka.brokers"), errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK ||
