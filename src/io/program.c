@@ -44,8 +44,9 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
 	int i, used;
 
 	*out = NULL;
-	/* no core dumps or ptrace by other users' processes: the programs
-	 * hold secrets (database and Kafka passwords, Stripe keys) */
+	/* no core dump, no ptrace or /proc/<pid>/mem by the user's other
+	 * processes: the programs hold secrets (database and Kafka
+	 * passwords, Stripe keys) */
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
