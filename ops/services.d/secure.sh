@@ -94,9 +94,13 @@ kafka_sasl_mechanism() {
 # variables appended to ENVFILE, kafka-sasl.env (0600) and tally-sasl.cfg.
 write_secure_env() {
     local envfile=$1
+    # Connections that do not ask for TLS stay plaintext (libpq would
+    # prefer TLS): some suites share a connection across fork(), which a
+    # TLS session cannot survive. URLs with sslmode=verify-full still win.
     option_on pg-ssl && cat >>"$envfile" <<EOF
 # --pg-ssl: the CA that signed PostgreSQL's certificate
 export TALLY_TEST_PG_CA='$TLS_DIR/ca.pem'
+export PGSSLMODE=disable
 EOF
     if option_on kafka-sasl; then
         cat >>"$envfile" <<EOF
