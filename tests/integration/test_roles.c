@@ -155,6 +155,11 @@ static void engine_setup(void)
 
 static void roles_teardown(void)
 {
+	char log[300];
+
+	snprintf(log, sizeof(log), "/tmp/%s.0.log", db);
+	unlink(log);
+	unlink(cfgpath);
 	teardown();
 	drop_roles();
 }
