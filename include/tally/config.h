@@ -60,6 +60,23 @@ void tally_config_show(const tally_config *cfg, FILE *fp);
  */
 const char *tally_config_key(size_t i, bool *secret);
 
+/**
+ * Which program's own Kafka properties apply: "rate" selects
+ * rate.kafka.properties (also aggregate, stripe, alerts, relay). NULL or
+ * any other name: only kafka.properties. tally_program_start() sets it.
+ */
+void tally_config_set_program(tally_config *cfg, const char *program);
+
+/**
+ * The i-th librdkafka property (name, value) for this program's clients:
+ * the pairs of kafka.properties, then those of the program's list (set them
+ * in this order, so the program's win). False past the end. Secret
+ * properties are never here: kafka.sasl_password ($KAFKA_SASL_PASSWORD)
+ * and kafka.ssl_key_password ($KAFKA_SSL_KEY_PASSWORD) are keys.
+ */
+bool tally_config_kafka_property(const tally_config *cfg, size_t i,
+				 const char **name, const char **value);
+
 /** The file the config was loaded from, or "" when none. */
 const char *tally_config_path(const tally_config *cfg);
 

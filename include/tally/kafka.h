@@ -21,11 +21,24 @@
 #include "tally/metrics.h"
 
 /**
- * A new librdkafka conf with bootstrap servers, client.id and the log
- * callback set from cfg. Caller owns it (rd_kafka_conf_destroy or hand it to
- * rd_kafka_new).
+ * A new librdkafka conf with bootstrap servers, client.id, the log and
+ * error callbacks, the properties of kafka.properties and of the program's
+ * own list (e.g. rate.kafka.properties: security.protocol, sasl.username,
+ * ssl.ca.location ...), then sasl.password and ssl.key.password from
+ * $KAFKA_SASL_PASSWORD / $KAFKA_SSL_KEY_PASSWORD. Caller owns it
+ * (rd_kafka_conf_destroy or hand it to rd_kafka_new).
  */
 rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg);
+
+/**
+ * The error callback tally_kafka_conf() installs: logs kafka.error, and
+ * kafka.auth_failed for authentication and TLS failures, which it also
+ * remembers for the start-up check of tally_kafka_producer_new() and
+ * tally_consumer_new(). A caller that sets its own error callback calls
+ * this one from it to keep that check.
+ */
+void tally_kafka_error_cb(rd_kafka_t *rk, int err, const char *reason,
+			  void *opaque);
 
 /** Set one property; returns 0 or TALLY_EINVALID with librdkafka's text. */
 int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
@@ -34,6 +47,11 @@ int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 /**
  * Create a producer from conf (which it takes ownership of, even on error).
  * The idempotent producer is on unless the caller set it otherwise.
+ * Like tally_consumer_new(), it first asks the broker for metadata (up to
+ * 10 s): a rejected password or an untrusted certificate fails here with
+ * TALLY_EINVALID and librdkafka's cause (which names the broker), instead
+ * of being retried for ever. The check relies on tally_kafka_error_cb()
+ * being called (tally_kafka_conf() installs it).
  */
 int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 			     tally_error *err) TALLY_MUSTCHECK;

@@ -9,12 +9,14 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/config.h"
 #include "tally/log.h"
+#include "kafka_props.h"
 
 #include <assert.h>
 #include <inttypes.h>
 #include <libconfig.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef enum { CT_STR, CT_INT, CT_BOOL } ctype;
 
@@ -46,6 +48,8 @@ static const keydef keys[] = {
 	S("kafka.client_id", "tally", false, NULL),
 	S("kafka.dlq_suffix", ".dlq", false, NULL),
 	I("kafka.session_timeout_ms", 10000, false, 1000, 300000),
+	SECRET("kafka.sasl_password", "KAFKA_SASL_PASSWORD"),
+	SECRET("kafka.ssl_key_password", "KAFKA_SSL_KEY_PASSWORD"),
 	S("topics.usage", "billing.usage", false, NULL),
 	S("topics.rated", "billing.usage.rated", false, NULL),
 	S("topics.totals", "billing.totals", false, NULL),
@@ -55,7 +59,8 @@ static const keydef keys[] = {
 	S("topics.alerts", "billing.alerts", false, NULL),
 	/* tally-rate */
 	S("rate.group", "tally.rate", false, NULL),
-	S("rate.transactional_id", "tally-rate-0", false, "TALLY_TRANSACTIONAL_ID"),
+	/* "": tally-rate-<hostname>-<pid> (instance_default()) */
+	S("rate.transactional_id", "", false, "TALLY_TRANSACTIONAL_ID"),
 	I("rate.batch_size", 10000, true, 1, 1000000),
 	I("rate.batch_ms", 100, true, 1, 60000),
 	S("rate.unpriced", "dead_letter", true, NULL),
@@ -119,6 +124,8 @@ struct tally_config {
 	char *values[NKEYS];
 	bool from_env[NKEYS];
 	bool from_cli[NKEYS]; /* tally_config_set(): a reload keeps it */
+	tally_kprops props[TALLY_KPROPS_NSECT];
+	size_t program; /* its list in tally_kprops_sections; 0: none */
 };
 
 static int find_key(const char *key)
@@ -183,8 +190,8 @@ static char *setting_path(const config_setting_t *c)
 }
 
 /* Walk the libconfig tree; every leaf must be a known key of the right type. */
-static int walk(config_setting_t *s, char *vals[], const char *file,
-		tally_error *err)
+static int walk(config_setting_t *s, char *vals[], tally_kprops props[],
+		const char *file, tally_error *err)
 {
 	int i, n = config_setting_length(s);
 
@@ -196,11 +203,19 @@ static int walk(config_setting_t *s, char *vals[], const char *file,
 		const char *v = NULL;
 
 		if (type == CONFIG_TYPE_GROUP) {
-			if (walk(c, vals, file, err) != 0)
+			if (walk(c, vals, props, file, err) != 0)
 				return TALLY_EINVALID;
 			continue;
 		}
 		path = setting_path(c);
+		k = tally_kprops_section(path);
+		if (k >= 0) {
+			k = tally_kprops_parse(c, path, &props[k], file, err);
+			free(path);
+			if (k != 0)
+				return TALLY_EINVALID;
+			continue;
+		}
 		k = find_key(path);
 		if (k < 0) {
 			tally_error_set(err, TALLY_EINVALID, "%s:%u: unknown key '%s'",
@@ -258,8 +273,30 @@ static int walk(config_setting_t *s, char *vals[], const char *file,
 	return 0;
 }
 
-static int load_values(char *vals[], bool from_env[], const char *path,
-		       tally_error *err)
+/*
+ * rate.transactional_id left empty is made unique per process: replicas
+ * sharing one id fence each other (each init_transactions aborts the
+ * other's), so none could make progress. The price: a process killed
+ * mid-transaction leaves it open until transaction.timeout.ms; a stable id
+ * per instance ($TALLY_TRANSACTIONAL_ID) lets its restart abort it at once.
+ */
+static void instance_default(char *vals[])
+{
+	int k = find_key("rate.transactional_id");
+	char host[256], id[320];
+
+	if (*vals[k] != '\0')
+		return;
+	if (gethostname(host, sizeof(host)) != 0)
+		snprintf(host, sizeof(host), "localhost");
+	host[sizeof(host) - 1] = '\0';
+	snprintf(id, sizeof(id), "tally-rate-%s-%ld", host, (long)getpid());
+	free(vals[k]);
+	vals[k] = tally_xstrdup(id);
+}
+
+static int load_values(char *vals[], bool from_env[], tally_kprops props[],
+		       const char *path, tally_error *err)
 {
 	config_t lc;
 	size_t i;
@@ -284,7 +321,8 @@ static int load_values(char *vals[], bool from_env[], const char *path,
 						     config_error_line(&lc),
 						     config_error_text(&lc));
 		} else {
-			rc = walk(config_root_setting(&lc), vals, path, err);
+			rc = walk(config_root_setting(&lc), vals, props, path,
+				  err);
 		}
 		config_destroy(&lc);
 	}
@@ -304,11 +342,16 @@ static int load_values(char *vals[], bool from_env[], const char *path,
 		if (vals[i] == NULL)
 			vals[i] = tally_xstrdup(keys[i].def);
 	}
-	if (rc != 0)
+	if (rc == 0)
+		instance_default(vals);
+	if (rc != 0) {
 		for (i = 0; i < NKEYS; i++) {
 			free(vals[i]);
 			vals[i] = NULL;
 		}
+		for (i = 0; i < TALLY_KPROPS_NSECT; i++)
+			tally_kprops_free(&props[i]);
+	}
 	return rc;
 }
 
@@ -317,7 +360,7 @@ int tally_config_load(tally_config **out, const char *path, tally_error *err)
 	tally_config *cfg = tally_xcalloc(1, sizeof(*cfg));
 	int rc;
 
-	rc = load_values(cfg->values, cfg->from_env, path, err);
+	rc = load_values(cfg->values, cfg->from_env, cfg->props, path, err);
 	if (rc != 0) {
 		free(cfg);
 		return rc;
@@ -331,12 +374,22 @@ int tally_config_reload(tally_config *cfg, tally_error *err)
 {
 	char *vals[NKEYS];
 	bool env[NKEYS];
+	tally_kprops props[TALLY_KPROPS_NSECT];
 	size_t i;
 	int rc;
 
-	rc = load_values(vals, env, cfg->path, err);
+	memset(props, 0, sizeof(props));
+	rc = load_values(vals, env, props, cfg->path, err);
 	if (rc != 0)
 		return rc;
+	/* clients keep the properties they were created with */
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++) {
+		if (!tally_kprops_equal(&props[i], &cfg->props[i]))
+			tally_log(TALLY_WARN, "config.reload_ignored",
+				  TALLY_KV_STR("key", tally_kprops_sections[i]),
+				  TALLY_KV_STR("reason", "needs a restart"));
+		tally_kprops_free(&props[i]);
+	}
 	for (i = 0; i < NKEYS; i++) {
 		if (cfg->from_cli[i] || strcmp(vals[i], cfg->values[i]) == 0) {
 			free(vals[i]);
@@ -366,6 +419,8 @@ void tally_config_free(tally_config *cfg)
 		return;
 	for (i = 0; i < NKEYS; i++)
 		free(cfg->values[i]);
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++)
+		tally_kprops_free(&cfg->props[i]);
 	free(cfg->path);
 	free(cfg);
 }
@@ -422,6 +477,33 @@ const char *tally_config_path(const tally_config *cfg)
 	return cfg->path;
 }
 
+void tally_config_set_program(tally_config *cfg, const char *program)
+{
+	size_t i, len = program ? strlen(program) : 0;
+
+	cfg->program = 0;
+	for (i = 1; len > 0 && i < TALLY_KPROPS_NSECT; i++)
+		if (strncmp(tally_kprops_sections[i], program, len) == 0 &&
+		    tally_kprops_sections[i][len] == '.')
+			cfg->program = i;
+}
+
+bool tally_config_kafka_property(const tally_config *cfg, size_t i,
+				 const char **name, const char **value)
+{
+	const tally_kprops *p = &cfg->props[0];
+
+	if (i >= p->n) {
+		i -= p->n;
+		p = &cfg->props[cfg->program];
+		if (cfg->program == 0 || i >= p->n)
+			return false;
+	}
+	*name = p->kv[2 * i];
+	*value = p->kv[2 * i + 1];
+	return true;
+}
+
 void tally_config_show(const tally_config *cfg, FILE *fp)
 {
 	size_t i;
@@ -441,5 +523,13 @@ void tally_config_show(const tally_config *cfg, FILE *fp)
 			keys[i].reload ? "yes" : "no",
 			cfg->from_cli[i] ? "flag" :
 			cfg->from_env[i] ? "env" : "file", v);
+	}
+	for (i = 0; i < TALLY_KPROPS_NSECT; i++) {
+		size_t j;
+
+		for (j = 0; j < cfg->props[i].n; j++)
+			fprintf(fp, "%-40s %-8s %-6s %s=%s\n", tally_kprops_sections[i], "no",
+				"file", cfg->props[i].kv[2 * j],
+				cfg->props[i].kv[2 * j + 1]);
 	}
 }

@@ -36,12 +36,107 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  TALLY_KV_STR("message", buf));
 }
 
+/*
+ * The last authentication or TLS failure seen by this thread's client
+ * (error_cb runs in the thread that polls): preflight() reports it.
+ */
+static _Thread_local char auth_failure[512];
+
+void tally_kafka_error_cb(rd_kafka_t *rk, int e, const char *reason,
+			  void *opaque)
+{
+	(void)opaque;
+	/* librdkafka's reason names the broker ("sasl_ssl://host:port/id:
+	 * SASL authentication error: ...") and never holds the password */
+	if (e == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+	    e == RD_KAFKA_RESP_ERR__SSL) {
+		snprintf(auth_failure, sizeof(auth_failure), "%s", reason);
+		tally_log(TALLY_ERR, "kafka.auth_failed",
+			  TALLY_KV_STR("client", rd_kafka_name(rk)),
+			  TALLY_KV_STR("error", reason));
+		return;
+	}
+	tally_log(e == RD_KAFKA_RESP_ERR__FATAL ? TALLY_ERR : TALLY_WARN,
+		  "kafka.error",
+		  TALLY_KV_STR("code", rd_kafka_err2name((rd_kafka_resp_err_t)e)),
+		  TALLY_KV_STR("error", reason));
+}
+
+/* librdkafka before 2.6.1 sends a SCRAM proof Kafka 4.x rejects (#4895) */
+static const char *scram_hint(rd_kafka_t *rk)
+{
+	char mech[32];
+	size_t n = sizeof(mech);
+
+	if (rd_kafka_version() < 0x020601ff &&
+	    rd_kafka_conf_get(rd_kafka_conf(rk), "sasl.mechanisms", mech, &n) ==
+		    RD_KAFKA_CONF_OK &&
+	    strncmp(mech, "SCRAM", 5) == 0)
+		return " (librdkafka before 2.6.1 cannot log in with SCRAM to "
+		       "Kafka 4.x: use a newer librdkafka, or PLAIN over TLS)";
+	return "";
+}
+
+/*
+ * Credentials or a CA the broker rejects do not heal by retrying, and a
+ * client would retry them for ever: a new client first asks for metadata
+ * (up to 10 s) and fails with librdkafka's cause if the broker refused it.
+ * A broker that does not answer at all is left to the usual retries.
+ */
+static int preflight(rd_kafka_t *rk, tally_error *err)
+{
+	int64_t deadline = tally_mono_ns() + INT64_C(10000000000);
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t e;
+
+	auth_failure[0] = '\0';
+	do {
+		e = rd_kafka_metadata(rk, 0, NULL, &md, 500);
+		if (md != NULL)
+			rd_kafka_metadata_destroy(md);
+		md = NULL;
+		rd_kafka_poll(rk, 0); /* serves error_cb */
+		if (auth_failure[0] != '\0')
+			return tally_error_set(err, TALLY_EINVALID, "kafka: %s%s",
+					       auth_failure, scram_hint(rk));
+	} while (e != RD_KAFKA_RESP_ERR_NO_ERROR && tally_mono_ns() < deadline);
+	return 0;
+}
+
+/* kafka.properties, the program's own, then the secrets from $KAFKA_* */
+static void apply_properties(rd_kafka_conf_t *conf, const tally_config *cfg)
+{
+	static const char *const secrets[][2] = {
+		{ "kafka.sasl_password", "sasl.password" },
+		{ "kafka.ssl_key_password", "ssl.key.password" },
+	};
+	const char *name, *value;
+	char errstr[256];
+	size_t i;
+
+	/* each pair was checked against librdkafka when the file loaded */
+	for (i = 0; tally_config_kafka_property(cfg, i, &name, &value); i++)
+		if (rd_kafka_conf_set(conf, name, value, errstr,
+				      sizeof(errstr)) != RD_KAFKA_CONF_OK)
+			tally_log(TALLY_ERR, "kafka.conf",
+				  TALLY_KV_STR("error", errstr));
+	for (i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		value = tally_config_str(cfg, secrets[i][0]);
+		if (*value != '\0' &&
+		    rd_kafka_conf_set(conf, secrets[i][1], value, errstr,
+				      sizeof(errstr)) != RD_KAFKA_CONF_OK)
+			tally_log(TALLY_ERR, "kafka.conf",
+				  TALLY_KV_STR("property", secrets[i][1]));
+	}
+}
+
 rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char errstr[256];
 
 	rd_kafka_conf_set_log_cb(conf, log_cb);
+	rd_kafka_conf_set_error_cb(conf, tally_kafka_error_cb);
 	if (rd_kafka_conf_set(conf, "bootstrap.servers",
 			      tally_config_str(cfg, "kafka.brokers"), errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK ||
@@ -54,6 +149,7 @@ rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
 	    rd_kafka_conf_set(conf, "debug", getenv("TALLY_KAFKA_DEBUG"), errstr,
 			      sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		tally_log(TALLY_ERR, "kafka.conf", TALLY_KV_STR("error", errstr));
+	apply_properties(conf, cfg);
 	return conf;
 }
 
@@ -92,6 +188,10 @@ int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 		rd_kafka_conf_destroy(conf);
 		return tally_error_set(err, TALLY_ERROR, "kafka producer: %s",
 				       errstr);
+	}
+	if (preflight(rk, err) != 0) {
+		rd_kafka_destroy(rk);
+		return TALLY_EINVALID;
 	}
 	*out = rk;
 	return 0;
@@ -188,6 +288,11 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 		free(c);
 		return tally_error_set(err, TALLY_ERROR, "kafka consumer: %s",
 				       errstr);
+	}
+	if (preflight(c->rk, err) != 0) {
+		rd_kafka_destroy(c->rk);
+		free(c);
+		return TALLY_EINVALID;
 	}
 	rd_kafka_poll_set_consumer(c->rk);
 	c->q = rd_kafka_queue_get_consumer(c->rk);

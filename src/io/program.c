@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 static void usage(FILE *fp, const tally_program_opts *o)
 {
@@ -44,6 +45,10 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
 	int i, used;
 
 	*out = NULL;
+	/* no core dump, no ptrace or /proc/<pid>/mem by the user's other
+	 * processes: the programs hold secrets (database and Kafka
+	 * passwords, Stripe keys) */
+	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
 			cfg_path = argv[++i];
@@ -80,6 +85,8 @@ int tally_program_start(tally_config **out, const tally_program_opts *o,
 		return 1;
 	}
 	apply_log_level(*out); /* $TALLY_LOG_LEVEL wins via the config */
+	if (strncmp(o->name, "tally-", 6) == 0) /* rate.kafka.properties ... */
+		tally_config_set_program(*out, o->name + 6);
 	if (listen != NULL && o->listen_key != NULL)
 		tally_config_set(*out, o->listen_key, listen);
 	tally_signals_install();

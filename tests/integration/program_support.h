@@ -1,0 +1,50 @@
+#ifndef TALLY_TESTS_PROGRAM_SUPPORT_H
+#define TALLY_TESTS_PROGRAM_SUPPORT_H
+
+/*
+ * program_support.h - for tests that run the programs as children: read a
+ * whole log file, and import the genai price book into a database (what
+ * tally-rate needs to price the usual test models).
+ */
+
+#include <check.h>
+#include <stdio.h>
+
+#include "tally/common.h"
+#include "tally/pg.h"
+#include "tally/pricebook.h"
+
+/* The file's text (at most 4 MiB; "" if unreadable); caller frees. */
+static inline char *prog_slurp(const char *path)
+{
+	FILE *fp = fopen(path, "rb");
+	char *buf = tally_xcalloc(1, 1 << 22);
+
+	if (fp != NULL) {
+		size_t n = fread(buf, 1, (1 << 22) - 1, fp);
+
+		buf[n] = '\0';
+		fclose(fp);
+	}
+	return buf;
+}
+
+/* data/genai-prices-*.json into the database at dsn */
+static inline void prog_import_prices(const char *dsn)
+{
+	char *text = prog_slurp(TALLY_SOURCE_DIR "/data/genai-prices-0.1.8.json");
+	tally_price_import_stats st;
+	tally_pg *pg = NULL;
+	tally_error err;
+
+	ck_assert_msg(*text != '\0', "price data missing");
+	ck_assert(tally_pg_connect(&pg, dsn, 10000, &err) == 0);
+	ck_assert_msg(tally_pricebook_import_genai(pg, text, strlen(text),
+						   "test", tally_now_ms(), &st,
+						   &err) == 0,
+		      "import: %s", err.msg);
+	free(text);
+	tally_pg_free(pg);
+}
+
+#endif /* TALLY_TESTS_PROGRAM_SUPPORT_H */
