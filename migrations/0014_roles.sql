@@ -10,9 +10,9 @@
 --   tally_tenant   the group of the per-tenant login roles: each reads its
 --                  own tenant's rows of the tables granted to it
 --
--- Tenant isolation: until now a tenant session chose its tenant with
--- SET tally.tenant_id, which any session may set to any value. The tenant
--- is now the one tenant_roles maps the session's role (current_user) to;
+-- Tenant isolation: a setting such as tally.tenant_id, which any session
+-- may SET to any value, cannot isolate tenants. The tenant is the one
+-- tenant_roles maps the session's role (current_user) to;
 -- a tenant session can change current_user only to roles it is a member
 -- of (tally_tenant itself maps to no tenant: no rows). Every tenant-owned
 -- table has FORCE ROW LEVEL SECURITY with explicit policies for each role
@@ -66,7 +66,8 @@ BEGIN
         'rerate_runs', 'storage_snapshots', 'stripe_events',
         'stripe_meter_reports', 'stripe_requests', 'subscriptions',
         'tenant_period_usage', 'tenant_period_workflows',
-        'tenant_status_transitions', 'usage_adjustments', 'usage_hourly']
+        'tenant_status_transitions', 'usage_adjustments', 'usage_hourly',
+        'invoice_usage_runs', 'invoice_usage_lines']
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);

@@ -12,7 +12,7 @@
 
 #include "tally/common.h"
 #include "tally/pg.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 /* The file's text (at most 4 MiB; "" if unreadable); caller frees. */
 static inline char *prog_slurp(const char *path)

@@ -12,7 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_kafka_support.h"
 #include "check_main.h"
-#include "tally/pricebook.h"
+#include "tally/pricebook_pg.h"
 
 #define TENANT_A "aaaaaaaa-0000-4000-8000-00000000000a"
 #define TENANT_B "bbbbbbbb-0000-4000-8000-00000000000b"
@@ -271,6 +271,27 @@ START_TEST(test_roles_tenant_reads_only_its_rows)
 }
 END_TEST
 
+START_TEST(test_roles_every_tenant_table_forces_rls)
+{
+	/* every table with a tenant_id column, but the two tally-aggregate
+	 * fills with COPY (no tenant is granted them) and ledger partitions */
+	PGresult *r = PQexec(chk,
+		"SELECT c.relname FROM pg_class c JOIN pg_namespace n ON "
+		"n.oid = c.relnamespace JOIN pg_attribute a ON a.attrelid = "
+		"c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped "
+		"WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND "
+		"NOT c.relispartition AND c.relname NOT IN ('usage_dedupe', "
+		"'usage_ledger') AND NOT (c.relrowsecurity AND "
+		"c.relforcerowsecurity) ORDER BY 1");
+
+	ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+	ck_assert_msg(PQntuples(r) == 0, "no FORCE ROW LEVEL SECURITY on %s%s",
+		      PQntuples(r) ? PQgetvalue(r, 0, 0) : "",
+		      PQntuples(r) > 1 ? " and more" : "");
+	PQclear(r);
+}
+END_TEST
+
 START_TEST(test_roles_finance_reads_all_writes_nothing)
 {
 	static const char *const tables[] = {
@@ -355,6 +376,7 @@ static Suite *roles_suite(void)
 	tcase_add_checked_fixture(tc, roles_setup, roles_teardown);
 	tcase_add_test(tc, test_roles_tenant_reads_only_its_rows);
 	tcase_add_test(tc, test_roles_finance_reads_all_writes_nothing);
+	tcase_add_test(tc, test_roles_every_tenant_table_forces_rls);
 	suite_add_tcase(s, tc);
 	tcase_set_timeout(te, 600);
 	tcase_add_checked_fixture(te, engine_setup, roles_teardown);
