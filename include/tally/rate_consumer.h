@@ -7,8 +7,9 @@
  *        with Kafka transactions (consume-transform-produce).
  *
  * Each batch (up to rate.batch_size messages or rate.batch_ms) is one Kafka
- * transaction on a producer with a stable transactional.id
- * (rate.transactional_id): the rated events, the dead letters of invalid
+ * transaction on a producer with a transactional.id unique per instance
+ * (rate.transactional_id; default tally-rate-<host>-<pid>, or
+ * $TALLY_TRANSACTIONAL_ID for a stable one): the rated events, the dead letters of invalid
  * input (billing.usage.dlq, reason headers) and the input offsets
  * (rd_kafka_send_offsets_to_transaction) commit together or not at all. On
  * failure the transaction is aborted and the consumer rewinds to the last

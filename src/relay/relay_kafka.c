@@ -69,10 +69,8 @@ static void error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque)
 			  TALLY_KV_STR("error", buf));
 		return;
 	}
-	tally_log(TALLY_WARN, "relay.kafka_error",
-		  TALLY_KV_STR("error", rd_kafka_err2name(
-					  (rd_kafka_resp_err_t)e)),
-		  TALLY_KV_STR("detail", reason));
+	/* logs, and remembers a refused login for the start-up check */
+	tally_kafka_error_cb(rk, e, reason, opaque);
 }
 
 void *tally_relay__poll_main(void *arg)

@@ -283,6 +283,7 @@ START_TEST(test_kafka_sasl_wrong_password_refused)
 	snprintf(pw, sizeof(pw), "wrong-%d-pw", (int)getpid());
 	expect_refused("tally-rate", cfgpath, pw, "Authentication failed");
 	expect_refused("tally-aggregate", cfgpath, pw, "Authentication failed");
+	expect_refused("tally-relay", cfgpath, pw, "Authentication failed");
 }
 END_TEST
 
