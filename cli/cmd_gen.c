@@ -72,114 +72,121 @@ static int load_models(const char *arg, char ***out, size_t *n)
 	return cnt > 0 ? 0 : -1;
 }
 
-int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
-{
+typedef struct gen_args {
 	tally_gen_opts o;
-	tally_gen *g = NULL;
-	tally_producer *p = NULL;
-	tally_producer_opts popts = { 0 };
-	tally_usage_event ev;
-	tally_error err;
-	const char *expected = NULL, *topic = NULL;
-	char **models = NULL;
-	size_t nmodels = 0, k;
-	char line[2048];
-	static char obuf[1 << 16];
-	int64_t t0 = tally_now_ms(), v;
-	uint64_t count = 0, delivered = 0, failed = 0;
-	int64_t partitions = 0;
-	int i, rc = 1;
+	const char *expected, *topic;
+	char **models; /* --models, owned */
+	size_t nmodels;
+	int64_t partitions; /* --create-topic; 0: none */
+} gen_args;
 
-	tally_gen_opts_init(&o);
-	for (i = 1; i < argc; i++) {
-		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-		int bad = 0;
+/* One option and its value into a; whether the value is bad. */
+static bool parse_option(gen_args *a, const char *name, const char *val)
+{
+	tally_gen_opts *o = &a->o;
+	int64_t v;
 
-		if (val == NULL) {
+	if (strcmp(name, "--events") == 0)
+		return tally_parse_i64(&v, val) != 0 || v < 0 ||
+		       !((o->events = (uint64_t)v), 1);
+	if (strcmp(name, "--tenants") == 0)
+		return tally_parse_i64(&v, val) != 0 || v < 1 || v > 10000000 ||
+		       !((o->tenants = (uint32_t)v), 1);
+	if (strcmp(name, "--seed") == 0)
+		return tally_parse_i64(&v, val) != 0 ||
+		       !((o->seed = (uint64_t)v), 1);
+	if (strcmp(name, "--from") == 0)
+		return tally_gen_parse_time(&o->from_ms, val) != 0;
+	if (strcmp(name, "--to") == 0)
+		return tally_gen_parse_time(&o->to_ms, val) != 0;
+	if (strcmp(name, "--dup-frac") == 0)
+		return tally_gen_parse_frac(&o->dup_frac, val) != 0;
+	if (strcmp(name, "--ooo-frac") == 0)
+		return tally_gen_parse_frac(&o->ooo_frac, val) != 0;
+	if (strcmp(name, "--late-frac") == 0)
+		return tally_gen_parse_frac(&o->late_frac, val) != 0;
+	if (strcmp(name, "--mix") == 0)
+		return tally_gen_parse_mix(o->mix, val) != 0;
+	if (strcmp(name, "--models") == 0)
+		return a->models != NULL ||
+		       load_models(val, &a->models, &a->nmodels) != 0;
+	if (strcmp(name, "--expected") == 0) {
+		a->expected = val;
+		return false;
+	}
+	if (strcmp(name, "--topic") == 0) {
+		a->topic = val;
+		return false;
+	}
+	if (strcmp(name, "--create-topic") == 0)
+		return !tally_cli_parse_partitions(&a->partitions, val);
+	return true;
+}
+
+/* argv (every option takes a value) into a; 0, or 2 once reported. */
+static int parse_args(gen_args *a, int argc, char **argv)
+{
+	int i;
+
+	tally_gen_opts_init(&a->o);
+	for (i = 1; i < argc; i += 2) {
+		if (i + 1 >= argc) {
 			usage_msg();
 			return 2;
 		}
-		if (strcmp(a, "--events") == 0)
-			bad = tally_parse_i64(&v, val) != 0 || v < 0 ||
-			      !((o.events = (uint64_t)v), 1);
-		else if (strcmp(a, "--tenants") == 0)
-			bad = tally_parse_i64(&v, val) != 0 || v < 1 ||
-			      v > 10000000 || !((o.tenants = (uint32_t)v), 1);
-		else if (strcmp(a, "--seed") == 0)
-			bad = tally_parse_i64(&v, val) != 0 ||
-			      !((o.seed = (uint64_t)v), 1);
-		else if (strcmp(a, "--from") == 0)
-			bad = tally_gen_parse_time(&o.from_ms, val) != 0;
-		else if (strcmp(a, "--to") == 0)
-			bad = tally_gen_parse_time(&o.to_ms, val) != 0;
-		else if (strcmp(a, "--dup-frac") == 0)
-			bad = tally_gen_parse_frac(&o.dup_frac, val) != 0;
-		else if (strcmp(a, "--ooo-frac") == 0)
-			bad = tally_gen_parse_frac(&o.ooo_frac, val) != 0;
-		else if (strcmp(a, "--late-frac") == 0)
-			bad = tally_gen_parse_frac(&o.late_frac, val) != 0;
-		else if (strcmp(a, "--mix") == 0)
-			bad = tally_gen_parse_mix(o.mix, val) != 0;
-		else if (strcmp(a, "--models") == 0)
-			bad = models != NULL ||
-			      load_models(val, &models, &nmodels) != 0;
-		else if (strcmp(a, "--expected") == 0)
-			expected = val;
-		else if (strcmp(a, "--topic") == 0)
-			topic = val;
-		else if (strcmp(a, "--create-topic") == 0)
-			bad = tally_parse_i64(&partitions, val) != 0 ||
-			      partitions < 1 || partitions > 1000;
-		else
-			bad = 1;
-		if (bad) {
-			fprintf(stderr, "tally gen: bad %s %s\n", a, val);
+		if (parse_option(a, argv[i], argv[i + 1])) {
+			fprintf(stderr, "tally gen: bad %s %s\n", argv[i],
+				argv[i + 1]);
 			usage_msg();
-			rc = 2;
-			goto cleanup;
+			return 2;
 		}
-		i++;
 	}
-	o.models = (const char **)models;
-	o.nmodels = nmodels;
-	tally_error_clear(&err);
-	if (tally_gen_new(&g, &o, &err) != 0) {
-		fprintf(stderr, "tally gen: %s\n", err.msg);
-		rc = 2;
-		goto cleanup;
-	}
-	if (topic != NULL) {
-		tally_config *cfg;
+	a->o.models = (const char **)a->models;
+	a->o.nmodels = a->nmodels;
+	return 0;
+}
 
-		if (tally_cli_config(cli, &cfg) != 0)
-			goto cleanup;
-		popts.topic = topic;
-		popts.linger_ms = 20;
-		if (tally_producer_new(&p, cfg, &popts, &err) != 0) {
-			fprintf(stderr, "tally gen: %s\n", err.msg);
-			goto cleanup;
-		}
-		if (partitions > 0) {
-			const char *topics[2] = { topic, NULL };
+/* --topic: the producer (and the topic); else a buffered stdout. */
+static int open_sink(tally_cli *cli, const gen_args *a, tally_producer **p)
+{
+	static char obuf[1 << 16];
+	tally_producer_opts popts = { 0 };
+	tally_config *cfg;
+	tally_error err;
 
-			if (tally_kafka_create_topics(tally_producer_rk(p),
-						      topics, (int)partitions,
-						      &err) != 0) {
-				fprintf(stderr, "tally gen: %s\n", err.msg);
-				goto cleanup;
-			}
-		}
-	} else {
+	if (a->topic == NULL) {
 		setvbuf(stdout, obuf, _IOFBF, sizeof(obuf));
+		return 0;
 	}
+	if (tally_cli_config(cli, &cfg) != 0)
+		return 1;
+	tally_error_clear(&err);
+	popts.topic = a->topic;
+	popts.linger_ms = 20;
+	if (tally_producer_new(p, cfg, &popts, &err) != 0) {
+		fprintf(stderr, "tally gen: %s\n", err.msg);
+		return 1;
+	}
+	return tally_cli_create_topic(*p, a->topic, a->partitions, "gen");
+}
+
+/* Every event of g to p, or as a JSON line to stdout; 1 on an error. */
+static int emit_events(tally_gen *g, tally_producer *p, int64_t t0,
+		       uint64_t *count)
+{
+	tally_usage_event ev;
+	tally_error err;
+	char line[2048];
+
+	tally_error_clear(&err);
 	while (tally_gen_next(g, &ev, NULL)) {
-		count++;
+		(*count)++;
 		if (p != NULL) {
 			if (tally_producer_send_usage(p, &ev, NULL, &err) != 0) {
 				fprintf(stderr, "tally gen: %s\n", err.msg);
-				goto cleanup;
+				return 1;
 			}
-			if ((count & 1023) == 0)
+			if ((*count & 1023) == 0)
 				tally_producer_poll(p, 0);
 		} else {
 			size_t n = tally_gen_format_json(line, sizeof(line) - 1,
@@ -188,44 +195,79 @@ int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
 			line[n++] = '\n';
 			fwrite(line, 1, n, stdout);
 		}
-		if (count % 500000 == 0)
+		if (*count % 500000 == 0)
 			fprintf(stderr, "gen: %llu events, %lld ms\n",
-				(unsigned long long)count,
+				(unsigned long long)*count,
 				(long long)(tally_now_ms() - t0));
 	}
-	if (p != NULL) {
-		while (tally_producer_outstanding(p) > 0)
-			if (tally_producer_flush(p, 60000, &err) != 0) {
-				fprintf(stderr, "tally gen: %s\n", err.msg);
-				goto cleanup;
-			}
-		tally_producer_counts(p, &delivered, &failed);
-		fprintf(stderr, "gen: %llu events to %s, %llu delivered, "
-			"%llu failed, %lld ms\n", (unsigned long long)count,
-			topic, (unsigned long long)delivered,
-			(unsigned long long)failed,
-			(long long)(tally_now_ms() - t0));
-		if (failed > 0)
-			goto cleanup;
-	}
-	fflush(stdout);
-	if (expected != NULL) {
-		json_t *tot = tally_gen_totals_json(g);
+	return 0;
+}
 
-		if (json_dump_file(tot, expected, JSON_INDENT(1)) != 0) {
-			fprintf(stderr, "tally gen: cannot write %s\n",
-				expected);
-			json_decref(tot);
-			goto cleanup;
-		}
-		json_decref(tot);
+/* --topic: waits for every delivery and reports; 1 if any failed. */
+static int finish_topic(tally_producer *p, const char *topic, uint64_t count,
+			int64_t t0)
+{
+	uint64_t delivered = 0, failed = 0;
+
+	if (tally_cli_drain(p, "gen") != 0)
+		return 1;
+	tally_producer_counts(p, &delivered, &failed);
+	fprintf(stderr, "gen: %llu events to %s, %llu delivered, "
+		"%llu failed, %lld ms\n", (unsigned long long)count,
+		topic, (unsigned long long)delivered,
+		(unsigned long long)failed, (long long)(tally_now_ms() - t0));
+	return failed > 0 ? 1 : 0;
+}
+
+/* --expected FILE: the exact per-tenant totals of the unique events. */
+static int write_expected(tally_gen *g, const char *path)
+{
+	json_t *tot = tally_gen_totals_json(g);
+	int rc = 0;
+
+	if (json_dump_file(tot, path, JSON_INDENT(1)) != 0) {
+		fprintf(stderr, "tally gen: cannot write %s\n", path);
+		rc = 1;
 	}
+	json_decref(tot);
+	return rc;
+}
+
+int tally_cmd_gen(tally_cli *cli, int argc, char **argv)
+{
+	gen_args a;
+	tally_gen *g = NULL;
+	tally_producer *p = NULL;
+	tally_error err;
+	int64_t t0 = tally_now_ms();
+	uint64_t count = 0;
+	size_t k;
+	int rc;
+
+	memset(&a, 0, sizeof(a));
+	rc = parse_args(&a, argc, argv);
+	if (rc != 0)
+		goto cleanup;
+	tally_error_clear(&err);
+	if (tally_gen_new(&g, &a.o, &err) != 0) {
+		fprintf(stderr, "tally gen: %s\n", err.msg);
+		rc = 2;
+		goto cleanup;
+	}
+	rc = 1;
+	if (open_sink(cli, &a, &p) != 0 || emit_events(g, p, t0, &count) != 0)
+		goto cleanup;
+	if (p != NULL && finish_topic(p, a.topic, count, t0) != 0)
+		goto cleanup;
+	fflush(stdout);
+	if (a.expected != NULL && write_expected(g, a.expected) != 0)
+		goto cleanup;
 	rc = 0;
 cleanup:
 	tally_producer_free(p);
 	tally_gen_free(g);
-	for (k = 0; k < nmodels; k++)
-		free(models[k]);
-	free(models);
+	for (k = 0; k < a.nmodels; k++)
+		free(a.models[k]);
+	free(a.models);
 	return rc;
 }

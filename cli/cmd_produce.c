@@ -24,19 +24,30 @@ const char tally_cmd_produce_help[] =
 
 #define MAX_REPORTED 1000
 
-typedef struct produce_ctx {
-	uint64_t failed;
-	uint64_t reported;
-} produce_ctx;
+typedef struct produce_opts {
+	const char *topic, *file, *schema;
+	bool skip_invalid;
+	int64_t partitions; /* --create-topic; 0: none */
+} produce_opts;
+
+/* One run: the producer, its delivery failures and the line counts. */
+typedef struct produce_run {
+	tally_producer *p;
+	uint64_t failed;   /* deliveries that failed */
+	uint64_t dreported; /* of them, printed */
+	tally_error err;
+	uint64_t lineno, produced, rejected, reported;
+	int64_t t0;
+} produce_run;
 
 static void on_delivery(const tally_delivery *dr, void *payload)
 {
-	produce_ctx *ctx = payload;
+	produce_run *r = payload;
 
 	if (dr->code == 0)
 		return;
-	ctx->failed++;
-	if (ctx->reported++ < MAX_REPORTED)
+	r->failed++;
+	if (r->dreported++ < MAX_REPORTED)
 		fprintf(stderr, "line %llu: delivery failed: %s\n",
 			(unsigned long long)(uintptr_t)dr->opaque, dr->errstr);
 }
@@ -48,198 +59,225 @@ static void usage_msg(void)
 			"       [--create-topic PARTITIONS]\n");
 }
 
-int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
+/* argv into o; 0, or 2 once the usage is printed (also without --topic). */
+static int parse_args(produce_opts *o, int argc, char **argv)
 {
-	const char *topic = NULL, *file = NULL, *schema = NULL;
-	bool skip_invalid = false;
-	tally_config *cfg;
-	tally_producer *p = NULL;
-	tally_producer_opts opts = { 0 };
-	produce_ctx ctx = { 0 };
-	tally_error err;
-	FILE *in = stdin;
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n;
-	uint64_t lineno = 0, produced = 0, rejected = 0, reported = 0;
-	uint64_t delivered = 0, dfailed = 0;
-	int64_t t0;
-	int64_t partitions = 0;
-	int i, rc = 1;
+	int i;
 
 	for (i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--topic") == 0 && i + 1 < argc)
-			topic = argv[++i];
+			o->topic = argv[++i];
 		else if (strcmp(argv[i], "--schema") == 0 && i + 1 < argc)
-			schema = argv[++i];
+			o->schema = argv[++i];
 		else if (strcmp(argv[i], "--create-topic") == 0 &&
 			 i + 1 < argc) {
-			if (tally_parse_i64(&partitions, argv[++i]) != 0 ||
-			    partitions < 1 || partitions > 1000) {
+			if (!tally_cli_parse_partitions(&o->partitions,
+							argv[++i])) {
 				usage_msg();
 				return 2;
 			}
 		} else if (strcmp(argv[i], "--skip-invalid") == 0)
-			skip_invalid = true;
-		else if (argv[i][0] != '-' && file == NULL)
-			file = argv[i];
-		else if (strcmp(argv[i], "-") == 0 && file == NULL)
-			file = NULL;
+			o->skip_invalid = true;
+		else if (argv[i][0] != '-' && o->file == NULL)
+			o->file = argv[i];
+		else if (strcmp(argv[i], "-") == 0 && o->file == NULL)
+			o->file = NULL;
 		else {
 			usage_msg();
 			return 2;
 		}
 	}
-	if (topic == NULL) {
+	if (o->topic == NULL) {
 		usage_msg();
 		return 2;
 	}
-	if (tally_cli_config(cli, &cfg) != 0)
-		return 1;
-	if (schema == NULL) {
-		if (strcmp(topic, tally_config_str(cfg, "topics.commands")) == 0)
-			schema = "command";
-		else if (strcmp(topic, tally_config_str(cfg, "topics.rated")) ==
+	return 0;
+}
+
+/* The schema: --schema, else the one of the topic; 0, or 2 (usage). */
+static int check_schema(produce_opts *o, tally_config *cfg)
+{
+	if (o->schema == NULL) {
+		if (strcmp(o->topic, tally_config_str(cfg, "topics.commands")) ==
+		    0)
+			o->schema = "command";
+		else if (strcmp(o->topic, tally_config_str(cfg, "topics.rated")) ==
 			 0)
-			schema = "rated";
+			o->schema = "rated";
 		else
-			schema = "usage";
+			o->schema = "usage";
 	}
-	if (strcmp(schema, "usage") != 0 && strcmp(schema, "rated") != 0 &&
-	    strcmp(schema, "command") != 0) {
+	if (strcmp(o->schema, "usage") != 0 && strcmp(o->schema, "rated") != 0 &&
+	    strcmp(o->schema, "command") != 0) {
 		usage_msg();
 		return 2;
 	}
-	if (file != NULL) {
-		in = fopen(file, "r");
-		if (in == NULL) {
-			fprintf(stderr, "tally produce: cannot open %s\n", file);
-			return 1;
-		}
-	}
-	tally_error_clear(&err);
-	opts.topic = topic;
-	opts.on_delivery = on_delivery;
-	opts.payload = &ctx;
-	opts.ce_source = "tally-produce";
-	if (tally_producer_new(&p, cfg, &opts, &err) != 0) {
-		fprintf(stderr, "tally produce: %s\n", err.msg);
-		goto cleanup;
-	}
-	if (partitions > 0) {
-		const char *topics[2] = { topic, NULL };
+	return 0;
+}
 
-		if (tally_kafka_create_topics(tally_producer_rk(p), topics,
-					      (int)partitions, &err) != 0) {
-			fprintf(stderr, "tally produce: %s\n", err.msg);
-			goto cleanup;
-		}
-	}
-	t0 = tally_now_ms();
-	while ((n = getline(&line, &cap, in)) >= 0) {
-		json_error_t jerr;
-		json_t *j;
-		tally_codec_error ce;
-		union {
-			tally_usage_event u;
-			tally_rated_event r;
-			tally_command c;
-		} ev;
-		int vrc;
-		void *opaque;
+/* Counts a rejected line; whether it is still one to print. */
+static bool rejecting(produce_run *r)
+{
+	r->rejected++;
+	return r->reported++ < MAX_REPORTED;
+}
 
-		lineno++;
-		opaque = (void *)(uintptr_t)lineno;
+/* One JSON line: decode, validate, send; a bad line is counted and
+ * reported, 1 only for an error that stops the run. */
+static int produce_line(produce_run *r, char schema, const char *line,
+			size_t n)
+{
+	void *opaque = (void *)(uintptr_t)r->lineno;
+	json_error_t jerr;
+	json_t *j;
+	tally_codec_error ce;
+	union {
+		tally_usage_event u;
+		tally_rated_event r;
+		tally_command c;
+	} ev;
+	int vrc;
+
+	j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
+	if (j == NULL) {
+		if (rejecting(r))
+			fprintf(stderr, "line %llu: rejected: bad_json: %s\n",
+				(unsigned long long)r->lineno, jerr.text);
+		return 0;
+	}
+	if (schema == 'c')
+		vrc = tally_codec_command_from_json(&ev.c, j, &ce);
+	else if (schema == 'r')
+		vrc = tally_codec_rated_from_json(&ev.r, j, &ce);
+	else
+		vrc = tally_codec_usage_from_json(&ev.u, j, &ce);
+	if (vrc != 0) {
+		if (rejecting(r))
+			fprintf(stderr, "line %llu: rejected: %s %s: %s\n",
+				(unsigned long long)r->lineno, ce.reason,
+				ce.field[0] ? ce.field : "-", ce.detail);
+		json_decref(j);
+		return 0;
+	}
+	if (schema == 'c')
+		vrc = tally_producer_send_command(r->p, &ev.c, opaque, &r->err);
+	else if (schema == 'r')
+		vrc = tally_producer_send_rated(r->p, &ev.r, opaque, &r->err);
+	else
+		vrc = tally_producer_send_usage(r->p, &ev.u, opaque, &r->err);
+	json_decref(j);
+	if (vrc == TALLY_EINVALID) {
+		if (rejecting(r))
+			fprintf(stderr, "line %llu: rejected: %s\n",
+				(unsigned long long)r->lineno, r->err.msg);
+		return 0;
+	}
+	if (vrc != 0) {
+		fprintf(stderr, "line %llu: %s\n", (unsigned long long)r->lineno,
+			r->err.msg);
+		return 1;
+	}
+	r->produced++;
+	if (r->produced % 1024 == 0)
+		tally_producer_poll(r->p, 0);
+	return 0;
+}
+
+/* Every line of in, with progress on stderr; 1 when the run stops. */
+static int produce_lines(produce_run *r, const produce_opts *o, FILE *in)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int rc = 0;
+
+	while (rc == 0 && (n = getline(&line, &cap, in)) >= 0) {
+		r->lineno++;
 		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
 			n--;
 		if (n == 0)
 			continue;
-		if (lineno % 100000 == 0)
+		if (r->lineno % 100000 == 0)
 			fprintf(stderr, "produce: %llu lines, %llu produced, "
 				"%llu rejected, %lld ms\n",
-				(unsigned long long)lineno,
-				(unsigned long long)produced,
-				(unsigned long long)rejected,
-				(long long)(tally_now_ms() - t0));
-		j = json_loadb(line, (size_t)n, JSON_REJECT_DUPLICATES, &jerr);
-		if (j == NULL) {
-			rejected++;
-			if (reported++ < MAX_REPORTED)
-				fprintf(stderr, "line %llu: rejected: bad_json: "
-					"%s\n", (unsigned long long)lineno,
-					jerr.text);
-			continue;
-		}
-		if (schema[0] == 'c')
-			vrc = tally_codec_command_from_json(&ev.c, j, &ce);
-		else if (schema[0] == 'r')
-			vrc = tally_codec_rated_from_json(&ev.r, j, &ce);
-		else
-			vrc = tally_codec_usage_from_json(&ev.u, j, &ce);
-		if (vrc != 0) {
-			rejected++;
-			if (reported++ < MAX_REPORTED)
-				fprintf(stderr, "line %llu: rejected: %s %s: "
-					"%s\n", (unsigned long long)lineno,
-					ce.reason, ce.field[0] ? ce.field : "-",
-					ce.detail);
-			json_decref(j);
-			continue;
-		}
-		if (schema[0] == 'c')
-			vrc = tally_producer_send_command(p, &ev.c, opaque,
-							  &err);
-		else if (schema[0] == 'r')
-			vrc = tally_producer_send_rated(p, &ev.r, opaque, &err);
-		else
-			vrc = tally_producer_send_usage(p, &ev.u, opaque, &err);
-		json_decref(j);
-		if (vrc == TALLY_EINVALID) {
-			rejected++;
-			if (reported++ < MAX_REPORTED)
-				fprintf(stderr, "line %llu: rejected: %s\n",
-					(unsigned long long)lineno, err.msg);
-			continue;
-		}
-		if (vrc != 0) {
-			fprintf(stderr, "line %llu: %s\n",
-				(unsigned long long)lineno, err.msg);
-			goto cleanup;
-		}
-		produced++;
-		if (produced % 1024 == 0)
-			tally_producer_poll(p, 0);
+				(unsigned long long)r->lineno,
+				(unsigned long long)r->produced,
+				(unsigned long long)r->rejected,
+				(long long)(tally_now_ms() - r->t0));
+		rc = produce_line(r, o->schema[0], line, (size_t)n);
 	}
-	if (reported > MAX_REPORTED)
-		fprintf(stderr, "produce: %llu more rejections not shown\n",
-			(unsigned long long)(reported - MAX_REPORTED));
-	/* every delivery report, not just the queue drained */
-	while (tally_producer_outstanding(p) > 0) {
-		if (tally_producer_flush(p, 60000, &err) != 0) {
-			fprintf(stderr, "tally produce: %s\n", err.msg);
-			goto cleanup;
-		}
-	}
-	tally_producer_counts(p, &delivered, &dfailed);
-	{
-		int64_t ms = tally_now_ms() - t0;
-
-		printf("produce: topic %s, %llu lines, %llu produced, "
-		       "%llu delivered, %llu failed, %llu rejected, "
-		       "%lld ms (%lld events/s)\n",
-		       topic, (unsigned long long)lineno,
-		       (unsigned long long)produced,
-		       (unsigned long long)delivered,
-		       (unsigned long long)dfailed,
-		       (unsigned long long)rejected, (long long)ms,
-		       (long long)(ms > 0 ? (int64_t)delivered * 1000 / ms :
-					    (int64_t)delivered));
-	}
-	rc = (dfailed > 0 || delivered != produced ||
-	      (rejected > 0 && !skip_invalid)) ? 1 : 0;
-cleanup:
-	tally_producer_free(p);
 	free(line);
+	return rc;
+}
+
+/* Waits for every delivery, prints the summary; the exit status. */
+static int finish(produce_run *r, const produce_opts *o)
+{
+	uint64_t delivered = 0, dfailed = 0;
+	int64_t ms;
+
+	if (r->reported > MAX_REPORTED)
+		fprintf(stderr, "produce: %llu more rejections not shown\n",
+			(unsigned long long)(r->reported - MAX_REPORTED));
+	if (tally_cli_drain(r->p, "produce") != 0)
+		return 1;
+	tally_producer_counts(r->p, &delivered, &dfailed);
+	ms = tally_now_ms() - r->t0;
+	printf("produce: topic %s, %llu lines, %llu produced, "
+	       "%llu delivered, %llu failed, %llu rejected, "
+	       "%lld ms (%lld events/s)\n",
+	       o->topic, (unsigned long long)r->lineno,
+	       (unsigned long long)r->produced, (unsigned long long)delivered,
+	       (unsigned long long)dfailed, (unsigned long long)r->rejected,
+	       (long long)ms,
+	       (long long)(ms > 0 ? (int64_t)delivered * 1000 / ms :
+				    (int64_t)delivered));
+	return (dfailed > 0 || delivered != r->produced ||
+		(r->rejected > 0 && !o->skip_invalid)) ? 1 : 0;
+}
+
+int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
+{
+	produce_opts o = { 0 };
+	produce_run r;
+	tally_producer_opts popts = { 0 };
+	tally_config *cfg;
+	FILE *in = stdin;
+	int rc;
+
+	rc = parse_args(&o, argc, argv);
+	if (rc != 0)
+		return rc;
+	if (tally_cli_config(cli, &cfg) != 0)
+		return 1;
+	rc = check_schema(&o, cfg);
+	if (rc != 0)
+		return rc;
+	if (o.file != NULL) {
+		in = fopen(o.file, "r");
+		if (in == NULL) {
+			fprintf(stderr, "tally produce: cannot open %s\n", o.file);
+			return 1;
+		}
+	}
+	memset(&r, 0, sizeof(r));
+	tally_error_clear(&r.err);
+	popts.topic = o.topic;
+	popts.on_delivery = on_delivery;
+	popts.payload = &r;
+	popts.ce_source = "tally-produce";
+	rc = 1;
+	if (tally_producer_new(&r.p, cfg, &popts, &r.err) != 0) {
+		fprintf(stderr, "tally produce: %s\n", r.err.msg);
+		goto cleanup;
+	}
+	if (tally_cli_create_topic(r.p, o.topic, o.partitions, "produce") != 0)
+		goto cleanup;
+	r.t0 = tally_now_ms();
+	if (produce_lines(&r, &o, in) == 0)
+		rc = finish(&r, &o);
+cleanup:
+	tally_producer_free(r.p);
 	if (in != stdin)
 		fclose(in);
 	return rc;

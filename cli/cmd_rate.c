@@ -78,31 +78,36 @@ static int run_bench(const tally_pricebook *pb, bench_ev *evs, size_t n,
 	return 0;
 }
 
-int tally_cmd_rate(tally_cli *cli, int argc, char **argv)
-{
-	const char *prices = NULL, *unpriced = NULL;
-	tally_pricebook *pb = NULL;
-	tally_rate_ctx *ctx = NULL;
-	tally_config *cfg = NULL;
-	tally_error err;
-	char *line = NULL;
-	size_t cap = 0, nbench = 0, capbench = 0, i;
-	ssize_t len;
-	int64_t lineno = 0, bad = 0, bench = 0;
-	bench_ev *evs = NULL;
-	bool zero;
-	int rc = 0;
+typedef struct rate_opts {
+	const char *prices;   /* --prices FILE; NULL: the book in PostgreSQL */
+	const char *unpriced; /* --unpriced, else rate.unpriced */
+	int64_t bench;        /* --bench N; 0: print rated lines */
+	bool zero;            /* unpriced events cost zero */
+} rate_opts;
 
-	for (i = 1; i < (size_t)argc; i++) {
-		if (strcmp(argv[i], "--prices") == 0 && i + 1 < (size_t)argc) {
-			prices = argv[++i];
-		} else if (strcmp(argv[i], "--unpriced") == 0 &&
-			   i + 1 < (size_t)argc) {
-			unpriced = argv[++i];
-		} else if (strcmp(argv[i], "--bench") == 0 &&
-			   i + 1 < (size_t)argc) {
-			if (tally_parse_i64(&bench, argv[++i]) != 0 ||
-			    bench < 2) {
+/* One run over stdin: the book and the counts (and --bench's events). */
+typedef struct rate_run {
+	const rate_opts *o;
+	tally_pricebook *pb;
+	tally_rate_ctx *ctx;
+	int64_t lineno, bad;
+	bench_ev *evs;
+	size_t nbench, capbench;
+} rate_run;
+
+/* argv into o; 0, or 2 once the error is printed. */
+static int parse_args(rate_opts *o, int argc, char **argv)
+{
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--prices") == 0 && i + 1 < argc) {
+			o->prices = argv[++i];
+		} else if (strcmp(argv[i], "--unpriced") == 0 && i + 1 < argc) {
+			o->unpriced = argv[++i];
+		} else if (strcmp(argv[i], "--bench") == 0 && i + 1 < argc) {
+			if (tally_parse_i64(&o->bench, argv[++i]) != 0 ||
+			    o->bench < 2) {
 				fprintf(stderr, "tally rate: bad --bench\n");
 				return 2;
 			}
@@ -112,133 +117,216 @@ int tally_cmd_rate(tally_cli *cli, int argc, char **argv)
 			return 2;
 		}
 	}
-	if (tally_cli_config(cli, &cfg) != 0)
-		return 1;
-	if (unpriced == NULL)
-		unpriced = tally_config_str(cfg, "rate.unpriced");
-	if (strcmp(unpriced, "zero") != 0 &&
-	    strcmp(unpriced, "dead_letter") != 0) {
+	return 0;
+}
+
+/* --unpriced, else the config's: dead_letter or zero; 0, or 2. */
+static int check_unpriced(rate_opts *o, tally_config *cfg)
+{
+	if (o->unpriced == NULL)
+		o->unpriced = tally_config_str(cfg, "rate.unpriced");
+	if (strcmp(o->unpriced, "zero") != 0 &&
+	    strcmp(o->unpriced, "dead_letter") != 0) {
 		fprintf(stderr, "tally rate: rate.unpriced must be "
 				"dead_letter or zero\n");
 		return 2;
 	}
-	zero = strcmp(unpriced, "zero") == 0;
+	o->zero = strcmp(o->unpriced, "zero") == 0;
+	return 0;
+}
+
+/* The book from --prices, else from PostgreSQL; 0 or 1 (printed). */
+static int load_book(tally_cli *cli, const rate_opts *o, tally_pricebook **pb)
+{
+	tally_error err;
+	int rc;
+
 	tally_error_clear(&err);
-	if (prices != NULL) {
-		rc = tally_pricebook_load_genai_file(&pb, prices, &err);
+	if (o->prices != NULL) {
+		rc = tally_pricebook_load_genai_file(pb, o->prices, &err);
 	} else {
 		tally_pg *pg = NULL;
 
 		if (tally_cli_pg(cli, &pg) != 0)
 			return 1;
-		rc = tally_pricebook_load_pg(&pb, pg, &err);
+		rc = tally_pricebook_load_pg(pb, pg, &err);
 		tally_pg_free(pg);
 	}
 	if (rc != 0) {
 		fprintf(stderr, "tally rate: price book: %s\n", err.msg);
 		return 1;
 	}
-	ctx = tally_rate_ctx_new();
+	return 0;
+}
+
+/* One line into a usage event that borrows from *obj; a bad line is
+ * reported and counted (-1). */
+static int read_event(rate_run *r, const char *line, size_t len,
+		      json_t **obj, tally_usage_event *ev)
+{
+	json_error_t jerr;
+	tally_codec_error cerr;
+
+	*obj = json_loadb(line, len, 0, &jerr);
+	if (*obj == NULL) {
+		fprintf(stderr, "line %" PRId64 ": invalid JSON: %s\n",
+			r->lineno, jerr.text);
+		r->bad++;
+		return -1;
+	}
+	memset(&cerr, 0, sizeof(cerr));
+	if (tally_codec_usage_from_json(ev, *obj, &cerr) != 0) {
+		fprintf(stderr, "line %" PRId64 ": %s: %s %s\n", r->lineno,
+			cerr.reason, cerr.field, cerr.detail);
+		json_decref(*obj);
+		r->bad++;
+		return -1;
+	}
+	return 0;
+}
+
+/* --bench: keeps obj and the event borrowing from it for the rounds. */
+static void keep_for_bench(rate_run *r, json_t *obj,
+			   const tally_usage_event *ev)
+{
+	if (r->nbench == r->capbench) {
+		r->capbench = r->capbench ? r->capbench * 2 : 1024;
+		r->evs = tally_xrealloc(r->evs, r->capbench * sizeof(*r->evs));
+	}
+	r->evs[r->nbench].obj = obj; /* ev borrows from obj */
+	r->evs[r->nbench++].ev = *ev;
+}
+
+/* The rating's result added to the event's JSON object. */
+static void add_rating(json_t *obj, const tally_rated_event *re,
+		       const tally_rate_detail *det)
+{
+	json_t *comps = json_object();
+	char pm[600];
+	int k;
+
+	set_money(obj, "cost", re->cost);
+	json_object_set_new(obj, "currency", json_string(re->currency));
+	json_object_set_new(obj, "price_id",
+			    json_integer((json_int_t)re->price_id));
+	for (k = 0; k < TALLY_COMP_N; k++)
+		if (re->components[k] != 0)
+			set_money(comps, comp_names[k], re->components[k]);
+	json_object_set_new(obj, "components", comps);
+	if (det->model_id != NULL) {
+		snprintf(pm, sizeof(pm), "%s:%s", det->provider_id,
+			 det->model_id);
+		json_object_set_new(obj, "price_model", json_string(pm));
+	}
+	if (det->override_id != 0)
+		json_object_set_new(obj, "override_id",
+				    json_integer(det->override_id));
+	if (re->unpriced)
+		json_object_set_new(obj, "unpriced", json_true());
+}
+
+/* Rates ev and prints obj with its cost, or reports and counts the line;
+ * takes obj. */
+static void rate_line(rate_run *r, json_t *obj, const tally_usage_event *ev)
+{
+	tally_rated_event re;
+	tally_rate_detail det;
+	tally_error err;
+	char *s;
+	int rc;
+
+	tally_error_clear(&err);
+	rc = tally_rate_event_ex(&re, &det, r->pb, ev, r->ctx, &err);
+	if (rc != 0 && !(rc == TALLY_ENOTFOUND && r->o->zero)) {
+		fprintf(stderr, "line %" PRId64 ": %s: %s\n", r->lineno,
+			rc == TALLY_ENOTFOUND ? "unpriced" : tally_err_name(rc),
+			err.msg);
+		json_decref(obj);
+		r->bad++;
+		return;
+	}
+	add_rating(obj, &re, &det);
+	s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	fputs(s, stdout);
+	fputc('\n', stdout);
+	free(s);
+	json_decref(obj);
+}
+
+/* Every line of stdin: rated and printed, or kept for --bench. */
+static void rate_lines(rate_run *r)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+
 	while ((len = getline(&line, &cap, stdin)) >= 0) {
 		json_t *obj;
-		json_error_t jerr;
 		tally_usage_event ev;
-		tally_codec_error cerr;
-		tally_rated_event re;
-		tally_rate_detail det;
-		json_t *comps;
-		char pm[600];
-		int k;
 
-		lineno++;
+		r->lineno++;
 		while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
 			line[--len] = '\0';
 		if (len == 0)
 			continue;
-		obj = json_loadb(line, (size_t)len, 0, &jerr);
-		if (obj == NULL) {
-			fprintf(stderr, "line %" PRId64 ": invalid JSON: %s\n",
-				lineno, jerr.text);
-			bad++;
+		if (read_event(r, line, (size_t)len, &obj, &ev) != 0)
 			continue;
-		}
-		memset(&cerr, 0, sizeof(cerr));
-		if (tally_codec_usage_from_json(&ev, obj, &cerr) != 0) {
-			fprintf(stderr, "line %" PRId64 ": %s: %s %s\n", lineno,
-				cerr.reason, cerr.field, cerr.detail);
-			json_decref(obj);
-			bad++;
-			continue;
-		}
-		if (bench > 0) {
-			if (nbench == capbench) {
-				capbench = capbench ? capbench * 2 : 1024;
-				evs = tally_xrealloc(evs,
-						     capbench * sizeof(*evs));
-			}
-			evs[nbench].obj = obj; /* ev borrows from obj */
-			evs[nbench++].ev = ev;
-			continue;
-		}
-		tally_error_clear(&err);
-		rc = tally_rate_event_ex(&re, &det, pb, &ev, ctx, &err);
-		if (rc != 0 && !(rc == TALLY_ENOTFOUND && zero)) {
-			fprintf(stderr, "line %" PRId64 ": %s: %s\n", lineno,
-				rc == TALLY_ENOTFOUND ? "unpriced"
-						      : tally_err_name(rc),
-				err.msg);
-			json_decref(obj);
-			bad++;
-			continue;
-		}
-		set_money(obj, "cost", re.cost);
-		json_object_set_new(obj, "currency", json_string(re.currency));
-		json_object_set_new(obj, "price_id",
-				    json_integer((json_int_t)re.price_id));
-		comps = json_object();
-		for (k = 0; k < TALLY_COMP_N; k++)
-			if (re.components[k] != 0)
-				set_money(comps, comp_names[k],
-					  re.components[k]);
-		json_object_set_new(obj, "components", comps);
-		if (det.model_id != NULL) {
-			snprintf(pm, sizeof(pm), "%s:%s", det.provider_id,
-				 det.model_id);
-			json_object_set_new(obj, "price_model", json_string(pm));
-		}
-		if (det.override_id != 0)
-			json_object_set_new(obj, "override_id",
-					    json_integer(det.override_id));
-		if (re.unpriced)
-			json_object_set_new(obj, "unpriced", json_true());
-		{
-			char *s = json_dumps(obj, JSON_COMPACT |
-							  JSON_PRESERVE_ORDER);
-			fputs(s, stdout);
-			fputc('\n', stdout);
-			free(s);
-		}
-		json_decref(obj);
+		if (r->o->bench > 0)
+			keep_for_bench(r, obj, &ev);
+		else
+			rate_line(r, obj, &ev);
 	}
-	rc = bad > 0 ? 1 : 0;
-	if (bench > 0) {
-		if (nbench == 0) {
-			fprintf(stderr, "tally rate: --bench: no events\n");
-			rc = 1;
-		} else {
-			int brc = run_bench(pb, evs, nbench, bench);
-			if (brc != 0)
-				rc = brc;
-		}
-		for (i = 0; i < nbench; i++)
-			json_decref(evs[i].obj);
-		free(evs);
-	}
-	if (bad > 0)
-		fprintf(stderr, "tally rate: %" PRId64 " bad line(s) of %" PRId64
-				"\n", bad, lineno);
 	free(line);
-	tally_rate_ctx_free(ctx);
-	tally_pricebook_free(pb);
+}
+
+/* --bench: the rounds over the kept events, then frees them; rc so far
+ * or the bench's. */
+static int bench_kept(rate_run *r, int rc)
+{
+	size_t i;
+
+	if (r->nbench == 0) {
+		fprintf(stderr, "tally rate: --bench: no events\n");
+		rc = 1;
+	} else {
+		int brc = run_bench(r->pb, r->evs, r->nbench, r->o->bench);
+		if (brc != 0)
+			rc = brc;
+	}
+	for (i = 0; i < r->nbench; i++)
+		json_decref(r->evs[i].obj);
+	free(r->evs);
+	return rc;
+}
+
+int tally_cmd_rate(tally_cli *cli, int argc, char **argv)
+{
+	rate_opts o = { 0 };
+	rate_run r;
+	tally_config *cfg = NULL;
+	int rc;
+
+	rc = parse_args(&o, argc, argv);
+	if (rc != 0)
+		return rc;
+	if (tally_cli_config(cli, &cfg) != 0)
+		return 1;
+	rc = check_unpriced(&o, cfg);
+	if (rc != 0)
+		return rc;
+	memset(&r, 0, sizeof(r));
+	r.o = &o;
+	if (load_book(cli, &o, &r.pb) != 0)
+		return 1;
+	r.ctx = tally_rate_ctx_new();
+	rate_lines(&r);
+	rc = r.bad > 0 ? 1 : 0;
+	if (o.bench > 0)
+		rc = bench_kept(&r, rc);
+	if (r.bad > 0)
+		fprintf(stderr, "tally rate: %" PRId64 " bad line(s) of %" PRId64
+				"\n", r.bad, r.lineno);
+	tally_rate_ctx_free(r.ctx);
+	tally_pricebook_free(r.pb);
 	return rc;
 }

@@ -133,21 +133,16 @@ static int apply_one(tally_pg *pg, const char *name, const char *version,
 	return rc;
 }
 
-int tally_migrate(tally_pg *pg, const char *dir, int *applied,
-		  tally_error *err)
+/* The *.sql file names in dir, sorted (the caller frees them); 0 or an
+ * error when dir cannot be opened. */
+static int list_files(const char *dir, char ***out, size_t *nout,
+		      tally_error *err)
 {
-	DIR *d = NULL;
+	DIR *d = opendir(dir);
 	struct dirent *de;
-	char **files = NULL, path[4096], sum[65], version[16];
-	size_t nfiles = 0, cap = 0, i, len;
-	char *sql = NULL;
-	PGresult *res = NULL;
-	int rc = 0, count = 0;
-	const char *lockp[1] = { MIGRATE_LOCK };
+	char **files = NULL;
+	size_t nfiles = 0, cap = 0;
 
-	if (applied != NULL)
-		*applied = 0;
-	d = opendir(dir);
 	if (d == NULL)
 		return tally_error_set(err, TALLY_EINVALID,
 				       "cannot open migrations dir %s", dir);
@@ -163,7 +158,72 @@ int tally_migrate(tally_pg *pg, const char *dir, int *applied,
 	}
 	closedir(d);
 	qsort(files, nfiles, sizeof(*files), cmp_str);
+	*out = files;
+	*nout = nfiles;
+	return 0;
+}
 
+/* Migration `name` of dir: checked against its recorded checksum if it
+ * was applied, else applied now (*applied set). */
+static int migrate_file(tally_pg *pg, const char *dir, const char *name,
+			bool *applied, tally_error *err)
+{
+	char path[4096], sum[65], version[16];
+	const char *vp[1] = { version };
+	PGresult *res = NULL;
+	char *sql = NULL;
+	size_t k, len;
+	int rc;
+
+	*applied = false;
+	for (k = 0; k < 4; k++)
+		if (name[k] < '0' || name[k] > '9' || name[4] != '_')
+			return tally_error_set(err, TALLY_EINVALID,
+					       "%s: name is not NNNN_<what>.sql",
+					       name);
+	snprintf(version, sizeof(version), "%.4s", name);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (read_file(&sql, &len, path) != 0)
+		return tally_error_set(err, TALLY_EINVALID, "cannot read %s",
+				       path);
+	sha256_hex(sum, sql, len);
+	rc = tally_pg_exec(pg, &res,
+			   "SELECT checksum, name FROM schema_migrations"
+			   " WHERE version = $1::int", 1, vp, err);
+	if (rc == 0 && PQntuples(res) == 1) {
+		if (strcmp(PQgetvalue(res, 0, 0), sum) != 0)
+			rc = tally_error_set(err, TALLY_EINVALID,
+					     "%s was changed after it was "
+					     "applied (checksum %.12s, "
+					     "recorded %.12s); add a new "
+					     "migration instead", name, sum,
+					     PQgetvalue(res, 0, 0));
+	} else if (rc == 0) {
+		rc = apply_one(pg, name, version, sql, sum, err);
+		if (rc == 0) {
+			tally_log(TALLY_INFO, "migrate.applied",
+				  TALLY_KV_STR("file", name));
+			*applied = true;
+		}
+	}
+	PQclear(res);
+	free(sql);
+	return rc;
+}
+
+int tally_migrate(tally_pg *pg, const char *dir, int *applied,
+		  tally_error *err)
+{
+	char **files = NULL;
+	size_t nfiles = 0, i;
+	int rc = 0, count = 0;
+	const char *lockp[1] = { MIGRATE_LOCK };
+
+	if (applied != NULL)
+		*applied = 0;
+	rc = list_files(dir, &files, &nfiles, err);
+	if (rc != 0)
+		return rc;
 	rc = tally_pg_exec(pg, NULL, "SELECT pg_advisory_lock($1::bigint)", 1,
 			   lockp, err);
 	if (rc != 0)
@@ -174,59 +234,13 @@ int tally_migrate(tally_pg *pg, const char *dir, int *applied,
 			   " checksum text NOT NULL,"
 			   " applied_at timestamptz NOT NULL DEFAULT now())",
 			   0, NULL, err);
-	if (rc != 0)
-		goto unlock;
+	for (i = 0; rc == 0 && i < nfiles; i++) {
+		bool one = false;
 
-	for (i = 0; i < nfiles; i++) {
-		const char *name = files[i];
-		const char *vp[1];
-		size_t k;
-
-		for (k = 0; k < 4; k++)
-			if (name[k] < '0' || name[k] > '9' || name[4] != '_') {
-				rc = tally_error_set(err, TALLY_EINVALID,
-						     "%s: name is not NNNN_<what>.sql",
-						     name);
-				goto unlock;
-			}
-		snprintf(version, sizeof(version), "%.4s", name);
-		snprintf(path, sizeof(path), "%s/%s", dir, name);
-		if (read_file(&sql, &len, path) != 0) {
-			rc = tally_error_set(err, TALLY_EINVALID,
-					     "cannot read %s", path);
-			goto unlock;
-		}
-		sha256_hex(sum, sql, len);
-		vp[0] = version;
-		rc = tally_pg_exec(pg, &res,
-				   "SELECT checksum, name FROM schema_migrations"
-				   " WHERE version = $1::int", 1, vp, err);
-		if (rc != 0)
-			goto unlock;
-		if (PQntuples(res) == 1) {
-			if (strcmp(PQgetvalue(res, 0, 0), sum) != 0) {
-				rc = tally_error_set(err, TALLY_EINVALID,
-						     "%s was changed after it was "
-						     "applied (checksum %.12s, "
-						     "recorded %.12s); add a new "
-						     "migration instead", name,
-						     sum, PQgetvalue(res, 0, 0));
-				goto unlock;
-			}
-		} else {
-			rc = apply_one(pg, name, version, sql, sum, err);
-			if (rc != 0)
-				goto unlock;
-			tally_log(TALLY_INFO, "migrate.applied",
-				  TALLY_KV_STR("file", name));
+		rc = migrate_file(pg, dir, files[i], &one, err);
+		if (one)
 			count++;
-		}
-		PQclear(res);
-		res = NULL;
-		free(sql);
-		sql = NULL;
 	}
-unlock:
 	{
 		tally_error e2;
 		if (tally_pg_exec(pg, NULL,
@@ -236,8 +250,6 @@ unlock:
 		}
 	}
 cleanup:
-	PQclear(res);
-	free(sql);
 	for (i = 0; i < nfiles; i++)
 		free(files[i]);
 	free(files);

@@ -114,66 +114,92 @@ static const char insert_sql[] =
 	"$10, $11, $12, $13, $14, $15, $16::jsonb, $17::jsonb, "
 	TS_SQL(18) ", $19, $20)";
 
-static int insert_model(tally_pg *pg, import_state *is, const char *prov,
-			json_t *jm, int64_t pos, const char *sha, bool first,
-			tally_error *err)
+/* A model's price entries: its list of conditional prices, or its one
+ * price object as a list of one entry. The caller owns the list. */
+static json_t *price_entries(json_t *jm)
 {
 	json_t *prices = json_object_get(jm, "prices");
 	json_t *list = json_is_array(prices) ? json_incref(prices) : json_array();
-	char *match = dump_or_null(json_object_get(jm, "match"));
-	char posbuf[24], cpos[24], from[24];
-	size_t ci;
-	json_t *entry;
-	int rc = 0;
 
 	if (!json_is_array(prices)) {
 		json_t *e = json_object();
 		json_object_set(e, "prices", prices);
 		json_array_append_new(list, e);
 	}
+	return list;
+}
+
+/* An entry's constraint: none, a start_date, or a time_of_date window. */
+static void read_constraint(json_t *con, const char **ctype, const char **sd,
+			    const char **ts, const char **te)
+{
+	*ctype = "none";
+	*sd = *ts = *te = NULL;
+	if (con == NULL || json_is_null(con))
+		return;
+	if (json_is_string(json_object_get(con, "start_date"))) {
+		*ctype = "start_date";
+		*sd = json_string_value(json_object_get(con, "start_date"));
+	} else {
+		*ctype = "time_of_date";
+		*ts = json_string_value(json_object_get(con, "start_time"));
+		*te = json_string_value(json_object_get(con, "end_time"));
+	}
+}
+
+/* An entry's prices: a known key's base price into vals (its tiers, if
+ * any, into tiers); an unknown key into other. */
+static void split_prices(json_t *p, const char *vals[PB_K_N], json_t *tiers,
+			 json_t *other)
+{
+	const char *key;
+	json_t *v;
+	int k;
+
+	json_object_foreach(p, key, v) {
+		bool known_key = false;
+
+		for (k = 0; k < PB_K_N; k++) {
+			if (strcmp(key, tally_pb__key_names[k]) != 0)
+				continue;
+			known_key = true;
+			if (json_is_string(v)) {
+				vals[k] = json_string_value(v);
+			} else if (json_is_object(v)) {
+				vals[k] = json_string_value(
+					json_object_get(v, "base"));
+				json_object_set(tiers, key, v);
+			}
+		}
+		if (!known_key)
+			json_object_set(other, key, v);
+	}
+}
+
+/* One model_prices row per price entry of model jm. */
+static int insert_model(tally_pg *pg, import_state *is, const char *prov,
+			json_t *jm, int64_t pos, const char *sha, bool first,
+			tally_error *err)
+{
+	json_t *list = price_entries(jm);
+	char *match = dump_or_null(json_object_get(jm, "match"));
+	char posbuf[24], cpos[24], from[24];
+	size_t ci;
+	json_t *entry;
+	int rc = 0;
+
 	snprintf(posbuf, sizeof(posbuf), "%" PRId64, pos);
 	snprintf(from, sizeof(from), "%" PRId64, is->now_ms);
 	json_array_foreach(list, ci, entry) {
-		json_t *con = json_object_get(entry, "constraint");
-		json_t *p = json_object_get(entry, "prices");
-		json_t *tiers = json_object(), *other = json_object(), *v;
-		const char *key, *ctype = "none", *sd = NULL, *ts = NULL,
-				 *te = NULL;
+		json_t *tiers = json_object(), *other = json_object();
+		const char *ctype, *sd, *ts, *te;
 		const char *vals[PB_K_N] = { NULL };
 		char *tiers_s, *other_s;
-		int k;
 
-		if (con != NULL && !json_is_null(con)) {
-			if (json_is_string(json_object_get(con, "start_date"))) {
-				ctype = "start_date";
-				sd = json_string_value(
-					json_object_get(con, "start_date"));
-			} else {
-				ctype = "time_of_date";
-				ts = json_string_value(
-					json_object_get(con, "start_time"));
-				te = json_string_value(
-					json_object_get(con, "end_time"));
-			}
-		}
-		json_object_foreach(p, key, v) {
-			bool known_key = false;
-
-			for (k = 0; k < PB_K_N; k++) {
-				if (strcmp(key, tally_pb__key_names[k]) != 0)
-					continue;
-				known_key = true;
-				if (json_is_string(v)) {
-					vals[k] = json_string_value(v);
-				} else if (json_is_object(v)) {
-					vals[k] = json_string_value(
-						json_object_get(v, "base"));
-					json_object_set(tiers, key, v);
-				}
-			}
-			if (!known_key)
-				json_object_set(other, key, v);
-		}
+		read_constraint(json_object_get(entry, "constraint"), &ctype,
+				&sd, &ts, &te);
+		split_prices(json_object_get(entry, "prices"), vals, tiers,
+			     other);
 		tiers_s = json_object_size(tiers) ? dump_or_null(tiers) : NULL;
 		other_s = json_object_size(other) ? dump_or_null(other) : NULL;
 		snprintf(cpos, sizeof(cpos), "%zu", ci);
@@ -215,22 +241,12 @@ static int close_model(tally_pg *pg, import_state *is, const char *prov,
 			     3, params, err);
 }
 
-static int import_txn(tally_pg *pg, void *payload, tally_error *err)
+/* What the book holds now: each provider and each model's open version. */
+static int load_known(tally_pg *pg, import_state *is, tally_error *err)
 {
-	import_state *is = payload;
-	tally_price_import_stats *st = is->st;
 	PGresult *res = NULL;
-	json_t *jp;
-	size_t pi, i;
 	int rc, r;
 
-	memset(st, 0, sizeof(*st));
-	free_known(is);
-	rc = tally_pg_exec(pg, NULL,
-			   "SELECT pg_advisory_xact_lock(hashtext("
-			   "'tally.prices.import'))", 0, NULL, err);
-	if (rc != 0)
-		return rc;
 	rc = tally_pg_exec(pg, &res,
 			   "SELECT provider, NULL, content_sha256, position, "
 			   "true FROM price_providers UNION ALL "
@@ -252,111 +268,133 @@ static int import_txn(tally_pg *pg, void *payload, tally_error *err)
 			  pos, PQgetvalue(res, r, 4)[0] == 't');
 	}
 	PQclear(res);
-	res = NULL;
+	return 0;
+}
 
-	json_array_foreach(is->root, pi, jp) {
-		json_t *copy = json_deep_copy(jp), *models, *jm;
-		const char *prov = json_string_value(json_object_get(jp, "id"));
-		char sha[65], pos[24];
-		known *k = find_known(is, prov, NULL);
-		char *pm, *mm, *fb;
-		size_t mi;
+/* fallback_model_providers as a text[] literal; the caller frees it. */
+static char *fallbacks_literal(json_t *jp)
+{
+	json_t *fbj = json_object_get(jp, "fallback_model_providers");
+	json_t *fbt = json_array();
+	size_t f;
+	json_t *fv;
+	char *fb;
 
-		json_object_del(copy, "models");
-		sha256_json(sha, copy);
-		json_decref(copy);
-		snprintf(pos, sizeof(pos), "%zu", pi);
-		if (k == NULL || strcmp(k->sha, sha) != 0 ||
-		    k->position != (int64_t)pi) {
-			json_t *fbj = json_object_get(jp,
-						      "fallback_model_providers");
-			json_t *fbt = json_array();
-			size_t f;
-			json_t *fv;
+	json_array_foreach(fbj, f, fv)
+		json_array_append(fbt, fv);
+	fb = json_dumps(fbt, JSON_COMPACT);
+	fb[0] = '{';
+	fb[strlen(fb) - 1] = '}';
+	json_decref(fbt);
+	return fb;
+}
 
-			/* fallbacks as a text[] literal */
-			json_array_foreach(fbj, f, fv)
-				json_array_append(fbt, fv);
-			pm = dump_or_null(json_object_get(jp, "provider_match"));
-			mm = dump_or_null(json_object_get(jp, "model_match"));
-			fb = json_dumps(fbt, JSON_COMPACT);
-			fb[0] = '{';
-			fb[strlen(fb) - 1] = '}';
-			json_decref(fbt);
-			{
-				const char *params[8] = {
-					prov,
-					json_string_value(
-						json_object_get(jp, "name")),
-					pos, pm, mm, fb, is->source, sha,
-				};
-				if (params[1] == NULL)
-					params[1] = prov;
-				rc = tally_pg_exec(
-					pg, NULL,
-					"INSERT INTO price_providers (provider,"
-					" name, position, provider_match, "
-					"model_match, fallback_providers, "
-					"source, content_sha256) VALUES ($1, "
-					"$2, $3, $4::jsonb, $5::jsonb, "
-					"$6::text[], $7, $8) ON CONFLICT "
-					"(provider) DO UPDATE SET name = $2, "
-					"position = $3, provider_match = "
-					"$4::jsonb, model_match = $5::jsonb, "
-					"fallback_providers = $6::text[], "
-					"source = $7, content_sha256 = $8, "
-					"updated_at = now()",
-					8, params, err);
-			}
-			free(pm);
-			free(mm);
-			free(fb);
+/* Provider jp (without its models) into price_providers, new or updated. */
+static int upsert_provider(tally_pg *pg, import_state *is, json_t *jp,
+			   const char *prov, const char *pos, const char *sha,
+			   tally_error *err)
+{
+	char *pm = dump_or_null(json_object_get(jp, "provider_match"));
+	char *mm = dump_or_null(json_object_get(jp, "model_match"));
+	char *fb = fallbacks_literal(jp);
+	const char *params[8] = {
+		prov, json_string_value(json_object_get(jp, "name")),
+		pos, pm, mm, fb, is->source, sha,
+	};
+	int rc;
+
+	if (params[1] == NULL)
+		params[1] = prov;
+	rc = tally_pg_exec(pg, NULL,
+			   "INSERT INTO price_providers (provider, name, "
+			   "position, provider_match, model_match, "
+			   "fallback_providers, source, content_sha256) "
+			   "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, "
+			   "$6::text[], $7, $8) ON CONFLICT (provider) DO "
+			   "UPDATE SET name = $2, position = $3, "
+			   "provider_match = $4::jsonb, model_match = "
+			   "$5::jsonb, fallback_providers = $6::text[], "
+			   "source = $7, content_sha256 = $8, "
+			   "updated_at = now()",
+			   8, params, err);
+	free(pm);
+	free(mm);
+	free(fb);
+	return rc;
+}
+
+/* Provider jp at position pi: written only if its content or place moved. */
+static int import_provider(tally_pg *pg, import_state *is, json_t *jp,
+			   size_t pi, tally_error *err)
+{
+	json_t *copy = json_deep_copy(jp);
+	const char *prov = json_string_value(json_object_get(jp, "id"));
+	char sha[65], pos[24];
+	known *k = find_known(is, prov, NULL);
+	int rc;
+
+	json_object_del(copy, "models");
+	sha256_json(sha, copy);
+	json_decref(copy);
+	snprintf(pos, sizeof(pos), "%zu", pi);
+	if (k != NULL && strcmp(k->sha, sha) == 0 && k->position == (int64_t)pi)
+		return 0;
+	rc = upsert_provider(pg, is, jp, prov, pos, sha, err);
+	if (rc != 0)
+		return rc;
+	is->st->providers_changed++;
+	return 0;
+}
+
+/* Model jm at position mi: unchanged (its position updated if it moved),
+ * changed (open rows closed, new ones opened) or new. */
+static int import_model(tally_pg *pg, import_state *is, const char *prov,
+			json_t *jm, size_t mi, tally_error *err)
+{
+	tally_price_import_stats *st = is->st;
+	const char *mid = json_string_value(json_object_get(jm, "id"));
+	char msha[65], mpos[24];
+	known *k;
+	int rc;
+
+	sha256_json(msha, jm);
+	snprintf(mpos, sizeof(mpos), "%zu", mi);
+	k = find_known(is, prov, mid);
+	if (k != NULL)
+		k->seen = true;
+	if (k != NULL && k->open && strcmp(k->sha, msha) == 0) {
+		if (k->position != (int64_t)mi) {
+			const char *params[3] = { prov, mid, mpos };
+			rc = tally_pg_exec(pg, NULL,
+					   "UPDATE model_prices SET "
+					   "model_position = $3 WHERE "
+					   "provider = $1 AND model = $2 "
+					   "AND effective_to = 'infinity'",
+					   3, params, err);
 			if (rc != 0)
 				return rc;
-			st->providers_changed++;
 		}
-		models = json_object_get(jp, "models");
-		json_array_foreach(models, mi, jm) {
-			const char *mid =
-				json_string_value(json_object_get(jm, "id"));
-			char msha[65], mpos[24];
-
-			sha256_json(msha, jm);
-			snprintf(mpos, sizeof(mpos), "%zu", mi);
-			k = find_known(is, prov, mid);
-			if (k != NULL)
-				k->seen = true;
-			if (k != NULL && k->open && strcmp(k->sha, msha) == 0) {
-				if (k->position != (int64_t)mi) {
-					const char *params[3] = { prov, mid,
-								  mpos };
-					rc = tally_pg_exec(
-						pg, NULL,
-						"UPDATE model_prices SET "
-						"model_position = $3 WHERE "
-						"provider = $1 AND model = $2 "
-						"AND effective_to = 'infinity'",
-						3, params, err);
-					if (rc != 0)
-						return rc;
-				}
-				st->models_unchanged++;
-				continue;
-			}
-			if (k != NULL && k->open) {
-				rc = close_model(pg, is, prov, mid, err);
-				if (rc != 0)
-					return rc;
-				st->models_changed++;
-			} else {
-				st->models_new++;
-			}
-			rc = insert_model(pg, is, prov, jm, (int64_t)mi, msha,
-					  k == NULL, err);
-			if (rc != 0)
-				return rc;
-		}
+		st->models_unchanged++;
+		return 0;
 	}
+	if (k != NULL && k->open) {
+		rc = close_model(pg, is, prov, mid, err);
+		if (rc != 0)
+			return rc;
+		st->models_changed++;
+	} else {
+		st->models_new++;
+	}
+	return insert_model(pg, is, prov, jm, (int64_t)mi, msha, k == NULL,
+			    err);
+}
+
+/* Closes the open models that are no longer in the file. */
+static int close_missing(tally_pg *pg, import_state *is, tally_error *err)
+{
+	size_t i;
+	int rc;
+
 	for (i = 0; i < is->nk; i++) {
 		known *k = &is->k[i];
 
@@ -365,9 +403,42 @@ static int import_txn(tally_pg *pg, void *payload, tally_error *err)
 		rc = close_model(pg, is, k->provider, k->model, err);
 		if (rc != 0)
 			return rc;
-		st->models_closed++;
+		is->st->models_closed++;
 	}
 	return 0;
+}
+
+static int import_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	import_state *is = payload;
+	json_t *jp, *models, *jm;
+	size_t pi, mi;
+	int rc;
+
+	memset(is->st, 0, sizeof(*is->st));
+	free_known(is);
+	rc = tally_pg_exec(pg, NULL,
+			   "SELECT pg_advisory_xact_lock(hashtext("
+			   "'tally.prices.import'))", 0, NULL, err);
+	if (rc != 0)
+		return rc;
+	rc = load_known(pg, is, err);
+	if (rc != 0)
+		return rc;
+	json_array_foreach(is->root, pi, jp) {
+		const char *prov = json_string_value(json_object_get(jp, "id"));
+
+		rc = import_provider(pg, is, jp, pi, err);
+		if (rc != 0)
+			return rc;
+		models = json_object_get(jp, "models");
+		json_array_foreach(models, mi, jm) {
+			rc = import_model(pg, is, prov, jm, mi, err);
+			if (rc != 0)
+				return rc;
+		}
+	}
+	return close_missing(pg, is, err);
 }
 
 int tally_pricebook_import_genai(tally_pg *pg, const char *text, size_t len,
