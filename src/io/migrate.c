@@ -13,6 +13,7 @@
 #include <dirent.h>
 #include <openssl/evp.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,11 +39,14 @@ static int read_file(char **out, size_t *len, const char *path)
 {
 	FILE *fp = fopen(path, "rb");
 	char *buf = NULL;
+	struct stat st;
 	long n;
 
 	if (fp == NULL)
 		return -1;
-	if (fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 ||
+	/* a directory opens too, and its "size" is anything */
+	if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode) ||
+	    fseek(fp, 0, SEEK_END) != 0 || (n = ftell(fp)) < 0 ||
 	    fseek(fp, 0, SEEK_SET) != 0) {
 		fclose(fp);
 		return -1;

@@ -148,6 +148,12 @@ START_TEST(test_migrate_refuses_changed_file)
 	ck_assert_int_eq(query_int(pg, "SELECT count(*) FROM pg_tables WHERE"
 				       " tablename = 'b'"), 0);
 	ck_assert_int_eq(query_int(pg, "SELECT count(*) FROM schema_migrations"), 1);
+	/* a directory named like a migration is an error, not a read */
+	snprintf(cmd, sizeof(cmd), "rm %s/0002_bad.sql && mkdir %s/0002_dir.sql",
+		 dir, dir);
+	ck_assert_int_eq(system(cmd), 0);
+	ck_assert_int_ne(tally_migrate(pg, dir, &applied, &err), 0);
+	ck_assert_msg(strstr(err.msg, "0002_dir.sql"), "got '%s'", err.msg);
 	tally_pg_free(pg);
 	tally_test_db_drop(db);
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
