@@ -58,6 +58,18 @@ static void one_item_per_line(const char *t, const char *inv)
 	ck_assert_int_eq(ss_items_of(t, inv, NULL, NULL), 3);
 }
 
+/* Wait (60 s at most) until a counter of the scripted Stripe reaches n. */
+static void wait_count(const int *counter, int n, const char *what)
+{
+	int i;
+
+	for (i = 0; i < 3000 && ss_count(counter) < n; i++) {
+		pl_check_alive();
+		tally_sleep_ms(20);
+	}
+	ck_assert_msg(ss_count(counter) >= n, "waited 60 s for %s", what);
+}
+
 static void invoice_created(const char *evt, const char *inv,
 			    const char *cus)
 {
@@ -110,18 +122,14 @@ START_TEST(test_invoice_usage_fault)
 	ss_srv.delay_ms = 4000;
 	pthread_mutex_unlock(&ss_srv.mu);
 	invoice_created("evt_f3", "in_f3", "cus_f3");
-	while (ss_count(&ss_srv.item_arrivals) < at) {
-		pl_check_alive();
-		tally_sleep_ms(20);
-	}
+	wait_count(&ss_srv.item_arrivals, at, "the 2nd item's POST");
 	pl_stop(PL_STRIPE, SIGKILL);
 	check("SELECT count(*) FROM stripe_events WHERE event_id = $1",
 	      "evt_f3", "0");
 	check("SELECT string_agg(status || ':' || attempts, ',' ORDER BY "
 	      "line_key) FROM invoice_usage_lines WHERE invoice_id = $1",
 	      "in_f3", "created:1,pending:1,pending:0");
-	while (ss_count(&ss_srv.delayed_done) < 1)
-		tally_sleep_ms(50);
+	wait_count(&ss_srv.delayed_done, 1, "Stripe creating the held item");
 	ck_assert_int_eq(ss_items_of(F3, "in_f3", NULL, NULL), 2);
 
 	pl_start(PL_STRIPE);
