@@ -202,11 +202,54 @@ static int late_lines(expect *x, int n, const expect *now, int nn,
 	return n;
 }
 
+/* Every item of the invoice on Stripe is in currency cur. */
+static void items_in(const char *inv, const char *cur)
+{
+	int i, n = 0;
+
+	pthread_mutex_lock(&ss_srv.mu);
+	for (i = 0; i < ss_srv.nitems; i++)
+		if (strcmp(ss_srv.items[i].meta_invoice, inv) == 0) {
+			ck_assert_str_eq(ss_srv.items[i].currency, cur);
+			n++;
+		}
+	pthread_mutex_unlock(&ss_srv.mu);
+	ck_assert_int_gt(n, 0);
+}
+
+/* The renewals of the first period, USD and JPY; a1/na1: the USD
+ * tenant's lines. */
+static void first_period(expect *a1, int *na1)
+{
+	expect b1[MAXLINES];
+	int nb1;
+
+	draft("evt_pa_1", "in_pa_1", "cus_pa", "usd", s1);
+	draft("evt_pb_1", "in_pb_1", "cus_pb", "jpy", s1);
+	*na1 = ledger_totals(TA, s1, s1 + PERIOD, a1);
+	nb1 = ledger_totals(TB, s1, s1 + PERIOD, b1);
+	ck_assert_int_eq(*na1, 3); /* gpt-4o, claude, api.call */
+	ck_assert_int_eq(nb1, 2);
+	invoice_is(TA, "in_pa_1", a1, *na1, 2);
+	invoice_is(TB, "in_pb_1", b1, nb1, 0);
+	check("SELECT string_agg(DISTINCT currency, ',') FROM "
+	      "invoice_usage_lines WHERE tenant_id = $1", TB, "JPY");
+	items_in("in_pa_1", "usd");
+	items_in("in_pb_1", "jpy");
+	/* the half cent and the half yen went up */
+	check("SELECT amount_minor || '/' || exact_amount FROM "
+	      "invoice_usage_lines WHERE invoice_id = $1 AND line_key = "
+	      "'usage:api.call'", "in_pa_1", "1/0.005");
+	check("SELECT amount_minor || '/' || exact_amount FROM "
+	      "invoice_usage_lines WHERE invoice_id = $1 AND line_key = "
+	      "'usage:api.call'", "in_pb_1", "1/0.5");
+}
+
 START_TEST(test_invoice_usage_pipeline)
 {
-	expect a1[MAXLINES], b1[MAXLINES], a2[MAXLINES], a3[MAXLINES];
+	expect a1[MAXLINES], a2[MAXLINES], a3[MAXLINES];
 	expect p1_before[MAXLINES], p1_after[MAXLINES];
-	int na1, nb1, na2, na3, nbefore, nafter, i;
+	int na1, na2, na3, nbefore, nafter, i;
 	char late[300], ps[24];
 
 	s1 = (long long)(tally_now_ms() / 1000) / 3600 * 3600 -
@@ -223,24 +266,7 @@ START_TEST(test_invoice_usage_pipeline)
 	produce_usage();
 	pl_wait_for("SELECT count(*) FROM usage_ledger", NULL, "13", 180);
 
-	/* the renewals of the first period: USD and JPY */
-	draft("evt_pa_1", "in_pa_1", "cus_pa", "usd", s1);
-	draft("evt_pb_1", "in_pb_1", "cus_pb", "jpy", s1);
-	na1 = ledger_totals(TA, s1, s1 + PERIOD, a1);
-	nb1 = ledger_totals(TB, s1, s1 + PERIOD, b1);
-	ck_assert_int_eq(na1, 3); /* gpt-4o, claude, api.call */
-	ck_assert_int_eq(nb1, 2);
-	invoice_is(TA, "in_pa_1", a1, na1, 2);
-	invoice_is(TB, "in_pb_1", b1, nb1, 0);
-	check("SELECT string_agg(DISTINCT currency, ',') FROM "
-	      "invoice_usage_lines WHERE tenant_id = $1", TB, "JPY");
-	/* the half cent and the half yen went up */
-	check("SELECT amount_minor || '/' || exact_amount FROM "
-	      "invoice_usage_lines WHERE invoice_id = $1 AND line_key = "
-	      "'usage:api.call'", "in_pa_1", "1/0.005");
-	check("SELECT amount_minor || '/' || exact_amount FROM "
-	      "invoice_usage_lines WHERE invoice_id = $1 AND line_key = "
-	      "'usage:api.call'", "in_pb_1", "1/0.5");
+	first_period(a1, &na1);
 
 	/* a first-period event arriving after the draft */
 	nbefore = ledger_totals(TA, s1, s1 + PERIOD, p1_before);
