@@ -116,11 +116,13 @@ static inline void world_stop(world *w)
 	ss_stop();
 }
 
-/* Deliver an invoice event (unsigned: the world has no secrets). */
-static inline int deliver(world *w, const char *evt, const char *type,
-		   const char *inv, const char *customer, const char *status,
-		   const char *currency, long long ps, long long pe,
-		   long long total, tally_error *err)
+/* An invoice event as Stripe sends it (a subscription_cycle invoice);
+ * the caller frees it. */
+static inline char *usage_invoice_event(const char *evt, const char *type,
+					const char *inv, const char *customer,
+					const char *status,
+					const char *currency, long long ps,
+					long long pe, long long total)
 {
 	json_t *ev = json_pack(
 		"{s:s, s:s, s:s, s:I, s:{s:{s:s, s:s, s:s, s:s, s:s, s:s, "
@@ -138,13 +140,26 @@ static inline int deliver(world *w, const char *evt, const char *type,
 		"subtotal", (json_int_t)total, "total", (json_int_t)total,
 		"lines", "object", "list", "data", json_array(), "has_more", 0);
 	char *body = json_dumps(ev, JSON_COMPACT);
+
+	json_decref(ev);
+	ck_assert_ptr_nonnull(body);
+	return body;
+}
+
+/* Deliver an invoice event (unsigned: the world has no secrets). */
+static inline int deliver(world *w, const char *evt, const char *type,
+		   const char *inv, const char *customer, const char *status,
+		   const char *currency, long long ps, long long pe,
+		   long long total, tally_error *err)
+{
+	char *body = usage_invoice_event(evt, type, inv, customer, status,
+					 currency, ps, pe, total);
 	const char *outcome = NULL;
 	int rc;
 
 	rc = tally_stripe_sync_event(w->ss, body, strlen(body), NULL,
 				     &outcome, err);
 	free(body);
-	json_decref(ev);
 	return rc;
 }
 
@@ -175,6 +190,18 @@ static const char lines_sql[] __attribute__((unused)) =
 	"SELECT string_agg(line_key || '=' || amount_minor || ':' || status,"
 	" ',' ORDER BY line_key) FROM invoice_usage_lines WHERE invoice_id = $1";
 
+/* A JPY plan (jp_starter) for tenant t. */
+static inline void usage_jpy_plan(const char *t)
+{
+	testdb_sql(pg, "INSERT INTO plans (id, name, monthly_price, currency,"
+		   " max_users, max_workflows, max_ai_requests_per_month, "
+		   "custom_branding, sso, white_label, support, rank) VALUES "
+		   "('jp_starter', 'JP Starter', 9800, 'JPY', 5, 100, 10000, "
+		   "false, false, false, 'community', 1)");
+	sql("UPDATE tenants SET subscription_plan = 'jp_starter' WHERE id = "
+	    "'%s'", t);
+}
+
 /* One database for a suite: the tenants (cus_t<n>), a JPY plan for T6. */
 static inline void usage_db_setup(const char *prefix)
 {
@@ -194,13 +221,7 @@ static inline void usage_db_setup(const char *prefix)
 	}
 	testdb_tenant(pg, T8, "same-8", NULL);
 	testdb_tenant(pg, T9, "same-9", NULL);
-	testdb_sql(pg, "INSERT INTO plans (id, name, monthly_price, currency,"
-		   " max_users, max_workflows, max_ai_requests_per_month, "
-		   "custom_branding, sso, white_label, support, rank) VALUES "
-		   "('jp_starter', 'JP Starter', 9800, 'JPY', 5, 100, 10000, "
-		   "false, false, false, 'community', 1)");
-	testdb_sql(pg, "UPDATE tenants SET subscription_plan = 'jp_starter' "
-		   "WHERE id = '" T6 "'");
+	usage_jpy_plan(T6);
 }
 
 static inline void usage_db_teardown(void)

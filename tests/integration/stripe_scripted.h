@@ -10,7 +10,10 @@
  * 24 hours). Faults: the Nth POST /v1/invoiceitems fails with a 500 before
  * creating anything (fail_before) or after creating the item (fail_after:
  * the answer is lost, as with a crash between Stripe and PostgreSQL);
- * finalize_at: Stripe finalizes the drafts just before the Nth POST.
+ * finalize_at: Stripe finalizes the drafts just before the Nth POST;
+ * delay_at: the Nth POST /v1/invoiceitems to arrive waits delay_ms before
+ * Stripe handles it (room to kill the caller mid-call; the item is still
+ * created, its answer goes nowhere), counted in delayed_done when handled.
  * Start it per test: Check forks each test and threads do not follow.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SS_MAXINV 16
 #define SS_MAXITEMS 128
@@ -52,6 +56,8 @@ static struct {
 	bool forget_keys;
 	int fail_before, fail_after; /* 1-based POST /v1/invoiceitems */
 	int finalize_at; /* Stripe finalizes every draft before that POST */
+	int delay_at, delay_ms; /* 1-based arrival of POST /v1/invoiceitems */
+	int item_arrivals, delayed_done;
 	int item_posts, item_lists, invoice_gets, customers;
 } ss_srv = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
@@ -317,6 +323,27 @@ static int ss_route(struct MHD_Connection *conn, const char *url,
 	return status;
 }
 
+/* delay_at: hold this request (before Stripe handles it) for delay_ms. */
+static bool ss_delay(const char *url, const char *method)
+{
+	struct timespec ts;
+	bool delay;
+	int ms;
+
+	if (strcmp(method, "POST") != 0 || strcmp(url, "/v1/invoiceitems") != 0)
+		return false;
+	pthread_mutex_lock(&ss_srv.mu);
+	delay = ++ss_srv.item_arrivals == ss_srv.delay_at;
+	ms = ss_srv.delay_ms;
+	pthread_mutex_unlock(&ss_srv.mu);
+	if (delay) {
+		ts.tv_sec = ms / 1000;
+		ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+		nanosleep(&ts, NULL);
+	}
+	return delay;
+}
+
 static enum MHD_Result ss_handler(void *cls, struct MHD_Connection *conn,
 				  const char *url, const char *method,
 				  const char *version, const char *data,
@@ -327,6 +354,7 @@ static enum MHD_Result ss_handler(void *cls, struct MHD_Connection *conn,
 	char *answer = NULL;
 	enum MHD_Result r;
 	int status;
+	bool delayed;
 
 	(void)cls;
 	(void)version;
@@ -344,8 +372,10 @@ static enum MHD_Result ss_handler(void *cls, struct MHD_Connection *conn,
 		*data_size = 0;
 		return MHD_YES;
 	}
+	delayed = ss_delay(url, method);
 	pthread_mutex_lock(&ss_srv.mu);
 	status = ss_route(conn, url, method, up->buf, &answer);
+	ss_srv.delayed_done += delayed;
 	pthread_mutex_unlock(&ss_srv.mu);
 	resp = MHD_create_response_from_buffer(strlen(answer), answer,
 					       MHD_RESPMEM_MUST_FREE);
@@ -389,7 +419,7 @@ static void ss_stop(void)
 }
 
 /* Items on the scripted Stripe with this line key and tenant. */
-static int ss_items_for(const char *tenant, const char *line_key)
+static inline int ss_items_for(const char *tenant, const char *line_key)
 {
 	int i, n = 0;
 
@@ -398,6 +428,40 @@ static int ss_items_for(const char *tenant, const char *line_key)
 		n += !ss_srv.items[i].deleted &&
 		     strcmp(ss_srv.items[i].tenant, tenant) == 0 &&
 		     strcmp(ss_srv.items[i].line_key, line_key) == 0;
+	pthread_mutex_unlock(&ss_srv.mu);
+	return n;
+}
+
+/* Items with this tenant, invoice (metadata) and line key; *amount: the
+ * last one's. */
+static inline int ss_items_of(const char *tenant, const char *invoice,
+			      const char *line_key, long long *amount)
+{
+	int i, n = 0;
+
+	pthread_mutex_lock(&ss_srv.mu);
+	for (i = 0; i < ss_srv.nitems; i++) {
+		const ss_item *it = &ss_srv.items[i];
+
+		if (it->deleted || strcmp(it->tenant, tenant) != 0 ||
+		    strcmp(it->meta_invoice, invoice) != 0 ||
+		    (line_key != NULL && strcmp(it->line_key, line_key) != 0))
+			continue;
+		n++;
+		if (amount)
+			*amount = it->amount;
+	}
+	pthread_mutex_unlock(&ss_srv.mu);
+	return n;
+}
+
+/* The value of a counter of ss_srv, read under its lock. */
+static inline int ss_count(const int *counter)
+{
+	int n;
+
+	pthread_mutex_lock(&ss_srv.mu);
+	n = *counter;
 	pthread_mutex_unlock(&ss_srv.mu);
 	return n;
 }
