@@ -102,6 +102,8 @@ static const keydef keys[] = {
 	S("stripe.price_white_label_enterprise", "", true,
 	  "STRIPE_PRICE_ID_WHITE_LABEL_ENTERPRISE"),
 	S("stripe.metrics_listen", "127.0.0.1:9403", false, NULL),
+	/* false: mirror events without a webhook secret (never by default) */
+	B("stripe.verify_signatures", "true", false),
 	/* tally-relay */
 	S("relay.listen", "127.0.0.1:8088", false, NULL),
 	S("relay.admin_listen", "127.0.0.1:9405", false, NULL),
