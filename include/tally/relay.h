@@ -19,9 +19,10 @@
  * content-type. Rejections: 400 (signature, timestamp, body; counted by
  * reason, never produced; a request without a plausible signature header
  * before its body is read), 413 (> relay.max_body, or a record too large
- * for Kafka), 408 (body not complete within relay.body_timeout_ms), 503
- * busy (relay.max_buffered body bytes held), 405 / 404. Connections are
- * bounded in all, per address, in memory and in idle time.
+ * for Kafka), 405 / 404. A body not complete within relay.body_timeout_ms
+ * or past the relay-wide relay.max_buffered closes its connection
+ * (counted as 408 body_timeout / 503 busy). Connections are bounded in
+ * all, per address, in memory and in idle time.
  * A separate listener (relay.admin_listen) serves /healthz, /readyz (Kafka
  * reachable) and /metrics.
  */
