@@ -51,8 +51,8 @@ ENV TALLY_MIGRATIONS_DIR=/usr/local/share/tally/migrations \
     TALLY_HEALTH_PORT=9401
 USER 10001:10001
 # each program serves /healthz on its metrics port (tally-relay: its
-# listener); set TALLY_HEALTH_PORT to it
+# admin listener); set TALLY_HEALTH_PORT to it
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
     CMD ["/bin/sh", "-c", "curl -fsS \"http://127.0.0.1:${TALLY_HEALTH_PORT}/healthz\" || exit 1"]
-EXPOSE 8088 9401 9402 9403 9404
+EXPOSE 8088 9401 9402 9403 9404 9405
 CMD ["tally", "--help"]

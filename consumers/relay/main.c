@@ -59,7 +59,7 @@ int main(int argc, char **argv)
 		"tally-relay", "--listen", "relay.listen",
 		"[--create-topic PARTITIONS]\n"
 		"  Stripe webhooks (POST relay.path) onto topics.stripe_events;\n"
-		"  /healthz, /readyz and /metrics on the same listener.\n"
+		"  /healthz, /readyz and /metrics on relay.admin_listen.\n"
 		"  Secrets: STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET_PREVIOUS.",
 		parse_arg, &partitions
 	};

@@ -17,8 +17,14 @@
  * (data.object.customer, or data.object.id for a customer object), else
  * the event id. Headers: stripe-signature, received-at (unix ms),
  * content-type. Rejections: 400 (signature, timestamp, body; counted by
- * reason, never produced), 413 (> relay.max_body), 405 / 404.
- * The same listener serves /healthz, /readyz (Kafka reachable) and /metrics.
+ * reason, never produced; a request without a plausible signature header
+ * before its body is read), 413 (> relay.max_body, or a record too large
+ * for Kafka), 405 / 404. A body not complete within relay.body_timeout_ms
+ * or past the relay-wide relay.max_buffered closes its connection
+ * (counted as 408 body_timeout / 503 busy). Connections are bounded in
+ * all, per address, in memory and in idle time.
+ * A separate listener (relay.admin_listen) serves /healthz, /readyz (Kafka
+ * reachable) and /metrics.
  */
 
 #include <stddef.h>
@@ -34,13 +40,17 @@ typedef struct tally_relay tally_relay;
  * @param cfg     read during the call only
  * @param m       borrowed registry for the relay's series; must outlive it
  * @return 0, TALLY_EINVALID (no webhook secret, bad listen address, bad
- *         Kafka setting) or TALLY_ERROR (cannot bind)
+ *         Kafka setting, relay.max_body too large for message.max.bytes)
+ *         or TALLY_ERROR (cannot bind)
  */
 int tally_relay_new(tally_relay **out, const tally_config *cfg,
 		    tally_metrics *m, tally_error *err) TALLY_MUSTCHECK;
 
 /** The bound TCP port (useful with "HOST:0"). */
 int tally_relay_port(const tally_relay *r);
+
+/** The admin listener's bound TCP port (relay.admin_listen). */
+int tally_relay_admin_port(const tally_relay *r);
 
 /**
  * Apply the reloadable keys of cfg (relay.tolerance_s). Call from the

@@ -58,7 +58,8 @@ typedef struct tally_stripe_error {
 
 /**
  * Create a client.
- * @return 0 or TALLY_EINVALID (missing key or base)
+ * @return 0 or TALLY_EINVALID (missing key or base; a base that is not
+ *         https, unless plain http to localhost, 127.0.0.0/8 or [::1])
  */
 int tally_stripe_new(tally_stripe **out, const tally_stripe_opts *opts,
 		     tally_error *err) TALLY_MUSTCHECK;
@@ -69,6 +70,23 @@ int tally_stripe_new_from_config(tally_stripe **out, const tally_config *cfg,
 				 tally_error *err) TALLY_MUSTCHECK;
 
 void tally_stripe_free(tally_stripe *s);
+
+/**
+ * Whether id is a Stripe id with this prefix ("cus_", "sub_", "in_",
+ * "ch_", "pm_", "ii_", "price_", "prod_", "sub_sched_"): the prefix, then
+ * one or more of [A-Za-z0-9_], at most 255 bytes in all.
+ */
+bool tally_stripe_id_valid(const char *id, const char *prefix);
+
+/**
+ * Whether path may be requested: "/v1/" and segments of [A-Za-z0-9_]
+ * only, and the segment after a collection with ids (customers,
+ * subscriptions, subscription_schedules, invoices, invoiceitems, charges,
+ * payment_methods, prices, products) a valid id of it
+ * (tally_stripe_id_valid). tally_stripe_request refuses any other path
+ * with TALLY_EINVALID, code "invalid_id", before sending anything.
+ */
+bool tally_stripe_path_valid(const char *path);
 
 /**
  * Encode params (a JSON object; NULL = none) as Stripe form data.

@@ -59,6 +59,16 @@ int tally_webhook_verify(const char *sig_header, const char *body, size_t len,
 			 int64_t now_s, int64_t tolerance_s,
 			 tally_webhook_reason *reason_out) TALLY_MUSTCHECK;
 
+/**
+ * Whether a Stripe-Signature header could be valid for some body, without
+ * the body or a secret (reject a request before reading its body): longer
+ * than max_len or unparsable is MALFORMED_HEADER, no t= or v1 as in
+ * tally_webhook_verify(), and no v1 of 64 lower-case hex digits is
+ * BAD_SIGNATURE (it can never match). TALLY_WEBHOOK_OK otherwise.
+ */
+tally_webhook_reason tally_webhook_check_header(const char *sig_header,
+						size_t max_len);
+
 /** Stable snake_case name: "ok", "missing_header", "expired", ... */
 const char *tally_webhook_reason_name(tally_webhook_reason reason);
 

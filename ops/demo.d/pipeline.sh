@@ -128,7 +128,7 @@ if [ -x "$BUILD/tally-relay" ]; then
     step "tally-relay: a signed Stripe webhook onto billing.stripe-events"
     "$BUILD/tally-relay" --config "$CFG" --listen 127.0.0.1:18088 2> "$OUT/tally-relay.log" &
     PIDS+=($!)
-    for _ in $(seq 50); do curl -sf http://127.0.0.1:18088/healthz >/dev/null && break; sleep 0.2; done
+    for _ in $(seq 50); do curl -sf http://127.0.0.1:9405/healthz >/dev/null && break; sleep 0.2; done
     body=$(jq -c '.[0] | .id = "evt_demo_'"$SEED"'"' tests/fixtures/stripe/events.json)
     ts=$(date +%s)
     sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$STRIPE_WEBHOOK_SECRET" | sed 's/^.* //')

@@ -102,13 +102,22 @@ static const keydef keys[] = {
 	S("stripe.price_white_label_enterprise", "", true,
 	  "STRIPE_PRICE_ID_WHITE_LABEL_ENTERPRISE"),
 	S("stripe.metrics_listen", "127.0.0.1:9403", false, NULL),
+	/* false: mirror events without a webhook secret (never by default) */
+	B("stripe.verify_signatures", "true", false),
 	/* tally-relay */
 	S("relay.listen", "127.0.0.1:8088", false, NULL),
+	S("relay.admin_listen", "127.0.0.1:9405", false, NULL),
 	S("relay.path", "/webhooks/stripe", false, NULL),
 	SECRET("relay.webhook_secret", "STRIPE_WEBHOOK_SECRET"),
 	SECRET("relay.webhook_secret_previous", "STRIPE_WEBHOOK_SECRET_PREVIOUS"),
 	I("relay.tolerance_s", 300, true, 1, 86400),
-	I("relay.max_body", 1048576, false, 1024, 67108864),
+	/* + key and headers must fit message.max.bytes (checked at start) */
+	I("relay.max_body", 983040, false, 1024, 67108864),
+	I("relay.max_buffered", 33554432, false, 1024, 17179869184),
+	I("relay.max_connections", 4096, false, 16, 1000000),
+	I("relay.max_connections_per_ip", 64, false, 0, 1000000),
+	I("relay.idle_timeout_s", 10, false, 1, 3600),
+	I("relay.body_timeout_ms", 10000, false, 100, 600000),
 	I("relay.produce_timeout_ms", 10000, true, 100, 120000),
 	/* tally-alerts */
 	S("alerts.group", "tally.alerts", false, NULL),

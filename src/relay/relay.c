@@ -27,12 +27,14 @@
 
 #include <openssl/crypto.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #define THREADS 4           /* MHD worker threads; handlers never block */
+#define CONN_MEMORY 16384   /* MHD's per-connection pool: headers, buffers */
 
 const struct tally_relay__answer tally_relay__outcomes[O__COUNT] = {
 	[O_OK] = { 200, "ok" },
@@ -47,6 +49,8 @@ const struct tally_relay__answer tally_relay__outcomes[O__COUNT] = {
 	[O_DRAINING] = { 503, "draining" },
 	[O_METHOD] = { 405, "method_not_allowed" },
 	[O_NOT_FOUND] = { 404, "not_found" },
+	[O_BODY_TIMEOUT] = { 408, "body_timeout" },
+	[O_BUSY] = { 503, "busy" },
 };
 
 static void register_metrics(tally_relay *r)
@@ -102,6 +106,9 @@ static void configure(tally_relay *r, const tally_config *cfg,
 	r->produce_timeout_ms = tally_config_int(cfg,
 						 "relay.produce_timeout_ms");
 	r->max_body = (size_t)tally_config_int(cfg, "relay.max_body");
+	r->body_timeout_ms = tally_config_int(cfg, "relay.body_timeout_ms");
+	r->max_buffered = (size_t)tally_config_int(cfg, "relay.max_buffered");
+	atomic_init(&r->buffered, 0);
 	s = tally_config_str(cfg, "relay.webhook_secret");
 	if (*s != '\0')
 		r->secrets[r->nsecrets++] = tally_xstrdup(s);
@@ -114,26 +121,57 @@ static void configure(tally_relay *r, const tally_config *cfg,
 	r->stopped = true; /* until the server runs: stop is a no-op */
 }
 
-/* Listen on ss (libmicrohttpd, a pool of THREADS). */
-static int start_daemon(tally_relay *r, const struct sockaddr_storage *ss,
-			const char *listen, tally_error *err)
+/* Room for limit connections (and the relay's own files): raise the
+ * soft RLIMIT_NOFILE towards the hard one when needed. */
+static void fd_room(unsigned limit)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)limit + 256;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want
+		? want : rl.rlim_max;
+	(void)setrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < want)
+		tally_log(TALLY_WARN, "relay.nofile_low",
+			  TALLY_KV_INT("limit", (int64_t)rl.rlim_cur),
+			  TALLY_KV_INT("max_connections", (int64_t)limit));
+}
+
+/*
+ * Listen on ss (libmicrohttpd, a pool of THREADS) within the limits a
+ * stranger's requests may use: relay.max_connections in all (MHD splits
+ * them among the workers), relay.max_connections_per_ip from one address
+ * (0: none), CONN_MEMORY per connection for headers and buffers, and
+ * relay.idle_timeout_s without a byte (headers included).
+ */
+static int start_daemon(tally_relay *r, const tally_config *cfg,
+			const struct sockaddr_storage *ss, const char *listen,
+			tally_error *err)
 {
 	const union MHD_DaemonInfo *info;
 	unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD |
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+	unsigned limit = (unsigned)tally_config_int(cfg,
+						    "relay.max_connections");
 
 	if (ss->ss_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	fd_room(limit);
 	r->d = MHD_start_daemon(
 		flags, 0, NULL, NULL, tally_relay__access_cb, r,
 		/* must come first, or MHD logs to stderr before it is set */
 		MHD_OPTION_EXTERNAL_LOGGER, tally_metrics__mhd_log, NULL,
 		MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)ss,
 		MHD_OPTION_THREAD_POOL_SIZE, (unsigned)THREADS,
-		MHD_OPTION_CONNECTION_LIMIT, (unsigned)8192,
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+		MHD_OPTION_CONNECTION_LIMIT, limit,
+		MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+		(unsigned)tally_config_int(cfg, "relay.max_connections_per_ip"),
+		MHD_OPTION_CONNECTION_TIMEOUT,
+		(unsigned)tally_config_int(cfg, "relay.idle_timeout_s"),
 		MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
+		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONN_MEMORY,
 		MHD_OPTION_NOTIFY_COMPLETED, tally_relay__completed_cb, r,
 		MHD_OPTION_END);
 	if (r->d == NULL)
@@ -152,6 +190,7 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 	struct sockaddr_storage ss;
 	socklen_t sl = 0;
 	const char *listen = tally_config_str(cfg, "relay.listen");
+	const char *admin = tally_config_str(cfg, "relay.admin_listen");
 	int rc;
 
 	configure(r, cfg, m);
@@ -166,6 +205,12 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 				     "relay.path must start with '/'");
 		goto fail;
 	}
+	if (r->max_buffered < r->max_body) {
+		rc = tally_error_set(err, TALLY_EINVALID,
+				     "relay.max_buffered must be at least "
+				     "relay.max_body");
+		goto fail;
+	}
 	rc = tally_metrics_parse_listen(&ss, &sl, listen, err);
 	if (rc != 0)
 		goto fail;
@@ -177,11 +222,15 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 		goto fail;
 	}
 	r->poller_started = true;
-	rc = start_daemon(r, &ss, listen, err);
+	rc = tally_relay__admin_start(r, admin, err);
+	if (rc == 0)
+		rc = start_daemon(r, cfg, &ss, listen, err);
 	if (rc != 0)
 		goto fail;
 	tally_log(TALLY_INFO, "relay.listening", TALLY_KV_STR("listen", listen),
-		  TALLY_KV_INT("port", r->port), TALLY_KV_STR("path", r->path),
+		  TALLY_KV_INT("port", r->port),
+		  TALLY_KV_INT("admin_port", tally_relay_admin_port(r)),
+		  TALLY_KV_STR("path", r->path),
 		  TALLY_KV_STR("topic", r->topic),
 		  TALLY_KV_INT("secrets", (int64_t)r->nsecrets));
 	*out = r;
@@ -194,6 +243,11 @@ fail:
 int tally_relay_port(const tally_relay *r)
 {
 	return r->port;
+}
+
+int tally_relay_admin_port(const tally_relay *r)
+{
+	return tally_metrics_server_port(r->admin);
 }
 
 void tally_relay_reload(tally_relay *r, const tally_config *cfg)
@@ -275,6 +329,7 @@ void tally_relay_free(tally_relay *r)
 	if (r == NULL)
 		return;
 	tally_relay_stop(r);
+	tally_metrics_server_free(r->admin);
 	if (r->poller_started) {
 		atomic_store(&r->poll_stop, 1);
 		pthread_join(r->poller, NULL);

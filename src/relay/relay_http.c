@@ -1,12 +1,14 @@
 /*
- * relay_http.c - tally-relay's HTTP side (libmicrohttpd): the webhook
- * path (read the body within relay.max_body, verify, suspend, hand to
- * Kafka, answer when resumed), /metrics, /healthz and /readyz, and the
- * answers.
+ * relay_http.c - tally-relay's webhook listener (libmicrohttpd): the
+ * webhook path only (/metrics, /healthz and /readyz are on the admin
+ * listener, relay_admin.c). A request without a plausible Stripe-Signature
+ * is answered before its body is read; a body is held only within
+ * relay.max_body, relay.body_timeout_ms and the relay-wide
+ * relay.max_buffered; then verify, suspend, hand to Kafka, answer when
+ * resumed.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
-#include "io/metrics_int.h"
 #include "tally/log.h"
 #include "tally/webhook.h"
 
@@ -14,7 +16,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define READY_CACHE_MS 1000 /* /readyz probes at most one metadata call/s */
+/* Count the outcome (and log a rejection). */
+static void record(tally_relay *r, tally_relay__outcome o,
+		   const tally_relay__req *rq)
+{
+	tally_counter_add(r->requests[o], 1);
+	if (o == O_OK) {
+		if (rq != NULL)
+			tally_histogram_observe(
+				r->request_lat,
+				(uint64_t)(tally_mono_ns() - rq->start_ns) /
+					1000);
+	} else if (o != O_NOT_FOUND && o != O_METHOD) {
+		tally_log(o == O_KAFKA ? TALLY_WARN : TALLY_INFO,
+			  "relay.rejected",
+			  TALLY_KV_INT("status",
+				       tally_relay__outcomes[o].status),
+			  TALLY_KV_STR("reason",
+				       tally_relay__outcomes[o].reason),
+			  TALLY_KV_STR("event_id", rq && rq->event_id[0]
+						       ? rq->event_id
+						       : ""));
+	}
+}
 
 static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
 			       tally_relay__outcome o, tally_relay__req *rq)
@@ -23,28 +47,12 @@ static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
 	enum MHD_Result ret;
 	char body[96];
 
-	tally_counter_add(r->requests[o], 1);
-	if (o == O_OK) {
+	record(r, o, rq);
+	if (o == O_OK)
 		snprintf(body, sizeof(body), "{\"received\":true}\n");
-		if (rq != NULL)
-			tally_histogram_observe(
-				r->request_lat,
-				(uint64_t)(tally_mono_ns() - rq->start_ns) /
-					1000);
-	} else {
+	else
 		snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n",
 			 tally_relay__outcomes[o].reason);
-		if (o != O_NOT_FOUND && o != O_METHOD)
-			tally_log(o == O_KAFKA ? TALLY_WARN : TALLY_INFO,
-				  "relay.rejected",
-				  TALLY_KV_INT("status",
-					       tally_relay__outcomes[o].status),
-				  TALLY_KV_STR("reason",
-					       tally_relay__outcomes[o].reason),
-				  TALLY_KV_STR("event_id", rq && rq->event_id[0]
-							       ? rq->event_id
-							       : ""));
-	}
 	resp = MHD_create_response_from_buffer(strlen(body), body,
 					       MHD_RESPMEM_MUST_COPY);
 	if (resp == NULL)
@@ -61,77 +69,43 @@ static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
 	return ret;
 }
 
-static int health_fn(char *detail, size_t n, void *payload)
+/* Why a Stripe-Signature header cannot be valid, or O_OK. */
+static tally_relay__outcome implausible(const char *sig)
 {
-	tally_relay *r = payload;
-
-	if (atomic_load(&r->fatal)) {
-		snprintf(detail, n, "kafka producer fatal error");
-		return 1;
+	switch (tally_webhook_check_header(sig, MAX_SIG)) {
+	case TALLY_WEBHOOK_OK:
+		return O_OK;
+	case TALLY_WEBHOOK_MISSING_HEADER:
+		return O_MISSING_HEADER;
+	case TALLY_WEBHOOK_NO_V1:
+		return O_NO_V1;
+	case TALLY_WEBHOOK_MALFORMED_HEADER:
+		return O_MALFORMED_HEADER;
+	default:
+		return O_BAD_SIGNATURE;
 	}
-	return 0;
 }
 
-static int ready_fn(char *detail, size_t n, void *payload)
-{
-	tally_relay *r = payload;
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t e;
-	bool stopping;
-	int64_t now = tally_now_ms();
-	int bad;
-
-	if (health_fn(detail, n, payload) != 0)
-		return 1;
-	pthread_mutex_lock(&r->mu);
-	stopping = r->stopping;
-	pthread_mutex_unlock(&r->mu);
-	if (stopping) {
-		snprintf(detail, n, "draining");
-		return 1;
-	}
-	pthread_mutex_lock(&r->ready_mu);
-	if (now - r->ready_at_ms >= READY_CACHE_MS) {
-		e = rd_kafka_metadata(r->rk, 0, NULL, &md, 2000);
-		if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md->broker_cnt > 0) {
-			r->ready_bad = 0;
-			snprintf(r->ready_detail, sizeof(r->ready_detail),
-				 "kafka: %d broker(s)", md->broker_cnt);
-		} else {
-			r->ready_bad = 1;
-			snprintf(r->ready_detail, sizeof(r->ready_detail),
-				 "kafka unreachable: %s",
-				 e ? rd_kafka_err2name(e) : "no brokers");
-		}
-		if (md != NULL)
-			rd_kafka_metadata_destroy(md);
-		r->ready_at_ms = tally_now_ms();
-	}
-	bad = r->ready_bad;
-	snprintf(detail, n, "%s", r->ready_detail);
-	pthread_mutex_unlock(&r->ready_mu);
-	return bad;
-}
-
-/* The first call of a request: other paths, the method, the announced
- * length; a webhook POST gets its request state. */
+/* The first call of a request (headers read, no body yet): the path, the
+ * method, the signature header and the announced length are checked
+ * before any body is read; a plausible webhook POST gets its state. */
 static enum MHD_Result first_call(tally_relay *r, struct MHD_Connection *conn,
 				  const char *url, const char *method,
 				  void **con_cls)
 {
-	enum MHD_Result ret = MHD_NO;
 	tally_relay__req *rq;
+	tally_relay__outcome o;
 	const char *cl;
 	int64_t clen;
 
-	if (strcmp(url, r->path) != 0) {
-		if (tally_metrics__handle(&ret, conn, method, url, r->m,
-					  health_fn, ready_fn, r))
-			return ret;
+	if (strcmp(url, r->path) != 0)
 		return respond(r, conn, O_NOT_FOUND, NULL);
-	}
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return respond(r, conn, O_METHOD, NULL);
+	o = implausible(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+						    TALLY_WEBHOOK_HEADER));
+	if (o != O_OK)
+		return respond(r, conn, o, NULL);
 	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 					 MHD_HTTP_HEADER_CONTENT_LENGTH);
 	if (cl != NULL && tally_parse_i64(&clen, cl) == 0 &&
@@ -142,25 +116,37 @@ static enum MHD_Result first_call(tally_relay *r, struct MHD_Connection *conn,
 	rq->conn = conn;
 	rq->received_ms = tally_now_ms();
 	rq->start_ns = tally_mono_ns();
+	rq->deadline_ns = rq->start_ns + r->body_timeout_ms * 1000000;
 	atomic_init(&rq->state, S_READING);
 	atomic_init(&rq->result, O_OK);
 	*con_cls = rq;
 	return MHD_YES;
 }
 
-/* A chunk of the body; past relay.max_body the rest is read and dropped
- * (then 413). */
-static void append_body(tally_relay *r, tally_relay__req *rq,
-			const char *data, size_t n)
+/* Give back what rq holds of r->buffered. */
+static void release_body(tally_relay *r, tally_relay__req *rq)
 {
-	if (rq->too_big)
-		return;
-	if (rq->body.len + n > r->max_body) {
-		rq->too_big = true; /* keep reading, then 413 */
-		tally_strbuf_free(&rq->body);
-		return;
+	atomic_fetch_sub(&r->buffered, rq->held);
+	rq->held = 0;
+	tally_strbuf_free(&rq->body);
+}
+
+/* A chunk of the body: O_OK, or why the request is answered now (past
+ * relay.max_body, relay.body_timeout_ms or relay.max_buffered). */
+static tally_relay__outcome append_body(tally_relay *r, tally_relay__req *rq,
+					const char *data, size_t n)
+{
+	if (rq->body.len + n > r->max_body)
+		return O_TOO_LARGE;
+	if (tally_mono_ns() > rq->deadline_ns)
+		return O_BODY_TIMEOUT;
+	if (atomic_fetch_add(&r->buffered, n) + n > r->max_buffered) {
+		atomic_fetch_sub(&r->buffered, n);
+		return O_BUSY;
 	}
+	rq->held += n;
 	tally_strbuf_add(&rq->body, data, n);
+	return O_OK;
 }
 
 /* The whole body is here: verify, then hand it to Kafka with the
@@ -173,8 +159,6 @@ static enum MHD_Result hand_off(tally_relay *r, struct MHD_Connection *conn,
 	tally_relay__outcome o;
 	bool draining;
 
-	if (rq->too_big)
-		return respond(r, conn, O_TOO_LARGE, rq);
 	sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 					  TALLY_WEBHOOK_HEADER);
 	o = tally_relay__verify(r, rq, sig, key, sizeof(key));
@@ -196,8 +180,9 @@ static enum MHD_Result hand_off(tally_relay *r, struct MHD_Connection *conn,
 					    MHD_HTTP_HEADER_CONTENT_TYPE);
 	atomic_store(&rq->state, S_WAITING);
 	MHD_suspend_connection(conn);
-	tally_relay__produce(r, rq, key, sig,
-			     ctype ? ctype : "application/json");
+	if (ctype == NULL || strlen(ctype) > MAX_CTYPE)
+		ctype = "application/json";
+	tally_relay__produce(r, rq, key, sig, ctype);
 	return MHD_YES;
 }
 
@@ -225,9 +210,16 @@ enum MHD_Result tally_relay__access_cb(void *cls, struct MHD_Connection *conn,
 		break;
 	}
 	if (*upload_data_size > 0) {
-		append_body(r, rq, upload_data, *upload_data_size);
+		tally_relay__outcome o = append_body(r, rq, upload_data,
+						     *upload_data_size);
+
 		*upload_data_size = 0;
-		return MHD_YES;
+		if (o == O_OK)
+			return MHD_YES;
+		/* MHD answers only a whole request: count, free, and close */
+		release_body(r, rq);
+		record(r, o, rq);
+		return MHD_NO;
 	}
 	return hand_off(r, conn, rq);
 }
@@ -250,7 +242,7 @@ void tally_relay__completed_cb(void *cls, struct MHD_Connection *conn,
 		pthread_cond_broadcast(&r->cv);
 		pthread_mutex_unlock(&r->mu);
 	}
-	tally_strbuf_free(&rq->body);
+	release_body(r, rq);
 	free(rq);
 	*con_cls = NULL;
 }

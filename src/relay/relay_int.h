@@ -17,6 +17,16 @@
 #include <stdbool.h>
 
 #define MAX_KEY 255         /* longer customer ids fall back to the event */
+#define MAX_SIG 1024        /* longer Stripe-Signature headers: 400 */
+#define MAX_CTYPE 128       /* longer Content-Types: application/json */
+/*
+ * What a record adds to the body, counted by librdkafka against
+ * message.max.bytes: the key (<= MAX_KEY), the headers stripe-signature
+ * (<= MAX_SIG), content-type (<= MAX_CTYPE), received-at (<= 20) with
+ * their names and varints (< 100). relay.max_body + RECORD_OVERHEAD must
+ * fit in message.max.bytes.
+ */
+#define RECORD_OVERHEAD 2048
 
 /* Outcomes: one series of tally_relay_requests_total each. */
 typedef enum {
@@ -32,6 +42,8 @@ typedef enum {
 	O_DRAINING,
 	O_METHOD,
 	O_NOT_FOUND,
+	O_BODY_TIMEOUT,
+	O_BUSY,
 	O__COUNT
 } tally_relay__outcome;
 
@@ -58,7 +70,11 @@ struct tally_relay {
 	atomic_int_fast64_t tolerance_s;
 	int64_t produce_timeout_ms;
 	size_t max_body;
+	int64_t body_timeout_ms;
+	size_t max_buffered;
+	atomic_size_t buffered; /* body bytes held by requests being read */
 	int port;
+	tally_metrics_server *admin; /* /metrics, /healthz, /readyz */
 
 	pthread_mutex_t mu; /* pending, stopping, stopped */
 	pthread_cond_t cv;
@@ -84,7 +100,8 @@ typedef struct tally_relay__req {
 	tally_relay *r;
 	struct MHD_Connection *conn;
 	tally_strbuf body;
-	bool too_big;
+	size_t held; /* body bytes counted in r->buffered */
+	int64_t deadline_ns; /* the whole body by then (monotonic) */
 	bool counted; /* in r->pending until completed_cb */
 	atomic_int state;
 	atomic_int result; /* outcome once S_DONE */
@@ -98,6 +115,10 @@ typedef struct tally_relay__req {
 tally_relay__outcome tally_relay__verify(tally_relay *r, tally_relay__req *rq,
 					 const char *sig, char *key,
 					 size_t keylen);
+
+/* admin listener (relay_admin.c) */
+int tally_relay__admin_start(tally_relay *r, const char *listen,
+			     tally_error *err);
 
 /* Kafka (relay_kafka.c) */
 int tally_relay__kafka_setup(tally_relay *r, const tally_config *cfg,

@@ -8,6 +8,7 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,15 @@ static void finish(tally_relay__req *rq, tally_relay__outcome o)
 	MHD_resume_connection(conn);
 }
 
+/* The answer to an event Kafka did not take: a record too large for the
+ * broker or topic never fits, so 413 rather than a 503 Stripe would retry
+ * for days; anything else may pass. */
+static tally_relay__outcome failed(rd_kafka_resp_err_t e)
+{
+	return e == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ? O_TOO_LARGE
+							 : O_KAFKA;
+}
+
 /* Delivery report, on the poll thread. */
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 {
@@ -46,7 +56,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 			  TALLY_KV_STR("event_id", rq->event_id),
 			  TALLY_KV_STR("error", rd_kafka_err2str(rkm->err)));
 		tally_counter_add(r->delivery_failed, 1);
-		finish(rq, O_KAFKA);
+		finish(rq, failed(rkm->err));
 		return;
 	}
 	tally_counter_add(r->delivered, 1);
@@ -108,8 +118,34 @@ void tally_relay__produce(tally_relay *r, tally_relay__req *rq,
 		tally_log(TALLY_WARN, "relay.produce_failed",
 			  TALLY_KV_STR("event_id", rq->event_id),
 			  TALLY_KV_STR("error", rd_kafka_err2str(e)));
-		finish(rq, O_KAFKA);
+		finish(rq, failed(e));
 	}
+}
+
+/* relay.max_body must fit in one record (message.max.bytes of the
+ * producer's configuration, librdkafka's default or a property). */
+static int check_record_size(const tally_relay *r, rd_kafka_conf_t *conf,
+			     tally_error *err)
+{
+	char v[32];
+	size_t n = sizeof(v);
+	int64_t mmb;
+
+	if (rd_kafka_conf_get(conf, "message.max.bytes", v, &n) !=
+		    RD_KAFKA_CONF_OK ||
+	    tally_parse_i64(&mmb, v) != 0)
+		return tally_error_set(err, TALLY_ERROR,
+				       "relay: cannot read message.max.bytes");
+	if ((int64_t)r->max_body + RECORD_OVERHEAD > mmb)
+		return tally_error_set(
+			err, TALLY_EINVALID,
+			"relay.max_body (%zu) + %d bytes of key and headers "
+			"exceeds the producer's message.max.bytes (%" PRId64
+			"): lower relay.max_body, or raise message.max.bytes "
+			"(relay.kafka.properties) and the topic's "
+			"max.message.bytes",
+			r->max_body, RECORD_OVERHEAD, mmb);
+	return 0;
 }
 
 int tally_relay__kafka_setup(tally_relay *r, const tally_config *cfg,
@@ -120,7 +156,9 @@ int tally_relay__kafka_setup(tally_relay *r, const tally_config *cfg,
 	int rc;
 
 	snprintf(tmo, sizeof(tmo), "%lld", (long long)r->produce_timeout_ms);
-	rc = tally_kafka_conf_set(conf, "acks", "all", err);
+	rc = check_record_size(r, conf, err);
+	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "acks", "all", err);
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "enable.idempotence", "true",
 					  err);

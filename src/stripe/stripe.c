@@ -18,6 +18,7 @@
 #include "tally/log.h"
 #include "tally/pg.h"
 
+#include <arpa/inet.h>
 #include <assert.h>
 #include <inttypes.h>
 #include <openssl/sha.h>
@@ -40,6 +41,57 @@ struct tally_stripe {
 
 /* ---- client ------------------------------------------------------------- */
 
+/* Whether host (as libcurl parsed it) is this machine: localhost,
+ * 127.0.0.0/8 or [::1]. */
+static bool loopback_host(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	char h6[64];
+	size_t n = strlen(host);
+
+	if (strcmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (n > 2 && n < sizeof(h6) && host[0] == '[' && host[n - 1] == ']') {
+		memcpy(h6, host + 1, n - 2);
+		h6[n - 2] = '\0';
+		return inet_pton(AF_INET6, h6, &a6) == 1 &&
+		       IN6_IS_ADDR_LOOPBACK(&a6);
+	}
+	return false;
+}
+
+/* The secret key goes in every request's Authorization header: the API
+ * base must be https, or plain http to this machine only (stripe-mock). */
+static int check_api_base(const char *base, tally_error *err)
+{
+	CURLU *u = curl_url();
+	char *scheme = NULL, *host = NULL;
+	int rc = 0;
+
+	if (u == NULL)
+		abort();
+	if (curl_url_set(u, CURLUPART_URL, base, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		rc = tally_error_set(err, TALLY_EINVALID,
+				     "stripe.api_base (STRIPE_API_BASE) is "
+				     "not a URL");
+	else if (strcmp(scheme, "https") != 0 &&
+		 !(strcmp(scheme, "http") == 0 && loopback_host(host)))
+		rc = tally_error_set(err, TALLY_EINVALID,
+				     "stripe.api_base (STRIPE_API_BASE) must "
+				     "be https (plain http only to localhost, "
+				     "127.0.0.0/8 or [::1]): the secret key "
+				     "is sent with every request");
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return rc;
+}
+
 int tally_stripe_new(tally_stripe **out, const tally_stripe_opts *opts,
 		     tally_error *err)
 {
@@ -53,6 +105,8 @@ int tally_stripe_new(tally_stripe **out, const tally_stripe_opts *opts,
 	if (opts->api_base == NULL || *opts->api_base == '\0')
 		return tally_error_set(err, TALLY_EINVALID,
 				       "stripe: no api base");
+	if (check_api_base(opts->api_base, err) != 0)
+		return TALLY_EINVALID;
 	s = tally_xcalloc(1, sizeof(*s));
 	s->curl = curl_easy_init();
 	if (s->curl == NULL) {
@@ -317,6 +371,17 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 	if (out)
 		*out = NULL;
 	memset(se, 0, sizeof(*se));
+	if (!tally_stripe_path_valid(path)) {
+		/* a final failure of the caller's command or event */
+		tally_stripe__cpy(se->type, sizeof(se->type),
+				  "invalid_request_error");
+		tally_stripe__cpy(se->code, sizeof(se->code), "invalid_id");
+		tally_stripe__cpy(se->message, sizeof(se->message),
+				  "not a valid Stripe id in the request path");
+		return tally_error_set(err, TALLY_EINVALID,
+				       "stripe: %s: not a valid Stripe id in "
+				       "the request path", method);
+	}
 
 	rc = tally_stripe_form_encode(&form, params, err);
 	if (rc != 0)

@@ -229,22 +229,35 @@ int tally_stripe_consumer_run(tally_stripe_consumer *a, tally_error *err)
 	return 0;
 }
 
-/* The webhook secrets events are re-verified with (current, previous). */
-static size_t webhook_secrets(tally_stripe_consumer *a)
+/*
+ * The webhook secrets events are re-verified with (current, previous).
+ * Without one, anyone who can write to the topic forges the mirror: a
+ * start-up error unless stripe.verify_signatures = false says so.
+ */
+static int webhook_secrets(tally_stripe_consumer *a, size_t *ns,
+			   tally_error *err)
 {
-	size_t ns = 0;
-
+	*ns = 0;
+	if (!tally_config_bool(a->cfg, "stripe.verify_signatures")) {
+		tally_log(TALLY_WARN, "stripe.signatures_not_verified",
+			  TALLY_KV_STR("detail", "stripe.verify_signatures = "
+				       "false: events are not re-verified"));
+		return 0;
+	}
 	a->secrets[0] = tally_config_str(a->cfg, "relay.webhook_secret");
 	a->secrets[1] = tally_config_str(a->cfg,
 					 "relay.webhook_secret_previous");
 	if (*a->secrets[0])
-		ns++;
+		(*ns)++;
 	if (*a->secrets[1])
-		a->secrets[ns++] = a->secrets[1];
-	if (ns == 0)
-		tally_log(TALLY_WARN, "stripe.no_webhook_secret",
-			  TALLY_KV_STR("detail", "events are not re-verified"));
-	return ns;
+		a->secrets[(*ns)++] = a->secrets[1];
+	if (*ns == 0)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "no webhook secret: set "
+				       "STRIPE_WEBHOOK_SECRET, or "
+				       "stripe.verify_signatures = false to "
+				       "mirror events unverified");
+	return 0;
 }
 
 /* The producer (its delivery reports come to on_delivery), the dead-letter
@@ -305,7 +318,9 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 	*out = NULL;
 	a->cfg = cfg;
 	counters(a, m);
-	rc = tally_pg_connect_cfg(&a->pg, cfg, err);
+	rc = webhook_secrets(a, &so.nsecrets, err);
+	if (rc == 0)
+		rc = tally_pg_connect_cfg(&a->pg, cfg, err);
 	if (rc == 0)
 		rc = tally_stripe_new_from_config(&a->stripe, cfg, err);
 	if (rc != 0)
@@ -314,7 +329,6 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 	so.stripe = a->stripe;
 	so.cfg = cfg;
 	so.webhook_secrets = a->secrets;
-	so.nsecrets = webhook_secrets(a);
 	rc = tally_stripe_sync_new(&a->ss, &so, err);
 	if (rc == 0)
 		rc = kafka_clients(a, err);

@@ -132,25 +132,27 @@ static int finish(tally_webhook_reason *reason_out, tally_webhook_reason r)
 	return r == TALLY_WEBHOOK_OK ? 0 : TALLY_EINVALID;
 }
 
-int tally_webhook_verify(const char *sig_header, const char *body, size_t len,
-			 const char *const *secrets, size_t nsecrets,
-			 int64_t now_s, int64_t tolerance_s,
-			 tally_webhook_reason *reason_out)
-{
+/* The parsed header: the timestamp and up to MAX_V1 v1 values. */
+typedef struct parsed {
+	int64_t t;
 	span v1[MAX_V1];
-	size_t nv1 = 0, i, j;
-	int64_t t = 0;
-	bool have_t = false, matched = false;
+	size_t nv1;
+} parsed;
+
+/* Items separated by ',', each "key=value"; exactly one t=, v0 and
+ * unknown schemes ignored. */
+static tally_webhook_reason parse_header(parsed *h, const char *sig_header)
+{
+	bool have_t = false;
 	const char *p;
 
+	h->nv1 = 0;
 	if (sig_header == NULL)
-		return finish(reason_out, TALLY_WEBHOOK_MISSING_HEADER);
+		return TALLY_WEBHOOK_MISSING_HEADER;
 	for (p = sig_header; is_sp(*p); p++)
 		;
 	if (*p == '\0')
-		return finish(reason_out, TALLY_WEBHOOK_MISSING_HEADER);
-
-	/* items separated by ',', each "key=value" */
+		return TALLY_WEBHOOK_MISSING_HEADER;
 	while (*p != '\0') {
 		const char *end = strchr(p, ',');
 		const char *eq;
@@ -162,8 +164,7 @@ int tally_webhook_verify(const char *sig_header, const char *body, size_t len,
 			p++;
 		eq = memchr(p, '=', (size_t)(end - p));
 		if (eq == NULL)
-			return finish(reason_out,
-				      TALLY_WEBHOOK_MALFORMED_HEADER);
+			return TALLY_WEBHOOK_MALFORMED_HEADER;
 		key.p = p;
 		key.n = (size_t)(eq - p);
 		val.p = eq + 1;
@@ -171,37 +172,79 @@ int tally_webhook_verify(const char *sig_header, const char *body, size_t len,
 		while (val.n > 0 && is_sp(val.p[val.n - 1]))
 			val.n--;
 		if (key.n == 1 && key.p[0] == 't') {
-			if (have_t || !parse_ts(&t, val))
-				return finish(reason_out,
-					      TALLY_WEBHOOK_MALFORMED_HEADER);
+			if (have_t || !parse_ts(&h->t, val))
+				return TALLY_WEBHOOK_MALFORMED_HEADER;
 			have_t = true;
 		} else if (key.n == 2 && key.p[0] == 'v' && key.p[1] == '1') {
-			if (nv1 < MAX_V1)
-				v1[nv1++] = val;
+			if (h->nv1 < MAX_V1)
+				h->v1[h->nv1++] = val;
 		}
-		/* v0 and unknown schemes: ignored */
 		p = *end == ',' ? end + 1 : end;
 	}
 	if (!have_t)
-		return finish(reason_out, TALLY_WEBHOOK_MALFORMED_HEADER);
-	if (nv1 == 0)
-		return finish(reason_out, TALLY_WEBHOOK_NO_V1);
+		return TALLY_WEBHOOK_MALFORMED_HEADER;
+	return h->nv1 == 0 ? TALLY_WEBHOOK_NO_V1 : TALLY_WEBHOOK_OK;
+}
 
+static bool is_hex64(span s)
+{
+	size_t i;
+
+	if (s.n != 64)
+		return false;
+	for (i = 0; i < 64; i++)
+		if (!((s.p[i] >= '0' && s.p[i] <= '9') ||
+		      (s.p[i] >= 'a' && s.p[i] <= 'f')))
+			return false;
+	return true;
+}
+
+tally_webhook_reason tally_webhook_check_header(const char *sig_header,
+						size_t max_len)
+{
+	parsed h;
+	tally_webhook_reason r;
+	size_t i;
+
+	if (sig_header != NULL && strlen(sig_header) > max_len)
+		return TALLY_WEBHOOK_MALFORMED_HEADER;
+	r = parse_header(&h, sig_header);
+	if (r != TALLY_WEBHOOK_OK)
+		return r;
+	for (i = 0; i < h.nv1; i++)
+		if (is_hex64(h.v1[i]))
+			return TALLY_WEBHOOK_OK;
+	return TALLY_WEBHOOK_BAD_SIGNATURE; /* no v1 could ever match */
+}
+
+int tally_webhook_verify(const char *sig_header, const char *body, size_t len,
+			 const char *const *secrets, size_t nsecrets,
+			 int64_t now_s, int64_t tolerance_s,
+			 tally_webhook_reason *reason_out)
+{
+	parsed h;
+	tally_webhook_reason r = parse_header(&h, sig_header);
+	bool matched = false;
+	size_t i, j;
+
+	if (r != TALLY_WEBHOOK_OK)
+		return finish(reason_out, r);
 	for (i = 0; i < nsecrets && !matched; i++) {
 		char expected[65];
 
 		if (secrets[i] == NULL || secrets[i][0] == '\0')
 			continue;
-		tally_webhook_signature_hex(expected, body, len, secrets[i], t);
-		for (j = 0; j < nv1; j++)
-			if (v1[j].n == 64 &&
-			    CRYPTO_memcmp(expected, v1[j].p, 64) == 0)
+		tally_webhook_signature_hex(expected, body, len, secrets[i],
+					    h.t);
+		for (j = 0; j < h.nv1; j++)
+			if (h.v1[j].n == 64 &&
+			    CRYPTO_memcmp(expected, h.v1[j].p, 64) == 0)
 				matched = true;
 		OPENSSL_cleanse(expected, sizeof(expected));
 	}
 	if (!matched)
 		return finish(reason_out, TALLY_WEBHOOK_BAD_SIGNATURE);
-	if (tolerance_s >= 0 && t < now_s - tolerance_s)
+	if (tolerance_s >= 0 && h.t < now_s - tolerance_s)
 		return finish(reason_out, TALLY_WEBHOOK_EXPIRED);
 	return finish(reason_out, TALLY_WEBHOOK_OK);
 }

@@ -57,19 +57,7 @@ static int64_t committed(void)
 
 static long vm_hwm_kb(pid_t pid)
 {
-	char path[64], line[256];
-	long kb = -1;
-	FILE *fp;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	fp = fopen(path, "r");
-	if (fp == NULL)
-		return -1;
-	while (fgets(line, sizeof(line), fp) != NULL)
-		if (strncmp(line, "VmHWM:", 6) == 0)
-			kb = strtol(line + 6, NULL, 10);
-	fclose(fp);
-	return kb;
+	return tally_test_proc_kb(pid, "VmHWM:");
 }
 
 /* CPU time (utime + stime) of a process or thread stat file, in ms */

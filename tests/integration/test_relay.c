@@ -33,6 +33,7 @@ typedef struct fixture {
 	tally_metrics *m;
 	tally_relay *r;
 	int port;
+	int admin; /* the admin listener's port */
 } fixture;
 
 static void make_topic(char *out, size_t n)
@@ -71,6 +72,9 @@ static void start_on(fixture *f, const char *topic, const char *kafka,
 	tally_config_set(f->cfg, "kafka.brokers", kafka);
 	tally_config_set(f->cfg, "topics.stripe_events", f->topic);
 	tally_config_set(f->cfg, "relay.listen", "127.0.0.1:0");
+	tally_config_set(f->cfg, "relay.admin_listen", "127.0.0.1:0");
+	/* every request comes from 127.0.0.1 (limits: test_relay_hostile) */
+	tally_config_set(f->cfg, "relay.max_connections_per_ip", "0");
 	tally_config_set(f->cfg, "relay.webhook_secret", SECRET);
 	tally_config_set(f->cfg, "relay.webhook_secret_previous", PREVIOUS);
 	tally_config_set(f->cfg, "relay.produce_timeout_ms",
@@ -82,6 +86,8 @@ static void start_on(fixture *f, const char *topic, const char *kafka,
 		      "relay start: %s", err.msg);
 	f->port = tally_relay_port(f->r);
 	ck_assert_int_gt(f->port, 0);
+	f->admin = tally_relay_admin_port(f->r);
+	ck_assert_int_gt(f->admin, 0);
 }
 
 static void start(fixture *f, const char *kafka, const char *max_body,
@@ -421,13 +427,17 @@ START_TEST(test_relay_rejects_and_produces_nothing)
 			      NULL), 405);
 	ck_assert_int_eq(http(f.port, "POST", "/webhooks/other", body, NULL,
 			      NULL), 404);
-	ck_assert_int_eq(http(f.port, "GET", "/healthz", NULL, NULL, &resp),
+	ck_assert_int_eq(http(f.admin, "GET", "/healthz", NULL, NULL, &resp),
 			 200);
-	ck_assert_int_eq(http(f.port, "GET", "/readyz", NULL, NULL, &resp),
+	ck_assert_int_eq(http(f.admin, "GET", "/readyz", NULL, NULL, &resp),
 			 200);
-
+	ck_assert_int_eq(http(f.admin, "GET", "/metrics", NULL, NULL, NULL),
+			 200);
+	/* the webhook listener serves only the webhook path */
 	ck_assert_int_eq(http(f.port, "GET", "/metrics", NULL, NULL, NULL),
-			 200);
+			 404);
+	ck_assert_int_eq(http(f.port, "GET", "/readyz", NULL, NULL, NULL),
+			 404);
 	tally_metrics_render(&text, NULL, f.m);
 	snprintf(metric, sizeof(metric), "tally_relay_requests_total{status="
 		 "\"400\",reason=\"bad_signature\"} 2\n");
@@ -587,9 +597,9 @@ START_TEST(test_relay_kafka_down_then_back)
 	ck_assert_str_eq(resp.data, "{\"error\":\"kafka_unavailable\"}\n");
 	ck_assert_msg(tally_now_ms() - t0 < 10000,
 		      "503 within the produce timeout");
-	ck_assert_int_eq(http(down.port, "GET", "/readyz", NULL, NULL, NULL),
+	ck_assert_int_eq(http(down.admin, "GET", "/readyz", NULL, NULL, NULL),
 			 503);
-	ck_assert_int_eq(http(down.port, "GET", "/healthz", NULL, NULL, NULL),
+	ck_assert_int_eq(http(down.admin, "GET", "/healthz", NULL, NULL, NULL),
 			 200);
 	stop(&down);
 

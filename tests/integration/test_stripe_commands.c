@@ -3,8 +3,13 @@
  * request passes its OpenAPI validation; outcomes land in billing_commands
  * and tenants; the same command twice, and again after a restart, creates
  * nothing new (same Idempotency-Key, object looked up by recorded id).
+ * The boundary: an id that is not a Stripe id of its kind fails its
+ * command (recorded, invalid_id) or its event (TALLY_EINVALID: dead-
+ * lettered by tally-stripe) without any request; tally-stripe does not
+ * start without a webhook secret unless stripe.verify_signatures = false.
  */
 #include "stripe_testdb.h"
+#include "tally/stripe_consumer.h"
 #include "tally/stripe_sync.h"
 
 #include <stdlib.h>
@@ -12,6 +17,9 @@
 
 #define T1 "11111111-2222-4333-8444-555555555555"
 #define T2 "66666666-7777-4888-9999-aaaaaaaaaaaa"
+#define T3 "33333333-4444-4555-8666-777777777777"
+#define T4 "44444444-5555-4666-8777-888888888888"
+#define HOSTILE_PM "x/../../customers/cus_X#"
 
 static tally_pg *pg;
 static tally_config *cfg;
@@ -22,6 +30,19 @@ static void setup(void)
 	cfg = testdb_config();
 	testdb_tenant(pg, T1, "cmd-one", NULL);
 	testdb_tenant(pg, T2, "cmd-two", NULL);
+	testdb_tenant(pg, T3, "cmd-three", NULL);
+	testdb_tenant(pg, T4, "cmd-four", "cus_1/../../invoices");
+}
+
+/* The test database's URL (for a tally-stripe of its own). */
+static const char *db_url(void)
+{
+	static char url[600];
+	const char *dsn = tally_test_need_env("TALLY_TEST_PG_DSN");
+
+	snprintf(url, sizeof(url), "%.*s/%s", (int)(strrchr(dsn, '/') - dsn),
+		 dsn, testdb_name);
+	return url;
 }
 
 static void teardown(void)
@@ -218,6 +239,110 @@ START_TEST(test_stripe_commands_lifecycle)
 }
 END_TEST
 
+/* A payment_method_id that walks to another endpoint: the command fails
+ * (recorded) and nothing but the customer's creation reaches Stripe. */
+START_TEST(test_stripe_commands_hostile_payment_method)
+{
+	world w;
+	tally_command c;
+	tally_error err;
+
+	world_start(&w);
+	c = cmd("bnd-sub-1", TALLY_CMD_CREATE_SUBSCRIPTION, T3, "starter");
+	c.payment_method_id.ptr = HOSTILE_PM;
+	c.payment_method_id.len = (uint32_t)strlen(HOSTILE_PM);
+	ck_assert_int_eq(tally_stripe_sync_command(w.ss, &c, &err), 0);
+	check(status_sql, "bnd-sub-1", "failed:invalid_id");
+	ck_assert_msg(tally_stripe_requests_sent(w.stripe) == 1,
+		      "only POST /v1/customers may be sent, not %llu requests",
+		      (unsigned long long)tally_stripe_requests_sent(w.stripe));
+	check("SELECT count(*) FROM tenants WHERE id = $1 AND "
+	      "stripe_subscription_id IS NOT NULL", T3, "0");
+	world_stop(&w);
+}
+END_TEST
+
+/* A customer id in the database that is not one: failed, no request. */
+START_TEST(test_stripe_commands_hostile_customer)
+{
+	world w;
+	tally_command c;
+	tally_error err;
+
+	world_start(&w);
+	c = cmd("bnd-sub-2", TALLY_CMD_CREATE_SUBSCRIPTION, T4, "starter");
+	ck_assert_int_eq(tally_stripe_sync_command(w.ss, &c, &err), 0);
+	check(status_sql, "bnd-sub-2", "failed:invalid_id");
+	ck_assert_uint_eq(tally_stripe_requests_sent(w.stripe), 0);
+	world_stop(&w);
+}
+END_TEST
+
+/* An invoice event whose id would page another endpoint: the event is
+ * invalid (tally-stripe dead-letters it) and nothing is requested. */
+START_TEST(test_stripe_commands_hostile_event_id)
+{
+	world w;
+	tally_error err;
+	const char *outcome = NULL;
+	const char *ev =
+		"{\"id\":\"evt_bnd_1\",\"object\":\"event\",\"type\":"
+		"\"invoice.updated\",\"created\":1767225600,\"data\":{"
+		"\"object\":{\"id\":\"in_1/../../customers/cus_X\","
+		"\"object\":\"invoice\",\"customer\":\"cus_bnd\","
+		"\"lines\":{\"object\":\"list\",\"data\":[],"
+		"\"has_more\":true}}}}";
+
+	world_start(&w);
+	ck_assert_int_eq(tally_stripe_sync_event(w.ss, ev, strlen(ev), NULL,
+						 &outcome, &err),
+			 TALLY_EINVALID);
+	ck_assert_uint_eq(tally_stripe_requests_sent(w.stripe), 0);
+	world_stop(&w);
+}
+END_TEST
+
+/* tally-stripe without a webhook secret: refused, unless told. */
+START_TEST(test_stripe_commands_needs_webhook_secret)
+{
+	tally_config *c = NULL;
+	tally_stripe_consumer *a = NULL;
+	tally_metrics *m = tally_metrics_new();
+	tally_error err;
+	char group[96];
+
+	ck_assert_int_eq(tally_config_load(&c, NULL, &err), 0);
+	snprintf(group, sizeof(group), "test.stripe_boundary.%d",
+		 (int)getpid());
+	tally_config_set(c, "database.url", db_url());
+	tally_config_set(c, "kafka.brokers",
+			 tally_test_need_env("TALLY_TEST_BROKERS"));
+	tally_config_set(c, "stripe.api_base",
+			 tally_test_need_env("TALLY_TEST_STRIPE_BASE"));
+	tally_config_set(c, "stripe.secret_key", "sk_test_123");
+	tally_config_set(c, "stripe.group", group);
+	tally_config_set(c, "relay.webhook_secret", "");
+	tally_config_set(c, "relay.webhook_secret_previous", "");
+	ck_assert_int_eq(tally_stripe_consumer_new(&a, c, m, &err),
+			 TALLY_EINVALID);
+	ck_assert_ptr_null(a);
+	ck_assert_msg(strstr(err.msg, "STRIPE_WEBHOOK_SECRET") != NULL &&
+		      strstr(err.msg, "stripe.verify_signatures") != NULL,
+		      "a clear error: %s", err.msg);
+	tally_config_set(c, "stripe.verify_signatures", "false");
+	ck_assert_msg(tally_stripe_consumer_new(&a, c, m, &err) == 0, "%s",
+		      err.msg);
+	tally_stripe_consumer_free(a);
+	tally_config_set(c, "stripe.verify_signatures", "true");
+	tally_config_set(c, "relay.webhook_secret", "whsec_boundary");
+	ck_assert_msg(tally_stripe_consumer_new(&a, c, m, &err) == 0, "%s",
+		      err.msg);
+	tally_stripe_consumer_free(a);
+	tally_config_free(c);
+	tally_metrics_free(m);
+}
+END_TEST
+
 static Suite *tally_stripe_commands_suite(void)
 {
 	Suite *s = suite_create("stripe_commands");
@@ -226,6 +351,10 @@ static Suite *tally_stripe_commands_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_stripe_commands_lifecycle);
+	tcase_add_test(tc, test_stripe_commands_hostile_payment_method);
+	tcase_add_test(tc, test_stripe_commands_hostile_customer);
+	tcase_add_test(tc, test_stripe_commands_hostile_event_id);
+	tcase_add_test(tc, test_stripe_commands_needs_webhook_secret);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -96,4 +96,23 @@ static inline void tally_test_unique(char *out, size_t n, const char *prefix)
 	snprintf(out, n, "%s_%d_%d", prefix, (int)getpid(), counter++);
 }
 
+/* A "<field> <n> kB" line of /proc/<pid>/status (VmRSS:, VmHWM:), in
+ * KiB; -1 if unreadable. */
+static inline long tally_test_proc_kb(pid_t pid, const char *field)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	fp = fopen(path, "r");
+	if (fp == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (strncmp(line, field, strlen(field)) == 0)
+			kb = strtol(line + strlen(field), NULL, 10);
+	fclose(fp);
+	return kb;
+}
+
 #endif /* TALLY_TESTS_SUPPORT_H */

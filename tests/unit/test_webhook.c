@@ -138,6 +138,40 @@ START_TEST(test_webhook_binary_body)
 }
 END_TEST
 
+/* Whether a header could be valid, before any body is read. */
+START_TEST(test_webhook_check_header)
+{
+	char ok[TALLY_WEBHOOK_SIG_HEADER_MAX], longer[300];
+
+	tally_webhook_sign(ok, sizeof(ok), "{}", 2, "whsec_x", 1700000000);
+	ck_assert_int_eq(tally_webhook_check_header(ok, 1024),
+			 TALLY_WEBHOOK_OK);
+	ck_assert_int_eq(tally_webhook_check_header(NULL, 1024),
+			 TALLY_WEBHOOK_MISSING_HEADER);
+	ck_assert_int_eq(tally_webhook_check_header("  ", 1024),
+			 TALLY_WEBHOOK_MISSING_HEADER);
+	ck_assert_int_eq(tally_webhook_check_header("garbage", 1024),
+			 TALLY_WEBHOOK_MALFORMED_HEADER);
+	ck_assert_int_eq(tally_webhook_check_header("t=x,v1=ab", 1024),
+			 TALLY_WEBHOOK_MALFORMED_HEADER);
+	ck_assert_int_eq(tally_webhook_check_header("t=1,v0=ab", 1024),
+			 TALLY_WEBHOOK_NO_V1);
+	/* v1 values that can never match: wrong length, upper case */
+	ck_assert_int_eq(tally_webhook_check_header("t=1,v1=abc", 1024),
+			 TALLY_WEBHOOK_BAD_SIGNATURE);
+	snprintf(longer, sizeof(longer), "t=1,v1=%064d", 0);
+	longer[10] = 'A';
+	ck_assert_int_eq(tally_webhook_check_header(longer, 1024),
+			 TALLY_WEBHOOK_BAD_SIGNATURE);
+	/* one plausible v1 among others is enough */
+	snprintf(longer, sizeof(longer), "t=1,v1=zz,v1=%064d", 0);
+	ck_assert_int_eq(tally_webhook_check_header(longer, 1024),
+			 TALLY_WEBHOOK_OK);
+	ck_assert_int_eq(tally_webhook_check_header(longer, 20),
+			 TALLY_WEBHOOK_MALFORMED_HEADER);
+}
+END_TEST
+
 START_TEST(test_webhook_reason_names)
 {
 	ck_assert_str_eq(tally_webhook_reason_name(TALLY_WEBHOOK_OK), "ok");
@@ -168,6 +202,7 @@ static Suite *tally_webhook_suite(void)
 			    (int)(sizeof(cases) / sizeof(cases[0])));
 	tcase_add_test(tc, test_webhook_rotation);
 	tcase_add_test(tc, test_webhook_binary_body);
+	tcase_add_test(tc, test_webhook_check_header);
 	tcase_add_test(tc, test_webhook_reason_names);
 	suite_add_tcase(s, tc);
 	return s;
