@@ -157,17 +157,7 @@ static void g_take(void *ctx, rd_kafka_message_t **msgs, size_t n,
 
 	(void)first;
 	for (i = 0; i < n; i++) {
-		tally_kafka_msg v;
-		tally_alerts_msg *d = &a->views[a->n];
-
-		/* the same fields: tally_alerts_msg predates tally_kafka_msg */
-		tally_kafka_msg_view(&v, msgs[i], NULL);
-		d->topic = v.topic;
-		d->partition = v.partition;
-		d->offset = v.offset;
-		d->payload = v.payload;
-		d->len = v.len;
-		d->rkm = v.rkm;
+		tally_kafka_msg_view(&a->views[a->n], msgs[i], NULL);
 		a->msgs[a->n++] = msgs[i];
 	}
 }
