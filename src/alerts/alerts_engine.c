@@ -24,6 +24,28 @@ static char *cat2(const char *a, const char *b)
 	return s;
 }
 
+static void register_metrics(tally_alerts *a)
+{
+	const tally_metric_def defs[] = {
+		{ "tally_alerts_totals_total", NULL,
+		  "billing.totals messages evaluated", &a->c_totals },
+		{ "tally_alerts_totals_stale_total", NULL,
+		  "totals ignored: version not newer than one seen",
+		  &a->c_stale },
+		{ "tally_alerts_signals_total", NULL,
+		  "billing.signals messages evaluated", &a->c_signals },
+		{ "tally_alerts_produced_total", NULL,
+		  "alerts produced to billing.alerts", &a->c_produced },
+		{ "tally_alerts_produce_failed_total", NULL,
+		  "alerts whose produce failed (the sweep retries)",
+		  &a->c_produce_failed },
+		{ "tally_alerts_batch_seconds", NULL,
+		  "time to process one batch", .histogram = &a->h_batch },
+	};
+
+	TALLY_METRICS_REGISTER(a->m, defs);
+}
+
 int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 		     const tally_alerts_opts *opts, tally_error *err)
 {
@@ -54,26 +76,8 @@ int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 					     sizeof(alert_ident));
 	a->m = opts->metrics;
 	tally_alert_list_init(&a->list);
-	if (a->m != NULL) {
-		a->c_totals = tally_metrics_counter(a->m,
-			"tally_alerts_totals_total", NULL,
-			"billing.totals messages evaluated");
-		a->c_stale = tally_metrics_counter(a->m,
-			"tally_alerts_totals_stale_total", NULL,
-			"totals ignored: version not newer than one seen");
-		a->c_signals = tally_metrics_counter(a->m,
-			"tally_alerts_signals_total", NULL,
-			"billing.signals messages evaluated");
-		a->c_produced = tally_metrics_counter(a->m,
-			"tally_alerts_produced_total", NULL,
-			"alerts produced to billing.alerts");
-		a->c_produce_failed = tally_metrics_counter(a->m,
-			"tally_alerts_produce_failed_total", NULL,
-			"alerts whose produce failed (the sweep retries)");
-		a->h_batch = tally_metrics_histogram(a->m,
-			"tally_alerts_batch_seconds", NULL,
-			"time to process one batch", NULL, 0);
-	}
+	if (a->m != NULL)
+		register_metrics(a);
 	*out = a;
 	return 0;
 }
