@@ -323,6 +323,8 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 	if (rc != 0)
 		goto fail;
 	*out = a;
+	tally_log(TALLY_INFO, "stripe.start",
+		  TALLY_KV_STR("group", tally_config_str(cfg, "stripe.group")));
 	return 0;
 fail:
 	tally_stripe_consumer_free(a);
