@@ -29,6 +29,7 @@
 
 #include "tally/alerts_rules.h"
 #include "tally/common.h"
+#include "tally/consumer_loop.h"
 #include "tally/metrics.h"
 #include "tally/pg.h"
 
@@ -54,14 +55,7 @@ typedef struct tally_alerts_opts {
 #define TALLY_ALERTS_FENCED TALLY_EFENCED
 
 /** One consumed message (a view: nothing owned). */
-typedef struct tally_alerts_msg {
-	const char *topic;
-	int32_t partition;
-	int64_t offset;
-	const void *payload;
-	size_t len;
-	const rd_kafka_message_t *rkm; /* for the DLQ copy; may be NULL */
-} tally_alerts_msg;
+typedef tally_kafka_msg tally_alerts_msg;
 
 typedef struct tally_alerts_stats {
 	size_t totals;        /* totals messages evaluated */

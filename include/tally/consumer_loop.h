@@ -83,6 +83,20 @@ enum tally_batch_outcome {
 	TALLY_BATCH_FATAL      /* failed for good (logged): exit */
 };
 
+/**
+ * The rows of a tally_metric_def table (tally/metrics.h) for the counters
+ * of a consumer of this loop, name a string literal (e.g. "aggregate"):
+ * tally_<name>_batches_total (committed batches), and the c_fenced and
+ * c_retries of tally_batch_ops.
+ */
+#define TALLY_LOOP_METRIC_DEFS(name, batches, fenced, retries)             \
+	{ "tally_" name "_batches_total", NULL, "Committed batches",       \
+	  (batches) },                                                     \
+	{ "tally_" name "_fenced_total", NULL,                             \
+	  "Batches refused by the consumer_offsets fence", (fenced) },     \
+	{ "tally_" name "_retries_total", NULL,                            \
+	  "Batch attempts that failed and were retried", (retries) }
+
 typedef struct tally_batch_ops {
 	const char *name; /* log event prefix, e.g. "aggregate" */
 	int lane;         /* logged as "lane" when >= 0 */

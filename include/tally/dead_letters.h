@@ -54,6 +54,14 @@ void tally_dead_letter_tenant(char out[65], const rd_kafka_message_t *rkm);
 /** Add one row. */
 void tally_dead_letters_add(tally_dead_letters *d, const tally_dead_letter *dl);
 
+struct tally_kafka_msg; /* tally/consumer_loop.h */
+
+/** Add the row of a consumed message (as tally_dead_letters_add). */
+void tally_dead_letters_add_msg(tally_dead_letters *d,
+				const struct tally_kafka_msg *m,
+				const char *reason, const char *detail,
+				bool keep_payload);
+
 /**
  * Insert the rows added (consumer_group = group) and empty d, whatever
  * the outcome (a retried transaction adds its rows again); nothing added:

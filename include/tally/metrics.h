@@ -80,6 +80,27 @@ tally_histogram *tally_metrics_histogram(tally_metrics *m, const char *name,
 /** Record one observation of us microseconds. Thread-safe, lock-free. */
 void tally_histogram_observe(tally_histogram *h, uint64_t us);
 
+/**
+ * One series of a table for tally_metrics_register(): exactly one of
+ * counter, gauge and histogram (default buckets) receives it.
+ */
+typedef struct tally_metric_def {
+	const char *name;
+	const char *labels; /* NULL: none */
+	const char *help;
+	tally_counter **counter;
+	tally_gauge **gauge;
+	tally_histogram **histogram;
+} tally_metric_def;
+
+/** Get or create the n series of defs (a module's metrics as a table). */
+void tally_metrics_register(tally_metrics *m, const tally_metric_def *defs,
+			    size_t n);
+
+/** tally_metrics_register() of a whole array. */
+#define TALLY_METRICS_REGISTER(m, defs) \
+	tally_metrics_register((m), (defs), sizeof(defs) / sizeof((defs)[0]))
+
 /** Number of observations so far. */
 uint64_t tally_histogram_count(const tally_histogram *h);
 

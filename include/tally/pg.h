@@ -64,6 +64,15 @@ int tally_pg_exec_bin(tally_pg *pg, PGresult **out, const char *sql,
 		      const int *lengths, const int *formats,
 		      tally_error *err) TALLY_MUSTCHECK;
 
+/**
+ * Run sql (one or more statements, no parameters) by the simple query
+ * protocol on the connection as it is: for statements inside the caller's
+ * transaction (SAVEPOINT, a temporary table), so no reconnect.
+ * @return 0 or as tally_pg_exec
+ */
+int tally_pg_exec_script(tally_pg *pg, const char *sql, tally_error *err)
+	TALLY_MUSTCHECK;
+
 /** Classify a failed result (or a NULL result on a broken connection). */
 int tally_pg__classify(PGconn *conn, const PGresult *res, tally_error *err);
 

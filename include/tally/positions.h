@@ -79,15 +79,18 @@ int tally_positions_fence(tally_positions *ps, tally_pg *pg,
 void tally_positions_committed(tally_positions *ps,
 			       const tally_position *batch, size_t n);
 
+struct tally_kafka_msg; /* tally/consumer_loop.h */
+
 /**
- * After TALLY_EFENCED: read the partitions' positions again, take them as
- * fence values where still held, and seek rk there (rk may be NULL).
+ * After TALLY_EFENCED: read the positions of the partitions of the batch
+ * msgs[0, n) again, take them as fence values where still held, and seek
+ * rk there (rk may be NULL).
  * Fails if a position cannot be read or a partition cannot be sought: the
  * caller must then not go on consuming those partitions (it would skip
- * what it dropped); tally-aggregate exits and is restarted.
+ * what it dropped); the consumer exits and is restarted.
  */
 int tally_positions_reseek(tally_positions *ps, tally_pg *pg, rd_kafka_t *rk,
-			   const tally_position *batch, size_t n,
+			   const struct tally_kafka_msg *msgs, size_t n,
 			   tally_error *err) TALLY_MUSTCHECK;
 
 #endif /* TALLY_POSITIONS_H */

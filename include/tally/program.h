@@ -11,6 +11,7 @@
  */
 
 #include "tally/config.h"
+#include "tally/metrics.h"
 
 #include <stddef.h>
 
@@ -52,5 +53,58 @@ int tally_program_reload(tally_config *cfg);
  * program (docs/aggregate.md: 128 KiB; docs/pricing.md: 512 KiB).
  */
 void tally_program_bound_heap(size_t mmap_threshold);
+
+/** A consumer as tally_program_run_consumer() drives it. */
+typedef struct tally_consumer_vtable {
+	const char *name;    /* log events "<name>.start_failed", ".fatal" */
+	const char *stopped; /* logged after a clean stop, or NULL */
+	/* *c is freed with destroy() whatever create returns */
+	int (*create)(void **c, tally_config *cfg, tally_metrics *m,
+		      tally_error *err);
+	int (*run)(void *c, tally_error *err);
+	void (*destroy)(void *c);
+	tally_health_fn health; /* /healthz and /readyz; NULL: always ok */
+} tally_consumer_vtable;
+
+/**
+ * The static tally_consumer_vtable `var` of a consumer whose functions are
+ * prefix##_new(T **, cfg, m, err), prefix##_run(T *, err) and
+ * prefix##_free(T *) (the three adapters to void * are defined here).
+ */
+#define TALLY_CONSUMER_VTABLE(var, T, prefix, name, stopped, health)      \
+	static int var##_create(void **c, tally_config *cfg,              \
+				tally_metrics *m, tally_error *err)       \
+	{                                                                 \
+		T *x = NULL;                                              \
+		int rc = prefix##_new(&x, cfg, m, err);                   \
+                                                                          \
+		*c = x;                                                   \
+		return rc;                                                \
+	}                                                                 \
+	static int var##_run(void *c, tally_error *err)                   \
+	{                                                                 \
+		return prefix##_run(c, err);                              \
+	}                                                                 \
+	static void var##_destroy(void *c)                                \
+	{                                                                 \
+		prefix##_free(c);                                         \
+	}                                                                 \
+	static const tally_consumer_vtable var = {                        \
+		name, stopped, var##_create, var##_run, var##_destroy,    \
+		health                                                    \
+	}
+
+/**
+ * The whole life of a consumer program: tally_program_start(), a metrics
+ * registry, create, the metrics server on o->listen_key (a failure to
+ * bind is logged as metrics.serve_failed and the program runs without
+ * it), run until a stop signal, free. Logs "<name>.start_failed" or
+ * "<name>.fatal" (with the error) when create or run fails.
+ * @return the exit code: 0 after a clean stop, 1 on a failure (or what
+ *         tally_program_start() says)
+ */
+int tally_program_run_consumer(const tally_program_opts *o,
+			       const tally_consumer_vtable *vt, int argc,
+			       char **argv);
 
 #endif /* TALLY_PROGRAM_H */

@@ -144,10 +144,12 @@ bool tally_stripe_sync_on_delivery(const rd_kafka_message_t *rkm);
  * successful. Failed deliveries leave their rows unpublished (produced
  * again on a later call); reports still missing at the deadline stay in
  * flight and are settled by a later call (their signals are not produced
- * again meanwhile). Call from the thread that polls producer.
+ * again meanwhile). Call from the thread that polls producer, always with
+ * the producer and topic of the first call.
  * @param[out] n rows marked published by this call (may be NULL)
  * @return 0; TALLY_ETRANSIENT when a delivery failed, a produce call
- *         failed or reports are still missing; PostgreSQL errors
+ *         failed or reports are still missing; TALLY_EINVALID for another
+ *         producer or topic; PostgreSQL errors
  */
 int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 			      const char *topic, int *n, tally_error *err)

@@ -157,17 +157,7 @@ static void g_take(void *ctx, rd_kafka_message_t **msgs, size_t n,
 
 	(void)first;
 	for (i = 0; i < n; i++) {
-		tally_kafka_msg v;
-		tally_alerts_msg *d = &a->views[a->n];
-
-		/* the same fields: tally_alerts_msg predates tally_kafka_msg */
-		tally_kafka_msg_view(&v, msgs[i], NULL);
-		d->topic = v.topic;
-		d->partition = v.partition;
-		d->offset = v.offset;
-		d->payload = v.payload;
-		d->len = v.len;
-		d->rkm = v.rkm;
+		tally_kafka_msg_view(&a->views[a->n], msgs[i], NULL);
 		a->msgs[a->n++] = msgs[i];
 	}
 }
@@ -318,26 +308,24 @@ int tally_alerts_consumer_run(tally_alerts_consumer *a, tally_error *err)
 
 static void register_metrics(tally_alerts_consumer *a)
 {
+	const tally_metric_def defs[] = {
+		TALLY_LOOP_METRIC_DEFS("alerts", &a->c_batches, &a->c_fenced,
+				       &a->c_retries),
+		{ "tally_alerts_dead_lettered_total", NULL,
+		  "Messages sent to a dead-letter topic", &a->c_dlq },
+		{ "tally_alerts_existing_total", NULL,
+		  "Alerts a rule called for that had been raised already",
+		  &a->c_existing },
+		{ "tally_alerts_undelivered", NULL,
+		  "Alerts not yet delivered to the webhook (sampled)",
+		  .gauge = &a->g_undelivered },
+	};
+
 	if (a->m == NULL) {
 		a->m = tally_metrics_new();
 		a->own_m = true;
 	}
-	a->c_batches = tally_metrics_counter(a->m,
-		"tally_alerts_batches_total", NULL, "Committed batches");
-	a->c_fenced = tally_metrics_counter(a->m, "tally_alerts_fenced_total",
-		NULL, "Batches refused by the consumer_offsets fence");
-	a->c_retries = tally_metrics_counter(a->m,
-		"tally_alerts_retries_total", NULL,
-		"Batch attempts that failed and were retried");
-	a->c_dlq = tally_metrics_counter(a->m,
-		"tally_alerts_dead_lettered_total", NULL,
-		"Messages sent to a dead-letter topic");
-	a->c_existing = tally_metrics_counter(a->m,
-		"tally_alerts_existing_total", NULL,
-		"Alerts a rule called for that had been raised already");
-	a->g_undelivered = tally_metrics_gauge(a->m,
-		"tally_alerts_undelivered", NULL,
-		"Alerts not yet delivered to the webhook (sampled)");
+	TALLY_METRICS_REGISTER(a->m, defs);
 }
 
 /* The connection, the producer of billing.alerts and the engine. */

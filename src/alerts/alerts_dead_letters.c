@@ -8,49 +8,19 @@
 #include "tally/kafka.h"
 #include "tally/log.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
-int tally_alerts__mirror_dead(tally_alerts *a, const tally_alerts_item *it,
-			      tally_error *err)
+int tally_alerts__mirror_dead(tally_alerts *a, tally_error *err)
 {
-	const tally_alerts_msg *m = it->msg;
-	char pb[16], ob[24], key[64] = "";
-	const char *params[8];
-	int formats[8] = { 0 }, lengths[8] = { 0 };
-	PGresult *res;
+	size_t i;
 
-	if (m->rkm != NULL && m->rkm->key != NULL && m->rkm->key_len > 0)
-		snprintf(key, sizeof(key), "%.*s",
-			 (int)(m->rkm->key_len < 63 ? m->rkm->key_len : 63),
-			 (const char *)m->rkm->key);
-	snprintf(pb, sizeof(pb), "%d", (int)m->partition);
-	snprintf(ob, sizeof(ob), "%" PRId64, m->offset);
-	params[0] = key[0] ? key : NULL;
-	params[1] = a->group;
-	params[2] = m->topic;
-	params[3] = pb;
-	params[4] = ob;
-	params[5] = it->reason;
-	params[6] = it->detail;
-	params[7] = m->payload;
-	formats[7] = 1; /* the payload as raw bytes */
-	lengths[7] = (int)m->len;
-	/* binary parameter: PQexecParams directly (tally_pg_exec is text) */
-	res = PQexecParams(tally_pg_conn(a->pg),
-		"INSERT INTO dead_letters (tenant_id, consumer_group, topic,"
-		" partition, \"offset\", reason, detail, payload) VALUES ($1,"
-		" $2, $3, $4::int, $5::bigint, $6, $7, $8::bytea)"
-		" ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
-		8, NULL, params, lengths, formats, 0);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-		int rc = tally_pg__classify(tally_pg_conn(a->pg), res, err);
-		PQclear(res);
-		return rc;
-	}
-	PQclear(res);
-	return 0;
+	for (i = 0; i < a->nitems; i++)
+		if (a->items[i].type == IT_DEAD)
+			tally_dead_letters_add_msg(a->dead, a->items[i].msg,
+						   a->items[i].reason,
+						   a->items[i].detail, true);
+	return tally_dead_letters_write(a->dead, a->pg, a->group, err);
 }
 
 int tally_alerts__dlq_send(tally_alerts *a, const tally_alerts_item *it,

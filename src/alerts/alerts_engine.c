@@ -24,6 +24,28 @@ static char *cat2(const char *a, const char *b)
 	return s;
 }
 
+static void register_metrics(tally_alerts *a)
+{
+	const tally_metric_def defs[] = {
+		{ "tally_alerts_totals_total", NULL,
+		  "billing.totals messages evaluated", &a->c_totals },
+		{ "tally_alerts_totals_stale_total", NULL,
+		  "totals ignored: version not newer than one seen",
+		  &a->c_stale },
+		{ "tally_alerts_signals_total", NULL,
+		  "billing.signals messages evaluated", &a->c_signals },
+		{ "tally_alerts_produced_total", NULL,
+		  "alerts produced to billing.alerts", &a->c_produced },
+		{ "tally_alerts_produce_failed_total", NULL,
+		  "alerts whose produce failed (the sweep retries)",
+		  &a->c_produce_failed },
+		{ "tally_alerts_batch_seconds", NULL,
+		  "time to process one batch", .histogram = &a->h_batch },
+	};
+
+	TALLY_METRICS_REGISTER(a->m, defs);
+}
+
 int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 		     const tally_alerts_opts *opts, tally_error *err)
 {
@@ -41,6 +63,7 @@ int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 	a->th = th;
 	a->group = tally_xstrdup(opts->group);
 	a->pos = tally_positions_new(opts->group);
+	a->dead = tally_dead_letters_new();
 	a->totals_topic = tally_xstrdup(opts->totals_topic);
 	a->signals_topic = tally_xstrdup(opts->signals_topic);
 	a->alerts_topic = opts->alerts_topic ?
@@ -48,28 +71,13 @@ int tally_alerts_new(tally_alerts **out, tally_pg *pg,
 	a->totals_dlq = cat2(opts->totals_topic, sfx);
 	a->signals_dlq = cat2(opts->signals_topic, sfx);
 	a->producer = opts->producer;
+	if (a->producer != NULL && a->alerts_topic != NULL)
+		a->outbox = tally_outbox_new(a->producer, a->alerts_topic,
+					     sizeof(alert_ident));
 	a->m = opts->metrics;
 	tally_alert_list_init(&a->list);
-	if (a->m != NULL) {
-		a->c_totals = tally_metrics_counter(a->m,
-			"tally_alerts_totals_total", NULL,
-			"billing.totals messages evaluated");
-		a->c_stale = tally_metrics_counter(a->m,
-			"tally_alerts_totals_stale_total", NULL,
-			"totals ignored: version not newer than one seen");
-		a->c_signals = tally_metrics_counter(a->m,
-			"tally_alerts_signals_total", NULL,
-			"billing.signals messages evaluated");
-		a->c_produced = tally_metrics_counter(a->m,
-			"tally_alerts_produced_total", NULL,
-			"alerts produced to billing.alerts");
-		a->c_produce_failed = tally_metrics_counter(a->m,
-			"tally_alerts_produce_failed_total", NULL,
-			"alerts whose produce failed (the sweep retries)");
-		a->h_batch = tally_metrics_histogram(a->m,
-			"tally_alerts_batch_seconds", NULL,
-			"time to process one batch", NULL, 0);
-	}
+	if (a->m != NULL)
+		register_metrics(a);
 	*out = a;
 	return 0;
 }
@@ -96,6 +104,8 @@ void tally_alerts_free(tally_alerts *a)
 	tally_alerts__clear_batch(a);
 	tally_alert_list_dispose(&a->list);
 	tally_positions_free(a->pos);
+	tally_outbox_free(a->outbox);
+	tally_dead_letters_free(a->dead);
 	free(a->parts);
 	free(a->items);
 	free(a->out);
@@ -146,7 +156,6 @@ void tally_alerts__out_push(tally_alerts *a, const char *tenant,
 	snprintf(o->tenant, sizeof(o->tenant), "%s", tenant);
 	snprintf(o->id, sizeof(o->id), "%s", id);
 	o->json = tally_xstrdup(json);
-	o->status = 0;
 }
 
 /* positions ---------------------------------------------------------- */
@@ -168,17 +177,7 @@ int tally_alerts_reseek(tally_alerts *a, rd_kafka_t *rk,
 			const tally_alerts_msg *msgs, size_t n,
 			tally_error *err)
 {
-	tally_position *b = tally_xcalloc(n ? n : 1, sizeof(*b));
-	size_t i;
-	int rc;
-
-	for (i = 0; i < n; i++) {
-		b[i].topic = msgs[i].topic;
-		b[i].partition = msgs[i].partition;
-	}
-	rc = tally_positions_reseek(a->pos, a->pg, rk, b, n, err);
-	free(b);
-	return rc;
+	return tally_positions_reseek(a->pos, a->pg, rk, msgs, n, err);
 }
 
 static void add_part(tally_alerts *a, const tally_alerts_msg *m)

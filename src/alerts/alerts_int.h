@@ -6,7 +6,9 @@
 #ifndef TALLY_ALERTS_INT_H
 #define TALLY_ALERTS_INT_H
 
+#include "io/outbox.h"
 #include "tally/alerts.h"
+#include "tally/dead_letters.h"
 #include "tally/positions.h"
 
 /* An alert as published: the billing.alerts value and the webhook body. */
@@ -34,14 +36,21 @@ typedef struct tally_alerts_outrow {
 	char tenant[37];
 	char id[37];
 	char *json;
-	int status; /* 0 pending, 1 delivered, -1 failed */
 } tally_alerts_outrow;
+
+/* An alert's identity in the outbox: its primary key as text. */
+typedef struct alert_ident {
+	char tenant[36];
+	char id[36];
+} alert_ident;
 
 struct tally_alerts {
 	tally_pg *pg;
 	char *group, *totals_topic, *signals_topic, *alerts_topic;
 	char *totals_dlq, *signals_dlq;
 	rd_kafka_t *producer;
+	tally_outbox *outbox;      /* billing.alerts; NULL: PG only */
+	tally_dead_letters *dead;  /* the batch's dead_letters rows */
 	tally_metrics *m;
 	tally_alert_thresholds th;
 	tally_positions *pos;
@@ -79,7 +88,7 @@ int tally_alerts__produce_rows(tally_alerts *a, size_t *produced,
 /* dead letters (alerts_dead_letters.c) */
 int tally_alerts__dlq_send(tally_alerts *a, const tally_alerts_item *it,
 			   tally_error *err);
-int tally_alerts__mirror_dead(tally_alerts *a, const tally_alerts_item *it,
-			      tally_error *err);
+/* The batch's dead letters into dead_letters (in its transaction). */
+int tally_alerts__mirror_dead(tally_alerts *a, tally_error *err);
 
 #endif /* TALLY_ALERTS_INT_H */

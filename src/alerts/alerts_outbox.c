@@ -1,26 +1,26 @@
 /*
- * alerts_outbox.c - publishing of committed alerts to billing.alerts: the
- * rows a batch inserted, and the sweep of rows whose produce never
- * completed (produced_at NULL). A row is marked produced_at only after its
- * delivery report.
+ * alerts_outbox.c - publishing of committed alerts to billing.alerts
+ * through the shared outbox (io/outbox.h): the rows a batch inserted, and
+ * the sweep of rows whose produce never completed (produced_at NULL). A
+ * row is marked produced_at only after its delivery report.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "alerts/alerts_int.h"
+#include "base/strbuf.h"
 #include "tally/log.h"
 
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
+
+/* How long a round waits for its delivery reports. */
+#define PRODUCE_WAIT_MS 30000
 
 static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-	int *status = m->_private;
-
 	(void)rk;
 	(void)opaque;
-	if (status != NULL)
-		*status = m->err == RD_KAFKA_RESP_ERR_NO_ERROR ? 1 : -1;
+	(void)tally_outbox_report(m);
 }
 
 void tally_alerts_producer_conf(rd_kafka_conf_t *conf)
@@ -28,88 +28,87 @@ void tally_alerts_producer_conf(rd_kafka_conf_t *conf)
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
 }
 
-static size_t pending_after_wait(const tally_alerts *a)
+/* Mark the acknowledged rows (identities: alert_ident) produced_at. */
+static int mark_produced(tally_alerts *a, const alert_ident *acks, size_t n,
+			 tally_error *err)
 {
-	size_t k, pending = 0;
+	tally_strbuf tids = TALLY_STRBUF_INIT, ids = TALLY_STRBUF_INIT;
+	const char *params[2];
+	size_t i;
+	int rc;
 
-	for (k = 0; k < a->nout; k++)
-		pending += a->out[k].status == 0;
-	return pending;
+	tally_strbuf_puts(&tids, "{");
+	tally_strbuf_puts(&ids, "{");
+	for (i = 0; i < n; i++) {
+		if (i > 0) {
+			tally_strbuf_puts(&tids, ",");
+			tally_strbuf_puts(&ids, ",");
+		}
+		tally_strbuf_add(&tids, acks[i].tenant, 36);
+		tally_strbuf_add(&ids, acks[i].id, 36);
+	}
+	tally_strbuf_puts(&tids, "}");
+	tally_strbuf_puts(&ids, "}");
+	params[0] = tids.p;
+	params[1] = ids.p;
+	rc = tally_pg_exec(a->pg, NULL,
+		"UPDATE alerts a SET produced_at = now() FROM"
+		" unnest($1::uuid[], $2::uuid[]) x(t, i)"
+		" WHERE a.tenant_id = x.t AND a.id = x.i",
+		2, params, err);
+	tally_strbuf_free(&tids);
+	tally_strbuf_free(&ids);
+	return rc;
 }
 
 /* Produce the rows in a->out; mark the delivered ones produced_at. */
 int tally_alerts__produce_rows(tally_alerts *a, size_t *produced,
 			       tally_error *err)
 {
-	size_t i, ok = 0, pi, pt, cap;
-	char *ids = NULL, *tids = NULL;
+	const alert_ident *acks;
+	size_t i, ok = 0;
 	int rc = 0;
 
 	*produced = 0;
-	if (a->producer == NULL || a->alerts_topic == NULL || a->nout == 0)
+	if (a->outbox == NULL || a->nout == 0)
 		return 0;
 	for (i = 0; i < a->nout; i++) {
 		tally_alerts_outrow *o = &a->out[i];
-		rd_kafka_resp_err_t e = rd_kafka_producev(
-			a->producer, RD_KAFKA_V_TOPIC(a->alerts_topic),
-			RD_KAFKA_V_KEY(o->tenant, 36),
-			RD_KAFKA_V_VALUE(o->json, strlen(o->json)),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-			RD_KAFKA_V_OPAQUE(&o->status), RD_KAFKA_V_END);
-		if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
-			o->status = -1;
+		tally_outbox_msg m = { 0 };
+		alert_ident id;
+		tally_error perr;
+		int prc;
+
+		memcpy(id.tenant, o->tenant, 36);
+		memcpy(id.id, o->id, 36);
+		m.key = o->tenant;
+		m.key_len = 36;
+		m.value = o->json;
+		m.len = strlen(o->json);
+		m.ident = &id;
+		/* refused: counted as failed below; the sweep retries it */
+		prc = tally_outbox_produce(a->outbox, &m, &perr);
+		(void)prc;
 	}
-	/* every opaque points into a->out: wait until each is reported */
-	for (i = 0; i < 30 && pending_after_wait(a) > 0; i++)
-		rd_kafka_flush(a->producer, 1000);
-	if (pending_after_wait(a) > 0) {
+	if (tally_outbox_wait(a->outbox, PRODUCE_WAIT_MS) > 0) {
 		/*
-		 * Still unreported after 30 s: purge them so no delivery
-		 * report can arrive after a->out is reused; the sweep
-		 * produces them again later.
+		 * Still unreported: purge them so that every report is in
+		 * before the round ends (a row in flight would be produced
+		 * twice by the sweep); the sweep produces them again later.
 		 */
 		rd_kafka_purge(a->producer, RD_KAFKA_PURGE_F_QUEUE |
 					    RD_KAFKA_PURGE_F_INFLIGHT);
-		while (pending_after_wait(a) > 0)
+		while (tally_outbox_inflight(a->outbox) > 0)
 			rd_kafka_poll(a->producer, 100);
 	}
-	cap = a->nout * 37 + 3;
-	ids = tally_xmalloc(cap);
-	tids = tally_xmalloc(cap);
-	pi = pt = 0;
-	ids[pi++] = '{';
-	tids[pt++] = '{';
-	for (i = 0; i < a->nout; i++) {
-		if (a->out[i].status != 1)
-			continue;
-		if (ok > 0) {
-			ids[pi++] = ',';
-			tids[pt++] = ',';
-		}
-		memcpy(ids + pi, a->out[i].id, 36);
-		memcpy(tids + pt, a->out[i].tenant, 36);
-		pi += 36;
-		pt += 36;
-		ok++;
-	}
-	ids[pi++] = '}';
-	tids[pt++] = '}';
-	ids[pi] = '\0';
-	tids[pt] = '\0';
+	acks = tally_outbox_acked(a->outbox, &ok);
 	tally_alerts__cadd(a->c_produced, ok);
 	tally_alerts__cadd(a->c_produce_failed, a->nout - ok);
-	if (ok > 0) {
-		const char *params[2] = { tids, ids };
-
-		rc = tally_pg_exec(a->pg, NULL,
-			"UPDATE alerts a SET produced_at = now() FROM"
-			" unnest($1::uuid[], $2::uuid[]) x(t, i)"
-			" WHERE a.tenant_id = x.t AND a.id = x.i",
-			2, params, err);
-	}
+	if (ok > 0)
+		rc = mark_produced(a, acks, ok, err);
+	/* a failed mark leaves the rows to the sweep */
+	tally_outbox_forget(a->outbox, ok);
 	*produced = ok;
-	free(ids);
-	free(tids);
 	return rc;
 }
 
@@ -124,7 +123,7 @@ int tally_alerts_sweep(tally_alerts *a, int64_t min_age_ms, int *n,
 
 	if (n != NULL)
 		*n = 0;
-	if (a->producer == NULL || a->alerts_topic == NULL)
+	if (a->outbox == NULL)
 		return 0;
 	tally_alerts__clear_batch(a);
 	snprintf(age, sizeof(age), "%" PRId64, min_age_ms);

@@ -179,12 +179,13 @@ int tally_alerts__batch_txn(tally_pg *pg, void *payload, tally_error *err)
 		} else if (it->type == IT_SIGNAL) {
 			tally_alerts_eval_signal(&a->list, &it->signal);
 		} else {
-			rc = tally_alerts__mirror_dead(a, it, err);
-			continue;
+			continue; /* dead letters: mirrored below */
 		}
 		for (j = 0; j < a->list.n && rc == 0; j++)
 			rc = insert_alert(a, &a->list.v[j], err);
 	}
 	tally_alert_list_clear(&a->list);
+	if (rc == 0)
+		rc = tally_alerts__mirror_dead(a, err);
 	return rc;
 }

@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/dead_letters.h"
 #include "base/strbuf.h"
+#include "tally/consumer_loop.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -108,6 +109,23 @@ void tally_dead_letters_add(tally_dead_letters *d, const tally_dead_letter *dl)
 	tally_strbuf_pg_array_elem(&d->col[C_TENANT], tenant, strlen(tenant));
 	payload_elem(&d->col[C_PAYLOAD], dl);
 	d->n++;
+}
+
+void tally_dead_letters_add_msg(tally_dead_letters *d,
+				const struct tally_kafka_msg *m,
+				const char *reason, const char *detail,
+				bool keep_payload)
+{
+	tally_dead_letter dl = { 0 };
+
+	dl.topic = m->topic;
+	dl.partition = m->partition;
+	dl.offset = m->offset;
+	dl.reason = reason;
+	dl.detail = detail;
+	dl.rkm = m->rkm;
+	dl.keep_payload = keep_payload;
+	tally_dead_letters_add(d, &dl);
 }
 
 int tally_dead_letters_write(tally_dead_letters *d, tally_pg *pg,

@@ -11,10 +11,12 @@
 
 #define PENDING_MAGIC 0x6f757462U /* "outb" */
 
-/* A tracked message's opaque: freed by its delivery report. */
+/* A tracked message's opaque: on its owner's in-flight list until its
+ * delivery report frees it (or the owner is freed). */
 typedef struct pending {
 	uint32_t magic;
 	tally_outbox *owner;
+	struct pending *prev, *next;
 	unsigned char ident[]; /* owner->ident_len bytes */
 } pending;
 
@@ -23,8 +25,11 @@ struct tally_outbox {
 	char *topic;
 	size_t ident_len;
 	size_t inflight, failed;
+	pending *flying;       /* the tracked messages in flight */
 	unsigned char *acked;  /* nacked identities, oldest first */
 	size_t nacked, capacked;
+	tally_outbox_failed_fn on_failed;
+	void *on_failed_ctx;
 };
 
 tally_outbox *tally_outbox_new(rd_kafka_t *producer, const char *topic,
@@ -42,9 +47,23 @@ void tally_outbox_free(tally_outbox *o)
 {
 	if (o == NULL)
 		return;
+	while (o->flying != NULL) {
+		pending *p = o->flying;
+
+		o->flying = p->next;
+		p->magic = 0;
+		free(p);
+	}
 	free(o->topic);
 	free(o->acked);
 	free(o);
+}
+
+void tally_outbox_on_failure(tally_outbox *o, tally_outbox_failed_fn fn,
+			     void *ctx)
+{
+	o->on_failed = fn;
+	o->on_failed_ctx = ctx;
 }
 
 /* The message's headers (NULL: none); the producer owns them once sent. */
@@ -90,8 +109,14 @@ int tally_outbox_produce(tally_outbox *o, const tally_outbox_msg *m,
 		return tally_error_set(err, TALLY_ETRANSIENT, "%s: produce: %s",
 				       o->topic, rd_kafka_err2str(e));
 	}
-	if (p != NULL)
+	if (p != NULL) {
+		p->prev = NULL;
+		p->next = o->flying;
+		if (o->flying != NULL)
+			o->flying->prev = p;
+		o->flying = p;
 		o->inflight++;
+	}
 	return 0;
 }
 
@@ -103,8 +128,16 @@ bool tally_outbox_delivered(tally_outbox *o, const rd_kafka_message_t *rkm)
 		return false;
 	if (o->inflight > 0)
 		o->inflight--;
+	if (p->prev != NULL)
+		p->prev->next = p->next;
+	else
+		o->flying = p->next;
+	if (p->next != NULL)
+		p->next->prev = p->prev;
 	if (rkm->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
 		o->failed++;
+		if (o->on_failed != NULL)
+			o->on_failed(p->ident, rkm->err, o->on_failed_ctx);
 	} else {
 		if (o->nacked == o->capacked) {
 			o->capacked = o->capacked ? o->capacked * 2 : 64;
@@ -120,9 +153,28 @@ bool tally_outbox_delivered(tally_outbox *o, const rd_kafka_message_t *rkm)
 	return true;
 }
 
+bool tally_outbox_report(const rd_kafka_message_t *rkm)
+{
+	const pending *p = rkm->_private;
+
+	if (p == NULL || p->magic != PENDING_MAGIC)
+		return false;
+	return tally_outbox_delivered(p->owner, rkm);
+}
+
 size_t tally_outbox_inflight(const tally_outbox *o)
 {
 	return o->inflight;
+}
+
+void tally_outbox_each_inflight(const tally_outbox *o,
+				void (*fn)(const void *ident, void *ctx),
+				void *ctx)
+{
+	const pending *p;
+
+	for (p = o->flying; p != NULL; p = p->next)
+		fn(p->ident, ctx);
 }
 
 size_t tally_outbox_failed(const tally_outbox *o)

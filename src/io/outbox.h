@@ -11,11 +11,13 @@
  * acknowledged identities until the caller has marked them.
  *
  * Use: tally_outbox_produce() per row after the commit;
- * tally_outbox_delivered() from the producer's dr_msg_cb (rd_kafka_poll on
- * the thread that owns the outbox); tally_outbox_acked() -> UPDATE ... in
- * a transaction -> after its commit tally_outbox_forget(); sweep only when
- * tally_outbox_inflight() is 0 (a row in flight would be sent twice).
- * Synchronous publishers wait with tally_outbox_wait(). Not thread-safe.
+ * tally_outbox_delivered() (or tally_outbox_report(), when the callback
+ * does not know the outbox) from the producer's dr_msg_cb (rd_kafka_poll
+ * on the thread that owns the outbox); tally_outbox_acked() -> UPDATE ...
+ * in a transaction -> after its commit tally_outbox_forget(); sweep only
+ * when tally_outbox_inflight() is 0 (a row in flight would be sent twice),
+ * or leave out the rows tally_outbox_each_inflight() names. Synchronous
+ * publishers wait with tally_outbox_wait(). Not thread-safe.
  */
 #ifndef TALLY_IO_OUTBOX_H
 #define TALLY_IO_OUTBOX_H
@@ -49,8 +51,23 @@ typedef struct tally_outbox_msg {
 tally_outbox *tally_outbox_new(rd_kafka_t *producer, const char *topic,
 			       size_t ident_len);
 
-/** NULL is a no-op. Messages still in flight are no longer tracked. */
+/**
+ * NULL is a no-op. Messages still in flight are forgotten (their rows stay
+ * unmarked): free it after the producer is destroyed, or when no report
+ * of its messages can be served any more.
+ */
 void tally_outbox_free(tally_outbox *o);
+
+/**
+ * Called from the delivery report of a tracked message that failed, with
+ * its row identity (e.g. to log which row stays unmarked).
+ */
+typedef void (*tally_outbox_failed_fn)(const void *ident,
+				       rd_kafka_resp_err_t err, void *ctx);
+
+/** Set (or, fn NULL, clear) the failure callback. */
+void tally_outbox_on_failure(tally_outbox *o, tally_outbox_failed_fn fn,
+			     void *ctx);
 
 /**
  * Produce m. @return 0, or TALLY_ETRANSIENT when the producer refused it
@@ -65,8 +82,19 @@ int tally_outbox_produce(tally_outbox *o, const tally_outbox_msg *m,
  */
 bool tally_outbox_delivered(tally_outbox *o, const rd_kafka_message_t *rkm);
 
+/**
+ * A delivery report for whichever outbox tracked rkm (for a dr_msg_cb
+ * that does not know the outbox): as tally_outbox_delivered() on it.
+ */
+bool tally_outbox_report(const rd_kafka_message_t *rkm);
+
 /** Tracked messages produced and not reported yet. */
 size_t tally_outbox_inflight(const tally_outbox *o);
+
+/** Call fn with the identity of each tracked message in flight. */
+void tally_outbox_each_inflight(const tally_outbox *o,
+				void (*fn)(const void *ident, void *ctx),
+				void *ctx);
 
 /** Tracked messages whose delivery failed, since the outbox was made. */
 size_t tally_outbox_failed(const tally_outbox *o);

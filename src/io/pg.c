@@ -240,6 +240,24 @@ int tally_pg_exec_bin(tally_pg *pg, PGresult **out, const char *sql,
 	return 0;
 }
 
+/* sql by the simple query protocol: its (last) result must be want */
+static int exec_simple(tally_pg *pg, const char *sql, ExecStatusType want,
+		       tally_error *err)
+{
+	PGresult *res = PQexec(pg->conn, sql);
+	int rc = 0;
+
+	if (res == NULL || PQresultStatus(res) != want)
+		rc = tally_pg__classify(pg->conn, res, err);
+	PQclear(res);
+	return rc;
+}
+
+int tally_pg_exec_script(tally_pg *pg, const char *sql, tally_error *err)
+{
+	return exec_simple(pg, sql, PGRES_COMMAND_OK, err);
+}
+
 static int simple(tally_pg *pg, const char *sql, tally_error *err)
 {
 	return tally_pg_exec(pg, NULL, sql, 0, NULL, err);
@@ -291,13 +309,7 @@ int tally_pg_txn(tally_pg *pg, tally_pg_txn_fn fn, void *payload,
 int tally_pg_copy_begin(tally_pg *pg, const char *copy_sql,
 			tally_error *err)
 {
-	PGresult *res = PQexec(pg->conn, copy_sql);
-	int rc = 0;
-
-	if (res == NULL || PQresultStatus(res) != PGRES_COPY_IN)
-		rc = tally_pg__classify(pg->conn, res, err);
-	PQclear(res);
-	return rc;
+	return exec_simple(pg, copy_sql, PGRES_COPY_IN, err);
 }
 
 int tally_pg_copy_put(tally_pg *pg, const char *data, size_t len,

@@ -6,6 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/positions.h"
+#include "tally/consumer_loop.h"
 #include "tally/log.h"
 
 #include <inttypes.h>
@@ -284,7 +285,7 @@ void tally_positions_committed(tally_positions *ps,
 }
 
 int tally_positions_reseek(tally_positions *ps, tally_pg *pg, rd_kafka_t *rk,
-			   const tally_position *batch, size_t n,
+			   const struct tally_kafka_msg *msgs, size_t n,
 			   tally_error *err)
 {
 	rd_kafka_topic_partition_list_t *l =
@@ -293,10 +294,10 @@ int tally_positions_reseek(tally_positions *ps, tally_pg *pg, rd_kafka_t *rk,
 	int k, rc = 0;
 
 	for (i = 0; i < n; i++)
-		if (rd_kafka_topic_partition_list_find(l, batch[i].topic,
-						       batch[i].partition) == NULL)
-			rd_kafka_topic_partition_list_add(l, batch[i].topic,
-							  batch[i].partition);
+		if (rd_kafka_topic_partition_list_find(l, msgs[i].topic,
+						       msgs[i].partition) == NULL)
+			rd_kafka_topic_partition_list_add(l, msgs[i].topic,
+							  msgs[i].partition);
 	for (k = 0; k < l->cnt && rc == 0; k++) {
 		rd_kafka_topic_partition_t *tp = &l->elems[k];
 		int64_t off = -1;

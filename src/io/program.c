@@ -125,3 +125,53 @@ void tally_program_bound_heap(size_t mmap_threshold)
 	(void)mmap_threshold;
 #endif
 }
+
+/* log the event "<name>.<what>" with the error */
+static void log_consumer(tally_log_level level, const char *name,
+			 const char *what, const tally_error *err)
+{
+	char ev[64];
+
+	snprintf(ev, sizeof(ev), "%s.%s", name, what);
+	tally_log(level, ev, TALLY_KV_STR("error", err->msg));
+}
+
+int tally_program_run_consumer(const tally_program_opts *o,
+			       const tally_consumer_vtable *vt, int argc,
+			       char **argv)
+{
+	tally_config *cfg = NULL;
+	tally_metrics *m = NULL;
+	tally_metrics_server *srv = NULL;
+	void *c = NULL;
+	tally_error err;
+	int rc = EXIT_FAILURE;
+
+	if (tally_program_start(&cfg, o, argc, argv, &rc) != 0)
+		return rc;
+	rc = EXIT_FAILURE;
+	tally_error_clear(&err);
+	m = tally_metrics_new();
+	if (vt->create(&c, cfg, m, &err) != 0) {
+		log_consumer(TALLY_FATAL, vt->name, "start_failed", &err);
+		goto cleanup;
+	}
+	if (tally_metrics_serve(&srv, m, tally_config_str(cfg, o->listen_key),
+				vt->health, vt->health, c, &err) != 0)
+		/* a second instance on the same host: run without /metrics */
+		tally_log(TALLY_WARN, "metrics.serve_failed",
+			  TALLY_KV_STR("error", err.msg));
+	if (vt->run(c, &err) != 0) {
+		log_consumer(TALLY_FATAL, vt->name, "fatal", &err);
+		goto cleanup;
+	}
+	if (vt->stopped != NULL)
+		tally_log(TALLY_INFO, vt->stopped);
+	rc = EXIT_SUCCESS;
+cleanup:
+	tally_metrics_server_free(srv);
+	vt->destroy(c);
+	tally_metrics_free(m);
+	tally_config_free(cfg);
+	return rc;
+}

@@ -28,6 +28,7 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	agg->pg = pg;
 	agg->group = tally_xstrdup(opts->group);
 	agg->pos = tally_positions_new(opts->group);
+	agg->dead = tally_dead_letters_new();
 	agg->dlq_topic = tally_xstrdup(opts->dlq_topic ? opts->dlq_topic : "");
 	agg->totals_topic =
 		opts->totals_topic ? tally_xstrdup(opts->totals_topic) : NULL;

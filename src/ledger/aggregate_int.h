@@ -325,8 +325,6 @@ int agg_copy_rows(tally_agg *agg, enum copy_kind kind, size_t *rows,
 		  PGresult **res, tally_error *err);
 int agg_copy_all(tally_agg *agg, enum copy_kind kind, size_t *rows,
 		 tally_error *err);
-int agg_simple_exec(tally_pg *pg, PGresult **out, const char *sql,
-		    ExecStatusType want, tally_error *err);
 
 /* deltas.c */
 void agg_accumulate(tally_agg *agg);

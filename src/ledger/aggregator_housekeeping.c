@@ -122,39 +122,35 @@ void aggr_outbox_all(tally_aggregator *a, bool republish)
 
 void aggr_register_metrics(tally_aggregator *a)
 {
+	const tally_metric_def defs[] = {
+		{ "tally_aggregate_events_total", "outcome=\"accepted\"",
+		  "Rated events by outcome", &a->c_accepted },
+		{ "tally_aggregate_events_total", "outcome=\"duplicate\"", NULL,
+		  &a->c_dup },
+		{ "tally_aggregate_events_total", "outcome=\"dead_letter\"",
+		  NULL, &a->c_dlq },
+		{ "tally_aggregate_adjustments_total", NULL,
+		  "Accepted events that went to a closed period", &a->c_adj },
+		TALLY_LOOP_METRIC_DEFS("aggregate", &a->c_batches,
+				       &a->c_fenced, &a->c_retries),
+		{ "tally_aggregate_offset_gaps_total", NULL,
+		  "Partitions resumed at the log start after retention"
+		  " deleted unread offsets (recorded in consumer_offset_gaps)",
+		  &a->c_gaps },
+		{ "tally_aggregate_dedupe_fallbacks_total", NULL,
+		  "Batches whose plain dedupe insert met a key already in"
+		  " PostgreSQL and were deduplicated with ON CONFLICT instead",
+		  &a->c_fallbacks },
+		{ "tally_aggregate_batch_seconds", NULL,
+		  "Time to process and commit one batch",
+		  .histogram = &a->h_batch },
+	};
+
 	if (a->m == NULL) {
 		a->m = tally_metrics_new();
 		a->own_m = true;
 	}
-	a->c_accepted = tally_metrics_counter(a->m,
-		"tally_aggregate_events_total", "outcome=\"accepted\"",
-		"Rated events by outcome");
-	a->c_dup = tally_metrics_counter(a->m, "tally_aggregate_events_total",
-		"outcome=\"duplicate\"", NULL);
-	a->c_dlq = tally_metrics_counter(a->m, "tally_aggregate_events_total",
-		"outcome=\"dead_letter\"", NULL);
-	a->c_adj = tally_metrics_counter(a->m,
-		"tally_aggregate_adjustments_total", NULL,
-		"Accepted events that went to a closed period");
-	a->c_batches = tally_metrics_counter(a->m,
-		"tally_aggregate_batches_total", NULL, "Committed batches");
-	a->c_fenced = tally_metrics_counter(a->m,
-		"tally_aggregate_fenced_total", NULL,
-		"Batches refused by the consumer_offsets fence");
-	a->c_retries = tally_metrics_counter(a->m,
-		"tally_aggregate_retries_total", NULL,
-		"Batch attempts that failed and were retried");
-	a->c_gaps = tally_metrics_counter(a->m,
-		"tally_aggregate_offset_gaps_total", NULL,
-		"Partitions resumed at the log start after retention deleted"
-		" unread offsets (recorded in consumer_offset_gaps)");
-	a->c_fallbacks = tally_metrics_counter(a->m,
-		"tally_aggregate_dedupe_fallbacks_total", NULL,
-		"Batches whose plain dedupe insert met a key already in"
-		" PostgreSQL and were deduplicated with ON CONFLICT instead");
-	a->h_batch = tally_metrics_histogram(a->m,
-		"tally_aggregate_batch_seconds", NULL,
-		"Time to process and commit one batch", NULL, 0);
+	TALLY_METRICS_REGISTER(a->m, defs);
 }
 
 /*

@@ -166,7 +166,7 @@ static int ensure_stage(tally_agg *agg, tally_error *err)
 	 * (stage_pending, confirmed in tally_agg_process).
 	 */
 	agg->stage_pending = true;
-	return agg_simple_exec(agg->pg, NULL, STAGING_SQL, PGRES_COMMAND_OK, err);
+	return tally_pg_exec_script(agg->pg, STAGING_SQL, err);
 }
 
 /*
@@ -246,20 +246,3 @@ int agg_copy_all(tally_agg *agg, enum copy_kind kind, size_t *rows,
 	return rc;
 }
 
-int agg_simple_exec(tally_pg *pg, PGresult **out, const char *sql,
-		       ExecStatusType want, tally_error *err)
-{
-	PGresult *res = PQexec(tally_pg_conn(pg), sql);
-
-	if (res == NULL || PQresultStatus(res) != want) {
-		int rc = tally_pg__classify(tally_pg_conn(pg), res, err);
-
-		PQclear(res);
-		return rc;
-	}
-	if (out != NULL)
-		*out = res;
-	else
-		PQclear(res);
-	return 0;
-}

@@ -63,21 +63,10 @@ int agg_mirror_dead_letters(tally_agg *agg, tally_error *err)
 {
 	size_t i;
 
-	if (agg->dead == NULL)
-		agg->dead = tally_dead_letters_new();
-	for (i = 0; i < agg->n; i++) {
-		const tally_agg_msg *m = &agg->msgs[i];
-		tally_dead_letter dl = { 0 };
-
-		if (agg->items[i].status != ST_DLQ)
-			continue;
-		dl.topic = m->topic;
-		dl.partition = m->partition;
-		dl.offset = m->offset;
-		dl.reason = agg->items[i].reason;
-		dl.detail = agg_item_detail(agg, &agg->items[i]);
-		dl.rkm = m->rkm;
-		tally_dead_letters_add(agg->dead, &dl);
-	}
+	for (i = 0; i < agg->n; i++)
+		if (agg->items[i].status == ST_DLQ)
+			tally_dead_letters_add_msg(agg->dead, &agg->msgs[i],
+				agg->items[i].reason,
+				agg_item_detail(agg, &agg->items[i]), false);
 	return tally_dead_letters_write(agg->dead, agg->pg, agg->group, err);
 }

@@ -87,8 +87,7 @@ static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 	int rc;
 
 	*done = false;
-	rc = agg_simple_exec(agg->pg, NULL, "SAVEPOINT agg_dedupe",
-			 PGRES_COMMAND_OK, err);
+	rc = tally_pg_exec_script(agg->pg, "SAVEPOINT agg_dedupe", err);
 	if (rc == 0)
 		rc = agg_copy_rows(agg, COPY_DEDUPE, &rows, &res, err);
 	if (rc != 0)
@@ -118,8 +117,8 @@ static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 	agg->dedupe_slow = 1 << (agg->dedupe_streak < 6 ? agg->dedupe_streak : 6);
 	agg->dedupe_streak++;
 	agg->st.dedupe_fallbacks++;
-	return agg_simple_exec(agg->pg, NULL, "ROLLBACK TO SAVEPOINT agg_dedupe",
-			   PGRES_COMMAND_OK, err);
+	return tally_pg_exec_script(agg->pg, "ROLLBACK TO SAVEPOINT agg_dedupe",
+				    err);
 }
 
 static int dedupe(tally_agg *agg, size_t rows, tally_error *err)

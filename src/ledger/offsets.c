@@ -26,17 +26,7 @@ void tally_agg_revoke(tally_agg *agg,
 int tally_agg_reseek(tally_agg *agg, rd_kafka_t *rk,
 		     const tally_agg_msg *msgs, size_t n, tally_error *err)
 {
-	tally_position *b = tally_xcalloc(n ? n : 1, sizeof(*b));
-	size_t i;
-	int rc;
-
-	for (i = 0; i < n; i++) {
-		b[i].topic = msgs[i].topic;
-		b[i].partition = msgs[i].partition;
-	}
-	rc = tally_positions_reseek(agg->pos, agg->pg, rk, b, n, err);
-	free(b);
-	return rc;
+	return tally_positions_reseek(agg->pos, agg->pg, rk, msgs, n, err);
 }
 
 /* The batch's partitions as the positions module takes them. */

@@ -30,26 +30,25 @@ void tally_rater__read_opts(tally_rater *r)
 
 static void register_metrics(tally_rater *r)
 {
-	if (r->m == NULL)
-		return;
-	r->c_rated = tally_metrics_counter(
-	    r->m, "tally_rate_events_total", "outcome=\"rated\"",
-	    "Usage events handled by tally-rate");
-	r->c_unpriced = tally_metrics_counter(r->m, "tally_rate_events_total",
-					      "outcome=\"unpriced\"", NULL);
-	r->c_dlq = tally_metrics_counter(r->m, "tally_rate_events_total",
-					 "outcome=\"dead_letter\"", NULL);
-	r->c_batches = tally_metrics_counter(r->m, "tally_rate_batches_total",
-					     NULL,
-					     "Committed Kafka transactions");
-	r->c_aborts = tally_metrics_counter(r->m, "tally_rate_aborts_total",
-					    NULL,
-					    "Aborted Kafka transactions");
-	r->c_reloads = tally_metrics_counter(r->m,
-					     "tally_rate_price_reloads_total",
-					     NULL, "Price book loads");
-	r->g_version = tally_metrics_gauge(r->m, "tally_rate_price_version",
-					   NULL, "Loaded price book version");
+	const tally_metric_def defs[] = {
+		{ "tally_rate_events_total", "outcome=\"rated\"",
+		  "Usage events handled by tally-rate", &r->c_rated },
+		{ "tally_rate_events_total", "outcome=\"unpriced\"", NULL,
+		  &r->c_unpriced },
+		{ "tally_rate_events_total", "outcome=\"dead_letter\"", NULL,
+		  &r->c_dlq },
+		{ "tally_rate_batches_total", NULL,
+		  "Committed Kafka transactions", &r->c_batches },
+		{ "tally_rate_aborts_total", NULL, "Aborted Kafka transactions",
+		  &r->c_aborts },
+		{ "tally_rate_price_reloads_total", NULL, "Price book loads",
+		  &r->c_reloads },
+		{ "tally_rate_price_version", NULL, "Loaded price book version",
+		  .gauge = &r->g_version },
+	};
+
+	if (r->m != NULL)
+		TALLY_METRICS_REGISTER(r->m, defs);
 }
 
 /* the transactional producer, its transactions initialised */

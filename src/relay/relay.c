@@ -55,6 +55,24 @@ const struct tally_relay__answer tally_relay__outcomes[O__COUNT] = {
 
 static void register_metrics(tally_relay *r)
 {
+	const tally_metric_def defs[] = {
+		{ "tally_relay_delivered_total", NULL,
+		  "Events acknowledged by Kafka (each is one record on the "
+		  "topic; a client that left before its 200 still counts).",
+		  &r->delivered },
+		{ "tally_relay_delivery_failed_total", NULL,
+		  "Events Kafka could not take in time (answered 503).",
+		  &r->delivery_failed },
+		{ "tally_relay_produce_seconds", NULL,
+		  "Time from produce to Kafka delivery report (acks=all).",
+		  .histogram = &r->produce_lat },
+		{ "tally_relay_request_seconds", NULL,
+		  "Time from request headers to a 200 answer.",
+		  .histogram = &r->request_lat },
+		{ "tally_relay_inflight", NULL,
+		  "Verified events waiting for their delivery report.",
+		  .gauge = &r->inflight },
+	};
 	char labels[96];
 	int i;
 
@@ -67,23 +85,7 @@ static void register_metrics(tally_relay *r)
 			r->m, "tally_relay_requests_total", labels,
 			"Webhook requests answered, by HTTP status and reason.");
 	}
-	r->delivered = tally_metrics_counter(
-		r->m, "tally_relay_delivered_total", NULL,
-		"Events acknowledged by Kafka (each is one record on the "
-		"topic; a client that left before its 200 still counts).");
-	r->delivery_failed = tally_metrics_counter(
-		r->m, "tally_relay_delivery_failed_total", NULL,
-		"Events Kafka could not take in time (answered 503).");
-	r->produce_lat = tally_metrics_histogram(
-		r->m, "tally_relay_produce_seconds", NULL,
-		"Time from produce to Kafka delivery report (acks=all).",
-		NULL, 0);
-	r->request_lat = tally_metrics_histogram(
-		r->m, "tally_relay_request_seconds", NULL,
-		"Time from request headers to a 200 answer.", NULL, 0);
-	r->inflight = tally_metrics_gauge(
-		r->m, "tally_relay_inflight",
-		NULL, "Verified events waiting for their delivery report.");
+	TALLY_METRICS_REGISTER(r->m, defs);
 }
 
 /* The relay's settings from cfg, its locks and metrics. */

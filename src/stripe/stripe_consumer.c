@@ -291,20 +291,22 @@ static int kafka_clients(tally_stripe_consumer *a, tally_error *err)
 
 static void counters(tally_stripe_consumer *a, tally_metrics *m)
 {
-	a->c_cmd = tally_metrics_counter(m, "tally_stripe_commands_total",
-					 NULL, "commands handled");
-	a->c_evt = tally_metrics_counter(m, "tally_stripe_events_total",
-					 NULL, "Stripe events handled");
-	a->c_dup = tally_metrics_counter(m, "tally_stripe_duplicates_total",
-					 NULL,
-					 "commands and events already done");
-	a->c_dlq = tally_metrics_counter(m, "tally_stripe_dead_letters_total",
-					 NULL, "dead letters");
-	a->c_sig = tally_metrics_counter(m, "tally_stripe_signals_total",
-					 NULL, "signals published");
-	a->c_meter = tally_metrics_counter(m,
-					   "tally_stripe_meter_events_total",
-					   NULL, "meter events sent to Stripe");
+	const tally_metric_def defs[] = {
+		{ "tally_stripe_commands_total", NULL, "commands handled",
+		  &a->c_cmd },
+		{ "tally_stripe_events_total", NULL, "Stripe events handled",
+		  &a->c_evt },
+		{ "tally_stripe_duplicates_total", NULL,
+		  "commands and events already done", &a->c_dup },
+		{ "tally_stripe_dead_letters_total", NULL, "dead letters",
+		  &a->c_dlq },
+		{ "tally_stripe_signals_total", NULL, "signals published",
+		  &a->c_sig },
+		{ "tally_stripe_meter_events_total", NULL,
+		  "meter events sent to Stripe", &a->c_meter },
+	};
+
+	TALLY_METRICS_REGISTER(m, defs);
 }
 
 int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
@@ -335,6 +337,8 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 	if (rc != 0)
 		goto fail;
 	*out = a;
+	tally_log(TALLY_INFO, "stripe.start",
+		  TALLY_KV_STR("group", tally_config_str(cfg, "stripe.group")));
 	return 0;
 fail:
 	tally_stripe_consumer_free(a);

@@ -25,6 +25,7 @@
  * updated < deleted).
  */
 #define _POSIX_C_SOURCE 200809L
+#include "io/outbox.h"
 #include "stripe/sync_int.h"
 #include "tally/log.h"
 
@@ -176,12 +177,8 @@ void tally_stripe_sync_free(tally_stripe_sync *ss)
 	if (ss == NULL)
 		return;
 	/* the producer is gone (see the header): no report can arrive */
-	while (ss->inflight != NULL) {
-		ss_sig_slot *next = ss->inflight->next;
-
-		free(ss->inflight);
-		ss->inflight = next;
-	}
+	tally_outbox_free(ss->signals);
+	free(ss->signals_topic);
 	tally_plan_prices_free(ss->plan_prices);
 	free(ss);
 }

@@ -13,25 +13,6 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
-/*
- * One signal in flight: the per-message opaque of its Kafka message. The
- * delivery report callback (on the thread that polls the producer) sets
- * state; tally_stripe_sync_publish marks the outbox row published only for
- * a successful report. Slots live on ss->inflight until settled, so a
- * report that arrives after publish stopped waiting still counts, and a
- * signal still in flight is not produced a second time meanwhile.
- */
-#define SLOT_MAGIC 0x7a115160u
-
-typedef struct ss_sig_slot {
-	uint32_t magic;
-	int state; /* 0 in flight, 1 delivered, -1 failed */
-	rd_kafka_resp_err_t kerr;
-	char tenant_id[37];
-	char signal_id[37];
-	struct ss_sig_slot *next;
-} ss_sig_slot;
-
 struct tally_stripe_sync {
 	tally_pg *pg;
 	tally_stripe *stripe;
@@ -43,9 +24,10 @@ struct tally_stripe_sync {
 	int meter_rate_per_s;
 	int64_t next_meter_ns;
 	int publish_wait_ms;
-	struct ss_sig_slot *inflight; /* signals produced, report pending */
-	int ninflight;
-	uint64_t signals_failed;
+	struct tally_outbox *signals;   /* made by the first publish */
+	rd_kafka_t *signals_producer;   /* borrowed: the one it publishes with */
+	char *signals_topic;
+	size_t signals_failed;          /* failures counted by the last publish */
 	tally_plan_prices *plan_prices; /* from `tally stripe setup` */
 };
 

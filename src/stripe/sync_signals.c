@@ -1,10 +1,12 @@
 /*
  * sync_signals.c - the billing.signals outbox: signals are written to
  * billing_signals_outbox inside the transaction of the fact they announce
- * (tally_ss__signal_emit) and published from there with a per-message
- * delivery report (tally_stripe_sync_publish).
+ * (tally_ss__signal_emit) and published from there through the shared
+ * outbox (io/outbox.h), each row marked on its own delivery report
+ * (tally_stripe_sync_publish).
  */
 #define _POSIX_C_SOURCE 200809L
+#include "io/outbox.h"
 #include "stripe/sync_int.h"
 #include "tally/event.h"
 #include "tally/log.h"
@@ -64,15 +66,15 @@ int tally_ss__signal_emit(tally_stripe_sync *ss, const char *tenant_id,
 	return rc;
 }
 
+/* A signal's identity in the outbox: its outbox row's key, as text. */
+typedef struct sig_ident {
+	char tenant_id[37];
+	char signal_id[37];
+} sig_ident;
+
 bool tally_stripe_sync_on_delivery(const rd_kafka_message_t *rkm)
 {
-	ss_sig_slot *slot = rkm->_private;
-
-	if (slot == NULL || slot->magic != SLOT_MAGIC)
-		return false;
-	slot->kerr = rkm->err;
-	slot->state = rkm->err == RD_KAFKA_RESP_ERR_NO_ERROR ? 1 : -1;
-	return true;
+	return tally_outbox_report(rkm);
 }
 
 static void default_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm,
@@ -88,119 +90,123 @@ void tally_stripe_sync_producer_conf(rd_kafka_conf_t *conf)
 	rd_kafka_conf_set_dr_msg_cb(conf, default_dr_cb);
 }
 
-/* Mark delivered slots published, drop failed ones (their rows stay
- * unpublished and are produced again). Stops at the first PG error, leaving
- * the remaining settled slots for the next call. */
-static int settle(tally_stripe_sync *ss, int *marked, int *failed,
-		  tally_error *err)
+static void log_failed(const void *ident, rd_kafka_resp_err_t kerr,
+		       void *ctx)
 {
-	ss_sig_slot **pp = &ss->inflight;
-	int rc = 0;
+	const sig_ident *id = ident;
 
-	while (*pp != NULL) {
-		ss_sig_slot *s = *pp;
+	(void)ctx;
+	tally_log(TALLY_WARN, "stripe.signal_not_delivered",
+		  TALLY_KV_STR("signal_id", id->signal_id),
+		  TALLY_KV_STR("error", rd_kafka_err2str(kerr)));
+}
 
-		if (s->state == 0) {
-			pp = &s->next;
-			continue;
-		}
-		if (s->state > 0) {
-			rc = tally_ss__ex(ss, NULL, err,
-				"UPDATE billing_signals_outbox SET "
-				"published_at = now() WHERE tenant_id = "
-				"$1::uuid AND signal_id = $2::uuid AND "
-				"published_at IS NULL", 2, s->tenant_id,
-				s->signal_id);
-			if (rc != 0)
-				return rc;
-			(*marked)++;
-		} else {
-			ss->signals_failed++;
-			(*failed)++;
-			tally_log(TALLY_WARN, "stripe.signal_not_delivered",
-				  TALLY_KV_STR("signal_id", s->signal_id),
-				  TALLY_KV_STR("error", rd_kafka_err2str(
-						       s->kerr)));
-		}
-		*pp = s->next;
-		ss->ninflight--;
-		free(s);
+/* The outbox of (producer, topic): made by the first publish; one
+ * tally_stripe_sync publishes with one producer to one topic. */
+static int signals_outbox(tally_stripe_sync *ss, rd_kafka_t *producer,
+			  const char *topic, tally_error *err)
+{
+	if (ss->signals == NULL) {
+		ss->signals = tally_outbox_new(producer, topic,
+					       sizeof(sig_ident));
+		tally_outbox_on_failure(ss->signals, log_failed, NULL);
+		ss->signals_producer = producer;
+		ss->signals_topic = tally_xstrdup(topic);
 	}
+	if (producer != ss->signals_producer ||
+	    strcmp(topic, ss->signals_topic) != 0)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "signals: published with one producer"
+				       " to %s already", ss->signals_topic);
 	return 0;
+}
+
+/* Mark the acknowledged signals published (failed ones stay unpublished
+ * and are produced again). On a PG error the acknowledgements stay for
+ * the next call. */
+static int settle(tally_stripe_sync *ss, int *marked, tally_error *err)
+{
+	tally_strbuf tids = TALLY_STRBUF_INIT, sids = TALLY_STRBUF_INIT;
+	const sig_ident *acks;
+	size_t i, n = 0;
+	int rc;
+
+	acks = tally_outbox_acked(ss->signals, &n);
+	if (n == 0)
+		return 0;
+	tally_strbuf_puts(&tids, "{");
+	tally_strbuf_puts(&sids, "{");
+	for (i = 0; i < n; i++) {
+		tally_strbuf_printf(&tids, "%s%s", i ? "," : "",
+				    acks[i].tenant_id);
+		tally_strbuf_printf(&sids, "%s%s", i ? "," : "",
+				    acks[i].signal_id);
+	}
+	tally_strbuf_puts(&tids, "}");
+	tally_strbuf_puts(&sids, "}");
+	rc = tally_ss__ex(ss, NULL, err,
+		"UPDATE billing_signals_outbox o SET published_at = now() "
+		"FROM unnest($1::uuid[], $2::uuid[]) x(t, s) "
+		"WHERE o.tenant_id = x.t AND o.signal_id = x.s "
+		"AND o.published_at IS NULL", 2, tally_strbuf_cstr(&tids),
+		tally_strbuf_cstr(&sids));
+	if (rc == 0) {
+		tally_outbox_forget(ss->signals, n);
+		*marked += (int)n;
+	}
+	tally_strbuf_free(&tids);
+	tally_strbuf_free(&sids);
+	return rc;
+}
+
+static void skip_id(const void *ident, void *ctx)
+{
+	const sig_ident *id = ident;
+	tally_strbuf *b = ctx;
+
+	tally_strbuf_puts(b, b->len > 1 ? "," : "");
+	tally_strbuf_puts(b, id->signal_id);
 }
 
 /* The signal ids still in flight, as a uuid[] literal: never produced a
  * second time while their report is pending. */
 static void inflight_ids(const tally_stripe_sync *ss, tally_strbuf *b)
 {
-	const ss_sig_slot *s;
-
 	tally_strbuf_puts(b, "{");
-	for (s = ss->inflight; s != NULL; s = s->next) {
-		if (s != ss->inflight)
-			tally_strbuf_puts(b, ",");
-		tally_strbuf_puts(b, s->signal_id);
-	}
+	tally_outbox_each_inflight(ss->signals, skip_id, b);
 	tally_strbuf_puts(b, "}");
 }
 
-/* Produce each outbox row of res (tenant, signal id, kind, payload) with
- * its own slot as opaque; a slot joins ss->inflight once produced. */
-static int produce_rows(tally_stripe_sync *ss, rd_kafka_t *producer,
-			const char *topic, PGresult *res, tally_error *err)
+/* Produce each outbox row of res (tenant, signal id, kind, payload). */
+static int produce_rows(tally_stripe_sync *ss, PGresult *res,
+			tally_error *err)
 {
-	int i, rows = PQntuples(res);
+	int i, rc, rows = PQntuples(res);
 
 	for (i = 0; i < rows; i++) {
 		const char *tid = PQgetvalue(res, i, 0);
 		const char *val = PQgetvalue(res, i, 3);
-		ss_sig_slot *s = tally_xcalloc(1, sizeof(*s));
-		rd_kafka_resp_err_t ke;
+		const char *headers[7] = { "content-type", "application/json",
+					   "signal-id", NULL, "signal-kind",
+					   PQgetvalue(res, i, 2), NULL };
+		tally_outbox_msg m = { 0 };
+		sig_ident id;
 
-		s->magic = SLOT_MAGIC;
-		tally_ss__cpy(s->tenant_id, sizeof(s->tenant_id), tid);
-		tally_ss__cpy(s->signal_id, sizeof(s->signal_id),
+		tally_ss__cpy(id.tenant_id, sizeof(id.tenant_id), tid);
+		tally_ss__cpy(id.signal_id, sizeof(id.signal_id),
 			      PQgetvalue(res, i, 1));
-		ke = rd_kafka_producev(producer, RD_KAFKA_V_TOPIC(topic),
-			RD_KAFKA_V_KEY(tid, strlen(tid)),
-			RD_KAFKA_V_VALUE((void *)val, strlen(val)),
-			RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-			RD_KAFKA_V_OPAQUE(s),
-			RD_KAFKA_V_HEADER("content-type", "application/json",
-					  -1),
-			RD_KAFKA_V_HEADER("signal-id", s->signal_id, -1),
-			RD_KAFKA_V_HEADER("signal-kind", PQgetvalue(res, i, 2),
-					  -1),
-			RD_KAFKA_V_END);
-		if (ke != RD_KAFKA_RESP_ERR_NO_ERROR) {
-			free(s);
-			return tally_error_set(err, TALLY_ETRANSIENT,
-					       "signals: produce: %s",
-					       rd_kafka_err2str(ke));
-		}
-		s->next = ss->inflight; /* now owned by the in-flight list */
-		ss->inflight = s;
-		ss->ninflight++;
+		headers[3] = id.signal_id;
+		m.key = tid;
+		m.key_len = strlen(tid);
+		m.value = val;
+		m.len = strlen(val);
+		m.ident = &id;
+		m.headers = headers;
+		rc = tally_outbox_produce(ss->signals, &m, err);
+		if (rc != 0)
+			return rc;
 	}
 	return 0;
-}
-
-/* Wait (up to publish_wait_ms) for the reports of everything in flight. */
-static void wait_reports(tally_stripe_sync *ss, rd_kafka_t *producer)
-{
-	int64_t deadline = tally_mono_ns() +
-			   (int64_t)ss->publish_wait_ms * 1000000;
-
-	for (;;) {
-		const ss_sig_slot *s;
-		bool pending = false;
-
-		for (s = ss->inflight; s != NULL && !pending; s = s->next)
-			pending = s->state == 0;
-		if (!pending || tally_mono_ns() >= deadline)
-			break;
-		rd_kafka_poll(producer, 50);
-	}
 }
 
 int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
@@ -208,13 +214,16 @@ int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 {
 	PGresult *res = NULL;
 	tally_strbuf skip = TALLY_STRBUF_INIT;
-	int rc, rc2, marked = 0, failed = 0;
+	int rc, rc2, marked = 0, failed, inflight;
 
 	if (n)
 		*n = 0;
+	rc = signals_outbox(ss, producer, topic, err);
+	if (rc != 0)
+		return rc;
 	/* reports that arrived since the last call (late ones included) */
 	rd_kafka_poll(producer, 0);
-	rc = settle(ss, &marked, &failed, err);
+	rc = settle(ss, &marked, err);
 	if (rc != 0)
 		goto cleanup;
 	inflight_ids(ss, &skip);
@@ -226,15 +235,19 @@ int tally_stripe_sync_publish(tally_stripe_sync *ss, rd_kafka_t *producer,
 		tally_strbuf_cstr(&skip));
 	if (rc != 0)
 		goto cleanup;
-	rc = produce_rows(ss, producer, topic, res, err);
-	wait_reports(ss, producer);
-	rc2 = settle(ss, &marked, &failed, rc == 0 ? err : NULL);
+	rc = produce_rows(ss, res, err);
+	(void)tally_outbox_wait(ss->signals, ss->publish_wait_ms);
+	rc2 = settle(ss, &marked, rc == 0 ? err : NULL);
 	if (rc == 0)
 		rc = rc2;
-	if (rc == 0 && (failed > 0 || ss->ninflight > 0))
+	/* failures reported since the last call */
+	failed = (int)(tally_outbox_failed(ss->signals) - ss->signals_failed);
+	ss->signals_failed = tally_outbox_failed(ss->signals);
+	inflight = tally_stripe_sync_signals_in_flight(ss);
+	if (rc == 0 && (failed > 0 || inflight > 0))
 		rc = tally_error_set(err, TALLY_ETRANSIENT,
 				     "signals: %d deliveries failed, %d not "
-				     "confirmed yet", failed, ss->ninflight);
+				     "confirmed yet", failed, inflight);
 cleanup:
 	if (n)
 		*n = marked;
@@ -245,5 +258,6 @@ cleanup:
 
 int tally_stripe_sync_signals_in_flight(const tally_stripe_sync *ss)
 {
-	return ss->ninflight;
+	return ss->signals != NULL ? (int)tally_outbox_inflight(ss->signals)
+				   : 0;
 }

@@ -242,6 +242,45 @@ START_TEST(test_signals_fast_exit)
 }
 END_TEST
 
+START_TEST(test_metrics_register_table)
+{
+	tally_metrics *m = tally_metrics_new();
+	tally_counter *c = NULL;
+	tally_gauge *g = NULL;
+	tally_histogram *h = NULL;
+	const tally_metric_def defs[] = {
+		{ "tally_t_total", "k=\"v\"", "Things.", &c },
+		{ "tally_t_level", NULL, "Level.", .gauge = &g },
+		{ "tally_t_seconds", NULL, "Time.", .histogram = &h },
+	};
+	char *t;
+
+	TALLY_METRICS_REGISTER(m, defs);
+	ck_assert_ptr_nonnull(c);
+	ck_assert_ptr_nonnull(g);
+	ck_assert_ptr_nonnull(h);
+	ck_assert(c == tally_metrics_counter(m, "tally_t_total", "k=\"v\"",
+					     NULL));
+	tally_counter_add(c, 3);
+	tally_gauge_set(g, -4);
+	tally_histogram_observe(h, 5);
+	t = render(m);
+	/* in table order, with the table's help texts */
+	ck_assert_msg(strstr(t, "# HELP tally_t_total Things.\n"
+			     "# TYPE tally_t_total counter\n"
+			     "tally_t_total{k=\"v\"} 3\n"
+			     "# HELP tally_t_level Level.\n"
+			     "# TYPE tally_t_level gauge\n"
+			     "tally_t_level -4\n"
+			     "# HELP tally_t_seconds Time.\n"
+			     "# TYPE tally_t_seconds histogram\n") == t,
+		      "%s", t);
+	ck_assert_uint_eq(tally_histogram_count(h), 1);
+	free(t);
+	tally_metrics_free(m);
+}
+END_TEST
+
 static Suite *tally_metrics_suite(void)
 {
 	Suite *s = suite_create("metrics");
@@ -257,6 +296,7 @@ static Suite *tally_metrics_suite(void)
 	tcase_add_test(tc, test_metrics_threads);
 	tcase_add_test(tc, test_metrics_escape_label);
 	tcase_add_test(tc, test_metrics_parse_listen);
+	tcase_add_test(tc, test_metrics_register_table);
 	suite_add_tcase(s, tc);
 	tcase_set_timeout(ts, 10);
 	tcase_add_test(ts, test_signals_flags);
