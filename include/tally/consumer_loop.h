@@ -145,12 +145,14 @@ typedef struct tally_rebalance_ops {
 
 /**
  * Subscribe as group to topics (NULL-terminated), read_committed, with
- * rebalances handled by rb (borrowed: it must outlive the consumer).
- * conf is taken over. Logs kafka.consumer_failed on failure.
+ * rebalances handled by rb (borrowed: it must outlive the consumer) and
+ * the lag of each partition exported on m (NULL: none). conf is taken
+ * over. Logs kafka.consumer_failed on failure.
  */
 int tally_loop_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 			    const char *group, const char **topics,
-			    const tally_rebalance_ops *rb, tally_error *err)
+			    const tally_rebalance_ops *rb, tally_metrics *m,
+			    tally_error *err)
 	TALLY_MUSTCHECK;
 
 /**

@@ -5,6 +5,7 @@
  * (include/tally/alerts_consumer.h, docs/alerts.md).
  */
 #define _POSIX_C_SOURCE 200809L
+#include "tally/business_gauges.h"
 #include "tally/alerts_consumer.h"
 #include "tally/alerts.h"
 #include "tally/consumer_loop.h"
@@ -48,6 +49,8 @@ struct tally_alerts_consumer {
 	/* delivery thread */
 	pthread_t th;
 	bool th_started;
+	/* MRR, ARR, tenants by status, open alerts: refreshed every minute */
+	tally_business_gauges *bg;
 	atomic_int th_stop;
 	pthread_mutex_t mu;
 	char *webhook_url; /* under mu */
@@ -368,6 +371,7 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 			      tally_metrics *m, tally_error *err)
 {
 	tally_alerts_consumer *a = tally_xcalloc(1, sizeof(*a));
+	tally_error bge;
 	const char *topics[3] = { NULL, NULL, NULL };
 
 	*out = a;
@@ -392,7 +396,7 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	a->rb.ctx = a->alerts;
 	if (tally_loop_consumer_new(&a->consumer, tally_loop_consumer_conf(cfg),
 				    tally_config_str(cfg, "alerts.group"),
-				    topics, &a->rb, err) != 0)
+				    topics, &a->rb, a->m, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
 	set_webhook_url(a);
 	if (pthread_create(&a->th, NULL, deliver_main, a) != 0) {
@@ -401,6 +405,12 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 				       "cannot start the delivery thread");
 	}
 	a->th_started = true;
+	if (tally_business_gauges_start(&a->bg,
+			tally_config_str(cfg, "database.url"),
+			(int)tally_config_int(cfg, "database.retry_max_ms"),
+			a->m, 60000, &bge) != 0)
+		tally_log(TALLY_WARN, "business_gauges.start_failed",
+			  TALLY_KV_STR("error", bge.msg));
 	tally_log(TALLY_INFO, "alerts.started",
 		  TALLY_KV_STR("totals", topics[0]),
 		  TALLY_KV_STR("signals", topics[1]),
@@ -412,6 +422,7 @@ void tally_alerts_consumer_free(tally_alerts_consumer *a)
 {
 	if (a == NULL)
 		return;
+	tally_business_gauges_stop(a->bg);
 	if (a->th_started) {
 		atomic_store(&a->th_stop, 1);
 		pthread_join(a->th, NULL);

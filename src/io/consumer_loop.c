@@ -186,10 +186,12 @@ static void on_revoke(rd_kafka_topic_partition_list_t *parts, void *payload)
 
 int tally_loop_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 			    const char *group, const char **topics,
-			    const tally_rebalance_ops *rb, tally_error *err)
+			    const tally_rebalance_ops *rb, tally_metrics *m,
+			    tally_error *err)
 {
 	tally_consumer_opts co = { 0 };
 
+	co.metrics = m; /* consumer lag gauges */
 	co.group = group;
 	co.topics = topics;
 	co.read_committed = true;

@@ -137,7 +137,7 @@ int aggr_consumer_open(tally_aggregator *a, tally_error *err)
 	a->rb.ctx = a;
 	if (tally_loop_consumer_new(&a->consumer, consumer_conf(a->cfg),
 				    tally_config_str(a->cfg, "aggregate.group"),
-				    topics, &a->rb, err) != 0)
+				    topics, &a->rb, a->m, err) != 0)
 		return -1;
 	for (l = 0; l < a->nlanes; l++)
 		tally_agg_set_consumer(a->lanes[l].agg,

@@ -224,6 +224,7 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	co.group = tally_config_str(cfg, "rate.group");
 	co.topics = topics;
 	co.read_committed = true;
+	co.metrics = r->m; /* consumer lag gauges */
 	rc = tally_consumer_new(&r->consumer, conf, &co, err);
 	if (rc != 0)
 		goto fail;

@@ -23,6 +23,7 @@
 
 struct tally_stripe_consumer {
 	tally_config *cfg;
+	tally_metrics *m; /* borrowed */
 	tally_pg *pg;
 	tally_stripe *stripe;
 	tally_stripe_sync *ss;
@@ -285,6 +286,7 @@ static int kafka_clients(tally_stripe_consumer *a, tally_error *err)
 	topics[2] = NULL;
 	co.group = tally_config_str(a->cfg, "stripe.group");
 	co.topics = topics;
+	co.metrics = a->m; /* consumer lag gauges */
 	conf = tally_kafka_conf(a->cfg);
 	return tally_consumer_new(&a->consumer, conf, &co, err);
 }
@@ -319,6 +321,7 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 	assert(m != NULL);
 	*out = NULL;
 	a->cfg = cfg;
+	a->m = m;
 	counters(a, m);
 	rc = webhook_secrets(a, &so.nsecrets, err);
 	if (rc == 0)
