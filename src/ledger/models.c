@@ -1,8 +1,11 @@
 /*
  * models.c - provider and model names -> the small ids the ledger stores.
+ * Names are stored in their canonical form (tally_model_name_norm), so
+ * every spelling of a name ("OpenAI", " openai") is one row and one id.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_int.h"
+#include "base/model_names.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -15,10 +18,10 @@ static model_ids *model_find(tally_agg *agg, const tally_str *p,
 	/* linear: a deployment prices a few hundred models at most */
 	for (i = 0; i < agg->nmodels; i++) {
 		model_ids *x = &agg->models[i];
-		if (strlen(x->provider) == p->len &&
-		    strlen(x->model) == m->len &&
-		    memcmp(x->provider, p->ptr, p->len) == 0 &&
-		    memcmp(x->model, m->ptr, m->len) == 0)
+		if (tally_model_name_is(x->provider, strlen(x->provider),
+					p->ptr, p->len) &&
+		    tally_model_name_is(x->model, strlen(x->model), m->ptr,
+					m->len))
 			return x;
 	}
 	return NULL;
@@ -124,6 +127,7 @@ int agg_resolve_models(tally_agg *agg, tally_error *err)
 {
 	tally_strbuf pa = TALLY_STRBUF_INIT, ma = TALLY_STRBUF_INIT;
 	const char *params[2];
+	char name[TALLY_ID_MAX + 1];
 	size_t i, missing = 0;
 	int rc = 0;
 
@@ -141,10 +145,14 @@ int agg_resolve_models(tally_agg *agg, tally_error *err)
 			tally_strbuf_puts(&pa, ",");
 			tally_strbuf_puts(&ma, ",");
 		}
-		tally_strbuf_pg_array_elem(&pa, it->re.ev.provider.ptr,
-					   it->re.ev.provider.len);
-		tally_strbuf_pg_array_elem(&ma, it->re.ev.model.ptr,
-					   it->re.ev.model.len);
+		tally_strbuf_pg_array_elem(
+			&pa, name, tally_model_name_norm(name, sizeof(name),
+					it->re.ev.provider.ptr,
+					it->re.ev.provider.len));
+		tally_strbuf_pg_array_elem(
+			&ma, name, tally_model_name_norm(name, sizeof(name),
+					it->re.ev.model.ptr,
+					it->re.ev.model.len));
 		missing++;
 	}
 	tally_strbuf_puts(&pa, "}");
