@@ -103,6 +103,44 @@ void tally_agg_free(tally_agg *agg)
 	free(agg);
 }
 
+/* Rounds of isolate.c per attempt at a batch (each removes >= 1 event). */
+#define ISOLATE_ROUNDS 4
+
+/*
+ * The dead letters, then the batch's transaction. When PostgreSQL refuses
+ * the batch's data, the events it refuses alone become dead letters too
+ * (agg_isolate) and the rest is committed; any other failure is returned
+ * (transient ones after tally_pg_txn's retries).
+ */
+static int commit_batch(tally_agg *agg, tally_error *err)
+{
+	size_t found;
+	int round, rc;
+
+	for (round = 0;; round++) {
+		rc = agg_send_dead_letters(agg, err);
+		if (rc != 0)
+			return rc;
+		agg->stage_pending = false;
+		agg->storage_unpriced = 0;
+		rc = tally_pg_txn(agg->pg, agg_apply_txn, agg, 0, err);
+		if (rc == 0)
+			return 0;
+		agg->stage_conn = NULL; /* created in a rolled-back txn? */
+		if (round == ISOLATE_ROUNDS || !agg_refused_for_data(err))
+			return rc;
+		tally_error e2;
+		int rc2 = agg_isolate(agg, &found, &e2);
+
+		if (rc2 != 0) {
+			*err = e2;
+			return rc2;
+		}
+		if (found == 0)
+			return rc;
+	}
+}
+
 int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
 {
@@ -137,19 +175,11 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	agg_collect_parts(agg);
 	agg_classify(agg);
 	agg_detect_gaps(agg);
-	rc = agg_send_dead_letters(agg, err);
-	if (rc != 0)
-		return rc;
 	rc = agg_resolve_models(agg, err);
+	if (rc == 0)
+		rc = commit_batch(agg, err);
 	if (rc != 0)
 		return rc;
-	agg->stage_pending = false;
-	agg->storage_unpriced = 0;
-	rc = tally_pg_txn(agg->pg, agg_apply_txn, agg, 0, err);
-	if (rc != 0) {
-		agg->stage_conn = NULL; /* created in a rolled-back txn? */
-		return rc;
-	}
 	agg_acks_committed(agg);
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK)

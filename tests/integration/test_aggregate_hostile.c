@@ -154,6 +154,143 @@ START_TEST(test_aggregate_hostile_spellings_one_provider)
 }
 END_TEST
 
+/* tenant k as text */
+static const char *tenant_text(int k)
+{
+	static char buf[40];
+	uint8_t id[16];
+
+	agg_tenant(id, k);
+	snprintf(buf, sizeof(buf),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x"
+		 "%02x%02x", id[0], id[1], id[2], id[3], id[4], id[5], id[6],
+		 id[7], id[8], id[9], id[10], id[11], id[12], id[13], id[14],
+		 id[15]);
+	return buf;
+}
+
+/* Ten ordinary events of tenants 0 and 2 (ids from `from`), partition 0. */
+static void add_ordinary(int64_t from, int64_t t, agg_expect *x)
+{
+	ai_ev e;
+	int64_t i;
+
+	for (i = from; i < from + 10; i++) {
+		ai_event(&e, (int)(i % 2) * 2, i, t, "openai", "gpt-4o",
+			 100 + i);
+		big_add(&e.re, 0);
+		agg_expect_add(x, &e.re);
+	}
+}
+
+/*
+ * Tenant 1's period already holds INT64_MAX - 807 input tokens: of its
+ * events 500, 1000, 300 the second would overflow the period's sum and is
+ * dead-lettered as out_of_range; the first and third and every other
+ * event of the batch commit, and the next batch goes on.
+ */
+START_TEST(test_aggregate_hostile_overflow_dead_lettered)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new(NULL, 0);
+	tally_agg_stats st;
+	agg_expect x = { 0 };
+	char sql[512];
+	ai_ev e;
+
+	memset(next_off, 0, sizeof(next_off));
+	snprintf(sql, sizeof(sql),
+		 "INSERT INTO tenant_period_usage (tenant_id, period_start,"
+		 " period_end, input_tokens) SELECT '%s', m, m + interval"
+		 " '1 month', 9223372036854775000 FROM (SELECT date_trunc("
+		 "'month', to_timestamp(%" PRId64 " / 1000.0) AT TIME ZONE"
+		 " 'UTC') AT TIME ZONE 'UTC' AS m) s", tenant_text(1), t);
+	tally_test_exec(dsn, sql);
+	add_ordinary(0, t, &x);
+	ai_event(&e, 1, 100, t, "openai", "gpt-4o", 500);
+	big_add(&e.re, 1);
+	add_ordinary(10, t, &x);
+	ai_event(&e, 1, 101, t, "openai", "gpt-4o", 1000);
+	big_add(&e.re, 1); /* offset 1 of partition 1 */
+	ai_event(&e, 1, 102, t, "openai", "gpt-4o", 300);
+	big_add(&e.re, 1);
+	add_ordinary(20, t, &x);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 32);
+	ck_assert_int_eq(st.dead_lettered, 1);
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
+				    " partition || '/' || \"offset\", ',')"
+				    " FROM dead_letters"), "out_of_range 1/1");
+	snprintf(sql, sizeof(sql), "SELECT input_tokens::text FROM"
+		 " tenant_period_usage WHERE tenant_id = '%s'", tenant_text(1));
+	ck_assert_str_eq(agg_query1(chk, sql), "9223372036854775800");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"),
+			 32);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"), positions());
+	/* the partitions keep moving */
+	add_ordinary(30, t, &x);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 10);
+	ck_assert_int_eq(st.dead_lettered, 0);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(input_tokens) FROM"
+				       " tenant_period_usage WHERE tenant_id"
+				       " <> '00000000-0000-4000-8000-00000000a002'"),
+			 x.in);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"), positions());
+	tally_agg_free(agg);
+}
+END_TEST
+
+/*
+ * An event PostgreSQL refuses for its data (a trigger raising 22023 for
+ * 424 242 input tokens; SQLSTATE class 22, not transient) is
+ * dead-lettered as rejected_by_database; the rest of the batch commits.
+ * The batch holds a re-sent event a new aggregator does not know, so it
+ * takes the ON CONFLICT path through the stage.
+ */
+START_TEST(test_aggregate_hostile_data_error_dead_lettered)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new(NULL, 0);
+	tally_agg_stats st;
+	agg_expect x = { 0 };
+	ai_ev e;
+
+	memset(next_off, 0, sizeof(next_off));
+	tally_test_exec(dsn,
+		"CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS"
+		" $$ BEGIN IF NEW.input_tokens = 424242 THEN RAISE EXCEPTION"
+		" 'poisoned row' USING ERRCODE = '22023'; END IF; RETURN NEW;"
+		" END $$; CREATE TRIGGER poison BEFORE INSERT ON usage_hourly"
+		" FOR EACH ROW EXECUTE FUNCTION poison()");
+	add_ordinary(0, t, &x);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 10);
+	tally_agg_free(agg);
+	agg = aggpg_new(NULL, 0);
+	ai_event(&e, 0, 0, t, "openai", "gpt-4o", 100); /* re-sent */
+	big_add(&e.re, 0);
+	ai_event(&e, 3, 100, t, "openai", "gpt-4o", 424242);
+	big_add(&e.re, 2); /* offset 0 of partition 2 */
+	add_ordinary(10, t, &x);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 10);
+	ck_assert_int_eq(st.duplicates, 1);
+	ck_assert_int_ge(st.dedupe_fallbacks, 1);
+	ck_assert_int_eq(st.dead_lettered, 1);
+	ck_assert_str_eq(agg_query1(chk, "SELECT reason || ' ' || partition ||"
+				    " '/' || \"offset\" || ' ' || (detail LIKE"
+				    " '%22023%poisoned row%') FROM dead_letters"),
+			 "rejected_by_database 2/0 true");
+	agg_check_totals(chk, &x, 20);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"), positions());
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("aggregate_hostile");
@@ -162,6 +299,8 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 600);
 	tcase_add_test(tc, test_aggregate_hostile_spellings_one_provider);
+	tcase_add_test(tc, test_aggregate_hostile_overflow_dead_lettered);
+	tcase_add_test(tc, test_aggregate_hostile_data_error_dead_lettered);
 	suite_add_tcase(s, tc);
 	return s;
 }
