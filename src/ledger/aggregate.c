@@ -36,6 +36,9 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	agg->future_ms = opts->future_ms;
 	agg->producer = opts->producer;
 	agg->pb = opts->pricebook;
+	agg->max_models = opts->max_models_per_tenant > 0
+				  ? opts->max_models_per_tenant
+				  : 1000;
 	if (agg->producer != NULL && agg->totals_topic != NULL)
 		agg->outbox = tally_outbox_new(agg->producer, agg->totals_topic,
 					       sizeof(totals_ack));
@@ -56,16 +59,12 @@ void tally_agg_free(tally_agg *agg)
 	if (agg == NULL)
 		return;
 	tally_positions_free(agg->pos);
-	for (i = 0; i < agg->nmodels; i++) {
-		free(agg->models[i].provider);
-		free(agg->models[i].model);
-	}
+	agg_models_free(agg);
 	agg_clear_totals(agg);
 	free(agg->totals);
 	free(agg->totals_key);
 	free(agg->totals_ack);
 	tally_outbox_free(agg->outbox);
-	free(agg->models);
 	for (i = 0; i < agg->own.nblocks; i++)
 		free(agg->own.blocks[i]);
 	free(agg->own.blocks);

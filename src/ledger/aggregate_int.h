@@ -134,10 +134,20 @@ typedef struct totals_ack {
 	bool valid;           /* parsed (else produced, never marked) */
 } totals_ack;
 
+/* canonical provider name, NUL, canonical model name, NUL, zero-padded:
+ * the codec's limits (64 and TALLY_ID_MAX bytes) */
+#define AGG_MODEL_KEY (64 + 1 + TALLY_ID_MAX + 1)
+
 typedef struct model_ids {
-	char *provider, *model;
+	char key[AGG_MODEL_KEY];
 	int32_t provider_id, model_id;
 } model_ids;
+
+/* a (tenant, model) pair known to be in tenant_models */
+typedef struct tenant_model {
+	uint8_t tenant[16];
+	int32_t model_id;
+} tenant_model;
 
 typedef struct tenant_info {
 	uint8_t id[16];
@@ -167,8 +177,15 @@ struct tally_agg {
 
 	tally_positions *pos;
 
-	model_ids *models;
+	model_ids *models;       /* names -> ids (models.c) */
 	size_t nmodels, capmodels;
+	tally_hashset models_h;
+	tenant_model *tms;       /* pairs in tenant_models (models.c) */
+	size_t ntms, captms;
+	tally_hashset tms_h;
+	size_t max_models;       /* per tenant */
+	uint32_t *model_slot;    /* per item: its pending pair (models.c) */
+	size_t cap_model_slot;
 
 	/* per batch */
 	item *items;            /* = dec->items of the batch */
@@ -296,6 +313,7 @@ int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err);
 
 /* models.c */
 int agg_resolve_models(tally_agg *agg, tally_error *err);
+void agg_models_free(tally_agg *agg);
 
 /* offsets.c */
 size_t agg_batch_positions(const tally_agg *agg, tally_position *out);
@@ -342,6 +360,7 @@ int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err);
 
 /* isolate.c */
 bool agg_refused_for_data(const tally_error *err);
+const char *agg_refusal_reason(const tally_error *err);
 int agg_isolate(tally_agg *agg, size_t *found, tally_error *err);
 
 /* storage.c */

@@ -113,20 +113,29 @@ static int probe(tally_agg *agg, const size_t *idx, size_t n,
 	return rc;
 }
 
-/* The refused events become dead letters: out_of_range for a sum or value
- * out of its type's range (22003), rejected_by_database otherwise. */
+/* The dead-letter reason of a refusal: out_of_range for a sum or value
+ * out of its type's range (22003) or a sequence at its end (2200H: ids),
+ * rejected_by_database otherwise. */
+const char *agg_refusal_reason(const tally_error *err)
+{
+	char st[6];
+
+	sqlstate(err, st);
+	return strcmp(st, "22003") == 0 || strcmp(st, "2200H") == 0
+		       ? "out_of_range"
+		       : "rejected_by_database";
+}
+
+/* The refused events become dead letters. */
 static void dead_letter(tally_agg *agg, const probe_state *ps)
 {
 	size_t k;
 
 	for (k = 0; k < ps->nbad; k++) {
 		item *it = &agg->items[ps->bad[k]];
-		char st[6];
 
-		sqlstate(&ps->why[k], st);
 		it->status = ST_DLQ;
-		it->reason = strcmp(st, "22003") == 0 ? "out_of_range"
-						      : "rejected_by_database";
+		it->reason = agg_refusal_reason(&ps->why[k]);
 		agg_item_set_detail(agg, it, "%.150s", ps->why[k].msg);
 		tally_log(TALLY_WARN, "aggregate.event_refused",
 			  TALLY_KV_STR("topic", agg->msgs[ps->bad[k]].topic),

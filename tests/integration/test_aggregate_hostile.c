@@ -291,6 +291,114 @@ START_TEST(test_aggregate_hostile_data_error_dead_lettered)
 }
 END_TEST
 
+/* Event id of tenant k naming model "M<m>" (spelt by id's parity). */
+static void add_model_event(int64_t id, int k, int m, int64_t t)
+{
+	char model[16];
+	ai_ev e;
+
+	snprintf(model, sizeof(model), (id & 1) ? " M%d" : "m%d ", m);
+	ai_event(&e, k, id, t, "OpenAI", model, 10);
+	big_add(&e.re, k);
+}
+
+/*
+ * A cap of 3 distinct provider/model names per tenant: tenant 1 naming
+ * m1..m5 keeps m1..m3, its m4 and m5 events are dead letters
+ * too_many_models and no id is drawn for names only refused; spellings
+ * of a name it has count once; tenant 0 has its own 3; the cap holds
+ * for a new aggregator (the pairs are in tenant_models), and every
+ * position moves on.
+ */
+START_TEST(test_aggregate_hostile_model_cap)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new_cap(NULL, 0, 3);
+	tally_agg_stats st;
+	int m;
+
+	memset(next_off, 0, sizeof(next_off));
+	add_model_event(0, 0, 1, t);
+	add_model_event(1, 0, 2, t);
+	for (m = 1; m <= 5; m++)
+		add_model_event(10 + m, 1, m, t);
+	add_model_event(21, 1, 1, t); /* "m1" spelt otherwise: known */
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 6);
+	ck_assert_int_eq(st.dead_lettered, 2);
+	add_model_event(2, 0, 3, t);
+	add_model_event(3, 0, 4, t);
+	add_model_event(4, 0, 1, t);
+	add_model_event(22, 1, 2, t);
+	add_model_event(23, 1, 5, t);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 3);
+	ck_assert_int_eq(st.dead_lettered, 2);
+	tally_agg_free(agg);
+	agg = aggpg_new_cap(NULL, 0, 3);
+	add_model_event(24, 1, 6, t);
+	add_model_event(25, 1, 3, t);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 1);
+	ck_assert_int_eq(st.dead_lettered, 1);
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
+				    " partition || '/' || \"offset\", ','"
+				    " ORDER BY partition, \"offset\")"
+				    " FROM dead_letters"),
+			 "too_many_models 0/3,too_many_models 1/3,"
+			 "too_many_models 1/4,too_many_models 1/7,"
+			 "too_many_models 1/8");
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(name, ','"
+				    " ORDER BY name) FROM models"), "m1,m2,m3");
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(n::text, ',')"
+				    " FROM (SELECT count(*) n FROM tenant_models"
+				    " GROUP BY tenant_id) s"), "3,3");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"),
+			 10);
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"), positions());
+	tally_agg_free(agg);
+}
+END_TEST
+
+/*
+ * providers.id at the end of its smallint range: an event naming a new
+ * provider is dead-lettered as out_of_range (PostgreSQL refuses the id,
+ * 2200H), events with known names, and a known name's first use by
+ * another tenant, commit.
+ */
+START_TEST(test_aggregate_hostile_provider_ids_exhausted)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new(NULL, 0);
+	tally_agg_stats st;
+	ai_ev e;
+
+	memset(next_off, 0, sizeof(next_off));
+	ai_event(&e, 0, 0, t, "openai", "gpt-4o", 10);
+	big_add(&e.re, 0);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 1);
+	tally_test_exec(dsn, "SELECT setval('providers_id_seq', 32767)");
+	ai_event(&e, 0, 1, t, "openai", "gpt-4o", 10);
+	big_add(&e.re, 0);
+	ai_event(&e, 0, 2, t, "anthropic", "claude", 10);
+	big_add(&e.re, 0); /* offset 2 of partition 0 */
+	ai_event(&e, 1, 3, t, "OpenAI", "gpt-4o", 10);
+	big_add(&e.re, 1);
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 2);
+	ck_assert_int_eq(st.dead_lettered, 1);
+	ck_assert_str_eq(agg_query1(chk, "SELECT reason || ' ' || partition ||"
+				    " '/' || \"offset\" || ' ' || (detail LIKE"
+				    " '%2200H%') FROM dead_letters"),
+			 "out_of_range 0/2 true");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT sum(next_offset) FROM "
+				       "consumer_offsets"), positions());
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("aggregate_hostile");
@@ -301,6 +409,8 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_aggregate_hostile_spellings_one_provider);
 	tcase_add_test(tc, test_aggregate_hostile_overflow_dead_lettered);
 	tcase_add_test(tc, test_aggregate_hostile_data_error_dead_lettered);
+	tcase_add_test(tc, test_aggregate_hostile_model_cap);
+	tcase_add_test(tc, test_aggregate_hostile_provider_ids_exhausted);
 	suite_add_tcase(s, tc);
 	return s;
 }
