@@ -113,8 +113,9 @@ void tally_agg_free(tally_agg *agg)
  */
 static int commit_batch(tally_agg *agg, tally_error *err)
 {
+	tally_error e2;
 	size_t found;
-	int round, rc;
+	int round, rc, rc2;
 
 	for (round = 0;; round++) {
 		rc = agg_send_dead_letters(agg, err);
@@ -128,9 +129,7 @@ static int commit_batch(tally_agg *agg, tally_error *err)
 		agg->stage_conn = NULL; /* created in a rolled-back txn? */
 		if (round == ISOLATE_ROUNDS || !agg_refused_for_data(err))
 			return rc;
-		tally_error e2;
-		int rc2 = agg_isolate(agg, &found, &e2);
-
+		rc2 = agg_isolate(agg, &found, &e2);
 		if (rc2 != 0) {
 			*err = e2;
 			return rc2;

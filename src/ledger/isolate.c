@@ -50,7 +50,7 @@ bool agg_refused_for_data(const tally_error *err)
 
 typedef struct probe_state {
 	size_t *bad;    /* indexes of the events refused alone */
-	size_t nbad;
+	size_t nbad, cap;
 	tally_error *why; /* their errors */
 } probe_state;
 
@@ -102,6 +102,13 @@ static int probe(tally_agg *agg, const size_t *idx, size_t n,
 	if (rc != 0)
 		return rc;
 	if (n == 1) {
+		if (ps->nbad == ps->cap) {
+			ps->cap = ps->cap ? ps->cap * 2 : 16;
+			ps->bad = tally_xrealloc(ps->bad,
+						 ps->cap * sizeof(*ps->bad));
+			ps->why = tally_xrealloc(ps->why,
+						 ps->cap * sizeof(*ps->why));
+		}
 		ps->bad[ps->nbad] = idx[0];
 		ps->why[ps->nbad] = why;
 		ps->nbad++;
@@ -161,8 +168,6 @@ int agg_isolate(tally_agg *agg, size_t *found, tally_error *err)
 	int rc;
 
 	*found = 0;
-	ps.bad = tally_xmalloc((agg->n + 1) * sizeof(*ps.bad));
-	ps.why = tally_xmalloc((agg->n + 1) * sizeof(*ps.why));
 	rc = exec(agg, "BEGIN", err);
 	if (rc == 0)
 		rc = agg_apply_prepare(agg, err);
