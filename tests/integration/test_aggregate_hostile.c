@@ -399,6 +399,45 @@ START_TEST(test_aggregate_hostile_provider_ids_exhausted)
 }
 END_TEST
 
+/*
+ * tally rerate --model takes any spelling of the name: " GPT-4o " selects
+ * the rows of "gpt-4o" (events spelt "GPT-4o " and " gpt-4O"), not those
+ * of another model.
+ */
+START_TEST(test_aggregate_hostile_rerate_model_spelling)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new(NULL, 0);
+	tally_rerate_opts ro = { 0 };
+	tally_rerate_stats rs;
+	tally_pricebook *pb = NULL;
+	tally_agg_stats st;
+	tally_error err;
+	ai_ev e;
+	int64_t i;
+
+	memset(next_off, 0, sizeof(next_off));
+	for (i = 0; i < 6; i++) {
+		ai_event(&e, 0, i, t, "OpenAI",
+			 i == 5 ? "gpt-4o-mini" : (i & 1) ? "GPT-4o " : " gpt-4O",
+			 10);
+		big_add(&e.re, 0);
+	}
+	big_run(agg, now, &st);
+	ck_assert_int_eq(st.accepted, 6);
+	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
+		      err.msg);
+	ro.from_ms = t - 3600000;
+	ro.to_ms = now;
+	ro.model = " GPT-4o ";
+	ck_assert_msg(tally_agg_rerate(pg, pb, &ro, &rs, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_int_eq(rs.rows_seen, 5);
+	tally_pricebook_free(pb);
+	tally_agg_free(agg);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("aggregate_hostile");
@@ -411,6 +450,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_aggregate_hostile_data_error_dead_lettered);
 	tcase_add_test(tc, test_aggregate_hostile_model_cap);
 	tcase_add_test(tc, test_aggregate_hostile_provider_ids_exhausted);
+	tcase_add_test(tc, test_aggregate_hostile_rerate_model_spelling);
 	suite_add_tcase(s, tc);
 	return s;
 }
