@@ -51,6 +51,9 @@ typedef struct tally_agg_opts {
 	/* keys of committed events kept in memory to recognise re-sent events
 	 * without asking PostgreSQL (docs/aggregate.md); 0 = 65536 */
 	size_t recent_keys;
+	/* distinct provider/model names per tenant (tenant_models); an event
+	 * naming one more is a dead letter; 0 = 1000 */
+	size_t max_models_per_tenant;
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */

@@ -79,6 +79,8 @@ static const keydef keys[] = {
 	I("aggregate.future_tolerance_s", 300, false, 0, 86400),
 	I("aggregate.retention_days", 400, true, 36, 36500),
 	I("aggregate.partitions_ahead_days", 7, true, 1, 365),
+	/* distinct provider/model names per tenant; over it: dead letter */
+	I("aggregate.max_models_per_tenant", 1000, false, 1, 1000000),
 	S("aggregate.metrics_listen", "127.0.0.1:9402", false, NULL),
 	/* Stripe */
 	S("stripe.api_base", "https://api.stripe.com", false, "STRIPE_API_BASE"),

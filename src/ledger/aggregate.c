@@ -36,6 +36,9 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	agg->future_ms = opts->future_ms;
 	agg->producer = opts->producer;
 	agg->pb = opts->pricebook;
+	agg->max_models = opts->max_models_per_tenant > 0
+				  ? opts->max_models_per_tenant
+				  : 1000;
 	if (agg->producer != NULL && agg->totals_topic != NULL)
 		agg->outbox = tally_outbox_new(agg->producer, agg->totals_topic,
 					       sizeof(totals_ack));
@@ -56,16 +59,12 @@ void tally_agg_free(tally_agg *agg)
 	if (agg == NULL)
 		return;
 	tally_positions_free(agg->pos);
-	for (i = 0; i < agg->nmodels; i++) {
-		free(agg->models[i].provider);
-		free(agg->models[i].model);
-	}
+	agg_models_free(agg);
 	agg_clear_totals(agg);
 	free(agg->totals);
 	free(agg->totals_key);
 	free(agg->totals_ack);
 	tally_outbox_free(agg->outbox);
-	free(agg->models);
 	for (i = 0; i < agg->own.nblocks; i++)
 		free(agg->own.blocks[i]);
 	free(agg->own.blocks);
@@ -103,6 +102,43 @@ void tally_agg_free(tally_agg *agg)
 	free(agg);
 }
 
+/* Rounds of isolate.c per attempt at a batch (each removes >= 1 event). */
+#define ISOLATE_ROUNDS 4
+
+/*
+ * The dead letters, then the batch's transaction. When PostgreSQL refuses
+ * the batch's data, the events it refuses alone become dead letters too
+ * (agg_isolate) and the rest is committed; any other failure is returned
+ * (transient ones after tally_pg_txn's retries).
+ */
+static int commit_batch(tally_agg *agg, tally_error *err)
+{
+	tally_error e2;
+	size_t found;
+	int round, rc, rc2;
+
+	for (round = 0;; round++) {
+		rc = agg_send_dead_letters(agg, err);
+		if (rc != 0)
+			return rc;
+		agg->stage_pending = false;
+		agg->storage_unpriced = 0;
+		rc = tally_pg_txn(agg->pg, agg_apply_txn, agg, 0, err);
+		if (rc == 0)
+			return 0;
+		agg->stage_conn = NULL; /* created in a rolled-back txn? */
+		if (round == ISOLATE_ROUNDS || !agg_refused_for_data(err))
+			return rc;
+		rc2 = agg_isolate(agg, &found, &e2);
+		if (rc2 != 0) {
+			*err = e2;
+			return rc2;
+		}
+		if (found == 0)
+			return rc;
+	}
+}
+
 int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
 {
@@ -137,19 +173,11 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	agg_collect_parts(agg);
 	agg_classify(agg);
 	agg_detect_gaps(agg);
-	rc = agg_send_dead_letters(agg, err);
-	if (rc != 0)
-		return rc;
 	rc = agg_resolve_models(agg, err);
+	if (rc == 0)
+		rc = commit_batch(agg, err);
 	if (rc != 0)
 		return rc;
-	agg->stage_pending = false;
-	agg->storage_unpriced = 0;
-	rc = tally_pg_txn(agg->pg, agg_apply_txn, agg, 0, err);
-	if (rc != 0) {
-		agg->stage_conn = NULL; /* created in a rolled-back txn? */
-		return rc;
-	}
 	agg_acks_committed(agg);
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK)

@@ -7,7 +7,8 @@
  * classify), models.c, offsets.c (positions, fence, retention gaps),
  * tenants.c (the batch's tenants and billing periods; the arithmetic is
  * periods.c), copy.c (binary COPY, the stage; the encoders pg_binary.h),
- * dedupe.c, deltas.c, apply.c (the batch's transaction),
+ * dedupe.c, deltas.c, apply.c (the batch's transaction), isolate.c
+ * (the events PostgreSQL refuses, found after a failed batch),
  * storage.c (GB-months), dead_letters.c, totals_outbox.c; rollover.c and
  * rerate_storage.c reuse them outside batches; aggregate.c holds the
  * public entry points.
@@ -47,7 +48,8 @@ typedef struct seen_ring {
 	uint32_t cap, head, n;
 } seen_ring;
 
-enum { ST_OK = 0, ST_DUP, ST_DLQ };
+/* ST_HOLD: left out of the rows for now (isolate.c's probes) */
+enum { ST_OK = 0, ST_DUP, ST_DLQ, ST_HOLD };
 
 /*
  * What a batch still reads of a decoded tally_rated_event (same member
@@ -83,6 +85,7 @@ typedef struct item {
 	bool closed;
 	bool dup_db;    /* seen in an earlier batch (set by dedupe()) */
 	bool bad;       /* undecodable (the codec error is in the decoded set) */
+	bool dl_sent;   /* dead letter produced (this attempt at the batch) */
 } item;
 
 /* Messages decoded ahead (tally_agg_decode): the items and, for the
@@ -131,10 +134,20 @@ typedef struct totals_ack {
 	bool valid;           /* parsed (else produced, never marked) */
 } totals_ack;
 
+/* canonical provider name, NUL, canonical model name, NUL, zero-padded:
+ * the codec's limits (64 and TALLY_ID_MAX bytes) */
+#define AGG_MODEL_KEY (64 + 1 + TALLY_ID_MAX + 1)
+
 typedef struct model_ids {
-	char *provider, *model;
+	char key[AGG_MODEL_KEY];
 	int32_t provider_id, model_id;
 } model_ids;
+
+/* a (tenant, model) pair known to be in tenant_models */
+typedef struct tenant_model {
+	uint8_t tenant[16];
+	int32_t model_id;
+} tenant_model;
 
 typedef struct tenant_info {
 	uint8_t id[16];
@@ -164,8 +177,15 @@ struct tally_agg {
 
 	tally_positions *pos;
 
-	model_ids *models;
+	model_ids *models;       /* names -> ids (models.c) */
 	size_t nmodels, capmodels;
+	tally_hashset models_h;
+	tenant_model *tms;       /* pairs in tenant_models (models.c) */
+	size_t ntms, captms;
+	tally_hashset tms_h;
+	size_t max_models;       /* per tenant */
+	uint32_t *model_slot;    /* per item: its pending pair (models.c) */
+	size_t cap_model_slot;
 
 	/* per batch */
 	item *items;            /* = dec->items of the batch */
@@ -281,6 +301,8 @@ int tally_agg__storage_reprice(tally_agg *agg, int64_t from_ms, int64_t to_ms,
 
 /* decode.c */
 const char *agg_item_detail(const tally_agg *agg, const item *it);
+void agg_item_set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+	TALLY_PRINTF(3, 4);
 void agg_classify(tally_agg *agg);
 
 /* dedupe.c */
@@ -291,6 +313,7 @@ int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err);
 
 /* models.c */
 int agg_resolve_models(tally_agg *agg, tally_error *err);
+void agg_models_free(tally_agg *agg);
 
 /* offsets.c */
 size_t agg_batch_positions(const tally_agg *agg, tally_position *out);
@@ -331,7 +354,14 @@ void agg_accumulate(tally_agg *agg);
 
 /* apply.c */
 void agg_trace(tally_agg *agg, int phase);
+int agg_apply_prepare(tally_agg *agg, tally_error *err);
+int agg_apply_rows(tally_agg *agg, tally_error *err);
 int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err);
+
+/* isolate.c */
+bool agg_refused_for_data(const tally_error *err);
+const char *agg_refusal_reason(const tally_error *err);
+int agg_isolate(tally_agg *agg, size_t *found, tally_error *err);
 
 /* storage.c */
 int agg_storage_recompute(tally_agg *agg, tally_strbuf *at, tally_strbuf *ap,

@@ -59,6 +59,8 @@ static tally_agg_opts agg_opts(tally_aggregator *a, rd_kafka_t *producer,
 	o.dlq_topic = dlq;
 	o.totals_topic = tally_config_str(a->cfg, "topics.totals");
 	o.pricebook = a->pb;
+	o.max_models_per_tenant = (size_t)tally_config_int(
+		a->cfg, "aggregate.max_models_per_tenant");
 	return o;
 }
 

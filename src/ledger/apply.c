@@ -392,7 +392,7 @@ void agg_trace(tally_agg *agg, int phase)
  * The batch's first statements: the fence, the dead-letter mirror, the
  * retention gaps, the tenants (locked) and their periods.
  */
-static int apply_prepare(tally_agg *agg, tally_error *err)
+int agg_apply_prepare(tally_agg *agg, tally_error *err)
 {
 	size_t i;
 	int rc;
@@ -473,18 +473,15 @@ static int apply_totals(tally_agg *agg, tally_error *err)
 	return rc;
 }
 
-int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err)
+/*
+ * The batch's rows (its items ST_OK) after agg_apply_prepare: dedupe keys,
+ * ledger, deltas, storage, versions and totals.
+ */
+int agg_apply_rows(tally_agg *agg, tally_error *err)
 {
-	tally_agg *agg = payload;
 	size_t i, rows;
 	int rc;
 
-	(void)pg;
-	agg->phase_t = tally_mono_ns();
-	rc = apply_prepare(agg, err);
-	if (rc != 0)
-		return rc;
-	agg_trace(agg, 0);
 	agg_sort_batch(agg, &rows);
 	if (rows == 0)
 		return 0;
@@ -514,4 +511,18 @@ int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0)
 		agg_trace(agg, 5);
 	return rc;
+}
+
+int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	tally_agg *agg = payload;
+	int rc;
+
+	(void)pg;
+	agg->phase_t = tally_mono_ns();
+	rc = agg_apply_prepare(agg, err);
+	if (rc != 0)
+		return rc;
+	agg_trace(agg, 0);
+	return agg_apply_rows(agg, err);
 }

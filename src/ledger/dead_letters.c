@@ -19,8 +19,11 @@ int agg_send_dead_letters(tally_agg *agg, tally_error *err)
 	for (i = 0; i < agg->n; i++) {
 		item *it = &agg->items[i];
 
-		if (it->status != ST_DLQ)
+		/* once per attempt: isolate.c adds dead letters to a batch
+		 * whose others were sent */
+		if (it->status != ST_DLQ || it->dl_sent)
 			continue;
+		it->dl_sent = true;
 		agg->st.dead_lettered++;
 		tally_log(TALLY_WARN, "aggregate.dead_letter",
 			  TALLY_KV_STR("topic", agg->msgs[i].topic),

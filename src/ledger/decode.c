@@ -35,9 +35,7 @@ void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
  * item stays small: two batches of items are alive while the poll thread
  * gathers the next one (RSS).
  */
-static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
-	TALLY_PRINTF(3, 4);
-static void set_detail(tally_agg *agg, item *it, const char *fmt, ...)
+void agg_item_set_detail(tally_agg *agg, item *it, const char *fmt, ...)
 {
 	char buf[160];
 	va_list ap;
@@ -223,13 +221,13 @@ void agg_classify(tally_agg *agg)
 		it->detail = 0;
 		it->provider_id = it->model_id = 0;
 		it->ps = it->pe = 0;
-		it->closed = it->dup_db = false;
+		it->closed = it->dup_db = it->dl_sent = false;
 		if (it->bad) {
 			const tally_codec_error *ce = &agg->dec->errs[i];
 
 			it->status = ST_DLQ;
 			it->reason = ce->reason ? ce->reason : "invalid";
-			set_detail(agg, it, "%.40s: %.110s", ce->field,
+			agg_item_set_detail(agg, it, "%.40s: %.110s", ce->field,
 				   ce->detail);
 			continue;
 		}
@@ -237,7 +235,7 @@ void agg_classify(tally_agg *agg)
 		if (t < agg->now_ms - agg->lateness_ms) {
 			it->status = ST_DLQ;
 			it->reason = "too_late";
-			set_detail(agg, it,
+			agg_item_set_detail(agg, it,
 				 "event time is %" PRId64 " s before the "
 				 "lateness window", (agg->now_ms -
 				 agg->lateness_ms - t) / 1000);
@@ -246,7 +244,7 @@ void agg_classify(tally_agg *agg)
 		if (t > agg->now_ms + agg->future_ms) {
 			it->status = ST_DLQ;
 			it->reason = "future_timestamp";
-			set_detail(agg, it,
+			agg_item_set_detail(agg, it,
 				 "event time is %" PRId64 " s in the future",
 				 (t - agg->now_ms) / 1000);
 			continue;

@@ -30,6 +30,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/aggregate.h"
 #include "aggregate_int.h"
+#include "base/model_names.h"
 #include "base/strbuf.h"
 #include "tally/event.h"
 #include "tally/log.h"
@@ -127,7 +128,8 @@ static const char SELECT_SQL[] =
 	" AND l.occurred_at < timestamptz 'epoch' + $2::bigint"
 	"  * interval '1 millisecond'"
 	" AND ($3::uuid IS NULL OR l.tenant_id = $3::uuid)"
-	" AND ($4::text IS NULL OR m.name = $4::text)"
+	" AND ($4::text IS NULL OR m.name = $4::text" /* or an older spelling: */
+	"  OR lower(btrim(m.name)) = $4::text)"
 	" AND l.meter_id <> $5::smallint" /* storage: see the top */
 	" FOR UPDATE OF l";
 
@@ -410,7 +412,7 @@ static int rerate_apply(tally_pg *pg, rr *r, const char *const *params,
 static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 {
 	rr *r = payload;
-	char from[24], to[24], tid[37], storage[8];
+	char from[24], to[24], tid[37], storage[8], model[TALLY_ID_MAX + 1];
 	const char *params[5];
 	size_t staged = 0;
 	int rc;
@@ -427,7 +429,10 @@ static int rerate_slice(tally_pg *pg, void *payload, tally_error *err)
 		tally_uuid_fmt(tid, r->o->tenant_id);
 		params[2] = tid;
 	}
-	params[3] = r->o->model;
+	params[3] = r->o->model == NULL ? NULL : model;
+	if (r->o->model != NULL) /* in its canonical form, as stored */
+		tally_model_name_norm(model, sizeof(model), r->o->model,
+				      strlen(r->o->model));
 	params[4] = storage;
 	rc = tally_pg_exec(pg, NULL, SELECT_SQL, 5, params, err);
 	if (rc == 0)

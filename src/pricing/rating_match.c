@@ -1,37 +1,20 @@
 /*
  * rating_match.c - which provider and model of the book an event's
- * (provider, model) strings name, with genai-prices' rules: names trimmed
- * and lower-cased; the provider by id, then by provider_match; "litellm"
- * and an empty provider resolved through "<provider>/<model>" names or
- * model_match; the model by its match rule, in the provider, then in its
+ * (provider, model) strings name, with genai-prices' rules: names in
+ * their canonical form (tally_model_name_norm: trimmed, lower-cased); the
+ * provider by id, then by provider_match; "litellm" and an empty provider
+ * resolved through "<provider>/<model>" names or model_match; the model by its match rule, in the provider, then in its
  * fallback providers, then again with "-YYYYMMDD" read as "-YYYY-MM-DD".
  * The slow path of rating: rating.c caches the result per thread.
  */
 #include "pricebook_int.h"
 #include "base/calendar.h"
+#include "base/model_names.h"
 
 #include <ctype.h>
 #include <string.h>
 
 #define NAME_MAX_LEN 512
-
-static size_t norm_name(char *out, const char *s, size_t len)
-{
-	size_t i, n = 0;
-
-	while (len > 0 && isspace((unsigned char)s[0])) {
-		s++;
-		len--;
-	}
-	while (len > 0 && isspace((unsigned char)s[len - 1]))
-		len--;
-	if (len >= NAME_MAX_LEN)
-		len = NAME_MAX_LEN - 1;
-	for (i = 0; i < len; i++)
-		out[n++] = (char)tolower((unsigned char)s[i]);
-	out[n] = '\0';
-	return n;
-}
 
 static const pb_provider *find_provider(const tally_pricebook *pb,
 					const char *pid, size_t plen)
@@ -132,8 +115,10 @@ void tally_pb__resolve(const tally_pricebook *pb, const tally_str *provider,
 		       const pb_model **outm)
 {
 	char name[NAME_MAX_LEN], pid[NAME_MAX_LEN], alt[NAME_MAX_LEN];
-	size_t nlen = norm_name(name, model->ptr, model->len);
-	size_t plen = norm_name(pid, provider->ptr, provider->len);
+	size_t nlen = tally_model_name_norm(name, sizeof(name), model->ptr,
+					    model->len);
+	size_t plen = tally_model_name_norm(pid, sizeof(pid), provider->ptr,
+					    provider->len);
 	const pb_provider *p = NULL;
 	const pb_model *m;
 	uint32_t i;

@@ -48,11 +48,12 @@ static inline void aggpg_teardown(void)
 
 /*
  * An aggregator on pg with the default windows (lateness 35 days, 5
- * minutes ahead), optionally a price book (storage) and a recent-keys
- * ring size (0 = the default), assigned partitions 0-3 of AGG_TOPIC.
+ * minutes ahead), optionally a price book (storage), a recent-keys ring
+ * size and a cap of names per tenant (0 = the defaults), assigned
+ * partitions 0-3 of AGG_TOPIC.
  */
-static inline tally_agg *aggpg_new(const tally_pricebook *pb,
-				   size_t recent_keys)
+static inline tally_agg *aggpg_new_cap(const tally_pricebook *pb,
+				       size_t recent_keys, size_t max_models)
 {
 	tally_agg_opts o = { 0 };
 	tally_agg *agg = NULL;
@@ -65,12 +66,19 @@ static inline tally_agg *aggpg_new(const tally_pricebook *pb,
 	o.future_ms = 300000;
 	o.pricebook = pb;
 	o.recent_keys = recent_keys;
+	o.max_models_per_tenant = max_models;
 	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
 	for (p = 0; p < 4; p++)
 		rd_kafka_topic_partition_list_add(l, AGG_TOPIC, p);
 	ck_assert_msg(tally_agg_assign(agg, l, &err) == 0, "%s", err.msg);
 	rd_kafka_topic_partition_list_destroy(l);
 	return agg;
+}
+
+static inline tally_agg *aggpg_new(const tally_pricebook *pb,
+				   size_t recent_keys)
+{
+	return aggpg_new_cap(pb, recent_keys, 0);
 }
 
 /* Record tenant s's period [from_ms, to_ms) as invoiced (closed). */
