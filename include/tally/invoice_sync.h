@@ -14,7 +14,9 @@
  * line), and a line tried before is first looked up on Stripe (metadata),
  * so redeliveries, crashes and restarts leave one item per line. An
  * invoice no longer a draft gets its lines as pending invoice items (no
- * invoice: Stripe puts them on the customer's next invoice).
+ * invoice: Stripe puts them on the customer's next invoice). An invoice
+ * not in the tenant's currency (tenants.currency) gets no line: tally
+ * converts no currency.
  */
 #include <jansson.h>
 #include <stdbool.h>
@@ -44,7 +46,9 @@ tally_usage_billing tally_usage_billing_of(const tally_config *cfg);
  * subscription_cycle invoice of a known tenant (and usage_billing =
  * invoice_items), bill the usage period (compute once, then push).
  * Other events: nothing. Stripe's rejection of a line is logged and leaves
- * the line pending (reconcile --apply sends it again).
+ * the line pending (reconcile --apply sends it again). An invoice in
+ * another currency than the tenant's: a currency_mismatch run, no line,
+ * logged (stripe.usage_currency_mismatch), 0.
  * @return 0; TALLY_ETRANSIENT (PostgreSQL or Stripe unavailable: deliver
  *         the event again); TALLY_EINVALID (the usage cannot be computed)
  */
@@ -67,9 +71,13 @@ int tally_invoice_sync_push(tally_pg *pg, tally_stripe *stripe,
  * (amount in minor units) with the invoice items Stripe holds for them
  * (matched on metadata tenant_id, invoice_id, line_key). Each difference
  * is one tab-separated line on out: `usage_line_missing` or
- * `usage_line_amount`, tenant, invoice, line key, postgres=…, stripe=….
+ * `usage_line_amount`, tenant, invoice, line key, postgres=…, stripe=…;
+ * and every currency_mismatch run: `usage_currency_mismatch`, tenant,
+ * invoice, `currency`, postgres=<tenant's currency>, stripe=<invoice's>.
  * With apply, missing lines are sent again (to the draft, else as pending
- * invoice items); amount differences are only reported.
+ * invoice items), a currency_mismatch run whose tenant's currency is now
+ * the invoice's is computed and sent; amount differences and currencies
+ * that still differ are only reported.
  * @param[out] ndiff differences found (may be NULL)
  */
 int tally_invoice_reconcile(tally_pg *pg, tally_stripe *stripe, bool apply,

@@ -1,10 +1,12 @@
 /*
  * invoice_reconcile.c - `tally stripe reconcile`, usage part: the lines
  * tally computed for an invoice against the invoice items Stripe holds
- * for them (matched on metadata), per tenant and invoice.
+ * for them (matched on metadata), per tenant and invoice; and the runs
+ * that billed nothing because the invoice is not in the tenant's currency.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/invoice_sync.h"
+#include "stripe/invoice_usage.h"
 
 #include <inttypes.h>
 #include <stdlib.h>
@@ -112,6 +114,50 @@ static int list_items(recon_ctx *r, const char *customer,
 	return rc;
 }
 
+/* The runs with lines to compare, and since when their items exist. */
+static const char runs_sql[] =
+	"SELECT r.tenant_id, r.invoice_id, t.stripe_customer_id, "
+	"(extract(epoch FROM r.computed_at)::bigint - 86400)::text "
+	"FROM invoice_usage_runs r JOIN tenants t ON t.id = r.tenant_id"
+	" WHERE t.stripe_customer_id IS NOT NULL AND EXISTS (SELECT 1 "
+	"FROM invoice_usage_lines l WHERE l.tenant_id = r.tenant_id AND"
+	" l.invoice_id = r.invoice_id AND l.status <> 'zero') "
+	"ORDER BY r.tenant_id, r.computed_at";
+
+/* Every currency_mismatch run; with apply, the runs whose tenant's
+ * currency is now the invoice's are computed and sent. */
+static int recon_currency(recon_ctx *r, tally_error *err)
+{
+	PGresult *res = NULL;
+	int rc, i, n;
+
+	rc = tally_pg_exec(r->pg, &res,
+		"SELECT r.tenant_id, r.invoice_id, upper(t.currency), "
+		"upper(r.currency) FROM invoice_usage_runs r JOIN tenants t ON "
+		"t.id = r.tenant_id WHERE r.status = 'currency_mismatch' "
+		"ORDER BY r.tenant_id, r.computed_at", 0, NULL, err);
+	n = rc == 0 ? PQntuples(res) : 0;
+	for (i = 0; rc == 0 && i < n; i++) {
+		const char *tenant = PQgetvalue(res, i, 0);
+		const char *invoice = PQgetvalue(res, i, 1);
+		invoice_usage_run run;
+
+		fprintf(r->out, "usage_currency_mismatch\t%s\t%s\tcurrency\t"
+			"postgres=%s\tstripe=%s\n", tenant, invoice,
+			PQgetvalue(res, i, 2), PQgetvalue(res, i, 3));
+		r->ndiff++;
+		if (!r->apply ||
+		    strcmp(PQgetvalue(res, i, 2), PQgetvalue(res, i, 3)) != 0)
+			continue;
+		rc = invoice_usage_redo(r->pg, tenant, invoice, &run, err);
+		if (rc == 0 && run.fresh)
+			rc = tally_invoice_sync_push(r->pg, r->stripe, tenant,
+						     invoice, NULL, err);
+	}
+	PQclear(res);
+	return rc;
+}
+
 int tally_invoice_reconcile(tally_pg *pg, tally_stripe *stripe, bool apply,
 			    FILE *out, int *ndiff, tally_error *err)
 {
@@ -119,14 +165,10 @@ int tally_invoice_reconcile(tally_pg *pg, tally_stripe *stripe, bool apply,
 	PGresult *res = NULL;
 	int rc, i, n, missing;
 
-	rc = tally_pg_exec(pg, &res,
-		"SELECT r.tenant_id, r.invoice_id, t.stripe_customer_id, "
-		"(extract(epoch FROM r.computed_at)::bigint - 86400)::text "
-		"FROM invoice_usage_runs r JOIN tenants t ON t.id = r.tenant_id"
-		" WHERE t.stripe_customer_id IS NOT NULL AND EXISTS (SELECT 1 "
-		"FROM invoice_usage_lines l WHERE l.tenant_id = r.tenant_id AND"
-		" l.invoice_id = r.invoice_id AND l.status <> 'zero') "
-		"ORDER BY r.tenant_id, r.computed_at", 0, NULL, err);
+	/* first: the lines it sends are then compared like the others */
+	rc = recon_currency(&r, err);
+	if (rc == 0)
+		rc = tally_pg_exec(pg, &res, runs_sql, 0, NULL, err);
 	n = rc == 0 ? PQntuples(res) : 0;
 	for (i = 0; rc == 0 && i < n; i++) {
 		const char *tenant = PQgetvalue(res, i, 0);

@@ -367,7 +367,7 @@ int tally_invoice_sync_event(tally_pg *pg, tally_stripe *stripe,
 {
 	tally_usage_grouping g;
 	invoice_period p;
-	bool fresh;
+	invoice_usage_run run;
 	int rc, sent = 0;
 
 	if (stripe == NULL || type == NULL ||
@@ -383,7 +383,19 @@ int tally_invoice_sync_event(tally_pg *pg, tally_stripe *stripe,
 	rc = invoice_usage_tenant(pg, p.customer, p.tenant_id, err);
 	if (rc != 0 || p.tenant_id[0] == '\0')
 		return rc; /* unknown tenant: the event records it */
-	rc = invoice_usage_compute(pg, &p, g, &fresh, err);
+	rc = invoice_usage_compute(pg, &p, g, &run, err);
+	if (rc == 0 && run.mismatch) {
+		/* no line: tally converts no currency; the event is still
+		 * mirrored and reconcile reports the run */
+		if (run.fresh)
+			tally_log(TALLY_ERR, "stripe.usage_currency_mismatch",
+				  TALLY_KV_STR("tenant_id", p.tenant_id),
+				  TALLY_KV_STR("invoice_id", p.invoice_id),
+				  TALLY_KV_STR("invoice_currency", p.currency),
+				  TALLY_KV_STR("tenant_currency",
+					       run.tenant_currency));
+		return 0;
+	}
 	if (rc == 0)
 		rc = tally_invoice_sync_push(pg, stripe, p.tenant_id,
 					     p.invoice_id, &sent, err);
@@ -393,7 +405,7 @@ int tally_invoice_sync_event(tally_pg *pg, tally_stripe *stripe,
 		tally_log(TALLY_ERR, "stripe.usage_lines_not_sent",
 			  TALLY_KV_STR("tenant_id", p.tenant_id),
 			  TALLY_KV_STR("invoice_id", p.invoice_id),
-			  TALLY_KV_INT("computed_now", fresh),
+			  TALLY_KV_INT("computed_now", run.fresh),
 			  TALLY_KV_STR("error", err->msg));
 		return 0;
 	}

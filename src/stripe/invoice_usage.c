@@ -12,6 +12,12 @@
  * with this invoice, so each is billed exactly once. All of it runs in the
  * closer's transaction (tenant row FOR UPDATE), so no batch writes into
  * the period between the close and the computation.
+ *
+ * tally converts no currency: the usage is in the tenant's currency
+ * (tenants.currency, the currency of the prices that rated it). An invoice
+ * in another currency gets a currency_mismatch run and no line; nothing
+ * is taken from the period, so reconcile --apply can bill it once the
+ * tenant's currency is the invoice's (invoice_usage_redo).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/period_close.h"
@@ -26,7 +32,8 @@
 typedef struct compute_ctx {
 	const invoice_period *p;
 	tally_usage_grouping g;
-	bool fresh;
+	bool redo; /* a currency_mismatch run may be computed again */
+	invoice_usage_run *out;
 } compute_ctx;
 
 typedef char numbuf[24];
@@ -156,30 +163,77 @@ static int record_line(tally_pg *pg, const invoice_period *p,
 		7, prm, err);
 }
 
-/* Lock, close the period; *done when this invoice was computed before. */
-static int lock_and_close(tally_pg *pg, const invoice_period *p, bool *done,
-			  tally_error *err)
+/* The run of (tenant, invoice) in *done; out->mismatch when it is a
+ * currency_mismatch run. */
+static int run_status(tally_pg *pg, const invoice_period *p, bool *done,
+		      invoice_usage_run *out, tally_error *err)
 {
-	numbuf ps, pe;
-	const char *prm[4] = { p->tenant_id, i64s(ps, p->period_start),
-			       i64s(pe, p->period_end), p->invoice_id };
 	PGresult *res = NULL;
 	int rc;
 
-	rc = tally_pg_exec(pg, NULL, "SELECT 1 FROM tenants WHERE id = $1 "
-			   "FOR UPDATE", 1, prm, err);
+	rc = tally_pg_exec(pg, &res, "SELECT status FROM invoice_usage_runs"
+			   " WHERE tenant_id = $1 AND invoice_id = $2", 2,
+			   (const char *[]){ p->tenant_id, p->invoice_id }, err);
+	*done = rc == 0 && PQntuples(res) == 1;
+	out->mismatch = *done &&
+			strcmp(PQgetvalue(res, 0, 0), "currency_mismatch") == 0;
+	PQclear(res);
+	return rc;
+}
+
+/* Lock the tenant (its currency into x->out), close the period; *done
+ * when this invoice was computed before. A redo drops a currency_mismatch
+ * run whose currencies now agree, to compute it. */
+static int lock_and_close(tally_pg *pg, compute_ctx *x, bool *done,
+			  tally_error *err)
+{
+	const invoice_period *p = x->p;
+	PGresult *res = NULL;
+	int rc;
+
+	rc = tally_pg_exec(pg, &res, "SELECT upper(currency) FROM tenants "
+			   "WHERE id = $1 FOR UPDATE", 1,
+			   (const char *[]){ p->tenant_id }, err);
+	if (rc == 0 && PQntuples(res) != 1)
+		rc = tally_error_set(err, TALLY_EINVALID, "tenant %s is gone",
+				     p->tenant_id);
 	if (rc == 0)
-		rc = tally_pg_exec(pg, &res, "SELECT 1 FROM invoice_usage_runs"
-				   " WHERE tenant_id = $1 AND invoice_id = $2",
+		snprintf(x->out->tenant_currency,
+			 sizeof(x->out->tenant_currency), "%s",
+			 PQgetvalue(res, 0, 0));
+	PQclear(res);
+	if (rc == 0)
+		rc = run_status(pg, p, done, x->out, err);
+	if (rc == 0 && *done && x->redo && x->out->mismatch &&
+	    strcmp(x->out->tenant_currency, p->currency) == 0) {
+		*done = false;
+		rc = tally_pg_exec(pg, NULL, "DELETE FROM invoice_usage_runs "
+				   "WHERE tenant_id = $1 AND invoice_id = $2",
 				   2, (const char *[]){ p->tenant_id,
 							 p->invoice_id }, err);
-	*done = rc == 0 && PQntuples(res) == 1;
-	PQclear(res);
+	}
 	if (rc != 0 || *done)
 		return rc;
 	/* the closer's row (docs/aggregate.md); the tenant is locked */
 	return tally_period_close(pg, p->tenant_id, p->period_start,
 				  p->period_end, p->invoice_id, err);
+}
+
+static int record_run(tally_pg *pg, const compute_ctx *x,
+		      const char *status, tally_error *err)
+{
+	numbuf ps, pe;
+
+	return tally_pg_exec(pg, NULL,
+		"INSERT INTO invoice_usage_runs (tenant_id, invoice_id,"
+		" period_start, period_end, currency, grouping, status) VALUES"
+		" ($1, $2, to_timestamp($3::bigint), to_timestamp($4::bigint),"
+		" $5, $6, $7)", 7,
+		(const char *[]){ x->p->tenant_id, x->p->invoice_id,
+				  i64s(ps, x->p->period_start),
+				  i64s(pe, x->p->period_end), x->p->currency,
+				  tally_usage_grouping_name(x->g), status },
+		err);
 }
 
 static int compute_txn(tally_pg *pg, void *payload, tally_error *err)
@@ -197,16 +251,22 @@ static int compute_txn(tally_pg *pg, void *payload, tally_error *err)
 	bool done;
 	int rc, digits = tally_currency_minor_digits(p->currency);
 
-	x->fresh = false;
+	memset(x->out, 0, sizeof(*x->out)); /* the transaction may run again */
 	if (digits < 0)
 		return tally_error_set(err, TALLY_EINVALID,
 				       "invoice %s: unknown currency %s",
 				       p->invoice_id, p->currency);
 	if (h0 >= h1)
 		h0 = h1 = p->period_start; /* no whole hour: all from ledger */
-	rc = lock_and_close(pg, p, &done, err);
+	rc = lock_and_close(pg, x, &done, err);
 	if (rc != 0 || done)
 		return rc;
+	if (strcmp(x->out->tenant_currency, p->currency) != 0) {
+		/* nothing converted, nothing taken (the file comment) */
+		rc = record_run(pg, x, "currency_mismatch", err);
+		x->out->fresh = x->out->mismatch = rc == 0;
+		return rc;
+	}
 	rc = tally_pg_exec(pg, &r1, period_usage_sql, 6, (const char *[]){
 		p->tenant_id, i64s(ps, p->period_start),
 		i64s(pe, p->period_end), i64s(a, h0), i64s(b, h1),
@@ -228,16 +288,8 @@ static int compute_txn(tally_pg *pg, void *payload, tally_error *err)
 	for (i = 0; rc == 0 && i < nl; i++)
 		rc = record_line(pg, p, &lines[i], err);
 	if (rc == 0)
-		rc = tally_pg_exec(pg, NULL,
-			"INSERT INTO invoice_usage_runs (tenant_id, invoice_id,"
-			" period_start, period_end, currency, grouping) VALUES "
-			"($1, $2, to_timestamp($3::bigint), "
-			"to_timestamp($4::bigint), $5, $6)", 6,
-			(const char *[]){ p->tenant_id, p->invoice_id, ps, pe,
-					  p->currency,
-					  tally_usage_grouping_name(x->g) },
-			err);
-	x->fresh = rc == 0;
+		rc = record_run(pg, x, "computed", err);
+	x->out->fresh = rc == 0;
 	free(lines);
 	free(ch);
 	PQclear(r1);
@@ -246,24 +298,50 @@ static int compute_txn(tally_pg *pg, void *payload, tally_error *err)
 }
 
 int invoice_usage_compute(tally_pg *pg, const invoice_period *p,
-			  tally_usage_grouping g, bool *fresh,
+			  tally_usage_grouping g, invoice_usage_run *out,
 			  tally_error *err)
 {
-	compute_ctx x = { p, g, false };
-	PGresult *res = NULL;
+	compute_ctx x = { p, g, false, out };
 	bool done;
 	int rc;
 
-	*fresh = false;
+	memset(out, 0, sizeof(*out));
 	/* a redelivery takes no tenant lock (batches would wait for it) */
-	rc = tally_pg_exec(pg, &res, "SELECT 1 FROM invoice_usage_runs WHERE "
-			   "tenant_id = $1 AND invoice_id = $2", 2,
-			   (const char *[]){ p->tenant_id, p->invoice_id }, err);
-	done = rc == 0 && PQntuples(res) == 1;
-	PQclear(res);
+	rc = run_status(pg, p, &done, out, err);
 	if (rc != 0 || done)
 		return rc;
-	rc = tally_pg_txn(pg, compute_txn, &x, 0, err);
-	*fresh = rc == 0 && x.fresh;
-	return rc;
+	return tally_pg_txn(pg, compute_txn, &x, 0, err);
+}
+
+int invoice_usage_redo(tally_pg *pg, const char *tenant_id,
+		       const char *invoice_id, invoice_usage_run *out,
+		       tally_error *err)
+{
+	invoice_period p;
+	compute_ctx x = { &p, TALLY_GROUP_PER_MODEL, true, out };
+	PGresult *res = NULL;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	memset(&p, 0, sizeof(p));
+	rc = tally_pg_exec(pg, &res, "SELECT extract(epoch FROM period_start)"
+		"::bigint::text, extract(epoch FROM period_end)::bigint::text,"
+		" upper(currency), grouping FROM invoice_usage_runs WHERE "
+		"tenant_id = $1 AND invoice_id = $2 AND status = "
+		"'currency_mismatch'", 2,
+		(const char *[]){ tenant_id, invoice_id }, err);
+	if (rc != 0 || PQntuples(res) != 1) {
+		PQclear(res);
+		return rc; /* computed meanwhile: nothing to redo */
+	}
+	snprintf(p.tenant_id, sizeof(p.tenant_id), "%s", tenant_id);
+	snprintf(p.invoice_id, sizeof(p.invoice_id), "%s", invoice_id);
+	snprintf(p.currency, sizeof(p.currency), "%s", PQgetvalue(res, 0, 2));
+	p.period_start = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	p.period_end = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+	if (tally_usage_grouping_parse(PQgetvalue(res, 0, 3), &x.g) != 0)
+		rc = tally_error_set(err, TALLY_EINVALID,
+				     "run %s: unknown grouping", invoice_id);
+	PQclear(res);
+	return rc != 0 ? rc : tally_pg_txn(pg, compute_txn, &x, 0, err);
 }

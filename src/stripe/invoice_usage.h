@@ -18,6 +18,13 @@ typedef struct invoice_period {
 	int64_t period_start, period_end; /* unix seconds */
 } invoice_period;
 
+/* What invoice_usage_compute did. */
+typedef struct invoice_usage_run {
+	bool fresh;    /* this call recorded the run */
+	bool mismatch; /* the run is currency_mismatch: no line */
+	char tenant_currency[4]; /* upper case; "" when the run existed */
+} invoice_usage_run;
+
 /*
  * In one transaction, the tenant row locked FOR UPDATE (the closer's
  * protocol, docs/aggregate.md "Closing a period"): close the period
@@ -25,11 +32,23 @@ typedef struct invoice_period {
  * not yet invoiced (marked with this invoice), build the lines and record
  * them (pending, or zero) with an invoice_usage_runs row. Done once per
  * (tenant, invoice): when the run exists nothing is recomputed.
- * *fresh tells whether this call computed the lines.
+ * An invoice whose currency is not the tenant's (tenants.currency: the
+ * currency its usage is priced in; nothing is converted) gets a
+ * currency_mismatch run, no line, and takes no adjustment.
  */
 int invoice_usage_compute(tally_pg *pg, const invoice_period *p,
-			  tally_usage_grouping g, bool *fresh,
+			  tally_usage_grouping g, invoice_usage_run *out,
 			  tally_error *err);
+
+/*
+ * Compute the lines of a currency_mismatch run of (tenant, invoice) now
+ * that the tenant's currency may be the invoice's (reconcile --apply), as
+ * invoice_usage_compute would have; *out tells what happened (fresh: the
+ * lines are recorded; mismatch: the currencies still differ).
+ */
+int invoice_usage_redo(tally_pg *pg, const char *tenant_id,
+		       const char *invoice_id, invoice_usage_run *out,
+		       tally_error *err);
 
 /* The tenant of a Stripe customer: tenant_id[0] = '\0' when none. */
 int invoice_usage_tenant(tally_pg *pg, const char *customer,

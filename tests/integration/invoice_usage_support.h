@@ -190,7 +190,8 @@ static const char lines_sql[] __attribute__((unused)) =
 	"SELECT string_agg(line_key || '=' || amount_minor || ':' || status,"
 	" ',' ORDER BY line_key) FROM invoice_usage_lines WHERE invoice_id = $1";
 
-/* A JPY plan (jp_starter) for tenant t. */
+/* A JPY plan (jp_starter) for tenant t, billed in yen: its usage is
+ * priced in JPY (tenants.currency; tally converts no currency). */
 static inline void usage_jpy_plan(const char *t)
 {
 	testdb_sql(pg, "INSERT INTO plans (id, name, monthly_price, currency,"
@@ -198,8 +199,43 @@ static inline void usage_jpy_plan(const char *t)
 		   "custom_branding, sso, white_label, support, rank) VALUES "
 		   "('jp_starter', 'JP Starter', 9800, 'JPY', 5, 100, 10000, "
 		   "false, false, false, 'community', 1)");
-	sql("UPDATE tenants SET subscription_plan = 'jp_starter' WHERE id = "
-	    "'%s'", t);
+	sql("UPDATE tenants SET subscription_plan = 'jp_starter', currency = "
+	    "'JPY' WHERE id = '%s'", t);
+}
+
+/* The structured log (stderr) of a stretch of the test, in a file. */
+typedef struct log_capture {
+	FILE *f;
+	int saved;
+} log_capture;
+
+static inline void log_capture_start(log_capture *c)
+{
+	fflush(stderr);
+	c->f = tmpfile();
+	ck_assert_ptr_nonnull(c->f);
+	c->saved = dup(STDERR_FILENO);
+	ck_assert_int_ge(c->saved, 0);
+	ck_assert_int_ge(dup2(fileno(c->f), STDERR_FILENO), 0);
+}
+
+/* What was logged since log_capture_start; the caller frees it. */
+static inline char *log_capture_end(log_capture *c)
+{
+	long n;
+	char *buf;
+
+	fflush(stderr);
+	ck_assert_int_ge(dup2(c->saved, STDERR_FILENO), 0);
+	close(c->saved);
+	n = ftell(c->f);
+	ck_assert_int_ge(n, 0);
+	buf = calloc(1, (size_t)n + 1);
+	ck_assert_ptr_nonnull(buf);
+	rewind(c->f);
+	ck_assert_uint_eq(fread(buf, 1, (size_t)n, c->f), (size_t)n);
+	fclose(c->f);
+	return buf;
 }
 
 /* One database for a suite: the tenants (cus_t<n>), a JPY plan for T6. */

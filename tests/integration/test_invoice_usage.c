@@ -14,9 +14,14 @@
  *   created and its answer lost while Stripe forgot the key): the
  *   redelivery leaves one item per line;
  * - a period without usage: no item, no error;
- * - JPY and USD tenants: rounded to yen and to cents.
+ * - JPY and USD tenants: rounded to yen and to cents;
+ * - a USD tenant's invoice drafted in JPY: no item (tally converts no
+ *   currency), the run recorded currency_mismatch, an error logged,
+ *   reported by reconcile and billed by --apply once the tenant's
+ *   currency is the invoice's.
  */
 #include "invoice_usage_support.h"
+#include "tally/invoice_sync.h"
 
 /* January for T: two models, an api call under a cent, storage, late
  * usage of December not yet invoiced (and one that was). */
@@ -329,6 +334,106 @@ START_TEST(test_invoice_usage_jpy_and_usd)
 }
 END_TEST
 
+/* tally stripe reconcile's usage part on the world's Stripe; *n the
+ * differences, the caller frees the output. */
+static char *reconcile(world *w, bool apply, int *n)
+{
+	tally_error err;
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&buf, &len);
+	int rc;
+
+	ck_assert_ptr_nonnull(out);
+	rc = tally_invoice_reconcile(pg, w->stripe, apply, out, n, &err);
+	fclose(out);
+	ck_assert_msg(rc == 0, "reconcile: %d %s", rc, rc ? err.msg : "");
+	return buf;
+}
+
+START_TEST(test_invoice_usage_currency_mismatch)
+{
+	const char *mismatch = "usage_currency_mismatch\t" T12 "\tin_t12_jan"
+			       "\tcurrency\tpostgres=USD\tstripe=JPY\n";
+	world w;
+	tally_error err;
+	log_capture lc;
+	char *log, *line, *out;
+	int rc, n = -1;
+
+	/* the usage of a USD tenant: dollars */
+	usage(T12, P1 + 7200, "ai.tokens", "openai", "gpt-4o", "2.5");
+	adjustment(T12, P0, P1, "late_usage", "gpt-4o", "0.5", NULL);
+	/* only this tenant's invoices are on this scripted Stripe */
+	sql("DELETE FROM invoice_usage_runs WHERE tenant_id <> '%s'", T12);
+	world_start(&w, NULL);
+	ss_invoice("in_t12_jan", "draft");
+	log_capture_start(&lc);
+	rc = deliver(&w, "evt_t12", "invoice.created", "in_t12_jan",
+		     "cus_t12", "draft", "jpy", P1, P2, 9800, &err);
+	log = log_capture_end(&lc);
+	ck_assert_msg(rc == 0, "mirrored: %d %s", rc, rc ? err.msg : "");
+	/* $2.50 is not billed as 3 yen */
+	ck_assert_int_eq(posts(), 0);
+	check(lines_sql, "in_t12_jan", "");
+	check("SELECT status || ':' || currency FROM invoice_usage_runs WHERE"
+	      " invoice_id = $1", "in_t12_jan", "currency_mismatch:JPY");
+	check("SELECT count(*) FROM stripe_events WHERE event_id = $1",
+	      "evt_t12", "1");
+	check("SELECT status FROM invoices WHERE invoice_id = $1",
+	      "in_t12_jan", "draft");
+	/* nothing taken: the adjustment waits, the period is closed */
+	check("SELECT count(*) FROM usage_adjustments WHERE tenant_id = $1 "
+	      "AND invoiced_at IS NULL", T12, "1");
+	check("SELECT status || ':' || invoice_id FROM billing_periods WHERE "
+	      "tenant_id = $1", T12, "invoiced:in_t12_jan");
+	line = strstr(log, "\"event\":\"stripe.usage_currency_mismatch\"");
+	ck_assert_msg(line != NULL, "log: %s", log);
+	while (line > log && line[-1] != '\n')
+		line--;
+	line[strcspn(line, "\n")] = '\0';
+	ck_assert_msg(strstr(line, "\"level\":\"error\"") &&
+		      strstr(line, "\"tenant_id\":\"" T12 "\",\"invoice_id\":"
+			     "\"in_t12_jan\",\"invoice_currency\":\"JPY\","
+			     "\"tenant_currency\":\"USD\""), "%s", line);
+	free(log);
+
+	/* reported; --apply bills nothing while the currencies differ */
+	out = reconcile(&w, false, &n);
+	ck_assert_str_eq(out, mismatch);
+	ck_assert_int_eq(n, 1);
+	free(out);
+	free(reconcile(&w, true, &n));
+	ck_assert_int_eq(n, 1);
+	ck_assert_int_eq(posts(), 0);
+	check(lines_sql, "in_t12_jan", "");
+
+	/* the tenant's prices were yen all along: its currency fixed, the
+	 * period is billed on the draft, in yen, once */
+	sql("UPDATE tenants SET currency = 'JPY' WHERE id = '%s'", T12);
+	out = reconcile(&w, true, &n);
+	ck_assert_str_eq(out, "usage_currency_mismatch\t" T12 "\tin_t12_jan"
+			 "\tcurrency\tpostgres=JPY\tstripe=JPY\n");
+	free(out);
+	check(lines_sql, "in_t12_jan",
+	      "late_usage:ai.tokens:openai:gpt-4o=1:created,"
+	      "usage:ai.tokens:openai:gpt-4o=3:created");
+	check("SELECT status FROM invoice_usage_runs WHERE invoice_id = $1",
+	      "in_t12_jan", "computed");
+	ck_assert_int_eq(posts(), 2);
+	pthread_mutex_lock(&ss_srv.mu);
+	ck_assert_str_eq(ss_srv.items[0].currency, "jpy");
+	ck_assert_str_eq(ss_srv.items[0].invoice, "in_t12_jan");
+	pthread_mutex_unlock(&ss_srv.mu);
+	out = reconcile(&w, true, &n);
+	ck_assert_str_eq(out, "");
+	ck_assert_int_eq(n, 0);
+	free(out);
+	ck_assert_int_eq(posts(), 2);
+	world_stop(&w);
+}
+END_TEST
+
 static void setup(void)
 {
 	usage_db_setup("tally_invoice_usage");
@@ -348,6 +453,8 @@ static Suite *invoice_usage_suite(void)
 	tcase_add_test(tc, test_invoice_usage_crash_key_forgotten);
 	tcase_add_test(tc, test_invoice_usage_empty_period);
 	tcase_add_test(tc, test_invoice_usage_jpy_and_usd);
+	/* last: it drops the other tenants' runs */
+	tcase_add_test(tc, test_invoice_usage_currency_mismatch);
 	suite_add_tcase(s, tc);
 	return s;
 }
