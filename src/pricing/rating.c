@@ -317,86 +317,117 @@ static const pb_unit_price *unit_at(const tally_pricebook *pb,
 	return NULL;
 }
 
+/* The event has no price: marked unpriced, TALLY_ENOTFOUND. */
+static int unpriced(tally_rated_event *out, const tally_usage_event *ev,
+		    tally_error *err)
+{
+	const char *meter = tally_meter_name(ev->meter);
+
+	out->unpriced = true;
+	out->price_id = 0;
+	return tally_error_set(err, TALLY_ENOTFOUND,
+			       "no price for %s '%.*s' / '%.*s'",
+			       meter ? meter : "?", (int)ev->provider.len,
+			       ev->provider.ptr ? ev->provider.ptr : "",
+			       (int)ev->model.len,
+			       ev->model.ptr ? ev->model.ptr : "");
+}
+
+/* An ai.tokens event: the model's price in force (or the tenant's own). */
+static int price_ai(tally_rated_event *out, tally_rate_detail *detail,
+		    const tally_pricebook *pb, const tally_usage_event *ev,
+		    tally_rate_ctx *ctx, const pb_override **ov,
+		    int64_t *base_id, tally_error *err)
+{
+	const pb_provider *prov = NULL;
+	const pb_model *model = NULL;
+	const pb_version *ver;
+	const pb_cond *c;
+	int64_t t = ev->time_ms;
+
+	lookup(pb, ctx, &ev->provider, &ev->model, &prov, &model);
+	if (detail != NULL && prov != NULL)
+		detail->provider_id = prov->id;
+	if (model == NULL)
+		return unpriced(out, ev, err);
+	if (detail != NULL)
+		detail->model_id = model->id;
+	ver = version_at(model, t);
+	if (ver == NULL)
+		return unpriced(out, ev, err);
+	c = cond_at(ver, t);
+	out->price_id = *base_id = c->price_id;
+	if (pb->noverrides > 0) {
+		*ov = find_override(pb, ev->tenant_id, ev->meter, prov->id,
+				    model->id, t);
+		if (*ov != NULL && !(*ov)->is_multiplier) {
+			c = &(*ov)->cond;
+			out->price_id = (*ov)->id;
+		}
+	}
+	return rate_tokens(out, c, ev, err);
+}
+
+/* A workflow, API or storage event: its meter's unit price. */
+static int price_units(tally_rated_event *out, const tally_pricebook *pb,
+		       const tally_usage_event *ev, const pb_override **ov,
+		       int64_t *base_id, tally_error *err)
+{
+	const pb_unit_price *u = unit_at(pb, ev->meter, ev->time_ms);
+	int64_t price, qty;
+
+	if (u == NULL)
+		return unpriced(out, ev, err);
+	price = u->price;
+	out->price_id = *base_id = u->price_id;
+	if (pb->noverrides > 0) {
+		*ov = find_override(pb, ev->tenant_id, ev->meter, NULL, NULL,
+				    ev->time_ms);
+		if (*ov != NULL && !(*ov)->is_multiplier) {
+			if ((*ov)->has_unit) {
+				price = (*ov)->unit_price;
+				out->price_id = (*ov)->id;
+			} else {
+				*ov = NULL;
+			}
+		}
+	}
+	/* storage is a gauge: priced per GB-month by aggregation
+	 * (tally_rate_storage_cost); the snapshot alone costs 0 */
+	qty = ev->meter == TALLY_METER_WORKFLOW ? ev->complexity
+	      : ev->meter == TALLY_METER_API_CALL ? ev->count
+						   : 0;
+	if (qty < 0)
+		return tally_error_set(err, TALLY_EINVALID, "negative quantity");
+	if (tally_money_muldiv(&out->components[TALLY_COMP_UNITS], qty, price,
+			       1) != 0)
+		return tally_error_set(err, TALLY_EOVERFLOW, "cost overflow");
+	return 0;
+}
+
 int tally_rate_event_ex(tally_rated_event *out, tally_rate_detail *detail,
 			const tally_pricebook *pb, const tally_usage_event *ev,
 			tally_rate_ctx *ctx, tally_error *err)
 {
-	const pb_provider *prov = NULL;
-	const pb_model *model = NULL;
 	const pb_override *ov = NULL;
-	int64_t t = ev->time_ms, sum = 0, base_id = 0;
-	int k, rc = 0;
+	int64_t sum = 0, base_id = 0;
+	int k, rc;
 
 	memset(out, 0, sizeof(*out));
 	out->ev = *ev;
 	memcpy(out->currency, pb->currency, 4);
 	if (detail != NULL)
 		memset(detail, 0, sizeof(*detail));
-
-	if (ev->meter == TALLY_METER_AI_TOKENS) {
-		const pb_version *ver;
-		const pb_cond *c;
-
-		lookup(pb, ctx, &ev->provider, &ev->model, &prov, &model);
-		if (detail != NULL && prov != NULL)
-			detail->provider_id = prov->id;
-		if (model == NULL)
-			goto unpriced;
-		if (detail != NULL)
-			detail->model_id = model->id;
-		ver = version_at(model, t);
-		if (ver == NULL)
-			goto unpriced;
-		c = cond_at(ver, t);
-		out->price_id = base_id = c->price_id;
-		if (pb->noverrides > 0) {
-			ov = find_override(pb, ev->tenant_id, ev->meter,
-					   prov->id, model->id, t);
-			if (ov != NULL && !ov->is_multiplier) {
-				c = &ov->cond;
-				out->price_id = ov->id;
-			}
-		}
-		rc = rate_tokens(out, c, ev, err);
-		if (rc != 0)
-			return rc;
-	} else if (ev->meter == TALLY_METER_WORKFLOW ||
-		   ev->meter == TALLY_METER_API_CALL ||
-		   ev->meter == TALLY_METER_STORAGE) {
-		const pb_unit_price *u = unit_at(pb, ev->meter, t);
-		int64_t price, qty;
-
-		if (u == NULL)
-			goto unpriced;
-		price = u->price;
-		out->price_id = base_id = u->price_id;
-		if (pb->noverrides > 0) {
-			ov = find_override(pb, ev->tenant_id, ev->meter, NULL,
-					   NULL, t);
-			if (ov != NULL && !ov->is_multiplier) {
-				if (ov->has_unit) {
-					price = ov->unit_price;
-					out->price_id = ov->id;
-				} else {
-					ov = NULL;
-				}
-			}
-		}
-		/* storage is a gauge: priced per GB-month by aggregation
-		 * (tally_rate_storage_cost); the snapshot alone costs 0 */
-		qty = ev->meter == TALLY_METER_WORKFLOW ? ev->complexity
-		      : ev->meter == TALLY_METER_API_CALL ? ev->count
-							   : 0;
-		if (qty < 0)
-			return tally_error_set(err, TALLY_EINVALID,
-					       "negative quantity");
-		if (tally_money_muldiv(&out->components[TALLY_COMP_UNITS], qty,
-				       price, 1) != 0)
-			return tally_error_set(err, TALLY_EOVERFLOW,
-					       "cost overflow");
-	} else {
+	if (ev->meter == TALLY_METER_AI_TOKENS)
+		rc = price_ai(out, detail, pb, ev, ctx, &ov, &base_id, err);
+	else if (ev->meter == TALLY_METER_WORKFLOW ||
+		 ev->meter == TALLY_METER_API_CALL ||
+		 ev->meter == TALLY_METER_STORAGE)
+		rc = price_units(out, pb, ev, &ov, &base_id, err);
+	else
 		return tally_error_set(err, TALLY_EINVALID, "unknown meter");
-	}
+	if (rc != 0)
+		return rc;
 	if (detail != NULL) {
 		detail->base_price_id = base_id;
 		detail->override_id = ov != NULL ? ov->id : 0;
@@ -414,16 +445,6 @@ int tally_rate_event_ex(tally_rated_event *out, tally_rate_detail *detail,
 	}
 	out->cost = sum;
 	return 0;
-unpriced:
-	out->unpriced = true;
-	out->price_id = 0;
-	return tally_error_set(err, TALLY_ENOTFOUND,
-			       "no price for %s '%.*s' / '%.*s'",
-			       tally_meter_name(ev->meter) ? tally_meter_name(ev->meter) : "?",
-			       (int)ev->provider.len,
-			       ev->provider.ptr ? ev->provider.ptr : "",
-			       (int)ev->model.len,
-			       ev->model.ptr ? ev->model.ptr : "");
 }
 
 int tally_rate_event(tally_rated_event *out, const tally_pricebook *pb,
