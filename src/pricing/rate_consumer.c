@@ -14,6 +14,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "rate_consumer_int.h"
 #include "tally/codec.h"
+#include "tally/consumer_loop.h"
 #include "tally/log.h"
 #include "tally/program.h"
 #include "tally/signals.h"
@@ -290,21 +291,34 @@ cleanup:
 	return rc;
 }
 
+/* tally_rater_run's state between tally_loop_run's calls */
+struct rate_run {
+	tally_rater *r;
+	tally_error *err;
+	bool reload; /* SIGHUP since the last batch: reload the book too */
+};
+
+static void run_reload(void *ctx)
+{
+	struct rate_run *run = ctx;
+
+	(void)tally_program_reload(run->r->cfg);
+	tally_rater__read_opts(run->r);
+	run->reload = true;
+}
+
+static int run_step(void *ctx)
+{
+	struct rate_run *run = ctx;
+
+	tally_rater__refresh_prices(run->r, run->reload);
+	run->reload = false;
+	return tally_rater_step(run->r, NULL, run->err);
+}
+
 int tally_rater_run(tally_rater *r, tally_error *err)
 {
-	int rc;
+	struct rate_run run = { r, err, false };
 
-	while (!tally_signals_stop_requested()) {
-		bool reload = tally_signals_reload_requested();
-
-		if (reload) {
-			(void)tally_program_reload(r->cfg);
-			tally_rater__read_opts(r);
-		}
-		tally_rater__refresh_prices(r, reload);
-		rc = tally_rater_step(r, NULL, err);
-		if (rc != 0)
-			return rc;
-	}
-	return 0;
+	return tally_loop_run(run_step, run_reload, &run);
 }

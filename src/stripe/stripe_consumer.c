@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/stripe_consumer.h"
 #include "tally/command.h"
+#include "tally/consumer_loop.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/pg.h"
@@ -209,23 +210,40 @@ static void periodic(tally_stripe_consumer *a, int64_t now,
 	}
 }
 
+/* tally_stripe_consumer_run's state between tally_loop_run's calls */
+struct stripe_run {
+	tally_stripe_consumer *a;
+	int64_t next_dunning, next_meter; /* tally_now_ms() */
+};
+
+static void run_reload(void *ctx)
+{
+	struct stripe_run *run = ctx;
+
+	(void)tally_program_reload(run->a->cfg);
+}
+
+/* One batch, then the outbox and what is due; never ends the loop. */
+static int run_step(void *ctx)
+{
+	struct stripe_run *run = ctx;
+	rd_kafka_message_t *msgs[BATCH];
+	int64_t now = tally_now_ms();
+	size_t n;
+
+	n = tally_consumer_poll_batch(run->a->consumer, msgs, BATCH, 100);
+	handle_batch(run->a, msgs, n);
+	publish(run->a);
+	periodic(run->a, now, &run->next_dunning, &run->next_meter);
+	return 0;
+}
+
 int tally_stripe_consumer_run(tally_stripe_consumer *a, tally_error *err)
 {
-	rd_kafka_message_t *msgs[BATCH];
-	int64_t next_dunning = 0, next_meter = 0;
+	struct stripe_run run = { a, 0, 0 };
 
 	(void)err;
-	while (!tally_signals_stop_requested()) {
-		int64_t now = tally_now_ms();
-		size_t n;
-
-		if (tally_signals_reload_requested())
-			(void)tally_program_reload(a->cfg);
-		n = tally_consumer_poll_batch(a->consumer, msgs, BATCH, 100);
-		handle_batch(a, msgs, n);
-		publish(a);
-		periodic(a, now, &next_dunning, &next_meter);
-	}
+	(void)tally_loop_run(run_step, run_reload, &run);
 	publish(a); /* settle the last batch's delivery reports */
 	return 0;
 }
