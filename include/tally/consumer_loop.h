@@ -72,6 +72,14 @@ typedef struct tally_gather_ops {
 size_t tally_loop_gather(tally_consumer *c, const tally_gather_ops *ops,
 			 int timeout_ms);
 
+/**
+ * tally_loop_gather() into msgs[0, max) (for a consumer whose batch is a
+ * plain array, e.g. tally-rate, tally-stripe).
+ * @return the messages in msgs, owned by the caller
+ */
+size_t tally_loop_gather_into(tally_consumer *c, rd_kafka_message_t **msgs,
+			      size_t max, int timeout_ms);
+
 /* ------------------------------------------------------------------ */
 /* one batch: retry, back-off, fence                                   */
 

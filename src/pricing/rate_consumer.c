@@ -220,8 +220,8 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 	if (nout != NULL)
 		*nout = 0;
 	t_poll = tally_mono_ns();
-	n = tally_consumer_poll_batch(r->consumer, r->msgs, r->batch_size,
-				      r->batch_ms);
+	n = tally_loop_gather_into(r->consumer, r->msgs, r->batch_size,
+				   r->batch_ms);
 	if (n == 0)
 		return 0;
 	t_got = tally_mono_ns();

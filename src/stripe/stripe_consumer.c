@@ -231,7 +231,7 @@ static int run_step(void *ctx)
 	int64_t now = tally_now_ms();
 	size_t n;
 
-	n = tally_consumer_poll_batch(run->a->consumer, msgs, BATCH, 100);
+	n = tally_loop_gather_into(run->a->consumer, msgs, BATCH, 100);
 	handle_batch(run->a, msgs, n);
 	publish(run->a);
 	periodic(run->a, now, &run->next_dunning, &run->next_meter);
