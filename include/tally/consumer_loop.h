@@ -122,13 +122,18 @@ typedef struct tally_batch_ops {
 	 *  failure), for /healthz; may be NULL */
 	void (*health)(void *ctx, bool ok);
 	tally_counter *c_fenced, *c_retries; /* may be NULL */
+	/** back-off between attempts; 0: 200 ms .. 10 s */
+	int64_t backoff_min_ms, backoff_max_ms;
+	/** attempt() logs its own failures: no "<name>.retry" */
+	bool quiet_retries;
 	void *ctx;
 } tally_batch_ops;
 
 /**
  * Run attempts until one commits or is fenced. A transient failure is
  * retried for as long as it lasts, any other 5 times, with exponential
- * back-off (200 ms .. 10 s) between attempts; a stop signal or abandon()
+ * back-off (200 ms .. 10 s unless ops say) between attempts; a stop
+ * signal or abandon()
  * ends the wait and the batch (not committed: redone from
  * consumer_offsets by whoever owns the partition next).
  */

@@ -188,8 +188,11 @@ enum tally_batch_outcome tally_loop_batch(const tally_batch_ops *ops)
 		} else if (ops->failed != NULL) {
 			ops->failed(ops->ctx);
 		}
-		wait = tally_backoff_ms(attempt++, 200, 10000);
-		log_retry(ops, &err, attempt, wait);
+		wait = tally_backoff_ms(attempt++,
+			ops->backoff_min_ms > 0 ? ops->backoff_min_ms : 200,
+			ops->backoff_max_ms > 0 ? ops->backoff_max_ms : 10000);
+		if (!ops->quiet_retries)
+			log_retry(ops, &err, attempt, wait);
 		if (!backoff_wait(ops, wait))
 			return TALLY_BATCH_ABANDONED;
 		if (ops->waited != NULL)

@@ -158,22 +158,41 @@ static void publish(tally_stripe_consumer *a)
 	tally_counter_add(a->c_sig, (uint64_t)n);
 }
 
+/* tally_loop_batch's attempt: one message to a final state */
+struct stripe_msg {
+	tally_stripe_consumer *a;
+	const rd_kafka_message_t *rkm;
+};
+
+static int msg_attempt(void *ctx, tally_error *err)
+{
+	struct stripe_msg *sm = ctx;
+
+	(void)err; /* handle() logs stripe.retry_message itself */
+	return handle(sm->a, sm->rkm);
+}
+
 /* Handle one polled batch; offsets are stored for the messages that
- * reached a final state (all, unless stopping). */
+ * reached a final state (all, unless stopping). A transient failure is
+ * retried for as long as it lasts, 500 ms .. 30 s apart. */
 static void handle_batch(tally_stripe_consumer *a, rd_kafka_message_t **msgs,
 			 size_t n)
 {
 	size_t i, done = 0;
 	tally_error err;
+	struct stripe_msg sm = { a, NULL };
+	tally_batch_ops ops = { 0 };
 
+	ops.name = "stripe";
+	ops.lane = -1;
+	ops.attempt = msg_attempt;
+	ops.backoff_min_ms = 500;
+	ops.backoff_max_ms = 30000;
+	ops.quiet_retries = true;
+	ops.ctx = &sm;
 	for (i = 0; i < n && !tally_signals_stop_requested(); i++) {
-		int attempt = 0, hrc;
-
-		while ((hrc = handle(a, msgs[i])) != 0 &&
-		       !tally_signals_sleep_ms((long)tally_backoff_ms(
-			       attempt++, 500, 30000)))
-			;
-		if (hrc != 0)
+		sm.rkm = msgs[i];
+		if (tally_loop_batch(&ops) != TALLY_BATCH_COMMITTED)
 			break; /* stopping: leave it for redelivery */
 		done = i + 1;
 	}
