@@ -15,6 +15,13 @@
  * what is logged (events "<name>.fenced", "<name>.retry",
  * "<name>.batch_failed", "<name>.assign_failed", "<name>.reseek_failed")
  * and counted.
+ *
+ * tally-aggregate and tally-alerts use all of it. tally-rate runs
+ * tally_loop_run and tally_loop_gather_into; its retry stays its own (a
+ * failed Kafka transaction is aborted, the consumer rewound and the batch
+ * polled again by the next step, see tally/rate_consumer.h). tally-stripe
+ * runs tally_loop_run, tally_loop_gather_into and tally_loop_batch for
+ * each message (its own back-off, no fence: effects are idempotent).
  */
 
 #include <librdkafka/rdkafka.h>

@@ -9,7 +9,12 @@
  * notices the swap by itself. Any error inside a transaction aborts it and
  * seeks the consumer back to the committed offsets, so the batch is redone
  * from scratch; a fatal producer error (fenced by a newer instance) ends
- * the process, which systemd restarts.
+ * the process, which systemd restarts. That is why the retry is not
+ * tally_loop_batch's: retrying the batch in memory does not poll, so a
+ * rebalance (or an eviction after max.poll.interval.ms) goes unseen and
+ * the retried transaction would carry messages of partitions another
+ * instance now owns; going back to Kafka keeps each batch to the current
+ * assignment.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "rate_consumer_int.h"
