@@ -15,6 +15,13 @@
  * what is logged (events "<name>.fenced", "<name>.retry",
  * "<name>.batch_failed", "<name>.assign_failed", "<name>.reseek_failed")
  * and counted.
+ *
+ * tally-aggregate and tally-alerts use all of it. tally-rate runs
+ * tally_loop_run and tally_loop_gather_into; its retry stays its own (a
+ * failed Kafka transaction is aborted, the consumer rewound and the batch
+ * polled again by the next step, see tally/rate_consumer.h). tally-stripe
+ * runs tally_loop_run, tally_loop_gather_into and tally_loop_batch for
+ * each message (its own back-off, no fence: effects are idempotent).
  */
 
 #include <librdkafka/rdkafka.h>
@@ -72,6 +79,14 @@ typedef struct tally_gather_ops {
 size_t tally_loop_gather(tally_consumer *c, const tally_gather_ops *ops,
 			 int timeout_ms);
 
+/**
+ * tally_loop_gather() into msgs[0, max) (for a consumer whose batch is a
+ * plain array, e.g. tally-rate, tally-stripe).
+ * @return the messages in msgs, owned by the caller
+ */
+size_t tally_loop_gather_into(tally_consumer *c, rd_kafka_message_t **msgs,
+			      size_t max, int timeout_ms);
+
 /* ------------------------------------------------------------------ */
 /* one batch: retry, back-off, fence                                   */
 
@@ -114,13 +129,18 @@ typedef struct tally_batch_ops {
 	 *  failure), for /healthz; may be NULL */
 	void (*health)(void *ctx, bool ok);
 	tally_counter *c_fenced, *c_retries; /* may be NULL */
+	/** back-off between attempts; 0: 200 ms .. 10 s */
+	int64_t backoff_min_ms, backoff_max_ms;
+	/** attempt() logs its own failures: no "<name>.retry" */
+	bool quiet_retries;
 	void *ctx;
 } tally_batch_ops;
 
 /**
  * Run attempts until one commits or is fenced. A transient failure is
  * retried for as long as it lasts, any other 5 times, with exponential
- * back-off (200 ms .. 10 s) between attempts; a stop signal or abandon()
+ * back-off (200 ms .. 10 s unless ops say) between attempts; a stop
+ * signal or abandon()
  * ends the wait and the batch (not committed: redone from
  * consumer_offsets by whoever owns the partition next).
  */

@@ -9,6 +9,7 @@
 #include "tally/signals.h"
 
 #include <stdio.h>
+#include <string.h>
 
 void tally_kafka_msg_view(tally_kafka_msg *v, const rd_kafka_message_t *m,
 			  const char *topic)
@@ -49,6 +50,47 @@ size_t tally_loop_gather(tally_consumer *c, const tally_gather_ops *ops,
 		got += k;
 	}
 	return got;
+}
+
+/* tally_loop_gather_into's batch */
+struct gather_array {
+	rd_kafka_message_t **msgs;
+	size_t max, n;
+};
+
+static size_t array_room(void *ctx)
+{
+	struct gather_array *g = ctx;
+
+	return g->max - g->n;
+}
+
+static void array_take(void *ctx, rd_kafka_message_t **msgs, size_t n,
+		       bool first)
+{
+	struct gather_array *g = ctx;
+
+	(void)first;
+	memcpy(g->msgs + g->n, msgs, n * sizeof(*msgs));
+	g->n += n;
+}
+
+static void array_drop(void *ctx)
+{
+	struct gather_array *g = ctx;
+
+	while (g->n > 0)
+		rd_kafka_message_destroy(g->msgs[--g->n]);
+}
+
+size_t tally_loop_gather_into(tally_consumer *c, rd_kafka_message_t **msgs,
+			      size_t max, int timeout_ms)
+{
+	struct gather_array g = { msgs, max, 0 };
+	tally_gather_ops ops = { array_room, array_take, array_drop, &g };
+
+	(void)tally_loop_gather(c, &ops, timeout_ms);
+	return g.n;
 }
 
 /* the event "<name>.<what>" */
@@ -146,8 +188,11 @@ enum tally_batch_outcome tally_loop_batch(const tally_batch_ops *ops)
 		} else if (ops->failed != NULL) {
 			ops->failed(ops->ctx);
 		}
-		wait = tally_backoff_ms(attempt++, 200, 10000);
-		log_retry(ops, &err, attempt, wait);
+		wait = tally_backoff_ms(attempt++,
+			ops->backoff_min_ms > 0 ? ops->backoff_min_ms : 200,
+			ops->backoff_max_ms > 0 ? ops->backoff_max_ms : 10000);
+		if (!ops->quiet_retries)
+			log_retry(ops, &err, attempt, wait);
 		if (!backoff_wait(ops, wait))
 			return TALLY_BATCH_ABANDONED;
 		if (ops->waited != NULL)

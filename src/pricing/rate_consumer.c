@@ -9,11 +9,17 @@
  * notices the swap by itself. Any error inside a transaction aborts it and
  * seeks the consumer back to the committed offsets, so the batch is redone
  * from scratch; a fatal producer error (fenced by a newer instance) ends
- * the process, which systemd restarts.
+ * the process, which systemd restarts. That is why the retry is not
+ * tally_loop_batch's: retrying the batch in memory does not poll, so a
+ * rebalance (or an eviction after max.poll.interval.ms) goes unseen and
+ * the retried transaction would carry messages of partitions another
+ * instance now owns; going back to Kafka keeps each batch to the current
+ * assignment.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "rate_consumer_int.h"
 #include "tally/codec.h"
+#include "tally/consumer_loop.h"
 #include "tally/log.h"
 #include "tally/program.h"
 #include "tally/signals.h"
@@ -219,8 +225,8 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 	if (nout != NULL)
 		*nout = 0;
 	t_poll = tally_mono_ns();
-	n = tally_consumer_poll_batch(r->consumer, r->msgs, r->batch_size,
-				      r->batch_ms);
+	n = tally_loop_gather_into(r->consumer, r->msgs, r->batch_size,
+				   r->batch_ms);
 	if (n == 0)
 		return 0;
 	t_got = tally_mono_ns();
@@ -290,21 +296,34 @@ cleanup:
 	return rc;
 }
 
+/* tally_rater_run's state between tally_loop_run's calls */
+struct rate_run {
+	tally_rater *r;
+	tally_error *err;
+	bool reload; /* SIGHUP since the last batch: reload the book too */
+};
+
+static void run_reload(void *ctx)
+{
+	struct rate_run *run = ctx;
+
+	(void)tally_program_reload(run->r->cfg);
+	tally_rater__read_opts(run->r);
+	run->reload = true;
+}
+
+static int run_step(void *ctx)
+{
+	struct rate_run *run = ctx;
+
+	tally_rater__refresh_prices(run->r, run->reload);
+	run->reload = false;
+	return tally_rater_step(run->r, NULL, run->err);
+}
+
 int tally_rater_run(tally_rater *r, tally_error *err)
 {
-	int rc;
+	struct rate_run run = { r, err, false };
 
-	while (!tally_signals_stop_requested()) {
-		bool reload = tally_signals_reload_requested();
-
-		if (reload) {
-			(void)tally_program_reload(r->cfg);
-			tally_rater__read_opts(r);
-		}
-		tally_rater__refresh_prices(r, reload);
-		rc = tally_rater_step(r, NULL, err);
-		if (rc != 0)
-			return rc;
-	}
-	return 0;
+	return tally_loop_run(run_step, run_reload, &run);
 }

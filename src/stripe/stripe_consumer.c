@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/stripe_consumer.h"
 #include "tally/command.h"
+#include "tally/consumer_loop.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/pg.h"
@@ -157,22 +158,41 @@ static void publish(tally_stripe_consumer *a)
 	tally_counter_add(a->c_sig, (uint64_t)n);
 }
 
+/* tally_loop_batch's attempt: one message to a final state */
+struct stripe_msg {
+	tally_stripe_consumer *a;
+	const rd_kafka_message_t *rkm;
+};
+
+static int msg_attempt(void *ctx, tally_error *err)
+{
+	struct stripe_msg *sm = ctx;
+
+	(void)err; /* handle() logs stripe.retry_message itself */
+	return handle(sm->a, sm->rkm);
+}
+
 /* Handle one polled batch; offsets are stored for the messages that
- * reached a final state (all, unless stopping). */
+ * reached a final state (all, unless stopping). A transient failure is
+ * retried for as long as it lasts, 500 ms .. 30 s apart. */
 static void handle_batch(tally_stripe_consumer *a, rd_kafka_message_t **msgs,
 			 size_t n)
 {
 	size_t i, done = 0;
 	tally_error err;
+	struct stripe_msg sm = { a, NULL };
+	tally_batch_ops ops = { 0 };
 
+	ops.name = "stripe";
+	ops.lane = -1;
+	ops.attempt = msg_attempt;
+	ops.backoff_min_ms = 500;
+	ops.backoff_max_ms = 30000;
+	ops.quiet_retries = true;
+	ops.ctx = &sm;
 	for (i = 0; i < n && !tally_signals_stop_requested(); i++) {
-		int attempt = 0, hrc;
-
-		while ((hrc = handle(a, msgs[i])) != 0 &&
-		       !tally_signals_sleep_ms((long)tally_backoff_ms(
-			       attempt++, 500, 30000)))
-			;
-		if (hrc != 0)
+		sm.rkm = msgs[i];
+		if (tally_loop_batch(&ops) != TALLY_BATCH_COMMITTED)
 			break; /* stopping: leave it for redelivery */
 		done = i + 1;
 	}
@@ -209,23 +229,40 @@ static void periodic(tally_stripe_consumer *a, int64_t now,
 	}
 }
 
+/* tally_stripe_consumer_run's state between tally_loop_run's calls */
+struct stripe_run {
+	tally_stripe_consumer *a;
+	int64_t next_dunning, next_meter; /* tally_now_ms() */
+};
+
+static void run_reload(void *ctx)
+{
+	struct stripe_run *run = ctx;
+
+	(void)tally_program_reload(run->a->cfg);
+}
+
+/* One batch, then the outbox and what is due; never ends the loop. */
+static int run_step(void *ctx)
+{
+	struct stripe_run *run = ctx;
+	rd_kafka_message_t *msgs[BATCH];
+	int64_t now = tally_now_ms();
+	size_t n;
+
+	n = tally_loop_gather_into(run->a->consumer, msgs, BATCH, 100);
+	handle_batch(run->a, msgs, n);
+	publish(run->a);
+	periodic(run->a, now, &run->next_dunning, &run->next_meter);
+	return 0;
+}
+
 int tally_stripe_consumer_run(tally_stripe_consumer *a, tally_error *err)
 {
-	rd_kafka_message_t *msgs[BATCH];
-	int64_t next_dunning = 0, next_meter = 0;
+	struct stripe_run run = { a, 0, 0 };
 
 	(void)err;
-	while (!tally_signals_stop_requested()) {
-		int64_t now = tally_now_ms();
-		size_t n;
-
-		if (tally_signals_reload_requested())
-			(void)tally_program_reload(a->cfg);
-		n = tally_consumer_poll_batch(a->consumer, msgs, BATCH, 100);
-		handle_batch(a, msgs, n);
-		publish(a);
-		periodic(a, now, &next_dunning, &next_meter);
-	}
+	(void)tally_loop_run(run_step, run_reload, &run);
 	publish(a); /* settle the last batch's delivery reports */
 	return 0;
 }
