@@ -29,6 +29,7 @@
 
 #include "tally/common.h"
 #include "tally/config.h"
+#include "tally/metrics.h"
 
 typedef struct tally_stripe tally_stripe;
 
@@ -130,6 +131,20 @@ int tally_stripe_list(tally_stripe *s, const char *path, const json_t *params,
 
 /** Requests sent (attempts included) since the client was created. */
 uint64_t tally_stripe_requests_sent(const tally_stripe *s);
+
+/**
+ * Count every attempt's answer in m (borrowed; must outlive s) as
+ * tally_stripe_requests_total{status="2xx|4xx|429|5xx|error"}; all five
+ * series are registered now. Optional: without it nothing is counted.
+ */
+void tally_stripe_set_metrics(tally_stripe *s, tally_metrics *m);
+
+/**
+ * The status label of one attempt: "2xx", "429", "4xx" (other 4xx),
+ * "5xx", or "error" for no HTTP answer (http_status 0: a transport error
+ * or timeout) and any other status.
+ */
+const char *tally_stripe_status_class(long http_status);
 
 /**
  * Derive an Idempotency-Key: "tally-<scope>-<id>-<step>", with id replaced

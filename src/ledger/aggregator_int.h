@@ -76,6 +76,7 @@ struct tally_aggregator {
 	tally_pricebook *pb;  /* storage GB-month prices */
 	int64_t pb_version;
 	tally_histogram *h_batch;
+	tally_histogram *h_event_lag; /* event time to commit, accepted events */
 	atomic_int pg_ok;     /* set by the lanes, read by /healthz */
 	lane lanes[MAX_LANES];
 	int nlanes;

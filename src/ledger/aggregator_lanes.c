@@ -6,6 +6,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "aggregator_int.h"
+#include "ledger/aggregate_int.h"
 #include "base/calendar.h"
 #include "tally/log.h"
 #include "tally/signals.h"
@@ -109,6 +110,23 @@ static void lb_health(void *ctx, bool ok)
 	atomic_store(&b->ln->a->pg_ok, ok ? 1 : 0);
 }
 
+/* Event time to commit of the batch's accepted events (no allocation;
+ * an event stamped in the future counts as 0). */
+static void observe_event_lag(tally_histogram *h, const job *j)
+{
+	int64_t now_ms = tally_now_ms();
+	size_t i;
+
+	for (i = 0; i < j->dec->n; i++) {
+		const item *it = &j->dec->items[i];
+		int64_t lag = now_ms - it->re.ev.time_ms;
+
+		if (it->bad || it->status != ST_OK)
+			continue;
+		tally_histogram_observe(h, lag > 0 ? (uint64_t)lag * 1000 : 0);
+	}
+}
+
 /* A committed batch's counters and its debug line. */
 static void batch_done(lane *ln, const job *j, const tally_agg_stats *st,
 		       int64_t t0)
@@ -124,6 +142,7 @@ static void batch_done(lane *ln, const job *j, const tally_agg_stats *st,
 	tally_counter_add(a->c_fallbacks, st->dedupe_fallbacks);
 	ln->busy_ns = tally_mono_ns() - t0;
 	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));
+	observe_event_lag(a->h_event_lag, j);
 	tally_log(TALLY_DEBUG, "aggregate.batch", TALLY_KV_INT("lane", ln->idx),
 		  TALLY_KV_INT("messages", j->n),
 		  TALLY_KV_INT("accepted", st->accepted),

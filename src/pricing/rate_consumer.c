@@ -145,7 +145,7 @@ static int handle(tally_rater *r, const rd_kafka_message_t *in,
 	tally_codec_encode_rated(&r->sb, &re);
 	rc = produce(r, r->out_topic, in, r->sb.data, r->sb.size, err);
 	if (rc == 0)
-		r->n_rated++;
+		r->event_ms[r->n_rated++] = ev.time_ms;
 	return rc;
 }
 
@@ -212,6 +212,21 @@ static int abort_batch(tally_rater *r, size_t n, rd_kafka_error_t *kerr,
 	return rc;
 }
 
+/* Event time to commit of the transaction's rated events (an event
+ * stamped in the future counts as 0). */
+static void observe_event_lag(tally_rater *r)
+{
+	int64_t now_ms = tally_now_ms();
+	uint64_t i;
+
+	for (i = 0; i < r->n_rated; i++) {
+		int64_t lag = now_ms - r->event_ms[i];
+
+		tally_histogram_observe(r->h_event_lag,
+					lag > 0 ? (uint64_t)lag * 1000 : 0);
+	}
+}
+
 int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 {
 	rd_kafka_t *crk = tally_consumer_rk(r->consumer);
@@ -270,6 +285,7 @@ int tally_rater_step(tally_rater *r, size_t *nout, tally_error *err)
 		tally_counter_add(r->c_rated, r->n_rated);
 		tally_counter_add(r->c_unpriced, r->n_unpriced);
 		tally_counter_add(r->c_dlq, r->n_dlq);
+		observe_event_lag(r);
 	}
 	if (nout != NULL)
 		*nout = n;

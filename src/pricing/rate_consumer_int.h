@@ -36,11 +36,13 @@ struct tally_rater {
 	int64_t last_check_ns;
 	PGconn *listen_conn; /* connection LISTENing on tally_prices */
 	rd_kafka_message_t **msgs;
+	int64_t *event_ms; /* event times of the rated, batch_size entries */
 	msgpack_sbuffer sb;
 	uint64_t n_rated, n_unpriced, n_dlq; /* of the open transaction */
 	tally_counter *c_rated, *c_dlq, *c_unpriced, *c_batches, *c_aborts,
 		*c_reloads;
 	tally_gauge *g_version;
+	tally_histogram *h_event_lag; /* event time to transaction commit */
 };
 
 /* rate.* options that a reload (SIGHUP) may change */

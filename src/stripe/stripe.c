@@ -37,6 +37,8 @@ struct tally_stripe {
 	int64_t backoff_base_ms;
 	int64_t backoff_cap_ms;
 	uint64_t sent;
+	/* tally_stripe_requests_total by status class; NULL: not counted */
+	tally_counter *c_status[TALLY_STRIPE__STATUS_CLASSES];
 };
 
 /* ---- client ------------------------------------------------------------- */
@@ -168,6 +170,22 @@ void tally_stripe_free(tally_stripe *s)
 uint64_t tally_stripe_requests_sent(const tally_stripe *s)
 {
 	return s->sent;
+}
+
+void tally_stripe_set_metrics(tally_stripe *s, tally_metrics *m)
+{
+	int i;
+
+	for (i = 0; i < TALLY_STRIPE__STATUS_CLASSES; i++) {
+		char labels[32];
+
+		snprintf(labels, sizeof(labels), "status=\"%s\"",
+			 tally_stripe__status_classes[i]);
+		s->c_status[i] = tally_metrics_counter(
+			m, "tally_stripe_requests_total", labels,
+			"Stripe API attempts by answer: 2xx, 429, other 4xx, "
+			"5xx, error (no HTTP answer)");
+	}
 }
 
 /* ---- one request, retried ---------------------------------------------- */
@@ -407,6 +425,10 @@ int tally_stripe_request(tally_stripe *s, json_t **out, const char *method,
 			curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE,
 					  &status);
 		se->http_status = status;
+		if (s->c_status[0] != NULL)
+			tally_counter_add(s->c_status[tally_stripe__status_index(
+						  cc == CURLE_OK ? status : 0)],
+					  1);
 		tally_stripe__cpy(se->request_id, sizeof(se->request_id),
 				  x.request_id);
 		if (cc == CURLE_OK && status >= 200 && status < 300) {

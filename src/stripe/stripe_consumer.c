@@ -367,6 +367,7 @@ int tally_stripe_consumer_new(tally_stripe_consumer **out, tally_config *cfg,
 		rc = tally_stripe_new_from_config(&a->stripe, cfg, err);
 	if (rc != 0)
 		goto fail;
+	tally_stripe_set_metrics(a->stripe, m);
 	so.pg = a->pg;
 	so.stripe = a->stripe;
 	so.cfg = cfg;

@@ -1,7 +1,7 @@
 /*
  * stripe_exchange.c - reading one HTTP exchange with Stripe: the answer's
  * body and headers (Request-Id, Stripe-Should-Retry, Retry-After), its
- * error object, and whether it is worth retrying.
+ * error object, whether it is worth retrying, and its status class.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "stripe/stripe_int.h"
@@ -143,4 +143,28 @@ bool tally_stripe__status_retryable(long status, int should_retry)
 	if (should_retry == 0)
 		return false;
 	return status == 409 || status == 429 || status >= 500;
+}
+
+/* the labels of tally_stripe_requests_total, by tally_stripe__status_index */
+const char *const tally_stripe__status_classes[TALLY_STRIPE__STATUS_CLASSES] = {
+	"2xx", "4xx", "429", "5xx", "error"
+};
+
+int tally_stripe__status_index(long http_status)
+{
+	if (http_status >= 200 && http_status < 300)
+		return 0;
+	if (http_status == 429) /* rate limited: its own series */
+		return 2;
+	if (http_status >= 400 && http_status < 500)
+		return 1;
+	if (http_status >= 500 && http_status < 600)
+		return 3;
+	return 4; /* no answer (0), or nothing Stripe sends (1xx, 3xx) */
+}
+
+const char *tally_stripe_status_class(long http_status)
+{
+	return tally_stripe__status_classes[tally_stripe__status_index(
+		http_status)];
 }

@@ -36,5 +36,10 @@ void tally_stripe__parse_error(tally_stripe_error *se, const char *body);
 /* Whether a transport error / an HTTP answer should be retried. */
 bool tally_stripe__curl_retryable(CURLcode cc);
 bool tally_stripe__status_retryable(long status, int should_retry);
+/* The status class of an attempt (0: no HTTP answer), an index into
+ * tally_stripe__status_classes (tally_stripe_status_class()). */
+enum { TALLY_STRIPE__STATUS_CLASSES = 5 };
+extern const char *const tally_stripe__status_classes[];
+int tally_stripe__status_index(long http_status);
 
 #endif /* TALLY_STRIPE_INT_H */

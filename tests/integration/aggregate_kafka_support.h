@@ -10,6 +10,7 @@
 #define TALLY_TEST_AGGREGATE_KAFKA_SUPPORT_H
 
 #include "aggregate_support.h"
+#include "program_support.h"
 #include "check_main.h"
 #include "tally/kafka.h"
 #include "tally/money.h"
@@ -90,7 +91,7 @@ static inline void write_config_lanes(int batch_size, int lanes)
 	fp = fopen(cfgpath, "w");
 	ck_assert(fp != NULL);
 	fprintf(fp,
-		"log: { level = \"warn\"; };\n"
+		"log: { level = \"info\"; };\n" /* info: the metrics port */
 		"database: { url = \"%s\"; retry_max_ms = 600000; };\n"
 		"kafka: { brokers = \"%s\"; session_timeout_ms = 6000; };\n"
 		"topics: { rated = \"%s\"; totals = \"%s\"; };\n"

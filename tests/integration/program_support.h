@@ -3,12 +3,16 @@
 
 /*
  * program_support.h - for tests that run the programs as children: read a
- * whole log file, and import the genai price book into a database (what
- * tally-rate needs to price the usual test models).
+ * whole log file, scrape a child's /metrics, and import the genai price
+ * book into a database (what tally-rate needs to price the usual test
+ * models).
  */
 
 #include <check.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "tally/common.h"
 #include "tally/pg.h"
@@ -27,6 +31,36 @@ static inline char *prog_slurp(const char *path)
 		fclose(fp);
 	}
 	return buf;
+}
+
+/*
+ * The sum of the lines of series on the /metrics of the child whose log
+ * (level info) is log_path: series is a name, or a name with its labels
+ * (`name{a="b"}`), matched up to the value.
+ */
+static inline int64_t prog_metric(const char *log_path, const char *series)
+{
+	char *text = prog_slurp(log_path), *p, cmd[128], line[512];
+	size_t n = strlen(series);
+	int64_t sum = 0;
+	long port;
+	FILE *fp;
+
+	p = strstr(text, "\"metrics.listening\"");
+	ck_assert_msg(p != NULL && (p = strstr(p, "\"port\":")) != NULL,
+		      "%s logs its metrics port", log_path);
+	port = strtol(p + 7, NULL, 10);
+	free(text);
+	snprintf(cmd, sizeof(cmd), "curl -sf http://127.0.0.1:%ld/metrics",
+		 port);
+	fp = popen(cmd, "r");
+	ck_assert(fp != NULL);
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (strncmp(line, series, n) == 0 &&
+		    (line[n] == ' ' || line[n] == '{'))
+			sum += strtoll(strrchr(line, ' ') + 1, NULL, 10);
+	ck_assert_int_eq(pclose(fp), 0);
+	return sum;
 }
 
 /* data/genai-prices-*.json into the database at dsn */

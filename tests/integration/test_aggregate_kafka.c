@@ -65,6 +65,29 @@ START_TEST(test_aggregate_kafka_kill9_exact)
 }
 END_TEST
 
+/* Instance slot's event-to-commit histogram holds one observation per
+ * event it accepted (its counter), and there were some. */
+static void expect_event_lag_observed(int slot)
+{
+	char log[300];
+	int64_t accepted, observed;
+	int tries = 0;
+
+	snprintf(log, sizeof(log), "/tmp/%s.%d.log", db, slot);
+	do { /* both move right after a commit: settle */
+		if (tries > 0)
+			tally_sleep_ms(100);
+		accepted = prog_metric(log, "tally_aggregate_events_total"
+				       "{outcome=\"accepted\"}");
+		observed = prog_metric(log,
+				       "tally_event_to_commit_seconds_count"
+				       "{stage=\"aggregate\"}");
+	} while (observed != accepted && ++tries < 50);
+	ck_assert_msg(accepted > 0 && observed == accepted,
+		      "event-to-commit observed %lld times, %lld accepted",
+		      (long long)observed, (long long)accepted);
+}
+
 START_TEST(test_aggregate_kafka_rebalance_exact)
 {
 	rd_kafka_t *rk = producer();
@@ -89,6 +112,7 @@ START_TEST(test_aggregate_kafka_rebalance_exact)
 	produce_range(rk, 2 * n / 3, n, base, &sent);
 	rd_kafka_flush(rk, 30000);
 	wait_done(sent, 300);
+	expect_event_lag_observed(0);
 	stop(0, SIGTERM);
 	expect_all(n, base);
 	rd_kafka_destroy(rk);

@@ -256,7 +256,7 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 	window w[512];
 	int64_t t0;
 	size_t done = 0, got;
-	uint64_t aborts;
+	uint64_t aborts, lag_n;
 	FILE *fp;
 
 	/* a bare handle owning the mock cluster */
@@ -332,6 +332,13 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 		      (unsigned long long)aborts);
 	ck_assert_msg(done == N, "every input committed once: %zu of %d",
 		      done, N);
+	/* event-to-commit: one observation per committed event, none of an
+	 * aborted transaction */
+	lag_n = tally_histogram_count(tally_metrics_histogram(
+		m, "tally_event_to_commit_seconds", "stage=\"rate\"", NULL,
+		NULL, 0));
+	ck_assert_msg(lag_n == N, "event-to-commit observed %llu times, not %d",
+		      (unsigned long long)lag_n, N);
 
 	/* the batch after an abort is the same events again: no more input
 	 * arrives, so a rewind that skipped the batch would leave done < N */

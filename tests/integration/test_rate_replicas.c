@@ -194,31 +194,6 @@ static void produce(rd_kafka_t *rk)
 	msgpack_sbuffer_destroy(&sb);
 }
 
-/* the sum of a counter on instance i's /metrics (port from its log) */
-static int64_t metric(int i, const char *name)
-{
-	char *text = prog_slurp(logs[i]), *p, cmd[128], line[512];
-	int64_t sum = 0;
-	long port;
-	FILE *fp;
-
-	p = strstr(text, "\"metrics.listening\"");
-	ck_assert_msg(p != NULL && (p = strstr(p, "\"port\":")) != NULL,
-		      "instance %d logs its metrics port", i);
-	port = strtol(p + 7, NULL, 10);
-	free(text);
-	snprintf(cmd, sizeof(cmd), "curl -sf http://127.0.0.1:%ld/metrics",
-		 port);
-	fp = popen(cmd, "r");
-	ck_assert(fp != NULL);
-	while (fgets(line, sizeof(line), fp) != NULL)
-		if (strncmp(line, name, strlen(name)) == 0 &&
-		    (line[strlen(name)] == ' ' || line[strlen(name)] == '{'))
-			sum += strtoll(strrchr(line, ' ') + 1, NULL, 10);
-	ck_assert_int_eq(pclose(fp), 0);
-	return sum;
-}
-
 /* committed rated events, each id counted (read_committed, from the start) */
 static int64_t read_rated(int *counts, int wait_ms)
 {
@@ -301,7 +276,7 @@ START_TEST(test_rate_replicas_both_progress)
 	ck_assert_msg(holds_partitions(0) && holds_partitions(1),
 		      "both still hold partitions");
 	for (i = 0; i < 2; i++)
-		ck_assert_msg(metric(i, "tally_rate_batches_total") > 0,
+		ck_assert_msg(prog_metric(logs[i], "tally_rate_batches_total") > 0,
 			      "instance %d committed batches", i);
 	ck_assert_int_eq(n, N_EVENTS);
 	for (i = 0; i < N_EVENTS; i++)

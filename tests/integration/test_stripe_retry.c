@@ -238,6 +238,45 @@ START_TEST(test_stripe_retry_until_success)
 }
 END_TEST
 
+/* every attempt is counted by its answer's class, the timeout as error */
+START_TEST(test_stripe_retry_counts_status_classes)
+{
+	const step steps[] = {
+		{ 429, e429, NULL }, { 500, e500, NULL }, { 409, e409, NULL },
+		{ 0, ok_body, NULL }, { 200, ok_body, NULL },
+	};
+	static const struct {
+		const char *status;
+		uint64_t n;
+	} want[] = { { "2xx", 1 }, { "429", 1 }, { "4xx", 1 }, { "5xx", 1 },
+		     { "error", 1 } };
+	tally_metrics *m = tally_metrics_new();
+	tally_stripe *s;
+	tally_stripe_error se;
+	tally_error err;
+	size_t i;
+
+	start_server();
+	script(steps, 5);
+	s = client(6);
+	tally_stripe_set_metrics(s, m);
+	ck_assert_int_eq(post(s, NULL, &se, &err), 0);
+	for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		char labels[32];
+
+		snprintf(labels, sizeof(labels), "status=\"%s\"",
+			 want[i].status);
+		ck_assert_msg(tally_counter_get(tally_metrics_counter(
+				      m, "tally_stripe_requests_total", labels,
+				      NULL)) == want[i].n,
+			      "status %s counted once", want[i].status);
+	}
+	tally_stripe_free(s);
+	tally_metrics_free(m);
+	stop_server();
+}
+END_TEST
+
 START_TEST(test_stripe_retry_400_is_final)
 {
 	const step steps[] = { { 400, e400, NULL }, { 200, ok_body, NULL } };
@@ -353,6 +392,7 @@ static Suite *tally_stripe_retry_suite(void)
 
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_stripe_retry_until_success);
+	tcase_add_test(tc, test_stripe_retry_counts_status_classes);
 	tcase_add_test(tc, test_stripe_retry_400_is_final);
 	tcase_add_test(tc, test_stripe_retry_should_retry_false);
 	tcase_add_test(tc, test_stripe_retry_should_retry_true);

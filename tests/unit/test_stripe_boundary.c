@@ -1,7 +1,8 @@
 /*
  * test_stripe_boundary.c - what the Stripe client lets through to the
  * network: ids in request paths (tally_stripe_id_valid,
- * tally_stripe_path_valid) and the API base the secret key is sent to.
+ * tally_stripe_path_valid), the API base the secret key is sent to, and
+ * the status class an answer is counted under.
  * No network.
  */
 #include "check_main.h"
@@ -114,6 +115,26 @@ START_TEST(test_stripe_api_base_https_or_loopback)
 }
 END_TEST
 
+START_TEST(test_stripe_status_class)
+{
+	static const struct {
+		long status;
+		const char *cls;
+	} cases[] = {
+		{ 200, "2xx" }, { 204, "2xx" }, { 429, "429" }, { 400, "4xx" },
+		{ 404, "4xx" }, { 409, "4xx" }, { 500, "5xx" }, { 503, "5xx" },
+		{ 0, "error" }, { 302, "error" }, { 199, "error" },
+		{ 600, "error" },
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		ck_assert_msg(strcmp(tally_stripe_status_class(cases[i].status),
+				     cases[i].cls) == 0,
+			      "%ld is %s", cases[i].status, cases[i].cls);
+}
+END_TEST
+
 static Suite *stripe_boundary_suite(void)
 {
 	Suite *s = suite_create("stripe_boundary");
@@ -122,6 +143,7 @@ static Suite *stripe_boundary_suite(void)
 	tcase_add_test(tc, test_stripe_id_valid);
 	tcase_add_test(tc, test_stripe_path_valid);
 	tcase_add_test(tc, test_stripe_api_base_https_or_loopback);
+	tcase_add_test(tc, test_stripe_status_class);
 	suite_add_tcase(s, tc);
 	return s;
 }
