@@ -77,6 +77,14 @@ tally_histogram *tally_metrics_histogram(tally_metrics *m, const char *name,
 					 const uint64_t *bounds_us,
 					 size_t nbounds);
 
+/**
+ * tally_event_to_commit_seconds{stage="<stage>"}: from an event's own time
+ * to the commit of its stage, 10 ms to 1 h (later events, e.g. late ones,
+ * land in +Inf). One bucket list for every stage.
+ */
+tally_histogram *tally_metrics_event_to_commit(tally_metrics *m,
+					       const char *stage);
+
 /** Record one observation of us microseconds. Thread-safe, lock-free. */
 void tally_histogram_observe(tally_histogram *h, uint64_t us);
 

@@ -228,3 +228,22 @@ void tally_metrics_set_render_hook(tally_metrics *m, tally_metrics_hook fn,
 	m->hook_payload = payload;
 	pthread_mutex_unlock(&m->mu);
 }
+
+tally_histogram *tally_metrics_event_to_commit(tally_metrics *m,
+					       const char *stage)
+{
+	static const uint64_t bounds_us[] = {
+		10000, 25000, 50000, 100000, 250000, 500000, 1000000,
+		2500000, 5000000, 10000000, 30000000, 60000000, 120000000,
+		300000000, 600000000, 1800000000, 3600000000
+	};
+	char labels[96];
+
+	snprintf(labels, sizeof(labels), "stage=\"%s\"", stage);
+	return tally_metrics_histogram(m, "tally_event_to_commit_seconds",
+				       labels,
+				       "From an event's own time to the "
+				       "commit of its stage",
+				       bounds_us,
+				       sizeof(bounds_us) / sizeof(bounds_us[0]));
+}

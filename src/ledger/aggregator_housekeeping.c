@@ -120,14 +120,6 @@ void aggr_outbox_all(tally_aggregator *a, bool republish)
 	}
 }
 
-/* 10 ms to 1 h: an event's time to its commit; later ones (the lateness
- * window is days) land in +Inf */
-static const uint64_t event_lag_us[] = {
-	10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
-	5000000, 10000000, 30000000, 60000000, 120000000, 300000000,
-	600000000, 1800000000, 3600000000
-};
-
 void aggr_register_metrics(tally_aggregator *a)
 {
 	const tally_metric_def defs[] = {
@@ -159,10 +151,7 @@ void aggr_register_metrics(tally_aggregator *a)
 		a->own_m = true;
 	}
 	TALLY_METRICS_REGISTER(a->m, defs);
-	a->h_event_lag = tally_metrics_histogram(
-		a->m, "tally_event_to_commit_seconds", "stage=\"aggregate\"",
-		"From an event's own time to the commit of its stage",
-		event_lag_us, sizeof(event_lag_us) / sizeof(event_lag_us[0]));
+	a->h_event_lag = tally_metrics_event_to_commit(a->m, "aggregate");
 }
 
 /*

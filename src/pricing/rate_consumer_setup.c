@@ -30,13 +30,6 @@ void tally_rater__read_opts(tally_rater *r)
 				     r->batch_size * sizeof(*r->event_ms));
 }
 
-/* 10 ms to 1 h (as tally-aggregate's stage); later events land in +Inf */
-static const uint64_t event_lag_us[] = {
-	10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,
-	5000000, 10000000, 30000000, 60000000, 120000000, 300000000,
-	600000000, 1800000000, 3600000000
-};
-
 static void register_metrics(tally_rater *r)
 {
 	const tally_metric_def defs[] = {
@@ -59,10 +52,7 @@ static void register_metrics(tally_rater *r)
 	if (r->m == NULL)
 		return;
 	TALLY_METRICS_REGISTER(r->m, defs);
-	r->h_event_lag = tally_metrics_histogram(
-		r->m, "tally_event_to_commit_seconds", "stage=\"rate\"",
-		"From an event's own time to the commit of its stage",
-		event_lag_us, sizeof(event_lag_us) / sizeof(event_lag_us[0]));
+	r->h_event_lag = tally_metrics_event_to_commit(r->m, "rate");
 }
 
 /* the transactional producer, its transactions initialised */
