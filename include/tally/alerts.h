@@ -112,17 +112,34 @@ int tally_alerts_reseek(tally_alerts *a, rd_kafka_t *rk,
 int tally_alerts_sweep(tally_alerts *a, int64_t min_age_ms, int *n,
 		       tally_error *err) TALLY_MUSTCHECK;
 
+/** Secrets a delivery is signed with: the current and the previous one. */
+#define TALLY_ALERTS_WEBHOOK_MAX_SECRETS 2
+
+/** Where and how webhook deliveries go; all borrowed for the call. */
+typedef struct tally_alerts_webhook {
+	const char *url;      /* NULL or "": nothing is delivered */
+	/* secrets[0] current, secrets[1] previous during a rotation ("" or
+	 * NULL: none); each non-empty one adds a v1= to Tally-Signature */
+	const char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS];
+	size_t nsecrets;
+	int timeout_ms;       /* per POST, connect included */
+} tally_alerts_webhook;
+
 /**
  * Webhook delivery, one round: POST each undelivered alert that is due
- * (next_delivery_at <= now) to url (JSON body as on billing.alerts,
- * headers Content-Type: application/json and X-Tally-Alert-Id). A 2xx sets
- * delivered_at; anything else counts an attempt and schedules the next one
- * after min(2^attempts, 300) seconds. Uses its own pg (not the engine's):
- * call it from the delivery thread. Never blocks longer than about
+ * (next_delivery_at <= now) to wh->url (JSON body as on billing.alerts,
+ * headers Content-Type: application/json, Tally-Delivery-Id and
+ * X-Tally-Alert-Id (the alert's stable id), and
+ * `Tally-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, one
+ * v1 per secret, as Stripe signs). A 2xx sets delivered_at; anything else
+ * counts an attempt and schedules the next one after min(2^attempts, 300)
+ * seconds. Refuses (TALLY_EINVALID) a URL without a secret: nothing is
+ * ever delivered unsigned. Uses its own pg (not the engine's): call it
+ * from the delivery thread. Never blocks longer than about
  * limit * timeout_ms.
  * @param[out] delivered, failed (may be NULL)
  */
-int tally_alerts_deliver(tally_pg *pg, const char *url, int timeout_ms,
+int tally_alerts_deliver(tally_pg *pg, const tally_alerts_webhook *wh,
 			 int limit, tally_metrics *metrics, int *delivered,
 			 int *failed, tally_error *err) TALLY_MUSTCHECK;
 

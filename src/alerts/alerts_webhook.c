@@ -1,15 +1,39 @@
 /*
  * alerts_webhook.c - webhook delivery of alerts (libcurl): claim due rows
- * under a lease, POST each, record the result with exponential backoff.
+ * under a lease, POST each signed (Tally-Signature: Stripe's v1 scheme,
+ * tally/webhook.h), record the result with exponential backoff.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/alerts.h"
 #include "tally/log.h"
+#include "tally/webhook.h"
 
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
+
+/* "Tally-Signature: t=<t>,v1=<hex>" and one more ",v1=<hex>" a secret */
+#define SIG_HEADER_MAX (32 + 20 + TALLY_ALERTS_WEBHOOK_MAX_SECRETS * 68)
+
+/* The Tally-Signature header of body at time t, one v1 per secret. */
+static void sign_header(char *out, size_t outlen, const char *body,
+			const tally_alerts_webhook *wh, int64_t t)
+{
+	size_t i, n;
+
+	n = (size_t)snprintf(out, outlen, "Tally-Signature: t=%" PRId64, t);
+	for (i = 0; i < wh->nsecrets && n < outlen; i++) {
+		char hex[65];
+
+		if (wh->secrets[i] == NULL || wh->secrets[i][0] == '\0')
+			continue;
+		tally_webhook_signature_hex(hex, body, strlen(body),
+					    wh->secrets[i], t);
+		n += (size_t)snprintf(out + n, outlen - n, ",v1=%s", hex);
+	}
+}
 
 static size_t discard_cb(char *p, size_t size, size_t nmemb, void *u)
 {
@@ -19,20 +43,25 @@ static size_t discard_cb(char *p, size_t size, size_t nmemb, void *u)
 }
 
 /* POST one body; returns the HTTP status, or 0 with errbuf on a failure */
-static long post_json(CURL *c, const char *url, const char *alert_id,
-		      const char *body, int timeout_ms, char *errbuf)
+static long post_json(CURL *c, const tally_alerts_webhook *wh,
+		      const char *alert_id, const char *body, char *errbuf)
 {
 	struct curl_slist *h = NULL;
-	char idh[80];
+	char idh[80], did[80], sig[SIG_HEADER_MAX];
 	long status = 0;
 	CURLcode cc;
+	int timeout_ms = wh->timeout_ms;
 
 	snprintf(idh, sizeof(idh), "X-Tally-Alert-Id: %s", alert_id);
+	snprintf(did, sizeof(did), "Tally-Delivery-Id: %s", alert_id);
+	sign_header(sig, sizeof(sig), body, wh, (int64_t)time(NULL));
 	h = curl_slist_append(h, "Content-Type: application/json");
 	h = curl_slist_append(h, idh);
+	h = curl_slist_append(h, did);
+	h = curl_slist_append(h, sig);
 	h = curl_slist_append(h, "Expect:");
 	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_URL, wh->url);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
 	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
@@ -118,7 +147,18 @@ static int record_result(tally_pg *pg, const char *tid, const char *id,
 	return rc;
 }
 
-int tally_alerts_deliver(tally_pg *pg, const char *url, int timeout_ms,
+/* Whether wh has a URL and at least one non-empty secret. */
+static bool can_sign(const tally_alerts_webhook *wh)
+{
+	size_t i;
+
+	for (i = 0; i < wh->nsecrets; i++)
+		if (wh->secrets[i] != NULL && wh->secrets[i][0] != '\0')
+			return true;
+	return false;
+}
+
+int tally_alerts_deliver(tally_pg *pg, const tally_alerts_webhook *wh,
 			 int limit, tally_metrics *metrics, int *delivered,
 			 int *failed, tally_error *err)
 {
@@ -130,9 +170,13 @@ int tally_alerts_deliver(tally_pg *pg, const char *url, int timeout_ms,
 		*delivered = 0;
 	if (failed != NULL)
 		*failed = 0;
-	if (url == NULL || url[0] == '\0')
+	if (wh->url == NULL || wh->url[0] == '\0')
 		return 0;
-	rc = claim_due(pg, limit, timeout_ms, &res, err);
+	if (wh->nsecrets > TALLY_ALERTS_WEBHOOK_MAX_SECRETS || !can_sign(wh))
+		return tally_error_set(err, TALLY_EINVALID,
+			"alerts: webhook deliveries need a signing secret"
+			" ($TALLY_ALERTS_WEBHOOK_SECRET)");
+	rc = claim_due(pg, limit, wh->timeout_ms, &res, err);
 	if (rc != 0)
 		goto cleanup;
 	if (PQntuples(res) > 0) {
@@ -146,8 +190,8 @@ int tally_alerts_deliver(tally_pg *pg, const char *url, int timeout_ms,
 	for (r = 0; r < PQntuples(res) && rc == 0; r++) {
 		const char *id = PQgetvalue(res, r, 1);
 		char errbuf[CURL_ERROR_SIZE], why[CURL_ERROR_SIZE + 32];
-		long status = post_json(c, url, id, PQgetvalue(res, r, 2),
-					timeout_ms, errbuf);
+		long status = post_json(c, wh, id, PQgetvalue(res, r, 2),
+					errbuf);
 		bool ok = status >= 200 && status < 300;
 
 		if (status > 0)

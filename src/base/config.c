@@ -125,6 +125,10 @@ static const keydef keys[] = {
 	S("alerts.group", "tally.alerts", false, NULL),
 	S("alerts.thresholds", "50,80,100", true, NULL),
 	S("alerts.webhook_url", "", true, "TALLY_ALERTS_WEBHOOK_URL"),
+	/* signs every webhook delivery (Tally-Signature); rotation: both */
+	SECRET("alerts.webhook_secret", "TALLY_ALERTS_WEBHOOK_SECRET"),
+	SECRET("alerts.webhook_secret_previous",
+	       "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS"),
 	S("alerts.metrics_listen", "127.0.0.1:9404", false, NULL),
 };
 
