@@ -123,6 +123,10 @@ typedef struct tally_alerts_webhook {
 	const char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS];
 	size_t nsecrets;
 	int timeout_ms;       /* per POST, connect included */
+	/* give up (delivery_failed_at) after this many failed POSTs, or when
+	 * a POST fails this long after the first attempt; both >= 1 */
+	int max_attempts;
+	int64_t max_age_s;
 } tally_alerts_webhook;
 
 /**
@@ -132,8 +136,12 @@ typedef struct tally_alerts_webhook {
  * X-Tally-Alert-Id (the alert's stable id), and
  * `Tally-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, one
  * v1 per secret, as Stripe signs). A 2xx sets delivered_at; anything else
- * counts an attempt and schedules the next one after min(2^attempts, 300)
- * seconds. Refuses (TALLY_EINVALID) a URL without a secret: nothing is
+ * counts an attempt, records last_delivery_error and schedules the next one
+ * after min(2^attempts, 300) seconds, or, at wh->max_attempts attempts or
+ * wh->max_age_s after the first one, gives up: delivery_failed_at is set
+ * and the alert is not claimed again (tally_alerts_redeliver()). Each POST
+ * counts in tally_alerts_deliveries_total{outcome="delivered|retry|failed"}.
+ * Refuses (TALLY_EINVALID) a URL without a secret: nothing is
  * ever delivered unsigned. Uses its own pg (not the engine's): call it
  * from the delivery thread. Never blocks longer than about
  * limit * timeout_ms.
@@ -142,5 +150,15 @@ typedef struct tally_alerts_webhook {
 int tally_alerts_deliver(tally_pg *pg, const tally_alerts_webhook *wh,
 			 int limit, tally_metrics *metrics, int *delivered,
 			 int *failed, tally_error *err) TALLY_MUSTCHECK;
+
+/**
+ * Put alerts back to pending (attempts, first attempt and failure cleared,
+ * due now): the alert with this id (delivered or failed), or, with id
+ * NULL, every alert whose delivery gave up.
+ * @param[out] n alerts put back
+ * @return 0, TALLY_EINVALID for an id that is not a uuid, or the error
+ */
+int tally_alerts_redeliver(tally_pg *pg, const char *id, int64_t *n,
+			   tally_error *err) TALLY_MUSTCHECK;
 
 #endif /* TALLY_ALERTS_H */

@@ -53,7 +53,9 @@ struct tally_alerts_consumer {
 	tally_business_gauges *bg;
 	atomic_int th_stop;
 	pthread_mutex_t mu;
-	char *webhook_url; /* under mu */
+	char *webhook_url; /* under mu, with the two limits */
+	int max_attempts;
+	int64_t max_age_s;
 	char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS]; /* set at start */
 };
 
@@ -85,8 +87,9 @@ static void sample_undelivered(tally_alerts_consumer *a, tally_pg *pg)
 	tally_error err;
 	int64_t v = 0;
 
-	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts"
-			  " WHERE delivered_at IS NULL", 0, NULL, &err) == 0 &&
+	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts WHERE"
+			  " delivered_at IS NULL AND delivery_failed_at IS NULL",
+			  0, NULL, &err) == 0 &&
 	    tally_parse_i64(&v, PQgetvalue(res, 0, 0)) == 0)
 		tally_gauge_set(a->g_undelivered, v);
 	PQclear(res);
@@ -116,6 +119,8 @@ static void *deliver_main(void *payload)
 		}
 		pthread_mutex_lock(&a->mu);
 		url = a->webhook_url[0] ? tally_xstrdup(a->webhook_url) : NULL;
+		wh.max_attempts = a->max_attempts;
+		wh.max_age_s = a->max_age_s;
 		pthread_mutex_unlock(&a->mu);
 		wh.url = url;
 		if (pg != NULL && url != NULL)
@@ -147,6 +152,9 @@ static void set_webhook_url(tally_alerts_consumer *a)
 	free(a->webhook_url);
 	a->webhook_url = tally_xstrdup(tally_config_str(a->cfg,
 							"alerts.webhook_url"));
+	a->max_attempts = (int)tally_config_int(a->cfg,
+					"alerts.delivery_max_attempts");
+	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
 }
 

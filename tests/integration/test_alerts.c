@@ -582,7 +582,8 @@ START_TEST(test_alerts_webhook_retry_then_once)
 	tally_pg *pg2 = NULL;
 	tally_error err;
 	char url[128];
-	tally_alerts_webhook wh = { url, { "whsec_test", NULL }, 1, 2000 };
+	tally_alerts_webhook wh = { url, { "whsec_test", NULL }, 1, 2000, 12,
+				    86400 };
 	int nd = -1, nf = -1, i, j;
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);

@@ -195,7 +195,7 @@ static int deliver(const char *url, const char *s0, const char *s1,
 		   int *nd, tally_error *err)
 {
 	tally_pg *pg2 = NULL;
-	tally_alerts_webhook wh = { url, { s0, s1 }, 2, 2000 };
+	tally_alerts_webhook wh = { url, { s0, s1 }, 2, 2000, 12, 86400 };
 	int nf = -1, rc;
 
 	ck_assert_int_eq(tally_pg_connect(&pg2, dsn, 5000, err), 0);
