@@ -7,18 +7,14 @@
  * redeliver --failed` / `--id` put them back to pending and they are
  * delivered once the receiver answers 2xx. Own database; loopback receiver.
  */
-#include "test_support.h"
-#include "check_main.h"
+#include "alerts_webhook_support.h"
 
 #include "tally/alerts.h"
-#include "tally/log.h"
 #include "tally/metrics.h"
 
-#include <curl/curl.h>
-#include <microhttpd.h>
 #include <stdatomic.h>
 
-#define TENANT "4d7f3a52-2b1c-4c8e-9f0a-1b2c3d4e5f60"
+#define TENANT AW_TENANT
 #define ALERT1 "0b8f6a1e-5d2c-4c7a-9e3f-1a2b3c4d5e01"
 #define ALERT2 "0b8f6a1e-5d2c-4c7a-9e3f-1a2b3c4d5e02"
 
@@ -28,19 +24,7 @@ static atomic_int rx_status = 500, rx_requests;
 
 static void db_setup(void)
 {
-	tally_error err;
-
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_log_init("test_alerts_giveup", TALLY_FATAL);
-	tally_test_unique(db, sizeof(db), "t_algiveup");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
-		      err.msg);
-	ck_assert_int_eq(tally_pg_exec(pg, NULL,
-		"INSERT INTO tenants (id, name, slug, domain,"
-		" subscription_plan, monthly_budget) VALUES ('" TENANT "',"
-		" 'Acme', 'acme', 'acme.example', 'enterprise', 100.00)",
-		0, NULL, &err), 0);
+	pg = aw_db_open(db, sizeof(db), dsn, sizeof(dsn), "t_algiveup");
 	atomic_store(&rx_status, 500);
 	atomic_store(&rx_requests, 0);
 }
@@ -62,15 +46,7 @@ static void sql(const char *q)
 
 static int64_t q_int(const char *q)
 {
-	PGresult *res = NULL;
-	tally_error err;
-	int64_t v = -1;
-
-	ck_assert_msg(tally_pg_exec(pg, &res, q, 0, NULL, &err) == 0, "%s: %s",
-		      q, err.msg);
-	ck_assert_int_eq(tally_parse_i64(&v, PQgetvalue(res, 0, 0)), 0);
-	PQclear(res);
-	return v;
+	return aw_q_int(pg, q);
 }
 
 static enum MHD_Result rx_handler(void *cls, struct MHD_Connection *conn,
@@ -100,20 +76,6 @@ static enum MHD_Result rx_handler(void *cls, struct MHD_Connection *conn,
 	r = MHD_queue_response(conn, (unsigned)atomic_load(&rx_status), resp);
 	MHD_destroy_response(resp);
 	return r;
-}
-
-static struct MHD_Daemon *rx_start(char *url, size_t n)
-{
-	struct MHD_Daemon *d;
-	const union MHD_DaemonInfo *info;
-
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL,
-			     rx_handler, NULL, MHD_OPTION_END);
-	ck_assert_msg(d != NULL, "receiver must start");
-	info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-	snprintf(url, n, "http://127.0.0.1:%u/hook", (unsigned)info->port);
-	return d;
 }
 
 /* One delivery round now (the backoff skipped: everything is due). */
@@ -174,7 +136,7 @@ START_TEST(test_alerts_giveup_after_max_attempts)
 				    86400 };
 	int i;
 
-	d = rx_start(url, sizeof(url));
+	d = aw_rx_start(rx_handler, NULL, url, sizeof(url));
 	insert_alert(ALERT1, 50);
 	for (i = 0; i < 5; i++)
 		round_now(&wh, m);
@@ -225,7 +187,7 @@ START_TEST(test_alerts_giveup_after_max_age)
 	tally_error err;
 	int64_t n = -1;
 
-	d = rx_start(url, sizeof(url));
+	d = aw_rx_start(rx_handler, NULL, url, sizeof(url));
 	insert_alert(ALERT1, 50);
 	insert_alert(ALERT2, 80);
 	/* the first attempt of ALERT1 was two hours ago */

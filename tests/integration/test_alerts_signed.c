@@ -7,21 +7,17 @@
  * extracted from the file, verify a captured delivery and reject it with a
  * wrong secret or an altered body; without a secret nothing is POSTed.
  */
-#include "test_support.h"
-#include "check_main.h"
+#include "alerts_webhook_support.h"
 
 #include "tally/alerts.h"
-#include "tally/log.h"
 
-#include <curl/curl.h>
 #include <inttypes.h>
-#include <microhttpd.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
 #include <time.h>
 
-#define TENANT "4d7f3a52-2b1c-4c8e-9f0a-1b2c3d4e5f60"
+#define TENANT AW_TENANT
 #define NEW_SECRET "whsec_new_5f1c"
 #define OLD_SECRET "whsec_old_9a2e"
 #define DOCS TALLY_SOURCE_DIR "/docs/alerts.md"
@@ -47,17 +43,7 @@ static void db_setup(void)
 {
 	tally_error err;
 
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_log_init("test_alerts_signed", TALLY_WARN);
-	tally_test_unique(db, sizeof(db), "t_alsig");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
-		      err.msg);
-	ck_assert_int_eq(tally_pg_exec(pg, NULL,
-		"INSERT INTO tenants (id, name, slug, domain,"
-		" subscription_plan, monthly_budget) VALUES ('" TENANT "',"
-		" 'Acme', 'acme', 'acme.example', 'enterprise', 100.00)",
-		0, NULL, &err), 0);
+	pg = aw_db_open(db, sizeof(db), dsn, sizeof(dsn), "t_alsig");
 	ck_assert_int_eq(tally_pg_exec(pg, NULL,
 		"INSERT INTO alerts (id, tenant_id, kind, period_start,"
 		" threshold, payload) SELECT gen_random_uuid(), '" TENANT "',"
@@ -130,22 +116,6 @@ static void rx_done(void *cls, struct MHD_Connection *conn, void **con_cls,
 	*con_cls = NULL;
 }
 
-static struct MHD_Daemon *rx_start(char *url, size_t n)
-{
-	struct MHD_Daemon *d;
-	const union MHD_DaemonInfo *info;
-
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
-			     MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-			     rx_handler, NULL, MHD_OPTION_NOTIFY_COMPLETED,
-			     rx_done, NULL, MHD_OPTION_END);
-	ck_assert_msg(d != NULL, "receiver must start");
-	info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-	snprintf(url, n, "http://127.0.0.1:%u/hook", (unsigned)info->port);
-	return d;
-}
-
 /* Receiver side, as the docs' snippets do it: does any v1 of sig match
  * HMAC-SHA256(secret, "<t>.<body>")? Also returns t. */
 static bool sig_matches(const char *sig, const char *body, size_t len,
@@ -212,7 +182,7 @@ START_TEST(test_alerts_signed_rotation_verifies)
 	int nd = -1, i;
 	int64_t now = (int64_t)time(NULL), t;
 
-	d = rx_start(url, sizeof(url));
+	d = aw_rx_start(rx_handler, rx_done, url, sizeof(url));
 	ck_assert_int_eq(deliver(url, NEW_SECRET, OLD_SECRET, &nd, &err), 0);
 	ck_assert_int_eq(nd, 2);
 	pthread_mutex_lock(&rx.mu);
@@ -318,7 +288,7 @@ START_TEST(test_alerts_signed_docs_snippets)
 	int nd = -1;
 	seen s;
 
-	d = rx_start(url, sizeof(url));
+	d = aw_rx_start(rx_handler, rx_done, url, sizeof(url));
 	ck_assert_int_eq(deliver(url, NEW_SECRET, NULL, &nd, &err), 0);
 	ck_assert_int_eq(nd, 2);
 	pthread_mutex_lock(&rx.mu);
@@ -352,9 +322,8 @@ START_TEST(test_alerts_signed_never_unsigned)
 	tally_error err;
 	char url[128];
 	int nd = -1;
-	PGresult *res = NULL;
 
-	d = rx_start(url, sizeof(url));
+	d = aw_rx_start(rx_handler, rx_done, url, sizeof(url));
 	ck_assert_int_eq(deliver(url, "", NULL, &nd, &err), TALLY_EINVALID);
 	ck_assert_msg(strstr(err.msg, "TALLY_ALERTS_WEBHOOK_SECRET") != NULL,
 		      "%s", err.msg);
@@ -362,11 +331,9 @@ START_TEST(test_alerts_signed_never_unsigned)
 	pthread_mutex_lock(&rx.mu);
 	ck_assert_int_eq(rx.n, 0);
 	pthread_mutex_unlock(&rx.mu);
-	ck_assert_int_eq(tally_pg_exec(pg, &res,
-		"SELECT count(*) FROM alerts WHERE delivery_attempts = 0"
-		" AND delivered_at IS NULL", 0, NULL, &err), 0);
-	ck_assert_str_eq(PQgetvalue(res, 0, 0), "2");
-	PQclear(res);
+	ck_assert_int_eq(aw_q_int(pg, "SELECT count(*) FROM alerts WHERE"
+				  " delivery_attempts = 0 AND delivered_at IS"
+				  " NULL"), 2);
 	MHD_stop_daemon(d);
 }
 END_TEST
