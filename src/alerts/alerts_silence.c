@@ -56,7 +56,8 @@ static int scan(tally_alerts *a, const tally_silence_rule *r, int64_t now_ms,
 
 		if (tally_uuid_parse(f.tenant_id, tid,
 				     (uint32_t)strlen(tid)) != 0 ||
-		    tally_parse_i64(&f.last_hour_ms, PQgetvalue(res, i, 1)) ||
+		    tally_parse_i64(&f.last_hour_ms,
+				    PQgetvalue(res, i, 1)) != 0 ||
 		    tally_parse_i64(&nd, PQgetvalue(res, i, 2)) != 0)
 			continue; /* cannot happen: typed columns */
 		f.active_days = (int)nd;
