@@ -130,6 +130,29 @@ typedef struct tally_alerts_webhook {
 } tally_alerts_webhook;
 
 /**
+ * Churn from silence (docs/alerts.md): one scan of usage_hourly for
+ * tenants with a live subscription (status active, trialing or past_due)
+ * silent for r->silence_days as of now_ms (injectable for tests), through
+ * tally_alerts_eval_silence(); new churn_risk/100 alerts are inserted,
+ * produced and left for the webhook like any other. A rescan of the same
+ * episode raises nothing (same key). Call it between batches (it uses the
+ * engine's batch state).
+ * @param[out] raised alerts inserted (may be NULL)
+ */
+int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
+			      int64_t now_ms, int *raised, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * tally_alerts_scan_silence() at the wall clock when every_ms have passed
+ * (monotonic) since the last scan; the first call scans. every_ms <= 0:
+ * never.
+ */
+int tally_alerts_silence_tick(tally_alerts *a, const tally_silence_rule *r,
+			      int64_t every_ms, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
  * Webhook delivery, one round: POST each undelivered alert that is due
  * (next_delivery_at <= now) to wh->url (JSON body as on billing.alerts,
  * headers Content-Type: application/json, Tally-Delivery-Id and

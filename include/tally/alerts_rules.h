@@ -47,9 +47,15 @@ const char *tally_alert_kind_name(tally_alert_kind k);
 /** Thresholds for the dunning kind (not a percentage: a stage). */
 #define TALLY_ALERT_DUNNING_PAST_DUE 1
 #define TALLY_ALERT_DUNNING_SUSPENDED 2
-/** churn_risk thresholds: 0 = cancellation scheduled, 50 = usage drop. */
+/**
+ * churn_risk thresholds: 0 = cancellation scheduled, 50 = usage drop,
+ * 100 = usage stopped entirely (silence).
+ */
 #define TALLY_ALERT_CHURN_SCHEDULED 0
 #define TALLY_ALERT_CHURN_USAGE_DROP 50
+#define TALLY_ALERT_CHURN_SILENCE 100
+/** Silence rule: the days of history before the silence that count. */
+#define TALLY_ALERT_SILENCE_HISTORY_DAYS 28
 /** revenue threshold: usage cost >= 100 % of the plan's monthly price. */
 #define TALLY_ALERT_REVENUE_PCT 100
 /** revenue threshold of a refund signal (not a percentage). */
@@ -218,6 +224,35 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
  * kinds): none.
  */
 void tally_alerts_eval_signal(tally_alert_list *out, const tally_signal *s);
+
+/** The silence rule's settings (alerts.silence_days, .silence_active_days). */
+typedef struct tally_silence_rule {
+	int silence_days;     /* N >= 1: days without usage */
+	int active_days;      /* K >= 1: days with usage among the 28 before */
+} tally_silence_rule;
+
+/** What is known of one tenant's recent usage (from usage_hourly). */
+typedef struct tally_silence_facts {
+	uint8_t tenant_id[16];
+	int64_t last_hour_ms;  /* start of its last hour with usage; -1 none */
+	int active_days;       /* distinct UTC days with usage in the
+	                          TALLY_ALERT_SILENCE_HISTORY_DAYS days ending
+	                          with that hour */
+} tally_silence_facts;
+
+/**
+ * Churn from silence: the tenant had usage (on at least r->active_days of
+ * the 28 days up to its last hour with usage) and then none for at least
+ * r->silence_days whole days up to now_ms. The silence begins at the end
+ * of the last hour with usage, and that instant is the episode's key:
+ * churn_risk/100 with period_start = silence start, so a rescan yields the
+ * same alert and a new episode (usage resumed, then stopped again) a new
+ * one. Appends at most one alert; nothing when never active.
+ * @return true when an alert was appended
+ */
+bool tally_alerts_eval_silence(tally_alert_list *out,
+			       const tally_silence_facts *f,
+			       const tally_silence_rule *r, int64_t now_ms);
 
 /** Start of the UTC calendar month containing t (unix ms). */
 int64_t tally_alert_month_start(int64_t t_ms);

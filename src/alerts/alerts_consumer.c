@@ -292,6 +292,21 @@ static int step(void *ctx)
 		sweep(a, SWEEP_MIN_AGE_MS);
 		a->last_sweep = tally_mono_ns();
 	}
+	/* silence sends no event: tally-alerts' own timer looks for it */
+	{
+		tally_silence_rule sr = {
+			(int)tally_config_int(a->cfg, "alerts.silence_days"),
+			(int)tally_config_int(a->cfg,
+					      "alerts.silence_active_days") };
+		tally_error err;
+
+		if (tally_alerts_silence_tick(a->alerts, &sr, 1000 *
+				tally_config_int(a->cfg,
+						 "alerts.silence_scan_s"),
+				&err) != 0)
+			tally_log(TALLY_WARN, "alerts.silence_scan_failed",
+				  TALLY_KV_STR("error", err.msg));
+	}
 	return 0;
 }
 

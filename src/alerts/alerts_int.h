@@ -67,6 +67,9 @@ struct tally_alerts {
 	tally_counter *c_stale, *c_totals, *c_signals, *c_produced;
 	tally_counter *c_produce_failed;
 	tally_histogram *h_batch;
+	/* churn from silence: the last scan (alerts_silence.c) */
+	bool silence_scanned;
+	int64_t silence_last_ns;
 };
 
 /* engine (alerts_engine.c) */

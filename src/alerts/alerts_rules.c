@@ -321,6 +321,41 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
 	}
 }
 
+bool tally_alerts_eval_silence(tally_alert_list *out,
+			       const tally_silence_facts *f,
+			       const tally_silence_rule *r, int64_t now_ms)
+{
+	int64_t start, silent_ms;
+	json_t *o;
+	char b[32];
+
+	if (f->last_hour_ms < 0 || r->silence_days < 1 ||
+	    f->active_days < r->active_days || f->active_days < 1)
+		return false;
+	start = f->last_hour_ms + TALLY_MS_PER_DAY / 24;
+	silent_ms = now_ms - start;
+	if (silent_ms < (int64_t)r->silence_days * TALLY_MS_PER_DAY)
+		return false;
+	o = json_object();
+	json_object_set_new(o, "rule", json_string(
+		"no usage for silence_days after usage on at least"
+		" active_days of the 28 days before"));
+	json_object_set_new(o, "reason", json_string("silence"));
+	tally_fmt_time_ms(b, f->last_hour_ms);
+	json_object_set_new(o, "last_usage_hour", json_string(b));
+	tally_fmt_time_ms(b, start);
+	json_object_set_new(o, "silent_since", json_string(b));
+	json_object_set_new(o, "silent_days",
+			    json_integer(silent_ms / TALLY_MS_PER_DAY));
+	json_object_set_new(o, "silence_days", json_integer(r->silence_days));
+	json_object_set_new(o, "active_days", json_integer(f->active_days));
+	json_object_set_new(o, "history_days",
+			    json_integer(TALLY_ALERT_SILENCE_HISTORY_DAYS));
+	push(out, f->tenant_id, TALLY_ALERT_CHURN_RISK, start,
+	     TALLY_ALERT_CHURN_SILENCE, dump(o));
+	return true;
+}
+
 static char *signal_payload(const tally_signal *s, const char *rule)
 {
 	size_t n = strlen(s->json) + strlen(rule) + 32;

@@ -133,6 +133,9 @@ static const keydef keys[] = {
 	SECRET("alerts.webhook_secret_previous",
 	       "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS"),
 	S("alerts.metrics_listen", "127.0.0.1:9404", false, NULL),
+	I("alerts.silence_days", 7, true, 1, 365),
+	I("alerts.silence_active_days", 7, true, 1, 28),
+	I("alerts.silence_scan_s", 3600, true, 0, 86400),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
