@@ -112,6 +112,23 @@ int tally_alerts_reseek(tally_alerts *a, rd_kafka_t *rk,
 int tally_alerts_sweep(tally_alerts *a, int64_t min_age_ms, int *n,
 		       tally_error *err) TALLY_MUSTCHECK;
 
+/** Secrets a delivery is signed with: the current and the previous one. */
+#define TALLY_ALERTS_WEBHOOK_MAX_SECRETS 2
+
+/** Where and how webhook deliveries go; all borrowed for the call. */
+typedef struct tally_alerts_webhook {
+	const char *url;      /* NULL or "": nothing is delivered */
+	/* secrets[0] current, secrets[1] previous during a rotation ("" or
+	 * NULL: none); each non-empty one adds a v1= to Tally-Signature */
+	const char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS];
+	size_t nsecrets;
+	int timeout_ms;       /* per POST, connect included */
+	/* give up (delivery_failed_at) after this many failed POSTs, or when
+	 * a POST fails this long after the first attempt; both >= 1 */
+	int max_attempts;
+	int64_t max_age_s;
+} tally_alerts_webhook;
+
 /**
  * Churn from silence (docs/alerts.md): one scan of usage_hourly for
  * tenants with a live subscription (status active, trialing or past_due)
@@ -137,16 +154,34 @@ int tally_alerts_silence_tick(tally_alerts *a, const tally_silence_rule *r,
 
 /**
  * Webhook delivery, one round: POST each undelivered alert that is due
- * (next_delivery_at <= now) to url (JSON body as on billing.alerts,
- * headers Content-Type: application/json and X-Tally-Alert-Id). A 2xx sets
- * delivered_at; anything else counts an attempt and schedules the next one
- * after min(2^attempts, 300) seconds. Uses its own pg (not the engine's):
- * call it from the delivery thread. Never blocks longer than about
+ * (next_delivery_at <= now) to wh->url (JSON body as on billing.alerts,
+ * headers Content-Type: application/json, Tally-Delivery-Id and
+ * X-Tally-Alert-Id (the alert's stable id), and
+ * `Tally-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, one
+ * v1 per secret, as Stripe signs). A 2xx sets delivered_at; anything else
+ * counts an attempt, records last_delivery_error and schedules the next one
+ * after min(2^attempts, 300) seconds, or, at wh->max_attempts attempts or
+ * wh->max_age_s after the first one, gives up: delivery_failed_at is set
+ * and the alert is not claimed again (tally_alerts_redeliver()). Each POST
+ * counts in tally_alerts_deliveries_total{outcome="delivered|retry|failed"}.
+ * Refuses (TALLY_EINVALID) a URL without a secret: nothing is
+ * ever delivered unsigned. Uses its own pg (not the engine's): call it
+ * from the delivery thread. Never blocks longer than about
  * limit * timeout_ms.
  * @param[out] delivered, failed (may be NULL)
  */
-int tally_alerts_deliver(tally_pg *pg, const char *url, int timeout_ms,
+int tally_alerts_deliver(tally_pg *pg, const tally_alerts_webhook *wh,
 			 int limit, tally_metrics *metrics, int *delivered,
 			 int *failed, tally_error *err) TALLY_MUSTCHECK;
+
+/**
+ * Put alerts back to pending (attempts, first attempt and failure cleared,
+ * due now): the alert with this id (delivered or failed), or, with id
+ * NULL, every alert whose delivery gave up.
+ * @param[out] n alerts put back
+ * @return 0, TALLY_EINVALID for an id that is not a uuid, or the error
+ */
+int tally_alerts_redeliver(tally_pg *pg, const char *id, int64_t *n,
+			   tally_error *err) TALLY_MUSTCHECK;
 
 #endif /* TALLY_ALERTS_H */

@@ -45,6 +45,7 @@ func newObject(apiVersion, kind string) any {
 var secretEnv = map[string]bool{
 	"DATABASE_URL": true, "STRIPE_SECRET_KEY": true,
 	"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true,
+	"TALLY_ALERTS_WEBHOOK_SECRET": true, "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS": true,
 }
 
 // the secrets each program may see (least privilege, as the systemd units'
@@ -53,9 +54,10 @@ var secretsOf = map[string]map[string]bool{
 	"tally-rate":      {"DATABASE_URL": true},
 	"tally-aggregate": {"DATABASE_URL": true},
 	"tally-stripe":    {"DATABASE_URL": true, "STRIPE_SECRET_KEY": true},
-	"tally-alerts":    {"DATABASE_URL": true, "TALLY_ALERTS_WEBHOOK_URL": true},
-	"tally-relay":     {"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
-	"tally-migrate":   {"DATABASE_URL": true},
+	"tally-alerts": {"DATABASE_URL": true, "TALLY_ALERTS_WEBHOOK_URL": true,
+		"TALLY_ALERTS_WEBHOOK_SECRET": true, "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS": true},
+	"tally-relay":   {"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
+	"tally-migrate": {"DATABASE_URL": true},
 }
 
 type rendered struct {

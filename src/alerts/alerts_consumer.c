@@ -53,7 +53,10 @@ struct tally_alerts_consumer {
 	tally_business_gauges *bg;
 	atomic_int th_stop;
 	pthread_mutex_t mu;
-	char *webhook_url; /* under mu */
+	char *webhook_url; /* under mu, with the two limits */
+	int max_attempts;
+	int64_t max_age_s;
+	char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS]; /* set at start */
 };
 
 static int rb_assign(void *ctx, rd_kafka_topic_partition_list_t *parts,
@@ -84,8 +87,9 @@ static void sample_undelivered(tally_alerts_consumer *a, tally_pg *pg)
 	tally_error err;
 	int64_t v = 0;
 
-	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts"
-			  " WHERE delivered_at IS NULL", 0, NULL, &err) == 0 &&
+	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts WHERE"
+			  " delivered_at IS NULL AND delivery_failed_at IS NULL",
+			  0, NULL, &err) == 0 &&
 	    tally_parse_i64(&v, PQgetvalue(res, 0, 0)) == 0)
 		tally_gauge_set(a->g_undelivered, v);
 	PQclear(res);
@@ -98,10 +102,14 @@ static void *deliver_main(void *payload)
 	tally_pg *pg = NULL;
 	tally_error err;
 	int64_t last_gauge = 0;
+	bool warned = false;
 
 	while (!atomic_load(&a->th_stop)) {
+		tally_alerts_webhook wh = { NULL, { a->secrets[0], a->secrets[1] },
+					    TALLY_ALERTS_WEBHOOK_MAX_SECRETS,
+					    WEBHOOK_TIMEOUT_MS };
 		char *url;
-		int nd = 0, nf = 0, i;
+		int nd = 0, nf = 0, i, rc = 0;
 
 		if (pg == NULL &&
 		    tally_pg_connect_cfg(&pg, a->cfg, &err) != 0) {
@@ -111,13 +119,18 @@ static void *deliver_main(void *payload)
 		}
 		pthread_mutex_lock(&a->mu);
 		url = a->webhook_url[0] ? tally_xstrdup(a->webhook_url) : NULL;
+		wh.max_attempts = a->max_attempts;
+		wh.max_age_s = a->max_age_s;
 		pthread_mutex_unlock(&a->mu);
-		if (pg != NULL && url != NULL &&
-		    tally_alerts_deliver(pg, url, WEBHOOK_TIMEOUT_MS,
-					 WEBHOOK_LIMIT, a->m, &nd, &nf,
-					 &err) != 0)
+		wh.url = url;
+		if (pg != NULL && url != NULL)
+			rc = tally_alerts_deliver(pg, &wh, WEBHOOK_LIMIT, a->m,
+						  &nd, &nf, &err);
+		/* a missing secret repeats every round: say it once */
+		if (rc != 0 && (rc != TALLY_EINVALID || !warned))
 			tally_log(TALLY_WARN, "alerts.webhook_round_failed",
 				  TALLY_KV_STR("error", err.msg));
+		warned = rc == TALLY_EINVALID;
 		free(url);
 		if (pg != NULL && tally_mono_ns() - last_gauge > 5000000000) {
 			sample_undelivered(a, pg);
@@ -139,6 +152,9 @@ static void set_webhook_url(tally_alerts_consumer *a)
 	free(a->webhook_url);
 	a->webhook_url = tally_xstrdup(tally_config_str(a->cfg,
 							"alerts.webhook_url"));
+	a->max_attempts = (int)tally_config_int(a->cfg,
+					"alerts.delivery_max_attempts");
+	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
 }
 
@@ -414,6 +430,15 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 				    topics, &a->rb, a->m, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
 	set_webhook_url(a);
+	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret"));
+	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret_previous"));
+	if (a->webhook_url[0] != '\0' && a->secrets[0][0] == '\0')
+		return tally_error_set(err, TALLY_EINVALID,
+			"alerts.webhook_url is set but"
+			" $TALLY_ALERTS_WEBHOOK_SECRET is not: deliveries"
+			" are always signed");
 	if (pthread_create(&a->th, NULL, deliver_main, a) != 0) {
 		tally_log(TALLY_FATAL, "alerts.thread_failed");
 		return tally_error_set(err, TALLY_ERROR,
@@ -452,6 +477,8 @@ void tally_alerts_consumer_free(tally_alerts_consumer *a)
 	if (a->own_m)
 		tally_metrics_free(a->m);
 	free(a->webhook_url);
+	free(a->secrets[0]);
+	free(a->secrets[1]);
 	pthread_mutex_destroy(&a->mu);
 	curl_global_cleanup();
 	free(a->msgs);

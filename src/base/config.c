@@ -125,6 +125,13 @@ static const keydef keys[] = {
 	S("alerts.group", "tally.alerts", false, NULL),
 	S("alerts.thresholds", "50,80,100", true, NULL),
 	S("alerts.webhook_url", "", true, "TALLY_ALERTS_WEBHOOK_URL"),
+	/* a delivery gives up (failed) at whichever comes first */
+	I("alerts.delivery_max_attempts", 12, true, 1, 1000),
+	I("alerts.delivery_max_age_s", 86400, true, 1, 2592000),
+	/* signs every webhook delivery (Tally-Signature); rotation: both */
+	SECRET("alerts.webhook_secret", "TALLY_ALERTS_WEBHOOK_SECRET"),
+	SECRET("alerts.webhook_secret_previous",
+	       "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS"),
 	S("alerts.metrics_listen", "127.0.0.1:9404", false, NULL),
 	I("alerts.silence_days", 7, true, 1, 365),
 	I("alerts.silence_active_days", 7, true, 1, 28),

@@ -582,6 +582,8 @@ START_TEST(test_alerts_webhook_retry_then_once)
 	tally_pg *pg2 = NULL;
 	tally_error err;
 	char url[128];
+	tally_alerts_webhook wh = { url, { "whsec_test", NULL }, 1, 2000, 12,
+				    86400 };
 	int nd = -1, nf = -1, i, j;
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -604,7 +606,7 @@ START_TEST(test_alerts_webhook_retry_then_once)
 
 	/* the receiver is down (500): every alert fails once */
 	rx.fail_left = 4;
-	ck_assert_int_eq(tally_alerts_deliver(pg2, url, 2000, 50, NULL, &nd,
+	ck_assert_int_eq(tally_alerts_deliver(pg2, &wh, 50, NULL, &nd,
 					      &nf, &err), 0);
 	ck_assert_int_eq(nd, 0);
 	ck_assert_int_eq(nf, 4);
@@ -613,12 +615,12 @@ START_TEST(test_alerts_webhook_retry_then_once)
 			       " = 1 AND last_delivery_error = 'HTTP 500'"),
 			 4);
 	/* not due yet: the backoff holds them back */
-	ck_assert_int_eq(tally_alerts_deliver(pg2, url, 2000, 50, NULL, &nd,
+	ck_assert_int_eq(tally_alerts_deliver(pg2, &wh, 50, NULL, &nd,
 					      &nf, &err), 0);
 	ck_assert_int_eq(nd + nf, 0);
 	/* after the first backoff (1 s) they go through, once each */
 	tally_sleep_ms(1200);
-	ck_assert_int_eq(tally_alerts_deliver(pg2, url, 2000, 50, NULL, &nd,
+	ck_assert_int_eq(tally_alerts_deliver(pg2, &wh, 50, NULL, &nd,
 					      &nf, &err), 0);
 	ck_assert_int_eq(nd, 4);
 	ck_assert_int_eq(nf, 0);
@@ -627,7 +629,7 @@ START_TEST(test_alerts_webhook_retry_then_once)
 			       " delivered_at > raised_at AND"
 			       " delivery_attempts = 2"), 4);
 	tally_sleep_ms(1200);
-	ck_assert_int_eq(tally_alerts_deliver(pg2, url, 2000, 50, NULL, &nd,
+	ck_assert_int_eq(tally_alerts_deliver(pg2, &wh, 50, NULL, &nd,
 					      &nf, &err), 0);
 	ck_assert_int_eq(nd + nf, 0);
 	pthread_mutex_lock(&rx.mu);
