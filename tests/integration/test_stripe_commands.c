@@ -19,6 +19,7 @@
 #define T2 "66666666-7777-4888-9999-aaaaaaaaaaaa"
 #define T3 "33333333-4444-4555-8666-777777777777"
 #define T4 "44444444-5555-4666-8777-888888888888"
+#define T5 "55555555-6666-4777-8888-999999999999"
 #define HOSTILE_PM "x/../../customers/cus_X#"
 
 static tally_pg *pg;
@@ -32,6 +33,7 @@ static void setup(void)
 	testdb_tenant(pg, T2, "cmd-two", NULL);
 	testdb_tenant(pg, T3, "cmd-three", NULL);
 	testdb_tenant(pg, T4, "cmd-four", "cus_1/../../invoices");
+	testdb_tenant(pg, T5, "cmd-five", NULL);
 }
 
 /* The test database's URL (for a tally-stripe of its own). */
@@ -239,6 +241,28 @@ START_TEST(test_stripe_commands_lifecycle)
 }
 END_TEST
 
+/* A command recorded before the tenant joined the keys (base key
+ * "tally-cmd-<id>") and still pending keeps that key: Stripe may already
+ * hold an object under it, so a new key could create a second one. */
+START_TEST(test_stripe_commands_recorded_key_kept)
+{
+	world w;
+	tally_command c;
+
+	world_start(&w);
+	testdb_sql(pg, "INSERT INTO billing_commands (tenant_id, command_id, "
+		       "type, idempotency_key) VALUES ('" T5 "', 'cmd-old-1', "
+		       "'create_customer', 'tally-cmd-cmd-old-1')");
+	c = cmd("cmd-old-1", TALLY_CMD_CREATE_CUSTOMER, T5, NULL);
+	run(&w, &c, 0);
+	check(status_sql, "cmd-old-1", "succeeded");
+	check("SELECT idempotency_key FROM stripe_requests WHERE "
+	      "command_id = $1 AND path = '/v1/customers'", "cmd-old-1",
+	      "tally-cmd-cmd-old-1-customer");
+	world_stop(&w);
+}
+END_TEST
+
 /* A payment_method_id that walks to another endpoint: the command fails
  * (recorded) and nothing but the customer's creation reaches Stripe. */
 START_TEST(test_stripe_commands_hostile_payment_method)
@@ -351,6 +375,7 @@ static Suite *tally_stripe_commands_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_stripe_commands_lifecycle);
+	tcase_add_test(tc, test_stripe_commands_recorded_key_kept);
 	tcase_add_test(tc, test_stripe_commands_hostile_payment_method);
 	tcase_add_test(tc, test_stripe_commands_hostile_customer);
 	tcase_add_test(tc, test_stripe_commands_hostile_event_id);
