@@ -56,7 +56,7 @@ void tally_error_clear(tally_error *err);
 /** Stable lower-case name of a code ("invalid", "transient", ...). */
 const char *tally_err_name(int code);
 
-/* Allocation failure aborts the process (see STYLE.md §5). */
+/* Allocation failure aborts the process: nothing can go on without memory. */
 void *tally_xmalloc(size_t n);
 void *tally_xcalloc(size_t n, size_t size);
 void *tally_xrealloc(void *p, size_t n);

@@ -1,5 +1,5 @@
 /*
- * signals.c - signal handlers that only set flags (STYLE.md §8).
+ * signals.c - signal handlers that only set flags (async-signal-safe).
  *
  * The one exception to "only a flag" is the fast exit: a second
  * SIGTERM/SIGINT calls _exit(1), which is async-signal-safe, so that an
