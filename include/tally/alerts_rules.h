@@ -38,6 +38,12 @@ typedef enum {
 	TALLY_ALERT_CHURN_RISK,
 	TALLY_ALERT_REVENUE,
 	TALLY_ALERT_DISPUTE,
+	/* on the business as a whole (no tenant, docs/alerts.md) */
+	TALLY_ALERT_MRR_DROP,
+	TALLY_ALERT_MRR_RISE,
+	TALLY_ALERT_PLAN_REVENUE_DROP,
+	/* one tenant, from the finance views */
+	TALLY_ALERT_USAGE_OVER_PLAN,
 	TALLY_ALERT_KIND_N
 } tally_alert_kind;
 
@@ -145,6 +151,9 @@ int tally_signal_from_json(tally_signal *out, const char *buf, size_t len,
 
 void tally_signal_dispose(tally_signal *s);
 
+/** Bytes of an alert's subject, the terminator included. */
+#define TALLY_ALERT_SUBJECT_MAX 64
+
 /** One alert to raise. */
 typedef struct tally_alert {
 	uint8_t id[16];
@@ -152,6 +161,9 @@ typedef struct tally_alert {
 	tally_alert_kind kind;
 	int64_t period_start_ms;
 	int threshold;
+	/* what within the key it is about (plan_revenue_drop: the plan);
+	 * "" for every other kind */
+	char subject[TALLY_ALERT_SUBJECT_MAX];
 	char *payload;             /* compact JSON object (owned) */
 } tally_alert;
 
@@ -175,6 +187,24 @@ void tally_alert_list_dispose(tally_alert_list *l);
 void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
 		    tally_alert_kind kind, int64_t period_start_ms,
 		    int threshold);
+
+/**
+ * Append an alert (its id from the key, subject included); payload, a
+ * compact JSON object, is taken over. subject is shorter than
+ * TALLY_ALERT_SUBJECT_MAX ("" for none).
+ */
+void tally_alert_list_push(tally_alert_list *l, const uint8_t tenant[16],
+			   tally_alert_kind kind, int64_t period_start,
+			   int threshold, const char *subject, char *payload);
+
+/**
+ * tally_alert_id() of a key with a subject: "|<subject>" is appended to
+ * the hashed text when subject is not "" (so ids without one are
+ * unchanged).
+ */
+void tally_alert_id_subject(uint8_t out[16], const uint8_t tenant_id[16],
+			    tally_alert_kind kind, int64_t period_start_ms,
+			    int threshold, const char *subject);
 
 /** What the totals rules need besides the message (from PostgreSQL). */
 typedef struct tally_alert_context {

@@ -53,7 +53,10 @@ struct tally_alerts_consumer {
 	tally_business_gauges *bg;
 	atomic_int th_stop;
 	pthread_mutex_t mu;
-	char *webhook_url; /* under mu, with the two limits */
+	/* under mu, with the two limits: alerts.webhook_url as the target
+	 * "webhook", then alerts.targets */
+	tally_alerts_target *targets;
+	size_t ntargets;
 	int max_attempts;
 	int64_t max_age_s;
 	char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS]; /* set at start */
@@ -80,22 +83,53 @@ int tally_alerts_consumer_health(char *detail, size_t len, void *payload)
 	return ok ? 0 : 1;
 }
 
-/* Sample the number of undelivered alerts into the gauge. */
+/* Sample the pending deliveries and unrouted alerts into the gauge. */
 static void sample_undelivered(tally_alerts_consumer *a, tally_pg *pg)
 {
 	PGresult *res = NULL;
 	tally_error err;
 	int64_t v = 0;
 
-	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts WHERE"
-			  " delivered_at IS NULL AND delivery_failed_at IS NULL",
-			  0, NULL, &err) == 0 &&
+	if (tally_pg_exec(pg, &res, "SELECT (SELECT count(*) FROM"
+			  " alert_deliveries WHERE delivered_at IS NULL AND"
+			  " failed_at IS NULL) + (SELECT count(*) FROM alerts"
+			  " WHERE routed_at IS NULL)", 0, NULL, &err) == 0 &&
 	    tally_parse_i64(&v, PQgetvalue(res, 0, 0)) == 0)
 		tally_gauge_set(a->g_undelivered, v);
 	PQclear(res);
 }
 
-/* The webhook delivery loop: its own connection, never the consumer's. */
+/* A deep copy of n targets (the reload frees the config's strings). */
+static tally_alerts_target *copy_targets(const tally_alerts_target *v,
+					 size_t n)
+{
+	tally_alerts_target *c = tally_xcalloc(n + 1, sizeof(*c));
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		c[i].name = tally_xstrdup(v[i].name);
+		c[i].type = v[i].type;
+		c[i].url = tally_xstrdup(v[i].url ? v[i].url : "");
+		c[i].kinds = tally_xstrdup(v[i].kinds ? v[i].kinds : "");
+		c[i].link = tally_xstrdup(v[i].link ? v[i].link : "");
+	}
+	return c;
+}
+
+static void free_targets(tally_alerts_target *v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && i < n; i++) {
+		free((char *)v[i].name);
+		free((char *)v[i].url);
+		free((char *)v[i].kinds);
+		free((char *)v[i].link);
+	}
+	free(v);
+}
+
+/* The delivery loop: its own connection, never the consumer's. */
 static void *deliver_main(void *payload)
 {
 	tally_alerts_consumer *a = payload;
@@ -105,10 +139,11 @@ static void *deliver_main(void *payload)
 	bool warned = false;
 
 	while (!atomic_load(&a->th_stop)) {
-		tally_alerts_webhook wh = { NULL, { a->secrets[0], a->secrets[1] },
+		tally_alerts_delivery d = { NULL, 0,
+					    { a->secrets[0], a->secrets[1] },
 					    TALLY_ALERTS_WEBHOOK_MAX_SECRETS,
-					    WEBHOOK_TIMEOUT_MS };
-		char *url;
+					    WEBHOOK_TIMEOUT_MS, 0, 0 };
+		tally_alerts_target *tv;
 		int nd = 0, nf = 0, i, rc = 0;
 
 		if (pg == NULL &&
@@ -118,20 +153,21 @@ static void *deliver_main(void *payload)
 			pg = NULL;
 		}
 		pthread_mutex_lock(&a->mu);
-		url = a->webhook_url[0] ? tally_xstrdup(a->webhook_url) : NULL;
-		wh.max_attempts = a->max_attempts;
-		wh.max_age_s = a->max_age_s;
+		tv = copy_targets(a->targets, a->ntargets);
+		d.ntargets = a->ntargets;
+		d.max_attempts = a->max_attempts;
+		d.max_age_s = a->max_age_s;
 		pthread_mutex_unlock(&a->mu);
-		wh.url = url;
-		if (pg != NULL && url != NULL)
-			rc = tally_alerts_deliver(pg, &wh, WEBHOOK_LIMIT, a->m,
-						  &nd, &nf, &err);
+		d.targets = tv;
+		if (pg != NULL && d.ntargets > 0)
+			rc = tally_alerts_deliver_targets(pg, &d, WEBHOOK_LIMIT,
+							  a->m, &nd, &nf, &err);
 		/* a missing secret repeats every round: say it once */
 		if (rc != 0 && (rc != TALLY_EINVALID || !warned))
 			tally_log(TALLY_WARN, "alerts.webhook_round_failed",
 				  TALLY_KV_STR("error", err.msg));
 		warned = rc == TALLY_EINVALID;
-		free(url);
+		free_targets(tv, d.ntargets);
 		if (pg != NULL && tally_mono_ns() - last_gauge > 5000000000) {
 			sample_undelivered(a, pg);
 			last_gauge = tally_mono_ns();
@@ -146,16 +182,44 @@ static void *deliver_main(void *payload)
 	return NULL;
 }
 
-static void set_webhook_url(tally_alerts_consumer *a)
+/* alerts.webhook_url (the target "webhook") and alerts.targets. */
+static void set_targets(tally_alerts_consumer *a)
 {
+	const tally_config_alert_target *ct;
+	size_t n = tally_config_alert_targets(a->cfg, &ct), i, k = 0;
+	tally_alerts_target *v = tally_xcalloc(n + 1, sizeof(*v));
+	const char *url = tally_config_str(a->cfg, "alerts.webhook_url");
+
+	if (url[0] != '\0')
+		v[k++] = (tally_alerts_target){ TALLY_ALERTS_WEBHOOK_TARGET,
+			TALLY_ALERTS_TARGET_JSON, url, "", "" };
+	for (i = 0; i < n; i++)
+		v[k++] = (tally_alerts_target){ ct[i].name,
+			strcmp(ct[i].type, "slack") == 0 ?
+			TALLY_ALERTS_TARGET_SLACK : TALLY_ALERTS_TARGET_JSON,
+			ct[i].url, ct[i].kinds, ct[i].link };
 	pthread_mutex_lock(&a->mu);
-	free(a->webhook_url);
-	a->webhook_url = tally_xstrdup(tally_config_str(a->cfg,
-							"alerts.webhook_url"));
+	free_targets(a->targets, a->ntargets);
+	a->targets = copy_targets(v, k);
+	a->ntargets = k;
 	a->max_attempts = (int)tally_config_int(a->cfg,
 					"alerts.delivery_max_attempts");
 	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
+	free(v);
+}
+
+/* Whether a json target is configured (its deliveries are signed). */
+static bool needs_secret(tally_alerts_consumer *a)
+{
+	size_t i;
+	bool r = false;
+
+	pthread_mutex_lock(&a->mu);
+	for (i = 0; i < a->ntargets; i++)
+		r = r || a->targets[i].type == TALLY_ALERTS_TARGET_JSON;
+	pthread_mutex_unlock(&a->mu);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -321,7 +385,7 @@ static void reload(void *ctx)
 			a->cfg, "alerts.thresholds"), &err) != 0)
 		tally_log(TALLY_ERR, "config.reload_failed",
 			  TALLY_KV_STR("error", err.msg));
-	set_webhook_url(a);
+	set_targets(a);
 	tally_log(TALLY_INFO, "config.reloaded");
 }
 
@@ -351,7 +415,8 @@ static void register_metrics(tally_alerts_consumer *a)
 		  "Alerts a rule called for that had been raised already",
 		  &a->c_existing },
 		{ "tally_alerts_undelivered", NULL,
-		  "Alerts not yet delivered to the webhook (sampled)",
+		  "Deliveries pending (neither delivered nor failed) and"
+		  " alerts not yet routed to targets (sampled)",
 		  .gauge = &a->g_undelivered },
 	};
 
@@ -410,7 +475,6 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	a->m = m;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	pthread_mutex_init(&a->mu, NULL);
-	a->webhook_url = tally_xstrdup("");
 	a->msgs = tally_xcalloc(BATCH_MAX, sizeof(*a->msgs));
 	a->views = tally_xcalloc(BATCH_MAX, sizeof(*a->views));
 	register_metrics(a);
@@ -429,16 +493,16 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 				    tally_config_str(cfg, "alerts.group"),
 				    topics, &a->rb, a->m, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
-	set_webhook_url(a);
+	set_targets(a);
 	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
 					"alerts.webhook_secret"));
 	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
 					"alerts.webhook_secret_previous"));
-	if (a->webhook_url[0] != '\0' && a->secrets[0][0] == '\0')
+	if (needs_secret(a) && a->secrets[0][0] == '\0')
 		return tally_error_set(err, TALLY_EINVALID,
-			"alerts.webhook_url is set but"
-			" $TALLY_ALERTS_WEBHOOK_SECRET is not: deliveries"
-			" are always signed");
+			"alerts.webhook_url or a json target of alerts.targets"
+			" is set but $TALLY_ALERTS_WEBHOOK_SECRET is not:"
+			" JSON deliveries are always signed");
 	if (pthread_create(&a->th, NULL, deliver_main, a) != 0) {
 		tally_log(TALLY_FATAL, "alerts.thread_failed");
 		return tally_error_set(err, TALLY_ERROR,
@@ -476,7 +540,7 @@ void tally_alerts_consumer_free(tally_alerts_consumer *a)
 	tally_pg_free(a->pg);
 	if (a->own_m)
 		tally_metrics_free(a->m);
-	free(a->webhook_url);
+	free_targets(a->targets, a->ntargets);
 	free(a->secrets[0]);
 	free(a->secrets[1]);
 	pthread_mutex_destroy(&a->mu);
