@@ -144,6 +144,27 @@ int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
 	TALLY_MUSTCHECK;
 
 /**
+ * Revenue alerts on the business (docs/alerts.md "Revenue alerts"): one
+ * scan of the finance views as of now_ms (injectable for tests). Company
+ * MRR (finance_mrr.mrr) and each plan's revenue
+ * (finance_revenue_by_plan.plan_revenue + usage_revenue) of the last
+ * complete month against the month before; each tenant's usage revenue
+ * (finance_usage_monthly) of the last complete and the current month
+ * against its plan's monthly price; through tally_alerts_eval_mrr(),
+ * _plan_revenue() and _usage_over_plan(). Keyed by month and threshold, so
+ * a rescan raises nothing new. Call it between batches.
+ * @param[out] raised alerts inserted (may be NULL)
+ */
+int tally_alerts_scan_revenue(tally_alerts *a, const tally_revenue_rule *r,
+			      int64_t now_ms, int *raised, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/** tally_alerts_scan_revenue() at the wall clock, as the silence tick. */
+int tally_alerts_revenue_tick(tally_alerts *a, const tally_revenue_rule *r,
+			      int64_t every_ms, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
  * tally_alerts_scan_silence() at the wall clock when every_ms have passed
  * (monotonic) since the last scan; the first call scans. every_ms <= 0:
  * never.

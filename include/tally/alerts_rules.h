@@ -284,6 +284,51 @@ bool tally_alerts_eval_silence(tally_alert_list *out,
 			       const tally_silence_facts *f,
 			       const tally_silence_rule *r, int64_t now_ms);
 
+/**
+ * Revenue alerts on the business (docs/alerts.md "Revenue alerts"): the
+ * thresholds of each rule, percentages (n = 0: the rule is off).
+ */
+typedef struct tally_revenue_rule {
+	tally_alert_thresholds mrr_change;      /* alerts.mrr_change_pct */
+	tally_alert_thresholds plan_drop;       /* .plan_revenue_drop_pct */
+	tally_alert_thresholds usage_over_plan; /* .usage_over_plan_pct */
+} tally_revenue_rule;
+
+/**
+ * Company MRR of month_ms (cur) against the month before (prev), exact
+ * pico-units: per threshold T, mrr_rise/T when (cur - prev) * 100 >
+ * prev * T, mrr_drop/T when (prev - cur) * 100 > prev * T ("more than":
+ * exactly T % raises nothing). Nothing when prev <= 0 (no base for a
+ * percentage). The alerts are on the business: tenant = nil UUID.
+ * @return alerts appended
+ */
+int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
+			  tally_money128 prev, tally_money128 cur,
+			  const tally_alert_thresholds *th);
+
+/**
+ * One plan's revenue of month_ms (cur) against the month before (prev):
+ * plan_revenue_drop/T with subject = plan when (prev - cur) * 100 >
+ * prev * T; nothing when prev <= 0 or the plan id is empty or too long
+ * for a subject. On the business (nil tenant). @return alerts appended
+ */
+int tally_alerts_eval_plan_revenue(tally_alert_list *out, int64_t month_ms,
+				   const char *plan, tally_money128 prev,
+				   tally_money128 cur,
+				   const tally_alert_thresholds *th);
+
+/**
+ * A tenant's usage revenue of month_ms against its plan's monthly price:
+ * usage_over_plan/T when usage * 100 > price * T (T = 200: more than
+ * twice the price); nothing when price <= 0. @return alerts appended
+ */
+int tally_alerts_eval_usage_over_plan(tally_alert_list *out,
+				      const uint8_t tenant_id[16],
+				      int64_t month_ms, const char *plan,
+				      tally_money128 usage,
+				      tally_money128 price,
+				      const tally_alert_thresholds *th);
+
 /** Start of the UTC calendar month containing t (unix ms). */
 int64_t tally_alert_month_start(int64_t t_ms);
 

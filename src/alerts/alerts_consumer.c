@@ -60,6 +60,7 @@ struct tally_alerts_consumer {
 	int max_attempts;
 	int64_t max_age_s;
 	char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS]; /* set at start */
+	tally_revenue_rule revenue; /* alerts.*_pct, checked */
 };
 
 static int rb_assign(void *ctx, rd_kafka_topic_partition_list_t *parts,
@@ -207,6 +208,31 @@ static void set_targets(tally_alerts_consumer *a)
 	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
 	free(v);
+}
+
+/* The revenue rules' thresholds from the config; "" turns one off. On an
+ * error the rules in force stay. */
+static int load_revenue_rule(tally_alerts_consumer *a, tally_error *err)
+{
+	static const char *const keys[3] = { "alerts.mrr_change_pct",
+					     "alerts.plan_revenue_drop_pct",
+					     "alerts.usage_over_plan_pct" };
+	tally_revenue_rule r;
+	tally_alert_thresholds *th[3] = { &r.mrr_change, &r.plan_drop,
+					  &r.usage_over_plan };
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		const char *v = tally_config_str(a->cfg, keys[i]);
+
+		th[i]->n = 0;
+		if (v[0] != '\0' &&
+		    tally_alert_thresholds_parse(th[i], v, err) != 0)
+			return tally_error_set(err, TALLY_EINVALID, "%s: %s",
+					       keys[i], err->msg);
+	}
+	a->revenue = r;
+	return 0;
 }
 
 /* Whether a json target is configured (its deliveries are signed). */
@@ -370,6 +396,13 @@ static int step(void *ctx)
 				&err) != 0)
 			tally_log(TALLY_WARN, "alerts.silence_scan_failed",
 				  TALLY_KV_STR("error", err.msg));
+		/* the finance views change without an event either */
+		if (tally_alerts_revenue_tick(a->alerts, &a->revenue, 1000 *
+				tally_config_int(a->cfg,
+						 "alerts.revenue_scan_s"),
+				&err) != 0)
+			tally_log(TALLY_WARN, "alerts.revenue_scan_failed",
+				  TALLY_KV_STR("error", err.msg));
 	}
 	return 0;
 }
@@ -386,6 +419,9 @@ static void reload(void *ctx)
 		tally_log(TALLY_ERR, "config.reload_failed",
 			  TALLY_KV_STR("error", err.msg));
 	set_targets(a);
+	if (load_revenue_rule(a, &err) != 0)
+		tally_log(TALLY_ERR, "config.reload_failed",
+			  TALLY_KV_STR("error", err.msg));
 	tally_log(TALLY_INFO, "config.reloaded");
 }
 
@@ -478,6 +514,8 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	a->msgs = tally_xcalloc(BATCH_MAX, sizeof(*a->msgs));
 	a->views = tally_xcalloc(BATCH_MAX, sizeof(*a->views));
 	register_metrics(a);
+	if (load_revenue_rule(a, err) != 0)
+		return err->code;
 	if (open_engine(a, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
 	/* a crash between commit and produce left these behind */

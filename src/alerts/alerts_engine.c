@@ -137,6 +137,15 @@ void tally_alerts__count(tally_alerts *a, const char *name,
 							help), 1);
 }
 
+void tally_alerts__count_kind(tally_alerts *a, const char *kind)
+{
+	char labels[64];
+
+	snprintf(labels, sizeof(labels), "kind=\"%s\"", kind);
+	tally_alerts__count(a, "tally_alerts_raised_total", labels,
+			    "alerts raised (inserted), by kind");
+}
+
 void tally_alerts__cadd(tally_counter *c, uint64_t n)
 {
 	if (c != NULL && n > 0)
@@ -248,12 +257,8 @@ static void log_raised(tally_alerts *a)
 		json_t *o = json_loads(a->out[k].json, 0, NULL);
 		const char *kind = json_string_value(json_object_get(o,
 								     "kind"));
-		char labels[64];
 
-		snprintf(labels, sizeof(labels), "kind=\"%s\"",
-			 kind ? kind : "");
-		tally_alerts__count(a, "tally_alerts_raised_total", labels,
-				    "alerts raised (inserted), by kind");
+		tally_alerts__count_kind(a, kind ? kind : "");
 		tally_log(TALLY_INFO, "alerts.raised",
 			  TALLY_KV_STR("alert_id", a->out[k].id),
 			  TALLY_KV_STR("tenant_id", a->out[k].tenant),

@@ -70,6 +70,9 @@ struct tally_alerts {
 	/* churn from silence: the last scan (alerts_silence.c) */
 	bool silence_scanned;
 	int64_t silence_last_ns;
+	/* revenue alerts: the last scan (alerts_revenue.c) */
+	bool revenue_scanned;
+	int64_t revenue_last_ns;
 };
 
 /* engine (alerts_engine.c) */
@@ -83,6 +86,13 @@ void tally_alerts__out_push(tally_alerts *a, const char *tenant,
 
 /* store (alerts_store.c): the batch transaction, for tally_pg_txn */
 int tally_alerts__batch_txn(tally_pg *pg, void *payload, tally_error *err);
+/* A scan's a->list inserted in one transaction; the new rows are counted
+ * (tally_alerts_raised_total{kind}), logged with reason and produced.
+ * @param[out] raised rows inserted (may be NULL) */
+int tally_alerts__raise_list(tally_alerts *a, const char *reason,
+			     int *raised, tally_error *err);
+/* Count one raised alert of kind in tally_alerts_raised_total. */
+void tally_alerts__count_kind(tally_alerts *a, const char *kind);
 
 /* outbox (alerts_outbox.c): produce a->out, mark the delivered rows */
 int tally_alerts__produce_rows(tally_alerts *a, size_t *produced,
