@@ -137,6 +137,18 @@ void tally_alerts__count(tally_alerts *a, const char *name,
 							help), 1);
 }
 
+bool tally_alerts__due(tally_alerts_timer *t, int64_t every_ms)
+{
+	int64_t now = tally_mono_ns();
+
+	if (every_ms <= 0 || (t->ran && (now - t->last_ns) / 1000000 <
+				      every_ms))
+		return false;
+	t->ran = true;
+	t->last_ns = now;
+	return true;
+}
+
 void tally_alerts__count_kind(tally_alerts *a, const char *kind)
 {
 	char labels[64];

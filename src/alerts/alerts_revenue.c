@@ -148,14 +148,10 @@ int tally_alerts_scan_revenue(tally_alerts *a, const tally_revenue_rule *r,
 int tally_alerts_revenue_tick(tally_alerts *a, const tally_revenue_rule *r,
 			      int64_t every_ms, tally_error *err)
 {
-	int64_t t = tally_mono_ns();
 	int raised = 0, rc;
 
-	if (every_ms <= 0 || (a->revenue_scanned &&
-			      (t - a->revenue_last_ns) / 1000000 < every_ms))
+	if (!tally_alerts__due(&a->revenue_timer, every_ms))
 		return 0;
-	a->revenue_scanned = true;
-	a->revenue_last_ns = t;
 	rc = tally_alerts_scan_revenue(a, r, tally_now_ms(), &raised, err);
 	if (rc == 0 && raised > 0)
 		tally_log(TALLY_INFO, "alerts.revenue_scan",

@@ -83,14 +83,10 @@ int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
 int tally_alerts_silence_tick(tally_alerts *a, const tally_silence_rule *r,
 			      int64_t every_ms, tally_error *err)
 {
-	int64_t t = tally_mono_ns();
 	int raised = 0, rc;
 
-	if (every_ms <= 0 || (a->silence_scanned &&
-			      (t - a->silence_last_ns) / 1000000 < every_ms))
+	if (!tally_alerts__due(&a->silence_timer, every_ms))
 		return 0;
-	a->silence_scanned = true;
-	a->silence_last_ns = t;
 	rc = tally_alerts_scan_silence(a, r, tally_now_ms(), &raised, err);
 	if (rc == 0 && raised > 0)
 		tally_log(TALLY_INFO, "alerts.silence_scan",
