@@ -8,6 +8,7 @@
 #include "tally/business_gauges.h"
 #include "tally/alerts_consumer.h"
 #include "tally/alerts.h"
+#include "alerts/alerts_targets.h"
 #include "tally/consumer_loop.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -100,36 +101,6 @@ static void sample_undelivered(tally_alerts_consumer *a, tally_pg *pg)
 	PQclear(res);
 }
 
-/* A deep copy of n targets (the reload frees the config's strings). */
-static tally_alerts_target *copy_targets(const tally_alerts_target *v,
-					 size_t n)
-{
-	tally_alerts_target *c = tally_xcalloc(n + 1, sizeof(*c));
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		c[i].name = tally_xstrdup(v[i].name);
-		c[i].type = v[i].type;
-		c[i].url = tally_xstrdup(v[i].url ? v[i].url : "");
-		c[i].kinds = tally_xstrdup(v[i].kinds ? v[i].kinds : "");
-		c[i].link = tally_xstrdup(v[i].link ? v[i].link : "");
-	}
-	return c;
-}
-
-static void free_targets(tally_alerts_target *v, size_t n)
-{
-	size_t i;
-
-	for (i = 0; v != NULL && i < n; i++) {
-		free((char *)v[i].name);
-		free((char *)v[i].url);
-		free((char *)v[i].kinds);
-		free((char *)v[i].link);
-	}
-	free(v);
-}
-
 /* The delivery loop: its own connection, never the consumer's. */
 static void *deliver_main(void *payload)
 {
@@ -154,7 +125,7 @@ static void *deliver_main(void *payload)
 			pg = NULL;
 		}
 		pthread_mutex_lock(&a->mu);
-		tv = copy_targets(a->targets, a->ntargets);
+		tv = tally_alerts__targets_copy(a->targets, a->ntargets);
 		d.ntargets = a->ntargets;
 		d.max_attempts = a->max_attempts;
 		d.max_age_s = a->max_age_s;
@@ -168,7 +139,7 @@ static void *deliver_main(void *payload)
 			tally_log(TALLY_WARN, "alerts.webhook_round_failed",
 				  TALLY_KV_STR("error", err.msg));
 		warned = rc == TALLY_EINVALID;
-		free_targets(tv, d.ntargets);
+		tally_alerts__targets_free(tv, d.ntargets);
 		if (pg != NULL && tally_mono_ns() - last_gauge > 5000000000) {
 			sample_undelivered(a, pg);
 			last_gauge = tally_mono_ns();
@@ -186,28 +157,18 @@ static void *deliver_main(void *payload)
 /* alerts.webhook_url (the target "webhook") and alerts.targets. */
 static void set_targets(tally_alerts_consumer *a)
 {
-	const tally_config_alert_target *ct;
-	size_t n = tally_config_alert_targets(a->cfg, &ct), i, k = 0;
-	tally_alerts_target *v = tally_xcalloc(n + 1, sizeof(*v));
-	const char *url = tally_config_str(a->cfg, "alerts.webhook_url");
+	size_t n;
+	tally_alerts_target *v = tally_alerts__targets_from_config(a->cfg,
+								   &n);
 
-	if (url[0] != '\0')
-		v[k++] = (tally_alerts_target){ TALLY_ALERTS_WEBHOOK_TARGET,
-			TALLY_ALERTS_TARGET_JSON, url, "", "" };
-	for (i = 0; i < n; i++)
-		v[k++] = (tally_alerts_target){ ct[i].name,
-			strcmp(ct[i].type, "slack") == 0 ?
-			TALLY_ALERTS_TARGET_SLACK : TALLY_ALERTS_TARGET_JSON,
-			ct[i].url, ct[i].kinds, ct[i].link };
 	pthread_mutex_lock(&a->mu);
-	free_targets(a->targets, a->ntargets);
-	a->targets = copy_targets(v, k);
-	a->ntargets = k;
+	tally_alerts__targets_free(a->targets, a->ntargets);
+	a->targets = v;
+	a->ntargets = n;
 	a->max_attempts = (int)tally_config_int(a->cfg,
 					"alerts.delivery_max_attempts");
 	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
-	free(v);
 }
 
 /* The revenue rules' thresholds from the config; "" turns one off. On an
@@ -238,12 +199,10 @@ static int load_revenue_rule(tally_alerts_consumer *a, tally_error *err)
 /* Whether a json target is configured (its deliveries are signed). */
 static bool needs_secret(tally_alerts_consumer *a)
 {
-	size_t i;
-	bool r = false;
+	bool r;
 
 	pthread_mutex_lock(&a->mu);
-	for (i = 0; i < a->ntargets; i++)
-		r = r || a->targets[i].type == TALLY_ALERTS_TARGET_JSON;
+	r = tally_alerts__targets_signed(a->targets, a->ntargets);
 	pthread_mutex_unlock(&a->mu);
 	return r;
 }
@@ -578,7 +537,7 @@ void tally_alerts_consumer_free(tally_alerts_consumer *a)
 	tally_pg_free(a->pg);
 	if (a->own_m)
 		tally_metrics_free(a->m);
-	free_targets(a->targets, a->ntargets);
+	tally_alerts__targets_free(a->targets, a->ntargets);
 	free(a->secrets[0]);
 	free(a->secrets[1]);
 	pthread_mutex_destroy(&a->mu);
