@@ -160,9 +160,9 @@ START_TEST(test_revenue_alerts_once_each)
 	r.plan_drop = th("20");
 	r.usage_over_plan = th("200,300");
 	/* the seed is what the views say */
-	ck_assert_int_eq(q_int("SELECT mrr * 100 FROM finance_mrr WHERE"
+	ck_assert_int_eq(q_int("SELECT (mrr * 100)::bigint FROM finance_mrr WHERE"
 			       " month = " P_SQL), 164800);
-	ck_assert_int_eq(q_int("SELECT mrr * 100 FROM finance_mrr WHERE"
+	ck_assert_int_eq(q_int("SELECT (mrr * 100)::bigint FROM finance_mrr WHERE"
 			       " month = " M_SQL), 139700);
 	ck_assert_int_eq(scan(&r), 3);
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts"), 3);
