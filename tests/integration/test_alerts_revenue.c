@@ -7,8 +7,7 @@
  * down exactly 20 % and a tenant at exactly 200 % raise nothing; a rescan
  * raises nothing new. Business alerts carry the nil tenant.
  */
-#include "test_support.h"
-#include "check_main.h"
+#include "alerts_webhook_support.h"
 
 #include "tally/alerts.h"
 #include "tally/alerts_slack.h"
@@ -39,15 +38,7 @@ static void run(const char *sql)
 
 static int64_t q_int(const char *sql)
 {
-	PGresult *res = NULL;
-	tally_error err;
-	int64_t v = -1;
-
-	ck_assert_msg(tally_pg_exec(pg, &res, sql, 0, NULL, &err) == 0,
-		      "%s: %s", sql, err.msg);
-	ck_assert_int_eq(tally_parse_i64(&v, PQgetvalue(res, 0, 0)), 0);
-	PQclear(res);
-	return v;
+	return aw_q_int(pg, sql);
 }
 
 static void tenant(const char *id, const char *slug, const char *plan)
@@ -92,12 +83,8 @@ static void setup(void)
 	tally_alerts_opts o = { 0 };
 	tally_error err;
 
-	tally_test_need_env("TALLY_TEST_PG_DSN");
-	tally_log_init("test_alerts_revenue", TALLY_WARN);
-	tally_test_unique(db, sizeof(db), "t_revenue");
-	tally_test_db_create(dsn, sizeof(dsn), db, 1);
-	ck_assert_msg(tally_pg_connect(&pg, dsn, 10000, &err) == 0, "%s",
-		      err.msg);
+	/* with the tenant AW_TENANT: no subscription, no usage */
+	pg = aw_db_open(db, sizeof(db), dsn, sizeof(dsn), "t_revenue");
 	o.group = "g";
 	o.totals_topic = "billing.totals";
 	o.signals_topic = "billing.signals";

@@ -39,66 +39,34 @@ typedef struct rx {
 static rx rj = { PTHREAD_MUTEX_INITIALIZER, 200, 0, { "" }, { "" }, { 0 } };
 static rx rs = { PTHREAD_MUTEX_INITIALIZER, 200, 0, { "" }, { "" }, { 0 } };
 
-typedef struct req {
-	char body[4096];
-	size_t len;
-} req;
-
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn,
 			       const char *url, const char *method,
 			       const char *version, const char *data,
 			       size_t *data_size, void **con_cls)
 {
 	rx *x = cls;
-	req *b = *con_cls;
-	struct MHD_Response *resp;
+	const aw_body *b;
 	const char *v;
-	enum MHD_Result r;
 	int status;
 
 	(void)url;
 	(void)method;
 	(void)version;
-	if (b == NULL) {
-		*con_cls = calloc(1, sizeof(req));
+	if (aw_body_more(con_cls, data, data_size))
 		return MHD_YES;
-	}
-	if (*data_size > 0) {
-		size_t n = *data_size;
-
-		if (n > sizeof(b->body) - 1 - b->len)
-			n = sizeof(b->body) - 1 - b->len;
-		memcpy(b->body + b->len, data, n);
-		b->len += n;
-		*data_size = 0;
-		return MHD_YES;
-	}
+	b = *con_cls;
 	v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 					"Tally-Signature");
 	pthread_mutex_lock(&x->mu);
 	if (x->n < 8) {
 		snprintf(x->sig[x->n], sizeof(x->sig[0]), "%s", v ? v : "");
-		memcpy(x->body[x->n], b->body, b->len + 1);
+		memcpy(x->body[x->n], b->buf, b->len + 1);
 		x->len[x->n] = b->len;
 	}
 	x->n++;
 	status = x->status;
 	pthread_mutex_unlock(&x->mu);
-	resp = MHD_create_response_from_buffer(0, (void *)"",
-					       MHD_RESPMEM_PERSISTENT);
-	r = MHD_queue_response(conn, (unsigned)status, resp);
-	MHD_destroy_response(resp);
-	return r;
-}
-
-static void done(void *cls, struct MHD_Connection *conn, void **con_cls,
-		 enum MHD_RequestTerminationCode toe)
-{
-	(void)cls;
-	(void)conn;
-	(void)toe;
-	free(*con_cls);
-	*con_cls = NULL;
+	return aw_reply(conn, (unsigned)status);
 }
 
 static struct MHD_Daemon *start(rx *x, char *url, size_t n)
@@ -112,7 +80,7 @@ static struct MHD_Daemon *start(rx *x, char *url, size_t n)
 	pthread_mutex_unlock(&x->mu);
 	d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
 			     MHD_USE_THREAD_PER_CONNECTION, 0, NULL, NULL,
-			     handler, x, MHD_OPTION_NOTIFY_COMPLETED, done,
+			     handler, x, MHD_OPTION_NOTIFY_COMPLETED, aw_body_done,
 			     NULL, MHD_OPTION_END);
 	ck_assert_msg(d != NULL, "receiver must start");
 	snprintf(url, n, "http://127.0.0.1:%u/hook", (unsigned)
