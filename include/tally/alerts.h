@@ -7,7 +7,7 @@
  *        applies the rules of tally/alerts_rules.h to per-tenant period
  *        totals (billing.totals) and billing signals (billing.signals),
  *        writes the alerts to PostgreSQL, produces them to billing.alerts
- *        and delivers them to a webhook.
+ *        and delivers them to their targets (JSON webhooks, Slack).
  *
  * Alerts are keyed by (tenant, kind, period_start, threshold):
  * INSERT ... ON CONFLICT DO NOTHING keeps the first, so replays and
@@ -115,7 +115,7 @@ int tally_alerts_sweep(tally_alerts *a, int64_t min_age_ms, int *n,
 /** Secrets a delivery is signed with: the current and the previous one. */
 #define TALLY_ALERTS_WEBHOOK_MAX_SECRETS 2
 
-/** Where and how webhook deliveries go; all borrowed for the call. */
+/** The single webhook (alerts.webhook_url); all borrowed for the call. */
 typedef struct tally_alerts_webhook {
 	const char *url;      /* NULL or "": nothing is delivered */
 	/* secrets[0] current, secrets[1] previous during a rotation ("" or
@@ -134,7 +134,7 @@ typedef struct tally_alerts_webhook {
  * tenants with a live subscription (status active, trialing or past_due)
  * silent for r->silence_days as of now_ms (injectable for tests), through
  * tally_alerts_eval_silence(); new churn_risk/100 alerts are inserted,
- * produced and left for the webhook like any other. A rescan of the same
+ * produced and left for the delivery targets like any other. A rescan of the same
  * episode raises nothing (same key). Call it between batches (it uses the
  * engine's batch state).
  * @param[out] raised alerts inserted (may be NULL)
