@@ -134,8 +134,8 @@ typedef struct tally_alerts_webhook {
  * tenants with a live subscription (status active, trialing or past_due)
  * silent for r->silence_days as of now_ms (injectable for tests), through
  * tally_alerts_eval_silence(); new churn_risk/100 alerts are inserted,
- * produced and left for the delivery targets like any other. A rescan of the same
- * episode raises nothing (same key). Call it between batches (it uses the
+ * produced and left for the delivery targets like any other. A rescan of
+ * the same episode raises nothing (same key). Call it between batches (it uses the
  * engine's batch state).
  * @param[out] raised alerts inserted (may be NULL)
  */
