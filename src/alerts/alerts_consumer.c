@@ -475,6 +475,17 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	register_metrics(a);
 	if (load_revenue_rule(a, err) != 0)
 		return err->code;
+	/* refused before connecting to anything */
+	set_targets(a);
+	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret"));
+	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret_previous"));
+	if (needs_secret(a) && a->secrets[0][0] == '\0')
+		return tally_error_set(err, TALLY_EINVALID,
+			"alerts.webhook_url or a json target of alerts.targets"
+			" is set but $TALLY_ALERTS_WEBHOOK_SECRET is not:"
+			" JSON deliveries are always signed");
 	if (open_engine(a, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
 	/* a crash between commit and produce left these behind */
@@ -490,16 +501,6 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 				    tally_config_str(cfg, "alerts.group"),
 				    topics, &a->rb, a->m, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
-	set_targets(a);
-	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
-					"alerts.webhook_secret"));
-	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
-					"alerts.webhook_secret_previous"));
-	if (needs_secret(a) && a->secrets[0][0] == '\0')
-		return tally_error_set(err, TALLY_EINVALID,
-			"alerts.webhook_url or a json target of alerts.targets"
-			" is set but $TALLY_ALERTS_WEBHOOK_SECRET is not:"
-			" JSON deliveries are always signed");
 	if (pthread_create(&a->th, NULL, deliver_main, a) != 0) {
 		tally_log(TALLY_FATAL, "alerts.thread_failed");
 		return tally_error_set(err, TALLY_ERROR,
