@@ -38,6 +38,17 @@ void tally_atargets_free(tally_atargets *t)
 	t->n = 0;
 }
 
+void tally_atargets_show(const tally_atargets *t, FILE *fp)
+{
+	size_t i;
+
+	for (i = 0; i < t->n; i++)
+		fprintf(fp, "%-40s %-8s %-6s %s %s $%s kinds=%s\n",
+			"alerts.targets", "yes", "file", t->v[i].name,
+			t->v[i].type, t->v[i].url_env,
+			t->v[i].kinds[0] ? t->v[i].kinds : "*");
+}
+
 static bool same(const char *a, const char *b)
 {
 	return strcmp(a, b) == 0;

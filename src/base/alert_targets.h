@@ -10,6 +10,7 @@
 #include <libconfig.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 
 typedef struct tally_atargets {
 	size_t n;
@@ -26,6 +27,9 @@ int tally_atargets_parse(config_setting_t *s, tally_atargets *t,
 			 const char *file, tally_error *err) TALLY_MUSTCHECK;
 
 void tally_atargets_free(tally_atargets *t);
+/* One line a target for `tally config show`: the URL's variable, never
+ * the URL. */
+void tally_atargets_show(const tally_atargets *t, FILE *fp);
 bool tally_atargets_equal(const tally_atargets *a, const tally_atargets *b);
 
 #endif /* TALLY_BASE_ALERT_TARGETS_H */

@@ -585,11 +585,5 @@ void tally_config_show(const tally_config *cfg, FILE *fp)
 				"file", cfg->props[i].kv[2 * j],
 				cfg->props[i].kv[2 * j + 1]);
 	}
-	for (i = 0; i < cfg->targets.n; i++) {
-		const tally_config_alert_target *t = &cfg->targets.v[i];
-
-		fprintf(fp, "%-40s %-8s %-6s %s %s $%s kinds=%s\n",
-			"alerts.targets", "yes", "file", t->name, t->type,
-			t->url_env, t->kinds[0] ? t->kinds : "*");
-	}
+	tally_atargets_show(&cfg->targets, fp);
 }
