@@ -1,7 +1,8 @@
 /*
- * cmd_alerts.c - `tally alerts redeliver --id ID | --failed`: put alerts
- * whose webhook delivery gave up (or one alert, delivered or not) back to
- * pending; tally-alerts delivers them on its next round (docs/alerts.md).
+ * cmd_alerts.c - `tally alerts redeliver --id ID | --failed [--target
+ * NAME]`: put deliveries that gave up (or one alert's, delivered or not),
+ * of every target or one, back to pending; tally-alerts delivers them on
+ * its next round (docs/alerts.md).
  */
 #include "cli.h"
 #include "tally/alerts.h"
@@ -11,11 +12,11 @@
 #include <string.h>
 
 const char tally_cmd_alerts_help[] =
-	"webhook deliveries: redeliver --id ALERT_ID | --failed";
+	"alert deliveries: redeliver --id ALERT_ID | --failed [--target NAME]";
 
 int tally_cmd_alerts(tally_cli *cli, int argc, char **argv)
 {
-	const char *id = NULL;
+	const char *id = NULL, *target = NULL;
 	bool failed = false;
 	tally_pg *pg = NULL;
 	tally_error err;
@@ -27,6 +28,8 @@ int tally_cmd_alerts(tally_cli *cli, int argc, char **argv)
 	for (i = 2; i < argc; i++) {
 		if (strcmp(argv[i], "--id") == 0 && i + 1 < argc)
 			id = argv[++i];
+		else if (strcmp(argv[i], "--target") == 0 && i + 1 < argc)
+			target = argv[++i];
 		else if (strcmp(argv[i], "--failed") == 0)
 			failed = true;
 		else
@@ -37,20 +40,21 @@ int tally_cmd_alerts(tally_cli *cli, int argc, char **argv)
 	if (tally_cli_pg(cli, &pg) != 0)
 		return 1;
 	tally_error_clear(&err);
-	rc = tally_alerts_redeliver(pg, id, &n, &err);
+	rc = tally_alerts_redeliver_target(pg, id, target, &n, &err);
 	tally_pg_free(pg);
 	if (rc != 0) {
 		fprintf(stderr, "tally alerts: %s\n", err.msg);
 		return rc == TALLY_EINVALID ? 2 : 1;
 	}
 	if (id != NULL && n == 0) {
-		fprintf(stderr, "tally alerts: no alert with id %s\n", id);
+		fprintf(stderr, "tally alerts: no delivery of alert %s%s%s\n",
+			id, target ? " to " : "", target ? target : "");
 		return 1;
 	}
-	printf("alerts: %" PRId64 " put back to pending\n", n);
+	printf("alerts: %" PRId64 " deliveries put back to pending\n", n);
 	return 0;
 usage:
 	fprintf(stderr, "usage: tally alerts redeliver --id ALERT_ID | "
-			"--failed\n");
+			"--failed [--target NAME]\n");
 	return 2;
 }

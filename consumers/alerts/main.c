@@ -6,7 +6,8 @@
  *   tally-alerts --config FILE [--metrics-listen HOST:PORT]
  * SIGTERM/SIGINT: finish the batch, commit, leave the group, exit 0 (a
  * second signal exits at once). SIGHUP: reload alerts.thresholds,
- * alerts.webhook_url and log.level. Exit 1 on a start-up error or an error
+ * alerts.webhook_url, alerts.targets, the silence and revenue rules and
+ * log.level. Exit 1 on a start-up error or an error
  * that retrying does not cure (positions are in PostgreSQL).
  */
 #define _POSIX_C_SOURCE 200809L

@@ -7,7 +7,7 @@
  *        applies the rules of tally/alerts_rules.h to per-tenant period
  *        totals (billing.totals) and billing signals (billing.signals),
  *        writes the alerts to PostgreSQL, produces them to billing.alerts
- *        and delivers them to a webhook.
+ *        and delivers them to their targets (JSON webhooks, Slack).
  *
  * Alerts are keyed by (tenant, kind, period_start, threshold):
  * INSERT ... ON CONFLICT DO NOTHING keeps the first, so replays and
@@ -115,7 +115,7 @@ int tally_alerts_sweep(tally_alerts *a, int64_t min_age_ms, int *n,
 /** Secrets a delivery is signed with: the current and the previous one. */
 #define TALLY_ALERTS_WEBHOOK_MAX_SECRETS 2
 
-/** Where and how webhook deliveries go; all borrowed for the call. */
+/** The single webhook (alerts.webhook_url); all borrowed for the call. */
 typedef struct tally_alerts_webhook {
 	const char *url;      /* NULL or "": nothing is delivered */
 	/* secrets[0] current, secrets[1] previous during a rotation ("" or
@@ -134,13 +134,34 @@ typedef struct tally_alerts_webhook {
  * tenants with a live subscription (status active, trialing or past_due)
  * silent for r->silence_days as of now_ms (injectable for tests), through
  * tally_alerts_eval_silence(); new churn_risk/100 alerts are inserted,
- * produced and left for the webhook like any other. A rescan of the same
- * episode raises nothing (same key). Call it between batches (it uses the
+ * produced and left for the delivery targets like any other. A rescan of
+ * the same episode raises nothing (same key). Call it between batches (it uses the
  * engine's batch state).
  * @param[out] raised alerts inserted (may be NULL)
  */
 int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
 			      int64_t now_ms, int *raised, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * Revenue alerts on the business (docs/alerts.md "Revenue alerts"): one
+ * scan of the finance views as of now_ms (injectable for tests). Company
+ * MRR (finance_mrr.mrr) and each plan's revenue
+ * (finance_revenue_by_plan.plan_revenue + usage_revenue) of the last
+ * complete month against the month before; each tenant's usage revenue
+ * (finance_usage_monthly) of the last complete and the current month
+ * against its plan's monthly price; through tally_alerts_eval_mrr(),
+ * _plan_revenue() and _usage_over_plan(). Keyed by month and threshold, so
+ * a rescan raises nothing new. Call it between batches.
+ * @param[out] raised alerts inserted (may be NULL)
+ */
+int tally_alerts_scan_revenue(tally_alerts *a, const tally_revenue_rule *r,
+			      int64_t now_ms, int *raised, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/** tally_alerts_scan_revenue() at the wall clock, as the silence tick. */
+int tally_alerts_revenue_tick(tally_alerts *a, const tally_revenue_rule *r,
+			      int64_t every_ms, tally_error *err)
 	TALLY_MUSTCHECK;
 
 /**
@@ -152,35 +173,92 @@ int tally_alerts_silence_tick(tally_alerts *a, const tally_silence_rule *r,
 			      int64_t every_ms, tally_error *err)
 	TALLY_MUSTCHECK;
 
+/** What a target posts: the alert JSON, signed; or Slack's blocks. */
+typedef enum {
+	TALLY_ALERTS_TARGET_JSON = 0,
+	TALLY_ALERTS_TARGET_SLACK
+} tally_alerts_target_type;
+
+/** Names of targets are at most this long (alert_deliveries.target). */
+#define TALLY_ALERTS_TARGET_NAME_MAX 64
+
+/** One delivery target (alerts.targets); all borrowed for the call. */
+typedef struct tally_alerts_target {
+	const char *name;     /* alert_deliveries.target; unique */
+	tally_alerts_target_type type;
+	const char *url;      /* NULL or "": the target is skipped */
+	const char *kinds;    /* "budget,mrr_drop": kinds it receives;
+	                         NULL or "": every kind */
+	const char *link;     /* slack: link template (tally_alerts_link);
+	                         NULL or "": none */
+} tally_alerts_target;
+
+/** Where and how a delivery round posts; all borrowed for the call. */
+typedef struct tally_alerts_delivery {
+	const tally_alerts_target *targets;
+	size_t ntargets;
+	/* JSON targets' signing secrets, as in tally_alerts_webhook */
+	const char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS];
+	size_t nsecrets;
+	int timeout_ms;
+	int max_attempts;     /* >= 1 */
+	int64_t max_age_s;    /* >= 1 */
+} tally_alerts_delivery;
+
 /**
- * Webhook delivery, one round: POST each undelivered alert that is due
- * (next_delivery_at <= now) to wh->url (JSON body as on billing.alerts,
- * headers Content-Type: application/json, Tally-Delivery-Id and
- * X-Tally-Alert-Id (the alert's stable id), and
- * `Tally-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, one
- * v1 per secret, as Stripe signs). A 2xx sets delivered_at; anything else
- * counts an attempt, records last_delivery_error and schedules the next one
- * after min(2^attempts, 300) seconds, or, at wh->max_attempts attempts or
- * wh->max_age_s after the first one, gives up: delivery_failed_at is set
- * and the alert is not claimed again (tally_alerts_redeliver()). Each POST
- * counts in tally_alerts_deliveries_total{outcome="delivered|retry|failed"}.
- * Refuses (TALLY_EINVALID) a URL without a secret: nothing is
- * ever delivered unsigned. Uses its own pg (not the engine's): call it
- * from the delivery thread. Never blocks longer than about
- * limit * timeout_ms.
+ * One delivery round to several targets (docs/alerts.md "Targets"):
+ * 1. route: each alert not routed yet gets one alert_deliveries row per
+ *    target whose kinds include its kind (alerts.routed_at is set; a
+ *    target added later does not receive older alerts);
+ * 2. claim (under a lease, FOR UPDATE SKIP LOCKED) up to limit due rows
+ *    of the targets given, and POST each: a json target the alert JSON as
+ *    on billing.alerts with Content-Type, Tally-Delivery-Id,
+ *    X-Tally-Alert-Id and `Tally-Signature: t=<unix s>,v1=<hex
+ *    HMAC-SHA256 of "<t>.<body>">`, one v1 per secret (Stripe's scheme);
+ *    a slack target tally_alerts_slack_body() with no signature (the
+ *    Slack URL is the secret);
+ * 3. record, per row: a 2xx sets delivered_at; anything else counts an
+ *    attempt, records last_error and schedules the next try after
+ *    min(2^attempts, 300) s, or, at max_attempts attempts or max_age_s
+ *    after the first one, gives up (failed_at). The alert's delivery
+ *    columns are refreshed from its rows. Each POST counts in
+ *    tally_alerts_deliveries_total{target,outcome="delivered|retry|
+ *    failed"}.
+ * Refuses (TALLY_EINVALID) a json target with a URL but no secret (nothing
+ * is ever delivered unsigned), invalid limits and duplicate names. Uses
+ * its own pg: call it from the delivery thread.
  * @param[out] delivered, failed (may be NULL)
+ */
+int tally_alerts_deliver_targets(tally_pg *pg, const tally_alerts_delivery *d,
+				 int limit, tally_metrics *metrics,
+				 int *delivered, int *failed, tally_error *err)
+	TALLY_MUSTCHECK;
+
+/**
+ * tally_alerts_deliver_targets() with one json target named "webhook"
+ * (every kind) posting to wh->url: the single-webhook configuration
+ * (alerts.webhook_url). No URL: nothing is routed or delivered.
  */
 int tally_alerts_deliver(tally_pg *pg, const tally_alerts_webhook *wh,
 			 int limit, tally_metrics *metrics, int *delivered,
 			 int *failed, tally_error *err) TALLY_MUSTCHECK;
 
+/** The target the single-webhook configuration becomes. */
+#define TALLY_ALERTS_WEBHOOK_TARGET "webhook"
+
 /**
- * Put alerts back to pending (attempts, first attempt and failure cleared,
- * due now): the alert with this id (delivered or failed), or, with id
- * NULL, every alert whose delivery gave up.
- * @param[out] n alerts put back
+ * Put deliveries back to pending (attempts, first attempt and failure
+ * cleared, due now): those of the alert with this id (delivered or
+ * failed), or, with id NULL, every delivery that gave up; target NULL:
+ * every target, else that one only. The alerts' delivery columns follow.
+ * @param[out] n deliveries put back
  * @return 0, TALLY_EINVALID for an id that is not a uuid, or the error
  */
+int tally_alerts_redeliver_target(tally_pg *pg, const char *id,
+				  const char *target, int64_t *n,
+				  tally_error *err) TALLY_MUSTCHECK;
+
+/** tally_alerts_redeliver_target() for every target. */
 int tally_alerts_redeliver(tally_pg *pg, const char *id, int64_t *n,
 			   tally_error *err) TALLY_MUSTCHECK;
 

@@ -12,9 +12,11 @@
  * each batch is one PostgreSQL transaction (alerts + positions in
  * consumer_offsets behind a fence), retried with back-off; new alerts are
  * produced to topics.alerts after the commit. At start-up, and every 30 s,
- * alerts committed but never produced are produced (the sweep). A delivery
- * thread with its own connection POSTs undelivered alerts to
- * alerts.webhook_url, retrying with back-off; it never blocks the
+ * alerts committed but never produced are produced (the sweep). Periodic
+ * scans raise churn from silence and revenue alerts on the business. A
+ * delivery thread with its own connection POSTs alerts to their targets
+ * (alerts.webhook_url, alerts.targets: json or slack, routed by kind),
+ * each target retried with back-off on its own; it never blocks the
  * consumer.
  */
 
@@ -41,7 +43,8 @@ int tally_alerts_consumer_health(char *detail, size_t len, void *payload);
 
 /**
  * Loop until SIGTERM/SIGINT; SIGHUP reloads alerts.thresholds,
- * alerts.webhook_url and log.level.
+ * alerts.webhook_url, alerts.targets, the silence and revenue rules and
+ * log.level.
  * @return 0, or TALLY_ERROR when a batch failed for good or positions
  *         could not be re-read after a fence (a restart resumes exactly)
  */

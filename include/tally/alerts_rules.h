@@ -38,6 +38,12 @@ typedef enum {
 	TALLY_ALERT_CHURN_RISK,
 	TALLY_ALERT_REVENUE,
 	TALLY_ALERT_DISPUTE,
+	/* on the business as a whole (no tenant, docs/alerts.md) */
+	TALLY_ALERT_MRR_DROP,
+	TALLY_ALERT_MRR_RISE,
+	TALLY_ALERT_PLAN_REVENUE_DROP,
+	/* one tenant, from the finance views */
+	TALLY_ALERT_USAGE_OVER_PLAN,
 	TALLY_ALERT_KIND_N
 } tally_alert_kind;
 
@@ -145,6 +151,9 @@ int tally_signal_from_json(tally_signal *out, const char *buf, size_t len,
 
 void tally_signal_dispose(tally_signal *s);
 
+/** Bytes of an alert's subject, the terminator included. */
+#define TALLY_ALERT_SUBJECT_MAX 64
+
 /** One alert to raise. */
 typedef struct tally_alert {
 	uint8_t id[16];
@@ -152,6 +161,9 @@ typedef struct tally_alert {
 	tally_alert_kind kind;
 	int64_t period_start_ms;
 	int threshold;
+	/* what within the key it is about (plan_revenue_drop: the plan);
+	 * "" for every other kind */
+	char subject[TALLY_ALERT_SUBJECT_MAX];
 	char *payload;             /* compact JSON object (owned) */
 } tally_alert;
 
@@ -175,6 +187,24 @@ void tally_alert_list_dispose(tally_alert_list *l);
 void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
 		    tally_alert_kind kind, int64_t period_start_ms,
 		    int threshold);
+
+/**
+ * Append an alert (its id from the key, subject included); payload, a
+ * compact JSON object, is taken over. subject is shorter than
+ * TALLY_ALERT_SUBJECT_MAX ("" for none).
+ */
+void tally_alert_list_push(tally_alert_list *l, const uint8_t tenant[16],
+			   tally_alert_kind kind, int64_t period_start,
+			   int threshold, const char *subject, char *payload);
+
+/**
+ * tally_alert_id() of a key with a subject: "|<subject>" is appended to
+ * the hashed text when subject is not "" (so ids without one are
+ * unchanged).
+ */
+void tally_alert_id_subject(uint8_t out[16], const uint8_t tenant_id[16],
+			    tally_alert_kind kind, int64_t period_start_ms,
+			    int threshold, const char *subject);
 
 /** What the totals rules need besides the message (from PostgreSQL). */
 typedef struct tally_alert_context {
@@ -253,6 +283,51 @@ typedef struct tally_silence_facts {
 bool tally_alerts_eval_silence(tally_alert_list *out,
 			       const tally_silence_facts *f,
 			       const tally_silence_rule *r, int64_t now_ms);
+
+/**
+ * Revenue alerts on the business (docs/alerts.md "Revenue alerts"): the
+ * thresholds of each rule, percentages (n = 0: the rule is off).
+ */
+typedef struct tally_revenue_rule {
+	tally_alert_thresholds mrr_change;      /* alerts.mrr_change_pct */
+	tally_alert_thresholds plan_drop;       /* .plan_revenue_drop_pct */
+	tally_alert_thresholds usage_over_plan; /* .usage_over_plan_pct */
+} tally_revenue_rule;
+
+/**
+ * Company MRR of month_ms (cur) against the month before (prev), exact
+ * pico-units: per threshold T, mrr_rise/T when (cur - prev) * 100 >
+ * prev * T, mrr_drop/T when (prev - cur) * 100 > prev * T ("more than":
+ * exactly T % raises nothing). Nothing when prev <= 0 (no base for a
+ * percentage). The alerts are on the business: tenant = nil UUID.
+ * @return alerts appended
+ */
+int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
+			  tally_money128 prev, tally_money128 cur,
+			  const tally_alert_thresholds *th);
+
+/**
+ * One plan's revenue of month_ms (cur) against the month before (prev):
+ * plan_revenue_drop/T with subject = plan when (prev - cur) * 100 >
+ * prev * T; nothing when prev <= 0 or the plan id is empty or too long
+ * for a subject. On the business (nil tenant). @return alerts appended
+ */
+int tally_alerts_eval_plan_revenue(tally_alert_list *out, int64_t month_ms,
+				   const char *plan, tally_money128 prev,
+				   tally_money128 cur,
+				   const tally_alert_thresholds *th);
+
+/**
+ * A tenant's usage revenue of month_ms against its plan's monthly price:
+ * usage_over_plan/T when usage * 100 > price * T (T = 200: more than
+ * twice the price); nothing when price <= 0. @return alerts appended
+ */
+int tally_alerts_eval_usage_over_plan(tally_alert_list *out,
+				      const uint8_t tenant_id[16],
+				      int64_t month_ms, const char *plan,
+				      tally_money128 usage,
+				      tally_money128 price,
+				      const tally_alert_thresholds *th);
 
 /** Start of the UTC calendar month containing t (unix ms). */
 int64_t tally_alert_month_start(int64_t t_ms);

@@ -77,6 +77,24 @@ void tally_config_set_program(tally_config *cfg, const char *program);
 bool tally_config_kafka_property(const tally_config *cfg, size_t i,
 				 const char **name, const char **value);
 
+/**
+ * One target of alerts.targets (docs/alerts.md "Targets"): name, type
+ * "json" or "slack", the URL read from the environment variable the file
+ * names (webhook URLs are secrets: never in the file, never printed), the
+ * kinds it receives ("a,b"; "" = every kind) and, for slack, the link
+ * template ("" = none).
+ */
+typedef struct tally_config_alert_target {
+	char *name, *type, *url, *url_env, *kinds, *link;
+} tally_config_alert_target;
+
+/**
+ * The targets of alerts.targets (reloaded on SIGHUP); *out is borrowed
+ * from cfg until the next reload. @return how many
+ */
+size_t tally_config_alert_targets(const tally_config *cfg,
+				  const tally_config_alert_target **out);
+
 /** The file the config was loaded from, or "" when none. */
 const char *tally_config_path(const tally_config *cfg);
 

@@ -30,6 +30,13 @@ __extension__ typedef __int128 tally_money128;
 int tally_money_parse(int64_t *out, const char *s, size_t len) TALLY_MUSTCHECK;
 
 /**
+ * tally_money_parse() into 128 bits (sums, such as a month's revenue,
+ * that may pass int64 pico-units: 9.2 million currency units).
+ */
+int tally_money_parse128(tally_money128 *out, const char *s, size_t len)
+	TALLY_MUSTCHECK;
+
+/**
  * Write pico as an exact decimal in the currency unit, trailing fractional
  * zeros trimmed: 13963000000 -> "0.013963", 0 -> "0", -5e11 -> "-0.5".
  * @return the length written (out always NUL-terminated; 48 bytes suffice

@@ -8,6 +8,7 @@
 #include "tally/business_gauges.h"
 #include "tally/alerts_consumer.h"
 #include "tally/alerts.h"
+#include "alerts/alerts_targets.h"
 #include "tally/consumer_loop.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -53,10 +54,14 @@ struct tally_alerts_consumer {
 	tally_business_gauges *bg;
 	atomic_int th_stop;
 	pthread_mutex_t mu;
-	char *webhook_url; /* under mu, with the two limits */
+	/* under mu, with the two limits: alerts.webhook_url as the target
+	 * "webhook", then alerts.targets */
+	tally_alerts_target *targets;
+	size_t ntargets;
 	int max_attempts;
 	int64_t max_age_s;
 	char *secrets[TALLY_ALERTS_WEBHOOK_MAX_SECRETS]; /* set at start */
+	tally_revenue_rule revenue; /* alerts.*_pct, checked */
 };
 
 static int rb_assign(void *ctx, rd_kafka_topic_partition_list_t *parts,
@@ -80,22 +85,23 @@ int tally_alerts_consumer_health(char *detail, size_t len, void *payload)
 	return ok ? 0 : 1;
 }
 
-/* Sample the number of undelivered alerts into the gauge. */
+/* Sample the pending deliveries and unrouted alerts into the gauge. */
 static void sample_undelivered(tally_alerts_consumer *a, tally_pg *pg)
 {
 	PGresult *res = NULL;
 	tally_error err;
 	int64_t v = 0;
 
-	if (tally_pg_exec(pg, &res, "SELECT count(*) FROM alerts WHERE"
-			  " delivered_at IS NULL AND delivery_failed_at IS NULL",
-			  0, NULL, &err) == 0 &&
+	if (tally_pg_exec(pg, &res, "SELECT (SELECT count(*) FROM"
+			  " alert_deliveries WHERE delivered_at IS NULL AND"
+			  " failed_at IS NULL) + (SELECT count(*) FROM alerts"
+			  " WHERE routed_at IS NULL)", 0, NULL, &err) == 0 &&
 	    tally_parse_i64(&v, PQgetvalue(res, 0, 0)) == 0)
 		tally_gauge_set(a->g_undelivered, v);
 	PQclear(res);
 }
 
-/* The webhook delivery loop: its own connection, never the consumer's. */
+/* The delivery loop: its own connection, never the consumer's. */
 static void *deliver_main(void *payload)
 {
 	tally_alerts_consumer *a = payload;
@@ -105,10 +111,11 @@ static void *deliver_main(void *payload)
 	bool warned = false;
 
 	while (!atomic_load(&a->th_stop)) {
-		tally_alerts_webhook wh = { NULL, { a->secrets[0], a->secrets[1] },
+		tally_alerts_delivery d = { NULL, 0,
+					    { a->secrets[0], a->secrets[1] },
 					    TALLY_ALERTS_WEBHOOK_MAX_SECRETS,
-					    WEBHOOK_TIMEOUT_MS };
-		char *url;
+					    WEBHOOK_TIMEOUT_MS, 0, 0 };
+		tally_alerts_target *tv;
 		int nd = 0, nf = 0, i, rc = 0;
 
 		if (pg == NULL &&
@@ -118,20 +125,21 @@ static void *deliver_main(void *payload)
 			pg = NULL;
 		}
 		pthread_mutex_lock(&a->mu);
-		url = a->webhook_url[0] ? tally_xstrdup(a->webhook_url) : NULL;
-		wh.max_attempts = a->max_attempts;
-		wh.max_age_s = a->max_age_s;
+		tv = tally_alerts__targets_copy(a->targets, a->ntargets);
+		d.ntargets = a->ntargets;
+		d.max_attempts = a->max_attempts;
+		d.max_age_s = a->max_age_s;
 		pthread_mutex_unlock(&a->mu);
-		wh.url = url;
-		if (pg != NULL && url != NULL)
-			rc = tally_alerts_deliver(pg, &wh, WEBHOOK_LIMIT, a->m,
-						  &nd, &nf, &err);
+		d.targets = tv;
+		if (pg != NULL && d.ntargets > 0)
+			rc = tally_alerts_deliver_targets(pg, &d, WEBHOOK_LIMIT,
+							  a->m, &nd, &nf, &err);
 		/* a missing secret repeats every round: say it once */
 		if (rc != 0 && (rc != TALLY_EINVALID || !warned))
 			tally_log(TALLY_WARN, "alerts.webhook_round_failed",
 				  TALLY_KV_STR("error", err.msg));
 		warned = rc == TALLY_EINVALID;
-		free(url);
+		tally_alerts__targets_free(tv, d.ntargets);
 		if (pg != NULL && tally_mono_ns() - last_gauge > 5000000000) {
 			sample_undelivered(a, pg);
 			last_gauge = tally_mono_ns();
@@ -146,16 +154,57 @@ static void *deliver_main(void *payload)
 	return NULL;
 }
 
-static void set_webhook_url(tally_alerts_consumer *a)
+/* alerts.webhook_url (the target "webhook") and alerts.targets. */
+static void set_targets(tally_alerts_consumer *a)
 {
+	size_t n;
+	tally_alerts_target *v = tally_alerts__targets_from_config(a->cfg,
+								   &n);
+
 	pthread_mutex_lock(&a->mu);
-	free(a->webhook_url);
-	a->webhook_url = tally_xstrdup(tally_config_str(a->cfg,
-							"alerts.webhook_url"));
+	tally_alerts__targets_free(a->targets, a->ntargets);
+	a->targets = v;
+	a->ntargets = n;
 	a->max_attempts = (int)tally_config_int(a->cfg,
 					"alerts.delivery_max_attempts");
 	a->max_age_s = tally_config_int(a->cfg, "alerts.delivery_max_age_s");
 	pthread_mutex_unlock(&a->mu);
+}
+
+/* The revenue rules' thresholds from the config; "" turns one off. On an
+ * error the rules in force stay. */
+static int load_revenue_rule(tally_alerts_consumer *a, tally_error *err)
+{
+	static const char *const keys[3] = { "alerts.mrr_change_pct",
+					     "alerts.plan_revenue_drop_pct",
+					     "alerts.usage_over_plan_pct" };
+	tally_revenue_rule r;
+	tally_alert_thresholds *th[3] = { &r.mrr_change, &r.plan_drop,
+					  &r.usage_over_plan };
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		const char *v = tally_config_str(a->cfg, keys[i]);
+
+		th[i]->n = 0;
+		if (v[0] != '\0' &&
+		    tally_alert_thresholds_parse(th[i], v, err) != 0)
+			return tally_error_set(err, TALLY_EINVALID, "%s: %s",
+					       keys[i], err->msg);
+	}
+	a->revenue = r;
+	return 0;
+}
+
+/* Whether a json target is configured (its deliveries are signed). */
+static bool needs_secret(tally_alerts_consumer *a)
+{
+	bool r;
+
+	pthread_mutex_lock(&a->mu);
+	r = tally_alerts__targets_signed(a->targets, a->ntargets);
+	pthread_mutex_unlock(&a->mu);
+	return r;
 }
 
 /* ------------------------------------------------------------------ */
@@ -306,6 +355,13 @@ static int step(void *ctx)
 				&err) != 0)
 			tally_log(TALLY_WARN, "alerts.silence_scan_failed",
 				  TALLY_KV_STR("error", err.msg));
+		/* the finance views change without an event either */
+		if (tally_alerts_revenue_tick(a->alerts, &a->revenue, 1000 *
+				tally_config_int(a->cfg,
+						 "alerts.revenue_scan_s"),
+				&err) != 0)
+			tally_log(TALLY_WARN, "alerts.revenue_scan_failed",
+				  TALLY_KV_STR("error", err.msg));
 	}
 	return 0;
 }
@@ -321,7 +377,10 @@ static void reload(void *ctx)
 			a->cfg, "alerts.thresholds"), &err) != 0)
 		tally_log(TALLY_ERR, "config.reload_failed",
 			  TALLY_KV_STR("error", err.msg));
-	set_webhook_url(a);
+	set_targets(a);
+	if (load_revenue_rule(a, &err) != 0)
+		tally_log(TALLY_ERR, "config.reload_failed",
+			  TALLY_KV_STR("error", err.msg));
 	tally_log(TALLY_INFO, "config.reloaded");
 }
 
@@ -351,7 +410,8 @@ static void register_metrics(tally_alerts_consumer *a)
 		  "Alerts a rule called for that had been raised already",
 		  &a->c_existing },
 		{ "tally_alerts_undelivered", NULL,
-		  "Alerts not yet delivered to the webhook (sampled)",
+		  "Deliveries pending (neither delivered nor failed) and"
+		  " alerts not yet routed to targets (sampled)",
 		  .gauge = &a->g_undelivered },
 	};
 
@@ -410,10 +470,22 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	a->m = m;
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	pthread_mutex_init(&a->mu, NULL);
-	a->webhook_url = tally_xstrdup("");
 	a->msgs = tally_xcalloc(BATCH_MAX, sizeof(*a->msgs));
 	a->views = tally_xcalloc(BATCH_MAX, sizeof(*a->views));
 	register_metrics(a);
+	if (load_revenue_rule(a, err) != 0)
+		return err->code;
+	/* refused before connecting to anything */
+	set_targets(a);
+	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret"));
+	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
+					"alerts.webhook_secret_previous"));
+	if (needs_secret(a) && a->secrets[0][0] == '\0')
+		return tally_error_set(err, TALLY_EINVALID,
+			"alerts.webhook_url or a json target of alerts.targets"
+			" is set but $TALLY_ALERTS_WEBHOOK_SECRET is not:"
+			" JSON deliveries are always signed");
 	if (open_engine(a, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
 	/* a crash between commit and produce left these behind */
@@ -429,16 +501,6 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 				    tally_config_str(cfg, "alerts.group"),
 				    topics, &a->rb, a->m, err) != 0)
 		return err->code != 0 ? err->code : TALLY_ERROR;
-	set_webhook_url(a);
-	a->secrets[0] = tally_xstrdup(tally_config_str(cfg,
-					"alerts.webhook_secret"));
-	a->secrets[1] = tally_xstrdup(tally_config_str(cfg,
-					"alerts.webhook_secret_previous"));
-	if (a->webhook_url[0] != '\0' && a->secrets[0][0] == '\0')
-		return tally_error_set(err, TALLY_EINVALID,
-			"alerts.webhook_url is set but"
-			" $TALLY_ALERTS_WEBHOOK_SECRET is not: deliveries"
-			" are always signed");
 	if (pthread_create(&a->th, NULL, deliver_main, a) != 0) {
 		tally_log(TALLY_FATAL, "alerts.thread_failed");
 		return tally_error_set(err, TALLY_ERROR,
@@ -476,7 +538,7 @@ void tally_alerts_consumer_free(tally_alerts_consumer *a)
 	tally_pg_free(a->pg);
 	if (a->own_m)
 		tally_metrics_free(a->m);
-	free(a->webhook_url);
+	tally_alerts__targets_free(a->targets, a->ntargets);
 	free(a->secrets[0]);
 	free(a->secrets[1]);
 	pthread_mutex_destroy(&a->mu);

@@ -137,6 +137,27 @@ void tally_alerts__count(tally_alerts *a, const char *name,
 							help), 1);
 }
 
+bool tally_alerts__due(tally_alerts_timer *t, int64_t every_ms)
+{
+	int64_t now = tally_mono_ns();
+
+	if (every_ms <= 0 || (t->ran && (now - t->last_ns) / 1000000 <
+				      every_ms))
+		return false;
+	t->ran = true;
+	t->last_ns = now;
+	return true;
+}
+
+void tally_alerts__count_kind(tally_alerts *a, const char *kind)
+{
+	char labels[64];
+
+	snprintf(labels, sizeof(labels), "kind=\"%s\"", kind);
+	tally_alerts__count(a, "tally_alerts_raised_total", labels,
+			    "alerts raised (inserted), by kind");
+}
+
 void tally_alerts__cadd(tally_counter *c, uint64_t n)
 {
 	if (c != NULL && n > 0)
@@ -248,12 +269,8 @@ static void log_raised(tally_alerts *a)
 		json_t *o = json_loads(a->out[k].json, 0, NULL);
 		const char *kind = json_string_value(json_object_get(o,
 								     "kind"));
-		char labels[64];
 
-		snprintf(labels, sizeof(labels), "kind=\"%s\"",
-			 kind ? kind : "");
-		tally_alerts__count(a, "tally_alerts_raised_total", labels,
-				    "alerts raised (inserted), by kind");
+		tally_alerts__count_kind(a, kind ? kind : "");
 		tally_log(TALLY_INFO, "alerts.raised",
 			  TALLY_KV_STR("alert_id", a->out[k].id),
 			  TALLY_KV_STR("tenant_id", a->out[k].tenant),

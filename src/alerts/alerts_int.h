@@ -44,6 +44,16 @@ typedef struct alert_ident {
 	char id[36];
 } alert_ident;
 
+/* When a periodic scan last ran (monotonic). */
+typedef struct tally_alerts_timer {
+	bool ran;
+	int64_t last_ns;
+} tally_alerts_timer;
+
+/* Whether a scan every every_ms (> 0) is due; if so, it starts now. The
+ * first call is due. */
+bool tally_alerts__due(tally_alerts_timer *t, int64_t every_ms);
+
 struct tally_alerts {
 	tally_pg *pg;
 	char *group, *totals_topic, *signals_topic, *alerts_topic;
@@ -67,9 +77,9 @@ struct tally_alerts {
 	tally_counter *c_stale, *c_totals, *c_signals, *c_produced;
 	tally_counter *c_produce_failed;
 	tally_histogram *h_batch;
-	/* churn from silence: the last scan (alerts_silence.c) */
-	bool silence_scanned;
-	int64_t silence_last_ns;
+	/* the last periodic scans: silence (alerts_silence.c), revenue
+	 * (alerts_revenue.c) */
+	tally_alerts_timer silence_timer, revenue_timer;
 };
 
 /* engine (alerts_engine.c) */
@@ -83,6 +93,13 @@ void tally_alerts__out_push(tally_alerts *a, const char *tenant,
 
 /* store (alerts_store.c): the batch transaction, for tally_pg_txn */
 int tally_alerts__batch_txn(tally_pg *pg, void *payload, tally_error *err);
+/* A scan's a->list inserted in one transaction; the new rows are counted
+ * (tally_alerts_raised_total{kind}), logged with reason and produced.
+ * @param[out] raised rows inserted (may be NULL) */
+int tally_alerts__raise_list(tally_alerts *a, const char *reason,
+			     int *raised, tally_error *err);
+/* Count one raised alert of kind in tally_alerts_raised_total. */
+void tally_alerts__count_kind(tally_alerts *a, const char *kind);
 
 /* outbox (alerts_outbox.c): produce a->out, mark the delivered rows */
 int tally_alerts__produce_rows(tally_alerts *a, size_t *produced,

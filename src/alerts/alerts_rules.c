@@ -30,6 +30,8 @@ static const char *const kind_names[TALLY_ALERT_KIND_N] = {
 	"dunning",       "subscription_cancelled",
 	"downgrade",     "trial_ending", "churn_risk",
 	"revenue",       "dispute",
+	"mrr_drop",      "mrr_rise",   "plan_revenue_drop",
+	"usage_over_plan",
 };
 
 const char *tally_alert_kind_name(tally_alert_kind k)
@@ -100,6 +102,14 @@ void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
 		    tally_alert_kind kind, int64_t period_start_ms,
 		    int threshold)
 {
+	tally_alert_id_subject(out, tenant_id, kind, period_start_ms,
+			       threshold, "");
+}
+
+void tally_alert_id_subject(uint8_t out[16], const uint8_t tenant_id[16],
+			    tally_alert_kind kind, int64_t period_start_ms,
+			    int threshold, const char *subject)
+{
 	char tid[37], ps[32], buf[256];
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
@@ -107,8 +117,11 @@ void tally_alert_id(uint8_t out[16], const uint8_t tenant_id[16],
 
 	tally_uuid_fmt(tid, tenant_id);
 	tally_fmt_time_ms(ps, period_start_ms);
-	n = snprintf(buf, sizeof(buf), "tally.alert/1|%s|%s|%s|%d", tid,
-		     tally_alert_kind_name(kind), ps, threshold);
+	n = snprintf(buf, sizeof(buf), "tally.alert/1|%s|%s|%s|%d%s%s", tid,
+		     tally_alert_kind_name(kind), ps, threshold,
+		     subject[0] ? "|" : "", subject);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		abort(); /* subject is shorter than TALLY_ALERT_SUBJECT_MAX */
 	if (EVP_Digest(buf, (size_t)n, md, &mdlen, EVP_sha256(), NULL) != 1)
 		abort(); /* OpenSSL cannot fail on SHA-256 short of OOM */
 	memcpy(out, md, 16);
@@ -159,6 +172,14 @@ static void push(tally_alert_list *l, const uint8_t tenant[16],
 		 tally_alert_kind kind, int64_t period_start, int threshold,
 		 char *payload)
 {
+	tally_alert_list_push(l, tenant, kind, period_start, threshold, "",
+			      payload);
+}
+
+void tally_alert_list_push(tally_alert_list *l, const uint8_t tenant[16],
+			   tally_alert_kind kind, int64_t period_start,
+			   int threshold, const char *subject, char *payload)
+{
 	tally_alert *a;
 
 	if (l->n == l->cap) {
@@ -171,7 +192,9 @@ static void push(tally_alert_list *l, const uint8_t tenant[16],
 	a->period_start_ms = period_start;
 	a->threshold = threshold;
 	a->payload = payload;
-	tally_alert_id(a->id, tenant, kind, period_start, threshold);
+	snprintf(a->subject, sizeof(a->subject), "%s", subject);
+	tally_alert_id_subject(a->id, tenant, kind, period_start, threshold,
+			       a->subject);
 }
 
 static char *dump(json_t *o)

@@ -67,70 +67,15 @@ static int scan(tally_alerts *a, const tally_silence_rule *r, int64_t now_ms,
 	return rc;
 }
 
-/* The transaction: insert a->list, keep the rows actually inserted. */
-static int insert_txn(tally_pg *pg, void *payload, tally_error *err)
-{
-	tally_alerts *a = payload;
-	size_t i;
-	int rc = 0;
-
-	for (i = 0; i < a->nout; i++)
-		free(a->out[i].json);
-	a->nout = 0;
-	for (i = 0; i < a->list.n && rc == 0; i++) {
-		const tally_alert *al = &a->list.v[i];
-		PGresult *res = NULL;
-		char id[37], tid[37], ps[24], th[16];
-		const char *params[6] = { id, tid, "churn_risk", ps, th,
-					  al->payload };
-
-		tally_uuid_fmt(id, al->id);
-		tally_uuid_fmt(tid, al->tenant_id);
-		snprintf(ps, sizeof(ps), "%" PRId64, al->period_start_ms);
-		snprintf(th, sizeof(th), "%d", al->threshold);
-		rc = tally_pg_exec(pg, &res,
-			"INSERT INTO alerts (id, tenant_id, kind, period_start,"
-			" threshold, payload) VALUES ($1::uuid, $2::uuid, $3, "
-			MS_TS("$4") ", $5::int, $6::jsonb) ON CONFLICT DO"
-			" NOTHING RETURNING " ALERT_JSON, 6, params, err);
-		if (rc == 0 && PQntuples(res) == 1)
-			tally_alerts__out_push(a, tid, id,
-					       PQgetvalue(res, 0, 0));
-		PQclear(res);
-	}
-	return rc;
-}
-
 int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
 			      int64_t now_ms, int *raised, tally_error *err)
 {
-	size_t k, produced = 0;
 	int rc;
 
 	tally_alerts__clear_batch(a);
 	rc = scan(a, r, now_ms, err);
-	if (rc == 0 && a->list.n > 0)
-		rc = tally_pg_txn(a->pg, insert_txn, a, 0, err);
-	if (rc == 0) {
-		for (k = 0; k < a->nout; k++) {
-			tally_alerts__count(a, "tally_alerts_raised_total",
-					    "kind=\"churn_risk\"",
-					    "alerts raised (inserted), by kind");
-			tally_log(TALLY_INFO, "alerts.raised",
-				  TALLY_KV_STR("alert_id", a->out[k].id),
-				  TALLY_KV_STR("tenant_id", a->out[k].tenant),
-				  TALLY_KV_STR("kind", "churn_risk"),
-				  TALLY_KV_STR("reason", "silence"));
-		}
-		if (raised != NULL)
-			*raised = (int)a->nout;
-		/* a failed produce is not a failed scan: the sweep redoes it */
-		if (tally_alerts__produce_rows(a, &produced, err) != 0) {
-			tally_log(TALLY_WARN, "alerts.mark_produced_failed",
-				  TALLY_KV_STR("error", err->msg));
-			tally_error_clear(err);
-		}
-	}
+	if (rc == 0)
+		rc = tally_alerts__raise_list(a, "silence", raised, err);
 	tally_alerts__clear_batch(a);
 	return rc;
 }
@@ -138,14 +83,10 @@ int tally_alerts_scan_silence(tally_alerts *a, const tally_silence_rule *r,
 int tally_alerts_silence_tick(tally_alerts *a, const tally_silence_rule *r,
 			      int64_t every_ms, tally_error *err)
 {
-	int64_t t = tally_mono_ns();
 	int raised = 0, rc;
 
-	if (every_ms <= 0 || (a->silence_scanned &&
-			      (t - a->silence_last_ns) / 1000000 < every_ms))
+	if (!tally_alerts__due(&a->silence_timer, every_ms))
 		return 0;
-	a->silence_scanned = true;
-	a->silence_last_ns = t;
 	rc = tally_alerts_scan_silence(a, r, tally_now_ms(), &raised, err);
 	if (rc == 0 && raised > 0)
 		tally_log(TALLY_INFO, "alerts.silence_scan",

@@ -1,11 +1,13 @@
 /*
  * alerts_store.c - the batch transaction of tally-alerts in PostgreSQL:
  * the position fence, totals version high-water marks, the rules' context
- * (plan price, earlier periods) and the alert inserts.
+ * (plan price, earlier periods) and the alert inserts; the insert of
+ * what a periodic scan found (silence, revenue).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "alerts/alerts_int.h"
 #include "tally/event.h"
+#include "tally/log.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -188,4 +190,79 @@ int tally_alerts__batch_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (rc == 0)
 		rc = tally_alerts__mirror_dead(a, err);
 	return rc;
+}
+
+/* The scan's transaction: insert a->list, keep the rows inserted. */
+static int list_txn(tally_pg *pg, void *payload, tally_error *err)
+{
+	tally_alerts *a = payload;
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < a->nout; i++)
+		free(a->out[i].json);
+	a->nout = 0;
+	for (i = 0; i < a->list.n && rc == 0; i++) {
+		const tally_alert *al = &a->list.v[i];
+		PGresult *res = NULL;
+		char id[37], tid[37], ps[24], th[16];
+		const char *params[7] = { id, tid,
+					  tally_alert_kind_name(al->kind), ps,
+					  th, al->subject, al->payload };
+
+		tally_uuid_fmt(id, al->id);
+		tally_uuid_fmt(tid, al->tenant_id);
+		snprintf(ps, sizeof(ps), "%" PRId64, al->period_start_ms);
+		snprintf(th, sizeof(th), "%d", al->threshold);
+		rc = tally_pg_exec(pg, &res,
+			"INSERT INTO alerts (id, tenant_id, kind, period_start,"
+			" threshold, subject, payload) VALUES ($1::uuid,"
+			" $2::uuid, $3, " MS_TS("$4") ", $5::int, $6, $7::jsonb)"
+			" ON CONFLICT DO NOTHING RETURNING " ALERT_JSON,
+			7, params, err);
+		if (rc == 0 && PQntuples(res) == 1)
+			tally_alerts__out_push(a, tid, id,
+					       PQgetvalue(res, 0, 0));
+		PQclear(res);
+	}
+	return rc;
+}
+
+int tally_alerts__raise_list(tally_alerts *a, const char *reason,
+			     int *raised, tally_error *err)
+{
+	size_t k, produced = 0;
+	int rc = 0;
+
+	if (a->list.n > 0)
+		rc = tally_pg_txn(a->pg, list_txn, a, 0, err);
+	if (rc != 0)
+		return rc;
+	for (k = 0; k < a->nout; k++) {
+		const char *kind = "";
+		size_t j;
+
+		for (j = 0; j < a->list.n; j++) {
+			char id[37];
+
+			tally_uuid_fmt(id, a->list.v[j].id);
+			if (strcmp(id, a->out[k].id) == 0)
+				kind = tally_alert_kind_name(a->list.v[j].kind);
+		}
+		tally_alerts__count_kind(a, kind);
+		tally_log(TALLY_INFO, "alerts.raised",
+			  TALLY_KV_STR("alert_id", a->out[k].id),
+			  TALLY_KV_STR("tenant_id", a->out[k].tenant),
+			  TALLY_KV_STR("kind", kind),
+			  TALLY_KV_STR("reason", reason));
+	}
+	if (raised != NULL)
+		*raised = (int)a->nout;
+	/* a failed produce is not a failed scan: the sweep redoes it */
+	if (tally_alerts__produce_rows(a, &produced, err) != 0) {
+		tally_log(TALLY_WARN, "alerts.mark_produced_failed",
+			  TALLY_KV_STR("error", err->msg));
+		tally_error_clear(err);
+	}
+	return 0;
 }

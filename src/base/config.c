@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/config.h"
 #include "tally/log.h"
+#include "alert_targets.h"
 #include "kafka_props.h"
 
 #include <assert.h>
@@ -136,6 +137,11 @@ static const keydef keys[] = {
 	I("alerts.silence_days", 7, true, 1, 365),
 	I("alerts.silence_active_days", 7, true, 1, 28),
 	I("alerts.silence_scan_s", 3600, true, 0, 86400),
+	/* revenue alerts on the finance views: thresholds ("" = off) */
+	S("alerts.mrr_change_pct", "10", true, NULL),
+	S("alerts.plan_revenue_drop_pct", "20", true, NULL),
+	S("alerts.usage_over_plan_pct", "200", true, NULL),
+	I("alerts.revenue_scan_s", 3600, true, 0, 86400),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -146,6 +152,7 @@ struct tally_config {
 	bool from_env[NKEYS];
 	bool from_cli[NKEYS]; /* tally_config_set(): a reload keeps it */
 	tally_kprops props[TALLY_KPROPS_NSECT];
+	tally_atargets targets; /* alerts.targets */
 	size_t program; /* its list in tally_kprops_sections; 0: none */
 };
 
@@ -212,7 +219,7 @@ static char *setting_path(const config_setting_t *c)
 
 /* Walk the libconfig tree; every leaf must be a known key of the right type. */
 static int walk(config_setting_t *s, char *vals[], tally_kprops props[],
-		const char *file, tally_error *err)
+		tally_atargets *tg, const char *file, tally_error *err)
 {
 	int i, n = config_setting_length(s);
 
@@ -224,7 +231,7 @@ static int walk(config_setting_t *s, char *vals[], tally_kprops props[],
 		const char *v = NULL;
 
 		if (type == CONFIG_TYPE_GROUP) {
-			if (walk(c, vals, props, file, err) != 0)
+			if (walk(c, vals, props, tg, file, err) != 0)
 				return TALLY_EINVALID;
 			continue;
 		}
@@ -234,6 +241,12 @@ static int walk(config_setting_t *s, char *vals[], tally_kprops props[],
 			k = tally_kprops_parse(c, path, &props[k], file, err);
 			free(path);
 			if (k != 0)
+				return TALLY_EINVALID;
+			continue;
+		}
+		if (strcmp(path, "alerts.targets") == 0) {
+			free(path);
+			if (tally_atargets_parse(c, tg, file, err) != 0)
 				return TALLY_EINVALID;
 			continue;
 		}
@@ -317,7 +330,7 @@ static void instance_default(char *vals[])
 }
 
 static int load_values(char *vals[], bool from_env[], tally_kprops props[],
-		       const char *path, tally_error *err)
+		       tally_atargets *tg, const char *path, tally_error *err)
 {
 	config_t lc;
 	size_t i;
@@ -342,8 +355,8 @@ static int load_values(char *vals[], bool from_env[], tally_kprops props[],
 						     config_error_line(&lc),
 						     config_error_text(&lc));
 		} else {
-			rc = walk(config_root_setting(&lc), vals, props, path,
-				  err);
+			rc = walk(config_root_setting(&lc), vals, props, tg,
+				  path, err);
 		}
 		config_destroy(&lc);
 	}
@@ -372,6 +385,7 @@ static int load_values(char *vals[], bool from_env[], tally_kprops props[],
 		}
 		for (i = 0; i < TALLY_KPROPS_NSECT; i++)
 			tally_kprops_free(&props[i]);
+		tally_atargets_free(tg);
 	}
 	return rc;
 }
@@ -381,7 +395,8 @@ int tally_config_load(tally_config **out, const char *path, tally_error *err)
 	tally_config *cfg = tally_xcalloc(1, sizeof(*cfg));
 	int rc;
 
-	rc = load_values(cfg->values, cfg->from_env, cfg->props, path, err);
+	rc = load_values(cfg->values, cfg->from_env, cfg->props, &cfg->targets,
+			 path, err);
 	if (rc != 0) {
 		free(cfg);
 		return rc;
@@ -396,13 +411,22 @@ int tally_config_reload(tally_config *cfg, tally_error *err)
 	char *vals[NKEYS];
 	bool env[NKEYS];
 	tally_kprops props[TALLY_KPROPS_NSECT];
+	tally_atargets tg = { 0, NULL };
 	size_t i;
 	int rc;
 
 	memset(props, 0, sizeof(props));
-	rc = load_values(vals, env, props, cfg->path, err);
+	rc = load_values(vals, env, props, &tg, cfg->path, err);
 	if (rc != 0)
 		return rc;
+	if (!tally_atargets_equal(&tg, &cfg->targets)) {
+		tally_log(TALLY_INFO, "config.reloaded",
+			  TALLY_KV_STR("key", "alerts.targets"));
+		tally_atargets_free(&cfg->targets);
+		cfg->targets = tg;
+	} else {
+		tally_atargets_free(&tg);
+	}
 	/* clients keep the properties they were created with */
 	for (i = 0; i < TALLY_KPROPS_NSECT; i++) {
 		if (!tally_kprops_equal(&props[i], &cfg->props[i]))
@@ -442,6 +466,7 @@ void tally_config_free(tally_config *cfg)
 		free(cfg->values[i]);
 	for (i = 0; i < TALLY_KPROPS_NSECT; i++)
 		tally_kprops_free(&cfg->props[i]);
+	tally_atargets_free(&cfg->targets);
 	free(cfg->path);
 	free(cfg);
 }
@@ -491,6 +516,13 @@ const char *tally_config_key(size_t i, bool *secret)
 	if (secret != NULL)
 		*secret = keys[i].secret;
 	return keys[i].key;
+}
+
+size_t tally_config_alert_targets(const tally_config *cfg,
+				  const tally_config_alert_target **out)
+{
+	*out = cfg->targets.v;
+	return cfg->targets.n;
 }
 
 const char *tally_config_path(const tally_config *cfg)
@@ -553,4 +585,5 @@ void tally_config_show(const tally_config *cfg, FILE *fp)
 				"file", cfg->props[i].kv[2 * j],
 				cfg->props[i].kv[2 * j + 1]);
 	}
+	tally_atargets_show(&cfg->targets, fp);
 }

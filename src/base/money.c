@@ -9,6 +9,19 @@
 
 int tally_money_parse(int64_t *out, const char *s, size_t len)
 {
+	tally_money128 v;
+	int rc = tally_money_parse128(&v, s, len);
+
+	if (rc != 0)
+		return rc;
+	if (v > (tally_money128)INT64_MAX || v < -(tally_money128)INT64_MAX)
+		return TALLY_EOVERFLOW;
+	*out = (int64_t)v;
+	return 0;
+}
+
+int tally_money_parse128(tally_money128 *out, const char *s, size_t len)
+{
 	size_t i = 0;
 	bool neg = false, seen_digit = false, seen_dot = false;
 	int frac = 0, exp = 0, exp_sign = 1, exp_digits = 0;
@@ -66,9 +79,7 @@ int tally_money_parse(int64_t *out, const char *s, size_t len)
 		acc /= 10;
 		shift++;
 	}
-	if (acc > (tally_money128)INT64_MAX)
-		return TALLY_EOVERFLOW;
-	*out = neg ? -(int64_t)acc : (int64_t)acc;
+	*out = neg ? -acc : acc;
 	return 0;
 }
 

@@ -72,4 +72,57 @@ aw_rx_start(MHD_AccessHandlerCallback handler,
 	return d;
 }
 
+/* A request body as it arrives (up to 4 KiB), in a handler's *con_cls. */
+typedef struct aw_body {
+	char buf[4096];
+	size_t len;
+} aw_body;
+
+/* The body part of an access handler: true while the request is still
+ * arriving (the handler returns MHD_YES), false once *con_cls (an
+ * aw_body, freed by aw_body_done) holds all of it. */
+static inline bool aw_body_more(void **con_cls, const char *data,
+				size_t *data_size)
+{
+	aw_body *b = *con_cls;
+	size_t n = *data_size;
+
+	if (b == NULL) {
+		*con_cls = calloc(1, sizeof(aw_body));
+		return true;
+	}
+	if (n == 0)
+		return false;
+	if (n > sizeof(b->buf) - 1 - b->len)
+		n = sizeof(b->buf) - 1 - b->len;
+	memcpy(b->buf + b->len, data, n);
+	b->len += n;
+	*data_size = 0;
+	return true;
+}
+
+/* MHD_OPTION_NOTIFY_COMPLETED: free the aw_body. */
+static inline void aw_body_done(void *cls, struct MHD_Connection *conn,
+				void **con_cls,
+				enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)conn;
+	(void)toe;
+	free(*con_cls);
+	*con_cls = NULL;
+}
+
+/* Answer status with an empty body. */
+static inline enum MHD_Result aw_reply(struct MHD_Connection *conn,
+				       unsigned status)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(0,
+		(void *)"", MHD_RESPMEM_PERSISTENT);
+	enum MHD_Result r = MHD_queue_response(conn, status, resp);
+
+	MHD_destroy_response(resp);
+	return r;
+}
+
 #endif /* TALLY_ALERTS_WEBHOOK_SUPPORT_H */

@@ -84,16 +84,17 @@ static void round_now(const tally_alerts_webhook *wh, tally_metrics *m)
 	tally_error err;
 	int nd, nf;
 
-	sql("UPDATE alerts SET next_delivery_at = now()");
+	sql("UPDATE alert_deliveries SET next_attempt_at = now()");
 	ck_assert_int_eq(tally_alerts_deliver(pg, wh, 50, m, &nd, &nf, &err),
 			 0);
 }
 
 static uint64_t outcome(tally_metrics *m, const char *o)
 {
-	char labels[32];
+	char labels[64];
 
-	snprintf(labels, sizeof(labels), "outcome=\"%s\"", o);
+	snprintf(labels, sizeof(labels), "target=\"webhook\",outcome=\"%s\"",
+		 o);
 	return tally_counter_get(tally_metrics_counter(m,
 		"tally_alerts_deliveries_total", labels, ""));
 }
@@ -190,9 +191,12 @@ START_TEST(test_alerts_giveup_after_max_age)
 	d = aw_rx_start(rx_handler, NULL, url, sizeof(url));
 	insert_alert(ALERT1, 50);
 	insert_alert(ALERT2, 80);
-	/* the first attempt of ALERT1 was two hours ago */
-	sql("UPDATE alerts SET delivery_started_at = now() - interval '2 h',"
-	    " delivery_attempts = 1 WHERE id = '" ALERT1 "'");
+	/* the first attempt of ALERT1 (routed to the webhook) was two hours
+	 * ago */
+	sql("UPDATE alerts SET routed_at = now() WHERE id = '" ALERT1 "'");
+	sql("INSERT INTO alert_deliveries (tenant_id, alert_id, target,"
+	    " attempts, started_at) VALUES ('" TENANT "', '" ALERT1 "',"
+	    " 'webhook', 1, now() - interval '2 h')");
 	round_now(&wh, m);
 	ck_assert_int_eq(atomic_load(&rx_requests), 2);
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts WHERE id = '"

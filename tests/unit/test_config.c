@@ -224,6 +224,78 @@ START_TEST(test_config_missing_file)
 }
 END_TEST
 
+START_TEST(test_config_alert_targets)
+{
+	tally_config *cfg = NULL;
+	const tally_config_alert_target *t;
+	tally_error err;
+	char *shown = NULL;
+	size_t shown_len = 0;
+	FILE *fp;
+
+	setenv("T_SLACK_URL", "https://hooks.slack.example/T0/B0/secret42", 1);
+	setenv("T_FIN_URL", "https://fin.example/hook", 1);
+	write_cfg("alerts: { targets = (\n"
+		  " { name = \"ops\"; type = \"slack\"; url_env ="
+		  " \"T_SLACK_URL\"; kinds = [\"budget\", \"mrr_drop\"];"
+		  " link = \"https://a.example/{tenant_id}\"; },\n"
+		  " { name = \"fin\"; type = \"json\"; url_env ="
+		  " \"T_FIN_URL\"; }\n); };\n");
+	ck_assert_msg(tally_config_load(&cfg, path, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(tally_config_alert_targets(cfg, &t), 2);
+	ck_assert_str_eq(t[0].name, "ops");
+	ck_assert_str_eq(t[0].type, "slack");
+	ck_assert_str_eq(t[0].url, "https://hooks.slack.example/T0/B0/secret42");
+	ck_assert_str_eq(t[0].kinds, "budget,mrr_drop");
+	ck_assert_str_eq(t[0].link, "https://a.example/{tenant_id}");
+	ck_assert_str_eq(t[1].kinds, "");
+	/* the URL is a secret: config show names its variable only */
+	fp = open_memstream(&shown, &shown_len);
+	tally_config_show(cfg, fp);
+	fclose(fp);
+	ck_assert_ptr_null(strstr(shown, "secret42"));
+	ck_assert_ptr_nonnull(strstr(shown, "$T_SLACK_URL"));
+	free(shown);
+	tally_config_free(cfg);
+	cfg = NULL;
+	/* hostile or wrong lists: a clear error with the line */
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"slack\";"
+		  " url_env = \"T_SLACK_URL\"; kinds = [\"nope\"]; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_msg(strstr(err.msg, ":1: alerts.targets: kinds: 'nope'")
+		      != NULL, "got '%s'", err.msg);
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"slack\";"
+		  " url_env = \"T_UNSET_URL\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "url_env"));
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"json\";"
+		  " url_env = \"T_FIN_URL\"; }, { name = \"x\"; type ="
+		  " \"json\"; url_env = \"T_FIN_URL\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "two targets named 'x'"));
+	write_cfg("alerts: { targets = ( { name = \"webhook\"; type ="
+		  " \"json\"; url_env = \"T_FIN_URL\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	write_cfg("alerts: { targets = ( { name = \"a b\"; type ="
+		  " \"json\"; url_env = \"T_FIN_URL\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"xml\";"
+		  " url_env = \"T_FIN_URL\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"json\";"
+		  " url_env = \"T_FIN_URL\"; url = \"http://x\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "unknown member 'url'"));
+	write_cfg("alerts: { targets = ( { name = \"x\"; type = \"json\";"
+		  " url_env = \"T_FIN_URL\"; link = \"http://x\"; } ); };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	write_cfg("alerts: { targets = \"http://x\"; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), TALLY_EINVALID);
+	unsetenv("T_SLACK_URL");
+	unsetenv("T_FIN_URL");
+}
+END_TEST
+
 START_TEST(test_config_example_documents_every_key)
 {
 	const char *ex = TALLY_SOURCE_DIR "/ops/tally.cfg.example";
@@ -261,6 +333,7 @@ static Suite *config_suite(void)
 	tcase_add_test(tc, test_config_seed_env_names);
 	tcase_add_test(tc, test_config_reload_keeps_non_reloadable);
 	tcase_add_test(tc, test_config_missing_file);
+	tcase_add_test(tc, test_config_alert_targets);
 	tcase_add_test(tc, test_config_example_documents_every_key);
 	suite_add_tcase(s, tc);
 	return s;
