@@ -49,6 +49,7 @@ typedef struct ss_tenant {
 	int rank;
 	char customer[256];
 	char subscription[256];
+	char email[260];        /* billing_email, "" when none */
 } ss_tenant;
 
 /* The fields of a Stripe subscription the mirror stores; p* point into the
