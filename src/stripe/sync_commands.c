@@ -389,9 +389,19 @@ int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 	strcopy(c.email, sizeof(c.email), cmd->email);
 	strcopy(c.name, sizeof(c.name), cmd->name);
 	tally_uuid_fmt(c.tenant_id, cmd->tenant_id);
-	rc = record_command(&c, tname, err);
+	{
+		char why[200];
+
+		/* the steps run in statements of their own: the reason is
+		 * the session's until the command is done */
+		snprintf(why, sizeof(why), "command %s", c.id);
+		rc = tally_ss__audit_why(ss, "billing.commands", why, false,
+					 err);
+	}
+	if (rc == 0)
+		rc = record_command(&c, tname, err);
 	if (rc != 0)
-		return rc;
+		goto cleanup;
 	rc = tally_ss__tenant_load(ss, &c.t, "WHERE t.id = $1::uuid",
 				   c.tenant_id, false, err);
 	if (rc != 0)
@@ -413,5 +423,14 @@ int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 		rc = record_success(&c, tname, err);
 cleanup:
 	json_decref(c.result);
+	{
+		tally_error e2;
+
+		/* a failure here leaves a stale reason on a connection that
+		 * is itself failing; the next command sets its own */
+		if (tally_ss__audit_why(ss, "", "", false, &e2) != 0)
+			tally_log(TALLY_DEBUG, "stripe.audit_reset_failed",
+				  TALLY_KV_STR("error", e2.msg));
+	}
 	return rc;
 }
