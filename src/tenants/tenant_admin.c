@@ -103,7 +103,7 @@ static int record(tally_pg *pg, run_ctx *x, tally_error *err)
 }
 
 /* The tenant's status and whether it has a subscription, locked.
- * @return 0 (status "" when there is no such tenant) or an error */
+ * @return 0, 1 (no such tenant: refused) or an error */
 static int load(tally_pg *pg, run_ctx *x, char *plan, size_t plansize,
 		bool *subscribed, tally_error *err)
 {
@@ -123,6 +123,11 @@ static int load(tally_pg *pg, run_ctx *x, char *plan, size_t plansize,
 		*subscribed = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
 	}
 	PQclear(res);
+	if (rc == 0 && !x->out->status[0]) {
+		refuse(x, "unknown_tenant", "tenant %s not found",
+		       x->s->tenant_id);
+		rc = 1;
+	}
 	return rc;
 }
 
@@ -139,6 +144,18 @@ static int exists(tally_pg *pg, const char *sql, int n, const char **p,
 	return rc;
 }
 
+/* @return 0 (the plan exists), 1 (refused: unknown_plan) or an error */
+static int plan_known(tally_pg *pg, run_ctx *x, const char *plan,
+		      tally_error *err)
+{
+	const char *p[1] = { plan };
+	int rc = exists(pg, "SELECT 1 FROM plans WHERE id = $1", 1, p, err);
+
+	if (rc == 0)
+		refuse(x, "unknown_plan", "plan %s is not in plans", plan);
+	return rc < 0 ? rc : !rc;
+}
+
 static int create(tally_pg *pg, run_ctx *x, tally_error *err)
 {
 	const tally_tenant_spec *s = x->s;
@@ -153,11 +170,9 @@ static int create(tally_pg *pg, run_ctx *x, tally_error *err)
 		return rc < 0 ? rc
 			      : refuse(x, "tenant_exists",
 				       "tenant %s exists already", s->tenant_id);
-	p[0] = s->plan;
-	rc = exists(pg, "SELECT 1 FROM plans WHERE id = $1", 1, p, err);
-	if (rc <= 0)
-		return rc < 0 ? rc : refuse(x, "unknown_plan",
-					    "plan %s is not in plans", s->plan);
+	rc = plan_known(pg, x, s->plan, err);
+	if (rc != 0)
+		return rc < 0 ? rc : 0;
 	p[0] = s->slug;
 	rc = exists(pg, "SELECT 1 FROM tenants WHERE slug = $1", 1, p, err);
 	if (rc != 0)
@@ -208,17 +223,11 @@ static int update(tally_pg *pg, run_ctx *x, tally_error *err)
 	int rc = load(pg, x, plan, sizeof(plan), &subscribed, err);
 
 	if (rc != 0)
-		return rc;
-	if (!x->out->status[0])
-		return refuse(x, "unknown_tenant", "tenant %s not found",
-			      s->tenant_id);
+		return rc < 0 ? rc : 0;
 	if (opt(s->plan) && strcmp(s->plan, plan) != 0) {
-		p[0] = s->plan;
-		rc = exists(pg, "SELECT 1 FROM plans WHERE id = $1", 1, p, err);
-		if (rc <= 0)
-			return rc < 0 ? rc
-				      : refuse(x, "unknown_plan",
-					       "plan %s is not in plans", s->plan);
+		rc = plan_known(pg, x, s->plan, err);
+		if (rc != 0)
+			return rc < 0 ? rc : 0;
 		if (subscribed)
 			return refuse(x, "has_subscription",
 				      "%s: the plan of a subscribed tenant "
@@ -256,10 +265,7 @@ static int set_status(tally_pg *pg, run_ctx *x, tally_error *err)
 	int rc = load(pg, x, plan, sizeof(plan), &subscribed, err);
 
 	if (rc != 0)
-		return rc;
-	if (!x->out->status[0])
-		return refuse(x, "unknown_tenant", "tenant %s not found",
-			      s->tenant_id);
+		return rc < 0 ? rc : 0;
 	if (strcmp(x->out->status, "cancelled") == 0)
 		return refuse(x, "cancelled", "tenant %s is cancelled",
 			      s->tenant_id);

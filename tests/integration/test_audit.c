@@ -10,6 +10,7 @@
  * by tenant, table and time, as a table, CSV or JSON lines.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "roles_support.h"
 #include "test_support.h"
 #include "check_main.h"
 #include "tally/config.h"
@@ -29,45 +30,6 @@ static const char *bin(void)
 	const char *b = getenv("TALLY_BIN_DIR");
 
 	return b ? b : TALLY_BINARY_DIR;
-}
-
-static PGconn *connect_as(const char *role)
-{
-	char d[600];
-	const char *at = strchr(dsn, '@');
-	PGconn *c;
-
-	ck_assert(at != NULL && strncmp(dsn, "postgresql://", 13) == 0);
-	snprintf(d, sizeof(d), "postgresql://%s%s", role, at);
-	c = PQconnectdb(d);
-	ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s: %s", role,
-		      PQerrorMessage(c));
-	return c;
-}
-
-/* SQLSTATE of sql on c ("" when it succeeds) */
-static const char *try_sql(PGconn *c, const char *sql)
-{
-	static char st[8];
-	PGresult *r = PQexec(c, sql);
-	const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-
-	snprintf(st, sizeof(st), "%s", s ? s : "");
-	PQclear(r);
-	return st;
-}
-
-static void ok(PGconn *c, const char *sql)
-{
-	ck_assert_msg(strcmp(try_sql(c, sql), "") == 0, "%s: %s", sql,
-		      PQerrorMessage(c));
-}
-
-static void denied(PGconn *c, const char *sql)
-{
-	ck_assert_msg(strcmp(try_sql(c, sql), "42501") == 0,
-		      "should be refused (42501): %s; got: %s", sql,
-		      PQerrorMessage(c));
 }
 
 /* first column of the first row ("" when no row or NULL) */
@@ -99,7 +61,7 @@ static void roles(bool create)
 			continue;
 		snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE %s",
 			 names[i], groups[i]);
-		ok(c, sql);
+		tally_test_sql_ok(c, sql);
 	}
 	PQfinish(c);
 }
@@ -114,7 +76,7 @@ static void setup(void)
 	roles(true);
 	own = PQconnectdb(dsn);
 	ck_assert(PQstatus(own) == CONNECTION_OK);
-	ok(own, "INSERT INTO tenants (id, name, slug, domain) VALUES "
+	tally_test_sql_ok(own, "INSERT INTO tenants (id, name, slug, domain) VALUES "
 		"('" TA "', 'Audit A', 'audit-a', 'a.example.com'), "
 		"('" TB "', 'Audit B', 'audit-b', 'b.example.com')");
 }
@@ -130,8 +92,8 @@ START_TEST(test_audit_who_what_why)
 {
 	const char *row;
 
-	ok(own, "SET application_name = 'audit-test'");
-	ok(own, "BEGIN; SET LOCAL tally.audit_reason = 'ticket-42';"
+	tally_test_sql_ok(own, "SET application_name = 'audit-test'");
+	tally_test_sql_ok(own, "BEGIN; SET LOCAL tally.audit_reason = 'ticket-42';"
 		"SET LOCAL tally.audit_source = 'pricing-team';"
 		"UPDATE plans SET monthly_price = 109 WHERE id = 'starter';"
 		"COMMIT");
@@ -145,7 +107,7 @@ START_TEST(test_audit_who_what_why)
 			      "\"audit-test\", \"pricing-team\", "
 			      "\"ticket-42\", true]");
 	/* the reason was transaction-local */
-	ok(own, "UPDATE plans SET monthly_price = 99 WHERE id = 'starter'");
+	tally_test_sql_ok(own, "UPDATE plans SET monthly_price = 99 WHERE id = 'starter'");
 	ck_assert_str_eq(get(own, "SELECT count(*) FROM audit_log WHERE "
 				  "table_name = 'plans' AND reason IS NULL"),
 			 "1");
@@ -166,13 +128,13 @@ START_TEST(test_audit_tenants_money_columns_only)
 				  "FROM audit_log WHERE tenant_id = '" TA "'"),
 			 "99.00");
 	/* other columns, or money columns set to what they are: nothing */
-	ok(own, "UPDATE tenants SET name = 'Renamed', logo_url = 'x', "
+	tally_test_sql_ok(own, "UPDATE tenants SET name = 'Renamed', logo_url = 'x', "
 		"updated_at = now() WHERE id = '" TA "'");
-	ok(own, "UPDATE tenants SET monthly_budget = monthly_budget, "
+	tally_test_sql_ok(own, "UPDATE tenants SET monthly_budget = monthly_budget, "
 		"status = status WHERE id = '" TA "'");
 	ck_assert_str_eq(get(own, "SELECT count(*) FROM audit_log WHERE "
 				  "table_name = 'tenants'"), "2");
-	ok(own, "UPDATE tenants SET monthly_budget = 500, name = 'N2' "
+	tally_test_sql_ok(own, "UPDATE tenants SET monthly_budget = 500, name = 'N2' "
 		"WHERE id = '" TA "'");
 	ck_assert_str_eq(get(own, "SELECT old_values::text || ' ' || "
 				  "new_values::text FROM audit_log WHERE "
@@ -187,14 +149,14 @@ START_TEST(test_audit_prices_periods_adjustments)
 	tally_pg *pg = NULL;
 	tally_error err;
 
-	ok(own, "INSERT INTO price_providers (provider, name, position, "
+	tally_test_sql_ok(own, "INSERT INTO price_providers (provider, name, position, "
 		"source, content_sha256) VALUES ('acme', 'Acme', 1, 't', 'x')");
-	ok(own, "INSERT INTO model_prices (provider, model, model_position, "
+	tally_test_sql_ok(own, "INSERT INTO model_prices (provider, model, model_position, "
 		"match, input_mtok, source, content_sha256) VALUES ('acme', "
 		"'m1', 1, '{\"equals\": \"m1\"}', 3, 't', 'x')");
-	ok(own, "INSERT INTO price_overrides (tenant_id, multiplier) VALUES "
+	tally_test_sql_ok(own, "INSERT INTO price_overrides (tenant_id, multiplier) VALUES "
 		"('" TB "', 1.25)");
-	ok(own, "INSERT INTO usage_adjustments (tenant_id, period_start, "
+	tally_test_sql_ok(own, "INSERT INTO usage_adjustments (tenant_id, period_start, "
 		"period_end, kind, meter, cost) VALUES ('" TB "', '2026-01-01',"
 		" '2026-02-01', 'late_usage', 'api.call', 0.5)");
 	ck_assert_int_eq(tally_pg_connect(&pg, dsn, 5000, &err), 0);
@@ -222,29 +184,29 @@ END_TEST
 
 START_TEST(test_audit_engine_append_only)
 {
-	PGconn *e = connect_as(role_eng), *f = connect_as(role_fin);
+	PGconn *e = tally_test_connect_as(dsn, role_eng), *f = tally_test_connect_as(dsn, role_fin);
 	char sql[300];
 
 	/* the engine's changes are audited as the engine */
-	ok(e, "UPDATE tenants SET status = 'suspended' WHERE id = '" TB "'");
+	tally_test_sql_ok(e, "UPDATE tenants SET status = 'suspended' WHERE id = '" TB "'");
 	snprintf(sql, sizeof(sql), "SELECT db_user || ' ' || db_session_user "
 		 "FROM audit_log WHERE tenant_id = '" TB "' AND op = 'UPDATE'");
 	ck_assert_msg(strncmp(get(own, sql), role_eng, strlen(role_eng)) == 0,
 		      "who: %s", get(own, sql));
 	/* and it cannot read, change, delete or forge them */
-	denied(e, "SELECT * FROM audit_log");
-	denied(e, "UPDATE audit_log SET reason = 'x'");
-	denied(e, "DELETE FROM audit_log");
-	denied(e, "TRUNCATE audit_log");
-	denied(e, "INSERT INTO audit_log (table_name, op, row_key, db_user) "
+	tally_test_sql_denied(e, "SELECT * FROM audit_log");
+	tally_test_sql_denied(e, "UPDATE audit_log SET reason = 'x'");
+	tally_test_sql_denied(e, "DELETE FROM audit_log");
+	tally_test_sql_denied(e, "TRUNCATE audit_log");
+	tally_test_sql_denied(e, "INSERT INTO audit_log (table_name, op, row_key, db_user) "
 		  "VALUES ('plans', 'UPDATE', '{}', 'somebody_else')");
 	/* finance reads, writes nothing */
 	ck_assert_str_eq(get(f, "SELECT count(*) > 2 FROM audit_log"), "t");
-	denied(f, "UPDATE audit_log SET reason = 'x'");
-	denied(f, "DELETE FROM audit_log");
+	tally_test_sql_denied(f, "UPDATE audit_log SET reason = 'x'");
+	tally_test_sql_denied(f, "DELETE FROM audit_log");
 	/* not even the owner rewrites history */
-	denied(own, "UPDATE audit_log SET reason = 'x'");
-	denied(own, "DELETE FROM audit_log");
+	tally_test_sql_denied(own, "UPDATE audit_log SET reason = 'x'");
+	tally_test_sql_denied(own, "DELETE FROM audit_log");
 	PQfinish(e);
 	PQfinish(f);
 }
@@ -264,7 +226,7 @@ START_TEST(test_audit_stripe_event_reason)
 
 	/* a subscription upgraded in Stripe moves the tenant's plan: the
 	 * audit row names the event */
-	ok(own, "UPDATE tenants SET stripe_customer_id = 'cus_TALLYTEST' "
+	tally_test_sql_ok(own, "UPDATE tenants SET stripe_customer_id = 'cus_TALLYTEST' "
 		"WHERE id = '" TA "'");
 	events = json_load_file(TALLY_SOURCE_DIR
 				"/tests/fixtures/stripe/events.json", 0, &je);
@@ -321,7 +283,7 @@ START_TEST(test_audit_cli_list)
 	json_t *j;
 	json_error_t jerr;
 
-	ok(own, "BEGIN; SET LOCAL tally.audit_reason = 'budget review';"
+	tally_test_sql_ok(own, "BEGIN; SET LOCAL tally.audit_reason = 'budget review';"
 		"UPDATE tenants SET monthly_budget = 42 WHERE id = '" TA "';"
 		"UPDATE plans SET sso = true WHERE id = 'starter'; COMMIT");
 	/* by tenant slug and table, JSON lines */
