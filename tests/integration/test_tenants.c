@@ -10,6 +10,8 @@
  */
 #include "stripe_testdb.h"
 #include "test_support.h"
+#include "tally/kafka.h"
+#include "tally/producer.h"
 #include "tally/stripe_sync.h"
 #include "tally/tenant_admin.h"
 
@@ -344,23 +346,31 @@ static const char *bin(void)
 	return b ? b : TALLY_BINARY_DIR;
 }
 
-/* Run `tally tenant ARGS` on the test database: exit status, output. */
-static int cli(char *out, size_t n, const char *args)
+/* Run `tally [--config CFG] tenant ARGS` on the test database: exit
+ * status, output. */
+static int cli_cfg(char *out, size_t n, const char *cfg, const char *args)
 {
-	char cmd[1024];
+	char cmd[1200];
 	FILE *fp;
 	size_t got;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%.*s/%s' %s/tally tenant %s "
-		 "2>&1", (int)(strrchr(testdb_admin, '/') - testdb_admin),
-		 testdb_admin, testdb_name, bin(), args);
+	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%.*s/%s' %s/tally %s%s "
+		 "tenant %s 2>&1",
+		 (int)(strrchr(testdb_admin, '/') - testdb_admin),
+		 testdb_admin, testdb_name, bin(), cfg ? "--config " : "",
+		 cfg ? cfg : "", args);
 	fp = popen(cmd, "r");
 	ck_assert_ptr_nonnull(fp);
 	got = fread(out, 1, n - 1, fp);
 	out[got] = '\0';
 	st = pclose(fp);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int cli(char *out, size_t n, const char *args)
+{
+	return cli_cfg(out, n, NULL, args);
 }
 
 START_TEST(test_tenants_cli)
@@ -418,6 +428,86 @@ START_TEST(test_tenants_cli)
 }
 END_TEST
 
+/* create --stripe queues create_customer and create_subscription */
+START_TEST(test_tenants_cli_stripe)
+{
+	const char *brokers = getenv("TALLY_TEST_BROKERS");
+	tally_config *cfg = NULL;
+	tally_producer *p = NULL;
+	rd_kafka_t *rk = NULL;
+	rd_kafka_conf_t *conf;
+	rd_kafka_topic_partition_list_t *parts;
+	tally_error err;
+	char topic[64], cfgpath[128], args[512], out[4096], tid[37], errstr[256];
+	const char *topics[2] = { topic, NULL };
+	const char *want[2] = { "create_customer", "create_subscription" };
+	int got = 0;
+	int64_t deadline;
+	FILE *f;
+
+	if (brokers == NULL)
+		return; /* no broker: nothing to queue on */
+	tally_test_unique(topic, sizeof(topic), "t_tenant_cmds");
+	ck_assert_int_eq(tally_config_load(&cfg, NULL, &err), 0);
+	tally_config_set(cfg, "kafka.brokers", brokers);
+	ck_assert_int_eq(tally_producer_new(&p, cfg, NULL, &err), 0);
+	ck_assert_msg(tally_kafka_create_topics(tally_producer_rk(p), topics,
+						1, &err) == 0, "%s", err.msg);
+	tally_producer_free(p);
+	snprintf(cfgpath, sizeof(cfgpath), "/tmp/%s.cfg", topic);
+	f = fopen(cfgpath, "w");
+	ck_assert_ptr_nonnull(f);
+	fprintf(f, "kafka: { brokers = \"%s\"; };\n"
+		   "topics: { commands = \"%s\"; };\n", brokers, topic);
+	fclose(f);
+	snprintf(args, sizeof(args), "create --name S --slug s --domain "
+		 "s.example.com --plan professional --email ap@s.example.com "
+		 "--trial-days 10 --id cli-s --stripe");
+	ck_assert_msg(cli_cfg(out, sizeof(out), cfgpath, args) == 0, "%s", out);
+	ck_assert_msg(strstr(out, "queued cli-s-customer and "
+			     "cli-s-subscription") != NULL, "%s", out);
+	snprintf(tid, sizeof(tid), "%s", get("SELECT id FROM tenants", NULL));
+	conf = tally_kafka_conf(cfg);
+	rd_kafka_conf_set(conf, "group.id", topic, errstr, sizeof(errstr));
+	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	ck_assert_msg(rk != NULL, "%s", errstr);
+	parts = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(parts, topic, 0)->offset =
+		RD_KAFKA_OFFSET_BEGINNING;
+	rd_kafka_assign(rk, parts);
+	rd_kafka_topic_partition_list_destroy(parts);
+	deadline = tally_now_ms() + 30000;
+	while (got < 2 && tally_now_ms() < deadline) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+		tally_command c;
+		tally_codec_error ce;
+		char ctid[37];
+
+		if (m == NULL)
+			continue;
+		ck_assert_int_eq(m->err, 0);
+		memset(&ce, 0, sizeof(ce));
+		ck_assert_int_eq(tally_codec_decode_command(&c, m->payload,
+							    m->len, &ce), 0);
+		ck_assert_str_eq(tally_command_type_name(c.type), want[got]);
+		tally_uuid_fmt(ctid, c.tenant_id);
+		ck_assert_str_eq(ctid, tid);
+		if (got == 1) {
+			ck_assert_int_eq(c.trial_days, 10);
+			ck_assert(c.plan.len == 12 &&
+				  memcmp(c.plan.ptr, "professional", 12) == 0);
+		}
+		rd_kafka_message_destroy(m);
+		got++;
+	}
+	ck_assert_int_eq(got, 2);
+	rd_kafka_consumer_close(rk);
+	rd_kafka_destroy(rk);
+	tally_config_free(cfg);
+	unlink(cfgpath);
+}
+END_TEST
+
 static Suite *tenants_suite(void)
 {
 	Suite *s = suite_create("tenants");
@@ -430,6 +520,7 @@ static Suite *tenants_suite(void)
 	tcase_add_test(tc, test_tenants_update_suspend_resume);
 	tcase_add_test(tc, test_tenants_through_commands);
 	tcase_add_test(tc, test_tenants_cli);
+	tcase_add_test(tc, test_tenants_cli_stripe);
 	suite_add_tcase(s, tc);
 	return s;
 }
