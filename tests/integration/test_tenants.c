@@ -466,7 +466,8 @@ START_TEST(test_tenants_cli_stripe)
 	ck_assert_msg(cli_cfg(out, sizeof(out), cfgpath, args) == 0, "%s", out);
 	ck_assert_msg(strstr(out, "queued cli-s-customer and "
 			     "cli-s-subscription") != NULL, "%s", out);
-	snprintf(tid, sizeof(tid), "%s", get("SELECT id FROM tenants", NULL));
+	ck_assert_int_eq(strlen(get("SELECT id FROM tenants", NULL)), 36);
+	memcpy(tid, get("SELECT id FROM tenants", NULL), sizeof(tid));
 	conf = tally_kafka_conf(cfg);
 	rd_kafka_conf_set(conf, "group.id", topic, errstr, sizeof(errstr));
 	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
