@@ -9,6 +9,7 @@
  * email becomes the Stripe customer's (stripe-mock validates the call).
  */
 #include "stripe_testdb.h"
+#include "stripe_scripted.h"
 #include "test_support.h"
 #include "tally/kafka.h"
 #include "tally/producer.h"
@@ -339,6 +340,51 @@ START_TEST(test_tenants_through_commands)
 }
 END_TEST
 
+/* create_customer sends the tenant's billing email unless it has one */
+START_TEST(test_tenants_customer_gets_billing_email)
+{
+	tally_config *cfg = testdb_config();
+	tally_stripe_sync_opts so = { 0 };
+	tally_stripe_opts o = { 0 };
+	tally_stripe_sync *ss = NULL;
+	tally_stripe *stripe = NULL;
+	tally_tenant_spec s = create_spec("c-1", T1, "acme", "acme.example.com");
+	tally_command c;
+	tally_error err;
+
+	ck_assert(run(&s).succeeded);
+	s = create_spec("c-2", T2, "beta", "beta.example.com");
+	ck_assert(run(&s).succeeded);
+	ss_start();
+	o.api_base = ss_base;
+	o.secret_key = "sk_test_123";
+	o.api_version = "2024-06-20";
+	o.timeout_ms = 10000;
+	o.max_retries = 1;
+	o.backoff_base_ms = 10;
+	ck_assert_int_eq(tally_stripe_new(&stripe, &o, &err), 0);
+	so.pg = pg;
+	so.cfg = cfg;
+	so.stripe = stripe;
+	ck_assert_int_eq(tally_stripe_sync_new(&ss, &so, &err), 0);
+	c = cmd("cus-1", TALLY_CMD_CREATE_CUSTOMER, T1);
+	ck_assert_msg(tally_stripe_sync_command(ss, &c, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_str_eq(ss_srv.customer_email, "ap@acme.example.com");
+	c = cmd("cus-2", TALLY_CMD_CREATE_CUSTOMER, T2);
+	c.email = str("other@beta.example.com");
+	ck_assert_msg(tally_stripe_sync_command(ss, &c, &err) == 0, "%s",
+		      err.msg);
+	ck_assert_str_eq(ss_srv.customer_email, "other@beta.example.com");
+	ck_assert_str_eq(get("SELECT count(stripe_customer_id) FROM tenants",
+			     NULL), "2");
+	tally_stripe_sync_free(ss);
+	tally_stripe_free(stripe);
+	tally_config_free(cfg);
+	ss_stop();
+}
+END_TEST
+
 static const char *bin(void)
 {
 	const char *b = getenv("TALLY_BIN_DIR");
@@ -520,6 +566,7 @@ static Suite *tenants_suite(void)
 	tcase_add_test(tc, test_tenants_bad_input_recorded_once);
 	tcase_add_test(tc, test_tenants_update_suspend_resume);
 	tcase_add_test(tc, test_tenants_through_commands);
+	tcase_add_test(tc, test_tenants_customer_gets_billing_email);
 	tcase_add_test(tc, test_tenants_cli);
 	tcase_add_test(tc, test_tenants_cli_stripe);
 	suite_add_tcase(s, tc);
