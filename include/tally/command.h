@@ -25,7 +25,14 @@ typedef enum {
 	TALLY_CMD_CHANGE_PLAN = 3,         /* "change_plan" */
 	TALLY_CMD_CANCEL_SUBSCRIPTION = 4, /* "cancel_subscription" */
 	TALLY_CMD_SYNC_TENANT = 5,         /* "sync_tenant" */
+	/* provisioning (tally/tenant_admin.h): no Stripe call */
+	TALLY_CMD_CREATE_TENANT = 6,       /* "create_tenant" */
+	TALLY_CMD_UPDATE_TENANT = 7,       /* "update_tenant" */
+	TALLY_CMD_SUSPEND_TENANT = 8,      /* "suspend_tenant" */
+	TALLY_CMD_RESUME_TENANT = 9,       /* "resume_tenant" */
 } tally_command_type;
+
+#define TALLY_CMD_TYPE_MAX 9
 
 typedef enum {
 	TALLY_PRORATION_DEFAULT = 0,    /* absent: create_prorations */
@@ -49,6 +56,9 @@ typedef struct tally_command {
 	bool has_at_period_end;
 	tally_str email;             /* optional (create_customer), ≤ 256 */
 	tally_str name;              /* optional (create_customer), ≤ 256 */
+	tally_str slug;              /* create_tenant, ≤ 256 */
+	tally_str domain;            /* create_tenant, ≤ 256 */
+	tally_str budget;            /* create/update_tenant: decimal, ≤ 64 */
 } tally_command;
 
 /** "create_customer" etc., or NULL. */

@@ -47,6 +47,8 @@ extern volatile int tally_log__min_level;
 
 /** Set the program name shown in every line and the minimum level. */
 void tally_log_init(const char *program, tally_log_level min);
+/** The program name given to tally_log_init ("tally" before it). */
+const char *tally_log_program(void);
 
 /** Change the minimum level (e.g. on SIGHUP). */
 void tally_log_set_level(tally_log_level min);

@@ -139,7 +139,7 @@ def canon_rated(e):
 def canon_cmd(e):
     keys = ["id", "type", "tenant_id", "time", "plan", "trial_days",
             "payment_method_id", "proration", "at_period_end", "email",
-            "name"]
+            "name", "slug", "domain", "budget"]
     c = {k: e[k] for k in keys if k in e and e[k] is not None}
     c["tenant_id"] = c["tenant_id"].lower()
     if isinstance(c["time"], str):
@@ -210,6 +210,17 @@ VALID = {
                        "at_period_end": True},
     "command-sync": {"id": "cmd-5", "type": "sync_tenant", "tenant_id": T,
                      "time": 1764151200000},
+    "command-create-tenant": {"id": "cmd-6", "type": "create_tenant",
+                              "tenant_id": T, "time": 1764151200000,
+                              "name": "Acme", "slug": "acme",
+                              "domain": "acme.test", "plan": "starter",
+                              "email": "billing@acme.test",
+                              "budget": "150.00", "trial_days": 14},
+    "command-update-tenant": {"id": "cmd-7", "type": "update_tenant",
+                              "tenant_id": T, "time": 1764151200000,
+                              "budget": "400"},
+    "command-suspend-tenant": {"id": "cmd-8", "type": "suspend_tenant",
+                               "tenant_id": T, "time": 1764151200000},
 }
 
 U = usage()
@@ -299,6 +310,15 @@ INVALID = {
                                        "plan": "starter",
                                        "trial_days": 1000}),
                                    "out_of_range trial_days"),
+    "command-create-tenant-missing-plan": (pk({"id": "c",
+                                               "type": "create_tenant",
+                                               "tenant_id": T, "time": 1,
+                                               "slug": "acme"}),
+                                           "missing_field plan"),
+    "command-budget-not-string": (pk({"id": "c", "type": "update_tenant",
+                                      "tenant_id": T, "time": 1,
+                                      "budget": 150}),
+                                  "wrong_type budget"),
     "command-at-period-end-string": (pk({"id": "c",
                                          "type": "cancel_subscription",
                                          "tenant_id": T, "time": 1,

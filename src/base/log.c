@@ -30,6 +30,11 @@ void tally_log_init(const char *program, tally_log_level min)
 	tally_log__min_level = lv >= 0 ? lv : (int)min;
 }
 
+const char *tally_log_program(void)
+{
+	return log_program;
+}
+
 void tally_log_set_level(tally_log_level min)
 {
 	tally_log__min_level = (int)min;

@@ -156,6 +156,9 @@ void tally_codec_encode_command(msgpack_sbuffer *sb, const tally_command *cmd)
 	n += cmd->has_at_period_end;
 	n += cmd->email.len > 0;
 	n += cmd->name.len > 0;
+	n += cmd->slug.len > 0;
+	n += cmd->domain.len > 0;
+	n += cmd->budget.len > 0;
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, n);
 	pk_str(&pk, "id", cmd->id);
@@ -185,4 +188,10 @@ void tally_codec_encode_command(msgpack_sbuffer *sb, const tally_command *cmd)
 		pk_str(&pk, "email", cmd->email);
 	if (cmd->name.len > 0)
 		pk_str(&pk, "name", cmd->name);
+	if (cmd->slug.len > 0)
+		pk_str(&pk, "slug", cmd->slug);
+	if (cmd->domain.len > 0)
+		pk_str(&pk, "domain", cmd->domain);
+	if (cmd->budget.len > 0)
+		pk_str(&pk, "budget", cmd->budget);
 }

@@ -19,7 +19,8 @@
 
 static const char *const cmd_names[] = {
 	NULL, "create_customer", "create_subscription", "change_plan",
-	"cancel_subscription", "sync_tenant",
+	"cancel_subscription", "sync_tenant", "create_tenant",
+	"update_tenant", "suspend_tenant", "resume_tenant",
 };
 
 static const char *const proration_names[] = {
@@ -38,7 +39,7 @@ const char *const tally_codec__comp_names[TALLY_COMP_N] = {
 
 const char *tally_command_type_name(tally_command_type t)
 {
-	if ((int)t < 1 || (int)t > 5)
+	if ((int)t < 1 || (int)t > TALLY_CMD_TYPE_MAX)
 		return NULL;
 	return cmd_names[t];
 }
@@ -56,14 +57,14 @@ enum {
 	K_ID, K_SOURCE, K_TYPE, K_TENANT, K_TIME, K_SUBJECT, K_DATA,
 	K_COST, K_COMPONENTS, K_CURRENCY, K_PRICE_ID, K_UNPRICED, K_RATED_AT,
 	K_PLAN, K_TRIAL_DAYS, K_PM, K_PRORATION, K_AT_PERIOD_END, K_EMAIL,
-	K_NAME, K_N
+	K_NAME, K_SLUG, K_DOMAIN, K_BUDGET, K_N
 };
 
 static const char *const key_names[K_N] = {
 	"id", "source", "type", "tenant_id", "time", "subject", "data",
 	"cost", "components", "currency", "price_id", "unpriced", "rated_at",
 	"plan", "trial_days", "payment_method_id", "proration",
-	"at_period_end", "email", "name",
+	"at_period_end", "email", "name", "slug", "domain", "budget",
 };
 
 static const char *const data_names[DF_N] = {
@@ -240,7 +241,7 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 		if (v->kind != TALLY_CV_STR)
 			return FAIL(st, "wrong_type", "type",
 				    "type must be a string");
-		for (i = 1; i <= 5; i++)
+		for (i = 1; i <= TALLY_CMD_TYPE_MAX; i++)
 			if (tally_codec__str_is(v->s, v->len, cmd_names[i]))
 				cmd->type = (tally_command_type)i;
 		if (cmd->type == TALLY_CMD_NONE)
@@ -284,6 +285,16 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 	case K_NAME:
 		return tally_codec__get_str(st, "name", v, TALLY_SOURCE_MAX,
 					    &cmd->name);
+	case K_SLUG:
+		return tally_codec__get_str(st, "slug", v, TALLY_SOURCE_MAX,
+					    &cmd->slug);
+	case K_DOMAIN:
+		return tally_codec__get_str(st, "domain", v, TALLY_SOURCE_MAX,
+					    &cmd->domain);
+	case K_BUDGET:
+		/* a decimal string: exact, checked by the tenant rules */
+		return tally_codec__get_str(st, "budget", v, 64,
+					    &cmd->budget);
 	default:
 		return 0;
 	}
@@ -464,7 +475,8 @@ static int finish_command(tally_codec__st *st)
 	if (rc == 0)
 		rc = need(st, K_TIME);
 	if (rc == 0 && (cmd->type == TALLY_CMD_CREATE_SUBSCRIPTION ||
-			cmd->type == TALLY_CMD_CHANGE_PLAN))
+			cmd->type == TALLY_CMD_CHANGE_PLAN ||
+			cmd->type == TALLY_CMD_CREATE_TENANT))
 		rc = need(st, K_PLAN);
 	return rc;
 }

@@ -227,5 +227,11 @@ json_t *tally_codec_command_to_json(const tally_command *cmd)
 		set_str(o, "email", cmd->email);
 	if (cmd->name.len > 0)
 		set_str(o, "name", cmd->name);
+	if (cmd->slug.len > 0)
+		set_str(o, "slug", cmd->slug);
+	if (cmd->domain.len > 0)
+		set_str(o, "domain", cmd->domain);
+	if (cmd->budget.len > 0)
+		set_str(o, "budget", cmd->budget);
 	return o;
 }

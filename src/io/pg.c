@@ -59,7 +59,12 @@ int64_t tally_backoff_ms(int attempt, int64_t base_ms, int64_t cap_ms)
 
 static int try_connect(tally_pg *pg, tally_error *err)
 {
-	PGconn *conn = PQconnectdb(pg->url);
+	/* application_name (unless the URL sets one): the program, which
+	 * the audit trail records as who made a change */
+	const char *const keys[] = { "dbname", "fallback_application_name",
+				     NULL };
+	const char *const vals[] = { pg->url, tally_log_program(), NULL };
+	PGconn *conn = PQconnectdbParams(keys, vals, 1);
 
 	if (PQstatus(conn) != CONNECTION_OK) {
 		char msg[200];

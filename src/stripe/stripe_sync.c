@@ -68,6 +68,15 @@ int tally_ss__ex(tally_stripe_sync *ss, PGresult **out, tally_error *err,
 	return tally_pg_exec(ss->pg, out, sql, n, p, err);
 }
 
+int tally_ss__audit_why(tally_stripe_sync *ss, const char *source,
+			const char *reason, bool local, tally_error *err)
+{
+	return tally_ss__ex(ss, NULL, err,
+		"SELECT set_config('tally.audit_source', $1, $3::boolean), "
+		"set_config('tally.audit_reason', $2, $3::boolean)", 3,
+		source, reason, local ? "true" : "false");
+}
+
 const char *tally_ss__i64s(ss_numbuf b, int64_t v)
 {
 	snprintf(b, sizeof(ss_numbuf), "%" PRId64, v);

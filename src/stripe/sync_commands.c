@@ -7,6 +7,7 @@
 #include "stripe/sync_int.h"
 #include "tally/event.h"
 #include "tally/log.h"
+#include "tally/tenant_admin.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -204,8 +205,10 @@ int tally_ss__ensure_customer(ss_cmd *c, tally_error *err)
 	p = json_pack("{s:s, s:{s:s, s:s}}", "name",
 		      c->name[0] ? c->name : c->t.name, "metadata",
 		      "tenant_id", c->tenant_id, "slug", c->t.slug);
-	if (c->email[0])
-		json_object_set_new(p, "email", json_string(c->email));
+	/* the command's email, else the tenant's billing email */
+	if (c->email[0] || c->t.email[0])
+		json_object_set_new(p, "email", json_string(
+			c->email[0] ? c->email : c->t.email));
 	rc = tally_ss__step_post(c, "customer", "POST", "/v1/customers", p,
 		       "/v1/customers/", &cus, err);
 	json_decref(p);
@@ -345,6 +348,25 @@ static int record_success(ss_cmd *c, const char *tname, tally_error *err)
 	return rc;
 }
 
+/* A provisioning command: PostgreSQL only (tally/tenant_admin.h). */
+static int tenant_command(tally_stripe_sync *ss, const tally_command *cmd,
+			  tally_error *err)
+{
+	tally_tenant_spec s;
+	tally_tenant_outcome o;
+	char buf[4096], reason[160];
+	int rc;
+
+	if (tally_tenant_spec_of_command(&s, cmd, buf, sizeof(buf)) != 0)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "command: not a provisioning command");
+	snprintf(reason, sizeof(reason), "command %s", s.command_id);
+	rc = tally_tenant_run(ss->pg, &s, "billing.commands", reason, &o, err);
+	if (rc == 0 && o.duplicate)
+		return TALLY_EDUPLICATE;
+	return rc;
+}
+
 int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 			      tally_error *err)
 {
@@ -352,6 +374,9 @@ int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 	const char *tname = cmd_type_name(cmd->type);
 	int rc;
 
+	if (cmd->type >= TALLY_CMD_CREATE_TENANT &&
+	    cmd->type <= TALLY_CMD_RESUME_TENANT)
+		return tenant_command(ss, cmd, err);
 	memset(&c, 0, sizeof(c));
 	c.ss = ss;
 	c.cmd = cmd;
@@ -364,9 +389,19 @@ int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 	strcopy(c.email, sizeof(c.email), cmd->email);
 	strcopy(c.name, sizeof(c.name), cmd->name);
 	tally_uuid_fmt(c.tenant_id, cmd->tenant_id);
-	rc = record_command(&c, tname, err);
+	{
+		char why[200];
+
+		/* the steps run in statements of their own: the reason is
+		 * the session's until the command is done */
+		snprintf(why, sizeof(why), "command %s", c.id);
+		rc = tally_ss__audit_why(ss, "billing.commands", why, false,
+					 err);
+	}
+	if (rc == 0)
+		rc = record_command(&c, tname, err);
 	if (rc != 0)
-		return rc;
+		goto cleanup;
 	rc = tally_ss__tenant_load(ss, &c.t, "WHERE t.id = $1::uuid",
 				   c.tenant_id, false, err);
 	if (rc != 0)
@@ -388,5 +423,14 @@ int tally_stripe_sync_command(tally_stripe_sync *ss, const tally_command *cmd,
 		rc = record_success(&c, tname, err);
 cleanup:
 	json_decref(c.result);
+	{
+		tally_error e2;
+
+		/* a failure here leaves a stale reason on a connection that
+		 * is itself failing; the next command sets its own */
+		if (tally_ss__audit_why(ss, "", "", false, &e2) != 0)
+			tally_log(TALLY_DEBUG, "stripe.audit_reset_failed",
+				  TALLY_KV_STR("error", e2.msg));
+	}
 	return rc;
 }

@@ -139,6 +139,17 @@ static int apply_event(tally_pg *pg, void *payload, tally_error *err)
 	x->outcome = NULL;
 	x->tenant_id[0] = '\0';
 	tally_ss__i64s(cr, x->created);
+	{
+		char why[300];
+
+		/* the audit trail's reason for what the event changes */
+		snprintf(why, sizeof(why), "stripe event %s (%s)", x->id,
+			 x->type);
+		rc = tally_ss__audit_why(ss, "billing.stripe-events", why,
+					 true, err);
+		if (rc != 0)
+			return rc;
+	}
 	/* an event left unresolved (unknown tenant) may be tried again */
 	rc = tally_ss__ex(ss, &res, err,
 		"INSERT INTO stripe_events AS e (event_id, type, object_id, "

@@ -49,6 +49,7 @@ typedef struct ss_tenant {
 	int rank;
 	char customer[256];
 	char subscription[256];
+	char email[260];        /* billing_email, "" when none */
 } ss_tenant;
 
 /* The fields of a Stripe subscription the mirror stores; p* point into the
@@ -105,6 +106,10 @@ int64_t tally_ss__now_ms(tally_stripe_sync *ss);
 int tally_ss__ex(tally_stripe_sync *ss, PGresult **out, tally_error *err,
 		 const char *sql, int n, ...);
 const char *tally_ss__i64s(ss_numbuf b, int64_t v);
+/* The audit trail's source and reason (tally.audit_source/_reason) for
+ * what follows: transaction-local, or for the session ("" clears). */
+int tally_ss__audit_why(tally_stripe_sync *ss, const char *source,
+			const char *reason, bool local, tally_error *err);
 /* Integer field as text, or NULL (SQL NULL) when absent/null. */
 const char *tally_ss__jnum(ss_numbuf b, const json_t *o, const char *k);
 int64_t tally_ss__to_i64(const char *s);

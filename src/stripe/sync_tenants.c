@@ -15,7 +15,8 @@
 static const char tenant_cols[] =
 	"SELECT t.id::text, t.name, t.slug, t.status, t.subscription_plan, "
 	"p.rank, coalesce(t.stripe_customer_id, ''), "
-	"coalesce(t.stripe_subscription_id, '') "
+	"coalesce(t.stripe_subscription_id, ''), "
+	"coalesce(t.billing_email, '') "
 	"FROM tenants t JOIN plans p ON p.id = t.subscription_plan ";
 
 static void tenant_from_row(ss_tenant *t, PGresult *res)
@@ -34,6 +35,7 @@ static void tenant_from_row(ss_tenant *t, PGresult *res)
 	tally_ss__cpy(t->customer, sizeof(t->customer), PQgetvalue(res, 0, 6));
 	tally_ss__cpy(t->subscription, sizeof(t->subscription),
 		      PQgetvalue(res, 0, 7));
+	tally_ss__cpy(t->email, sizeof(t->email), PQgetvalue(res, 0, 8));
 }
 
 /* where: "WHERE t.id = $1" etc. lock: append FOR UPDATE OF t. */

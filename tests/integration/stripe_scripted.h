@@ -59,6 +59,7 @@ static struct {
 	int delay_at, delay_ms; /* 1-based arrival of POST /v1/invoiceitems */
 	int item_arrivals, delayed_done;
 	int item_posts, item_lists, invoice_gets, customers;
+	char customer_email[256]; /* of the last POST /v1/customers */
 } ss_srv = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 static struct MHD_Daemon *ss_daemon;
@@ -69,7 +70,7 @@ typedef struct ss_upload {
 	size_t len;
 } ss_upload;
 
-static void ss_invoice(const char *id, const char *status)
+static inline void ss_invoice(const char *id, const char *status)
 {
 	int i;
 
@@ -284,6 +285,8 @@ static int ss_route(struct MHD_Connection *conn, const char *url,
 		status = ss_post_item(body, answer, &lost);
 	} else if (strcmp(method, "POST") == 0 &&
 		   strcmp(url, "/v1/customers") == 0) {
+		ss_field(body, "email", ss_srv.customer_email,
+			 sizeof(ss_srv.customer_email));
 		*answer = malloc(64);
 		snprintf(*answer, 64, "{\"id\":\"cus_scripted_%d\","
 			 "\"object\":\"customer\"}", ++ss_srv.customers);

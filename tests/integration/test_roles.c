@@ -12,6 +12,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_kafka_support.h"
 #include "check_main.h"
+#include "roles_support.h"
 #include "tally/pricebook_pg.h"
 
 #define TENANT_A "aaaaaaaa-0000-4000-8000-00000000000a"
@@ -19,52 +20,6 @@
 
 static char owner_dsn[512];
 static char role_a[40], role_b[40], role_fin[40], role_eng[40];
-
-/* the test DSN (postgresql://user@host...) with another user */
-static void dsn_as(char *out, size_t n, const char *role)
-{
-	const char *at = strchr(owner_dsn, '@');
-
-	ck_assert(at != NULL && strncmp(owner_dsn, "postgresql://", 13) == 0);
-	snprintf(out, n, "postgresql://%s%s", role, at);
-}
-
-static PGconn *connect_as(const char *role)
-{
-	char d[512];
-	PGconn *c;
-
-	dsn_as(d, sizeof(d), role);
-	c = PQconnectdb(d);
-	ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s: %s", role,
-		      PQerrorMessage(c));
-	return c;
-}
-
-/* SQLSTATE of sql on c ("" when it succeeds) */
-static const char *try_sql(PGconn *c, const char *sql)
-{
-	static char st[8];
-	PGresult *r = PQexec(c, sql);
-	const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-
-	snprintf(st, sizeof(st), "%s", s ? s : "");
-	PQclear(r);
-	return st;
-}
-
-static void exec_ok(PGconn *c, const char *sql)
-{
-	ck_assert_msg(strcmp(try_sql(c, sql), "") == 0, "%s: %s", sql,
-		      PQerrorMessage(c));
-}
-
-static void denied(PGconn *c, const char *sql)
-{
-	ck_assert_msg(strcmp(try_sql(c, sql), "42501") == 0,
-		      "should be refused (42501): %s; got: %s", sql,
-		      PQerrorMessage(c));
-}
 
 static void create_roles(void)
 {
@@ -81,10 +36,10 @@ static void create_roles(void)
 	snprintf(role_eng, sizeof(role_eng), "tr_eng_%d", (int)getpid());
 	for (i = 0; i < 4; i++) {
 		snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", names[i]);
-		exec_ok(chk, sql);
+		tally_test_sql_ok(chk, sql);
 		snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE %s",
 			 names[i], groups[i]);
-		exec_ok(chk, sql);
+		tally_test_sql_ok(chk, sql);
 	}
 }
 
@@ -136,7 +91,7 @@ static void seed(void)
 			 " date_trunc('month', now()) + interval '1 month');",
 			 t, i, i, i, roles[i], t, t, t, i, i, t, i, i, t, i, i,
 			 t, t);
-		exec_ok(chk, sql);
+		tally_test_sql_ok(chk, sql);
 	}
 }
 
@@ -240,32 +195,32 @@ static void writes_nothing(PGconn *c)
 			continue;
 		snprintf(sql, sizeof(sql), "DELETE FROM %s WHERE false",
 			 PQgetvalue(rels, i, 0));
-		denied(c, sql);
+		tally_test_sql_denied(c, sql);
 		snprintf(sql, sizeof(sql), "INSERT INTO %s DEFAULT VALUES",
 			 PQgetvalue(rels, i, 0));
-		denied(c, sql);
+		tally_test_sql_denied(c, sql);
 	}
 	PQclear(rels);
 }
 
 START_TEST(test_roles_tenant_reads_only_its_rows)
 {
-	PGconn *a = connect_as(role_a);
+	PGconn *a = tally_test_connect_as(owner_dsn, role_a);
 	char sql[160];
 
 	/* own rows of the six tables granted to tenants and tenant_roles */
 	ck_assert_int_eq(tenant_reads(a, TENANT_A, role_a), 7);
 	/* the old way to choose a tenant changes nothing */
-	exec_ok(a, "SET tally.tenant_id = '" TENANT_B "'");
+	tally_test_sql_ok(a, "SET tally.tenant_id = '" TENANT_B "'");
 	ck_assert_int_eq(tenant_reads(a, TENANT_A, role_a), 7);
-	exec_ok(a, "RESET tally.tenant_id");
+	tally_test_sql_ok(a, "RESET tally.tenant_id");
 	snprintf(sql, sizeof(sql), "SET ROLE %s", role_b);
-	denied(a, sql);
-	exec_ok(a, "SET ROLE tally_tenant"); /* maps to no tenant */
+	tally_test_sql_denied(a, sql);
+	tally_test_sql_ok(a, "SET ROLE tally_tenant"); /* maps to no tenant */
 	ck_assert_int_eq(tenant_reads(a, TENANT_A, role_a), 0);
-	exec_ok(a, "RESET ROLE");
-	denied(a, "UPDATE tenant_roles SET tenant_id = '" TENANT_B "'");
-	denied(a, "SELECT * FROM tally_ledger_maintain(37, 7, 400, 37)");
+	tally_test_sql_ok(a, "RESET ROLE");
+	tally_test_sql_denied(a, "UPDATE tenant_roles SET tenant_id = '" TENANT_B "'");
+	tally_test_sql_denied(a, "SELECT * FROM tally_ledger_maintain(37, 7, 400, 37)");
 	writes_nothing(a);
 	PQfinish(a);
 }
@@ -298,7 +253,7 @@ START_TEST(test_roles_finance_reads_all_writes_nothing)
 		"alerts", "invoices", "invoice_lines", "subscriptions",
 		"usage_hourly", "tenant_period_usage", "tenants"
 	};
-	PGconn *f = connect_as(role_fin);
+	PGconn *f = tally_test_connect_as(owner_dsn, role_fin);
 	PGresult *rels;
 	size_t i;
 
@@ -317,7 +272,7 @@ START_TEST(test_roles_finance_reads_all_writes_nothing)
 
 		snprintf(sql, sizeof(sql), "SELECT * FROM %s LIMIT 1",
 			 PQgetvalue(rels, (int)i, 0));
-		exec_ok(f, sql);
+		tally_test_sql_ok(f, sql);
 	}
 	PQclear(rels);
 	writes_nothing(f);
@@ -327,7 +282,7 @@ END_TEST
 
 START_TEST(test_roles_engine_runs_aggregate_no_ddl)
 {
-	PGconn *e = connect_as(role_eng);
+	PGconn *e = tally_test_connect_as(owner_dsn, role_eng);
 	tally_pricebook *pb = NULL;
 	tally_pg *pg = NULL;
 	tally_error err;
@@ -335,17 +290,17 @@ START_TEST(test_roles_engine_runs_aggregate_no_ddl)
 	char edsn[512];
 	int64_t n = 20000, sent = 0, base = tally_now_ms() - 2 * 3600000;
 
-	denied(e, "DROP TABLE usage_ledger");
-	denied(e, "DROP TABLE alerts");
-	denied(e, "CREATE TABLE engine_made (i int)");
-	denied(e, "ALTER TABLE tenants ADD COLUMN engine_made int");
-	denied(e, "TRUNCATE alerts");
-	denied(e, "UPDATE schema_migrations SET name = name");
-	exec_ok(e, "SELECT * FROM tally_ledger_maintain(37, 7, 400, 37)");
-	exec_ok(e, "LISTEN tally_prices");
+	tally_test_sql_denied(e, "DROP TABLE usage_ledger");
+	tally_test_sql_denied(e, "DROP TABLE alerts");
+	tally_test_sql_denied(e, "CREATE TABLE engine_made (i int)");
+	tally_test_sql_denied(e, "ALTER TABLE tenants ADD COLUMN engine_made int");
+	tally_test_sql_denied(e, "TRUNCATE alerts");
+	tally_test_sql_denied(e, "UPDATE schema_migrations SET name = name");
+	tally_test_sql_ok(e, "SELECT * FROM tally_ledger_maintain(37, 7, 400, 37)");
+	tally_test_sql_ok(e, "LISTEN tally_prices");
 	PQfinish(e);
 	/* tally-rate's reads */
-	dsn_as(edsn, sizeof(edsn), role_eng);
+	tally_test_dsn_as(edsn, sizeof(edsn), owner_dsn, role_eng);
 	ck_assert_msg(tally_pg_connect(&pg, edsn, 5000, &err) == 0, "%s",
 		      err.msg);
 	ck_assert_msg(tally_pricebook_load_pg(&pb, pg, &err) == 0, "%s",
@@ -373,6 +328,9 @@ static Suite *roles_suite(void)
 	TCase *tc = tcase_create("isolation");
 	TCase *te = tcase_create("engine");
 
+	/* the fixture creates and migrates a database: not 4 s on a busy
+	 * machine (Check's default) */
+	tcase_set_timeout(tc, 120);
 	tcase_add_checked_fixture(tc, roles_setup, roles_teardown);
 	tcase_add_test(tc, test_roles_tenant_reads_only_its_rows);
 	tcase_add_test(tc, test_roles_finance_reads_all_writes_nothing);
