@@ -373,6 +373,8 @@ static Suite *roles_suite(void)
 	TCase *tc = tcase_create("isolation");
 	TCase *te = tcase_create("engine");
 
+	/* the fixture creates and migrates a database: seconds under load */
+	tcase_set_timeout(tc, 120);
 	tcase_add_checked_fixture(tc, roles_setup, roles_teardown);
 	tcase_add_test(tc, test_roles_tenant_reads_only_its_rows);
 	tcase_add_test(tc, test_roles_finance_reads_all_writes_nothing);
