@@ -57,7 +57,8 @@ static uint64_t get(uint64_t *v)
 	return __atomic_load_n(v, __ATOMIC_RELAXED);
 }
 
-/* Progress, at most once a second (mu held or not: reads atomics). */
+/* Progress, at most once a second; the main thread only (the counters
+ * are atomics, mu may be held or not). */
 static void progress(backfill *b, bool force)
 {
 	int64_t now = tally_now_ms(), ms = now - b->t0;
