@@ -201,6 +201,7 @@ static size_t totals_into_alerts(tally_config *cfg, const char *topic,
 	char errstr[256];
 	size_t n = 0;
 	int idle = 0;
+	int64_t deadline = tally_now_ms() + 60000;
 	tally_error err;
 
 	ck_assert_int_eq(tally_kafka_conf_set(conf, "group.id", "users-reader",
@@ -212,14 +213,15 @@ static size_t totals_into_alerts(tally_config *cfg, const char *topic,
 		RD_KAFKA_OFFSET_BEGINNING;
 	ck_assert_int_eq(rd_kafka_assign(rk, l), 0);
 	rd_kafka_topic_partition_list_destroy(l);
-	while (idle < 10) {
+	/* until 4 s without a message once one came (60 s at most) */
+	while (idle < 8 && tally_now_ms() < deadline) {
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
 		tally_alerts_msg v;
 		char txt[2048];
 		const char *p;
 
 		if (m == NULL || m->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-			idle += m == NULL;
+			idle += m == NULL && n > 0;
 			if (m != NULL)
 				rd_kafka_message_destroy(m);
 			continue;
