@@ -1,26 +1,31 @@
 /*
  * cmd_produce.c - `tally produce --topic T [FILE]`: JSON lines in, strictly
- * validated msgpack out. The schema follows the topic (topics.commands ->
- * command, topics.rated -> rated usage, anything else -> usage event) unless
- * --schema says otherwise. A bad line is counted and reported with its line
- * number and reason and never stops the run; the exit status says whether
- * everything was produced and acknowledged.
+ * validated msgpack out, parsed by several threads (tally/backfill.h;
+ * --threads, default one per CPU) and produced in large batches. The
+ * schema follows the topic (topics.commands -> command, topics.rated ->
+ * rated usage, anything else -> usage event) unless --schema says
+ * otherwise. A bad line is counted and reported with its line number and
+ * reason and never stops the run; progress goes to stderr at most once a
+ * second; the exit status says whether everything was produced and
+ * acknowledged.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "cli.h"
-#include "tally/codec_json.h"
+#include "tally/backfill.h"
 #include "tally/kafka.h"
 #include "tally/producer.h"
 
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const char tally_cmd_produce_help[] =
 	"JSON lines -> validated msgpack on a topic: --topic T [FILE] "
 	"[--skip-invalid] [--schema usage|rated|command] "
-	"[--create-topic PARTITIONS]";
+	"[--create-topic PARTITIONS] [--threads N]";
 
 #define MAX_REPORTED 1000
 
@@ -28,15 +33,15 @@ typedef struct produce_opts {
 	const char *topic, *file, *schema;
 	bool skip_invalid;
 	int64_t partitions; /* --create-topic; 0: none */
+	int64_t threads;    /* --threads; 0: one per CPU */
 } produce_opts;
 
-/* One run: the producer, its delivery failures and the line counts. */
+/* One run: the producer and the counts. */
 typedef struct produce_run {
 	tally_producer *p;
-	uint64_t failed;   /* deliveries that failed */
-	uint64_t dreported; /* of them, printed */
-	tally_error err;
-	uint64_t lineno, produced, rejected, reported;
+	uint64_t dreported; /* failed deliveries printed (atomic: reports
+			     * are served on the parser threads too) */
+	tally_backfill_stats st;
 	int64_t t0;
 } produce_run;
 
@@ -46,8 +51,8 @@ static void on_delivery(const tally_delivery *dr, void *payload)
 
 	if (dr->code == 0)
 		return;
-	r->failed++;
-	if (r->dreported++ < MAX_REPORTED)
+	if (__atomic_fetch_add(&r->dreported, 1, __ATOMIC_RELAXED) <
+	    MAX_REPORTED)
 		fprintf(stderr, "line %llu: delivery failed: %s\n",
 			(unsigned long long)(uintptr_t)dr->opaque, dr->errstr);
 }
@@ -56,7 +61,7 @@ static void usage_msg(void)
 {
 	fprintf(stderr, "usage: tally produce --topic T [FILE] "
 			"[--skip-invalid] [--schema usage|rated|command]\n"
-			"       [--create-topic PARTITIONS]\n");
+			"       [--create-topic PARTITIONS] [--threads N]\n");
 }
 
 /* argv into o; 0, or 2 once the usage is printed (also without --topic). */
@@ -73,6 +78,12 @@ static int parse_args(produce_opts *o, int argc, char **argv)
 			 i + 1 < argc) {
 			if (!tally_cli_parse_partitions(&o->partitions,
 							argv[++i])) {
+				usage_msg();
+				return 2;
+			}
+		} else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+			if (tally_parse_i64(&o->threads, argv[++i]) != 0 ||
+			    o->threads < 1 || o->threads > 64) {
 				usage_msg();
 				return 2;
 			}
@@ -115,110 +126,15 @@ static int check_schema(produce_opts *o, tally_config *cfg)
 	return 0;
 }
 
-/* Counts a rejected line; whether it is still one to print. */
-static bool rejecting(produce_run *r)
-{
-	r->rejected++;
-	return r->reported++ < MAX_REPORTED;
-}
-
-/* One JSON line: decode, validate, send; a bad line is counted and
- * reported, 1 only for an error that stops the run. */
-static int produce_line(produce_run *r, char schema, const char *line,
-			size_t n)
-{
-	void *opaque = (void *)(uintptr_t)r->lineno;
-	json_error_t jerr;
-	json_t *j;
-	tally_codec_error ce;
-	union {
-		tally_usage_event u;
-		tally_rated_event r;
-		tally_command c;
-	} ev;
-	int vrc;
-
-	j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
-	if (j == NULL) {
-		if (rejecting(r))
-			fprintf(stderr, "line %llu: rejected: bad_json: %s\n",
-				(unsigned long long)r->lineno, jerr.text);
-		return 0;
-	}
-	if (schema == 'c')
-		vrc = tally_codec_command_from_json(&ev.c, j, &ce);
-	else if (schema == 'r')
-		vrc = tally_codec_rated_from_json(&ev.r, j, &ce);
-	else
-		vrc = tally_codec_usage_from_json(&ev.u, j, &ce);
-	if (vrc != 0) {
-		if (rejecting(r))
-			fprintf(stderr, "line %llu: rejected: %s %s: %s\n",
-				(unsigned long long)r->lineno, ce.reason,
-				ce.field[0] ? ce.field : "-", ce.detail);
-		json_decref(j);
-		return 0;
-	}
-	if (schema == 'c')
-		vrc = tally_producer_send_command(r->p, &ev.c, opaque, &r->err);
-	else if (schema == 'r')
-		vrc = tally_producer_send_rated(r->p, &ev.r, opaque, &r->err);
-	else
-		vrc = tally_producer_send_usage(r->p, &ev.u, opaque, &r->err);
-	json_decref(j);
-	if (vrc == TALLY_EINVALID) {
-		if (rejecting(r))
-			fprintf(stderr, "line %llu: rejected: %s\n",
-				(unsigned long long)r->lineno, r->err.msg);
-		return 0;
-	}
-	if (vrc != 0) {
-		fprintf(stderr, "line %llu: %s\n", (unsigned long long)r->lineno,
-			r->err.msg);
-		return 1;
-	}
-	r->produced++;
-	if (r->produced % 1024 == 0)
-		tally_producer_poll(r->p, 0);
-	return 0;
-}
-
-/* Every line of in, with progress on stderr; 1 when the run stops. */
-static int produce_lines(produce_run *r, const produce_opts *o, FILE *in)
-{
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t n;
-	int rc = 0;
-
-	while (rc == 0 && (n = getline(&line, &cap, in)) >= 0) {
-		r->lineno++;
-		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
-			n--;
-		if (n == 0)
-			continue;
-		if (r->lineno % 100000 == 0)
-			fprintf(stderr, "produce: %llu lines, %llu produced, "
-				"%llu rejected, %lld ms\n",
-				(unsigned long long)r->lineno,
-				(unsigned long long)r->produced,
-				(unsigned long long)r->rejected,
-				(long long)(tally_now_ms() - r->t0));
-		rc = produce_line(r, o->schema[0], line, (size_t)n);
-	}
-	free(line);
-	return rc;
-}
-
 /* Waits for every delivery, prints the summary; the exit status. */
 static int finish(produce_run *r, const produce_opts *o)
 {
 	uint64_t delivered = 0, dfailed = 0;
 	int64_t ms;
 
-	if (r->reported > MAX_REPORTED)
+	if (r->st.reported > MAX_REPORTED)
 		fprintf(stderr, "produce: %llu more rejections not shown\n",
-			(unsigned long long)(r->reported - MAX_REPORTED));
+			(unsigned long long)(r->st.reported - MAX_REPORTED));
 	if (tally_cli_drain(r->p, "produce") != 0)
 		return 1;
 	tally_producer_counts(r->p, &delivered, &dfailed);
@@ -226,14 +142,21 @@ static int finish(produce_run *r, const produce_opts *o)
 	printf("produce: topic %s, %llu lines, %llu produced, "
 	       "%llu delivered, %llu failed, %llu rejected, "
 	       "%lld ms (%lld events/s)\n",
-	       o->topic, (unsigned long long)r->lineno,
-	       (unsigned long long)r->produced, (unsigned long long)delivered,
-	       (unsigned long long)dfailed, (unsigned long long)r->rejected,
-	       (long long)ms,
+	       o->topic, (unsigned long long)r->st.lines,
+	       (unsigned long long)r->st.produced,
+	       (unsigned long long)delivered, (unsigned long long)dfailed,
+	       (unsigned long long)r->st.rejected, (long long)ms,
 	       (long long)(ms > 0 ? (int64_t)delivered * 1000 / ms :
 				    (int64_t)delivered));
-	return (dfailed > 0 || delivered != r->produced ||
-		(r->rejected > 0 && !o->skip_invalid)) ? 1 : 0;
+	return (dfailed > 0 || delivered != r->st.produced ||
+		(r->st.rejected > 0 && !o->skip_invalid)) ? 1 : 0;
+}
+
+static tally_json_schema schema_of(const produce_opts *o)
+{
+	if (o->schema[0] == 'c')
+		return TALLY_JSON_COMMAND;
+	return o->schema[0] == 'r' ? TALLY_JSON_RATED : TALLY_JSON_USAGE;
 }
 
 int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
@@ -241,9 +164,10 @@ int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
 	produce_opts o = { 0 };
 	produce_run r;
 	tally_producer_opts popts = { 0 };
+	tally_backfill_opts bo = { 0 };
 	tally_config *cfg;
-	FILE *in = stdin;
-	int rc;
+	tally_error err;
+	int fd = 0, rc;
 
 	rc = parse_args(&o, argc, argv);
 	if (rc != 0)
@@ -254,31 +178,41 @@ int tally_cmd_produce(tally_cli *cli, int argc, char **argv)
 	if (rc != 0)
 		return rc;
 	if (o.file != NULL) {
-		in = fopen(o.file, "r");
-		if (in == NULL) {
+		fd = open(o.file, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
 			fprintf(stderr, "tally produce: cannot open %s\n", o.file);
 			return 1;
 		}
 	}
 	memset(&r, 0, sizeof(r));
-	tally_error_clear(&r.err);
+	tally_error_clear(&err);
 	popts.topic = o.topic;
 	popts.on_delivery = on_delivery;
 	popts.payload = &r;
 	popts.ce_source = "tally-produce";
+	popts.linger_ms = 50;
+	popts.bulk = true;
 	rc = 1;
-	if (tally_producer_new(&r.p, cfg, &popts, &r.err) != 0) {
-		fprintf(stderr, "tally produce: %s\n", r.err.msg);
+	if (tally_producer_new(&r.p, cfg, &popts, &err) != 0) {
+		fprintf(stderr, "tally produce: %s\n", err.msg);
 		goto cleanup;
 	}
 	if (tally_cli_create_topic(r.p, o.topic, o.partitions, "produce") != 0)
 		goto cleanup;
+	bo.fd = fd;
+	bo.schema = schema_of(&o);
+	bo.producer = r.p;
+	bo.threads = (int)o.threads;
+	bo.report = stderr;
+	bo.max_reported = MAX_REPORTED;
 	r.t0 = tally_now_ms();
-	if (produce_lines(&r, &o, in) == 0)
+	if (tally_backfill_run(&bo, &r.st, &err) == 0)
 		rc = finish(&r, &o);
+	else
+		fprintf(stderr, "tally produce: %s\n", err.msg);
 cleanup:
 	tally_producer_free(r.p);
-	if (in != stdin)
-		fclose(in);
+	if (fd != 0)
+		close(fd);
 	return rc;
 }

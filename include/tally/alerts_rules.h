@@ -97,6 +97,8 @@ typedef struct tally_totals {
 	int64_t max_ai_requests;   /* -1: unlimited / unknown */
 	int64_t workflows;         /* `workflows`, else workflow_executions */
 	int64_t max_workflows;     /* -1: unlimited */
+	int64_t users;             /* distinct subjects (active users) */
+	int64_t max_users;         /* -1: unlimited */
 	int64_t cost_pico;
 	int64_t budget_pico;       /* -1: no budget (NULL or <= 0) */
 	char currency[4];
@@ -225,7 +227,7 @@ void tally_alert_context_init(tally_alert_context *ctx);
  * The alerts a totals message calls for (appended to out), in this order:
  * - budget, per threshold T: cost * 100 >= monthly_budget * T
  *   (no budget: none);
- * - plan_limit, per threshold T: for AI requests or workflows,
+ * - plan_limit, per threshold T: for AI requests, workflows or users,
  *   used * 100 >= limit * T (limit unknown/unlimited or <= 0: none); one
  *   alert per threshold whichever metric crossed it, the payload lists the
  *   metrics at or above it;

@@ -35,4 +35,36 @@ int tally_codec_command_from_json(tally_command *out, const json_t *obj,
 				  tally_codec_error *err) TALLY_MUSTCHECK;
 json_t *tally_codec_command_to_json(const tally_command *cmd);
 
+/** What a JSON line holds (tally_codec_from_json_line). */
+typedef enum tally_json_schema {
+	TALLY_JSON_USAGE = 0,
+	TALLY_JSON_RATED,
+	TALLY_JSON_COMMAND,
+} tally_json_schema;
+
+/** What the strings of a decoded line may borrow from; one per thread. */
+typedef struct tally_json_line {
+	json_t *held; /* the jansson tree of the last slow-path line */
+} tally_json_line;
+
+void tally_json_line_init(tally_json_line *l);
+
+/** Drop what the last line's strings borrowed (also done by the next
+ *  tally_codec_from_json_line on l). */
+void tally_json_line_release(tally_json_line *l);
+
+/**
+ * One JSON text (s, n bytes; a line without its newline) into *out (a
+ * tally_usage_event, tally_rated_event or tally_command as schema says).
+ * Verdicts, reason codes and messages are those of json_loadb() with
+ * JSON_REJECT_DUPLICATES followed by the matching *_from_json (JSON that
+ * does not parse: reason "bad_json", jansson's text as detail), but plain
+ * events are read without building a tree or allocating. Strings in out
+ * borrow from s or from l, until l's next line or release.
+ * @return 0 or TALLY_EINVALID with err filled.
+ */
+int tally_codec_from_json_line(tally_json_schema schema, void *out,
+			       const char *s, size_t n, tally_json_line *l,
+			       tally_codec_error *err) TALLY_MUSTCHECK;
+
 #endif /* TALLY_CODEC_JSON_H */

@@ -19,9 +19,11 @@
  *   calling thread, with the opaque passed to send.
  *
  * Threads: send/poll/flush may be called from several threads (sends are
- * serialised by an internal mutex); callbacks run on the polling thread.
+ * serialised by an internal mutex, the _sb sends are not); callbacks run on
+ * the polling thread (several threads polling: on any of them).
  */
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "tally/command.h"
@@ -49,6 +51,8 @@ typedef struct tally_producer_opts {
 	void *payload;               /* for on_delivery */
 	const char *ce_source;       /* ce_source of commands; NULL: "tally" */
 	int linger_ms;               /* 0: 5 ms */
+	bool bulk;                   /* large batches (backfills): linger_ms
+				      * then matters more than latency */
 } tally_producer_opts;
 
 /**
@@ -81,6 +85,24 @@ int tally_producer_send_rated(tally_producer *p, const tally_rated_event *re,
 int tally_producer_send_command(tally_producer *p, const tally_command *cmd,
 				void *opaque, tally_error *err)
 	TALLY_MUSTCHECK;
+
+/**
+ * The three sends above, encoding into sb (the caller's msgpack_sbuffer,
+ * reused; one per thread) instead of the producer's own buffer, so
+ * threads sending at once do not wait for each other.
+ */
+int tally_producer_send_usage_sb(tally_producer *p,
+				 const tally_usage_event *ev,
+				 struct msgpack_sbuffer *sb, void *opaque,
+				 tally_error *err) TALLY_MUSTCHECK;
+int tally_producer_send_rated_sb(tally_producer *p,
+				 const tally_rated_event *re,
+				 struct msgpack_sbuffer *sb, void *opaque,
+				 tally_error *err) TALLY_MUSTCHECK;
+int tally_producer_send_command_sb(tally_producer *p,
+				   const tally_command *cmd,
+				   struct msgpack_sbuffer *sb, void *opaque,
+				   tally_error *err) TALLY_MUSTCHECK;
 
 /**
  * Queue an already-encoded message with the tally key/headers; used by the

@@ -90,6 +90,22 @@ static int get_count(int64_t *out, json_t *o, const char *key,
 	return 0;
 }
 
+/*
+ * A plan limit: a count, where a negative one means unlimited (tenants
+ * store -1 for a plan without the limit) and leaves *out at -1.
+ */
+static int get_limit(int64_t *out, json_t *o, const char *key,
+		     tally_codec_error *err)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (json_is_integer(v) && json_integer_value(v) < 0) {
+		*out = -1;
+		return 0;
+	}
+	return get_count(out, o, key, err);
+}
+
 /* Exact decimal string (or integer) in currency units -> pico. 1: absent */
 static int get_money(int64_t *out, json_t *o, const char *key,
 		     tally_codec_error *err)
@@ -144,7 +160,7 @@ static int totals_optional(tally_totals *t, json_t *o, tally_codec_error *err)
 		t->budget_pico = -1;
 	if (get_count(&t->ai_requests, o, "ai_requests", err) < 0)
 		return TALLY_EINVALID;
-	if (get_count(&t->max_ai_requests, o, "max_ai_requests_per_month",
+	if (get_limit(&t->max_ai_requests, o, "max_ai_requests_per_month",
 		      err) < 0)
 		return TALLY_EINVALID;
 	/* distinct workflows when the totals carry them, else executions */
@@ -153,7 +169,11 @@ static int totals_optional(tally_totals *t, json_t *o, tally_codec_error *err)
 		w = get_count(&t->workflows, o, "workflow_executions", err);
 	if (w < 0)
 		return TALLY_EINVALID;
-	if (get_count(&t->max_workflows, o, "max_workflows", err) < 0)
+	if (get_limit(&t->max_workflows, o, "max_workflows", err) < 0)
+		return TALLY_EINVALID;
+	if (get_count(&t->users, o, "users", err) < 0)
+		return TALLY_EINVALID;
+	if (get_limit(&t->max_users, o, "max_users", err) < 0)
 		return TALLY_EINVALID;
 	return 0;
 }
@@ -171,6 +191,7 @@ int tally_totals_from_json(tally_totals *out, const char *buf, size_t len,
 	t.period_end_ms = -1;
 	t.max_ai_requests = -1;
 	t.max_workflows = -1;
+	t.max_users = -1;
 	t.budget_pico = -1;
 	if (o == NULL)
 		return fail_json(err, &je);
@@ -213,6 +234,8 @@ int tally_totals_from_json(tally_totals *out, const char *buf, size_t len,
 		t.max_ai_requests = -1;
 	if (t.max_workflows == 0)
 		t.max_workflows = -1;
+	if (t.max_users == 0)
+		t.max_users = -1;
 	get_str(t.currency, sizeof(t.currency), o, "currency");
 	if (t.currency[0] == '\0')
 		memcpy(t.currency, "USD", 4);

@@ -298,6 +298,9 @@ void tally_alerts_eval_totals(tally_alert_list *out, const tally_totals *t,
 			json_array_append_new(arr, metric_json(
 				"workflows", t->workflows, t->max_workflows,
 				false));
+		if (reached(t->users, t->max_users, T))
+			json_array_append_new(arr, metric_json(
+				"users", t->users, t->max_users, false));
 		if (json_array_size(arr) == 0) {
 			json_decref(arr);
 			continue;

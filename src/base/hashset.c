@@ -8,7 +8,7 @@
 #include <string.h>
 
 /* word at a time (keys are 16-40 bytes: uuids, times, ids), then mixed */
-static uint64_t hash_bytes(const uint8_t *k, size_t n)
+uint64_t tally_hash_bytes(const uint8_t *k, size_t n)
 {
 	uint64_t h = UINT64_C(0x9e3779b97f4a7c15) ^ n, w;
 	size_t i = 0;
@@ -48,7 +48,7 @@ uint32_t tally_hashset_put(tally_hashset *h, const uint8_t *base,
 			   size_t stride, size_t klen, uint32_t idx)
 {
 	const uint8_t *k = base + (size_t)idx * stride;
-	size_t m = h->cap - 1, i = (size_t)hash_bytes(k, klen) & m;
+	size_t m = h->cap - 1, i = (size_t)tally_hash_bytes(k, klen) & m;
 
 	for (;; i = (i + 1) & m) {
 		uint32_t s = h->slot[i];
@@ -65,7 +65,7 @@ uint32_t tally_hashset_put(tally_hashset *h, const uint8_t *base,
 uint32_t tally_hashset_find(const tally_hashset *h, const uint8_t *base,
 			    size_t stride, size_t klen, const uint8_t *k)
 {
-	size_t m = h->cap - 1, i = (size_t)hash_bytes(k, klen) & m;
+	size_t m = h->cap - 1, i = (size_t)tally_hash_bytes(k, klen) & m;
 
 	for (;; i = (i + 1) & m) {
 		uint32_t s = h->slot[i];
@@ -86,12 +86,12 @@ void tally_hashset_del(tally_hashset *h, const uint8_t *base, size_t stride,
 {
 	size_t m = h->cap - 1, i, j;
 
-	i = (size_t)hash_bytes(base + (size_t)idx * stride, klen) & m;
+	i = (size_t)tally_hash_bytes(base + (size_t)idx * stride, klen) & m;
 	for (; h->slot[i] != idx + 1; i = (i + 1) & m)
 		if (h->slot[i] == 0)
 			return; /* not present */
 	for (j = (i + 1) & m; h->slot[j] != 0; j = (j + 1) & m) {
-		size_t home = (size_t)hash_bytes(base + (size_t)(h->slot[j] - 1) *
+		size_t home = (size_t)tally_hash_bytes(base + (size_t)(h->slot[j] - 1) *
 						 stride, klen) & m;
 
 		if (((j - home) & m) >= ((j - i) & m)) {

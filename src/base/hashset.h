@@ -18,6 +18,9 @@ typedef struct tally_hashset {
 	size_t cap;     /* a power of two */
 } tally_hashset;
 
+/** The 64-bit hash the set uses, for callers that index keys of their own. */
+uint64_t tally_hash_bytes(const uint8_t *k, size_t n);
+
 /** Empty the set, sized for n entries (memory is reused when it fits). */
 void tally_hashset_init(tally_hashset *h, size_t n);
 

@@ -86,6 +86,12 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 	rc = tally_kafka_conf_set(conf, "enable.idempotence", "true", err);
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "linger.ms", linger, err);
+	/* bulk: requests of up to 100 000 messages / 8 MiB */
+	if (rc == 0 && opts->bulk)
+		rc = tally_kafka_conf_set(conf, "batch.num.messages", "100000",
+					  err);
+	if (rc == 0 && opts->bulk)
+		rc = tally_kafka_conf_set(conf, "batch.size", "8388608", err);
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "compression.codec", "lz4",
 					  err);
@@ -170,80 +176,97 @@ static int reject(tally_error *err, const tally_codec_error *ce)
 			       ce->field, ce->detail);
 }
 
-int tally_producer_send_usage(tally_producer *p, const tally_usage_event *ev,
-			      void *opaque, tally_error *err)
+int tally_producer_send_usage_sb(tally_producer *p,
+				 const tally_usage_event *ev,
+				 msgpack_sbuffer *sb, void *opaque,
+				 tally_error *err)
 {
 	tally_usage_event chk;
 	tally_codec_error ce;
+
+	msgpack_sbuffer_clear(sb);
+	tally_codec_encode_usage(sb, ev);
+	if (tally_codec_decode_usage(&chk, sb->data, sb->size, &ce) < 0)
+		return reject(err, &ce);
+	return tally_producer_send_raw(p, chk.tenant_id, chk.id.ptr,
+				       chk.id.len, chk.source.ptr,
+				       chk.source.len,
+				       tally_meter_name(chk.meter),
+				       chk.time_ms, sb->data, sb->size,
+				       opaque, err);
+}
+
+int tally_producer_send_usage(tally_producer *p, const tally_usage_event *ev,
+			      void *opaque, tally_error *err)
+{
 	int rc;
 
 	pthread_mutex_lock(&p->lock);
-	msgpack_sbuffer_clear(&p->sb);
-	tally_codec_encode_usage(&p->sb, ev);
-	rc = tally_codec_decode_usage(&chk, p->sb.data, p->sb.size, &ce);
-	if (rc < 0) {
-		rc = reject(err, &ce);
-		goto cleanup;
-	}
-	rc = tally_producer_send_raw(p, chk.tenant_id, chk.id.ptr, chk.id.len,
-				     chk.source.ptr, chk.source.len,
-				     tally_meter_name(chk.meter), chk.time_ms,
-				     p->sb.data, p->sb.size, opaque, err);
-cleanup:
+	rc = tally_producer_send_usage_sb(p, ev, &p->sb, opaque, err);
 	pthread_mutex_unlock(&p->lock);
 	return rc;
+}
+
+int tally_producer_send_rated_sb(tally_producer *p,
+				 const tally_rated_event *re,
+				 msgpack_sbuffer *sb, void *opaque,
+				 tally_error *err)
+{
+	tally_rated_event chk;
+	tally_codec_error ce;
+
+	msgpack_sbuffer_clear(sb);
+	tally_codec_encode_rated(sb, re);
+	if (tally_codec_decode_rated(&chk, sb->data, sb->size, &ce) < 0)
+		return reject(err, &ce);
+	return tally_producer_send_raw(p, chk.ev.tenant_id, chk.ev.id.ptr,
+				       chk.ev.id.len, chk.ev.source.ptr,
+				       chk.ev.source.len,
+				       tally_meter_name(chk.ev.meter),
+				       chk.ev.time_ms, sb->data, sb->size,
+				       opaque, err);
 }
 
 int tally_producer_send_rated(tally_producer *p, const tally_rated_event *re,
 			      void *opaque, tally_error *err)
 {
-	tally_rated_event chk;
-	tally_codec_error ce;
 	int rc;
 
 	pthread_mutex_lock(&p->lock);
-	msgpack_sbuffer_clear(&p->sb);
-	tally_codec_encode_rated(&p->sb, re);
-	rc = tally_codec_decode_rated(&chk, p->sb.data, p->sb.size, &ce);
-	if (rc < 0) {
-		rc = reject(err, &ce);
-		goto cleanup;
-	}
-	rc = tally_producer_send_raw(p, chk.ev.tenant_id, chk.ev.id.ptr,
-				     chk.ev.id.len, chk.ev.source.ptr,
-				     chk.ev.source.len,
-				     tally_meter_name(chk.ev.meter),
-				     chk.ev.time_ms, p->sb.data, p->sb.size,
-				     opaque, err);
-cleanup:
+	rc = tally_producer_send_rated_sb(p, re, &p->sb, opaque, err);
 	pthread_mutex_unlock(&p->lock);
 	return rc;
+}
+
+int tally_producer_send_command_sb(tally_producer *p,
+				   const tally_command *cmd,
+				   msgpack_sbuffer *sb, void *opaque,
+				   tally_error *err)
+{
+	tally_command chk;
+	tally_codec_error ce;
+	char type[64];
+
+	msgpack_sbuffer_clear(sb);
+	tally_codec_encode_command(sb, cmd);
+	if (tally_codec_decode_command(&chk, sb->data, sb->size, &ce) < 0)
+		return reject(err, &ce);
+	snprintf(type, sizeof(type), "tally.command.%s",
+		 tally_command_type_name(chk.type));
+	return tally_producer_send_raw(p, chk.tenant_id, chk.id.ptr,
+				       chk.id.len, p->ce_source,
+				       (uint32_t)strlen(p->ce_source), type,
+				       chk.time_ms, sb->data, sb->size,
+				       opaque, err);
 }
 
 int tally_producer_send_command(tally_producer *p, const tally_command *cmd,
 				void *opaque, tally_error *err)
 {
-	tally_command chk;
-	tally_codec_error ce;
-	char type[64];
 	int rc;
 
 	pthread_mutex_lock(&p->lock);
-	msgpack_sbuffer_clear(&p->sb);
-	tally_codec_encode_command(&p->sb, cmd);
-	rc = tally_codec_decode_command(&chk, p->sb.data, p->sb.size, &ce);
-	if (rc < 0) {
-		rc = reject(err, &ce);
-		goto cleanup;
-	}
-	snprintf(type, sizeof(type), "tally.command.%s",
-		 tally_command_type_name(chk.type));
-	rc = tally_producer_send_raw(p, chk.tenant_id, chk.id.ptr, chk.id.len,
-				     p->ce_source,
-				     (uint32_t)strlen(p->ce_source), type,
-				     chk.time_ms, p->sb.data, p->sb.size,
-				     opaque, err);
-cleanup:
+	rc = tally_producer_send_command_sb(p, cmd, &p->sb, opaque, err);
 	pthread_mutex_unlock(&p->lock);
 	return rc;
 }

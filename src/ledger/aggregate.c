@@ -76,6 +76,7 @@ void tally_agg_free(tally_agg *agg)
 	tally_strbuf_free(&agg->wf_t);
 	tally_strbuf_free(&agg->wf_p);
 	tally_strbuf_free(&agg->wf_w);
+	agg_users_free(agg);
 	tally_hashset_free(&agg->tenant_h);
 	free(agg->tenants);
 	free(agg->bps);

@@ -9,7 +9,8 @@
  * periods.c), copy.c (binary COPY, the stage; the encoders pg_binary.h),
  * dedupe.c, deltas.c, apply.c (the batch's transaction), isolate.c
  * (the events PostgreSQL refuses, found after a failed batch),
- * storage.c (GB-months), dead_letters.c, totals_outbox.c; rollover.c and
+ * storage.c (GB-months), dead_letters.c, users.c (active users),
+ * totals_outbox.c; rollover.c and
  * rerate_storage.c reuse them outside batches; aggregate.c holds the
  * public entry points.
  */
@@ -55,10 +56,10 @@ enum { ST_OK = 0, ST_DUP, ST_DLQ, ST_HOLD };
  * What a batch still reads of a decoded tally_rated_event (same member
  * names): the event id, source and subject are in the dedupe key, the cost
  * components and the currency are not stored. Two batches of items are
- * alive at a time, so this is RSS (392 -> 264 bytes per item).
+ * alive at a time, so this is RSS (280 bytes per item).
  */
 typedef struct agg_event {
-	tally_str provider, model, workflow_id;
+	tally_str provider, model, workflow_id, subject;
 	uint8_t tenant_id[16];
 	int64_t time_ms;
 	int64_t input_tokens, output_tokens, cache_read_tokens,
@@ -233,6 +234,10 @@ struct tally_agg {
 	/* distinct workflows of the batch (totals) */
 	tally_strbuf wf_t, wf_p, wf_w;
 	size_t nwf;
+	/* distinct subjects of the batch (totals; users.c) */
+	tally_strbuf us_t, us_p, us_s;
+	uint32_t *us_idx;     /* their index: item + 1, 0 = empty */
+	size_t us_cap;
 	int64_t phase_us[6], phase_t;
 };
 
@@ -378,6 +383,11 @@ void agg_acks_committed(tally_agg *agg);
 size_t agg_acks_pending(const tally_agg *agg);
 void agg_publish_totals(tally_agg *agg);
 int agg_bump_versions(tally_agg *agg, tally_strbuf *at, tally_strbuf *ap,
-		      const char *const wf[3], size_t *rows, tally_error *err);
+		      const char *const dist[6], size_t *rows,
+		      tally_error *err);
+
+/* users.c */
+void agg_collect_users(tally_agg *agg);
+void agg_users_free(tally_agg *agg);
 
 #endif /* TALLY_AGGREGATE_INT_H */

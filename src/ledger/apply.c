@@ -433,13 +433,14 @@ int agg_apply_prepare(tally_agg *agg, tally_error *err)
 
 /*
  * After the apply statement: the storage of the touched periods, then
- * versions, budget states and workflows of every row the batch changed
+ * versions, budget states, workflows and users of every row the batch
+ * changed
  * (at, ap: the open periods' keys; storage adds the rows it wrote).
  */
 static int apply_totals(tally_agg *agg, tally_error *err)
 {
 	tally_strbuf at = TALLY_STRBUF_INIT, ap = TALLY_STRBUF_INIT;
-	const char *wf[3];
+	const char *dist[6];
 	size_t i, naff = 0, nst = 0;
 	int rc = 0;
 
@@ -463,10 +464,13 @@ static int apply_totals(tally_agg *agg, tally_error *err)
 		rc = agg_storage_recompute(agg, &at, &ap, &naff, err);
 	agg_trace(agg, 4);
 	if (rc == 0 && naff > 0) {
-		wf[0] = agg->wf_t.p;
-		wf[1] = agg->wf_p.p;
-		wf[2] = agg->wf_w.p;
-		rc = agg_bump_versions(agg, &at, &ap, wf, NULL, err);
+		dist[0] = agg->wf_t.p;
+		dist[1] = agg->wf_p.p;
+		dist[2] = agg->wf_w.p;
+		dist[3] = agg->us_t.p;
+		dist[4] = agg->us_p.p;
+		dist[5] = agg->us_s.p;
+		rc = agg_bump_versions(agg, &at, &ap, dist, NULL, err);
 	}
 	tally_strbuf_free(&at);
 	tally_strbuf_free(&ap);
@@ -506,6 +510,7 @@ int agg_apply_rows(tally_agg *agg, tally_error *err)
 	if (rc != 0)
 		return rc;
 	collect_workflows(agg);
+	agg_collect_users(agg);
 	agg_trace(agg, 3);
 	rc = apply_totals(agg, err);
 	if (rc == 0)

@@ -70,6 +70,7 @@ static void to_item(agg_rated *out, const tally_rated_event *re)
 	o->provider = ev->provider;
 	o->model = ev->model;
 	o->workflow_id = ev->workflow_id;
+	o->subject = ev->subject;
 	memcpy(o->tenant_id, ev->tenant_id, 16);
 	o->time_ms = ev->time_ms;
 	o->input_tokens = ev->input_tokens;
@@ -178,7 +179,7 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 			  ev->time_ms > now_ms + agg->future_ms;
 		if (!keep[i])
 			need += (size_t)ev->provider.len + ev->model.len +
-				ev->workflow_id.len;
+				ev->workflow_id.len + ev->subject.len;
 	}
 	/* a block per range: earlier ranges' strings never move */
 	if (d->nblocks == d->capblocks) {
@@ -195,6 +196,7 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 		detach_str(&ev->provider, &pool);
 		detach_str(&ev->model, &pool);
 		detach_str(&ev->workflow_id, &pool);
+		detach_str(&ev->subject, &pool);
 		n++;
 	}
 	return n;

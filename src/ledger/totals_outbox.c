@@ -34,17 +34,19 @@ void agg_clear_totals(tally_agg *agg)
 	" (extract(epoch FROM u.period_end) * 1000)::bigint," \
 	" u.version, u.ai_requests, t.max_ai_requests_per_month," \
 	" u.workflow_executions, u.workflows, u.workflow_complexity_units," \
-	" t.max_workflows, u.input_tokens, u.output_tokens," \
-	" u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens," \
-	" u.api_calls, u.storage_gb_months::text, u.cost::text," \
+	" t.max_workflows, u.users, t.max_users, u.input_tokens," \
+	" u.output_tokens, u.cache_read_tokens, u.cache_write_tokens," \
+	" u.reasoning_tokens, u.api_calls, u.storage_gb_months::text," \
+	" u.cost::text," \
 	" t.monthly_budget::text, coalesce(t.currency, 'USD'), u.budget_state," \
 	" floor(extract(epoch FROM u.updated_at) * 1000)::bigint"
 
-/* Bump versions and budget state; return the totals to publish. */
 /*
- * The batch's distinct workflows ($3..$5) go into tenant_period_workflows
- * here too, and the new ones are counted into workflows: one update of
- * each tenant's row instead of two.
+ * Bump versions and budget state; return the totals to publish. The
+ * batch's distinct workflows ($3..$5) go into tenant_period_workflows and
+ * its distinct users ($6..$8, already distinct: users.c) into
+ * tenant_period_users here too, and the new ones are counted into
+ * workflows and users: one update of each tenant's row instead of three.
  */
 static const char TOTALS_SQL[] =
 	"WITH ins AS (INSERT INTO tenant_period_workflows"
@@ -53,15 +55,25 @@ static const char TOTALS_SQL[] =
 	" w FROM unnest($3::uuid[], $4::bigint[], $5::text[]) x(t, p, w)"
 	" ON CONFLICT DO NOTHING RETURNING tenant_id, period_start),"
 	" wc AS (SELECT tenant_id, period_start, count(*) AS n FROM ins"
+	" GROUP BY 1, 2),"
+	" uins AS (INSERT INTO tenant_period_users"
+	" (tenant_id, period_start, subject)"
+	" SELECT t, timestamptz 'epoch' + p * interval '1 millisecond', s"
+	" FROM unnest($6::uuid[], $7::bigint[], $8::text[]) x(t, p, s)"
+	" ON CONFLICT DO NOTHING RETURNING tenant_id, period_start),"
+	" uc AS (SELECT tenant_id, period_start, count(*) AS n FROM uins"
 	" GROUP BY 1, 2)"
 	" UPDATE tenant_period_usage u SET version = u.version + 1,"
 	" workflows = u.workflows + coalesce(wc.n, 0),"
+	" users = u.users + coalesce(uc.n, 0),"
 	" updated_at = now(), budget_state ="
 	TALLY_AGG_BUDGET_STATE_SQL("u.cost", "t.monthly_budget")
 	" FROM (SELECT DISTINCT * FROM unnest($1::uuid[], $2::bigint[])"
 	"  x(tid, ps)) a"
 	" LEFT JOIN tenants t ON t.id = a.tid"
 	" LEFT JOIN wc ON wc.tenant_id = a.tid AND wc.period_start ="
+	"  timestamptz 'epoch' + a.ps * interval '1 millisecond'"
+	" LEFT JOIN uc ON uc.tenant_id = a.tid AND uc.period_start ="
 	"  timestamptz 'epoch' + a.ps * interval '1 millisecond'"
 	" WHERE u.tenant_id = a.tid AND u.period_start = timestamptz 'epoch'"
 	"  + a.ps * interval '1 millisecond'"
@@ -118,8 +130,8 @@ static char *totals_json(PGresult *res, int r)
 		"schema", "tenant_id", "period_start", "period_end", "version",
 		"ai_requests", "max_ai_requests_per_month",
 		"workflow_executions", "workflows",
-		"workflow_complexity_units", "max_workflows", "input_tokens",
-		"output_tokens", "cache_read_tokens", "cache_write_tokens",
+		"workflow_complexity_units", "max_workflows", "users",
+		"max_users", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
 		"reasoning_tokens", "api_calls", "storage_gb_months", "cost",
 		"monthly_budget", "currency", "budget_state", "updated_at"
 	};
@@ -136,12 +148,12 @@ static char *totals_json(PGresult *res, int r)
 			v = json_string(PQgetvalue(res, r, 0));
 		else if (i == 2 || i == 3)
 			v = col_time(res, r, (int)i - 1);
-		else if (i <= 16)       /* columns 3..15: integers */
+		else if (i <= 18)       /* columns 3..17: integers */
 			v = col_int_or_null(res, r, (int)i - 1);
-		else if (i <= 21)       /* columns 16..20: text */
+		else if (i <= 23)       /* columns 18..22: text */
 			v = col_str_or_null(res, r, (int)i - 1);
 		else
-			v = col_time(res, r, 21);
+			v = col_time(res, r, 23);
 		json_object_set_new(o, keys[i], v != NULL ? v : json_null());
 	}
 	out = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -313,24 +325,26 @@ int tally_agg_outbox(tally_agg *agg, bool republish, tally_error *err)
 /*
  * The rows (tenants *at, period starts *ap: array literals still open)
  * a batch, the storage rollover or re-pricing wrote: versions and budget
- * states bumped, the distinct workflows wf (tenants, period starts, ids:
- * array literals; NULL: none) counted in, their totals collected for
+ * states bumped, the distinct workflows and users dist (tenants, period
+ * starts, ids; tenants, period starts, subjects: array literals; NULL:
+ * none) counted in, their totals collected for
  * agg_publish_totals(). *rows (may be NULL): how many.
  */
 int agg_bump_versions(tally_agg *agg, tally_strbuf *at, tally_strbuf *ap,
-		      const char *const wf[3], size_t *rows, tally_error *err)
+		      const char *const dist[6], size_t *rows,
+		      tally_error *err)
 {
 	PGresult *res = NULL;
-	const char *params[5];
+	const char *params[8];
 	int rc, r, k;
 
 	tally_strbuf_puts(at, "}");
 	tally_strbuf_puts(ap, "}");
 	params[0] = at->p;
 	params[1] = ap->p;
-	for (k = 0; k < 3; k++)
-		params[2 + k] = wf != NULL ? wf[k] : "{}";
-	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 5, params, err);
+	for (k = 0; k < 6; k++)
+		params[2 + k] = dist != NULL ? dist[k] : "{}";
+	rc = tally_pg_exec(agg->pg, &res, TOTALS_SQL, 8, params, err);
 	if (rc == 0) {
 		for (r = 0; r < PQntuples(res); r++)
 			add_total(agg, res, r);

@@ -308,6 +308,127 @@ START_TEST(test_producer_cli_good_and_bad_lines)
 }
 END_TEST
 
+/* Every message of topic until none came for 3 s; ids into seen[]. */
+static int consume_ids(const tally_config *cfg, const char *topic,
+		       unsigned char *seen, int max_id, int *dups)
+{
+	rd_kafka_message_t *m[1];
+	rd_kafka_t *rk = NULL;
+	int got = 0, idle = 0;
+
+	*dups = 0;
+	if (consume(cfg, topic, m, 0, &rk) != 0)
+		ck_abort();
+	while (idle < 15) {
+		rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
+		tally_usage_event ev;
+		tally_codec_error ce;
+		int i;
+
+		if (msg == NULL) {
+			idle++;
+			continue;
+		}
+		idle = 0;
+		if (msg->err == 0) {
+			ck_assert_int_eq(tally_codec_decode_usage(&ev,
+				msg->payload, msg->len, &ce), 0);
+			ck_assert_msg(ev.id.len > 2 && ev.id.ptr[0] == 'p',
+				      "unexpected id %.*s", (int)ev.id.len,
+				      ev.id.ptr);
+			i = atoi(ev.id.ptr + 2);
+			ck_assert(i > 0 && i <= max_id);
+			*dups += seen[i] != 0;
+			seen[i] = 1;
+			got++;
+		}
+		rd_kafka_message_destroy(msg);
+	}
+	done_consuming(rk);
+	return got;
+}
+
+/*
+ * Parallel parsing: 24 000 lines (several chunks, 4 parser threads) with
+ * bad JSON, invalid values, empty lines, CRLF endings and escaped strings
+ * (the jansson path) mixed in: exactly the good lines are on the topic,
+ * each once, and the bad ones are reported with their line numbers.
+ */
+START_TEST(test_producer_cli_parallel_exactly_once)
+{
+	enum { N = 24000 };
+	tally_config *cfg = test_cfg();
+	char topic[96], path[128], cmd[1024], want[128];
+	static char out[262144];
+	static unsigned char seen[N + 1];
+	int i, good = 0, bad = 0, dups = 0, rc, got;
+	FILE *fp, *pp;
+	size_t n;
+
+	make_topic(cfg, topic, sizeof(topic), "test_produce_par");
+	snprintf(path, sizeof(path), "/tmp/%s.jsonl", topic);
+	fp = fopen(path, "w");
+	ck_assert_ptr_nonnull(fp);
+	for (i = 1; i <= N; i++) {
+		if (i % 17 == 0) {
+			fputs("\n", fp); /* empty: neither good nor bad */
+		} else if (i % 11 == 0) {
+			fputs("{\"id\":\"p-1\",\"source\":\n", fp);
+			bad++;
+		} else if (i % 13 == 0) {
+			fprintf(fp, "{\"id\":\"p-%d\",\"source\":\"s\","
+				"\"type\":\"ai.tokens\",\"tenant_id\":\"" TENANT
+				"\",\"time\":1764151200000,\"data\":{"
+				"\"provider\":\"openai\",\"model\":\"gpt-4o\","
+				"\"input_tokens\":-5,\"output_tokens\":2}}\n", i);
+			bad++;
+		} else {
+			fprintf(fp, "{\"id\":\"p-%d\",\"source\":\"%s\","
+				"\"type\":\"api.call\",\"tenant_id\":\"" TENANT
+				"\",\"time\":%d,\"subject\":\"user-%d\","
+				"\"data\":{\"count\":%d}}%s\n", i,
+				i % 5 == 0 ? "s\\u00e9" : "s",
+				1764151200 + i, i % 7, 1 + i % 3,
+				i % 3 == 0 ? "\r" : "");
+			good++;
+		}
+	}
+	fclose(fp);
+	snprintf(cmd, sizeof(cmd),
+		 "KAFKA_BROKERS='%s' %s/tally produce --skip-invalid "
+		 "--threads 4 --topic %s %s 2>&1",
+		 getenv("TALLY_TEST_BROKERS"), TALLY_BINARY_DIR, topic, path);
+	pp = popen(cmd, "r");
+	ck_assert_ptr_nonnull(pp);
+	n = fread(out, 1, sizeof(out) - 1, pp);
+	out[n] = '\0';
+	while (fgetc(pp) != EOF)
+		;
+	rc = pclose(pp);
+	ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "exit %d\n%.2000s",
+		      rc, out);
+	snprintf(want, sizeof(want), "%d lines, %d produced, %d delivered, "
+		 "0 failed, %d rejected", N, good, good, bad);
+	ck_assert_msg(strstr(out, want) != NULL, "want \"%s\" in\n%.2000s",
+		      want, out + (n > 2000 ? n - 2000 : 0));
+	ck_assert_msg(strstr(out, "line 11: rejected: bad_json") != NULL &&
+		      strstr(out, "line 13: rejected: out_of_range "
+			     "data.input_tokens") != NULL,
+		      "rejections by line number: %.1000s", out);
+	snprintf(want, sizeof(want), "produce: %d more rejections not shown",
+		 bad - 1000);
+	ck_assert_msg(strstr(out, want) != NULL, "1000 shown, then counted");
+	ck_assert_msg(strstr(out, "lines/s") != NULL, "progress: %.500s", out);
+	got = consume_ids(cfg, topic, seen, N, &dups);
+	ck_assert_int_eq(dups, 0);
+	ck_assert_int_eq(got, good);
+	for (i = 1; i <= N; i++)
+		ck_assert_int_eq(seen[i], i % 17 && i % 11 && i % 13);
+	unlink(path);
+	tally_config_free(cfg);
+}
+END_TEST
+
 static Suite *tally_producer_suite(void)
 {
 	Suite *s = suite_create("producer");
@@ -315,6 +436,7 @@ static Suite *tally_producer_suite(void)
 
 	tcase_add_test(tc, test_producer_round_trip);
 	tcase_add_test(tc, test_producer_cli_good_and_bad_lines);
+	tcase_add_test(tc, test_producer_cli_parallel_exactly_once);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;

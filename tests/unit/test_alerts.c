@@ -184,6 +184,66 @@ START_TEST(test_alerts_plan_limit_lists_metrics)
 }
 END_TEST
 
+/*
+ * Users vs max_users: exactly at 80 % and one below, the metric in the
+ * payload; a negative limit (a plan without it: tenants store -1) is
+ * unlimited and the message still decodes (budget alerts are not lost).
+ */
+static void users_totals(tally_totals *t, long users, long max_users)
+{
+	char buf[512];
+	tally_codec_error ce;
+	int rc;
+
+	snprintf(buf, sizeof(buf),
+		 "{\"schema\":\"tally.totals/1\",\"tenant_id\":\"" TENANT "\","
+		 "\"period_start\":\"2026-11-01T00:00:00.000Z\",\"version\":3,"
+		 "\"max_workflows\":-1,\"max_ai_requests_per_month\":-1,"
+		 "\"users\":%ld,\"max_users\":%ld,\"cost\":\"60\","
+		 "\"monthly_budget\":\"100\"}", users, max_users);
+	rc = tally_totals_from_json(t, buf, strlen(buf), &ce);
+	ck_assert_msg(rc == 0, "totals should decode: %s %s %s", ce.reason,
+		      ce.field, ce.detail);
+}
+
+START_TEST(test_alerts_plan_limit_users)
+{
+	tally_alert_list l;
+	tally_alert_context ctx;
+	tally_totals t;
+	char got[256];
+
+	tally_alert_context_init(&ctx);
+	tally_alert_list_init(&l);
+	users_totals(&t, 20, 25);
+	ck_assert_int_eq(t.users, 20);
+	ck_assert_int_eq(t.max_users, 25);
+	ck_assert_int_eq(t.max_workflows, -1);
+	tally_alerts_eval_totals(&l, &t, &ctx, &th);
+	summarize(got, sizeof(got), &l);
+	ck_assert_str_eq(got, "budget/50,plan_limit/50,plan_limit/80");
+	ck_assert_msg(strstr(l.v[2].payload, "\"users\"") != NULL &&
+		      strstr(l.v[2].payload, "\"limit\":25") != NULL,
+		      "the users metric: %s", l.v[2].payload);
+	tally_alert_list_dispose(&l);
+
+	tally_alert_list_init(&l);
+	users_totals(&t, 19, 25);
+	tally_alerts_eval_totals(&l, &t, &ctx, &th);
+	summarize(got, sizeof(got), &l);
+	ck_assert_str_eq(got, "budget/50,plan_limit/50");
+	tally_alert_list_dispose(&l);
+
+	tally_alert_list_init(&l);
+	users_totals(&t, 1000, -1);
+	ck_assert_int_eq(t.max_users, -1);
+	tally_alerts_eval_totals(&l, &t, &ctx, &th);
+	summarize(got, sizeof(got), &l);
+	ck_assert_str_eq(got, "budget/50");
+	tally_alert_list_dispose(&l);
+}
+END_TEST
+
 static const struct {
 	int64_t prev, prev2;  /* pico; -1 = period not known/adjacent */
 	bool want;
@@ -458,6 +518,7 @@ static Suite *tally_alerts_suite(void)
 				  sizeof(totals_cases[0])));
 	tcase_add_test(tc, test_alerts_budget_payload_exact);
 	tcase_add_test(tc, test_alerts_plan_limit_lists_metrics);
+	tcase_add_test(tc, test_alerts_plan_limit_users);
 	tcase_add_loop_test(tc, test_alerts_churn_usage_drop, 0,
 			    (int)(sizeof(churn_cases) /
 				  sizeof(churn_cases[0])));
