@@ -60,9 +60,10 @@ typedef struct tally_tenant_export_stats {
  * Write every row of the tenant ref to dir (created if missing, mode 0700)
  * as <table>.jsonl (one JSON object per line, mode 0600) and
  * manifest.json (tenant, snapshot time, per file: table, rows, bytes,
- * SHA-256), from one REPEATABLE READ READ ONLY snapshot, streamed through
- * a cursor (memory does not grow with the rows). Progress goes to
- * progress (may be NULL) as lines.
+ * SHA-256; the tables with tenant_id the session may not read), from
+ * one REPEATABLE READ READ ONLY snapshot, streamed through a cursor
+ * (memory does not grow with the rows). Progress goes to progress (may
+ * be NULL) as lines.
  * @return 0, TALLY_ENOTFOUND (no such tenant), TALLY_EINVALID (dir not
  *         usable), or an error of PostgreSQL or the file system
  */

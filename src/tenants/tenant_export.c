@@ -228,6 +228,28 @@ static int export_all(tally_pg *pg, const char *tenant, const char *dir,
 	return rc;
 }
 
+/* Tables with tenant_id the session may not read: named in the manifest,
+ * so a reader knows what the export could not include. */
+static int unreadable(tally_pg *pg, json_t *m, tally_error *err)
+{
+	PGresult *res = NULL;
+	json_t *a = json_array();
+	int i, rc;
+
+	rc = tally_pg_exec(pg, &res, "SELECT c.relname FROM pg_class c"
+		" JOIN pg_attribute a ON a.attrelid = c.oid"
+		"  AND a.attname = 'tenant_id' AND NOT a.attisdropped"
+		" WHERE c.relnamespace = current_schema()::regnamespace"
+		"   AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+		"   AND NOT has_table_privilege(c.oid, 'SELECT')"
+		" ORDER BY 1", 0, NULL, err);
+	for (i = 0; rc == 0 && i < PQntuples(res); i++)
+		json_array_append_new(a, json_string(PQgetvalue(res, i, 0)));
+	PQclear(res);
+	json_object_set_new(m, "unreadable", a);
+	return rc;
+}
+
 int tally_tenant_export(tally_pg *pg, const char *ref, const char *dir,
 			FILE *progress, tally_tenant_export_stats *st,
 			tally_error *err)
@@ -262,6 +284,8 @@ int tally_tenant_export(tally_pg *pg, const char *ref, const char *dir,
 		      "snapshot_at", st->snapshot_at, "format",
 		      "jsonl; one row_to_json object per line", "files", files);
 	rc = export_all(pg, tenant, dir, progress, files, st, err);
+	if (rc == 0)
+		rc = unreadable(pg, m, err);
 	if (rc == 0) {
 		json_object_set_new(m, "rows", json_integer(st->rows));
 		rc = write_manifest(dir, m, err);

@@ -160,6 +160,38 @@ static inline void td_seed(PGconn *c, const td_person *p, int offset,
 }
 
 /*
+ * A login role in tally_engine (the role the programs run as), named
+ * role, and dsn with it as the user (dsn: postgresql://user@host/db).
+ */
+static inline void td_engine_login(char *out, size_t n, const char *dsn,
+				   const char *role)
+{
+	const char *at = strchr(dsn, '@'), *scheme = strstr(dsn, "://");
+	char sql[256];
+	PGconn *c = PQconnectdb(getenv("TALLY_TEST_PG_DSN"));
+
+	ck_assert_msg(at != NULL && scheme != NULL, "DSN with a user: %s",
+		      dsn);
+	snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", role);
+	td_exec(c, sql);
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE tally_engine",
+		 role);
+	td_exec(c, sql);
+	PQfinish(c);
+	snprintf(out, n, "%.*s%s%s", (int)(scheme + 3 - dsn), dsn, role, at);
+}
+
+static inline void td_engine_drop(const char *role)
+{
+	char sql[256];
+	PGconn *c = PQconnectdb(getenv("TALLY_TEST_PG_DSN"));
+
+	snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", role);
+	PQclear(PQexec(c, sql));
+	PQfinish(c);
+}
+
+/*
  * Run argv (a NULL-terminated vector) with extra environment entries
  * ("K=V", NULL-terminated), stdout to out_path and stderr to err_path
  * (NULL: /dev/null); returns the exit status and the child's peak RSS

@@ -12,7 +12,7 @@
 #include "tenant_data_support.h"
 #include "check_main.h"
 
-static char dsn[512], dbname[64], cfg[256];
+static char dsn[512], dbname[64], cfg[256], engine_dsn[600], engine[64];
 static td_person a, b;
 
 static void setup(void)
@@ -39,6 +39,9 @@ static void setup(void)
 			   " row_key text, action text NOT NULL,"
 			   " old_values jsonb, new_values jsonb, reason text)");
 	free(no_audit);
+	/* the erasure runs as the programs do: a member of tally_engine */
+	snprintf(engine, sizeof(engine), "te_eng_%d", (int)getpid());
+	td_engine_login(engine_dsn, sizeof(engine_dsn), dsn, engine);
 	td_seed(c, &a, 1, 3);
 	td_seed(c, &b, 2, 3);
 	PQfinish(c);
@@ -53,6 +56,7 @@ static void teardown(void)
 {
 	unlink(cfg);
 	tally_test_db_drop(dbname);
+	td_engine_drop(engine);
 }
 
 /* "table.column" of every place value is found (case-insensitive), in
@@ -116,13 +120,13 @@ static const char *values_of(const td_person *p, int i)
 /* tally --config cfg tenant erase ref, against that Stripe; stdout to out */
 static int erase(const char *ref, const char *stripe_base, const char *out)
 {
-	char path[512], url[600], base[300];
+	char path[512], url[700], base[300];
 	char key[] = "STRIPE_SECRET_KEY=sk_test_123";
 	char *env[4] = { url, base, key, NULL };
 	char *argv[7] = { path, "--config", cfg, "tenant", "erase",
 			  (char *)ref, NULL };
 
-	snprintf(url, sizeof(url), "DATABASE_URL=%s", dsn);
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", engine_dsn);
 	snprintf(base, sizeof(base), "STRIPE_API_BASE=%s", stripe_base);
 	snprintf(path, sizeof(path), "%s/tally", td_bin());
 	char errp[320];
