@@ -190,7 +190,7 @@ static int erase_data_txn(tally_pg *pg, void *payload, tally_error *err)
 			" WHERE tenant_id = $1::uuid",
 			1, (const char *const[]){ r->tenant_id }, err);
 	if (rc == 0 && r->rows_changed > 0) {
-		snprintf(detail, sizeof(detail), "{\"erased\": \"personal"
+		snprintf(detail, sizeof(detail), "{\"erasure\": \"personal"
 			 " data\", \"rows\": %lld}",
 			 (long long)r->rows_changed);
 		rc = tally_tenant__audit(pg, r->tenant_id, "erase", detail,

@@ -1,8 +1,9 @@
 /*
  * tenant_erasure_audit.c - an erasure's row in the audit trail. audit_log
  * is optional here (a database may not have it): the statement is built
- * from the table's columns, each filled by what its name says, and the
- * values never include the personal data being erased.
+ * from the table's columns, each filled by what its name says (the who
+ * columns keep their defaults, the session's own roles), and the values
+ * never include the personal data being erased.
  */
 #include "tenants/tenant_data_int.h"
 
@@ -18,13 +19,13 @@ typedef struct audit_col {
 static const audit_col cols[] = {
 	{ " tenant_id ", "$1::text" },
 	{ " table_name tbl relation target_table table ", "'tenants'" },
-	{ " row_key record_key key pk object_id ", "$1::text" },
-	{ " action operation op event kind ", "$2::text" },
+	{ " row_key record_key key pk ", "jsonb_build_object('id', $1::text)" },
+	/* the rows of the tenant are updated */
+	{ " op operation ", "'UPDATE'" },
+	{ " action event kind ", "$2::text" },
 	{ " new_values new_row new new_data detail details change ",
 	  "$3::text" },
 	{ " old_values old_row old old_data ", "NULL" },
-	{ " db_role role actor who changed_by username user_name ",
-	  "current_user" },
 	{ " application_name app ", "current_setting('application_name')" },
 	{ " source ", "'tally tenant erase'" },
 	{ " reason why cause command_id invocation ", "$4::text" },

@@ -37,7 +37,8 @@ static int record_txn(tally_pg *pg, void *payload, tally_error *err)
 	if (n == 1 && o->deleted)
 		rc = tally_tenant__audit(pg, o->tenant,
 					 "erase_stripe_customer",
-					 "{\"stripe_customer\": \"deleted\"}",
+					 "{\"erasure\": \"stripe customer"
+					 " deleted\"}",
 					 o->why, &o->audited, err);
 	return rc;
 }

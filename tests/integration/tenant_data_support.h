@@ -160,11 +160,11 @@ static inline void td_seed(PGconn *c, const td_person *p, int offset,
 }
 
 /*
- * A login role in tally_engine (the role the programs run as), named
- * role, and dsn with it as the user (dsn: postgresql://user@host/db).
+ * A login role named role in group (tally_engine, tally_finance), and dsn
+ * with it as the user (dsn: postgresql://user@host/db).
  */
-static inline void td_engine_login(char *out, size_t n, const char *dsn,
-				   const char *role)
+static inline void td_login(char *out, size_t n, const char *dsn,
+			    const char *role, const char *group)
 {
 	const char *at = strchr(dsn, '@'), *scheme = strstr(dsn, "://");
 	char sql[256];
@@ -174,14 +174,14 @@ static inline void td_engine_login(char *out, size_t n, const char *dsn,
 		      dsn);
 	snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", role);
 	td_exec(c, sql);
-	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE tally_engine",
-		 role);
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE %s", role,
+		 group);
 	td_exec(c, sql);
 	PQfinish(c);
 	snprintf(out, n, "%.*s%s%s", (int)(scheme + 3 - dsn), dsn, role, at);
 }
 
-static inline void td_engine_drop(const char *role)
+static inline void td_login_drop(const char *role)
 {
 	char sql[256];
 	PGconn *c = PQconnectdb(getenv("TALLY_TEST_PG_DSN"));
