@@ -261,6 +261,38 @@ START_TEST(test_erase_unknown_tenant)
 }
 END_TEST
 
+/* `tally tenant erase --pending` finishes every pending Stripe deletion */
+START_TEST(test_erase_pending_finishes)
+{
+	char out[300], sql[256], *text;
+	PGconn *c = PQconnectdb(dsn);
+	td_person p;
+
+	td_person_make(&p, "0d000000-0000-4000-8000-0000000000dd", "delta");
+	td_seed(c, &p, 4, 1);
+	snprintf(out, sizeof(out), "/tmp/%s.out3", dbname);
+	ck_assert_int_eq(erase(p.id, "http://127.0.0.1:9", out), 3);
+	ck_assert_int_eq(erase("--pending", "http://127.0.0.1:9", out), 3);
+	text = td_slurp(out);
+	ck_assert_msg(strstr(text, "0 Stripe deletion(s) finished, 1 pending")
+		      != NULL, "%s", text);
+	free(text);
+	ck_assert_int_eq(erase("--pending", getenv("TALLY_TEST_STRIPE_BASE"),
+			       out), 0);
+	text = td_slurp(out);
+	ck_assert_msg(strstr(text, "1 Stripe deletion(s) finished, 0 pending")
+		      != NULL, "%s", text);
+	free(text);
+	snprintf(sql, sizeof(sql), "SELECT stripe_status FROM tenant_erasures"
+		 " WHERE tenant_id = '%s'", p.id);
+	text = td_value(c, sql);
+	ck_assert_str_eq(text, "deleted");
+	free(text);
+	unlink(out);
+	PQfinish(c);
+}
+END_TEST
+
 static Suite *tenant_erase_suite(void)
 {
 	Suite *s = suite_create("tenant_erase");
@@ -270,6 +302,7 @@ static Suite *tenant_erase_suite(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_erase_personal_data_everywhere);
 	tcase_add_test(tc, test_erase_unknown_tenant);
+	tcase_add_test(tc, test_erase_pending_finishes);
 	suite_add_tcase(s, tc);
 	return s;
 }
