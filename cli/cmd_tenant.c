@@ -1,5 +1,6 @@
 /*
- * cmd_tenant.c - `tally tenant create|update|suspend|resume|show|list`.
+ * cmd_tenant.c - `tally tenant create|update|suspend|resume|show|list`;
+ * `export` and `erase` are dispatched to tenant_data.c.
  *
  * The CLI writes to PostgreSQL directly, through the same
  * tally_tenant_run() (tally/tenant_admin.h) that tally-stripe runs for the
@@ -15,6 +16,7 @@
 #include "tally/command.h"
 #include "tally/event.h"
 #include "tally/tenant_admin.h"
+#include "tenant_data.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,7 +25,8 @@
 #include <uuid/uuid.h>
 
 const char tally_cmd_tenant_help[] =
-	"tenants: create | update | suspend | resume | show | list";
+	"tenants: create | update | suspend | resume | show | list | "
+	"export <tenant> --out DIR | erase <tenant> | erase --pending";
 
 static const char usage_text[] =
 	"usage: tally tenant create --name N --slug S --domain D --plan P "
@@ -34,6 +37,8 @@ static const char usage_text[] =
 	"       tally tenant suspend|resume TENANT [--id CMD]\n"
 	"       tally tenant show TENANT\n"
 	"       tally tenant list [--status S]\n"
+	"       tally tenant export TENANT --out DIR\n"
+	"       tally tenant erase TENANT | --pending\n"
 	"TENANT is a tenant id or slug; --id makes a retry idempotent.\n";
 
 typedef struct tenant_args {
@@ -309,6 +314,10 @@ int tally_cmd_tenant(tally_cli *cli, int argc, char **argv)
 	size_t i;
 	int rc;
 
+	if (strcmp(sub, "export") == 0)
+		return tally_cli_tenant_export(cli, argc - 1, argv + 1);
+	if (strcmp(sub, "erase") == 0)
+		return tally_cli_tenant_erase(cli, argc - 1, argv + 1);
 	memset(&a, 0, sizeof(a));
 	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
 		if (strcmp(sub, ops[i].name) == 0)
