@@ -49,6 +49,7 @@ typedef struct tally_producer_opts {
 	void *payload;               /* for on_delivery */
 	const char *ce_source;       /* ce_source of commands; NULL: "tally" */
 	int linger_ms;               /* 0: 5 ms */
+	int message_timeout_ms;      /* 0: librdkafka's default (300 s) */
 } tally_producer_opts;
 
 /**

@@ -64,7 +64,7 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 	tally_producer_opts def = { 0 };
 	tally_producer *p = NULL;
 	rd_kafka_conf_t *conf = NULL;
-	char linger[16];
+	char linger[16], tmo[16];
 	int rc;
 
 	if (opts == NULL)
@@ -85,7 +85,13 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 		 opts->linger_ms > 0 ? opts->linger_ms : 5);
 	rc = tally_kafka_conf_set(conf, "enable.idempotence", "true", err);
 	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "acks", "all", err);
+	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "linger.ms", linger, err);
+	if (rc == 0 && opts->message_timeout_ms > 0) {
+		snprintf(tmo, sizeof(tmo), "%d", opts->message_timeout_ms);
+		rc = tally_kafka_conf_set(conf, "message.timeout.ms", tmo, err);
+	}
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "compression.codec", "lz4",
 					  err);
