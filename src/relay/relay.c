@@ -232,13 +232,14 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 				     "relay.path must start with '/'");
 		goto fail;
 	}
-	if (r->max_buffered < r->max_body ||
-	    (r->auth != NULL && r->max_buffered < r->intake_max_body)) {
+	if (r->max_buffered < r->max_body) {
 		rc = tally_error_set(err, TALLY_EINVALID,
 				     "relay.max_buffered must be at least "
-				     "relay.max_body and relay.intake_max_body");
+				     "relay.max_body");
 		goto fail;
 	}
+	if (r->intake_max_body > r->max_buffered) /* one body fits the budget */
+		r->intake_max_body = r->max_buffered;
 	if (r->auth != NULL && (r->intake_path[0] != '/' ||
 				strcmp(r->intake_path, r->path) == 0)) {
 		rc = tally_error_set(err, TALLY_EINVALID,
