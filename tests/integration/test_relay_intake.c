@@ -2,9 +2,10 @@
  * test_relay_intake.c - tally-relay's HTTP intake end to end: a relay in
  * this process, real HTTP (libcurl), a fresh database (api_keys, plans)
  * and a fresh billing.usage topic per test on the real broker. Keys come
- * from `tally keys create` and are revoked with `tally keys revoke`; what
- * the relay accepted is read back from the topic and decoded with the
- * codec.
+ * from `tally keys create` and are revoked with `tally keys revoke`; the
+ * relay and the CLI run as a login in tally_engine (api_keys has FORCE ROW
+ * LEVEL SECURITY). What the relay accepted is read back from the topic and
+ * decoded with the codec.
  */
 #define _DEFAULT_SOURCE
 #include "check_main.h"
@@ -29,6 +30,7 @@ static const char *brokers;
 
 typedef struct fixture {
 	char db[64], dsn[512], topic[160];
+	char role[48], eng_dsn[600]; /* a login in tally_engine */
 	tally_config *cfg;
 	tally_metrics *m;
 	tally_relay *r;
@@ -44,13 +46,14 @@ static const char *bin(void)
 	return b ? b : TALLY_BINARY_DIR;
 }
 
-/* Run `tally <args>` on the fixture's database; its stdout (first line). */
+/* Run `tally <args>` on the fixture's database as the engine; its stdout
+ * (first line). */
 static void cli(const fixture *f, char *out, size_t n, const char *args)
 {
 	char cmd[1024], line[512] = "";
 	FILE *fp;
 
-	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' %s/tally %s", f->dsn,
+	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' %s/tally %s", f->eng_dsn,
 		 bin(), args);
 	fp = popen(cmd, "r");
 	ck_assert_ptr_nonnull(fp);
@@ -75,6 +78,25 @@ static void new_key(const fixture *f, char key[128], const char *tenant)
 		      "a key: %s", key);
 }
 
+/* A login in tally_engine and the database's DSN with it (the test DSN is
+ * postgresql://user[:password]@host..., the cluster trusts local logins
+ * as test_roles does). */
+static void engine_login(fixture *f)
+{
+	const char *at = strchr(f->dsn, '@');
+	char sql[160];
+
+	ck_assert(at != NULL && strncmp(f->dsn, "postgresql://", 13) == 0);
+	snprintf(f->role, sizeof(f->role), "intake_eng_%d", (int)getpid());
+	snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", f->role);
+	tally_test_exec(getenv("TALLY_TEST_PG_DSN"), sql);
+	snprintf(sql, sizeof(sql), "CREATE ROLE %s LOGIN IN ROLE tally_engine",
+		 f->role);
+	tally_test_exec(getenv("TALLY_TEST_PG_DSN"), sql);
+	snprintf(f->eng_dsn, sizeof(f->eng_dsn), "postgresql://%s%s", f->role,
+		 at);
+}
+
 /* database (two starter tenants) and topic; sql runs before the relay */
 static void setup(fixture *f, const char *sql)
 {
@@ -90,6 +112,7 @@ static void setup(fixture *f, const char *sql)
 	tally_test_exec(f->dsn, q);
 	if (sql != NULL)
 		tally_test_exec(f->dsn, sql);
+	engine_login(f);
 	intake_make_topic(f->topic, sizeof(f->topic), brokers, "test.intake");
 }
 
@@ -102,7 +125,7 @@ static void start(fixture *f, const char *kafka, const char *set_key,
 	ck_assert_int_eq(tally_config_load(&f->cfg, NULL, &err), 0);
 	tally_config_set(f->cfg, "kafka.brokers", kafka);
 	tally_config_set(f->cfg, "topics.usage", f->topic);
-	tally_config_set(f->cfg, "database.url", f->dsn);
+	tally_config_set(f->cfg, "database.url", f->eng_dsn);
 	tally_config_set(f->cfg, "relay.listen", "127.0.0.1:0");
 	tally_config_set(f->cfg, "relay.admin_listen", "127.0.0.1:0");
 	tally_config_set(f->cfg, "relay.max_connections_per_ip", "0");
@@ -119,10 +142,14 @@ static void start(fixture *f, const char *kafka, const char *set_key,
 
 static void stop(fixture *f)
 {
+	char sql[160];
+
 	tally_relay_free(f->r);
 	tally_metrics_free(f->m);
 	tally_config_free(f->cfg);
 	tally_test_db_drop(f->db);
+	snprintf(sql, sizeof(sql), "DROP ROLE IF EXISTS %s", f->role);
+	tally_test_exec(getenv("TALLY_TEST_PG_DSN"), sql);
 }
 
 static void post(intake_resp *out, const fixture *f, const char *ctype,
