@@ -2,9 +2,10 @@
  * relay_http.c - tally-relay's listener (libmicrohttpd): the webhook path
  * and the intake path (relay_intake.c; /metrics, /healthz and /readyz are
  * on the admin listener, relay_admin.c). An intake request is checked
- * for its Content-Type, API key and rate before its body is read. A request without a plausible Stripe-Signature
- * is answered before its body is read; a body is held only within
- * relay.max_body, relay.body_timeout_ms and the relay-wide
+ * for its Content-Type, API key and rate before its body is read; a
+ * webhook without a plausible Stripe-Signature is answered before its
+ * body is read. A body is held only within its limit (relay.max_body or
+ * relay.intake_max_body), relay.body_timeout_ms and the relay-wide
  * relay.max_buffered; then verify, suspend, hand to Kafka, answer when
  * resumed.
  */

@@ -9,15 +9,17 @@
  */
 #define _DEFAULT_SOURCE
 #include "check_main.h"
-#include "intake_support.h"
 #include "test_support.h"
+#include "topic_support.h"
 #include "tally/codec.h"
 #include "tally/config.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
 #include "tally/relay.h"
 
+#include <curl/curl.h>
 #include <inttypes.h>
+#include <strings.h>
 
 #define TENANT_A "7d1c2a40-0000-4000-8000-00000000000a"
 #define TENANT_B "7d1c2a40-0000-4000-8000-00000000000b"
@@ -25,6 +27,7 @@
 #define JSON "application/json"
 #define CE "application/cloudevents+json"
 #define CE_BATCH "application/cloudevents-batch+json"
+#define PARTS 3
 
 static const char *brokers;
 
@@ -36,6 +39,78 @@ typedef struct fixture {
 	tally_relay *r;
 	int port;
 } fixture;
+
+/* --- HTTP --------------------------------------------------------------- */
+
+typedef struct intake_resp {
+	long status;
+	char body[65536];
+	size_t len;
+	long retry_after; /* -1: no Retry-After */
+} intake_resp;
+
+static size_t on_body(char *p, size_t sz, size_t nm, void *ud)
+{
+	intake_resp *r = ud;
+	size_t n = sz * nm, room = sizeof(r->body) - 1 - r->len;
+
+	if (n < room)
+		room = n;
+	memcpy(r->body + r->len, p, room);
+	r->len += room;
+	r->body[r->len] = '\0';
+	return n;
+}
+
+static size_t on_header(char *p, size_t sz, size_t nm, void *ud)
+{
+	intake_resp *r = ud;
+	size_t n = sz * nm;
+
+	if (n > 12 && strncasecmp(p, "Retry-After:", 12) == 0)
+		r->retry_after = strtol(p + 12, NULL, 10);
+	return n;
+}
+
+/* POST body to port's path; ctype and key (Bearer) may be NULL. */
+static void intake_post(intake_resp *out, int port, const char *method,
+			const char *path, const char *ctype, const char *key,
+			const char *body)
+{
+	struct curl_slist *h = NULL;
+	CURL *c = curl_easy_init();
+	char url[256], line[256];
+	CURLcode cc;
+
+	memset(out, 0, sizeof(*out));
+	out->retry_after = -1;
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+	h = curl_slist_append(h, "Expect:");
+	snprintf(line, sizeof(line), "Content-Type: %s", ctype ? ctype : "");
+	h = curl_slist_append(h, ctype ? line : "Content-Type:");
+	if (key != NULL) {
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", key);
+		h = curl_slist_append(h, line);
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	if (body != NULL) {
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+	}
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, out);
+	cc = curl_easy_perform(c);
+	ck_assert_msg(cc == CURLE_OK, "%s %s: %s", method, path,
+		      curl_easy_strerror(cc));
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &out->status);
+	curl_easy_cleanup(c);
+	curl_slist_free_all(h);
+}
 
 /* --- set-up ------------------------------------------------------------- */
 
@@ -113,7 +188,7 @@ static void setup(fixture *f, const char *sql)
 	if (sql != NULL)
 		tally_test_exec(f->dsn, sql);
 	engine_login(f);
-	intake_make_topic(f->topic, sizeof(f->topic), brokers, "test.intake");
+	topic_make(f->topic, sizeof(f->topic), brokers, "test.intake", PARTS);
 }
 
 /* kafka: the brokers the relay produces to; set: "key=value" or NULL */
@@ -211,7 +286,7 @@ static void expect_on_topic(const fixture *f, const char *const *ids,
 	int64_t sum = 0;
 	char tmp[160];
 
-	got = intake_consume(&crk, msgs, 64, brokers, f->topic, 3000);
+	got = topic_consume(&crk, msgs, 64, brokers, f->topic, PARTS, 5000);
 	ck_assert_msg(got == n, "%zu records on %s, expected %zu", got,
 		      f->topic, n);
 	for (i = 0; i < got; i++) {
@@ -229,21 +304,22 @@ static void expect_on_topic(const fixture *f, const char *const *ids,
 				seen++;
 		ck_assert_int_eq((int)msgs[i]->key_len, 36);
 		ck_assert(memcmp(msgs[i]->key, TENANT_A, 36) == 0);
-		ck_assert_str_eq(intake_header(msgs[i], "ce_type", tmp,
+		ck_assert_pstr_eq(topic_header(msgs[i], "ce_type", tmp,
 					       sizeof(tmp)), "api.call");
-		ck_assert_str_eq(intake_header(msgs[i], "ce_source", tmp,
+		ck_assert_pstr_eq(topic_header(msgs[i], "ce_source", tmp,
 					       sizeof(tmp)), "wf-engine");
-		ck_assert_str_eq(intake_header(msgs[i], "ce_specversion", tmp,
+		ck_assert_pstr_eq(topic_header(msgs[i], "ce_specversion", tmp,
 					       sizeof(tmp)), "1.0");
-		ck_assert_str_eq(intake_header(msgs[i], "content-type", tmp,
+		ck_assert_pstr_eq(topic_header(msgs[i], "content-type", tmp,
 					       sizeof(tmp)),
 				 "application/msgpack");
-		ck_assert_uint_eq(strlen(intake_header(msgs[i], "ce_id", tmp,
-						       sizeof(tmp))), ev.id.len);
+		ck_assert_ptr_nonnull(topic_header(msgs[i], "ce_id", tmp,
+						   sizeof(tmp)));
+		ck_assert_uint_eq(strlen(tmp), ev.id.len);
 	}
 	ck_assert_msg(seen == n, "the ids on the topic: %zu of %zu", seen, n);
 	ck_assert_int_eq(sum, total);
-	intake_done(crk, msgs, got);
+	topic_done(crk, msgs, got);
 }
 
 /* --- tests -------------------------------------------------------------- */
