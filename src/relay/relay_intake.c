@@ -161,11 +161,14 @@ static void produce(tally_relay *r, tally_relay__req *rq,
 {
 	tally_error err = { 0 };
 	size_t i;
+	int rc;
 
 	for (i = 0; i < n; i++) {
 		atomic_fetch_add(&rq->outstanding, 1);
-		if (tally_producer_send_usage(r->usage, &evs[i], rq, &err) !=
-		    0) {
+		rc = tally_producer_send_usage(r->usage, &evs[i], rq, &err);
+		if (rc != 0) {
+			if (rc == TALLY_ERROR) /* fatal: exit, be restarted */
+				atomic_store(&r->fatal, 1);
 			atomic_fetch_sub(&rq->outstanding, 1);
 			atomic_store(&rq->failed, 1);
 			tally_counter_add(r->events_unavailable, n - i);
@@ -198,6 +201,8 @@ void tally_relay__intake_delivered(const tally_delivery *dr, void *payload)
 				(uint64_t)(tally_mono_ns() - rq->produce_ns) /
 					1000);
 	if (dr->code != 0) {
+		if (dr->code == TALLY_ERROR) /* fatal producer error */
+			atomic_store(&r->fatal, 1);
 		tally_counter_add(r->events_unavailable, 1);
 		if (atomic_exchange(&rq->failed, 1) == 0)
 			tally_log(TALLY_WARN, "relay.produce_failed",
