@@ -1,5 +1,6 @@
 /*
- * tally-relay - Stripe webhooks onto Kafka (see include/tally/relay.h).
+ * tally-relay - Stripe webhooks and usage events onto Kafka (see
+ * include/tally/relay.h).
  *
  *   tally-relay --config FILE [--listen HOST:PORT] [--create-topic N]
  *
@@ -59,6 +60,8 @@ int main(int argc, char **argv)
 		"tally-relay", "--listen", "relay.listen",
 		"[--create-topic PARTITIONS]\n"
 		"  Stripe webhooks (POST relay.path) onto topics.stripe_events;\n"
+		"  usage events (POST relay.intake_path, API keys) onto\n"
+		"  topics.usage;\n"
 		"  /healthz, /readyz and /metrics on relay.admin_listen.\n"
 		"  Secrets: STRIPE_WEBHOOK_SECRET, STRIPE_WEBHOOK_SECRET_PREVIOUS.",
 		parse_arg, &partitions

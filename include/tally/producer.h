@@ -53,6 +53,7 @@ typedef struct tally_producer_opts {
 	int linger_ms;               /* 0: 5 ms */
 	bool bulk;                   /* large batches (backfills): linger_ms
 				      * then matters more than latency */
+	int message_timeout_ms;      /* 0: librdkafka's default (300 s) */
 } tally_producer_opts;
 
 /**

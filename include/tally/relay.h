@@ -3,8 +3,8 @@
 
 /**
  * @file tally/relay.h
- * @brief tally-relay: Stripe webhooks onto Kafka, verified, durable before
- *        any 2xx.
+ * @brief tally-relay: Stripe webhooks and usage events onto Kafka, verified,
+ *        durable before any 2xx.
  *
  * An HTTP server (libmicrohttpd, internal thread pool) accepts
  * `POST relay.path`, verifies `Stripe-Signature` (tally/webhook.h) with
@@ -23,6 +23,16 @@
  * or past the relay-wide relay.max_buffered closes its connection
  * (counted as 408 body_timeout / 503 busy). Connections are bounded in
  * all, per address, in memory and in idle time.
+ * The same listener takes usage events on `POST relay.intake_path`
+ * (default /v1/events; "" turns it off): JSON, JSON arrays and CloudEvents
+ * (structured and batched), authenticated by per-tenant API keys
+ * (tally/api_keys.h, read from database.url and trusted for
+ * relay.key_ttl_ms), rate-limited per key by the tenant's plan (429 with
+ * Retry-After), each event validated by the codec and checked against the
+ * key's tenant, the valid ones produced to topics.usage (tally/producer.h,
+ * acks=all): 202 when all are acknowledged, 207 listing each rejected
+ * index with its reason and field, 503 when Kafka did not take them in
+ * time (docs/relay.md).
  * A separate listener (relay.admin_listen) serves /healthz, /readyz (Kafka
  * reachable) and /metrics.
  */

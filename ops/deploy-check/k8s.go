@@ -49,14 +49,16 @@ var secretEnv = map[string]bool{
 }
 
 // the secrets each program may see (least privilege, as the systemd units'
-// EnvironmentFiles): the relay has no database, only tally-stripe the API key
+// EnvironmentFiles): the relay's database is for the intake's API keys,
+// only tally-stripe has the Stripe API key
 var secretsOf = map[string]map[string]bool{
 	"tally-rate":      {"DATABASE_URL": true},
 	"tally-aggregate": {"DATABASE_URL": true},
 	"tally-stripe":    {"DATABASE_URL": true, "STRIPE_SECRET_KEY": true},
 	"tally-alerts": {"DATABASE_URL": true, "TALLY_ALERTS_WEBHOOK_URL": true,
 		"TALLY_ALERTS_WEBHOOK_SECRET": true, "TALLY_ALERTS_WEBHOOK_SECRET_PREVIOUS": true},
-	"tally-relay":   {"STRIPE_WEBHOOK_SECRET": true, "STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
+	"tally-relay": {"DATABASE_URL": true, "STRIPE_WEBHOOK_SECRET": true,
+		"STRIPE_WEBHOOK_SECRET_PREVIOUS": true},
 	"tally-migrate": {"DATABASE_URL": true},
 }
 

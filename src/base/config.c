@@ -122,6 +122,12 @@ static const keydef keys[] = {
 	I("relay.idle_timeout_s", 10, false, 1, 3600),
 	I("relay.body_timeout_ms", 10000, false, 100, 600000),
 	I("relay.produce_timeout_ms", 10000, true, 100, 120000),
+	/* HTTP intake of usage events ("": none), API keys */
+	S("relay.intake_path", "/v1/events", false, NULL),
+	I("relay.intake_max_body", 2097152, false, 1024, 67108864),
+	I("relay.intake_max_events", 1000, false, 1, 100000),
+	I("relay.key_ttl_ms", 2000, false, 100, 600000),
+	I("relay.key_cache_max", 100000, false, 16, 10000000),
 	/* tally-alerts */
 	S("alerts.group", "tally.alerts", false, NULL),
 	S("alerts.thresholds", "50,80,100", true, NULL),

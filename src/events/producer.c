@@ -64,7 +64,7 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 	tally_producer_opts def = { 0 };
 	tally_producer *p = NULL;
 	rd_kafka_conf_t *conf = NULL;
-	char linger[16];
+	char linger[16], tmo[16];
 	int rc;
 
 	if (opts == NULL)
@@ -85,6 +85,8 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 		 opts->linger_ms > 0 ? opts->linger_ms : 5);
 	rc = tally_kafka_conf_set(conf, "enable.idempotence", "true", err);
 	if (rc == 0)
+		rc = tally_kafka_conf_set(conf, "acks", "all", err);
+	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "linger.ms", linger, err);
 	/* bulk: requests of up to 100 000 messages / 8 MiB */
 	if (rc == 0 && opts->bulk)
@@ -92,6 +94,10 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 					  err);
 	if (rc == 0 && opts->bulk)
 		rc = tally_kafka_conf_set(conf, "batch.size", "8388608", err);
+	if (rc == 0 && opts->message_timeout_ms > 0) {
+		snprintf(tmo, sizeof(tmo), "%d", opts->message_timeout_ms);
+		rc = tally_kafka_conf_set(conf, "message.timeout.ms", tmo, err);
+	}
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "compression.codec", "lz4",
 					  err);

@@ -1,8 +1,9 @@
 /*
- * relay.c - tally-relay: Stripe webhooks onto Kafka, durable before 2xx.
- * This file: the relay's life (start, drain, stop) and its metrics; the
- * HTTP side is relay_http.c, the Kafka hand-off relay_kafka.c, the
- * signature and event checks relay_event.c.
+ * relay.c - tally-relay: Stripe webhooks and usage events onto Kafka,
+ * durable before 2xx. This file: the relay's life (start, drain, stop) and
+ * its metrics; the HTTP side is relay_http.c, the Kafka hand-off
+ * relay_kafka.c, the signature and event checks relay_event.c, the usage
+ * intake relay_intake.c and its API keys relay_auth.c.
  *
  * Key design decision: a verified request is never answered from the
  * HTTP thread. The handler suspends the connection (MHD suspend/resume),
@@ -51,6 +52,14 @@ const struct tally_relay__answer tally_relay__outcomes[O__COUNT] = {
 	[O_NOT_FOUND] = { 404, "not_found" },
 	[O_BODY_TIMEOUT] = { 408, "body_timeout" },
 	[O_BUSY] = { 503, "busy" },
+	[O_ACCEPTED] = { 202, "accepted" },
+	[O_PARTIAL] = { 207, "partial" },
+	[O_UNSUPPORTED_TYPE] = { 415, "unsupported_media_type" },
+	[O_NO_KEY] = { 401, "missing_key" },
+	[O_BAD_KEY] = { 401, "invalid_key" },
+	[O_RATE_LIMITED] = { 429, "rate_limited" },
+	[O_AUTH_UNAVAILABLE] = { 503, "auth_unavailable" },
+	[O_TOO_MANY_EVENTS] = { 413, "too_many_events" },
 };
 
 static void register_metrics(tally_relay *r)
@@ -70,8 +79,12 @@ static void register_metrics(tally_relay *r)
 		  "Time from request headers to a 200 answer.",
 		  .histogram = &r->request_lat },
 		{ "tally_relay_inflight", NULL,
-		  "Verified events waiting for their delivery report.",
+		  "Requests waiting for their delivery reports.",
 		  .gauge = &r->inflight },
+		{ "tally_relay_intake_events_total", "result=\"accepted\"",
+		  EVENTS_HELP, &r->events_accepted },
+		{ "tally_relay_intake_events_total", "result=\"unavailable\"",
+		  EVENTS_HELP, &r->events_unavailable },
 	};
 	char labels[96];
 	int i;
@@ -83,7 +96,8 @@ static void register_metrics(tally_relay *r)
 			 tally_relay__outcomes[i].reason);
 		r->requests[i] = tally_metrics_counter(
 			r->m, "tally_relay_requests_total", labels,
-			"Webhook requests answered, by HTTP status and reason.");
+			"Requests answered (webhooks and the intake), by HTTP "
+			"status and reason.");
 	}
 	TALLY_METRICS_REGISTER(r->m, defs);
 }
@@ -110,6 +124,17 @@ static void configure(tally_relay *r, const tally_config *cfg,
 	r->max_body = (size_t)tally_config_int(cfg, "relay.max_body");
 	r->body_timeout_ms = tally_config_int(cfg, "relay.body_timeout_ms");
 	r->max_buffered = (size_t)tally_config_int(cfg, "relay.max_buffered");
+	r->intake_path = tally_xstrdup(tally_config_str(cfg,
+							"relay.intake_path"));
+	r->intake_max_body = (size_t)tally_config_int(cfg,
+						      "relay.intake_max_body");
+	r->intake_max_events = (size_t)tally_config_int(
+		cfg, "relay.intake_max_events");
+	if (r->intake_path[0] != '\0')
+		r->auth = tally_relay__auth_new(
+			tally_config_str(cfg, "database.url"),
+			tally_config_int(cfg, "relay.key_ttl_ms"),
+			(size_t)tally_config_int(cfg, "relay.key_cache_max"));
 	atomic_init(&r->buffered, 0);
 	s = tally_config_str(cfg, "relay.webhook_secret");
 	if (*s != '\0')
@@ -213,6 +238,15 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 				     "relay.max_body");
 		goto fail;
 	}
+	if (r->intake_max_body > r->max_buffered) /* one body fits the budget */
+		r->intake_max_body = r->max_buffered;
+	if (r->auth != NULL && (r->intake_path[0] != '/' ||
+				strcmp(r->intake_path, r->path) == 0)) {
+		rc = tally_error_set(err, TALLY_EINVALID,
+				     "relay.intake_path must start with '/' "
+				     "and differ from relay.path");
+		goto fail;
+	}
 	rc = tally_metrics_parse_listen(&ss, &sl, listen, err);
 	if (rc != 0)
 		goto fail;
@@ -224,6 +258,18 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 		goto fail;
 	}
 	r->poller_started = true;
+	if (r->auth != NULL) {
+		rc = tally_relay__usage_setup(r, cfg, err);
+		if (rc != 0)
+			goto fail;
+		if (pthread_create(&r->usage_poller, NULL,
+				   tally_relay__usage_poll_main, r) != 0) {
+			rc = tally_error_set(err, TALLY_ERROR,
+					     "cannot start thread");
+			goto fail;
+		}
+		r->usage_poller_started = true;
+	}
 	rc = tally_relay__admin_start(r, admin, err);
 	if (rc == 0)
 		rc = start_daemon(r, cfg, &ss, listen, err);
@@ -234,6 +280,7 @@ int tally_relay_new(tally_relay **out, const tally_config *cfg,
 		  TALLY_KV_INT("admin_port", tally_relay_admin_port(r)),
 		  TALLY_KV_STR("path", r->path),
 		  TALLY_KV_STR("topic", r->topic),
+		  TALLY_KV_STR("intake_path", r->intake_path),
 		  TALLY_KV_INT("secrets", (int64_t)r->nsecrets));
 	*out = r;
 	return 0;
@@ -307,6 +354,10 @@ void tally_relay_stop(tally_relay *r)
 			  TALLY_KV_STR("reason", "drain timeout"));
 		rd_kafka_purge(r->rk, RD_KAFKA_PURGE_F_QUEUE |
 				      RD_KAFKA_PURGE_F_INFLIGHT);
+		if (r->usage != NULL)
+			rd_kafka_purge(tally_producer_rk(r->usage),
+				       RD_KAFKA_PURGE_F_QUEUE |
+					       RD_KAFKA_PURGE_F_INFLIGHT);
 		(void)wait_pending(r,
 				   tally_mono_ns() + 5000 * INT64_C(1000000));
 	}
@@ -332,12 +383,16 @@ void tally_relay_free(tally_relay *r)
 		return;
 	tally_relay_stop(r);
 	tally_metrics_server_free(r->admin);
-	if (r->poller_started) {
-		atomic_store(&r->poll_stop, 1);
+	atomic_store(&r->poll_stop, 1);
+	if (r->poller_started)
 		pthread_join(r->poller, NULL);
-	}
+	if (r->usage_poller_started)
+		pthread_join(r->usage_poller, NULL);
 	if (r->rk != NULL)
 		rd_kafka_destroy(r->rk);
+	tally_producer_free(r->usage);
+	tally_relay__auth_free(r->auth);
+	free(r->intake_path);
 	for (i = 0; i < r->nsecrets; i++) {
 		OPENSSL_cleanse(r->secrets[i], strlen(r->secrets[i]));
 		free(r->secrets[i]);

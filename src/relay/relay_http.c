@@ -1,9 +1,11 @@
 /*
- * relay_http.c - tally-relay's webhook listener (libmicrohttpd): the
- * webhook path only (/metrics, /healthz and /readyz are on the admin
- * listener, relay_admin.c). A request without a plausible Stripe-Signature
- * is answered before its body is read; a body is held only within
- * relay.max_body, relay.body_timeout_ms and the relay-wide
+ * relay_http.c - tally-relay's listener (libmicrohttpd): the webhook path
+ * and the intake path (relay_intake.c; /metrics, /healthz and /readyz are
+ * on the admin listener, relay_admin.c). An intake request is checked
+ * for its Content-Type, API key and rate before its body is read; a
+ * webhook without a plausible Stripe-Signature is answered before its
+ * body is read. A body is held only within its limit (relay.max_body or
+ * relay.intake_max_body), relay.body_timeout_ms and the relay-wide
  * relay.max_buffered; then verify, suspend, hand to Kafka, answer when
  * resumed.
  */
@@ -21,7 +23,7 @@ static void record(tally_relay *r, tally_relay__outcome o,
 		   const tally_relay__req *rq)
 {
 	tally_counter_add(r->requests[o], 1);
-	if (o == O_OK) {
+	if (o == O_OK || o == O_ACCEPTED || o == O_PARTIAL) {
 		if (rq != NULL)
 			tally_histogram_observe(
 				r->request_lat,
@@ -40,20 +42,29 @@ static void record(tally_relay *r, tally_relay__outcome o,
 	}
 }
 
-static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
-			       tally_relay__outcome o, tally_relay__req *rq)
+enum MHD_Result tally_relay__respond(tally_relay *r,
+				     struct MHD_Connection *conn,
+				     tally_relay__outcome o,
+				     tally_relay__req *rq, const char *body,
+				     int64_t retry_after_s)
 {
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
-	char body[96];
+	char fixed[96], ra[24];
 
 	record(r, o, rq);
-	if (o == O_OK)
-		snprintf(body, sizeof(body), "{\"received\":true}\n");
-	else
-		snprintf(body, sizeof(body), "{\"error\":\"%s\"}\n",
-			 tally_relay__outcomes[o].reason);
-	resp = MHD_create_response_from_buffer(strlen(body), body,
+	if (body == NULL && rq != NULL && rq->answer.len > 0 &&
+	    (o == O_ACCEPTED || o == O_PARTIAL))
+		body = tally_strbuf_cstr(&rq->answer);
+	if (body == NULL) {
+		if (o == O_OK)
+			snprintf(fixed, sizeof(fixed), "{\"received\":true}\n");
+		else
+			snprintf(fixed, sizeof(fixed), "{\"error\":\"%s\"}\n",
+				 tally_relay__outcomes[o].reason);
+		body = fixed;
+	}
+	resp = MHD_create_response_from_buffer(strlen(body), (void *)body,
 					       MHD_RESPMEM_MUST_COPY);
 	if (resp == NULL)
 		return MHD_NO;
@@ -64,9 +75,22 @@ static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
 	if (o == O_DRAINING)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION,
 					"close");
+	if (o == O_NO_KEY || o == O_BAD_KEY)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+					"Bearer");
+	if (retry_after_s > 0) {
+		snprintf(ra, sizeof(ra), "%lld", (long long)retry_after_s);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+	}
 	ret = MHD_queue_response(conn, tally_relay__outcomes[o].status, resp);
 	MHD_destroy_response(resp);
 	return ret;
+}
+
+static enum MHD_Result respond(tally_relay *r, struct MHD_Connection *conn,
+			       tally_relay__outcome o, tally_relay__req *rq)
+{
+	return tally_relay__respond(r, conn, o, rq, NULL, 0);
 }
 
 /* Why a Stripe-Signature header cannot be valid, or O_OK. */
@@ -86,6 +110,68 @@ static tally_relay__outcome implausible(const char *sig)
 	}
 }
 
+/* A new request's state: its body may hold up to max_body bytes. */
+static tally_relay__req *new_req(tally_relay *r, struct MHD_Connection *conn,
+				 size_t max_body)
+{
+	tally_relay__req *rq = tally_xcalloc(1, sizeof(*rq));
+
+	rq->r = r;
+	rq->conn = conn;
+	rq->max_body = max_body;
+	rq->received_ms = tally_now_ms();
+	rq->start_ns = tally_mono_ns();
+	rq->deadline_ns = rq->start_ns + r->body_timeout_ms * 1000000;
+	atomic_init(&rq->state, S_READING);
+	atomic_init(&rq->result, O_OK);
+	atomic_init(&rq->outstanding, 0);
+	atomic_init(&rq->failed, 0);
+	return rq;
+}
+
+/* A Content-Length above max: 413 before the body is read. */
+static bool too_long(struct MHD_Connection *conn, size_t max)
+{
+	const char *cl = MHD_lookup_connection_value(
+		conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	int64_t clen;
+
+	return cl != NULL && tally_parse_i64(&clen, cl) == 0 &&
+	       clen > (int64_t)max;
+}
+
+/* The first call of an intake request: its type, key, rate and announced
+ * length are checked before any body is read. */
+static enum MHD_Result intake_first(tally_relay *r,
+				    struct MHD_Connection *conn,
+				    void **con_cls)
+{
+	tally_relay__req *rq;
+	tally_relay__outcome o;
+	tally_relay__kind kind;
+	uint8_t tenant[16];
+	int64_t wait;
+
+	kind = tally_relay__intake_kind(MHD_lookup_connection_value(
+		conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+	if (kind == 0)
+		return respond(r, conn, O_UNSUPPORTED_TYPE, NULL);
+	o = tally_relay__auth_check(
+		r->auth,
+		MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					    MHD_HTTP_HEADER_AUTHORIZATION),
+		tenant, &wait);
+	if (o != O_OK)
+		return tally_relay__respond(r, conn, o, NULL, NULL, wait);
+	if (too_long(conn, r->intake_max_body))
+		return respond(r, conn, O_TOO_LARGE, NULL);
+	rq = new_req(r, conn, r->intake_max_body);
+	rq->kind = kind;
+	memcpy(rq->tenant, tenant, sizeof(tenant));
+	*con_cls = rq;
+	return MHD_YES;
+}
+
 /* The first call of a request (headers read, no body yet): the path, the
  * method, the signature header and the announced length are checked
  * before any body is read; a plausible webhook POST gets its state. */
@@ -93,33 +179,23 @@ static enum MHD_Result first_call(tally_relay *r, struct MHD_Connection *conn,
 				  const char *url, const char *method,
 				  void **con_cls)
 {
-	tally_relay__req *rq;
 	tally_relay__outcome o;
-	const char *cl;
-	int64_t clen;
+	bool intake = r->intake_path[0] != '\0' &&
+		      strcmp(url, r->intake_path) == 0;
 
-	if (strcmp(url, r->path) != 0)
+	if (!intake && strcmp(url, r->path) != 0)
 		return respond(r, conn, O_NOT_FOUND, NULL);
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return respond(r, conn, O_METHOD, NULL);
+	if (intake)
+		return intake_first(r, conn, con_cls);
 	o = implausible(MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
 						    TALLY_WEBHOOK_HEADER));
 	if (o != O_OK)
 		return respond(r, conn, o, NULL);
-	cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-					 MHD_HTTP_HEADER_CONTENT_LENGTH);
-	if (cl != NULL && tally_parse_i64(&clen, cl) == 0 &&
-	    clen > (int64_t)r->max_body)
+	if (too_long(conn, r->max_body))
 		return respond(r, conn, O_TOO_LARGE, NULL);
-	rq = tally_xcalloc(1, sizeof(*rq));
-	rq->r = r;
-	rq->conn = conn;
-	rq->received_ms = tally_now_ms();
-	rq->start_ns = tally_mono_ns();
-	rq->deadline_ns = rq->start_ns + r->body_timeout_ms * 1000000;
-	atomic_init(&rq->state, S_READING);
-	atomic_init(&rq->result, O_OK);
-	*con_cls = rq;
+	*con_cls = new_req(r, conn, r->max_body);
 	return MHD_YES;
 }
 
@@ -129,6 +205,7 @@ static void release_body(tally_relay *r, tally_relay__req *rq)
 	atomic_fetch_sub(&r->buffered, rq->held);
 	rq->held = 0;
 	tally_strbuf_free(&rq->body);
+	tally_strbuf_free(&rq->answer);
 }
 
 /* A chunk of the body: O_OK, or why the request is answered now (past
@@ -136,7 +213,7 @@ static void release_body(tally_relay *r, tally_relay__req *rq)
 static tally_relay__outcome append_body(tally_relay *r, tally_relay__req *rq,
 					const char *data, size_t n)
 {
-	if (rq->body.len + n > r->max_body)
+	if (rq->body.len + n > rq->max_body)
 		return O_TOO_LARGE;
 	if (tally_mono_ns() > rq->deadline_ns)
 		return O_BODY_TIMEOUT;
@@ -149,21 +226,9 @@ static tally_relay__outcome append_body(tally_relay *r, tally_relay__req *rq,
 	return O_OK;
 }
 
-/* The whole body is here: verify, then hand it to Kafka with the
- * connection suspended (unless draining). */
-static enum MHD_Result hand_off(tally_relay *r, struct MHD_Connection *conn,
-				tally_relay__req *rq)
+bool tally_relay__hold(tally_relay *r, tally_relay__req *rq)
 {
-	char key[MAX_KEY + 1];
-	const char *sig, *ctype;
-	tally_relay__outcome o;
 	bool draining;
-
-	sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-					  TALLY_WEBHOOK_HEADER);
-	o = tally_relay__verify(r, rq, sig, key, sizeof(key));
-	if (o != O_OK)
-		return respond(r, conn, o, rq);
 
 	pthread_mutex_lock(&r->mu);
 	draining = r->stopping;
@@ -173,7 +238,26 @@ static enum MHD_Result hand_off(tally_relay *r, struct MHD_Connection *conn,
 		tally_gauge_set(r->inflight, r->pending);
 	}
 	pthread_mutex_unlock(&r->mu);
-	if (draining)
+	return !draining;
+}
+
+/* The whole body is here: verify, then hand it to Kafka with the
+ * connection suspended (unless draining). */
+static enum MHD_Result hand_off(tally_relay *r, struct MHD_Connection *conn,
+				tally_relay__req *rq)
+{
+	char key[MAX_KEY + 1];
+	const char *sig, *ctype;
+	tally_relay__outcome o;
+
+	if (rq->kind != 0)
+		return tally_relay__intake(r, conn, rq);
+	sig = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					  TALLY_WEBHOOK_HEADER);
+	o = tally_relay__verify(r, rq, sig, key, sizeof(key));
+	if (o != O_OK)
+		return respond(r, conn, o, rq);
+	if (!tally_relay__hold(r, rq))
 		return respond(r, conn, O_DRAINING, rq);
 
 	ctype = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,

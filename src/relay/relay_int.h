@@ -7,6 +7,7 @@
 #define TALLY_RELAY_INT_H
 
 #include "tally/relay.h"
+#include "tally/producer.h"
 
 #include "base/strbuf.h"
 
@@ -28,6 +29,10 @@
  */
 #define RECORD_OVERHEAD 2048
 
+#define EVENTS_HELP "Usage events of the HTTP intake: accepted (durable " \
+		    "on Kafka), rejected (by reason) or unavailable (Kafka " \
+		    "did not take them in time)."
+
 /* Outcomes: one series of tally_relay_requests_total each. */
 typedef enum {
 	O_OK = 0,
@@ -44,6 +49,15 @@ typedef enum {
 	O_NOT_FOUND,
 	O_BODY_TIMEOUT,
 	O_BUSY,
+	/* the intake (relay_intake.c, relay_auth.c) */
+	O_ACCEPTED,
+	O_PARTIAL,
+	O_UNSUPPORTED_TYPE,
+	O_NO_KEY,
+	O_BAD_KEY,
+	O_RATE_LIMITED,
+	O_AUTH_UNAVAILABLE,
+	O_TOO_MANY_EVENTS,
 	O__COUNT
 } tally_relay__outcome;
 
@@ -52,6 +66,16 @@ extern const struct tally_relay__answer {
 	unsigned status;
 	const char *reason;
 } tally_relay__outcomes[O__COUNT];
+
+/* API keys and their buckets (relay_auth.c) */
+typedef struct tally_relay__auth tally_relay__auth;
+
+/* What the body of an intake request holds, by its Content-Type. */
+typedef enum {
+	K_JSON = 1,  /* application/json: one usage event or an array */
+	K_CE,        /* application/cloudevents+json: one CloudEvent */
+	K_CE_BATCH,  /* application/cloudevents-batch+json: an array */
+} tally_relay__kind;
 
 struct tally_relay {
 	struct MHD_Daemon *d;
@@ -75,6 +99,16 @@ struct tally_relay {
 	atomic_size_t buffered; /* body bytes held by requests being read */
 	int port;
 	tally_metrics_server *admin; /* /metrics, /healthz, /readyz */
+
+	/* the intake: POST intake_path ("" when off) onto topics.usage */
+	char *intake_path;
+	size_t intake_max_body;
+	size_t intake_max_events;
+	tally_producer *usage;
+	pthread_t usage_poller;
+	bool usage_poller_started;
+	tally_relay__auth *auth;
+	tally_counter *events_accepted, *events_unavailable;
 
 	pthread_mutex_t mu; /* pending, stopping, stopped */
 	pthread_cond_t cv;
@@ -109,12 +143,51 @@ typedef struct tally_relay__req {
 	int64_t start_ns;
 	int64_t produce_ns;
 	char event_id[64];
+	/* the intake */
+	tally_relay__kind kind; /* 0: a webhook */
+	size_t max_body;
+	uint8_t tenant[16];     /* the key's */
+	atomic_int outstanding; /* events without a report, + 1 while sending */
+	atomic_int failed;      /* an event Kafka did not take */
+	int accepted;           /* events produced */
+	tally_strbuf answer;    /* the JSON answer when all are delivered */
 } tally_relay__req;
 
 /* signature and event (relay_event.c): the key to produce with */
 tally_relay__outcome tally_relay__verify(tally_relay *r, tally_relay__req *rq,
 					 const char *sig, char *key,
 					 size_t keylen);
+
+/* API keys (relay_auth.c) */
+tally_relay__auth *tally_relay__auth_new(const char *db_url, int64_t ttl_ms,
+					 size_t max);
+void tally_relay__auth_free(tally_relay__auth *a);
+/* O_OK with the key's tenant, O_NO_KEY, O_BAD_KEY, O_AUTH_UNAVAILABLE or
+ * O_RATE_LIMITED with the seconds to wait. */
+tally_relay__outcome tally_relay__auth_check(tally_relay__auth *a,
+					     const char *authorization,
+					     uint8_t tenant[16],
+					     int64_t *retry_after_s);
+
+/* the intake (relay_intake.c) */
+/* The kind of body a Content-Type names, or 0 (415). */
+tally_relay__kind tally_relay__intake_kind(const char *ctype);
+/* The whole body is here: validate, produce, answer (now or when the
+ * delivery reports are in). */
+enum MHD_Result tally_relay__intake(tally_relay *r,
+				    struct MHD_Connection *conn,
+				    tally_relay__req *rq);
+/* Delivery report of one intake event (the usage producer's poll thread) */
+void tally_relay__intake_delivered(const tally_delivery *dr, void *payload);
+
+/* HTTP answers (relay_http.c): body NULL for the outcome's own */
+enum MHD_Result tally_relay__respond(tally_relay *r,
+				     struct MHD_Connection *conn,
+				     tally_relay__outcome o,
+				     tally_relay__req *rq, const char *body,
+				     int64_t retry_after_s);
+/* Count rq as pending (false: draining, nothing counted). */
+bool tally_relay__hold(tally_relay *r, tally_relay__req *rq);
 
 /* admin listener (relay_admin.c) */
 int tally_relay__admin_start(tally_relay *r, const char *listen,
@@ -124,6 +197,11 @@ int tally_relay__admin_start(tally_relay *r, const char *listen,
 int tally_relay__kafka_setup(tally_relay *r, const tally_config *cfg,
 			     tally_error *err);
 void *tally_relay__poll_main(void *arg);
+void *tally_relay__usage_poll_main(void *arg);
+int tally_relay__usage_setup(tally_relay *r, const tally_config *cfg,
+			     tally_error *err);
+/* Record the answer of rq and resume its connection. */
+void tally_relay__finish(tally_relay__req *rq, tally_relay__outcome o);
 /* Produce rq's body; the connection is already suspended. */
 void tally_relay__produce(tally_relay *r, tally_relay__req *rq,
 			  const char *key, const char *sig, const char *ctype);

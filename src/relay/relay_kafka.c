@@ -1,7 +1,8 @@
 /*
  * relay_kafka.c - tally-relay's hand-off to Kafka: the idempotent acks=all
- * producer, its poll thread, and the delivery report that decides the
- * answer (200 or 503) and resumes the suspended connection.
+ * producers (webhooks; usage events of the intake, through tally/producer.h),
+ * their poll threads, and the delivery report that decides the answer
+ * (200 or 503) and resumes the suspended connection.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
@@ -20,7 +21,7 @@
  * (tally_relay__completed_cb), i.e. after the answer went out or the client
  * left, so a drain never closes a connection that owes its client a 200.
  */
-static void finish(tally_relay__req *rq, tally_relay__outcome o)
+void tally_relay__finish(tally_relay__req *rq, tally_relay__outcome o)
 {
 	tally_relay *r = rq->r;
 	struct MHD_Connection *conn = rq->conn;
@@ -56,7 +57,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 			  TALLY_KV_STR("event_id", rq->event_id),
 			  TALLY_KV_STR("error", rd_kafka_err2str(rkm->err)));
 		tally_counter_add(r->delivery_failed, 1);
-		finish(rq, failed(rkm->err));
+		tally_relay__finish(rq, failed(rkm->err));
 		return;
 	}
 	tally_counter_add(r->delivered, 1);
@@ -64,7 +65,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *rkm, void *opaque)
 		  TALLY_KV_STR("event_id", rq->event_id),
 		  TALLY_KV_INT("partition", rkm->partition),
 		  TALLY_KV_INT("offset", rkm->offset));
-	finish(rq, O_OK);
+	tally_relay__finish(rq, O_OK);
 }
 
 static void error_cb(rd_kafka_t *rk, int e, const char *reason, void *opaque)
@@ -93,6 +94,31 @@ void *tally_relay__poll_main(void *arg)
 	return NULL;
 }
 
+/* The usage producer's reports (tally_relay__intake_delivered). */
+void *tally_relay__usage_poll_main(void *arg)
+{
+	tally_relay *r = arg;
+
+	while (!atomic_load(&r->poll_stop))
+		(void)tally_producer_poll(r->usage, 100);
+	(void)tally_producer_poll(r->usage, 0);
+	return NULL;
+}
+
+/* The intake's producer: topics.usage, the documented key and headers
+ * (tally/producer.h), acks=all, a report within relay.produce_timeout_ms. */
+int tally_relay__usage_setup(tally_relay *r, const tally_config *cfg,
+			     tally_error *err)
+{
+	tally_producer_opts opts = { 0 };
+
+	opts.on_delivery = tally_relay__intake_delivered;
+	opts.payload = r;
+	opts.linger_ms = 1;
+	opts.message_timeout_ms = (int)r->produce_timeout_ms;
+	return tally_producer_new(&r->usage, cfg, &opts, err);
+}
+
 /* Produce rq's body; the connection is already suspended. */
 void tally_relay__produce(tally_relay *r, tally_relay__req *rq,
 			  const char *key, const char *sig, const char *ctype)
@@ -118,7 +144,7 @@ void tally_relay__produce(tally_relay *r, tally_relay__req *rq,
 		tally_log(TALLY_WARN, "relay.produce_failed",
 			  TALLY_KV_STR("event_id", rq->event_id),
 			  TALLY_KV_STR("error", rd_kafka_err2str(e)));
-		finish(rq, failed(e));
+		tally_relay__finish(rq, failed(e));
 	}
 }
 

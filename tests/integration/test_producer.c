@@ -7,6 +7,7 @@
  */
 #include "test_support.h"
 #include "check_main.h"
+#include "topic_support.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdint.h>
@@ -43,69 +44,6 @@ static void make_topic(const tally_config *cfg, char *topic, size_t n,
 	ck_assert_msg(tally_kafka_create_topics(tally_producer_rk(p), topics,
 						3, &err) == 0, "%s", err.msg);
 	tally_producer_free(p);
-}
-
-/*
- * Read n messages from all partitions of topic (from the beginning). The
- * messages hold references into *rkp: destroy them before calling
- * done_consuming() (rd_kafka_destroy waits for them).
- */
-static int consume(const tally_config *cfg, const char *topic,
-		   rd_kafka_message_t **out, int n, rd_kafka_t **rkp)
-{
-	rd_kafka_conf_t *conf = tally_kafka_conf(cfg);
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_t *rk;
-	char errstr[256], group[64];
-	int got = 0, p;
-	int64_t deadline = tally_now_ms() + 30000;
-
-	tally_test_unique(group, sizeof(group), "test_producer_g");
-	rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr));
-	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-	ck_assert_msg(rk != NULL, "%s", errstr);
-	rd_kafka_poll_set_consumer(rk);
-	parts = rd_kafka_topic_partition_list_new(3);
-	for (p = 0; p < 3; p++)
-		rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-			RD_KAFKA_OFFSET_BEGINNING;
-	rd_kafka_assign(rk, parts);
-	rd_kafka_topic_partition_list_destroy(parts);
-	while (got < n && tally_now_ms() < deadline) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-
-		if (m == NULL)
-			continue;
-		if (m->err) {
-			rd_kafka_message_destroy(m);
-			continue;
-		}
-		out[got++] = m;
-	}
-	*rkp = rk;
-	return got;
-}
-
-static void done_consuming(rd_kafka_t *rk)
-{
-	rd_kafka_consumer_close(rk);
-	rd_kafka_destroy(rk);
-}
-
-static const char *header(rd_kafka_message_t *m, const char *name,
-			  char *buf, size_t n)
-{
-	rd_kafka_headers_t *hdrs = NULL;
-	const void *v;
-	size_t len;
-
-	if (rd_kafka_message_headers(m, &hdrs) != 0 ||
-	    rd_kafka_header_get_last(hdrs, name, &v, &len) != 0 ||
-	    len >= n)
-		return NULL;
-	memcpy(buf, v, len);
-	buf[len] = '\0';
-	return buf;
 }
 
 typedef struct counts {
@@ -183,7 +121,8 @@ START_TEST(test_producer_round_trip)
 	ck_assert_int_eq(c.opaque_sum, 55);
 	tally_producer_free(p);
 
-	n = consume(cfg, topic, msgs, 10, &rk);
+	n = (int)topic_consume(&rk, msgs, 10, getenv("TALLY_TEST_BROKERS"),
+				topic, 3, 30000);
 	ck_assert_int_eq(n, 10);
 	for (i = 0; i < n; i++) {
 		tally_usage_event got;
@@ -197,18 +136,20 @@ START_TEST(test_producer_round_trip)
 					 &ce), 0);
 		snprintf(want, sizeof(want), "%.*s", (int)got.id.len,
 			 got.id.ptr);
-		ck_assert_str_eq(header(msgs[i], "ce_id", hb, sizeof(hb)),
-				 want);
-		ck_assert_str_eq(header(msgs[i], "ce_source", hb, sizeof(hb)),
+		ck_assert_str_eq(topic_header(msgs[i], "ce_id", hb,
+					      sizeof(hb)), want);
+		ck_assert_str_eq(topic_header(msgs[i], "ce_source", hb,
+					      sizeof(hb)),
 				 "workflow-engine/test");
-		ck_assert_str_eq(header(msgs[i], "ce_type", hb, sizeof(hb)),
-				 "ai.tokens");
-		ck_assert_str_eq(header(msgs[i], "ce_specversion", hb,
-					sizeof(hb)), "1.0");
-		ck_assert_str_eq(header(msgs[i], "content-type", hb,
-					sizeof(hb)), "application/msgpack");
-		ck_assert_ptr_nonnull(header(msgs[i], "ce_time", hb,
-					     sizeof(hb)));
+		ck_assert_str_eq(topic_header(msgs[i], "ce_type", hb,
+					      sizeof(hb)), "ai.tokens");
+		ck_assert_str_eq(topic_header(msgs[i], "ce_specversion", hb,
+					      sizeof(hb)), "1.0");
+		ck_assert_str_eq(topic_header(msgs[i], "content-type", hb,
+					      sizeof(hb)),
+				 "application/msgpack");
+		ck_assert_ptr_nonnull(topic_header(msgs[i], "ce_time", hb,
+						   sizeof(hb)));
 		ck_assert_int_eq(strncmp(hb, "2025-11-26T10:00:00.", 20), 0);
 		ck_assert_int_eq(got.input_tokens - 1000,
 				 got.time_ms - INT64_C(1764151200000));
@@ -216,7 +157,7 @@ START_TEST(test_producer_round_trip)
 		seen |= 1 << (got.input_tokens - 1000);
 		rd_kafka_message_destroy(msgs[i]);
 	}
-	done_consuming(rk);
+	topic_done(rk, NULL, 0); /* the messages are destroyed */
 	ck_assert_int_eq(seen, 0x7fe); /* evt-1 .. evt-10, each once */
 	tally_config_free(cfg);
 }
@@ -290,7 +231,8 @@ START_TEST(test_producer_cli_good_and_bad_lines)
 	rc = run(cmd, out, sizeof(out));
 	ck_assert_msg(rc == 0, "--skip-invalid must succeed: %d\n%s", rc, out);
 
-	n = consume(cfg, topic, msgs, 4, &rk);
+	n = (int)topic_consume(&rk, msgs, 4, getenv("TALLY_TEST_BROKERS"),
+				topic, 3, 30000);
 	ck_assert_int_eq(n, 4);
 	for (i = 0; i < n; i++) {
 		tally_usage_event ev;
@@ -302,7 +244,7 @@ START_TEST(test_producer_cli_good_and_bad_lines)
 		ck_assert_int_eq(ev.time_ms, INT64_C(1764151200000));
 		rd_kafka_message_destroy(msgs[i]);
 	}
-	done_consuming(rk);
+	topic_done(rk, NULL, 0); /* the messages are destroyed */
 	unlink(path);
 	tally_config_free(cfg);
 }

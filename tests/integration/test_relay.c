@@ -7,6 +7,7 @@
  */
 #define _DEFAULT_SOURCE
 #include "check_main.h"
+#include "topic_support.h"
 #include "tally/config.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -38,23 +39,7 @@ typedef struct fixture {
 
 static void make_topic(char *out, size_t n)
 {
-	rd_kafka_t *rk = NULL;
-	rd_kafka_conf_t *conf;
-	const char *topics[2];
-	tally_error err = { 0 };
-	char bs[] = "bootstrap.servers";
-
-	snprintf(out, n, "test.relay.%d.%lld.%d", (int)getpid(),
-		 (long long)tally_now_ms(), rand() % 100000);
-	conf = rd_kafka_conf_new();
-	ck_assert_int_eq(tally_kafka_conf_set(conf, bs, brokers, &err), 0);
-	ck_assert_msg(tally_kafka_producer_new(&rk, conf, &err) == 0, "%s",
-		      err.msg);
-	topics[0] = out;
-	topics[1] = NULL;
-	ck_assert_msg(tally_kafka_create_topics(rk, topics, PARTS, &err) == 0,
-		      "create topic: %s", err.msg);
-	rd_kafka_destroy(rk);
+	topic_make(out, n, brokers, "test.relay", PARTS);
 }
 
 /* topic NULL: a fresh one */
@@ -237,75 +222,6 @@ static int64_t topic_count(const char *topic)
 	return total;
 }
 
-/*
- * Read up to max records from the beginning of every partition. The
- * consumer is returned in *rk_out: librdkafka's destroy waits for every
- * message to be destroyed, so the caller frees with done().
- */
-static size_t consume(rd_kafka_t **rk_out, rd_kafka_message_t **out,
-		      size_t max, const char *topic, int timeout_ms)
-{
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_t *rk;
-	char errstr[256], gid[160];
-	size_t n = 0;
-	int64_t deadline = tally_now_ms() + timeout_ms;
-	int p;
-
-	snprintf(gid, sizeof(gid), "%s.reader", topic);
-	rd_kafka_conf_set(conf, "bootstrap.servers", brokers, errstr,
-			  sizeof(errstr));
-	rd_kafka_conf_set(conf, "group.id", gid, errstr, sizeof(errstr));
-	rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
-			  sizeof(errstr));
-	rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-	ck_assert_ptr_nonnull(rk);
-	parts = rd_kafka_topic_partition_list_new(PARTS);
-	for (p = 0; p < PARTS; p++)
-		rd_kafka_topic_partition_list_add(parts, topic, p)->offset =
-			RD_KAFKA_OFFSET_BEGINNING;
-	rd_kafka_assign(rk, parts);
-	rd_kafka_topic_partition_list_destroy(parts);
-	while (n < max && tally_now_ms() < deadline) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
-		if (m == NULL)
-			continue;
-		if (m->err) {
-			rd_kafka_message_destroy(m);
-			continue;
-		}
-		out[n++] = m;
-	}
-	*rk_out = rk;
-	return n;
-}
-
-static void done(rd_kafka_t *rk, rd_kafka_message_t **msgs, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		rd_kafka_message_destroy(msgs[i]);
-	rd_kafka_consumer_close(rk);
-	rd_kafka_destroy(rk);
-}
-
-static const char *header(rd_kafka_message_t *m, const char *name, char *tmp,
-			  size_t n)
-{
-	rd_kafka_headers_t *h = NULL;
-	const void *v;
-	size_t vl;
-
-	if (rd_kafka_message_headers(m, &h) != 0 ||
-	    rd_kafka_header_get_last(h, name, &v, &vl) != 0 || vl >= n)
-		return NULL;
-	memcpy(tmp, v, vl);
-	tmp[vl] = '\0';
-	return tmp;
-}
-
 /* --- tests ------------------------------------------------------------------- */
 
 START_TEST(test_relay_valid_event_on_topic)
@@ -323,7 +239,7 @@ START_TEST(test_relay_valid_event_on_topic)
 	sign(sig, body, SECRET, now_s());
 	ck_assert_int_eq(post(&f, body, sig, &resp), 200);
 	ck_assert_str_eq(resp.data, "{\"received\":true}\n");
-	n = consume(&crk, msgs, 4, f.topic, 5000);
+	n = topic_consume(&crk, msgs, 4, brokers, f.topic, PARTS, 5000);
 	ck_assert_msg(n == 1, "exactly one record expected, got %zu", n);
 	ck_assert_uint_eq(msgs[0]->len, strlen(body));
 	ck_assert_msg(memcmp(msgs[0]->payload, body, strlen(body)) == 0,
@@ -331,15 +247,16 @@ START_TEST(test_relay_valid_event_on_topic)
 	ck_assert_msg(msgs[0]->key_len == 7 &&
 		      memcmp(msgs[0]->key, "cus_ABC", 7) == 0,
 		      "key must be the customer id");
-	ck_assert_str_eq(header(msgs[0], "stripe-signature", tmp, sizeof(tmp)),
-			 sig);
-	ck_assert_str_eq(header(msgs[0], "content-type", tmp, sizeof(tmp)),
-			 "application/json");
-	ck_assert_int_eq(tally_parse_i64(&at, header(msgs[0], "received-at",
-						     tmp, sizeof(tmp))), 0);
+	ck_assert_str_eq(topic_header(msgs[0], "stripe-signature", tmp,
+				      sizeof(tmp)), sig);
+	ck_assert_str_eq(topic_header(msgs[0], "content-type", tmp,
+				      sizeof(tmp)), "application/json");
+	ck_assert_int_eq(tally_parse_i64(&at, topic_header(msgs[0],
+							   "received-at", tmp,
+							   sizeof(tmp))), 0);
 	ck_assert_msg(at >= before && at <= tally_now_ms(),
 		      "received-at must be unix ms of the request");
-	done(crk, msgs, n);
+	topic_done(crk, msgs, n);
 	free(body);
 	stop(&f);
 }
@@ -363,7 +280,7 @@ START_TEST(test_relay_keys)
 	ck_assert_int_eq(post(&f, none, sig, NULL), 200);
 	sign(sig, cust, SECRET, now_s());
 	ck_assert_int_eq(post(&f, cust, sig, NULL), 200);
-	n = consume(&crk, msgs, 2, f.topic, 5000);
+	n = topic_consume(&crk, msgs, 2, brokers, f.topic, PARTS, 5000);
 	ck_assert_uint_eq(n, 2);
 	for (i = 0; i < n; i++) {
 		if (msgs[i]->key_len == 6 &&
@@ -373,7 +290,7 @@ START_TEST(test_relay_keys)
 		    memcmp(msgs[i]->key, "cus_SELF", 8) == 0)
 			seen |= 2; /* a customer object: its own id */
 	}
-	done(crk, msgs, n);
+	topic_done(crk, msgs, n);
 	ck_assert_msg(seen == 3, "keys: event id and customer object id");
 	free(none);
 	stop(&f);
@@ -551,7 +468,8 @@ START_TEST(test_relay_concurrent_500)
 	ck_assert_msg(ok == CONC, "%d x 200 expected, got %d (others %d)",
 		      CONC, ok, other);
 	ck_assert_int_eq(topic_count(f.topic), CONC);
-	n = consume(&crk, msgs, CONC + 10, f.topic, 8000);
+	n = topic_consume(&crk, msgs, CONC + 10, brokers, f.topic, PARTS,
+			  8000);
 	ck_assert_uint_eq(n, CONC);
 	for (i = 0; i < (int)n; i++) {
 		char copy[512], digits[16];
@@ -572,7 +490,7 @@ START_TEST(test_relay_concurrent_500)
 			      "each event exactly once (%" PRId64 ")", k);
 		seen[k] = 1;
 	}
-	done(crk, msgs, n);
+	topic_done(crk, msgs, n);
 	free(seen);
 	free(msgs);
 	free(resp);
