@@ -250,44 +250,36 @@ START_TEST(test_producer_cli_good_and_bad_lines)
 }
 END_TEST
 
-/* Every message of topic until none came for 3 s; ids into seen[]. */
-static int consume_ids(const tally_config *cfg, const char *topic,
-		       unsigned char *seen, int max_id, int *dups)
+/* Every message of the topic's 3 partitions within 20 s; ids into seen[]. */
+static int consume_ids(const char *topic, unsigned char *seen, int max_id,
+		       int *dups)
 {
-	rd_kafka_message_t *m[1];
+	/* room for more than max_id: an extra message must show up */
+	size_t cap = (size_t)max_id + 1000, n, k;
+	rd_kafka_message_t **m = calloc(cap, sizeof(*m));
 	rd_kafka_t *rk = NULL;
-	int got = 0, idle = 0;
 
+	ck_assert_ptr_nonnull(m);
 	*dups = 0;
-	if (consume(cfg, topic, m, 0, &rk) != 0)
-		ck_abort();
-	while (idle < 15) {
-		rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 200);
+	n = topic_consume(&rk, m, cap, getenv("TALLY_TEST_BROKERS"), topic, 3,
+			  20000);
+	for (k = 0; k < n; k++) {
 		tally_usage_event ev;
 		tally_codec_error ce;
 		int i;
 
-		if (msg == NULL) {
-			idle++;
-			continue;
-		}
-		idle = 0;
-		if (msg->err == 0) {
-			ck_assert_int_eq(tally_codec_decode_usage(&ev,
-				msg->payload, msg->len, &ce), 0);
-			ck_assert_msg(ev.id.len > 2 && ev.id.ptr[0] == 'p',
-				      "unexpected id %.*s", (int)ev.id.len,
-				      ev.id.ptr);
-			i = atoi(ev.id.ptr + 2);
-			ck_assert(i > 0 && i <= max_id);
-			*dups += seen[i] != 0;
-			seen[i] = 1;
-			got++;
-		}
-		rd_kafka_message_destroy(msg);
+		ck_assert_int_eq(tally_codec_decode_usage(&ev, m[k]->payload,
+							  m[k]->len, &ce), 0);
+		ck_assert_msg(ev.id.len > 2 && ev.id.ptr[0] == 'p',
+			      "unexpected id %.*s", (int)ev.id.len, ev.id.ptr);
+		i = atoi(ev.id.ptr + 2);
+		ck_assert(i > 0 && i <= max_id);
+		*dups += seen[i] != 0;
+		seen[i] = 1;
 	}
-	done_consuming(rk);
-	return got;
+	topic_done(rk, m, n);
+	free(m);
+	return (int)n;
 }
 
 /*
@@ -361,7 +353,7 @@ START_TEST(test_producer_cli_parallel_exactly_once)
 		 bad - 1000);
 	ck_assert_msg(strstr(out, want) != NULL, "1000 shown, then counted");
 	ck_assert_msg(strstr(out, "lines/s") != NULL, "progress: %.500s", out);
-	got = consume_ids(cfg, topic, seen, N, &dups);
+	got = consume_ids(topic, seen, N, &dups);
 	ck_assert_int_eq(dups, 0);
 	ck_assert_int_eq(got, good);
 	for (i = 1; i <= N; i++)
