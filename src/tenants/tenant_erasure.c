@@ -93,9 +93,11 @@ static int erase_column(tally_pg *pg, const tally_tenant_table *t,
 	else if (nullable)
 		snprintf(sql, n, "UPDATE %s t SET %s = NULL WHERE (%s) AND"
 			 " %s IS NOT NULL", ident, c, t->where, c);
-	else
-		snprintf(sql, n, "UPDATE %s t SET %s = 'erased' WHERE (%s) AND"
-			 " %s <> 'erased'", ident, c, t->where, c);
+	else /* NOT NULL, maybe part of a key (tenant_period_users.subject):
+	      * a random pseudonym per row keeps rows distinct, counts exact */
+		snprintf(sql, n, "UPDATE %s t SET %s = 'erased:' ||"
+			 " gen_random_uuid() WHERE (%s) AND %s NOT LIKE"
+			 " 'erased:%%'", ident, c, t->where, c);
 	rc = exec_count(pg, sql, tenant, changed, err);
 	free(sql);
 	PQfreemem(c);

@@ -104,6 +104,9 @@ static inline void td_seed(PGconn *c, const td_person *p, int offset,
 		" '{\"customer_name\": \"%s\", \"amount\": 29900}');"
 		"INSERT INTO billing_periods VALUES ('%s', '2026-11-01',"
 		" '2026-12-01', 'invoiced');"
+		"INSERT INTO tenant_period_users (tenant_id, period_start,"
+		" subject) VALUES ('%s', '2026-11-01', '%s'),"
+		" ('%s', '2026-11-01', '%s/2');"
 		"INSERT INTO tenant_period_usage (tenant_id, period_start,"
 		" period_end, ai_requests, cost) VALUES ('%s', '2026-11-01',"
 		" '2026-12-01', 3, 0.75);"
@@ -113,8 +116,8 @@ static inline void td_seed(PGconn *c, const td_person *p, int offset,
 		"INSERT INTO subscriptions (tenant_id, subscription_id,"
 		" customer_id, status, stripe_created, as_of) VALUES ('%s',"
 		" 'sub_%s', '%s', 'active', now(), now());",
-		p->id, p->name, p->id, p->id, p->id, p->id, p->id + 24,
-		p->customer);
+		p->id, p->name, p->id, p->id, p->subject, p->id, p->subject,
+		p->id, p->id, p->id, p->id + 24, p->customer);
 	td_exec(c, sql);
 	snprintf(sql, sizeof(sql),
 		"INSERT INTO invoices (tenant_id, invoice_id, customer_id,"

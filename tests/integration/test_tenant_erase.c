@@ -225,6 +225,11 @@ START_TEST(test_erase_personal_data_everywhere)
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM usage_ledger WHERE"
 		 " tenant_id = '%s'", a.id);
 	ck_assert_int_eq(count(c, sql), 3);
+	/* active users stay countable: two distinct pseudonyms */
+	snprintf(sql, sizeof(sql), "SELECT count(DISTINCT subject) FROM"
+		 " tenant_period_users WHERE tenant_id = '%s' AND subject"
+		 " LIKE 'erased:%%'", a.id);
+	ck_assert_int_eq(count(c, sql), 2);
 
 	/* again, Stripe reachable (by id: the slug is gone): customer deleted */
 	ck_assert_int_eq(erase(a.id, getenv("TALLY_TEST_STRIPE_BASE"), out), 0);
