@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import sys
-import urllib.error
 import urllib.request
 
 import msgpack
@@ -73,18 +72,15 @@ def _on_delivery(err, msg):
 
 
 def send_http(url, key, events):
-    """POST a batch; returns (accepted, rejected list). Raises on 429/503."""
+    """POST a batch; returns (accepted, rejected list). 202: all durable;
+    207: the body lists each rejected index. Raises on 429 and 503: wait
+    (Retry-After) and send the same batch again, tally dedupes it."""
     req = urllib.request.Request(
         url.rstrip("/") + "/v1/events", data=json.dumps(events).encode(),
         headers={"Content-Type": "application/json",
                  "Authorization": "Bearer " + key}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            body = json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        if e.code != 207:         # 207: some events rejected, see the body
-            raise
-        body = json.loads(e.read())
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body = json.loads(resp.read() or b"{}")
     return body.get("accepted", len(events)), body.get("rejected", [])
 
 
