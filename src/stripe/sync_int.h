@@ -145,6 +145,11 @@ int tally_ss__mirror_subscription(tally_stripe_sync *ss, ss_tenant *t,
 				  const json_t *sub, int64_t as_of, int rank,
 				  const char *event_id, bool *applied,
 				  tally_error *err);
+/* Record a subscription version with its items and discounts for
+ * finance, once, whether or not it is the newest (sync_sub_versions.c). */
+int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
+				 const json_t *sub, int64_t as_of, int rank,
+				 tally_error *err);
 /* A customer.subscription.* event for tenant t. */
 int tally_ss__subscription_event(ss_event *x, ss_tenant *t, bool *applied,
 				 tally_error *err);
