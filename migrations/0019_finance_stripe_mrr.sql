@@ -128,7 +128,7 @@ BEGIN
 END $$;
 
 -- Whether a discount applies to the invoice of the billing period starting
--- at p (the previous one started at prev; first: p is the subscription's
+-- at p (the previous one started at prev; is_first: p is the subscription's
 -- first period). Stripe applies a discount to the invoices created while it
 -- is in force: once -> the first invoice at or after its start; repeating
 -- -> every invoice whose period starts in [start, end) (so an annual plan's
@@ -136,10 +136,10 @@ END $$;
 -- its start.
 CREATE FUNCTION tally_discount_applies(duration text, months integer,
     starts_at timestamptz, ends_at timestamptz, p timestamptz,
-    prev timestamptz, first boolean)
+    prev timestamptz, is_first boolean)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
 SELECT starts_at <= p AND CASE duration
-    WHEN 'once' THEN first OR prev < starts_at
+    WHEN 'once' THEN is_first OR prev < starts_at
     WHEN 'repeating' THEN p < coalesce(ends_at,
         ((starts_at AT TIME ZONE 'UTC') + make_interval(months => months))
         AT TIME ZONE 'UTC')

@@ -178,7 +178,7 @@ START_TEST(test_finance_stripe_mirror)
 	      " to_char(starts_at AT TIME ZONE 'UTC', 'MM-DD'),"
 	      " to_char(ends_at AT TIME ZONE 'UTC', 'MM-DD') FROM "
 	      "subscription_version_discounts ORDER BY 1",
-	      "di_A|-|TEAM255|25.5||||forever||01-10|;"
+	      "di_A|-|TEAM255|25.5|||forever||01-10|;"
 	      "di_B|-|WELCOME500||50000|USD|once||01-15|;"
 	      "di_C|-|HALF2|50|||repeating|2|01-05|03-05;"
 	      "di_E|-|ONCE20|20|||once||02-25|;"

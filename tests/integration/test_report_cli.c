@@ -114,6 +114,8 @@ static void same_in_every_format(const char *args, const char *csv)
 	snprintf(cmd, sizeof(cmd), "%s --format table", args);
 	ck_assert_int_eq(report(out, sizeof(out), cmd, false), 0);
 	nt = split(out, '\n', tl, 64) - 1;
+	snprintf(lines_buf, sizeof(lines_buf), "%s", csv);
+	split(lines_buf, '\n', lines, 64);
 	ck_assert_int_eq(nt, nl + 2); /* header, rule, rows, (n rows) */
 	snprintf(row, sizeof(row), "(%d row%s)", nl - 1, nl == 2 ? "" : "s");
 	ck_assert_str_eq(tl[nt - 1], row);
@@ -123,7 +125,7 @@ static void same_in_every_format(const char *args, const char *csv)
 		int k = 0;
 
 		snprintf(row, sizeof(row), "%s", lines[r]);
-		split(row, ',', vals, 32);
+		ck_assert_int_eq(split(row, ',', vals, 32), nh);
 		want[0] = '\0';
 		for (f = 0; f < nh; f++)
 			if (*vals[f])
