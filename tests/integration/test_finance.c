@@ -12,6 +12,8 @@
 #include "finance_fixture.h"
 #include "tally/log.h"
 
+#include <jansson.h>
+
 static char db[64], dsn[512];
 static void setup(void)
 {
@@ -108,6 +110,44 @@ START_TEST(test_finance_views_ignore_session_timezone)
 }
 END_TEST
 
+/* The views' estimated cost stays under PostgreSQL's jit_above_cost
+ * (100000): a plan above it is JIT-compiled, seconds for every query. */
+START_TEST(test_finance_views_plans_skip_jit)
+{
+	static const char *const views[] = {
+		"finance_months", "finance_subscription_months",
+		"finance_tenant_mrr", "finance_mrr", "finance_arr",
+		"finance_churn", "finance_revenue_by_plan",
+		"finance_mrr_movements", "finance_nrr", "finance_clv",
+		"finance_usage_monthly", "finance_invoices",
+	};
+	PGconn *c = PQconnectdb(dsn);
+	char sql[128];
+	size_t i;
+
+	ck_assert_int_eq(PQstatus(c), CONNECTION_OK);
+	for (i = 0; i < sizeof(views) / sizeof(views[0]); i++) {
+		PGresult *r;
+		json_t *plan;
+		double cost;
+
+		snprintf(sql, sizeof(sql), "EXPLAIN (FORMAT JSON) SELECT * "
+			 "FROM %s", views[i]);
+		r = PQexec(c, sql);
+		ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s",
+			      sql, PQerrorMessage(c));
+		plan = json_loads(PQgetvalue(r, 0, 0), 0, NULL);
+		cost = json_real_value(json_object_get(json_object_get(
+			json_array_get(plan, 0), "Plan"), "Total Cost"));
+		ck_assert_msg(cost > 0 && cost < 100000, "%s: cost %.0f",
+			      views[i], cost);
+		json_decref(plan);
+		PQclear(r);
+	}
+	PQfinish(c);
+}
+END_TEST
+
 static Suite *finance_suite(void)
 {
 	Suite *s = suite_create("finance");
@@ -119,6 +159,7 @@ static Suite *finance_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_finance_views_exact);
 	tcase_add_test(tc, test_finance_views_ignore_session_timezone);
+	tcase_add_test(tc, test_finance_views_plans_skip_jit);
 	suite_add_tcase(s, tc);
 	return s;
 }
