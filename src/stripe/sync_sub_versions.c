@@ -11,6 +11,7 @@
 #include "tally/log.h"
 #include "tally/money.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -68,6 +69,25 @@ static const char *jcount(ss_numbuf b, const json_t *o, const char *k,
 	return s && v >= 1 && v <= max ? s : NULL;
 }
 
+/* A unix time Stripe could send (year 1970 to 9999) as text, else NULL. */
+static const char *jtime(ss_numbuf b, const json_t *o, const char *k)
+{
+	const char *s = tally_ss__jnum(b, o, k);
+	int64_t v = tally_ss__to_i64(s);
+
+	return s && v >= 0 && v <= INT64_C(253402300799) ? s : NULL;
+}
+
+/* A three-letter currency code, else NULL. */
+static const char *currency3(const json_t *o, const char *k)
+{
+	const char *s = tally_stripe_jstr(o, k);
+
+	return s && strlen(s) == 3 && strspn(s, "abcdefghijklmnopqrstuvwxyz"
+				       "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == 3
+		? s : NULL;
+}
+
 static void skipped(const ver_key *k, const char *what, const char *id,
 		    const char *why)
 {
@@ -120,7 +140,7 @@ static int record_item(tally_stripe_sync *ss, const ver_key *k,
 		"coalesce($12, 'licensed')) ON CONFLICT DO NOTHING",
 		12, k->tenant, k->sub, k->as_of, k->rank, id,
 		tally_stripe_jstr(price, "id"), qty, amount,
-		tally_stripe_jstr(price, "currency"), interval, count,
+		currency3(price, "currency"), interval, count,
 		usage && strcmp(usage, "metered") == 0 ? "metered" : NULL);
 }
 
@@ -159,7 +179,7 @@ static int record_discount(tally_stripe_sync *ss, const ver_key *k,
 	amt = json_is_integer(json_object_get(coupon, "amount_off"))
 		? jdecimal(abuf, sizeof(abuf),
 			   json_object_get(coupon, "amount_off")) : NULL;
-	start = tally_ss__jnum(sb, d, "start");
+	start = jtime(sb, d, "start");
 	months = jcount(mb, coupon, "duration_in_months", 1200);
 	if (!one_of(duration, durations) || start == NULL ||
 	    (pct == NULL) == (amt == NULL) ||
@@ -180,9 +200,9 @@ static int record_discount(tally_stripe_sync *ss, const ver_key *k,
 		"to_timestamp($15::bigint)) ON CONFLICT DO NOTHING",
 		15, k->tenant, k->sub, k->as_of, k->rank, id, pos, item_id,
 		tally_stripe_jstr(coupon, "id"), pct, amt,
-		tally_stripe_jstr(coupon, "currency"), duration,
+		currency3(coupon, "currency"), duration,
 		strcmp(duration, "repeating") == 0 ? months : NULL, start,
-		tally_ss__jnum(eb, d, "end"));
+		jtime(eb, d, "end"));
 }
 
 /* The discounts of an array (objects; ids alone are skipped). */
@@ -231,8 +251,8 @@ int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
 		"RETURNING 1",
 		7, k.tenant, k.sub, k.as_of, k.rank,
 		tally_stripe_jstr(sub, "status"),
-		tally_stripe_jstr(sub, "currency"),
-		tally_ss__jnum(anchor, sub, "billing_cycle_anchor"));
+		currency3(sub, "currency"),
+		jtime(anchor, sub, "billing_cycle_anchor"));
 	if (rc != 0 || PQntuples(res) == 0) {
 		PQclear(res); /* recorded before: the same version again */
 		return rc;

@@ -203,8 +203,9 @@ START_TEST(test_finance_stripe_hostile_entries)
 		"\"eur\",\"created\":1769990400,\"metadata\":{},"
 		"\"items\":{\"data\":["
 		"{\"id\":\"si_ok\",\"quantity\":2,\"price\":{\"id\":\"p\","
+		"\"currency\":\"euros\","
 		"\"unit_amount\":100,\"unit_amount_decimal\":\"100.5\","
-		"\"currency\":\"eur\",\"recurring\":{\"interval\":\"month\","
+		"\"recurring\":{\"interval\":\"month\","
 		"\"interval_count\":1,\"usage_type\":\"licensed\"}}},"
 		"{\"id\":\"si_neg\",\"quantity\":-3,\"price\":{\"id\":\"p\"}},"
 		"{\"id\":\"si_cnt\",\"quantity\":1,\"price\":{\"id\":\"p\","
@@ -213,6 +214,8 @@ START_TEST(test_finance_stripe_hostile_entries)
 		"\"discounts\":[\"di_only_an_id\","
 		"{\"id\":\"di_150\",\"start\":1775000000,\"source\":{\"coupon\":"
 		"{\"id\":\"X\",\"duration\":\"forever\",\"percent_off\":150}}},"
+		"{\"id\":\"di_time\",\"start\":99999999999999,\"coupon\":"
+		"{\"id\":\"T\",\"duration\":\"forever\",\"amount_off\":1}},"
 		"{\"id\":\"di_rep\",\"start\":1775000000,\"coupon\":"
 		"{\"id\":\"Y\",\"duration\":\"repeating\",\"percent_off\":5}},"
 		"{\"id\":\"di_ok\",\"start\":1775000000,\"coupon\":"
@@ -224,9 +227,9 @@ START_TEST(test_finance_stripe_hostile_entries)
 	deliver(ss, ev);
 	json_decref(ev);
 	tally_stripe_sync_free(ss);
-	check("SELECT item_id, unit_amount, quantity FROM "
+	check("SELECT item_id, unit_amount, quantity, currency IS NULL FROM "
 	      "subscription_version_items WHERE as_of = to_timestamp("
-	      "1775000000)", "si_ok|100.5|2");
+	      "1775000000)", "si_ok|100.5|2|t");
 	check("SELECT discount_id, percent_off FROM "
 	      "subscription_version_discounts WHERE as_of = to_timestamp("
 	      "1775000000)", "di_ok|33.33");
