@@ -373,6 +373,9 @@ static Suite *roles_suite(void)
 	TCase *tc = tcase_create("isolation");
 	TCase *te = tcase_create("engine");
 
+	/* each test migrates a database and reads every relation: more than
+	 * Check's default 4 s on a loaded machine */
+	tcase_set_timeout(tc, 120);
 	tcase_add_checked_fixture(tc, roles_setup, roles_teardown);
 	tcase_add_test(tc, test_roles_tenant_reads_only_its_rows);
 	tcase_add_test(tc, test_roles_finance_reads_all_writes_nothing);
