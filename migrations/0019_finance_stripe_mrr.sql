@@ -318,12 +318,21 @@ JOIN subscriptions s
  AND s.status NOT IN ('incomplete', 'incomplete_expired')
 LEFT JOIN plans p ON p.id = s.plan
 CROSS JOIN LATERAL (
-    SELECT upper(coalesce(s.currency, p.currency, 'USD'))::char(3) AS currency,
-           -- before any version was mirrored: the plan's price x quantity
+    SELECT EXISTS (SELECT 1 FROM subscription_versions v
+                   WHERE v.tenant_id = s.tenant_id
+                     AND v.subscription_id = s.subscription_id) AS versioned
+) h
+CROSS JOIN LATERAL (
+    -- without a version mirrored: the plan's price x quantity, in the
+    -- plan's currency
+    SELECT cc.currency,
            round(coalesce(p.monthly_price, 0) * coalesce(s.quantity, 1)
              * 10::numeric ^ coalesce((SELECT minor_digits FROM currencies
-                 WHERE code = upper(coalesce(s.currency, p.currency, 'USD'))),
-                 2)) AS fallback
+                 WHERE code = cc.currency), 2)) AS fallback
+    FROM (SELECT upper(CASE WHEN h.versioned
+                            THEN coalesce(s.currency, p.currency, 'USD')
+                            ELSE coalesce(p.currency, s.currency, 'USD')
+                       END)::char(3) AS currency) cc
 ) c
 CROSS JOIN LATERAL (
     SELECT c.currency,
