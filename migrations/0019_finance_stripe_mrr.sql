@@ -146,6 +146,15 @@ SELECT starts_at <= p AND CASE duration
     ELSE ends_at IS NULL OR p < ends_at END
 $$;
 
+-- A billing period's amount (minor units) as a month, rounded once to the
+-- minor unit, half away from zero: tally's one rounding of MRR.
+CREATE FUNCTION tally_monthly_minor(amount numeric, unit text, n integer)
+RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+SELECT round(amount * CASE unit WHEN 'day' THEN 365 WHEN 'week' THEN 52
+                                ELSE 1 END
+             / (n * CASE unit WHEN 'month' THEN 1 ELSE 12 END))
+$$;
+
 -- One subscription's MRR just before instant t, in minor units of its
 -- currency: the version in force before t (the first one if none was yet),
 -- its licensed items' unit amount x quantity (each line rounded to the
@@ -246,9 +255,7 @@ BEGIN
         total := total - least(off, total);
     END LOOP;
     -- the one rounding of tally's own: the period's charge as a month
-    RETURN round(total * CASE unit WHEN 'day' THEN 365 WHEN 'week' THEN 52
-                                   ELSE 1 END
-                 / (n * CASE unit WHEN 'month' THEN 1 ELSE 12 END));
+    RETURN tally_monthly_minor(total, unit, n);
 END $$;
 
 -- Minor units (an integer) in currency units with the currency's digits,
@@ -282,13 +289,12 @@ DROP VIEW finance_clv, finance_revenue_by_plan, finance_churn, finance_arr,
 
 -- A subscription pays at instant t when it started before t, had not ended
 -- by t, is not incomplete and its trial (if any) ended before t.
-CREATE FUNCTION tally_subscription_pays(s subscriptions, t timestamptz)
-RETURNS boolean LANGUAGE sql STABLE AS $$
-SELECT s.stripe_created < t
-   AND (coalesce(s.ended_at, s.canceled_at) IS NULL
-        OR coalesce(s.ended_at, s.canceled_at) >= t)
-   AND s.status NOT IN ('incomplete', 'incomplete_expired')
-   AND (s.trial_end IS NULL OR s.trial_end < t)
+CREATE FUNCTION tally_subscription_pays(created timestamptz,
+    ended timestamptz, status text, trial_end timestamptz, t timestamptz)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+SELECT created < t AND (ended IS NULL OR ended >= t)
+   AND status NOT IN ('incomplete', 'incomplete_expired')
+   AND (trial_end IS NULL OR trial_end < t)
 $$;
 
 -- Per month, every subscription live at some time in it. mrr_minor: its
@@ -303,48 +309,96 @@ RETURNS TABLE (month timestamptz, tenant_id uuid, subscription_id text,
                ended_in_month boolean, paying boolean, currency char(3),
                customer_id text, mrr_minor numeric, start_mrr_minor numeric)
 LANGUAGE sql STABLE ROWS 1000 SET jit = off AS $$
-SELECT fm.month, s.tenant_id, s.subscription_id, s.plan,
-       tally_minor_units(x.mrr_minor, x.currency) AS plan_price,
-       (s.stripe_created < fm.month) AS live_at_start,
-       (coalesce(s.ended_at, s.canceled_at) >= fm.month
-        AND coalesce(s.ended_at, s.canceled_at) < fm.month_end) AS ended_in_month,
-       tally_subscription_pays(s, fm.month_end) AS paying,
-       x.currency, s.customer_id, x.mrr_minor, x.start_mrr_minor
-FROM finance_months fm
-JOIN subscriptions s
-  ON s.stripe_created < fm.month_end
- AND (coalesce(s.ended_at, s.canceled_at) IS NULL
-      OR coalesce(s.ended_at, s.canceled_at) >= fm.month)
- AND s.status NOT IN ('incomplete', 'incomplete_expired')
-LEFT JOIN plans p ON p.id = s.plan
-CROSS JOIN LATERAL (
-    SELECT EXISTS (SELECT 1 FROM subscription_versions v
-                   WHERE v.tenant_id = s.tenant_id
-                     AND v.subscription_id = s.subscription_id) AS versioned
-) h
-CROSS JOIN LATERAL (
-    -- without a version mirrored: the plan's price x quantity, in the
-    -- plan's currency
-    SELECT cc.currency,
-           round(coalesce(p.monthly_price, 0) * coalesce(s.quantity, 1)
-             * 10::numeric ^ coalesce((SELECT minor_digits FROM currencies
-                 WHERE code = cc.currency), 2)) AS fallback
-    FROM (SELECT upper(CASE WHEN h.versioned
-                            THEN coalesce(s.currency, p.currency, 'USD')
-                            ELSE coalesce(p.currency, s.currency, 'USD')
-                       END)::char(3) AS currency) cc
-) c
-CROSS JOIN LATERAL (
-    SELECT c.currency,
-           CASE WHEN tally_subscription_pays(s, fm.month_end)
-                THEN coalesce(tally_subscription_mrr_minor(s.tenant_id,
-                         s.subscription_id, fm.month_end), c.fallback)
-                ELSE 0 END AS mrr_minor,
-           CASE WHEN tally_subscription_pays(s, fm.month)
-                THEN coalesce(tally_subscription_mrr_minor(s.tenant_id,
-                         s.subscription_id, fm.month), c.fallback)
-                ELSE 0 END AS start_mrr_minor
-) x
+WITH sm AS MATERIALIZED (
+    SELECT fm.month, s.tenant_id, s.subscription_id, s.plan,
+           (s.stripe_created < fm.month) AS live_at_start,
+           (coalesce(s.ended_at, s.canceled_at) >= fm.month
+            AND coalesce(s.ended_at, s.canceled_at) < fm.month_end)
+             AS ended_in_month,
+           tally_subscription_pays(s.stripe_created,
+               coalesce(s.ended_at, s.canceled_at), s.status, s.trial_end,
+               fm.month_end) AS paying,
+           c.currency, s.customer_id,
+           CASE WHEN NOT tally_subscription_pays(s.stripe_created,
+               coalesce(s.ended_at, s.canceled_at), s.status, s.trial_end,
+               fm.month_end) THEN 0
+                WHEN v.as_of IS NULL THEN c.fallback
+                WHEN v.status = 'paused' OR f.unit IS NULL THEN 0
+                -- discounts depend on the billing period: worked out by
+                -- the function; without any, the items' sum as a month
+                WHEN EXISTS (SELECT 1 FROM subscription_version_discounts d
+                             WHERE d.tenant_id = v.tenant_id
+                               AND d.subscription_id = v.subscription_id
+                               AND d.as_of = v.as_of
+                               AND d.as_of_rank = v.as_of_rank)
+                THEN tally_subscription_mrr_minor(s.tenant_id,
+                         s.subscription_id, fm.month_end)
+                ELSE tally_monthly_minor(g.gross, f.unit, f.n) END
+             AS mrr_minor
+    FROM finance_months fm
+    JOIN subscriptions s
+      ON s.stripe_created < fm.month_end
+     AND (coalesce(s.ended_at, s.canceled_at) IS NULL
+          OR coalesce(s.ended_at, s.canceled_at) >= fm.month)
+     AND s.status NOT IN ('incomplete', 'incomplete_expired')
+    LEFT JOIN plans p ON p.id = s.plan
+    -- the version in force at the end of the month (else the first)
+    LEFT JOIN LATERAL (
+        (SELECT * FROM subscription_versions v
+          WHERE v.tenant_id = s.tenant_id
+            AND v.subscription_id = s.subscription_id
+            AND v.as_of < fm.month_end
+          ORDER BY v.as_of DESC, v.as_of_rank DESC LIMIT 1)
+        UNION ALL
+        (SELECT * FROM subscription_versions v
+          WHERE v.tenant_id = s.tenant_id
+            AND v.subscription_id = s.subscription_id
+          ORDER BY v.as_of, v.as_of_rank LIMIT 1)
+        LIMIT 1
+    ) v ON true
+    LEFT JOIN LATERAL (
+        SELECT i.recurring_interval AS unit, i.interval_count AS n
+        FROM subscription_version_items i
+        WHERE i.tenant_id = v.tenant_id
+          AND i.subscription_id = v.subscription_id
+          AND i.as_of = v.as_of AND i.as_of_rank = v.as_of_rank
+          AND i.usage_type = 'licensed' AND i.unit_amount IS NOT NULL
+          AND i.recurring_interval IS NOT NULL
+        ORDER BY i.item_id LIMIT 1
+    ) f ON true
+    LEFT JOIN LATERAL (
+        SELECT coalesce(sum(round(i.unit_amount * i.quantity)), 0) AS gross
+        FROM subscription_version_items i
+        WHERE i.tenant_id = v.tenant_id
+          AND i.subscription_id = v.subscription_id
+          AND i.as_of = v.as_of AND i.as_of_rank = v.as_of_rank
+          AND i.usage_type = 'licensed' AND i.unit_amount IS NOT NULL
+          AND i.recurring_interval = f.unit AND i.interval_count = f.n
+    ) g ON true
+    CROSS JOIN LATERAL (
+        -- without a version mirrored: the plan's price x quantity, in the
+        -- plan's currency
+        SELECT cc.currency,
+               round(coalesce(p.monthly_price, 0) * coalesce(s.quantity, 1)
+                 * 10::numeric ^ coalesce((SELECT minor_digits
+                     FROM currencies WHERE code = cc.currency), 2))
+                 AS fallback
+        FROM (SELECT upper(CASE WHEN v.as_of IS NOT NULL
+                                THEN coalesce(s.currency, p.currency, 'USD')
+                                ELSE coalesce(p.currency, s.currency, 'USD')
+                           END)::char(3) AS currency) cc
+    ) c
+)
+-- at the start of a month = at the end of the previous one (a
+-- subscription paying then was live in that month too)
+SELECT sm.month, sm.tenant_id, sm.subscription_id, sm.plan,
+       round(sm.mrr_minor / 10::numeric ^ coalesce(cu.minor_digits, 2),
+             coalesce(cu.minor_digits, 2)),
+       sm.live_at_start, sm.ended_in_month, sm.paying, sm.currency,
+       sm.customer_id, sm.mrr_minor,
+       coalesce(lag(sm.mrr_minor) OVER (PARTITION BY sm.tenant_id,
+                    sm.subscription_id ORDER BY sm.month), 0)
+FROM sm LEFT JOIN currencies cu ON cu.code = sm.currency
 $$;
 
 CREATE VIEW finance_subscription_months AS
@@ -375,23 +429,31 @@ GROUP BY u.month, u.tenant_id, t.currency;
 -- month, in minor units; a row for every month from the tenant's first
 -- subscription on, zeros included.
 CREATE VIEW finance_tenant_mrr AS
-WITH span AS (
+WITH sm AS (
+    SELECT month, tenant_id, currency, sum(mrr_minor) AS mrr_minor
+    FROM finance_subscription_months GROUP BY 1, 2, 3
+), span AS (
     SELECT tenant_id, currency, min(month) AS first_month
-    FROM finance_subscription_months GROUP BY 1, 2
+    FROM sm GROUP BY 1, 2
 )
 SELECT fm.month, sp.tenant_id, sp.currency,
-       coalesce(sum(sm.mrr_minor), 0) AS mrr_minor
+       coalesce(sm.mrr_minor, 0) AS mrr_minor
 FROM span sp
 JOIN finance_months fm ON fm.month >= sp.first_month
-LEFT JOIN finance_subscription_months sm
-       ON sm.month = fm.month AND sm.tenant_id = sp.tenant_id
-      AND sm.currency = sp.currency
-GROUP BY fm.month, sp.tenant_id, sp.currency;
+LEFT JOIN sm ON sm.month = fm.month AND sm.tenant_id = sp.tenant_id
+            AND sm.currency = sp.currency;
 
 CREATE VIEW finance_mrr AS
-WITH cur AS (
-    SELECT currency FROM finance_subscription_months
-    UNION SELECT currency FROM finance_usage_monthly
+WITH sub AS (
+    SELECT month, currency,
+           sum(mrr_minor) FILTER (WHERE paying) AS plan_mrr_minor,
+           count(*) FILTER (WHERE paying) AS paying_subscriptions
+    FROM finance_subscription_months GROUP BY 1, 2
+), u AS (
+    SELECT month, currency, sum(usage_revenue) AS usage_revenue
+    FROM finance_usage_monthly GROUP BY 1, 2
+), cur AS (
+    SELECT currency FROM sub UNION SELECT currency FROM u
 )
 SELECT fm.month,
        tally_minor_units(coalesce(sub.plan_mrr_minor, 0), cur.currency)
@@ -403,14 +465,8 @@ SELECT fm.month,
        cur.currency
 FROM finance_months fm
 CROSS JOIN cur
-LEFT JOIN (SELECT month, currency,
-                  sum(mrr_minor) FILTER (WHERE paying) AS plan_mrr_minor,
-                  count(*) FILTER (WHERE paying) AS paying_subscriptions
-           FROM finance_subscription_months GROUP BY 1, 2) sub
-       ON sub.month = fm.month AND sub.currency = cur.currency
-LEFT JOIN (SELECT month, currency, sum(usage_revenue) AS usage_revenue
-           FROM finance_usage_monthly GROUP BY 1, 2) u
-       ON u.month = fm.month AND u.currency = cur.currency;
+LEFT JOIN sub ON sub.month = fm.month AND sub.currency = cur.currency
+LEFT JOIN u ON u.month = fm.month AND u.currency = cur.currency;
 
 CREATE VIEW finance_arr AS
 SELECT month, plan_mrr * 12 AS plan_arr, mrr * 12 AS arr, currency
