@@ -4,7 +4,8 @@
  * billing interval) and discounts (coupon, duration, start, end), recorded
  * once, even when it arrives after a newer version (MRR of a past month is
  * computed from the version in force then; docs/finance.md). A malformed
- * item or discount is left out and logged; the version is kept.
+ * item or discount is left out and logged; the version is kept. Discounts
+ * a webhook names only by id are read from Stripe before the transaction.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "stripe/sync_int.h"
@@ -276,4 +277,94 @@ int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
 	if (rc == 0 && json_is_object(legacy))
 		rc = record_discount(ss, &k, legacy, NULL, position, err);
 	return rc;
+}
+
+/* Whether an array of discounts holds an id without its object. */
+static bool has_bare_id(const json_t *arr)
+{
+	const json_t *d;
+	size_t i;
+
+	json_array_foreach(arr, i, d)
+		if (json_is_string(d))
+			return true;
+	return false;
+}
+
+/* Replace the bare ids of arr by the objects of the same id in byid. */
+static void fill_ids(json_t *arr, const json_t *byid)
+{
+	json_t *d;
+	size_t i;
+
+	json_array_foreach(arr, i, d) {
+		const json_t *o = json_is_string(d)
+			? json_object_get(byid, json_string_value(d)) : NULL;
+
+		if (o != NULL)
+			json_array_set(arr, i, (json_t *)o);
+	}
+}
+
+static void index_discounts(json_t *byid, const json_t *arr)
+{
+	const json_t *d;
+	size_t i;
+
+	json_array_foreach(arr, i, d)
+		if (json_is_object(d) && tally_stripe_jstr(d, "id"))
+			json_object_set(byid, tally_stripe_jstr(d, "id"),
+					(json_t *)d);
+}
+
+/*
+ * Webhooks carry a subscription's discounts as ids (Stripe expands them
+ * only on request): before the transaction, the subscription is read with
+ * its discounts expanded and each id of the event gets its object (a
+ * discount's coupon, start and end do not change). An id Stripe no longer
+ * has stays bare and is skipped when recorded; a transient failure
+ * delivers the event again.
+ */
+int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
+				   const char *event_id, tally_error *err)
+{
+	json_t *items = (json_t *)tally_ss__jpath(sub, "items", "data");
+	json_t *it, *fetched = NULL, *params, *byid;
+	const char *id = tally_stripe_jstr(sub, "id");
+	tally_stripe_error se;
+	bool bare = has_bare_id(json_object_get(sub, "discounts"));
+	char path[320];
+	size_t i;
+	int rc;
+
+	json_array_foreach(items, i, it)
+		bare = bare || has_bare_id(json_object_get(it, "discounts"));
+	if (!bare || ss->stripe == NULL || id == NULL ||
+	    !tally_stripe_id_valid(id, "sub_"))
+		return 0;
+	snprintf(path, sizeof(path), "/v1/subscriptions/%s", id);
+	params = json_pack("{s:[s,s]}", "expand", "discounts",
+			   "items.data.discounts");
+	rc = tally_stripe_request(ss->stripe, &fetched, "GET", path, params,
+				  NULL, &se, err);
+	json_decref(params);
+	if (rc == TALLY_ENOTFOUND || rc == TALLY_EINVALID) {
+		tally_log(TALLY_WARN, "stripe.subscription_discounts_unavailable",
+			  TALLY_KV_STR("event_id", event_id),
+			  TALLY_KV_STR("subscription_id", id),
+			  TALLY_KV_INT("http_status", se.http_status));
+		return 0;
+	}
+	if (rc != 0)
+		return rc == TALLY_ERROR ? TALLY_ETRANSIENT : rc;
+	byid = json_object();
+	index_discounts(byid, json_object_get(fetched, "discounts"));
+	json_array_foreach(tally_ss__jpath(fetched, "items", "data"), i, it)
+		index_discounts(byid, json_object_get(it, "discounts"));
+	fill_ids(json_object_get(sub, "discounts"), byid);
+	json_array_foreach(items, i, it)
+		fill_ids(json_object_get(it, "discounts"), byid);
+	json_decref(byid);
+	json_decref(fetched);
+	return 0;
 }

@@ -37,9 +37,11 @@
  *     H       0   10000   10000   10000
  */
 #include "stripe_testdb.h"
+#include "tally/stripe.h"
 #include "tally/stripe_sync.h"
 #include "tally/webhook.h"
 
+#include <microhttpd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,7 +78,7 @@ static void deliver(tally_stripe_sync *ss, const json_t *ev)
 	free(body);
 }
 
-static tally_stripe_sync *new_sync(void)
+static tally_stripe_sync *new_sync_with(tally_stripe *stripe)
 {
 	static const char *const secrets[] = { SECRET };
 	tally_stripe_sync_opts o = { 0 };
@@ -85,10 +87,16 @@ static tally_stripe_sync *new_sync(void)
 
 	o.pg = pg;
 	o.cfg = cfg;
+	o.stripe = stripe;
 	o.webhook_secrets = secrets;
 	o.nsecrets = 1;
 	ck_assert_int_eq(tally_stripe_sync_new(&ss, &o, &err), 0);
 	return ss;
+}
+
+static tally_stripe_sync *new_sync(void)
+{
+	return new_sync_with(NULL);
 }
 
 /* The fixture's events, newest first: a version that arrives after a
@@ -355,6 +363,127 @@ START_TEST(test_finance_stripe_churn_revenue_clv)
 }
 END_TEST
 
+/* A Stripe answering GET /v1/subscriptions/sub_H with its discounts
+ * expanded, as asked with expand[]; it counts what it was asked. */
+static int expand_asked, gets;
+
+static enum MHD_Result arg_seen(void *cls, enum MHD_ValueKind kind,
+				const char *key, const char *value)
+{
+	(void)cls;
+	(void)kind;
+	if (strncmp(key, "expand", 6) == 0 && value &&
+	    strcmp(value, "items.data.discounts") == 0)
+		expand_asked++;
+	return MHD_YES;
+}
+
+static enum MHD_Result sub_answer(void *cls, struct MHD_Connection *conn,
+				  const char *url, const char *method,
+				  const char *version, const char *data,
+				  size_t *size, void **con_cls)
+{
+	static const char body[] =
+		"{\"id\":\"sub_H\",\"object\":\"subscription\","
+		"\"discounts\":[{\"id\":\"di_bare\",\"object\":\"discount\","
+		"\"start\":1775000000,\"end\":null,\"source\":{\"type\":"
+		"\"coupon\",\"coupon\":{\"id\":\"TEN\",\"duration\":"
+		"\"forever\",\"percent_off\":10}}}],\"items\":{\"data\":[{"
+		"\"id\":\"si_H\",\"discounts\":[{\"id\":\"di_item_bare\","
+		"\"object\":\"discount\",\"start\":1775000000,\"coupon\":{"
+		"\"id\":\"ONE\",\"duration\":\"forever\",\"amount_off\":100,"
+		"\"currency\":\"eur\"}}]}]}}";
+	struct MHD_Response *r;
+	enum MHD_Result q;
+	bool ours = strcmp(method, "GET") == 0 &&
+		    strcmp(url, "/v1/subscriptions/sub_H") == 0;
+
+	(void)cls;
+	(void)version;
+	(void)data;
+	(void)size;
+	(void)con_cls;
+	if (ours) {
+		gets++;
+		MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND,
+					  arg_seen, NULL);
+	}
+	r = MHD_create_response_from_buffer(ours ? strlen(body) : 2,
+		(void *)(ours ? body : "{}"), MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(r, "Content-Type", "application/json");
+	q = MHD_queue_response(conn, ours ? 200 : 404, r);
+	MHD_destroy_response(r);
+	return q;
+}
+
+/* A webhook names sub_H's discounts by id only (Stripe's webhooks do):
+ * tally-stripe reads them expanded from Stripe before recording. */
+START_TEST(test_finance_stripe_discount_ids_expanded)
+{
+	struct MHD_Daemon *d = MHD_start_daemon(
+		MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, sub_answer,
+		NULL, MHD_OPTION_END);
+	tally_stripe_opts so = { 0 };
+	tally_stripe *stripe = NULL;
+	tally_stripe_sync *ss;
+	json_error_t je;
+	json_t *events, *ev, *sub;
+	tally_error err;
+	char base[64];
+	size_t i;
+
+	ck_assert_ptr_nonnull(d);
+	snprintf(base, sizeof(base), "http://127.0.0.1:%u",
+		 (unsigned)MHD_get_daemon_info(d,
+			MHD_DAEMON_INFO_BIND_PORT)->port);
+	so.api_base = base;
+	so.secret_key = "sk_test_finance";
+	so.timeout_ms = 5000;
+	ck_assert_int_eq(tally_stripe_new(&stripe, &so, &err), 0);
+	events = json_load_file(TALLY_SOURCE_DIR
+				"/tests/fixtures/stripe/finance_month.json", 0,
+				&je);
+	ck_assert_ptr_nonnull(events);
+	ev = NULL;
+	json_array_foreach(events, i, sub)
+		if (strcmp(json_string_value(json_object_get(sub, "id")),
+			   "evt_H_created") == 0)
+			ev = json_deep_copy(sub);
+	ck_assert_ptr_nonnull(ev);
+	json_object_set_new(ev, "id", json_string("evt_H_ids"));
+	json_object_set_new(ev, "type",
+			    json_string("customer.subscription.updated"));
+	json_object_set_new(ev, "created", json_integer(1775000000));
+	sub = json_object_get(json_object_get(ev, "data"), "object");
+	json_object_set_new(sub, "discounts",
+			    json_pack("[s,s]", "di_bare", "di_gone"));
+	json_object_set_new(json_array_get(json_object_get(json_object_get(
+		sub, "items"), "data"), 0), "discounts",
+		json_pack("[s]", "di_item_bare"));
+	ss = new_sync_with(stripe);
+	deliver(ss, ev);
+	tally_stripe_sync_free(ss);
+	json_decref(ev);
+	json_decref(events);
+	tally_stripe_free(stripe);
+	MHD_stop_daemon(d);
+	ck_assert_int_eq(gets, 1);
+	ck_assert_int_eq(expand_asked, 1);
+	/* di_gone is no longer on Stripe: skipped */
+	check("SELECT discount_id, coalesce(item_id, '-'), percent_off, "
+	      "amount_off FROM subscription_version_discounts WHERE as_of = "
+	      "to_timestamp(1775000000) ORDER BY 1",
+	      "di_bare|-|10|;di_item_bare|si_H||100");
+	/* quarterly from 2 Feb: the period of 2 Feb was charged before the
+	 * discounts; from 2 May, (30000 - 100) - 10% = 26910 a quarter,
+	 * 8970 a month */
+	check("SELECT tally_subscription_mrr_minor(tenant_id, subscription_id,"
+	      " '2026-05-01'), tally_subscription_mrr_minor(tenant_id, "
+	      "subscription_id, '2026-06-01') FROM subscriptions WHERE "
+	      "subscription_id = 'sub_H'", "10000|8970");
+}
+END_TEST
+
 static Suite *finance_stripe_suite(void)
 {
 	Suite *s = suite_create("finance_stripe");
@@ -365,6 +494,7 @@ static Suite *finance_stripe_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_finance_stripe_mirror);
 	tcase_add_test(tc, test_finance_stripe_hostile_entries);
+	tcase_add_test(tc, test_finance_stripe_discount_ids_expanded);
 	tcase_add_test(tc, test_finance_stripe_mrr);
 	tcase_add_test(tc, test_finance_stripe_movements);
 	tcase_add_test(tc, test_finance_stripe_churn_revenue_clv);
