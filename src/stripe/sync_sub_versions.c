@@ -332,7 +332,8 @@ int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
 	json_t *it, *fetched = NULL, *params, *byid;
 	const char *id = tally_stripe_jstr(sub, "id");
 	tally_stripe_error se;
-	bool bare = has_bare_id(json_object_get(sub, "discounts"));
+	PGresult *res = NULL;
+	bool seen, bare = has_bare_id(json_object_get(sub, "discounts"));
 	char path[320];
 	size_t i;
 	int rc;
@@ -342,6 +343,13 @@ int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
 	if (!bare || ss->stripe == NULL || id == NULL ||
 	    !tally_stripe_id_valid(id, "sub_"))
 		return 0;
+	/* a redelivered event is a duplicate: nothing to read for it */
+	rc = tally_ss__ex(ss, &res, err, "SELECT 1 FROM stripe_events WHERE "
+			  "event_id = $1", 1, event_id);
+	seen = rc == 0 && PQntuples(res) > 0;
+	PQclear(res);
+	if (rc != 0 || seen)
+		return rc;
 	snprintf(path, sizeof(path), "/v1/subscriptions/%s", id);
 	params = json_pack("{s:[s,s]}", "expand", "discounts",
 			   "items.data.discounts");

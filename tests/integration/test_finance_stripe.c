@@ -462,6 +462,18 @@ START_TEST(test_finance_stripe_discount_ids_expanded)
 		json_pack("[s]", "di_item_bare"));
 	ss = new_sync_with(stripe);
 	deliver(ss, ev);
+	/* delivered again: a duplicate, Stripe is not asked again */
+	{
+		char *body = json_dumps(ev, JSON_COMPACT);
+		char sig[TALLY_WEBHOOK_SIG_HEADER_MAX];
+		const char *outcome = NULL;
+
+		tally_webhook_sign(sig, sizeof(sig), body, strlen(body),
+				   SECRET, 1775000000);
+		ck_assert_int_eq(tally_stripe_sync_event(ss, body,
+			strlen(body), sig, &outcome, &err), TALLY_EDUPLICATE);
+		free(body);
+	}
 	tally_stripe_sync_free(ss);
 	json_decref(ev);
 	json_decref(events);
