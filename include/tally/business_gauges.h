@@ -4,15 +4,16 @@
 /**
  * @file tally/business_gauges.h
  * @brief Business figures as Prometheus gauges, read from the finance
- *        views (migrations/0005_finance.sql) on a thread of their own with
+ *        views (docs/finance.md) on a thread of their own with
  *        a connection of their own, every interval (a minute in
  *        tally-alerts); never per scrape, so a scrape costs PostgreSQL
  *        nothing. Code: src/alerts/business_gauges.c.
  *
  * Gauges (amounts are integers in minor units, rounded by PostgreSQL's
  * numeric, never through a float):
- *   tally_business_mrr_cents              MRR of the current UTC month
- *   tally_business_arr_cents              ARR (12 x MRR)
+ *   tally_business_mrr_cents{currency=...} MRR of the current UTC month,
+ *                                         per currency (never added up)
+ *   tally_business_arr_cents{currency=...} ARR (12 x MRR), per currency
  *   tally_business_paying_tenants         tenants with a paying subscription
  *                                         in the current month
  *   tally_business_tenants{status=...}    tenants by status (past_due and

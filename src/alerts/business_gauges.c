@@ -18,11 +18,19 @@
 /* (figure, label value, integer value); amounts in minor units */
 static const char *const refresh_sql =
 	"WITH m AS (SELECT date_trunc('month', now() AT TIME ZONE 'UTC')"
-	"           AT TIME ZONE 'UTC' AS start)"
-	" SELECT 'mrr'::text, ''::text, coalesce((SELECT round(mrr * 100)"
-	"   FROM finance_mrr ORDER BY month DESC LIMIT 1), 0)::bigint"
-	" UNION ALL SELECT 'arr', '', coalesce((SELECT round(arr * 100)"
-	"   FROM finance_arr ORDER BY month DESC LIMIT 1), 0)::bigint"
+	"           AT TIME ZONE 'UTC' AS start),"
+	/* MRR per currency (amounts in different currencies are never
+	 * added) in its minor units; the plans' currencies always have a
+	 * series, 0 without revenue */
+	" f AS (SELECT f.currency, f.mrr * 10::numeric ^ coalesce((SELECT"
+	"   minor_digits FROM currencies c WHERE c.code = f.currency), 2)"
+	"   AS minor FROM finance_mrr f, m WHERE f.month = m.start),"
+	" k AS (SELECT upper(currency)::char(3) AS currency FROM plans"
+	"   UNION SELECT currency FROM f)"
+	" SELECT 'mrr'::text, k.currency::text, coalesce(round(f.minor), 0)"
+	"   ::bigint FROM k LEFT JOIN f USING (currency)"
+	" UNION ALL SELECT 'arr', k.currency, coalesce(round(f.minor * 12), 0)"
+	"   ::bigint FROM k LEFT JOIN f USING (currency)"
 	" UNION ALL SELECT 'paying', '', (SELECT count(DISTINCT tenant_id)"
 	"   FROM finance_subscription_months, m"
 	"   WHERE paying AND month = m.start)"
@@ -76,14 +84,17 @@ static tally_gauge *kind_gauge(tally_metrics *m, const char *kind)
 			"Alerts raised this UTC month, not yet delivered");
 }
 
-static tally_gauge *scalar_gauge(tally_metrics *m, const char *figure)
+static tally_gauge *scalar_gauge(tally_metrics *m, const char *figure,
+				 const char *currency)
 {
 	if (strcmp(figure, "mrr") == 0)
-		return tally_metrics_gauge(m, "tally_business_mrr_cents", NULL,
-			"MRR of the current UTC month, minor units (finance_mrr)");
+		return labelled(m, "tally_business_mrr_cents", "currency",
+			currency, "MRR of the current UTC month per currency, "
+			"minor units (finance_mrr)");
 	if (strcmp(figure, "arr") == 0)
-		return tally_metrics_gauge(m, "tally_business_arr_cents", NULL,
-			"ARR (12 x MRR), minor units (finance_arr)");
+		return labelled(m, "tally_business_arr_cents", "currency",
+			currency, "ARR (12 x MRR) per currency, minor units "
+			"(finance_arr)");
 	return tally_metrics_gauge(m, "tally_business_paying_tenants", NULL,
 		"Tenants with a paying subscription this UTC month");
 }
@@ -120,7 +131,7 @@ int tally_business_gauges_refresh(tally_pg *pg, tally_metrics *m,
 		else if (strcmp(fig, "alerts") == 0)
 			tally_gauge_set(kind_gauge(m, label), v);
 		else
-			tally_gauge_set(scalar_gauge(m, fig), v);
+			tally_gauge_set(scalar_gauge(m, fig, label), v);
 	}
 	PQclear(res);
 	tally_gauge_set(tally_metrics_gauge(m,

@@ -245,6 +245,13 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 		if (rc != 0)
 			goto cleanup;
 	}
+	if (strcmp(x.object, "subscription") == 0) {
+		rc = tally_ss__expand_sub_discounts(ss,
+			json_object_get(json_object_get(x.ev, "data"), "object"),
+			x.id, err);
+		if (rc != 0)
+			goto cleanup;
+	}
 	/* a drafted cycle invoice gets the period's usage (invoice_sync.c);
 	 * before the event is recorded, so a failure is delivered again */
 	rc = tally_invoice_sync_event(ss->pg, ss->stripe, ss->cfg, x.type,

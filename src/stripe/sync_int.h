@@ -150,6 +150,15 @@ int tally_ss__mirror_subscription(tally_stripe_sync *ss, ss_tenant *t,
 				  const json_t *sub, int64_t as_of, int rank,
 				  const char *event_id, bool *applied,
 				  tally_error *err);
+/* Record a subscription version with its items and discounts for
+ * finance, once, whether or not it is the newest (sync_sub_versions.c). */
+int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
+				 const json_t *sub, int64_t as_of, int rank,
+				 tally_error *err);
+/* Before the transaction: the objects of the discounts sub names only by
+ * id, read from Stripe (sync_sub_versions.c). */
+int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
+				   const char *event_id, tally_error *err);
 /* A customer.subscription.* event for tenant t. */
 int tally_ss__subscription_event(ss_event *x, ss_tenant *t, bool *applied,
 				 tally_error *err);

@@ -271,6 +271,8 @@ int tally_ss__mirror_subscription(tally_stripe_sync *ss, ss_tenant *t,
 		return tally_error_set(err, TALLY_EINVALID,
 				       "subscription without id/customer");
 	rc = upsert(ss, t, &v, sub, as_of, rank, event_id, applied, err);
+	if (rc == 0)
+		rc = tally_ss__record_sub_version(ss, t, sub, as_of, rank, err);
 	if (rc != 0 || !*applied)
 		return rc;
 	/* the tenant follows its own subscription only */

@@ -33,6 +33,23 @@ static const char *fixture =
 	"  'professional', now() - interval '40 days', now(), NULL),"
 	" ('33333333-3333-3333-3333-333333333333','sub_c','cus_c','trialing',"
 	"  'enterprise', now() - interval '1 day', now(), now() + interval '60 days');"
+	/* a euro customer: 2 x 49.00 a month, in its own gauge */
+	"INSERT INTO tenants (id, name, slug, domain, status, currency) VALUES"
+	" ('55555555-5555-5555-5555-555555555555','E','e','e.test','active',"
+	"  'EUR');"
+	"INSERT INTO subscriptions (tenant_id, subscription_id, customer_id, status,"
+	" plan, currency, stripe_created, as_of) VALUES"
+	" ('55555555-5555-5555-5555-555555555555','sub_e','cus_e','active',"
+	"  'starter','EUR', now() - interval '40 days', now());"
+	"INSERT INTO subscription_versions (tenant_id, subscription_id, as_of,"
+	" as_of_rank, status, currency) VALUES"
+	" ('55555555-5555-5555-5555-555555555555','sub_e',"
+	"  now() - interval '40 days', 0, 'active', 'EUR');"
+	"INSERT INTO subscription_version_items (tenant_id, subscription_id,"
+	" as_of, as_of_rank, item_id, quantity, unit_amount, currency,"
+	" recurring_interval, interval_count) SELECT tenant_id, subscription_id,"
+	" as_of, as_of_rank, 'si_e', 2, 4900, 'EUR', 'month', 1"
+	" FROM subscription_versions;"
 	"INSERT INTO usage_hourly (tenant_id, hour, meter, provider, model, events,"
 	" input_tokens, output_tokens, cost) VALUES"
 	" ('11111111-1111-1111-1111-111111111111',"
@@ -79,9 +96,12 @@ START_TEST(test_business_gauges_refresh)
 	ck_assert_msg(tally_business_gauges_refresh(pg, m, &err) == 0, "%s",
 		      err.msg);
 	tally_metrics_render(&t, NULL, m);
-	expect(t, "tally_business_mrr_cents 39923\n");
-	expect(t, "tally_business_arr_cents 479081\n"); /* 12 x 399.2345 */
-	expect(t, "tally_business_paying_tenants 2\n");
+	expect(t, "tally_business_mrr_cents{currency=\"USD\"} 39923\n");
+	/* 12 x 399.2345 */
+	expect(t, "tally_business_arr_cents{currency=\"USD\"} 479081\n");
+	expect(t, "tally_business_mrr_cents{currency=\"EUR\"} 9800\n");
+	expect(t, "tally_business_arr_cents{currency=\"EUR\"} 117600\n");
+	expect(t, "tally_business_paying_tenants 3\n");
 	expect(t, "tally_business_tenants{status=\"past_due\"} 1\n");
 	expect(t, "tally_business_tenants{status=\"suspended\"} 1\n");
 	expect(t, "tally_business_tenants{status=\"cancelled\"} 0\n");
@@ -95,7 +115,7 @@ START_TEST(test_business_gauges_refresh)
 	ck_assert(tally_business_gauges_refresh(pg, m, &err) == 0);
 	tally_metrics_render(&t, NULL, m);
 	expect(t, "tally_business_tenants{status=\"suspended\"} 0\n");
-	expect(t, "tally_business_tenants{status=\"active\"} 2\n");
+	expect(t, "tally_business_tenants{status=\"active\"} 3\n");
 	free(t);
 	tally_pg_free(pg);
 	tally_metrics_free(m);
@@ -107,7 +127,7 @@ START_TEST(test_business_gauges_thread)
 	tally_metrics *m = tally_metrics_new();
 	tally_business_gauges *bg = NULL;
 	tally_gauge *mrr = tally_metrics_gauge(m, "tally_business_mrr_cents",
-					       NULL, NULL);
+					       "currency=\"USD\"", NULL);
 	tally_error err;
 	int64_t t0;
 	int i;
