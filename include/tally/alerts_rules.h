@@ -297,7 +297,8 @@ typedef struct tally_revenue_rule {
 } tally_revenue_rule;
 
 /**
- * Company MRR of month_ms (cur) against the month before (prev), exact
+ * Company MRR in one currency (3 upper-case letters, the alert's subject)
+ * of month_ms (cur) against the month before (prev), exact
  * pico-units: per threshold T, mrr_rise/T when (cur - prev) * 100 >
  * prev * T, mrr_drop/T when (prev - cur) * 100 > prev * T ("more than":
  * exactly T % raises nothing). Nothing when prev <= 0 (no base for a
@@ -305,17 +306,20 @@ typedef struct tally_revenue_rule {
  * @return alerts appended
  */
 int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
-			  tally_money128 prev, tally_money128 cur,
+			  const char *currency, tally_money128 prev,
+			  tally_money128 cur,
 			  const tally_alert_thresholds *th);
 
 /**
- * One plan's revenue of month_ms (cur) against the month before (prev):
- * plan_revenue_drop/T with subject = plan when (prev - cur) * 100 >
- * prev * T; nothing when prev <= 0 or the plan id is empty or too long
- * for a subject. On the business (nil tenant). @return alerts appended
+ * One plan's revenue in one currency of month_ms (cur) against the month
+ * before (prev): plan_revenue_drop/T with subject = "plan/CUR" when
+ * (prev - cur) * 100 > prev * T; nothing when prev <= 0, the plan id is
+ * empty or too long for a subject, or the currency is not 3 upper-case
+ * letters. On the business (nil tenant). @return alerts appended
  */
 int tally_alerts_eval_plan_revenue(tally_alert_list *out, int64_t month_ms,
-				   const char *plan, tally_money128 prev,
+				   const char *plan, const char *currency,
+				   tally_money128 prev,
 				   tally_money128 cur,
 				   const tally_alert_thresholds *th);
 

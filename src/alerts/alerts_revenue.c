@@ -31,30 +31,38 @@ static bool amount(tally_money128 *v, const char *s)
 	return tally_money_parse128(v, s, strlen(s)) == 0;
 }
 
-/* Company MRR of month cur against prev (one row per month, summed). */
+/* Company MRR of month cur against prev, per currency (finance_mrr has a
+ * row per month and currency; amounts are never added across them). */
 static int scan_mrr(tally_alerts *a, const tally_alert_thresholds *th,
 		    const char *prev, const char *cur, int64_t cur_ms,
 		    tally_error *err)
 {
 	const char *params[2] = { prev, cur };
 	PGresult *res = NULL;
-	tally_money128 p, c;
-	int rc;
+	int rc, i;
 
 	rc = tally_pg_exec(a->pg, &res,
-		"SELECT (SELECT sum(mrr) FROM finance_mrr WHERE month = "
-		MS_TS("$1") ")::text, (SELECT sum(mrr) FROM finance_mrr"
-		" WHERE month = " MS_TS("$2") ")::text", 2, params, err);
-	if (rc == 0 && !PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1) &&
-	    amount(&p, PQgetvalue(res, 0, 0)) &&
-	    amount(&c, PQgetvalue(res, 0, 1)))
-		(void)tally_alerts_eval_mrr(&a->list, cur_ms, p, c, th);
+		"SELECT p.currency, p.mrr::text, coalesce(c.mrr, 0)::text FROM"
+		" (SELECT currency, sum(mrr) AS mrr FROM finance_mrr WHERE"
+		"  month = " MS_TS("$1") " GROUP BY currency) p LEFT JOIN"
+		" (SELECT currency, sum(mrr) AS mrr FROM finance_mrr WHERE"
+		"  month = " MS_TS("$2") " GROUP BY currency) c"
+		" ON c.currency = p.currency ORDER BY p.currency",
+		2, params, err);
+	for (i = 0; rc == 0 && i < PQntuples(res); i++) {
+		tally_money128 p, c;
+
+		if (amount(&p, PQgetvalue(res, i, 1)) &&
+		    amount(&c, PQgetvalue(res, i, 2)))
+			(void)tally_alerts_eval_mrr(&a->list, cur_ms,
+				PQgetvalue(res, i, 0), p, c, th);
+	}
 	PQclear(res);
 	return rc;
 }
 
-/* Each plan's revenue (plan_revenue + usage_revenue) of cur against prev;
- * a plan with nothing in cur has revenue 0 there. */
+/* Each plan's revenue (plan_revenue + usage_revenue) of cur against prev,
+ * per currency; a plan with nothing in cur has revenue 0 there. */
 static int scan_plans(tally_alerts *a, const tally_alert_thresholds *th,
 		      const char *prev, const char *cur, int64_t cur_ms,
 		      tally_error *err)
@@ -64,21 +72,23 @@ static int scan_plans(tally_alerts *a, const tally_alert_thresholds *th,
 	int rc, i;
 
 	rc = tally_pg_exec(a->pg, &res,
-		"SELECT p.plan, p.rev::text, coalesce(c.rev, 0)::text FROM"
-		" (SELECT plan, sum(plan_revenue + usage_revenue) AS rev FROM"
-		"  finance_revenue_by_plan WHERE month = " MS_TS("$1")
-		"  AND plan IS NOT NULL GROUP BY plan) p LEFT JOIN"
-		" (SELECT plan, sum(plan_revenue + usage_revenue) AS rev FROM"
-		"  finance_revenue_by_plan WHERE month = " MS_TS("$2")
-		"  GROUP BY plan) c ON c.plan = p.plan ORDER BY p.plan",
-		2, params, err);
+		"SELECT p.plan, p.currency, p.rev::text, coalesce(c.rev, 0)::text"
+		" FROM (SELECT plan, currency, sum(plan_revenue + usage_revenue)"
+		"  AS rev FROM finance_revenue_by_plan WHERE month = "
+		MS_TS("$1") "  AND plan IS NOT NULL GROUP BY plan, currency) p"
+		" LEFT JOIN (SELECT plan, currency, sum(plan_revenue +"
+		"  usage_revenue) AS rev FROM finance_revenue_by_plan WHERE"
+		"  month = " MS_TS("$2") " GROUP BY plan, currency) c"
+		" ON c.plan = p.plan AND c.currency = p.currency"
+		" ORDER BY p.plan, p.currency", 2, params, err);
 	for (i = 0; rc == 0 && i < PQntuples(res); i++) {
 		tally_money128 p, c;
 
-		if (amount(&p, PQgetvalue(res, i, 1)) &&
-		    amount(&c, PQgetvalue(res, i, 2)))
+		if (amount(&p, PQgetvalue(res, i, 2)) &&
+		    amount(&c, PQgetvalue(res, i, 3)))
 			(void)tally_alerts_eval_plan_revenue(&a->list, cur_ms,
-				PQgetvalue(res, i, 0), p, c, th);
+				PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+				p, c, th);
 	}
 	PQclear(res);
 	return rc;

@@ -48,8 +48,10 @@ static void fmt_month(char out[16], int64_t month_ms)
 	snprintf(out, 16, "%04lld-%02d", (long long)y, m);
 }
 
-/* {"month", <a_name>: a, <b_name>: b, "change_pct" | <pct_name>} */
-static char *payload(int64_t month_ms, const char *plan, const char *a_name,
+/* {"month", <a_name>: a, <b_name>: b, "change_pct" | <pct_name>, and
+ * "plan" and "currency" when given} */
+static char *payload(int64_t month_ms, const char *plan, const char *currency,
+		     const char *a_name,
 		     i128 a, const char *b_name, i128 b, const char *pct_name,
 		     const char *pct)
 {
@@ -61,6 +63,8 @@ static char *payload(int64_t month_ms, const char *plan, const char *a_name,
 		      bs, pct_name, pct);
 	if (plan != NULL)
 		json_object_set_new(o, "plan", json_string(plan));
+	if (currency != NULL)
+		json_object_set_new(o, "currency", json_string(currency));
 	s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
 	json_decref(o);
 	free(as);
@@ -70,14 +74,21 @@ static char *payload(int64_t month_ms, const char *plan, const char *a_name,
 	return s;
 }
 
+/* A currency code is the subject: 3 letters (finance views keep them). */
+static bool currency_ok(const char *c)
+{
+	return c != NULL && strlen(c) == 3 && c[0] >= 'A' && c[0] <= 'Z' &&
+	       c[1] >= 'A' && c[1] <= 'Z' && c[2] >= 'A' && c[2] <= 'Z';
+}
+
 int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
-			  i128 prev, i128 cur,
+			  const char *currency, i128 prev, i128 cur,
 			  const tally_alert_thresholds *th)
 {
 	char pct[48];
 	int i, n = 0;
 
-	if (prev <= 0)
+	if (prev <= 0 || !currency_ok(currency))
 		return 0;
 	fmt_pct(pct, cur - prev, prev);
 	for (i = 0; i < th->n; i++) {
@@ -90,8 +101,9 @@ int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
 			k = TALLY_ALERT_MRR_DROP;
 		else
 			continue;
-		tally_alert_list_push(out, business, k, month_ms, th->pct[i], "",
-				      payload(month_ms, NULL, "mrr", cur,
+		tally_alert_list_push(out, business, k, month_ms, th->pct[i],
+				      currency,
+				      payload(month_ms, NULL, currency, "mrr", cur,
 					      "previous_mrr", prev,
 					      "change_pct", pct));
 		n++;
@@ -100,23 +112,27 @@ int tally_alerts_eval_mrr(tally_alert_list *out, int64_t month_ms,
 }
 
 int tally_alerts_eval_plan_revenue(tally_alert_list *out, int64_t month_ms,
-				   const char *plan, i128 prev, i128 cur,
+				   const char *plan, const char *currency,
+				   i128 prev, i128 cur,
 				   const tally_alert_thresholds *th)
 {
-	char pct[48];
+	char pct[48], subject[TALLY_ALERT_SUBJECT_MAX];
 	int i, n = 0;
 
 	if (prev <= 0 || plan == NULL || plan[0] == '\0' ||
-	    strlen(plan) >= TALLY_ALERT_SUBJECT_MAX)
+	    !currency_ok(currency) ||
+	    strlen(plan) + 4 >= TALLY_ALERT_SUBJECT_MAX)
 		return 0;
+	snprintf(subject, sizeof(subject), "%s/%s", plan, currency);
 	fmt_pct(pct, cur - prev, prev);
 	for (i = 0; i < th->n; i++) {
 		if ((prev - cur) * 100 <= prev * th->pct[i])
 			continue;
 		tally_alert_list_push(out, business,
 				      TALLY_ALERT_PLAN_REVENUE_DROP, month_ms,
-				      th->pct[i], plan,
-				      payload(month_ms, plan, "revenue", cur,
+				      th->pct[i], subject,
+				      payload(month_ms, plan, currency,
+					      "revenue", cur,
 					      "previous_revenue", prev,
 					      "change_pct", pct));
 		n++;
@@ -142,7 +158,7 @@ int tally_alerts_eval_usage_over_plan(tally_alert_list *out,
 		tally_alert_list_push(out, tenant_id,
 				      TALLY_ALERT_USAGE_OVER_PLAN, month_ms,
 				      th->pct[i], "",
-				      payload(month_ms, plan, "usage_revenue",
+				      payload(month_ms, plan, NULL, "usage_revenue",
 					      usage, "plan_price", price,
 					      "usage_pct_of_price", pct));
 		n++;

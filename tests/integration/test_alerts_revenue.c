@@ -95,7 +95,7 @@ static void setup(void)
 	tenant(TD, "delta", "starter");
 	sub(TA, "professional", NULL);
 	sub(TB, "starter", NULL);
-	sub(TC, "enterprise", M_SQL " - interval '1 second'");
+	sub(TC, "enterprise", M_SQL " + interval '1 day'");
 	/*
 	 * P: plans 299 + 99 + 999, usage 100 + 151: MRR 1648
 	 * M: plans 299 + 99, usage 700 + 101 + 198: MRR 1397 (-15.23 %)
@@ -155,7 +155,7 @@ START_TEST(test_revenue_alerts_once_each)
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts"), 3);
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts WHERE tenant_id"
 			       " = '" TALLY_ALERTS_BUSINESS_TENANT "' AND kind"
-			       " = 'mrr_drop' AND threshold = 10 AND"
+			       " = 'mrr_drop' AND threshold = 10 AND subject = 'USD' AND"
 			       " period_start = " M_SQL " AND"
 			       " payload->>'change_pct' = '-15.23' AND"
 			       " payload->>'mrr' = '1397' AND"
@@ -163,7 +163,7 @@ START_TEST(test_revenue_alerts_once_each)
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts WHERE tenant_id"
 			       " = '" TALLY_ALERTS_BUSINESS_TENANT "' AND kind"
 			       " = 'plan_revenue_drop' AND threshold = 20 AND"
-			       " subject = 'enterprise' AND period_start = "
+			       " subject = 'enterprise/USD' AND period_start = "
 			       M_SQL " AND payload->>'revenue' = '0'"), 1);
 	ck_assert_int_eq(q_int("SELECT count(*) FROM alerts WHERE tenant_id"
 			       " = '" TA "' AND kind = 'usage_over_plan' AND"

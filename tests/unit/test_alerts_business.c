@@ -57,7 +57,7 @@ START_TEST(test_mrr_table)
 	int n;
 
 	tally_alert_list_init(&l);
-	n = tally_alerts_eval_mrr(&l, NOV_2026, amt(mrr_cases[_i].prev),
+	n = tally_alerts_eval_mrr(&l, NOV_2026, "USD", amt(mrr_cases[_i].prev),
 				  amt(mrr_cases[_i].cur), &t);
 	ck_assert_msg(n == mrr_cases[_i].n && l.n == (size_t)n,
 		      "case %d: want %d, got %d", _i, mrr_cases[_i].n, n);
@@ -68,7 +68,7 @@ START_TEST(test_mrr_table)
 		ck_assert_int_eq(memcmp(l.v[0].tenant_id, nil, 16), 0);
 		ck_assert_int_eq(l.v[0].period_start_ms, NOV_2026);
 		ck_assert_int_eq(l.v[0].threshold, t.pct[0]);
-		ck_assert_str_eq(l.v[0].subject, "");
+		ck_assert_str_eq(l.v[0].subject, "USD");
 	}
 	tally_alert_list_dispose(&l);
 }
@@ -80,11 +80,21 @@ START_TEST(test_mrr_payload)
 	tally_alert_thresholds t = th("10");
 
 	tally_alert_list_init(&l);
-	ck_assert_int_eq(tally_alerts_eval_mrr(&l, NOV_2026, amt("1000"),
+	ck_assert_int_eq(tally_alerts_eval_mrr(&l, NOV_2026, "EUR", amt("1000"),
 					       amt("850.5"), &t), 1);
 	ck_assert_str_eq(l.v[0].payload,
-			 "{\"change_pct\":\"-14.95\",\"month\":\"2026-11\","
+			 "{\"change_pct\":\"-14.95\",\"currency\":\"EUR\","
+			 "\"month\":\"2026-11\","
 			 "\"mrr\":\"850.5\",\"previous_mrr\":\"1000\"}");
+	/* the currency is the subject: USD and EUR alerts are distinct */
+	ck_assert_int_eq(tally_alerts_eval_mrr(&l, NOV_2026, "USD", amt("1000"),
+					       amt("850.5"), &t), 1);
+	ck_assert_int_ne(memcmp(l.v[0].id, l.v[1].id, 16), 0);
+	/* no currency, no alert (amounts of different currencies never mix) */
+	ck_assert_int_eq(tally_alerts_eval_mrr(&l, NOV_2026, "", amt("1000"),
+					       amt("1"), &t), 0);
+	ck_assert_int_eq(tally_alerts_eval_mrr(&l, NOV_2026, "usd", amt("1000"),
+					       amt("1"), &t), 0);
 	tally_alert_list_dispose(&l);
 }
 END_TEST
@@ -98,24 +108,25 @@ START_TEST(test_plan_revenue_drop)
 	tally_alert_list_init(&l);
 	/* exactly 20 % down: nothing; rises never raise */
 	ck_assert_int_eq(tally_alerts_eval_plan_revenue(&l, NOV_2026, "pro",
-		amt("500"), amt("400"), &t), 0);
+		"USD", amt("500"), amt("400"), &t), 0);
 	ck_assert_int_eq(tally_alerts_eval_plan_revenue(&l, NOV_2026, "pro",
-		amt("500"), amt("900"), &t), 0);
+		"USD", amt("500"), amt("900"), &t), 0);
 	ck_assert_int_eq(tally_alerts_eval_plan_revenue(&l, NOV_2026, "pro",
-		amt("0"), amt("0"), &t), 0);
+		"USD", amt("0"), amt("0"), &t), 0);
 	ck_assert_int_eq(tally_alerts_eval_plan_revenue(&l, NOV_2026, "pro",
-		amt("500"), amt("399.999999999999"), &t), 1);
+		"USD", amt("500"), amt("399.999999999999"), &t), 1);
 	ck_assert_int_eq(tally_alerts_eval_plan_revenue(&l, NOV_2026,
-		"starter", amt("500"), amt("0"), &t), 1);
+		"starter", "USD", amt("500"), amt("0"), &t), 1);
 	ck_assert_int_eq(l.v[0].kind, TALLY_ALERT_PLAN_REVENUE_DROP);
-	ck_assert_str_eq(l.v[0].subject, "pro");
-	ck_assert_str_eq(l.v[1].subject, "starter");
+	ck_assert_str_eq(l.v[0].subject, "pro/USD");
+	ck_assert_str_eq(l.v[1].subject, "starter/USD");
 	/* the plan is part of the key: two plans, two ids */
 	ck_assert_int_ne(memcmp(l.v[0].id, l.v[1].id, 16), 0);
 	tally_alert_id(id_a, l.v[0].tenant_id, l.v[0].kind, NOV_2026, 20);
 	ck_assert_int_ne(memcmp(l.v[0].id, id_a, 16), 0);
 	ck_assert_str_eq(l.v[1].payload,
-			 "{\"change_pct\":\"-100.00\",\"month\":\"2026-11\","
+			 "{\"change_pct\":\"-100.00\",\"currency\":\"USD\","
+			 "\"month\":\"2026-11\","
 			 "\"plan\":\"starter\",\"previous_revenue\":\"500\","
 			 "\"revenue\":\"0\"}");
 	tally_alert_list_dispose(&l);
