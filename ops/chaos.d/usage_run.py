@@ -237,10 +237,10 @@ def run(a, svc, out, log):
     dl_lost = max(0, n_unpriced - got_unpriced) + max(0, n_garbage - got_garbage)
     dl_doubled = max(0, got_unpriced - n_unpriced) + max(0, got_garbage - n_garbage)
     dl_other = sum(dl_rated.values()) + sum(dl_totals.values())
-    lost += dl_lost
-    doubled += dl_doubled + max(0, ledger_rows - exp.unique)
-    if ledger_rows < exp.unique:
-        lost = max(lost, exp.unique - ledger_rows)
+    # an event missing (or twice) shows both in its cell and in the ledger
+    # count: counted once, by whichever sees more
+    lost = max(lost, exp.unique - ledger_rows) + dl_lost
+    doubled = max(doubled, ledger_rows - exp.unique) + dl_doubled
 
     def fmt_reasons(c):
         return ", ".join("%s %d" % kv for kv in sorted(c.items())) or "none"
