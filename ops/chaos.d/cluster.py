@@ -79,6 +79,17 @@ class Services:
             raise RuntimeError("psql failed: %s\n%s" % (sql[:200], r.stderr))
         return r.stdout
 
+    def delete_topics(self, prefix):
+        """The run's topics (prefix.*), with Kafka's TopicCommand from the
+        broker's jars (kcat cannot delete)."""
+        libs = os.path.join(self.local, "kafka", "libs")
+        subprocess.run(["java", "-Xmx128m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC",
+                        "-cp", libs + "/*", "-Dlog4j2.configurationFile=" +
+                        os.path.join(REPO, "ops/kafka/log4j2-tools.xml"),
+                        "org.apache.kafka.tools.TopicCommand", "--bootstrap-server",
+                        self.brokers, "--delete", "--topic", prefix.replace(".", "\\.") + "\\..*"],
+                       stdout=self.log, stderr=self.log)
+
     def restart(self, what):
         """ops/services restart pg|kafka (PostgreSQL: fast shutdown)."""
         t0 = time.time()

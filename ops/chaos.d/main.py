@@ -33,7 +33,7 @@ def options(argv):
                     "built Release if missing)")
     ap.add_argument("--local", default=os.environ.get("TALLY_LOCAL", os.path.join(REPO, ".tally-local")),
                     help="ops/services state (default $TALLY_LOCAL or .tally-local)")
-    ap.add_argument("--keep", action="store_true", help="keep the run's database")
+    ap.add_argument("--keep", action="store_true", help="keep the run's database and topics")
     a = ap.parse_args(argv)
     quick = a.quick
     if quick and a.events == 1000000:

@@ -292,5 +292,6 @@ def run(a, svc, out, log):
         print("problem: " + p)
     if not a.keep:
         svc.psql("DROP DATABASE IF EXISTS %s WITH (FORCE)" % db, check=False)
+        svc.delete_topics(prefix)
     print("lost=%d doubled=%d" % (lost, doubled))
     return 0 if lost == 0 and doubled == 0 and not problems else 1
