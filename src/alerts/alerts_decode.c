@@ -90,6 +90,26 @@ static int get_count(int64_t *out, json_t *o, const char *key,
 	return 0;
 }
 
+/*
+ * A plan limit; 1 when absent or null (*out untouched). A negative limit
+ * is no limit (-1): tenants hold -1 for a plan without one (the plan's
+ * NULL, as tally-stripe copies it), and the rules ignore limits <= 0.
+ */
+static int get_limit(int64_t *out, json_t *o, const char *key,
+		     tally_codec_error *err)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (v == NULL || json_is_null(v))
+		return 1;
+	if (!json_is_integer(v))
+		return tally_codec__fail(err, "wrong_type", key,
+					 "%s must be an integer", key);
+	*out = json_integer_value(v) < 0 ? -1 :
+					   (int64_t)json_integer_value(v);
+	return 0;
+}
+
 /* Exact decimal string (or integer) in currency units -> pico. 1: absent */
 static int get_money(int64_t *out, json_t *o, const char *key,
 		     tally_codec_error *err)
@@ -144,7 +164,7 @@ static int totals_optional(tally_totals *t, json_t *o, tally_codec_error *err)
 		t->budget_pico = -1;
 	if (get_count(&t->ai_requests, o, "ai_requests", err) < 0)
 		return TALLY_EINVALID;
-	if (get_count(&t->max_ai_requests, o, "max_ai_requests_per_month",
+	if (get_limit(&t->max_ai_requests, o, "max_ai_requests_per_month",
 		      err) < 0)
 		return TALLY_EINVALID;
 	/* distinct workflows when the totals carry them, else executions */
@@ -153,7 +173,7 @@ static int totals_optional(tally_totals *t, json_t *o, tally_codec_error *err)
 		w = get_count(&t->workflows, o, "workflow_executions", err);
 	if (w < 0)
 		return TALLY_EINVALID;
-	if (get_count(&t->max_workflows, o, "max_workflows", err) < 0)
+	if (get_limit(&t->max_workflows, o, "max_workflows", err) < 0)
 		return TALLY_EINVALID;
 	return 0;
 }
