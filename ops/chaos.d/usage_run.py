@@ -55,7 +55,8 @@ def setup_db(svc, db, tally, log):
 
 def setup_tenants(svc, db, exp):
     """One tenant row per generated tenant, with a plan limit derived from
-    its expected AI requests (LIMIT_PCT): the alerts the run must raise."""
+    its expected AI requests (LIMIT_PCT): the alerts the run must raise.
+    No workflow or user limit: -1, as tally-stripe writes a plan's NULL."""
     per_tenant = {}
     for (tenant, _p), n in exp.ai_by_period.items():
         per_tenant[tenant] = max(per_tenant.get(tenant, 0), n)
@@ -65,7 +66,7 @@ def setup_tenants(svc, db, exp):
         pct = LIMIT_PCT[i % len(LIMIT_PCT)]
         lim = per_tenant.get(tenant, 0) * pct // 100 if pct else 0
         limits[tenant] = lim
-        values.append("('%s', 'Chaos %d', 'chaos-%d', 'chaos-%d.example', 'chaos', 0, 0, %d, 0)"
+        values.append("('%s', 'Chaos %d', 'chaos-%d', 'chaos-%d.example', 'chaos', -1, -1, %d, 0)"
                       % (tenant, i, i, i, lim))
     svc.psql("""INSERT INTO tenants (id, name, slug, domain, subscription_plan, max_users,
                 max_workflows, max_ai_requests_per_month, monthly_budget) VALUES """
