@@ -136,6 +136,41 @@ START_TEST(test_alerts_totals_table)
 }
 END_TEST
 
+/*
+ * Tenants hold -1 for a plan without a limit (tally-stripe copies the
+ * plan's NULL as -1) and tally-aggregate passes it on: such totals are
+ * decoded as "no limit" and still raise the other limit's alerts, never
+ * dead-lettered.
+ */
+START_TEST(test_alerts_totals_negative_limit)
+{
+	static const char j[] =
+		"{\"schema\":\"tally.totals/1\",\"tenant_id\":\"" TENANT "\","
+		"\"period_start\":\"2026-11-01T00:00:00.000Z\","
+		"\"period_end\":\"2026-12-01T00:00:00.000Z\",\"version\":3,"
+		"\"ai_requests\":8000,\"max_ai_requests_per_month\":10000,"
+		"\"workflows\":500,\"max_workflows\":-1,\"cost\":\"1\","
+		"\"monthly_budget\":\"0.00\",\"currency\":\"USD\"}";
+	tally_codec_error ce = { 0 };
+	tally_alert_context ctx;
+	tally_alert_list l;
+	tally_totals t;
+	char got[256];
+	int rc;
+
+	rc = tally_totals_from_json(&t, j, strlen(j), &ce);
+	ck_assert_msg(rc == 0, "rejected: %s %s %s", ce.reason, ce.field,
+		      ce.detail);
+	ck_assert_int_eq(t.max_workflows, -1);
+	tally_alert_list_init(&l);
+	tally_alert_context_init(&ctx);
+	tally_alerts_eval_totals(&l, &t, &ctx, &th);
+	summarize(got, sizeof(got), &l);
+	ck_assert_str_eq(got, "plan_limit/50,plan_limit/80");
+	tally_alert_list_dispose(&l);
+}
+END_TEST
+
 START_TEST(test_alerts_budget_payload_exact)
 {
 	tally_alert_list l;
@@ -517,6 +552,7 @@ static Suite *tally_alerts_suite(void)
 			    (int)(sizeof(totals_cases) /
 				  sizeof(totals_cases[0])));
 	tcase_add_test(tc, test_alerts_budget_payload_exact);
+	tcase_add_test(tc, test_alerts_totals_negative_limit);
 	tcase_add_test(tc, test_alerts_plan_limit_lists_metrics);
 	tcase_add_test(tc, test_alerts_plan_limit_users);
 	tcase_add_loop_test(tc, test_alerts_churn_usage_drop, 0,
