@@ -107,6 +107,14 @@ static int apply_one(tally_pg *pg, const char *name, const char *version,
 		rc = tally_pg_exec(pg, NULL, "BEGIN", 0, NULL, err);
 		if (rc != 0)
 			return rc;
+		/* who and why of what the file changes, for the audit trail
+		 * (migration 0021's triggers); transaction-local */
+		rc = tally_pg_exec(pg, NULL,
+			"SELECT set_config('tally.audit_source', 'tally migrate',"
+			" true), set_config('tally.audit_reason', 'migration ' ||"
+			" $1, true)", 1, &name, err);
+		if (rc != 0)
+			return rc;
 		res = PQexec(tally_pg_conn(pg), sql);
 		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 			break;

@@ -100,7 +100,8 @@ START_TEST(test_audit_who_what_why)
 	row = get(own, "SELECT json_build_array(tenant_id, op, row_key, "
 		       "old_values, new_values, db_user = current_user, "
 		       "application_name, source, reason, at <= now())::text "
-		       "FROM audit_log WHERE table_name = 'plans'");
+		       "FROM audit_log WHERE table_name = 'plans' AND "
+		       "source IS DISTINCT FROM 'tally migrate'");
 	ck_assert_str_eq(row, "[null, \"UPDATE\", {\"id\": \"starter\"}, "
 			      "{\"monthly_price\": 99.00}, "
 			      "{\"monthly_price\": 109.00}, true, "
@@ -111,6 +112,10 @@ START_TEST(test_audit_who_what_why)
 	ck_assert_str_eq(get(own, "SELECT count(*) FROM audit_log WHERE "
 				  "table_name = 'plans' AND reason IS NULL"),
 			 "1");
+	/* what migrations changed is attributed to them */
+	ck_assert_str_eq(get(own, "SELECT count(*) > 0 AND bool_and(reason LIKE"
+				  " 'migration 00__\\_%.sql') FROM audit_log"
+				  " WHERE source = 'tally migrate'"), "t");
 }
 END_TEST
 
@@ -166,7 +171,8 @@ START_TEST(test_audit_prices_periods_adjustments)
 	ck_assert_str_eq(get(own, "SELECT string_agg(table_name || ':' || op "
 				  "|| ':' || coalesce(tenant_id::text, '-'), "
 				  "' ' ORDER BY id) FROM audit_log WHERE "
-				  "table_name <> 'tenants'"),
+				  "table_name <> 'tenants' AND source IS "
+				  "DISTINCT FROM 'tally migrate'"),
 			 "model_prices:INSERT:- "
 			 "price_overrides:INSERT:" TB " "
 			 "usage_adjustments:INSERT:" TB " "
