@@ -78,7 +78,7 @@ START_TEST(test_money_fmt_matches_fmt128)
 			x ^= x >> 7;
 			x ^= x << 17;
 			v = (int64_t)(x >> (x % 64));
-			if (x & 1)
+			if ((x & 1) && v != INT64_MIN)
 				v = -v;
 			if (x & 2)
 				v -= v % 1000000;
