@@ -133,9 +133,44 @@ size_t tally_money_fmt128(char *out, size_t outlen, tally_money128 pico)
 	return n;
 }
 
+/* The same text as tally_money_fmt128 with 64-bit arithmetic only and the
+ * digits written once, right to left (tally-rate formats four amounts
+ * per event). */
 size_t tally_money_fmt(char *out, size_t outlen, int64_t pico)
 {
-	return tally_money_fmt128(out, outlen, (tally_money128)pico);
+	char buf[32];
+	char *end = buf + sizeof(buf), *p = end;
+	uint64_t v = pico < 0 ? -(uint64_t)pico : (uint64_t)pico;
+	uint64_t ip = v / UINT64_C(1000000000000);
+	uint64_t fp = v % UINT64_C(1000000000000);
+	size_t n;
+	int fl = 12;
+
+	if (fp != 0) {
+		while (fp % 10 == 0) {
+			fp /= 10;
+			fl--;
+		}
+		while (fl-- > 0) {
+			*--p = (char)('0' + fp % 10);
+			fp /= 10;
+		}
+		*--p = '.';
+	}
+	do {
+		*--p = (char)('0' + ip % 10);
+		ip /= 10;
+	} while (ip != 0);
+	if (pico < 0)
+		*--p = '-';
+	n = (size_t)(end - p);
+	if (outlen > 0) {
+		size_t c = n < outlen - 1 ? n : outlen - 1;
+
+		memcpy(out, p, c);
+		out[c] = '\0';
+	}
+	return n;
 }
 
 int tally_money_add(int64_t *out, int64_t a, int64_t b)

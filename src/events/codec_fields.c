@@ -101,8 +101,12 @@ static int lookup(const char *const *names, int n, const char *key,
 {
 	int i;
 
+	if (klen == 0)
+		return -1; /* no name is empty */
+	/* the first byte inline: most names are ruled out without a call */
 	for (i = 0; i < n; i++)
-		if (tally_codec__str_is(key, klen, names[i]))
+		if (names[i][0] == key[0] &&
+		    tally_codec__str_is(key, klen, names[i]))
 			return i;
 	return -1;
 }

@@ -44,8 +44,24 @@ bool tally_codec__str_is(const char *s, uint32_t len, const char *lit)
  * strings end up in PostgreSQL text columns and log lines. */
 static bool utf8_ok(const unsigned char *s, uint32_t len)
 {
+	const uint64_t ones = UINT64_C(0x0101010101010101);
+	const uint64_t high = ones * 0x80;
 	uint32_t i = 0;
 
+	/* 8 bytes at a time while they are all printable ASCII (0x20-0x7e):
+	 * no high bit, no byte below 0x20, none equal to 0x7f (the usual
+	 * has-less / has-zero word tests); any other block goes byte by
+	 * byte below */
+	while (len - i >= 8) {
+		uint64_t x, y;
+
+		memcpy(&x, s + i, 8);
+		y = x ^ (ones * 0x7f);
+		if ((x & high) != 0 || ((x - ones * 0x20) & ~x & high) != 0 ||
+		    ((y - ones) & ~y & high) != 0)
+			break;
+		i += 8;
+	}
 	while (i < len) {
 		unsigned c = s[i];
 		uint32_t cp, n, k;

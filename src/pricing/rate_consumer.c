@@ -69,14 +69,13 @@ static void rewind_batch(tally_rater *r, size_t n)
 	rd_kafka_topic_partition_list_destroy(parts);
 }
 
-static int produce(tally_rater *r, const char *topic,
-		   const rd_kafka_message_t *in, const void *val, size_t len,
-		   tally_error *err)
+static int produce(tally_rater *r, const rd_kafka_message_t *in,
+		   const void *val, size_t len, tally_error *err)
 {
 	rd_kafka_resp_err_t e;
 
 	for (;;) {
-		e = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(topic),
+		e = rd_kafka_producev(r->producer, RD_KAFKA_V_RKT(r->out_rkt),
 				      RD_KAFKA_V_KEY(in->key, in->key_len),
 				      RD_KAFKA_V_VALUE((void *)val, len),
 				      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
@@ -143,7 +142,7 @@ static int handle(tally_rater *r, const rd_kafka_message_t *in,
 	re.rated_at_ms = now_ms;
 	r->sb.size = 0;
 	tally_codec_encode_rated(&r->sb, &re);
-	rc = produce(r, r->out_topic, in, r->sb.data, r->sb.size, err);
+	rc = produce(r, in, r->sb.data, r->sb.size, err);
 	if (rc == 0)
 		r->event_ms[r->n_rated++] = ev.time_ms;
 	return rc;

@@ -29,6 +29,7 @@ struct tally_rater {
 	tally_rate_ctx *ctx;
 	tally_consumer *consumer;
 	rd_kafka_t *producer;
+	rd_kafka_topic_t *out_rkt; /* out_topic's handle: no lookup per message */
 	char in_topic[256], out_topic[256], dlq_topic[256];
 	size_t batch_size;
 	int batch_ms;

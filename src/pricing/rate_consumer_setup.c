@@ -217,6 +217,13 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	rc = open_producer(r, cfg, err);
 	if (rc != 0)
 		goto fail;
+	r->out_rkt = rd_kafka_topic_new(r->producer, r->out_topic, NULL);
+	if (r->out_rkt == NULL) {
+		rc = tally_error_set(err, TALLY_ERROR, "topic %s: %s",
+				     r->out_topic,
+				     rd_kafka_err2str(rd_kafka_last_error()));
+		goto fail;
+	}
 	conf = tally_kafka_conf(cfg);
 	rc = consumer_conf(conf, cfg, err);
 	if (rc != 0) {
@@ -250,6 +257,8 @@ void tally_rater_free(tally_rater *r)
 	if (r == NULL)
 		return;
 	tally_consumer_free(r->consumer); /* leaves the group */
+	if (r->out_rkt != NULL)
+		rd_kafka_topic_destroy(r->out_rkt);
 	if (r->producer != NULL) {
 		rd_kafka_flush(r->producer, 10000);
 		rd_kafka_destroy(r->producer);

@@ -376,6 +376,65 @@ START_TEST(test_codec_id_lengths)
 }
 END_TEST
 
+/* every byte outside printable ASCII, at every position of a string, is
+ * judged as the byte-wise UTF-8 rules say (the validator reads 8 bytes at
+ * a time while they are plain ASCII) */
+START_TEST(test_codec_string_bytes)
+{
+	static const struct {
+		uint8_t b;
+		bool ok;
+	} bytes[] = {
+		{ 0x00, false }, { 0x01, false }, { 0x1f, false },
+		{ 0x20, true },  { 'a', true },   { 0x7e, true },
+		{ 0x7f, false }, { 0x80, false }, { 0xc0, false },
+		{ 0xc3, false }, { 0xff, false },
+	};
+	char id[41];
+	size_t p, k;
+
+	for (p = 0; p < 40; p++) {
+		for (k = 0; k < sizeof(bytes) / sizeof(bytes[0]); k++) {
+			tally_usage_event ev, out;
+			tally_codec_error err;
+			msgpack_sbuffer sb;
+			json_t *j = base_event(
+				"\"input_tokens\":1,\"output_tokens\":1");
+			int rc;
+
+			memset(id, 'a', 40);
+			id[p] = (char)bytes[k].b;
+			id[40] = '\0';
+			ck_assert_int_eq(tally_codec_usage_from_json(&ev, j,
+								     &err), 0);
+			ev.id = (tally_str){ id, 40 };
+			msgpack_sbuffer_init(&sb);
+			tally_codec_encode_usage(&sb, &ev);
+			rc = tally_codec_decode_usage(&out, sb.data, sb.size,
+						      &err);
+			ck_assert_msg(bytes[k].ok ? rc == 0 :
+				      rc != 0 && strcmp(err.reason,
+							"bad_utf8") == 0,
+				      "byte 0x%02x at %zu: rc %d", bytes[k].b,
+				      p, rc);
+			/* a valid 2-byte sequence there is accepted */
+			if (p < 39) {
+				id[p] = (char)0xc3;
+				id[p + 1] = (char)0xa9;
+				msgpack_sbuffer_clear(&sb);
+				tally_codec_encode_usage(&sb, &ev);
+				ck_assert_msg(tally_codec_decode_usage(
+						      &out, sb.data, sb.size,
+						      &err) == 0,
+					      "U+00E9 at %zu rejected", p);
+			}
+			msgpack_sbuffer_destroy(&sb);
+			json_decref(j);
+		}
+	}
+}
+END_TEST
+
 START_TEST(test_codec_every_truncation)
 {
 	/* every prefix of a valid message is rejected, never read past */
@@ -441,6 +500,7 @@ static Suite *tally_codec_suite(void)
 	tcase_add_test(tc, test_codec_quantity_bounds);
 	tcase_add_test(tc, test_codec_rfc3339);
 	tcase_add_test(tc, test_codec_id_lengths);
+	tcase_add_test(tc, test_codec_string_bytes);
 	tcase_add_test(tc, test_codec_every_truncation);
 	tcase_add_test(tc, test_codec_decode_rate);
 	tcase_set_timeout(tc, 10);

@@ -54,6 +54,47 @@ START_TEST(test_money_fmt)
 }
 END_TEST
 
+/* the 64-bit formatter writes what the 128-bit one writes, truncation
+ * included */
+START_TEST(test_money_fmt_matches_fmt128)
+{
+	static const int64_t edges[] = {
+		0, 1, -1, 9, 10, 999999999999, 1000000000000, -1000000000000,
+		1000000000001, 1200000000000, -1200000000010, INT64_MAX,
+		INT64_MIN, INT64_MAX - 1, INT64_MIN + 1,
+	};
+	uint64_t x = UINT64_C(88172645463325252);
+	char a[64], b[64];
+	size_t i, len;
+
+	for (i = 0; i < 200000; i++) {
+		int64_t v;
+
+		if (i < sizeof(edges) / sizeof(edges[0])) {
+			v = edges[i];
+		} else {
+			/* xorshift64; every magnitude and trailing-zero count */
+			x ^= x << 13;
+			x ^= x >> 7;
+			x ^= x << 17;
+			v = (int64_t)(x >> (x % 64));
+			if ((x & 1) && v != INT64_MIN)
+				v = -v;
+			if (x & 2)
+				v -= v % 1000000;
+		}
+		len = (i % 7 == 0) ? i % 23 : sizeof(a);
+		memset(a, 'x', sizeof(a));
+		memset(b, 'x', sizeof(b));
+		ck_assert_uint_eq(tally_money_fmt(a, len, v),
+				  tally_money_fmt128(b, len, v));
+		ck_assert_msg(memcmp(a, b, sizeof(a)) == 0,
+			      "%lld (buffer %zu): %.40s vs %.40s",
+			      (long long)v, len, a, b);
+	}
+}
+END_TEST
+
 START_TEST(test_money_muldiv_rounds_half_even)
 {
 	int64_t out;
@@ -91,6 +132,7 @@ static Suite *money_suite(void)
 
 	tcase_add_test(tc, test_money_parse);
 	tcase_add_test(tc, test_money_fmt);
+	tcase_add_test(tc, test_money_fmt_matches_fmt128);
 	tcase_add_test(tc, test_money_muldiv_rounds_half_even);
 	tcase_add_test(tc, test_money_round_minor_half_away);
 	suite_add_tcase(s, tc);
