@@ -54,7 +54,7 @@ def main():
     print(f"tally-relay / tally produce, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC,"
           f" {os.cpu_count()} cores, load at the end {open('/proc/loadavg').read().split()[0]}")
     print(f"{'run':<26}{'events/s':>10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'max ms':>9}{'RSS MiB':>9}  load before -> after")
+          f"{'max ms':>9}{'RSS MiB':>9}{'CPU s/M':>9}  load before -> after")
     for r in runs:
         if r["part"] == "webhook":
             label, eps, rps = "webhook (1 event)", r.get("requests_per_s"), r.get("requests_per_s")
@@ -65,10 +65,11 @@ def main():
             eps, rps = r.get("events_per_s"), r.get("requests_per_s")
         else:
             print(f"{'tally produce (lines)':<26}{k(r.get('lines_per_s')):>10}{'':>10}{'':>9}{'':>9}"
-                  f"{'':>9}{'':>9}  {r['load_before']} -> {r['load_after']}")
+                  f"{'':>9}{'':>9}{'':>9}  {r['load_before']} -> {r['load_after']}")
             continue
         print(f"{label:<26}{k(eps):>10}{k(rps):>10}{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}"
-              f"{r.get('max_ms', 0):>9.2f}{r.get('peak_rss_mib', 0):>9.1f}  "
+              f"{r.get('max_ms', 0):>9.2f}{r.get('peak_rss_mib', 0):>9.1f}"
+              f"{r.get('relay_cpu_s_per_million_events', 0):>9.1f}  "
               f"{r['load_before']} -> {r['load_after']}")
     print("every run: the events answered 202 (webhooks: delivered) are on its topic exactly once")
 
