@@ -22,16 +22,18 @@ def machine():
     except (OSError, StopIteration):
         mem = None
 
-    def version(cmd):
+    def version(cmd, start=""):
+        """the first line of cmd's output that begins with start"""
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
+        except (OSError, subprocess.SubprocessError):
             return None
+        return next((l.strip() for l in (out.stdout + out.stderr).splitlines()
+                     if l.startswith(start)), None)
 
     return {"cores": os.cpu_count(), "cpu": cpu, "memory_mib": mem,
             "kernel": platform.release(), "wrk": version(["wrk", "-v"]),
-            "kcat": version(["kcat", "-V"]),
+            "kcat": version(["kcat", "-V"], "Version"),
             "load_average_end": open("/proc/loadavg").read().strip()}
 
 
