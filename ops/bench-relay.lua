@@ -117,7 +117,9 @@ end
 local path = os.getenv("BENCH_PATH") or "/webhooks/stripe"
 local body_bytes = tonumber(os.getenv("BENCH_BODY_BYTES") or "1024")
 local threads = {}
-local tid, seq, non200 = 0, 0, 0
+-- globals, not locals: setup() sets tid and done() reads non200 through
+-- thread:set/get, which see only a thread's globals
+tid, seq, non200 = 0, 0, 0
 local filler
 
 function setup(thread)
