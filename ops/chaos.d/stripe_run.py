@@ -201,8 +201,7 @@ def run(a, svc, out, log):
     events += [stripe_usage.renewal_event(rewrite(fixture["evt_inA_created"], k, delta), k, ps, pe)
                for k in range(ntenants)]
     usage = stripe_usage.seed(svc, db, make_rng(a.seed + 1),
-                              [(k, tenant_uuid(k), "cus_TALLYTEST_c%02d" % k)
-                               for k in range(ntenants)], ps, pe)
+                              [(k, tenant_uuid(k)) for k in range(ntenants)], ps, pe)
     nsent = usage.sent()
     # faults on the Nth invoice item POST: answer held while tally-stripe
     # is killed; answer lost (500) while it lives

@@ -50,7 +50,7 @@ class Expectation:
 
 
 def seed(svc, db, rng, tenants, ps, pe):
-    """tenants: [(k, tenant_id, customer)]. Every fourth tenant has no
+    """tenants: [(k, tenant_id)]. Every fourth tenant has no
     usage (its invoice gets no line); some have a meter whose usage rounds
     to 0. Returns the Expectation."""
     svc.psql("SELECT count(*) FROM tally_ledger_maintain(%d, 1, 400, 9)"
@@ -75,11 +75,11 @@ def seed(svc, db, rng, tenants, ps, pe):
     def cost():
         return decimal.Decimal(rng.randint(1, 3000000000)) * NANO
 
-    def add(tid, sums, meter, prov, model, c):
+    def add(sums, meter, prov, model, c):
         key = "usage:%s:%s:%s" % (meter, prov, model) if model else "usage:%s" % meter
         sums[key] += c
 
-    for k, tid, _cus in tenants:
+    for k, tid in tenants:
         inv = "in_C_c%02d" % k
         sums = collections.defaultdict(decimal.Decimal)
         if k % 4 == 0:
@@ -97,13 +97,13 @@ def seed(svc, db, rng, tenants, ps, pe):
         for (h, meter, prov, model), c in cells.items():
             hourly.append("('%s', to_timestamp(%d), '%s', '%s', '%s', 1, %s)"
                           % (tid, h * 3600, meter, prov, model, c))
-            add(tid, sums, meter, prov, model, c)
+            add(sums, meter, prov, model, c)
         # the partial hours at the edges come from the ledger
         prov, model, pid, mid = rng.choice(models)
         for at in (ps + 60, pe - 60):
             c = cost()
             ledger.append((at, tid, pid, mid, c))
-            add(tid, sums, "ai.tokens", prov, model, c)
+            add(sums, "ai.tokens", prov, model, c)
         # outside the period: never billed on this invoice
         ledger.append((pe + 60, tid, pid, mid, cost()))
         ledger.append((ps - 60, tid, pid, mid, cost()))
