@@ -18,7 +18,8 @@ def options(argv):
     ap.add_argument("--quick", action="store_true",
                     help="about 50 K events, a few kills, under 3 minutes (ops/test)")
     ap.add_argument("--stripe", action="store_true",
-                    help="Stripe webhooks through tally-relay while tally-stripe is killed")
+                    help="Stripe webhooks through tally-relay and usage invoice items "
+                    "while tally-stripe is killed")
     ap.add_argument("--events", type=int, default=1000000)
     ap.add_argument("--tenants", type=int, default=200)
     ap.add_argument("--seed", type=int, default=7)
