@@ -128,43 +128,32 @@ static int produce_line(produce_run *r, char schema, const char *line,
 			size_t n)
 {
 	void *opaque = (void *)(uintptr_t)r->lineno;
-	json_error_t jerr;
 	json_t *j;
 	tally_codec_error ce;
-	union {
-		tally_usage_event u;
-		tally_rated_event r;
-		tally_command c;
-	} ev;
+	tally_codec_msg ev;
 	int vrc;
 
-	j = json_loadb(line, n, JSON_REJECT_DUPLICATES, &jerr);
-	if (j == NULL) {
-		if (rejecting(r))
+	if (tally_codec_json_line(&ev, schema, line, n, &j, &ce) != 0) {
+		if (!rejecting(r))
+			return 0;
+		if (strcmp(ce.reason, "bad_json") == 0)
 			fprintf(stderr, "line %llu: rejected: bad_json: %s\n",
-				(unsigned long long)r->lineno, jerr.text);
-		return 0;
-	}
-	if (schema == 'c')
-		vrc = tally_codec_command_from_json(&ev.c, j, &ce);
-	else if (schema == 'r')
-		vrc = tally_codec_rated_from_json(&ev.r, j, &ce);
-	else
-		vrc = tally_codec_usage_from_json(&ev.u, j, &ce);
-	if (vrc != 0) {
-		if (rejecting(r))
+				(unsigned long long)r->lineno, ce.detail);
+		else
 			fprintf(stderr, "line %llu: rejected: %s %s: %s\n",
 				(unsigned long long)r->lineno, ce.reason,
 				ce.field[0] ? ce.field : "-", ce.detail);
-		json_decref(j);
 		return 0;
 	}
 	if (schema == 'c')
-		vrc = tally_producer_send_command(r->p, &ev.c, opaque, &r->err);
+		vrc = tally_producer_send_command(r->p, &ev.command, opaque,
+						  &r->err);
 	else if (schema == 'r')
-		vrc = tally_producer_send_rated(r->p, &ev.r, opaque, &r->err);
+		vrc = tally_producer_send_rated(r->p, &ev.rated, opaque,
+						&r->err);
 	else
-		vrc = tally_producer_send_usage(r->p, &ev.u, opaque, &r->err);
+		vrc = tally_producer_send_usage(r->p, &ev.usage, opaque,
+						&r->err);
 	json_decref(j);
 	if (vrc == TALLY_EINVALID) {
 		if (rejecting(r))

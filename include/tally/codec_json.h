@@ -35,4 +35,24 @@ int tally_codec_command_from_json(tally_command *out, const json_t *obj,
 				  tally_codec_error *err) TALLY_MUSTCHECK;
 json_t *tally_codec_command_to_json(const tally_command *cmd);
 
+/** A message decoded from JSON: the member the schema asked for. */
+typedef union tally_codec_msg {
+	tally_usage_event usage;
+	tally_rated_event rated;
+	tally_command command;
+} tally_codec_msg;
+
+/**
+ * One line of JSON lines (`tally produce`), without its line end: parsed
+ * with duplicate keys rejected, then validated as schema 'u' (usage), 'r'
+ * (rated) or 'c' (command).
+ * @param[out] obj the parsed line, which out's strings borrow from:
+ *                 json_decref() it after use (NULL on error)
+ * @return 0, or TALLY_EINVALID with err filled: reason "bad_json" with
+ *         jansson's message as detail when the line is not JSON
+ */
+int tally_codec_json_line(tally_codec_msg *out, char schema, const char *line,
+			  size_t len, json_t **obj, tally_codec_error *err)
+	TALLY_MUSTCHECK;
+
 #endif /* TALLY_CODEC_JSON_H */

@@ -110,6 +110,28 @@ int tally_codec_command_from_json(tally_command *out, const json_t *obj,
 	return from_json(&st, obj);
 }
 
+int tally_codec_json_line(tally_codec_msg *out, char schema, const char *line,
+			  size_t len, json_t **obj, tally_codec_error *err)
+{
+	json_error_t jerr;
+	int rc;
+
+	*obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (*obj == NULL)
+		return tally_codec__fail(err, "bad_json", "", "%s", jerr.text);
+	if (schema == 'c')
+		rc = tally_codec_command_from_json(&out->command, *obj, err);
+	else if (schema == 'r')
+		rc = tally_codec_rated_from_json(&out->rated, *obj, err);
+	else
+		rc = tally_codec_usage_from_json(&out->usage, *obj, err);
+	if (rc != 0) {
+		json_decref(*obj);
+		*obj = NULL;
+	}
+	return rc;
+}
+
 /* ------------------------------------------------------------------ */
 
 static void set_str(json_t *o, const char *key, tally_str s)
