@@ -397,6 +397,40 @@ START_TEST(test_codec_every_truncation)
 }
 END_TEST
 
+START_TEST(test_codec_json_line)
+{
+	/* the reader of `tally produce`: schema by argument, duplicate keys
+	 * and non-JSON refused with a reason, obj owned by the caller */
+	size_t len;
+	char *text = slurp(VEC "/valid/command-cancel.json", &len);
+	static const char dup[] = "{\"id\": \"a\", \"id\": \"b\"}";
+	tally_codec_msg m;
+	tally_codec_error err;
+	json_t *obj = NULL;
+
+	ck_assert_int_eq(tally_codec_json_line(&m, 'c', text, len, &obj, &err),
+			 0);
+	ck_assert_ptr_nonnull(obj);
+	ck_assert_int_eq(m.command.type, TALLY_CMD_CANCEL_SUBSCRIPTION);
+	json_decref(obj);
+	/* the same line as a usage event: its type is no meter */
+	ck_assert_int_eq(tally_codec_json_line(&m, 'u', text, len, &obj, &err),
+			 TALLY_EINVALID);
+	ck_assert_ptr_null(obj);
+	ck_assert_str_eq(err.reason, "unknown_meter");
+	ck_assert_int_eq(tally_codec_json_line(&m, 'u', "{\"id\": ", 7, &obj,
+					       &err), TALLY_EINVALID);
+	ck_assert_str_eq(err.reason, "bad_json");
+	ck_assert_msg(err.detail[0] != '\0', "jansson's message is kept");
+	ck_assert_ptr_null(obj);
+	ck_assert_int_eq(tally_codec_json_line(&m, 'u', dup, sizeof(dup) - 1,
+					       &obj, &err), TALLY_EINVALID);
+	ck_assert_str_eq(err.reason, "bad_json");
+	ck_assert_ptr_null(obj);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_codec_decode_rate)
 {
 	/* CPU time of this thread, so a busy machine does not skew it */
@@ -442,6 +476,7 @@ static Suite *tally_codec_suite(void)
 	tcase_add_test(tc, test_codec_rfc3339);
 	tcase_add_test(tc, test_codec_id_lengths);
 	tcase_add_test(tc, test_codec_every_truncation);
+	tcase_add_test(tc, test_codec_json_line);
 	tcase_add_test(tc, test_codec_decode_rate);
 	tcase_set_timeout(tc, 10);
 	suite_add_tcase(s, tc);
