@@ -43,7 +43,7 @@ extra_packages() {
 max_len() {
 	case $1 in
 	genai) echo 16384 ;;
-	stripe_event) echo 32768 ;;
+	stripe_event) echo 8192 ;;
 	*) echo 4096 ;;
 	esac
 }
@@ -54,11 +54,12 @@ PKGS="msgpack jansson uuid libcrypto"
 mkdir -p "$OUT/obj"
 
 # Instrumented objects of every source a target needs, rebuilt when the
-# source is newer; a header change needs `rm -r build-fuzz/obj`.
+# source or any header of the repository is newer.
 compile() {
 	src=$1 pkgs=$2
 	obj="$OUT/obj/$(echo "$src" | tr / _).o"
-	if [ ! -f "$obj" ] || [ "$ROOT/src/$src" -nt "$obj" ]; then
+	if [ ! -f "$obj" ] || [ "$ROOT/src/$src" -nt "$obj" ] ||
+		[ -n "$(find "$ROOT/include" "$ROOT/src" -name '*.h' -newer "$obj" | head -1)" ]; then
 		# shellcheck disable=SC2086
 		"$CC" $CFLAGS -fsanitize=fuzzer-no-link $(pkg-config --cflags $pkgs) \
 			-c "$ROOT/src/$src" -o "$obj" || return 1
