@@ -8,26 +8,5 @@
 #include "tally/codec.h"
 #include "tally/command.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-	const char *buf = (const char *)data;
-	tally_codec_error err;
-	tally_rated_event m, m2;
-	msgpack_sbuffer a, b;
-
-	if (tally_codec_decode_rated(&m, buf, size, &err) != 0) {
-		if (err.reason == NULL)
-			abort(); /* every rejection has a reason */
-		return 0;
-	}
-	msgpack_sbuffer_init(&a);
-	msgpack_sbuffer_init(&b);
-	tally_codec_encode_rated(&a, &m);
-	if (tally_codec_decode_rated(&m2, a.data, a.size, &err) != 0)
-		abort();
-	tally_codec_encode_rated(&b, &m2);
-	fuzz_same(&a, &b);
-	msgpack_sbuffer_destroy(&a);
-	msgpack_sbuffer_destroy(&b);
-	return 0;
-}
+FUZZ_MSGPACK_ROUNDTRIP(tally_rated_event, tally_codec_decode_rated,
+		       tally_codec_encode_rated)
