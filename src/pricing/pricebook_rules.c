@@ -112,12 +112,16 @@ static int js_to_ere(char *out, size_t outlen, const char *js, size_t jl)
 
 /*
  * regcomp() copies a repeated expression once per repetition (X+ is X X*,
- * X{n,m} is m copies), so stacked or nested repetitions grow exponentially
- * in time and memory. REGEX_MAX_NODES bounds the expanded size; the
- * shipped data needs well under a hundred.
+ * X{n,m} is m copies), and its closure over nested repetitions (X**,
+ * ((X*)*)*) recurses once per path: stacked or nested repetitions grow
+ * exponentially in time and memory. REGEX_MAX_NODES bounds the expanded
+ * size and REGEX_MAX_NESTED how deep repetitions nest (JavaScript itself
+ * refuses X** and allows one lazy '?' after a quantifier); the shipped
+ * data needs under a hundred nodes and no nesting.
  */
 #define REGEX_MAX_NODES 4096
 #define REGEX_MAX_DEPTH 32
+#define REGEX_MAX_NESTED 3
 
 /* The decimal number at js[*j] (saturated past REGEX_MAX_NODES); *j
  * moves past its digits. */
@@ -165,21 +169,31 @@ static uint64_t repeat_factor(const char *js, size_t jl, size_t *i)
 static bool regex_too_complex(const char *js, size_t jl)
 {
 	uint64_t size[REGEX_MAX_DEPTH + 1] = { 0 }, last = 0, f;
+	unsigned nest[REGEX_MAX_DEPTH + 1] = { 0 }, last_nest = 0;
 	size_t i = 0, d = 0;
 
 	while (i < jl) {
 		if ((f = repeat_factor(js, jl, &i)) > 0) {
 			size[d] += last * (f - 1);
 			last *= f;
+			if (++last_nest > REGEX_MAX_NESTED)
+				return true;
+			if (last_nest > nest[d])
+				nest[d] = last_nest;
 		} else if (js[i] == '(') {
 			if (++d > REGEX_MAX_DEPTH)
 				return true;
 			size[d] = 0;
+			nest[d] = 0;
 			i += i + 2 < jl && js[i + 1] == '?' ? 3 : 1;
 			last = 0;
+			last_nest = 0;
 		} else if (js[i] == ')' && d > 0) {
-			last = size[d--];
+			last = size[d];
+			last_nest = nest[d--];
 			size[d] += last;
+			if (last_nest > nest[d])
+				nest[d] = last_nest;
 			i++;
 		} else {
 			size_t e = i + 1;
@@ -191,6 +205,7 @@ static bool regex_too_complex(const char *js, size_t jl)
 					e += js[e] == '\\' ? 2 : 1;
 			i = e < jl ? e + (js[i] == '[') : jl;
 			last = 1;
+			last_nest = 0;
 			size[d]++;
 		}
 		if (size[d] > REGEX_MAX_NODES || last > REGEX_MAX_NODES)
