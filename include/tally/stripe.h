@@ -30,6 +30,7 @@
 #include "tally/common.h"
 #include "tally/config.h"
 #include "tally/metrics.h"
+#include "tally/stripe_event.h"
 
 typedef struct tally_stripe tally_stripe;
 
@@ -153,10 +154,5 @@ const char *tally_stripe_status_class(long http_status);
 void tally_stripe_idempotency_key(char out[256], const char *scope,
 				  const char *id, const char *step);
 
-/** Stable JSON accessors used by the mirror code (NULL/0 when absent). */
-const char *tally_stripe_jstr(const json_t *obj, const char *key);
-int64_t tally_stripe_jint(const json_t *obj, const char *key);
-/** The id of an expandable field (string id or expanded object). */
-const char *tally_stripe_jid(const json_t *obj, const char *key);
 
 #endif /* TALLY_STRIPE_H */

@@ -110,6 +110,110 @@ static int js_to_ere(char *out, size_t outlen, const char *js, size_t jl)
 #undef PUT
 }
 
+/*
+ * regcomp() copies a repeated expression once per repetition (X+ is X X*,
+ * X{n,m} is m copies), and its closure over nested repetitions (X**,
+ * ((X*)*)*) recurses once per path: stacked or nested repetitions grow
+ * exponentially in time and memory. REGEX_MAX_NODES bounds the expanded
+ * size and REGEX_MAX_NESTED how deep repetitions nest (JavaScript itself
+ * refuses X** and allows one lazy '?' after a quantifier); the shipped
+ * data needs under a hundred nodes and no nesting.
+ */
+#define REGEX_MAX_NODES 4096
+#define REGEX_MAX_DEPTH 32
+#define REGEX_MAX_NESTED 3
+
+/* The decimal number at js[*j] (saturated past REGEX_MAX_NODES); *j
+ * moves past its digits. */
+static uint64_t bound(const char *js, size_t jl, size_t *j)
+{
+	uint64_t v = 0;
+
+	for (; *j < jl && isdigit((unsigned char)js[*j]); (*j)++)
+		if (v <= REGEX_MAX_NODES)
+			v = v * 10 + (uint64_t)(js[*j] - '0');
+	return v;
+}
+
+/* Copies a quantifier at js[*i] makes of what it follows (0: none there);
+ * *i moves past it. */
+static uint64_t repeat_factor(const char *js, size_t jl, size_t *i)
+{
+	uint64_t n, m;
+	size_t j = *i + 1;
+
+	if (js[*i] == '*' || js[*i] == '?') {
+		*i = j;
+		return 1;
+	}
+	if (js[*i] == '+') {
+		*i = j;
+		return 2;
+	}
+	if (js[*i] != '{' || j >= jl || !isdigit((unsigned char)js[j]))
+		return 0;
+	n = m = bound(js, jl, &j);
+	if (j < jl && js[j] == ',') {
+		j++;
+		m = n + 1; /* {n,}: n copies and a star */
+		if (j < jl && isdigit((unsigned char)js[j]))
+			m = bound(js, jl, &j);
+	}
+	if (j >= jl || js[j] != '}')
+		return 0; /* a literal '{' */
+	*i = j + 1;
+	return m > 0 ? m : 1;
+}
+
+/* Whether regcomp() would expand js beyond REGEX_MAX_NODES. */
+static bool regex_too_complex(const char *js, size_t jl)
+{
+	uint64_t size[REGEX_MAX_DEPTH + 1] = { 0 }, last = 0, f;
+	unsigned nest[REGEX_MAX_DEPTH + 1] = { 0 }, last_nest = 0;
+	size_t i = 0, d = 0;
+
+	while (i < jl) {
+		if ((f = repeat_factor(js, jl, &i)) > 0) {
+			size[d] += last * (f - 1);
+			last *= f;
+			if (++last_nest > REGEX_MAX_NESTED)
+				return true;
+			if (last_nest > nest[d])
+				nest[d] = last_nest;
+		} else if (js[i] == '(') {
+			if (++d > REGEX_MAX_DEPTH)
+				return true;
+			size[d] = 0;
+			nest[d] = 0;
+			i += i + 2 < jl && js[i + 1] == '?' ? 3 : 1;
+			last = 0;
+			last_nest = 0;
+		} else if (js[i] == ')' && d > 0) {
+			last = size[d];
+			last_nest = nest[d--];
+			size[d] += last;
+			if (last_nest > nest[d])
+				nest[d] = last_nest;
+			i++;
+		} else {
+			size_t e = i + 1;
+
+			if (js[i] == '\\')
+				e = i + 2;
+			else if (js[i] == '[')
+				while (e < jl && js[e] != ']')
+					e += js[e] == '\\' ? 2 : 1;
+			i = e < jl ? e + (js[i] == '[') : jl;
+			last = 1;
+			last_nest = 0;
+			size[d]++;
+		}
+		if (size[d] > REGEX_MAX_NODES || last > REGEX_MAX_NODES)
+			return true;
+	}
+	return false;
+}
+
 static size_t group_end(const char *s, size_t len, size_t open)
 {
 	size_t i;
@@ -145,6 +249,9 @@ static int compile_regex(pb_rule *r, const char *js, tally_error *err)
 	int rc;
 
 	r->kind = PB_R_REGEX;
+	if (regex_too_complex(js, len))
+		return tally_error_set(err, TALLY_EINVALID,
+				       "regex '%.64s': too complex", js);
 	if (len > 4 && strncmp(js, "^(?!", 4) == 0) {
 		size_t end = group_end(js, len, 1);
 		char tmp[1024];

@@ -528,27 +528,3 @@ void tally_stripe_idempotency_key(char out[256], const char *scope,
 	}
 }
 
-const char *tally_stripe_jstr(const json_t *obj, const char *key)
-{
-	json_t *v = json_object_get(obj, key);
-
-	return json_is_string(v) ? json_string_value(v) : NULL;
-}
-
-int64_t tally_stripe_jint(const json_t *obj, const char *key)
-{
-	json_t *v = json_object_get(obj, key);
-
-	return json_is_integer(v) ? (int64_t)json_integer_value(v) : 0;
-}
-
-const char *tally_stripe_jid(const json_t *obj, const char *key)
-{
-	json_t *v = json_object_get(obj, key);
-
-	if (json_is_string(v))
-		return json_string_value(v);
-	if (json_is_object(v))
-		return tally_stripe_jstr(v, "id");
-	return NULL;
-}

@@ -31,7 +31,7 @@ static int invoice_dunning_(tally_stripe_sync *ss, ss_tenant *t,
 		    ss, t->id, "payment_failed", cause, as_of,
 		    json_pack(
 			"{s:s, s:s?, s:s, s:I, s:I}", "invoice_id", id,
-			"subscription_id", tally_ss__invoice_subscription(inv),
+			"subscription_id", tally_stripe_invoice_subscription(inv),
 			"amount_due",
 			tally_ss__jnum(amt, inv, "amount_due") ? amt : "0",
 			"attempt_count",
@@ -60,7 +60,7 @@ static int invoice_dunning_(tally_stripe_sync *ss, ss_tenant *t,
 			    ss, t->id, "payment_succeeded", cause, as_of,
 			    json_pack("{s:s, s:s?, s:s}", "invoice_id", id,
 				      "subscription_id",
-				      tally_ss__invoice_subscription(inv),
+				      tally_stripe_invoice_subscription(inv),
 				      "amount_paid",
 				      tally_ss__jnum(amt, inv, "amount_paid")
 					  ? amt

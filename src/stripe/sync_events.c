@@ -82,11 +82,6 @@ static int resolve_tenant(ss_event *x, ss_tenant *t, tally_error *err)
 	return 0;
 }
 
-static bool has_prefix(const char *s, const char *p)
-{
-	return strncmp(s, p, strlen(p)) == 0;
-}
-
 /* customer.created / updated / deleted: the tenant's customer id. */
 static int customer_event(ss_event *x, ss_tenant *t, tally_error *err)
 {
@@ -108,18 +103,18 @@ static int customer_event(ss_event *x, ss_tenant *t, tally_error *err)
 static int dispatch(ss_event *x, ss_tenant *t, bool *applied,
 		    tally_error *err)
 {
-	if (has_prefix(x->type, "customer.subscription."))
+	switch (x->family) {
+	case TALLY_STRIPE_EVENT_SUBSCRIPTION:
 		return tally_ss__subscription_event(x, t, applied, err);
-	if (has_prefix(x->type, "invoice."))
+	case TALLY_STRIPE_EVENT_INVOICE:
 		return tally_ss__invoice_event(x, t, applied, err);
-	if (has_prefix(x->type, "payment_intent.") ||
-	    has_prefix(x->type, "charge."))
+	case TALLY_STRIPE_EVENT_PAYMENT:
 		return tally_ss__payment_event(x, t, applied, err);
-	if (strcmp(x->type, "customer.deleted") == 0 ||
-	    strcmp(x->type, "customer.updated") == 0 ||
-	    strcmp(x->type, "customer.created") == 0) {
+	case TALLY_STRIPE_EVENT_CUSTOMER:
 		*applied = true;
 		return customer_event(x, t, err);
+	case TALLY_STRIPE_EVENT_IGNORED:
+		break;
 	}
 	x->outcome = "ignored";
 	return 0;
@@ -196,9 +191,8 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 			    const char **outcome, tally_error *err)
 {
 	ss_event x;
-	json_error_t je;
+	tally_stripe_event pe;
 	tally_webhook_reason why;
-	const json_t *data;
 	int rc;
 
 	memset(&x, 0, sizeof(x));
@@ -212,21 +206,18 @@ int tally_stripe_sync_event(tally_stripe_sync *ss, const char *body,
 		return tally_error_set(err, TALLY_EINVALID,
 				       "stripe event: signature: %s",
 				       tally_webhook_reason_name(why));
-	x.ev = json_loadb(body, len, 0, &je);
-	data = x.ev ? json_object_get(x.ev, "data") : NULL;
-	x.obj = data ? json_object_get(data, "object") : NULL;
-	x.id = x.ev ? tally_stripe_jstr(x.ev, "id") : NULL;
-	x.type = x.ev ? tally_stripe_jstr(x.ev, "type") : NULL;
-	x.object = x.obj ? tally_stripe_jstr(x.obj, "object") : NULL;
-	x.created = x.ev ? tally_stripe_jint(x.ev, "created") : 0;
-	if (x.id == NULL || x.type == NULL || !json_is_object(x.obj) ||
-	    x.object == NULL || x.created <= 0) {
-		rc = tally_error_set(err, TALLY_EINVALID,
-				     "stripe event: not an event object");
-		goto cleanup;
-	}
+	if (tally_stripe_event_parse(&pe, body, len) != 0)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "stripe event: not an event object");
+	x.ev = pe.root; /* freed with x */
+	x.obj = pe.obj;
+	x.id = pe.id;
+	x.type = pe.type;
+	x.object = pe.object;
+	x.created = pe.created;
+	x.family = pe.family;
 	/* page the rest of an invoice's lines before the transaction */
-	if (has_prefix(x.type, "invoice.") && ss->stripe &&
+	if (x.family == TALLY_STRIPE_EVENT_INVOICE && ss->stripe &&
 	    json_is_true(tally_ss__jpath(x.obj, "lines", "has_more")) &&
 	    tally_stripe_jstr(x.obj, "id")) {
 		char path[300];

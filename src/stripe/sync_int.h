@@ -72,6 +72,7 @@ typedef struct ss_event {
 	json_t *lines; /* all invoice lines when the event's were paged */
 	const char *id, *type, *object;
 	int64_t created;
+	tally_stripe_family family;
 	const char *outcome;
 	char tenant_id[37];
 	/* a dispute's charge as fetched from Stripe (fallback) */
@@ -164,8 +165,6 @@ int tally_ss__subscription_event(ss_event *x, ss_tenant *t, bool *applied,
 				 tally_error *err);
 
 /* invoices mirror (sync_invoices.c) */
-int tally_ss__invoice_rank(const json_t *inv);
-const char *tally_ss__invoice_subscription(const json_t *inv);
 int tally_ss__close_period(tally_stripe_sync *ss, const ss_tenant *t,
 			   const json_t *inv, const char *invoice_id,
 			   tally_error *err);

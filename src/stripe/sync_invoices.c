@@ -12,32 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-int tally_ss__invoice_rank(const json_t *inv)
-{
-	const char *st = tally_stripe_jstr(inv, "status");
-	int64_t attempts = tally_stripe_jint(inv, "attempt_count");
-
-	if (attempts > 99)
-		attempts = 99;
-	if (st == NULL || strcmp(st, "draft") == 0)
-		return 0;
-	if (strcmp(st, "open") == 0)
-		return 100 + (int)attempts;
-	if (strcmp(st, "uncollectible") == 0)
-		return 200 + (int)attempts;
-	return 300; /* paid, void: final */
-}
-
-const char *tally_ss__invoice_subscription(const json_t *inv)
-{
-	const char *s = tally_stripe_jid(inv, "subscription");
-
-	if (s == NULL)
-		s = tally_ss__jpstr(json_object_get(inv, "parent"),
-			  "subscription_details", "subscription");
-	return s;
-}
-
 static int mirror_lines(tally_stripe_sync *ss, const ss_tenant *t,
 			const char *invoice_id, const json_t *lines,
 			tally_error *err)
@@ -187,7 +161,7 @@ int tally_ss__mirror_invoice(tally_stripe_sync *ss, ss_tenant *t,
 	    "WHERE (i.as_of, i.as_of_rank) < "
 	    "(EXCLUDED.as_of, EXCLUDED.as_of_rank) RETURNING 1",
 	    24, t->id, id, tally_stripe_jid(inv, "customer"),
-	    tally_ss__invoice_subscription(inv),
+	    tally_stripe_invoice_subscription(inv),
 	    tally_stripe_jstr(inv, "number"), tally_stripe_jstr(inv, "status"),
 	    tally_stripe_jstr(inv, "billing_reason"),
 	    tally_stripe_jstr(inv, "currency"),
@@ -229,7 +203,7 @@ int tally_ss__invoice_event(ss_event *x, ss_tenant *t, bool *applied,
 		return 0;
 	}
 	rc = tally_ss__mirror_invoice(x->ss, t, x->obj, x->created,
-				      tally_ss__invoice_rank(x->obj), x->id,
+				      tally_stripe_invoice_rank(x->obj), x->id,
 				      failed, x->lines, applied, err);
 	if (rc == 0 && *applied)
 		rc = tally_ss__invoice_dunning(x->ss, t, x->obj, x->type,

@@ -12,32 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int payment_rank(const char *object, const char *status,
-			const char *type)
-{
-	static const char *const pi[] = {
-		"requires_payment_method", "requires_confirmation",
-		"requires_action", "processing", "requires_capture",
-		"canceled", "succeeded", NULL,
-	};
-	int i;
-
-	if (strcmp(object, "payment_intent") == 0) {
-		for (i = 0; status && pi[i]; i++)
-			if (strcmp(pi[i], status) == 0)
-				return i;
-		return 0;
-	}
-	if (strcmp(object, "charge") == 0)
-		return strcmp(type, "charge.refunded") == 0 ? 3
-			: status && strcmp(status, "pending") == 0 ? 0 : 1;
-	/* dispute: open states, then closed ones */
-	if (status && (strcmp(status, "won") == 0 ||
-		       strcmp(status, "lost") == 0))
-		return 5;
-	return strcmp(type, "charge.dispute.closed") == 0 ? 5 : 1;
-}
-
 int tally_ss__mirror_payment(tally_stripe_sync *ss, ss_tenant *t,
 			     const json_t *o, const char *object,
 			     const char *type, int64_t as_of,
@@ -107,7 +81,7 @@ int tally_ss__mirror_payment(tally_stripe_sync *ss, ss_tenant *t,
 	    strcmp(object, "dispute") == 0 ? tally_stripe_jstr(o, "reason")
 					   : NULL,
 	    tally_ss__jnum(cr, o, "created"), tally_ss__i64s(asb, as_of),
-	    tally_ss__i64s(rb, payment_rank(object, status, type)), event_id);
+	    tally_ss__i64s(rb, tally_stripe_payment_rank(object, status, type)), event_id);
 	*applied = rc == 0 && PQntuples(res) == 1;
 	PQclear(res);
 	return rc;

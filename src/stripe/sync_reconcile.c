@@ -170,7 +170,7 @@ static int recon_inv(json_t *inv, void *payload)
 	if (differs && r->apply)
 		r->rc = tally_ss__mirror_invoice(
 		    r->ss, &t, inv, tally_ss__now_ms(r->ss) / 1000,
-		    tally_ss__invoice_rank(inv), NULL, false, NULL, &applied,
+		    tally_stripe_invoice_rank(inv), NULL, false, NULL, &applied,
 		    r->err);
 	else if (r->apply)
 		/* mirrored before periods were closed: close it now */

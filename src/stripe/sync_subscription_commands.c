@@ -292,7 +292,7 @@ static int mirror_invoice_now(json_t *inv, void *payload)
 
 	l->rc = tally_ss__mirror_invoice(
 	    l->ss, l->t, inv, tally_ss__now_ms(l->ss) / 1000,
-	    tally_ss__invoice_rank(inv), NULL, false, NULL, &applied, l->err);
+	    tally_stripe_invoice_rank(inv), NULL, false, NULL, &applied, l->err);
 	return l->rc;
 }
 

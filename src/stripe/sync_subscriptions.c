@@ -11,23 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *tenant_status_for(const char *sub_status)
-{
-	static const char *const map[][2] = {
-		{ "trialing", "trialing" }, { "active", "active" },
-		{ "past_due", "past_due" }, { "unpaid", "suspended" },
-		{ "canceled", "cancelled" }, { "incomplete", "incomplete" },
-		{ "incomplete_expired", "cancelled" },
-		{ "paused", "suspended" },
-	};
-	size_t i;
-
-	for (i = 0; sub_status && i < sizeof(map) / sizeof(map[0]); i++)
-		if (strcmp(map[i][0], sub_status) == 0)
-			return map[i][1];
-	return NULL;
-}
-
 static const json_t *first_item(const json_t *o, const char *k)
 {
 	const json_t *d = tally_ss__jpath(o, k, "data");
@@ -207,7 +190,7 @@ static int status_follows(tally_stripe_sync *ss, ss_tenant *t,
 		if (rc != 0)
 			return rc;
 	}
-	tstatus = tenant_status_for(v->status);
+	tstatus = tally_stripe_tenant_status_for(v->status);
 	if (tstatus == NULL)
 		return 0;
 	if (strcmp(tstatus, "cancelled") == 0) {
@@ -284,15 +267,6 @@ int tally_ss__mirror_subscription(tally_stripe_sync *ss, ss_tenant *t,
 	return rc;
 }
 
-static int sub_event_rank(const char *type)
-{
-	if (strcmp(type, "customer.subscription.created") == 0)
-		return 0;
-	if (strcmp(type, "customer.subscription.deleted") == 0)
-		return 3;
-	return 1;
-}
-
 int tally_ss__subscription_event(ss_event *x, ss_tenant *t, bool *applied,
 				 tally_error *err)
 {
@@ -301,7 +275,7 @@ int tally_ss__subscription_event(ss_event *x, ss_tenant *t, bool *applied,
 	int rc;
 
 	rc = tally_ss__mirror_subscription(x->ss, t, x->obj, x->created,
-					   sub_event_rank(x->type), x->id,
+					   tally_stripe_subscription_event_rank(x->type), x->id,
 					   applied, err);
 	/* facts are signalled even when the state is stale */
 	if (rc != 0 ||

@@ -456,6 +456,44 @@ START_TEST(test_codec_every_truncation)
 }
 END_TEST
 
+START_TEST(test_codec_json_line_schema)
+{
+	/* the reader of `tally produce`: schema by argument, duplicate keys
+	 * and non-JSON refused with a reason */
+	size_t len;
+	char *text = slurp(VEC "/valid/command-cancel.json", &len);
+	static const char dup[] = "{\"id\": \"a\", \"id\": \"b\"}";
+	union {
+		tally_usage_event usage;
+		tally_command command;
+	} m;
+	tally_json_line l;
+	tally_codec_error err;
+
+	tally_json_line_init(&l);
+	ck_assert_int_eq(tally_codec_from_json_line(TALLY_JSON_COMMAND,
+						    &m.command, text, len, &l,
+						    &err), 0);
+	ck_assert_int_eq(m.command.type, TALLY_CMD_CANCEL_SUBSCRIPTION);
+	/* the same line as a usage event: its type is no meter */
+	ck_assert_int_eq(tally_codec_from_json_line(TALLY_JSON_USAGE, &m.usage,
+						    text, len, &l, &err),
+			 TALLY_EINVALID);
+	ck_assert_str_eq(err.reason, "unknown_meter");
+	ck_assert_int_eq(tally_codec_from_json_line(TALLY_JSON_USAGE, &m.usage,
+						    "{\"id\": ", 7, &l, &err),
+			 TALLY_EINVALID);
+	ck_assert_str_eq(err.reason, "bad_json");
+	ck_assert_msg(err.detail[0] != '\0', "jansson's message is kept");
+	ck_assert_int_eq(tally_codec_from_json_line(TALLY_JSON_USAGE, &m.usage,
+						    dup, sizeof(dup) - 1, &l,
+						    &err), TALLY_EINVALID);
+	ck_assert_str_eq(err.reason, "bad_json");
+	tally_json_line_release(&l);
+	free(text);
+}
+END_TEST
+
 START_TEST(test_codec_decode_rate)
 {
 	/* CPU time of this thread, so a busy machine does not skew it */
@@ -502,6 +540,7 @@ static Suite *tally_codec_suite(void)
 	tcase_add_test(tc, test_codec_id_lengths);
 	tcase_add_test(tc, test_codec_string_bytes);
 	tcase_add_test(tc, test_codec_every_truncation);
+	tcase_add_test(tc, test_codec_json_line_schema);
 	tcase_add_test(tc, test_codec_decode_rate);
 	tcase_set_timeout(tc, 10);
 	suite_add_tcase(s, tc);

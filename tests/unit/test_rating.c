@@ -459,6 +459,55 @@ START_TEST(test_rating_loader_errors)
 }
 END_TEST
 
+/* A genai-prices file whose one model matches the regex rx. */
+static int load_regex(tally_pricebook **b, const char *rx, tally_error *err)
+{
+	char data[512];
+
+	snprintf(data, sizeof(data),
+		 "[{\"id\":\"p\",\"models\":[{\"id\":\"m\",\"match\":"
+		 "{\"regex\":\"%s\"},\"prices\":{\"input_mtok\":1}}]}]", rx);
+	return tally_pricebook_load_genai_buf(b, data, strlen(data), err);
+}
+
+START_TEST(test_rating_regex_blowup)
+{
+	/* regcomp() copies a repeated expression once per repetition, so
+	 * stacked or nested repetitions grow exponentially: such a regex is
+	 * refused before it is compiled (found by tests/fuzz/fuzz_genai.c) */
+	static const char *const bad[] = {
+		"^mG++++++++++++++++++++++++$",
+		"^(((((((((((((((((((((((a+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)+)"
+		"+)+)+)+)+)+$",
+		"^((a{1,100}){1,100}){1,100}$",
+		"^a{1,99999}$",
+		"^(?!.+/)(?:ab|G************************************++++++v)",
+		"^((((a*)*)*)*)m$",
+	};
+	static const char *const good[] = {
+		"^m$", "^m-\\\\d{8}$", "^(?:ab)+c{2,3}m*$", "^m+?x?$",
+		"^(?![^/]+/)(?:labs-)?(?:(?:mi|code)stral|m)",
+	};
+	tally_pricebook *b = NULL;
+	tally_error err;
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_msg(load_regex(&b, bad[i], &err) == TALLY_EINVALID,
+			      "%s is refused", bad[i]);
+		ck_assert_msg(strstr(err.msg, "too complex") != NULL, "%s",
+			      err.msg);
+		ck_assert(b == NULL);
+	}
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		ck_assert_msg(load_regex(&b, good[i], &err) == 0, "%s: %s",
+			      good[i], err.msg);
+		tally_pricebook_free(b);
+		b = NULL;
+	}
+}
+END_TEST
+
 START_TEST(test_rating_real_data)
 {
 	/* the shipped genai-prices file loads, and its regexes (translated,
@@ -509,6 +558,7 @@ static Suite *tally_rating_suite(void)
 	tcase_add_checked_fixture(tl, setup, teardown);
 	tcase_add_test(tl, test_rating_loader_exact_numbers);
 	tcase_add_test(tl, test_rating_loader_errors);
+	tcase_add_test(tl, test_rating_regex_blowup);
 	tcase_add_test(tl, test_rating_real_data);
 	tcase_set_timeout(tl, 20);
 	suite_add_tcase(s, tl);
