@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ops/bench.d/dedupe_alternatives.sh DSN [KEYS] [ROUNDS]
 #
-# (KEYS 0: only build the layouts' tables.)
+# (KEYS 0: only build the layouts' tables; ROUNDS 0: only the retention.)
 # The dedupe store's cost per new key at the history already in DSN's
 # usage_dedupe (a clone of an `ops/bench-aggregate` ba_hist_N template: the
 # script adds tables to it), for the layouts compared in docs/aggregate.md
@@ -76,7 +76,8 @@ run() { # LAYOUT SALT
           (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
            || substr(replace(digest::text, '-', ''), 13))::uuid, occurred_at
           FROM ($keys) k ORDER BY 1, 2;" ;;
-    byday) body="CREATE TEMP TABLE IF NOT EXISTS bk (tenant_id uuid, digest uuid, occurred_at timestamptz)
+    byday) body="SET LOCAL client_min_messages = warning;
+          CREATE TEMP TABLE IF NOT EXISTS bk (tenant_id uuid, digest uuid, occurred_at timestamptz)
             ON COMMIT DELETE ROWS;
           INSERT INTO bk SELECT * FROM ($keys) k ORDER BY 1, 2;
           PERFORM 1 FROM bk JOIN dedupe_byday d USING (tenant_id, digest)
@@ -110,14 +111,15 @@ done
 q -c "SELECT 'index sizes: today ' || pg_size_pretty(pg_indexes_size('usage_dedupe'))
       || ', ordered ' || pg_size_pretty(pg_indexes_size('dedupe_ordered'))"
 
-# retention: one day of keys
+# retention: the keys of the oldest complete day
 day=$(q -c "SELECT min(occurred_at)::date + 1 FROM usage_dedupe")
 q -c "CHECKPOINT" >/dev/null
 w0=$(q -c "SELECT pg_current_wal_lsn()"); t0=$(date +%s%N)
-n=$(q -c "WITH d AS (DELETE FROM usage_dedupe WHERE occurred_at < '$day'::date RETURNING 1) SELECT count(*) FROM d")
+n=$(q -c "WITH d AS (DELETE FROM usage_dedupe WHERE occurred_at >= '$day'::date
+                     AND occurred_at < '$day'::date + 1 RETURNING 1) SELECT count(*) FROM d")
 t1=$(date +%s%N); w1=$(q -c "SELECT pg_current_wal_lsn()")
 echo "retention DELETE: $n keys in $(( (t1 - t0) / 1000000 )) ms, WAL $(q -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$w1', '$w0'))"); load $(load)"
-old=$(q -c "SELECT 'dedupe_byday_' || to_char(min(seen_day), 'YYYYMMDD') FROM dedupe_byday")
+old=dedupe_byday_$(q -c "SELECT to_char('$day'::date, 'YYYYMMDD')")
 n=$(q -c "SELECT count(*) FROM $old")
 q -c "CHECKPOINT" >/dev/null
 w0=$(q -c "SELECT pg_current_wal_lsn()"); t0=$(date +%s%N)
