@@ -55,6 +55,15 @@ def psql(dsn, sql):
     return r.stdout.strip()
 
 
+def psql_start(dsn, sql):
+    p = subprocess.Popen(["psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1", dsn],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdin.write(sql)
+    p.stdin.close()
+    return p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dsn", required=True)
@@ -90,18 +99,15 @@ def main():
     phases = {}
     t = time.time()
     psql(a.dsn, f"""
-      SET maintenance_work_mem = '512MB';
-      SET synchronous_commit = off;
       SELECT count(*) FROM tally_ledger_maintain({a.days + 3}, 7, 400, {a.days});
-      BEGIN;
       ALTER TABLE usage_dedupe DROP CONSTRAINT usage_dedupe_pkey;
-      DROP INDEX usage_dedupe_occurred;
+      DROP INDEX usage_dedupe_occurred;""")
+    # the two tables by two backends at once
+    loads = [psql_start(a.dsn, f"""
+      SET synchronous_commit = off;
       INSERT INTO usage_dedupe (tenant_id, digest, occurred_at)
-        SELECT tenant_id, digest, occurred_at FROM ({gen}) g;
-      COMMIT;""")
-    phases["dedupe_s"] = round(time.time() - t, 1)
-    t = time.time()
-    psql(a.dsn, f"""
+        SELECT tenant_id, digest, occurred_at FROM ({gen}) g;"""),
+             psql_start(a.dsn, f"""
       SET synchronous_commit = off;
       INSERT INTO usage_ledger (occurred_at, price_id, prev_price_id, quantity,
           input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
@@ -112,8 +118,13 @@ def main():
                ((i % 50000) + 1) * 0.000001
         FROM ({gen}) g,
              (SELECT min(id) AS id FROM model_prices) p,
-             (SELECT id FROM meters WHERE name = 'ai.tokens') m;""")
-    phases["ledger_s"] = round(time.time() - t, 1)
+             (SELECT id FROM meters WHERE name = 'ai.tokens') m;""")]
+    for pr in loads:
+        err = pr.stderr.read()
+        pr.wait()
+        if pr.returncode != 0:
+            sys.exit("history.py: psql failed: " + err.strip()[:500])
+    phases["rows_s"] = round(time.time() - t, 1)
     t = time.time()
     psql(a.dsn, """
       SET maintenance_work_mem = '512MB';
