@@ -12,7 +12,7 @@ import sys
 ap = argparse.ArgumentParser()
 for a in ("out", "json", "png", "run", "start", "events", "tenants", "models", "dup",
           "ooo", "late", "partitions", "latency-events", "pg-version", "kafka-version",
-          "rdkafka-version", "quick", "broker-topics"):
+          "rdkafka-version", "quick", "broker-topics", "history"):
     ap.add_argument("--" + a)
 A = ap.parse_args()
 D = A.out
@@ -95,10 +95,38 @@ def stage_fig(name, procs):
 
 rate = stage_fig("rate", ["rate"])
 agg = stage_fig("agg", ["aggregate"])
+
+
+def cost_fig(name, s, ver):
+    """the per-event cost of an aggregate backlog stage (NAME.cost.json)"""
+    c = load(name + ".cost")
+    rows = num(c.get("rows"))
+    ev = num(s.get("expected"))
+    per = (lambda x: round(num(c.get(x)) / rows, 1) if rows > 0 else None)
+    return {"events_per_s": round(num(s.get("events_per_s")), 1) if ver.get("ok") else None,
+            "complete": bool(s.get("complete")), "correct": bool(ver.get("ok")),
+            "consumer_cpu_s_per_million_events":
+                round(num(s.get("aggregate_cpu_s")) * 1e6 / ev, 2) if ev else None,
+            "postgres_cpu_s_per_million_events":
+                round(num(s.get("postgres_cpu_s")) * 1e6 / ev, 2) if ev else None,
+            "wal_bytes_per_event": per("wal_bytes"), "ledger_bytes_per_event": per("ledger_bytes"),
+            "dedupe_bytes_per_event": per("dedupe_bytes"),
+            "dedupe_bytes_total": c.get("dedupe_bytes_total"), "loadavg": c.get("loadavg")}
+
+
+history = [dict(history_keys=0, **cost_fig("agg", stages["agg"], load("verify_agg")))]
+for h in [int(x) for x in (A.history or "").split(",") if x and int(x) > 0]:
+    n = "agg_hist_%d" % h
+    f = dict(history_keys=h, **cost_fig(n, load(n), load("verify_" + n)))
+    f["load"] = load("history_%d" % h)
+    f["history_aggregate_ratio"] = (round(f["events_per_s"] / history[0]["events_per_s"], 3)
+                                    if f["events_per_s"] and history[0]["events_per_s"] else None)
+    history.append(f)
 e2e = stage_fig("e2e", ["rate", "aggregate"])
-lost = int(num(ver_e2e.get("lost"))) + int(num(ver_agg.get("lost")))
-doubled = int(num(ver_e2e.get("doubled"))) + int(num(ver_agg.get("doubled")))
-correct = bool(ver_e2e.get("ok")) and bool(ver_agg.get("ok"))
+hv = [load("verify_agg_hist_%d" % f["history_keys"]) for f in history[1:]]
+lost = sum(int(num(v.get("lost"))) for v in [ver_e2e, ver_agg] + hv)
+doubled = sum(int(num(v.get("doubled"))) for v in [ver_e2e, ver_agg] + hv)
+correct = bool(ver_e2e.get("ok")) and bool(ver_agg.get("ok")) and all(v.get("ok") for v in hv)
 complete = rate["complete"] and agg["complete"] and e2e["complete"]
 rss_all = [x for f in (rate, agg, e2e) for p in ("rate", "aggregate") if p in f
            for x in (f[p]["peak_rss_mib"], f[p]["peak_rss_mib_paced"]) if x]
@@ -154,6 +182,9 @@ out = {
         "aggregate_vs_copy": ratio(agg["events_per_s"], copy_rps),
         "aggregate_vs_naive": ratio(agg["events_per_s"], naive_eps),
     },
+    "history_keys": history[-1]["history_keys"],
+    "history_aggregate_ratio": history[-1].get("history_aggregate_ratio"),
+    "history": history,
     "stages": {"rate": rate, "aggregate": agg, "end_to_end": e2e},
     "raw": {"kcat": kcat, "copy": copy, "naive": naive,
             "ledger_rows": load("ledger_rows")},
@@ -238,6 +269,16 @@ P(f"{'PostgreSQL COPY rows':24}{k(copy_rps):>11}   aggregate {rx(agg['events_per
 P(f"{'naive consumer':24}{k(naive_eps):>11}   aggregate {rx(agg['events_per_s'], naive_eps)}, "
   f"end to end {rx(e2e_eps, naive_eps)}")
 P("")
+P(f"{'tally-aggregate alone':24}{'events/s':>11}{'ratio':>7}{'agg CPU/M':>10}{'PG CPU/M':>10}"
+  f"{'WAL B/ev':>10}{'ledger B/ev':>12}{'dedupe B/ev':>12}  load")
+for f in history:
+    r = f.get("history_aggregate_ratio")
+    P(f"{'history %s' % k(f['history_keys']) if f['history_keys'] else 'empty database':24}"
+      f"{k(f['events_per_s']):>11}{'%.2f' % r if r is not None else '-':>7}"
+      f"{f['consumer_cpu_s_per_million_events'] or 0:>10.2f}{f['postgres_cpu_s_per_million_events'] or 0:>10.2f}"
+      f"{f['wal_bytes_per_event'] or 0:>10.0f}{f['ledger_bytes_per_event'] or 0:>12.0f}"
+      f"{f['dedupe_bytes_per_event'] or 0:>12.0f}  {' '.join((f['loadavg'] or '').split()[:3])}")
+P("")
 if bad:
     P(f"{RED}CORRECTNESS: lost {lost}, doubled {doubled} events; "
       f"end to end ok={ver_e2e.get('ok')}, aggregate ok={ver_agg.get('ok')} "
@@ -260,4 +301,16 @@ r = subprocess.run(["gnuplot", "-e", f"dir='{D}'; out='{A.png}'; title='{title}'
                     os.path.join(here, "plot.gp")], capture_output=True, text=True)
 if r.returncode != 0:
     print(f"ops/bench: gnuplot failed: {r.stderr.strip()[:300]}", file=sys.stderr)
+if len(history) > 1:  # aggregate events/s against the history size
+    hp = os.path.splitext(A.png)[0] + "-history.png"
+    gp = (f"set terminal pngcairo size 900,600 font ',10' noenhanced; set output '{hp}'; set grid;"
+          "set xlabel 'events of history (millions)'; set ylabel 'events/s'; set yrange [0:*];"
+          f"set title '{title}: tally-aggregate alone against history';"
+          "plot '-' using 1:2 with linespoints pt 7 lw 2 title 'tally-aggregate'")
+    data = "".join("%g %g\n" % (f["history_keys"] / 1e6, f["events_per_s"] or 0) for f in history) + "e\n"
+    r = subprocess.run(["gnuplot", "-e", gp, "-"], input=data, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"ops/bench: gnuplot failed: {r.stderr.strip()[:300]}", file=sys.stderr)
+    else:
+        print(f"history plot: {hp}")
 sys.exit(1 if bad or not complete else 0)
