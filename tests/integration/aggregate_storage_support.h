@@ -21,7 +21,7 @@
 #define CARRY_DAYS 25
 
 static inline void carry_tenant(char s[37], uint8_t t[16], int k, int64_t cps,
-			 int64_t cpe)
+				int64_t cpe)
 {
 	char sql[512];
 
@@ -38,7 +38,7 @@ static inline void carry_tenant(char s[37], uint8_t t[16], int k, int64_t cps,
 }
 
 static inline void add_snapshot(batch *b, const uint8_t t[16], int64_t i,
-			 int64_t at, int64_t bytes)
+				int64_t at, int64_t bytes)
 {
 	agg_gen g;
 
@@ -52,7 +52,8 @@ static inline void add_snapshot(batch *b, const uint8_t t[16], int64_t i,
 }
 
 /* 4 API calls at 0.0001 (event 10 * i + 8 of the generator) */
-static inline void add_calls(batch *b, const uint8_t t[16], int64_t i, int64_t at)
+static inline void add_calls(batch *b, const uint8_t t[16], int64_t i,
+			     int64_t at)
 {
 	agg_gen g;
 
@@ -67,7 +68,7 @@ static inline void add_calls(batch *b, const uint8_t t[16], int64_t i, int64_t a
 
 /* q = round_half_even(n / d), n >= 0, d > 0 */
 static inline unsigned __int128 div_half_even(unsigned __int128 n,
-				       unsigned __int128 d)
+					      unsigned __int128 d)
 {
 	unsigned __int128 q = n / d, r = n % d;
 
@@ -95,7 +96,8 @@ static inline void fmt_u128(char *out, size_t len, unsigned __int128 v)
  * 12 places; cost = bytes * ms * 0.10 / (10^9 * 30 d), half-even at the
  * pico (10^-12).
  */
-static inline void carry_expect(char *out, size_t len, int64_t bytes, int64_t days)
+static inline void carry_expect(char *out, size_t len, int64_t bytes,
+				int64_t days)
 {
 	const unsigned __int128 gbm = (unsigned __int128)1000000000 *
 				      (30 * (unsigned __int128)DAY_MS);
