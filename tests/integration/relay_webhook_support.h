@@ -226,4 +226,13 @@ static inline int64_t topic_count(const char *topic)
 	return total;
 }
 
+/* Once per program, before the tests: the broker, quiet logs, libcurl. */
+static inline void relay_suite_init(void)
+{
+	brokers = tally_test_need_env("TALLY_TEST_BROKERS");
+	tally_log_init("test-relay", TALLY_WARN);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	srand((unsigned)getpid());
+}
+
 #endif

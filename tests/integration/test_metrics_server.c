@@ -42,10 +42,7 @@ static Suite *tally_metrics_server_suite(void)
 	Suite *s = suite_create("metrics_server");
 	TCase *tc = tcase_create("Relay");
 
-	brokers = tally_test_need_env("TALLY_TEST_BROKERS");
-	tally_log_init("test-relay", TALLY_WARN);
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-	srand((unsigned)getpid());
+	relay_suite_init();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_metrics_server_http);
 	suite_add_tcase(s, tc);

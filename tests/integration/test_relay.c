@@ -201,10 +201,7 @@ static Suite *tally_relay_suite(void)
 	Suite *s = suite_create("relay");
 	TCase *tc = tcase_create("Relay");
 
-	brokers = tally_test_need_env("TALLY_TEST_BROKERS");
-	tally_log_init("test-relay", TALLY_WARN);
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-	srand((unsigned)getpid());
+	relay_suite_init();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_relay_valid_event_on_topic);
 	tcase_add_test(tc, test_relay_keys);

@@ -187,10 +187,7 @@ static Suite *tally_relay_delivery_suite(void)
 	Suite *s = suite_create("relay_delivery");
 	TCase *tc = tcase_create("Relay");
 
-	brokers = tally_test_need_env("TALLY_TEST_BROKERS");
-	tally_log_init("test-relay", TALLY_WARN);
-	curl_global_init(CURL_GLOBAL_DEFAULT);
-	srand((unsigned)getpid());
+	relay_suite_init();
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_relay_concurrent_500);
 	tcase_add_test(tc, test_relay_kafka_down_then_back);
