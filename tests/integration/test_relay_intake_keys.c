@@ -1,0 +1,120 @@
+/*
+ * test_relay_intake_keys.c - API keys at tally-relay's HTTP intake end to
+ * end (see relay_intake_support.h): a key of another tenant, a revoked key
+ * refused without a relay restart, the rate limit per key.
+ */
+#define _DEFAULT_SOURCE
+#include "relay_intake_support.h"
+
+START_TEST(test_intake_key_of_another_tenant)
+{
+	char key_b[128], body[512], bad[128];
+	intake_resp r;
+	fixture f;
+
+	setup(&f, NULL);
+	start(&f, brokers, NULL, NULL);
+	new_key(&f, key_b, TENANT_B);
+	usage(body, sizeof(body), "a-by-b", TENANT_A, 7);
+	post(&r, &f, JSON, key_b, body);
+	ck_assert_int_eq(r.status, 207);
+	ck_assert_str_eq(r.body, "{\"accepted\":0,\"rejected\":[{\"index\":0,"
+				 "\"code\":\"tenant_mismatch\",\"field\":"
+				 "\"tenant_id\"}]}\n");
+
+	post(&r, &f, JSON, NULL, body);
+	ck_assert_int_eq(r.status, 401);
+	ck_assert_str_eq(r.body, "{\"error\":\"missing_key\"}\n");
+	post(&r, &f, JSON, "tly_nonsense", body);
+	ck_assert_int_eq(r.status, 401);
+	ck_assert_str_eq(r.body, "{\"error\":\"invalid_key\"}\n");
+	/* B's prefix with another secret */
+	snprintf(bad, sizeof(bad), "%.17s%064d", key_b, 0);
+	post(&r, &f, JSON, bad, body);
+	ck_assert_int_eq(r.status, 401);
+
+	expect_on_topic(&f, NULL, 0, 0);
+	stop(&f);
+}
+END_TEST
+
+START_TEST(test_intake_revoked_key_refused_without_restart)
+{
+	char key[128], prefix[32], args[64], body[512], line[512];
+	int64_t deadline;
+	intake_resp r;
+	fixture f;
+
+	setup(&f, NULL);
+	start(&f, brokers, NULL, NULL);
+	new_key(&f, key, TENANT_A);
+	usage(body, sizeof(body), "before-revoke", TENANT_A, 1);
+	post(&r, &f, JSON, key, body);
+	ck_assert_int_eq(r.status, 202);
+
+	snprintf(prefix, sizeof(prefix), "%.16s", key);
+	snprintf(args, sizeof(args), "keys revoke %s", prefix);
+	cli(&f, NULL, 0, args);
+	snprintf(args, sizeof(args), "keys list --tenant %s", TENANT_A);
+	cli(&f, line, sizeof(line), args); /* the header line */
+	ck_assert_msg(strstr(line, "REVOKED") != NULL, "%s", line);
+
+	/* relay.key_ttl_ms is 500: refused well within 10 s */
+	deadline = tally_now_ms() + 10000;
+	do {
+		usleep(100000);
+		usage(body, sizeof(body), "after-revoke", TENANT_A, 1);
+		post(&r, &f, JSON, key, body);
+	} while (r.status == 202 && tally_now_ms() < deadline);
+	ck_assert_int_eq(r.status, 401);
+	ck_assert_str_eq(r.body, "{\"error\":\"invalid_key\"}\n");
+	stop(&f);
+}
+END_TEST
+
+START_TEST(test_intake_rate_limit_per_key)
+{
+	char key[128], key2[128], body[512];
+	intake_resp r;
+	fixture f;
+
+	/* one request a minute, two at once: the third must wait */
+	setup(&f, "UPDATE plans SET api_rate_per_minute = 1, api_burst = 2"
+		  " WHERE id = 'starter'");
+	start(&f, brokers, NULL, NULL);
+	new_key(&f, key, TENANT_A);
+	new_key(&f, key2, TENANT_A);
+	usage(body, sizeof(body), "limited", TENANT_A, 1);
+	post(&r, &f, JSON, key, body);
+	ck_assert_int_eq(r.status, 202);
+	post(&r, &f, JSON, key, body);
+	ck_assert_int_eq(r.status, 202);
+	post(&r, &f, JSON, key, body);
+	ck_assert_int_eq(r.status, 429);
+	ck_assert_str_eq(r.body, "{\"error\":\"rate_limited\"}\n");
+	ck_assert_msg(r.retry_after >= 1 && r.retry_after <= 60,
+		      "Retry-After: %ld", r.retry_after);
+	/* per key: another key of the tenant has its own bucket */
+	post(&r, &f, JSON, key2, body);
+	ck_assert_int_eq(r.status, 202);
+	ck_assert_int_eq(metric(&f, "tally_relay_requests_total{status=\"429\""
+				    ",reason=\"rate_limited\"}"), 1);
+	stop(&f);
+}
+END_TEST
+
+static Suite *tally_relay_intake_keys_suite(void)
+{
+	Suite *s = suite_create("relay_intake_keys");
+	TCase *tc = tcase_create("Intake");
+
+	relay_intake_suite_init();
+	tcase_set_timeout(tc, 180);
+	tcase_add_test(tc, test_intake_key_of_another_tenant);
+	tcase_add_test(tc, test_intake_revoked_key_refused_without_restart);
+	tcase_add_test(tc, test_intake_rate_limit_per_key);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+TALLY_CHECK_MAIN(tally_relay_intake_keys_suite)
