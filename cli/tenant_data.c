@@ -4,7 +4,8 @@
  * `tally tenant erase <tenant>` / `tally tenant erase --pending` (GDPR
  * erasure; the Stripe customer's deletion is retried by running it again).
  * <tenant> is the tenant's id or slug. Exit status: 0 done, 3 erased but
- * the Stripe deletion is still pending, 1 error, 2 usage.
+ * the Stripe deletion is still pending, 4 refused (the tenant is not
+ * cancelled), 1 error, 2 usage.
  */
 #include "tenant_data.h"
 #include "tally/stripe.h"
@@ -116,7 +117,7 @@ int tally_cli_tenant_erase(tally_cli *cli, int argc, char **argv)
 	tally_pg_free(pg);
 	if (rc != 0) {
 		fprintf(stderr, "tally tenant erase: %s\n", err.msg);
-		return 1;
+		return rc == TALLY_EINVALID ? 4 : 1;
 	}
 	return pending > 0 ? 3 : 0;
 }

@@ -75,8 +75,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON alert_deliveries TO tally_engine;
 GRANT SELECT ON alert_deliveries TO tally_finance;
 
 -- Alerts the single webhook already tried keep their state as the
--- deliveries of the target it becomes ("webhook"); the others are routed
--- by the next delivery round.
+-- deliveries of the target it becomes ("webhook"). Every existing alert
+-- counts as routed: a target configured after this migration receives
+-- only alerts raised from then on, never the backlog.
 INSERT INTO alert_deliveries (tenant_id, alert_id, target, attempts,
     next_attempt_at, started_at, delivered_at, failed_at, last_error)
 SELECT tenant_id, id, 'webhook', delivery_attempts, next_delivery_at,
@@ -85,6 +86,4 @@ SELECT tenant_id, id, 'webhook', delivery_attempts, next_delivery_at,
 FROM alerts
 WHERE delivered_at IS NOT NULL OR delivery_failed_at IS NOT NULL
    OR delivery_attempts > 0;
-UPDATE alerts SET routed_at = raised_at
-WHERE delivered_at IS NOT NULL OR delivery_failed_at IS NOT NULL
-   OR delivery_attempts > 0;
+UPDATE alerts SET routed_at = raised_at;

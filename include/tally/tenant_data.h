@@ -96,8 +96,11 @@ typedef struct tally_tenant_erase_result {
  * again changes nothing more and finishes a pending Stripe deletion.
  * Recorded in tenant_erasures and, when the table exists, audit_log.
  * @param why the invocation, recorded in the audit trail
+ * Only a cancelled tenant is erased: one that can still send usage would
+ * have its users counted again under their real subjects.
  * @return 0 (also when the Stripe part is pending: see res->stripe),
- *         TALLY_ENOTFOUND, or an error of PostgreSQL
+ *         TALLY_ENOTFOUND, TALLY_EINVALID (not cancelled: nothing
+ *         changed), or an error of PostgreSQL
  */
 int tally_tenant_erase(tally_pg *pg, struct tally_stripe *stripe,
 		       const char *ref, const char *why,

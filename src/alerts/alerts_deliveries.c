@@ -9,9 +9,11 @@
 #include "alerts/alerts_deliveries.h"
 #include "base/strbuf.h"
 #include "tally/event.h"
+#include "tally/log.h"
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* The alert JSON of a (as on billing.alerts; ALERT_JSON of alerts_int.h
@@ -50,6 +52,34 @@ static size_t target_arrays(const tally_alerts_delivery *d,
 	return n;
 }
 
+/* Alerts raised more than max_age_s ago are marked routed without
+ * deliveries: a target added later (or the first one) does not receive a
+ * backlog that is past its delivery age. Logged once per round. */
+static int route_stale(tally_pg *pg, const tally_alerts_delivery *d,
+		       tally_error *err)
+{
+	char maxs[24];
+	const char *params[1] = { maxs };
+	PGresult *res = NULL;
+	int64_t n;
+	int rc;
+
+	snprintf(maxs, sizeof(maxs), "%" PRId64, d->max_age_s);
+	rc = tally_pg_exec(pg, &res,
+		"UPDATE alerts SET routed_at = now() WHERE routed_at IS NULL"
+		" AND raised_at < now() - $1::bigint * interval '1 s'",
+		1, params, err);
+	if (rc != 0)
+		return rc;
+	n = strtoll(PQcmdTuples(res), NULL, 10);
+	PQclear(res);
+	if (n > 0)
+		tally_log(TALLY_WARN, "alerts.stale_not_delivered",
+			  TALLY_KV_INT("alerts", n),
+			  TALLY_KV_INT("max_age_s", d->max_age_s));
+	return 0;
+}
+
 int tally_alerts__route(tally_pg *pg, const tally_alerts_delivery *d,
 			tally_error *err)
 {
@@ -57,7 +87,8 @@ int tally_alerts__route(tally_pg *pg, const tally_alerts_delivery *d,
 	const char *params[2];
 	int rc = 0;
 
-	if (target_arrays(d, &names, &kinds) > 0) {
+	if (target_arrays(d, &names, &kinds) > 0 &&
+	    (rc = route_stale(pg, d, err)) == 0) {
 		params[0] = names.p;
 		params[1] = kinds.p;
 		rc = tally_pg_exec(pg, NULL,

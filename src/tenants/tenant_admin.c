@@ -193,6 +193,9 @@ static int create(tally_pg *pg, run_ctx *x, tally_error *err)
 	p[5] = s->email;
 	p[6] = opt(x->budget);
 	p[7] = trial;
+	rc = tally_pg_exec_script(pg, "SAVEPOINT tenant_insert", err);
+	if (rc != 0)
+		return rc;
 	rc = tally_pg_exec(pg, NULL,
 		"INSERT INTO tenants (id, name, slug, domain, "
 		"subscription_plan, billing_email, currency, max_users, "
@@ -204,10 +207,22 @@ static int create(tally_pg *pg, run_ctx *x, tally_error *err)
 		"THEN now() + make_interval(days => $8::int) END, CASE WHEN "
 		"$8::int > 0 THEN 'trialing' ELSE 'active' END "
 		"FROM plans p WHERE p.id = $5", 8, p, err);
-	/* a slug or domain taken since the checks: run again, the checks
-	 * then refuse it */
-	if (rc == TALLY_EINVALID)
-		rc = TALLY_ETRANSIENT;
+	/* a slug or domain taken since the checks (unique_violation): run
+	 * again, the checks then refuse it; any other refused row is final
+	 * and recorded (the SQLSTATE only: the message may quote the row) */
+	if (rc == TALLY_EINVALID &&
+	    strncmp(err->msg, "postgres 23505", 14) == 0)
+		return TALLY_ETRANSIENT;
+	if (rc == TALLY_EINVALID) {
+		char st[6] = "";
+
+		if (strncmp(err->msg, "postgres ", 9) == 0)
+			snprintf(st, sizeof(st), "%.5s", err->msg + 9);
+		rc = tally_pg_exec_script(pg, "ROLLBACK TO SAVEPOINT "
+					  "tenant_insert", err);
+		return rc != 0 ? rc : refuse(x, "invalid_tenant",
+			"the tenants row was refused (SQLSTATE %s)", st);
+	}
 	if (rc == 0)
 		snprintf(x->out->status, sizeof(x->out->status), "%s",
 			 s->trial_days > 0 ? "trialing" : "active");

@@ -94,10 +94,11 @@ static int erase_column(tally_pg *pg, const tally_tenant_table *t,
 		snprintf(sql, n, "UPDATE %s t SET %s = NULL WHERE (%s) AND"
 			 " %s IS NOT NULL", ident, c, t->where, c);
 	else /* NOT NULL, maybe part of a key (tenant_period_users.subject):
-	      * a random pseudonym per row keeps rows distinct, counts exact */
+	      * a random pseudonym per row keeps rows distinct, counts exact;
+	      * '' holds nothing and stays */
 		snprintf(sql, n, "UPDATE %s t SET %s = 'erased:' ||"
-			 " gen_random_uuid() WHERE (%s) AND %s NOT LIKE"
-			 " 'erased:%%'", ident, c, t->where, c);
+			 " gen_random_uuid() WHERE (%s) AND %s <> '' AND %s"
+			 " NOT LIKE 'erased:%%'", ident, c, t->where, c, c);
 	rc = exec_count(pg, sql, tenant, changed, err);
 	free(sql);
 	PQfreemem(c);
@@ -110,6 +111,39 @@ static bool kept_table(const char *name)
 {
 	return strcmp(name, "audit_log") == 0 ||
 	       strcmp(name, "tenant_erasures") == 0;
+}
+
+/* Columns whose name looks personal but whose values never are:
+ * alerts.subject is a currency or plan code, part of the alerts' key
+ * (rewriting it would raise and deliver the alerts again). */
+static bool kept_column(const char *table, const char *col)
+{
+	return strcmp(table, "alerts") == 0 && strcmp(col, "subject") == 0;
+}
+
+/* Refuse a tenant that can still produce usage: its next event would
+ * add its users again under their real subjects (counted twice) while
+ * it keeps billing. Only a cancelled tenant is final (a suspended one
+ * can be resumed). */
+static int check_erasable(tally_pg *pg, const char *tenant,
+			  tally_error *err)
+{
+	const char *params[1] = { tenant };
+	PGresult *res = NULL;
+	int rc = tally_pg_exec(pg, &res, "SELECT status FROM tenants"
+			       " WHERE id = $1::uuid FOR UPDATE", 1, params,
+			       err);
+
+	if (rc != 0)
+		return rc;
+	if (PQntuples(res) == 1 &&
+	    strcmp(PQgetvalue(res, 0, 0), "cancelled") != 0)
+		rc = tally_error_set(err, TALLY_EINVALID, "tenant %s is %s:"
+				     " only a cancelled tenant is erased"
+				     " (cancel it first)", tenant,
+				     PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return rc;
 }
 
 static int erase_table(tally_pg *pg, const tally_tenant_table *t,
@@ -130,10 +164,11 @@ static int erase_table(tally_pg *pg, const tally_tenant_table *t,
 	if (ident == NULL)
 		abort();
 	for (i = 0; rc == 0 && i < PQntuples(res); i++)
-		rc = erase_column(pg, t, ident, PQgetvalue(res, i, 0),
-				  PQgetvalue(res, i, 1),
-				  PQgetvalue(res, i, 2)[0] == 't', tenant,
-				  changed, err);
+		if (!kept_column(t->name, PQgetvalue(res, i, 0)))
+				rc = erase_column(pg, t, ident, PQgetvalue(res, i, 0),
+					  PQgetvalue(res, i, 1),
+					  PQgetvalue(res, i, 2)[0] == 't',
+					  tenant, changed, err);
 	PQfreemem(ident);
 	PQclear(res);
 	return rc;
@@ -158,10 +193,8 @@ static int erase_data_txn(tally_pg *pg, void *payload, tally_error *err)
 	rc = tally_tenant_resolve(pg, x->ref, r->tenant_id, err);
 	if (rc != 0)
 		return rc;
-	/* one erasure of a tenant at a time */
-	rc = exec_count(pg, "SELECT 1 FROM tenants WHERE id = $1::uuid"
-			" FOR UPDATE", r->tenant_id, &r->rows_changed, err);
-	r->rows_changed = 0;
+	/* one erasure of a tenant at a time, of a cancelled tenant only */
+	rc = check_erasable(pg, r->tenant_id, err);
 	if (rc == 0)
 		rc = exec_count(pg, "INSERT INTO tenant_erasures (tenant_id,"
 			" stripe_customer_id, stripe_status) SELECT id,"

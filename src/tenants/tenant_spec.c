@@ -206,6 +206,10 @@ int tally_tenant_spec_check(const tally_tenant_spec *s, char *budget_out,
 	    tally_uuid_parse(uuid, s->tenant_id, (uint32_t)strlen(s->tenant_id))
 		    != 0)
 		return reject(why, "bad_tenant_id", "tenant id is not a UUID");
+	/* the nil UUID stands for the business as a whole (alerts), never
+	 * a tenant */
+	if (memcmp(uuid, (const uint8_t[16]){ 0 }, 16) == 0)
+		return reject(why, "bad_tenant_id", "tenant id is the nil UUID");
 	if (s->kind == TALLY_TENANT_CREATE) {
 		rc = check_create(s, why);
 		if (rc != 0)

@@ -112,9 +112,9 @@ static void setup(void)
 	sql("INSERT INTO alerts (id, tenant_id, kind, period_start, threshold,"
 	    " payload, raised_at) VALUES ('" BUDGET_ID "', '" TENANT "',"
 	    " 'budget', '2026-12-01T00:00:00Z', 80, '{\"cost\": \"81.5\","
-	    " \"monthly_budget\": \"100\"}', '2026-12-06T10:00:00Z'),"
+	    " \"monthly_budget\": \"100\"}', now() - interval '2 s'),"
 	    " ('" DISPUTE_ID "', '" TENANT "', 'dispute',"
-	    " '2026-12-03T08:00:00Z', 0, '{}', '2026-12-06T10:00:01Z')");
+	    " '2026-12-03T08:00:00Z', 0, '{}', now() - interval '1 s')");
 }
 
 static void teardown(void)
@@ -305,6 +305,36 @@ START_TEST(test_targets_one_fails_other_delivers_once)
 }
 END_TEST
 
+/* An alert older than max_age_s when a target first sees it is marked
+ * routed without a delivery: a new target gets no stale backlog. */
+START_TEST(test_targets_stale_backlog_not_sent)
+{
+	struct MHD_Daemon *dj;
+	char uj[128];
+	tally_alerts_target t[1] = {
+		{ "finance", TALLY_ALERTS_TARGET_JSON, uj, "", NULL },
+	};
+	tally_alerts_delivery d = { t, 1, { SECRET, NULL }, 1, 2000, 3, 3600 };
+	tally_metrics *m = tally_metrics_new();
+
+	sql("UPDATE alerts SET raised_at = now() - interval '2 h' WHERE id ="
+	    " '" BUDGET_ID "'");
+	dj = start(&rj, uj, sizeof(uj));
+	round_now(&d, m);
+	/* only the fresh dispute is posted; the stale budget is routed */
+	ck_assert_int_eq(count(&rj), 1);
+	ck_assert_int_eq(q("SELECT count(*) FROM alert_deliveries"), 1);
+	ck_assert_int_eq(q("SELECT count(*) FROM alert_deliveries WHERE"
+			   " alert_id = '" DISPUTE_ID "'"), 1);
+	ck_assert_int_eq(q("SELECT count(*) FROM alerts WHERE routed_at IS"
+			   " NULL"), 0);
+	round_now(&d, m);
+	ck_assert_int_eq(count(&rj), 1);
+	MHD_stop_daemon(dj);
+	tally_metrics_free(m);
+}
+END_TEST
+
 START_TEST(test_targets_json_needs_secret)
 {
 	tally_alerts_target t[1] = {
@@ -329,6 +359,7 @@ static Suite *tally_alerts_targets_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_targets_route_sign_and_slack_blocks);
 	tcase_add_test(tc, test_targets_one_fails_other_delivers_once);
+	tcase_add_test(tc, test_targets_stale_backlog_not_sent);
 	tcase_add_test(tc, test_targets_json_needs_secret);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);

@@ -64,8 +64,10 @@ static void setup(void)
 	for (i = 0; i < 2; i++) {
 		const td_person *p = i ? &b : &a;
 
+		/* erasable: cancelled, no more usage */
 		snprintf(sql, sizeof(sql), "UPDATE tenants SET billing_email ="
-			 " '%s' WHERE id = '%s'", p->email, p->id);
+			 " '%s', status = 'cancelled' WHERE id = '%s'",
+			 p->email, p->id);
 		td_exec(c, sql);
 	}
 	PQfinish(c);
@@ -230,6 +232,14 @@ START_TEST(test_erase_personal_data_everywhere)
 		 " tenant_period_users WHERE tenant_id = '%s' AND subject"
 		 " LIKE 'erased:%%'", a.id);
 	ck_assert_int_eq(count(c, sql), 2);
+	/* alerts' subject (a currency or plan code, part of their key)
+	 * stays as it was: '' */
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM alerts WHERE"
+		 " tenant_id = '%s' AND subject <> ''", a.id);
+	ck_assert_int_eq(count(c, sql), 0);
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM alerts WHERE"
+		 " tenant_id = '%s'", a.id);
+	ck_assert_int_gt(count(c, sql), 0);
 
 	/* again, Stripe reachable (by id: the slug is gone): customer deleted */
 	ck_assert_int_eq(erase(a.id, getenv("TALLY_TEST_STRIPE_BASE"), out), 0);
@@ -266,6 +276,32 @@ START_TEST(test_erase_unknown_tenant)
 }
 END_TEST
 
+/* A tenant that can still send usage is refused (exit 4), unchanged. */
+START_TEST(test_erase_active_refused)
+{
+	char out[300], sql[256], where[4096], *text;
+	PGconn *c = PQconnectdb(dsn);
+	td_person p;
+	int i;
+
+	td_person_make(&p, "0e000000-0000-4000-8000-0000000000ee", "echo");
+	td_seed(c, &p, 5, 2);
+	snprintf(out, sizeof(out), "/tmp/%s.out4", dbname);
+	ck_assert_int_eq(erase(p.id, getenv("TALLY_TEST_STRIPE_BASE"), out),
+			 4);
+	for (i = 0; values_of(&p, i) != NULL; i++)
+		ck_assert_msg(scan(c, values_of(&p, i), where, sizeof(where)) > 0,
+			      "%s of an active tenant erased", values_of(&p, i));
+	snprintf(sql, sizeof(sql), "SELECT count(*) FROM tenant_erasures"
+		 " WHERE tenant_id = '%s'", p.id);
+	text = td_value(c, sql);
+	ck_assert_str_eq(text, "0");
+	free(text);
+	unlink(out);
+	PQfinish(c);
+}
+END_TEST
+
 /* `tally tenant erase --pending` finishes every pending Stripe deletion */
 START_TEST(test_erase_pending_finishes)
 {
@@ -275,6 +311,9 @@ START_TEST(test_erase_pending_finishes)
 
 	td_person_make(&p, "0d000000-0000-4000-8000-0000000000dd", "delta");
 	td_seed(c, &p, 4, 1);
+	snprintf(sql, sizeof(sql), "UPDATE tenants SET status = 'cancelled'"
+		 " WHERE id = '%s'", p.id);
+	td_exec(c, sql);
 	snprintf(out, sizeof(out), "/tmp/%s.out3", dbname);
 	ck_assert_int_eq(erase(p.id, "http://127.0.0.1:9", out), 3);
 	ck_assert_int_eq(erase("--pending", "http://127.0.0.1:9", out), 3);
@@ -307,6 +346,7 @@ static Suite *tenant_erase_suite(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_erase_personal_data_everywhere);
 	tcase_add_test(tc, test_erase_unknown_tenant);
+	tcase_add_test(tc, test_erase_active_refused);
 	tcase_add_test(tc, test_erase_pending_finishes);
 	suite_add_tcase(s, tc);
 	return s;

@@ -148,6 +148,17 @@ START_TEST(test_tenants_bad_input_recorded_once)
 	s = create_spec("bad-exists", T1, "gamma", "gamma.example.com");
 	refused(s, "tenant_exists");
 	ck_assert_str_eq(get("SELECT count(*) FROM tenants", NULL), "1");
+	/* the nil UUID is refused at once, not retried as transient */
+	{
+		tally_error err;
+
+		s = create_spec("bad-nil", "00000000-0000-0000-0000-"
+				"000000000000", "nil", "nil.example.com");
+		ck_assert_int_eq(tally_tenant_run(pg, &s, "test", "test run",
+						  &o, &err), TALLY_EINVALID);
+		ck_assert_msg(strstr(err.msg, "bad_tenant_id") != NULL, "%s",
+			      err.msg);
+	}
 	/* a refused command is final: again, it is not run again */
 	s = create_spec("bad-email", T2, "beta", "beta.example.com");
 	o = run(&s);

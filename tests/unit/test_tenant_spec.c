@@ -89,6 +89,8 @@ static const struct {
 	{ "budget", "1e400", "bad_budget" },
 	{ "command_id", "", "bad_command_id" },
 	{ "tenant_id", "acme", "bad_tenant_id" },
+	{ "tenant_id", "00000000-0000-0000-0000-000000000000",
+	  "bad_tenant_id" },
 };
 
 START_TEST(test_spec_bad_field)
