@@ -222,16 +222,23 @@ int tally_ss__ensure_customer(ss_cmd *c, tally_error *err)
 		  "now() WHERE id = $1", 2, c->tenant_id, c->t.customer);
 }
 
-/* Mirror a subscription the API returned (as of now) onto the tenant. */
-int tally_ss__adopt_subscription(ss_cmd *c, const json_t *sub,
+/* Mirror a subscription the API returned (as of now) onto the tenant,
+ * its discounts read expanded when the answer names them by id. */
+int tally_ss__adopt_subscription(ss_cmd *c, const json_t *answer,
 			      tally_error *err)
 {
+	json_t *sub = json_deep_copy(answer);
 	bool applied;
 	int rc;
 
-	rc = tally_ss__mirror_subscription(c->ss, &c->t, sub,
-					   tally_ss__now_ms(c->ss) / 1000,
-					   API_READ_RANK, NULL, &applied, err);
+	if (sub == NULL)
+		return tally_error_set(err, TALLY_ERROR, "out of memory");
+	rc = tally_ss__expand_sub_discounts(c->ss, sub, NULL, err);
+	if (rc == 0)
+		rc = tally_ss__mirror_subscription(
+		    c->ss, &c->t, sub, tally_ss__now_ms(c->ss) / 1000,
+		    API_READ_RANK, NULL, &applied, err);
+	json_decref(sub);
 	if (rc == 0 && !applied)
 		tally_log(TALLY_DEBUG, "stripe.subscription_stale",
 			  TALLY_KV_STR("command_id", c->id));

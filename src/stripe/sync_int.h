@@ -157,7 +157,8 @@ int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
 				 const json_t *sub, int64_t as_of, int rank,
 				 tally_error *err);
 /* Before the transaction: the objects of the discounts sub names only by
- * id, read from Stripe (sync_sub_versions.c). */
+ * id, read from Stripe (sync_sub_versions.c); event_id NULL for an API
+ * answer. */
 int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
 				   const char *event_id, tally_error *err);
 /* A customer.subscription.* event for tenant t. */

@@ -102,6 +102,11 @@ static int recon_sub(json_t *sub, void *payload)
 
 		/* tenant_load clears t: keep the id apart */
 		tally_ss__cpy(tid, sizeof(tid), t.id);
+		/* discounts named by id are read before the transaction */
+		r->rc = tally_ss__expand_sub_discounts(r->ss, sub, NULL,
+						       r->err);
+		if (r->rc != 0)
+			goto cleanup;
 		r->rc = tally_ss__ex(r->ss, NULL, r->err, "BEGIN", 0);
 		if (r->rc == 0)
 			r->rc = tally_ss__tenant_load(r->ss, &t,

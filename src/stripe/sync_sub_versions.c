@@ -228,6 +228,20 @@ static int record_discounts(tally_stripe_sync *ss, const ver_key *k,
 	return rc;
 }
 
+static bool has_bare_id(const json_t *arr);
+
+/* Whether sub or one of its items names a discount by id only. */
+static bool sub_has_bare_id(const json_t *sub)
+{
+	const json_t *it;
+	size_t i;
+	bool bare = has_bare_id(json_object_get(sub, "discounts"));
+
+	json_array_foreach(tally_ss__jpath(sub, "items", "data"), i, it)
+		bare = bare || has_bare_id(json_object_get(it, "discounts"));
+	return bare;
+}
+
 int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
 				 const json_t *sub, int64_t as_of, int rank,
 				 tally_error *err)
@@ -244,6 +258,12 @@ int tally_ss__record_sub_version(tally_stripe_sync *ss, const ss_tenant *t,
 	k.sub = tally_stripe_jstr(sub, "id");
 	tally_ss__i64s(k.as_of, as_of);
 	tally_ss__i64s(k.rank, rank);
+	/* an API read as of now whose discounts stayed ids would be the
+	 * version in force without them: not recorded (events are, at their
+	 * own time, the ids Stripe no longer has skipped) */
+	if (rank == API_READ_RANK && sub_has_bare_id(sub))
+		return skipped(&k, "subscription_version", k.sub,
+			       "discounts not expanded"), 0;
 	rc = tally_ss__ex(ss, &res, err,
 		"INSERT INTO subscription_versions (tenant_id, subscription_id, "
 		"as_of, as_of_rank, status, currency, billing_cycle_anchor) "
@@ -323,7 +343,8 @@ static void index_discounts(json_t *byid, const json_t *arr)
  * its discounts expanded and each id of the event gets its object (a
  * discount's coupon, start and end do not change). An id Stripe no longer
  * has stays bare and is skipped when recorded; a transient failure
- * delivers the event again.
+ * delivers the event again. API answers (event_id NULL) are read the
+ * same way: the calls that return a subscription do not expand it.
  */
 int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
 				   const char *event_id, tally_error *err)
@@ -333,23 +354,25 @@ int tally_ss__expand_sub_discounts(tally_stripe_sync *ss, json_t *sub,
 	const char *id = tally_stripe_jstr(sub, "id");
 	tally_stripe_error se;
 	PGresult *res = NULL;
-	bool seen, bare = has_bare_id(json_object_get(sub, "discounts"));
+	bool seen;
 	char path[320];
 	size_t i;
 	int rc;
 
-	json_array_foreach(items, i, it)
-		bare = bare || has_bare_id(json_object_get(it, "discounts"));
-	if (!bare || ss->stripe == NULL || id == NULL ||
+	if (!sub_has_bare_id(sub) || ss->stripe == NULL || id == NULL ||
 	    !tally_stripe_id_valid(id, "sub_"))
 		return 0;
-	/* a redelivered event is a duplicate: nothing to read for it */
-	rc = tally_ss__ex(ss, &res, err, "SELECT 1 FROM stripe_events WHERE "
-			  "event_id = $1", 1, event_id);
-	seen = rc == 0 && PQntuples(res) > 0;
-	PQclear(res);
-	if (rc != 0 || seen)
-		return rc;
+	/* a redelivered event is a duplicate: nothing to read for it; one
+	 * left for an unknown tenant is processed again, so read */
+	if (event_id != NULL) {
+		rc = tally_ss__ex(ss, &res, err, "SELECT 1 FROM stripe_events "
+				  "WHERE event_id = $1 AND outcome <> "
+				  "'unknown_tenant'", 1, event_id);
+		seen = rc == 0 && PQntuples(res) > 0;
+		PQclear(res);
+		if (rc != 0 || seen)
+			return rc;
+	}
 	snprintf(path, sizeof(path), "/v1/subscriptions/%s", id);
 	params = json_pack("{s:[s,s]}", "expand", "discounts",
 			   "items.data.discounts");

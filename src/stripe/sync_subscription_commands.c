@@ -86,12 +86,17 @@ int tally_ss__do_create_subscription(ss_cmd *c, tally_error *err)
 static int get_subscription(ss_cmd *c, json_t **sub, tally_error *err)
 {
 	char path[300];
+	json_t *params;
 	int rc;
 
 	snprintf(path, sizeof(path), "/v1/subscriptions/%s",
 		 c->t.subscription);
-	rc = tally_stripe_request(c->ss->stripe, sub, "GET", path, NULL, NULL,
-				  &c->se, err);
+	/* its discounts as objects: the subscription's version records them */
+	params = json_pack("{s:[s,s]}", "expand", "discounts",
+			   "items.data.discounts");
+	rc = tally_stripe_request(c->ss->stripe, sub, "GET", path, params,
+				  NULL, &c->se, err);
+	json_decref(params);
 	return rc != 0 ? tally_ss__cmd_stripe_error(c, rc, err) : 0;
 }
 

@@ -37,6 +37,8 @@
  *     H       0   10000   10000   10000
  */
 #include "stripe_testdb.h"
+#include "tally/command.h"
+#include "tally/event.h"
 #include "tally/stripe.h"
 #include "tally/stripe_sync.h"
 #include "tally/webhook.h"
@@ -364,17 +366,21 @@ START_TEST(test_finance_stripe_churn_revenue_clv)
 END_TEST
 
 /* A Stripe answering GET /v1/subscriptions/sub_H with its discounts
- * expanded, as asked with expand[]; it counts what it was asked. */
+ * expanded, as asked with expand[] (without it, bare_body when set, its
+ * discounts as ids); it counts what it was asked. expanded_body replaces
+ * the built-in answer when set. */
 static int expand_asked, gets;
+static char *bare_body, *expanded_body;
 
 static enum MHD_Result arg_seen(void *cls, enum MHD_ValueKind kind,
 				const char *key, const char *value)
 {
-	(void)cls;
 	(void)kind;
 	if (strncmp(key, "expand", 6) == 0 && value &&
-	    strcmp(value, "items.data.discounts") == 0)
+	    strcmp(value, "items.data.discounts") == 0) {
 		expand_asked++;
+		(*(int *)cls)++;
+	}
 	return MHD_YES;
 }
 
@@ -393,10 +399,16 @@ static enum MHD_Result sub_answer(void *cls, struct MHD_Connection *conn,
 		"\"object\":\"discount\",\"start\":1775000000,\"coupon\":{"
 		"\"id\":\"ONE\",\"duration\":\"forever\",\"amount_off\":100,"
 		"\"currency\":\"eur\"}}]}]}}";
+	static const char no_invoices[] =
+		"{\"object\":\"list\",\"data\":[],\"has_more\":false}";
 	struct MHD_Response *r;
 	enum MHD_Result q;
 	bool ours = strcmp(method, "GET") == 0 &&
 		    strcmp(url, "/v1/subscriptions/sub_H") == 0;
+	bool list = strcmp(method, "GET") == 0 &&
+		    strcmp(url, "/v1/invoices") == 0;
+	const char *out = list ? no_invoices : "{}";
+	int asked = 0;
 
 	(void)cls;
 	(void)version;
@@ -406,31 +418,28 @@ static enum MHD_Result sub_answer(void *cls, struct MHD_Connection *conn,
 	if (ours) {
 		gets++;
 		MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND,
-					  arg_seen, NULL);
+					  arg_seen, &asked);
+		out = expanded_body ? expanded_body : body;
+		if (asked == 0 && bare_body)
+			out = bare_body;
 	}
-	r = MHD_create_response_from_buffer(ours ? strlen(body) : 2,
-		(void *)(ours ? body : "{}"), MHD_RESPMEM_PERSISTENT);
+	r = MHD_create_response_from_buffer(strlen(out), (void *)out,
+					    MHD_RESPMEM_MUST_COPY);
 	MHD_add_response_header(r, "Content-Type", "application/json");
-	q = MHD_queue_response(conn, ours ? 200 : 404, r);
+	q = MHD_queue_response(conn, ours || list ? 200 : 404, r);
 	MHD_destroy_response(r);
 	return q;
 }
 
-/* A webhook names sub_H's discounts by id only (Stripe's webhooks do):
- * tally-stripe reads them expanded from Stripe before recording. */
-START_TEST(test_finance_stripe_discount_ids_expanded)
+/* The scripted Stripe above on a free port, as a client. */
+static struct MHD_Daemon *scripted_stripe(tally_stripe **stripe)
 {
 	struct MHD_Daemon *d = MHD_start_daemon(
 		MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, sub_answer,
 		NULL, MHD_OPTION_END);
 	tally_stripe_opts so = { 0 };
-	tally_stripe *stripe = NULL;
-	tally_stripe_sync *ss;
-	json_error_t je;
-	json_t *events, *ev, *sub;
 	tally_error err;
 	char base[64];
-	size_t i;
 
 	ck_assert_ptr_nonnull(d);
 	snprintf(base, sizeof(base), "http://127.0.0.1:%u",
@@ -439,18 +448,53 @@ START_TEST(test_finance_stripe_discount_ids_expanded)
 	so.api_base = base;
 	so.secret_key = "sk_test_finance";
 	so.timeout_ms = 5000;
-	ck_assert_int_eq(tally_stripe_new(&stripe, &so, &err), 0);
+	ck_assert_int_eq(tally_stripe_new(stripe, &so, &err), 0);
+	return d;
+}
+
+/* A copy of the fixture's event id. */
+static json_t *fixture_event(const char *id)
+{
+	json_error_t je;
+	json_t *events, *e, *ev = NULL;
+	size_t i;
+
 	events = json_load_file(TALLY_SOURCE_DIR
 				"/tests/fixtures/stripe/finance_month.json", 0,
 				&je);
 	ck_assert_ptr_nonnull(events);
-	ev = NULL;
-	json_array_foreach(events, i, sub)
-		if (strcmp(json_string_value(json_object_get(sub, "id")),
-			   "evt_H_created") == 0)
-			ev = json_deep_copy(sub);
+	json_array_foreach(events, i, e)
+		if (strcmp(json_string_value(json_object_get(e, "id")),
+			   id) == 0)
+			ev = json_deep_copy(e);
+	json_decref(events);
 	ck_assert_ptr_nonnull(ev);
-	json_object_set_new(ev, "id", json_string("evt_H_ids"));
+	return ev;
+}
+
+/* A webhook names sub_H's discounts by id only (Stripe's webhooks do):
+ * tally-stripe reads them expanded from Stripe before recording, also
+ * when the event was left before for an unknown tenant. */
+static void discount_ids_expanded(const char *event_id, bool left_unknown)
+{
+	tally_stripe *stripe = NULL;
+	struct MHD_Daemon *d = scripted_stripe(&stripe);
+	tally_stripe_sync *ss;
+	json_t *ev, *sub;
+	tally_error err;
+
+	if (left_unknown) {
+		char sql[400];
+
+		snprintf(sql, sizeof(sql), "INSERT INTO stripe_events "
+			 "(event_id, type, object_id, event_created, outcome) "
+			 "VALUES ('%s', 'customer.subscription.updated', "
+			 "'sub_H', to_timestamp(1775000000), "
+			 "'unknown_tenant')", event_id);
+		testdb_sql(pg, sql);
+	}
+	ev = fixture_event("evt_H_created");
+	json_object_set_new(ev, "id", json_string(event_id));
 	json_object_set_new(ev, "type",
 			    json_string("customer.subscription.updated"));
 	json_object_set_new(ev, "created", json_integer(1775000000));
@@ -476,7 +520,6 @@ START_TEST(test_finance_stripe_discount_ids_expanded)
 	}
 	tally_stripe_sync_free(ss);
 	json_decref(ev);
-	json_decref(events);
 	tally_stripe_free(stripe);
 	MHD_stop_daemon(d);
 	ck_assert_int_eq(gets, 1);
@@ -494,6 +537,86 @@ START_TEST(test_finance_stripe_discount_ids_expanded)
 	      "subscription_id, '2026-06-01') FROM subscriptions WHERE "
 	      "subscription_id = 'sub_H'", "10000|8970");
 }
+
+START_TEST(test_finance_stripe_discount_ids_expanded)
+{
+	discount_ids_expanded("evt_H_ids", false);
+}
+END_TEST
+
+START_TEST(test_finance_stripe_unknown_tenant_expanded)
+{
+	discount_ids_expanded("evt_H_unknown_before", true);
+}
+END_TEST
+
+/* sync_tenant for H: sub_H read from the scripted Stripe, its 20% forever
+ * discount by id, expanded as asked unless stripe_expands is false. */
+static void sync_h(bool stripe_expands)
+{
+	tally_stripe *stripe = NULL;
+	struct MHD_Daemon *d = scripted_stripe(&stripe);
+	json_t *ev = fixture_event("evt_H_created"), *sub;
+	const char *tenant = tenants[7][0];
+	tally_stripe_sync *ss;
+	tally_command c;
+	tally_error err;
+
+	sub = json_object_get(json_object_get(ev, "data"), "object");
+	json_object_set_new(sub, "discounts", json_pack("[s]", "di_api"));
+	bare_body = json_dumps(sub, JSON_COMPACT);
+	json_object_set_new(sub, "discounts", json_pack(
+		"[{s:s, s:s, s:I, s:n, s:{s:s, s:s, s:i}}]", "id", "di_api",
+		"object", "discount", "start", (json_int_t)1775000000, "end",
+		"coupon", "id", "TWENTY", "duration", "forever",
+		"percent_off", 20));
+	expanded_body = stripe_expands ? json_dumps(sub, JSON_COMPACT)
+				       : strdup(bare_body);
+	json_decref(ev);
+	memset(&c, 0, sizeof(c));
+	c.id.ptr = "cmd-sync-h";
+	c.id.len = (uint32_t)strlen(c.id.ptr);
+	c.type = TALLY_CMD_SYNC_TENANT;
+	ck_assert_int_eq(tally_uuid_parse(c.tenant_id, tenant,
+					  (uint32_t)strlen(tenant)), 0);
+	c.time_ms = 1775000000000LL;
+	c.trial_days = -1;
+	ss = new_sync_with(stripe);
+	ck_assert_msg(tally_stripe_sync_command(ss, &c, &err) == 0, "%s",
+		      err.msg);
+	tally_stripe_sync_free(ss);
+	tally_stripe_free(stripe);
+	MHD_stop_daemon(d);
+	free(bare_body);
+	free(expanded_body);
+	bare_body = expanded_body = NULL;
+}
+
+/* A version read from the API (as of now) keeps sub_H's discount: Stripe
+ * names it by id unless asked to expand. */
+START_TEST(test_finance_stripe_api_read_discounts)
+{
+	sync_h(true);
+	/* 30000 a quarter, 20% off: 8000 a month once in force */
+	check("SELECT tally_subscription_mrr_minor(tenant_id, subscription_id,"
+	      " now() + interval '1 year') FROM subscriptions WHERE "
+	      "subscription_id = 'sub_H'", "8000");
+	check("SELECT discount_id, percent_off FROM "
+	      "subscription_version_discounts WHERE as_of_rank = 9",
+	      "di_api|20");
+}
+END_TEST
+
+/* An API read whose discount stays an id is no version: in force, it
+ * would drop the discount. */
+START_TEST(test_finance_stripe_api_read_bare_ids_skipped)
+{
+	sync_h(false);
+	check("SELECT count(*) FROM subscription_versions WHERE as_of_rank = "
+	      "9", "0");
+	check("SELECT status FROM subscriptions WHERE subscription_id = "
+	      "'sub_H'", "active");
+}
 END_TEST
 
 static Suite *finance_stripe_suite(void)
@@ -507,6 +630,9 @@ static Suite *finance_stripe_suite(void)
 	tcase_add_test(tc, test_finance_stripe_mirror);
 	tcase_add_test(tc, test_finance_stripe_hostile_entries);
 	tcase_add_test(tc, test_finance_stripe_discount_ids_expanded);
+	tcase_add_test(tc, test_finance_stripe_unknown_tenant_expanded);
+	tcase_add_test(tc, test_finance_stripe_api_read_discounts);
+	tcase_add_test(tc, test_finance_stripe_api_read_bare_ids_skipped);
 	tcase_add_test(tc, test_finance_stripe_mrr);
 	tcase_add_test(tc, test_finance_stripe_movements);
 	tcase_add_test(tc, test_finance_stripe_churn_revenue_clv);
