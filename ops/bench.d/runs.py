@@ -105,6 +105,8 @@ def fmt(x):
         return "-"
     if isinstance(x, float) and abs(x) < 10:
         return f"{x:.2f}"
+    if isinstance(x, float) and abs(x) < 1000:
+        return f"{x:.1f}"
     return f"{x:,.0f}"
 
 
