@@ -1,7 +1,8 @@
 /*
  * test_relay_intake_keys.c - API keys at tally-relay's HTTP intake end to
  * end (see relay_intake_support.h): a key of another tenant, a revoked key
- * refused without a relay restart, the rate limit per key.
+ * refused without a relay restart, `tally keys revoke` given a whole key
+ * (cut to its prefix, its secret never echoed), the rate limit per key.
  */
 #define _DEFAULT_SOURCE
 #include "relay_intake_support.h"
@@ -72,6 +73,53 @@ START_TEST(test_intake_revoked_key_refused_without_restart)
 }
 END_TEST
 
+/* `tally keys revoke ARGS 2>&1`: its exit status, its output in out */
+static int cli_all(const fixture *f, char *out, size_t n, const char *args)
+{
+	char cmd[1024];
+	size_t len = 0;
+	FILE *fp;
+
+	snprintf(cmd, sizeof(cmd), "DATABASE_URL='%s' %s/tally %s 2>&1",
+		 f->eng_dsn, bin(), args);
+	fp = popen(cmd, "r");
+	ck_assert_ptr_nonnull(fp);
+	len = fread(out, 1, n - 1, fp);
+	out[len] = '\0';
+	return pclose(fp);
+}
+
+START_TEST(test_keys_revoke_whole_key)
+{
+	char key[128], other[128], args[160], out[1024], line[512];
+	fixture f;
+
+	setup(&f, NULL);
+	start(&f, brokers, NULL, NULL);
+	new_key(&f, key, TENANT_A);
+
+	snprintf(args, sizeof(args), "keys revoke %s", key);
+	ck_assert_msg(cli_all(&f, out, sizeof(out), args) == 0, "%s", out);
+	ck_assert_msg(strstr(out, key + 17) == NULL, "secret echoed: %s", out);
+	snprintf(args, sizeof(args), "keys list --tenant %s", TENANT_A);
+	cli(&f, line, sizeof(line), args);
+	ck_assert_msg(strstr(line, "REVOKED") != NULL, "%s", line);
+
+	/* a whole key that is not stored: refused, only its prefix named */
+	snprintf(other, sizeof(other), "tly_00000000000a_%064d", 7);
+	snprintf(args, sizeof(args), "keys revoke %s", other);
+	ck_assert(cli_all(&f, out, sizeof(out), args) != 0);
+	ck_assert_msg(strstr(out, "no key 00000000000a") != NULL, "%s", out);
+	ck_assert_msg(strstr(out, other + 17) == NULL, "secret echoed: %s",
+		      out);
+	/* malformed: refused without echoing it */
+	snprintf(args, sizeof(args), "keys revoke tly_00000000000a_secret");
+	ck_assert(cli_all(&f, out, sizeof(out), args) != 0);
+	ck_assert_msg(strstr(out, "secret") == NULL, "echoed: %s", out);
+	stop(&f);
+}
+END_TEST
+
 START_TEST(test_intake_rate_limit_per_key)
 {
 	char key[128], key2[128], body[512];
@@ -112,6 +160,7 @@ static Suite *tally_relay_intake_keys_suite(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_intake_key_of_another_tenant);
 	tcase_add_test(tc, test_intake_revoked_key_refused_without_restart);
+	tcase_add_test(tc, test_keys_revoke_whole_key);
 	tcase_add_test(tc, test_intake_rate_limit_per_key);
 	suite_add_tcase(s, tc);
 	return s;
