@@ -2,7 +2,8 @@
  * test_relay_intake_keys.c - API keys at tally-relay's HTTP intake end to
  * end (see relay_intake_support.h): a key of another tenant, a revoked key
  * refused without a relay restart, `tally keys revoke` given a whole key
- * (cut to its prefix, its secret never echoed), the rate limit per key.
+ * (cut to its prefix, its secret never echoed), the rate limit per key,
+ * also when junk prefixes have filled the key cache.
  */
 #define _DEFAULT_SOURCE
 #include "relay_intake_support.h"
@@ -151,6 +152,50 @@ START_TEST(test_intake_rate_limit_per_key)
 }
 END_TEST
 
+/* Unknown prefixes cannot fill relay.key_cache_max and so lift the rate
+ * limit: the valid key still gets its bucket, and a valid key with no
+ * room left is answered 503, never served without a bucket. */
+START_TEST(test_intake_rate_limit_with_full_key_cache)
+{
+	enum { KEYS = 17 };
+	char keys[KEYS][128], junk[128], body[512];
+	intake_resp r;
+	fixture f;
+	int i;
+
+	setup(&f, "UPDATE plans SET api_rate_per_minute = 1, api_burst = 2"
+		  " WHERE id = 'starter'");
+	f.set2_key = "relay.key_ttl_ms";
+	f.set2_value = "600000";
+	start(&f, brokers, "relay.key_cache_max", "16");
+	for (i = 0; i < KEYS; i++)
+		new_key(&f, keys[i], TENANT_A);
+	usage(body, sizeof(body), "full-cache", TENANT_A, 1);
+	for (i = 0; i < 40; i++) { /* junk prefixes, each remembered */
+		snprintf(junk, sizeof(junk), "tly_%012x_%064d", 0xf00000 + i,
+			 0);
+		post(&r, &f, JSON, junk, body);
+		ck_assert_int_eq(r.status, 401);
+	}
+	post(&r, &f, JSON, keys[0], body);
+	ck_assert_int_eq(r.status, 202);
+	post(&r, &f, JSON, keys[0], body);
+	ck_assert_int_eq(r.status, 202);
+	post(&r, &f, JSON, keys[0], body);
+	ck_assert_int_eq(r.status, 429);
+	/* 15 more keys fill the cache; the 17th finds no room */
+	for (i = 1; i < KEYS - 1; i++) {
+		post(&r, &f, JSON, keys[i], body);
+		ck_assert_int_eq(r.status, 202);
+	}
+	post(&r, &f, JSON, keys[KEYS - 1], body);
+	ck_assert_int_eq(r.status, 503);
+	post(&r, &f, JSON, keys[0], body);
+	ck_assert_int_eq(r.status, 429);
+	stop(&f);
+}
+END_TEST
+
 static Suite *tally_relay_intake_keys_suite(void)
 {
 	Suite *s = suite_create("relay_intake_keys");
@@ -162,6 +207,7 @@ static Suite *tally_relay_intake_keys_suite(void)
 	tcase_add_test(tc, test_intake_revoked_key_refused_without_restart);
 	tcase_add_test(tc, test_keys_revoke_whole_key);
 	tcase_add_test(tc, test_intake_rate_limit_per_key);
+	tcase_add_test(tc, test_intake_rate_limit_with_full_key_cache);
 	suite_add_tcase(s, tc);
 	return s;
 }
