@@ -12,6 +12,11 @@
  * (503), never served without its bucket. The bucket lives in the cache
  * entry and survives re-reads. Hashes are compared in
  * constant time; the key itself is never kept or logged.
+ *
+ * Lookups run on the HTTP threads that also serve Stripe's webhooks, so
+ * they never wait long: one connection, taken within PG_WAIT_MS or the
+ * request gets 503; one attempt bounded by PG_TIMEOUT_MS, no retries; and
+ * after a failure every lookup answers 503 at once for PG_DOWN_MS.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
@@ -20,12 +25,16 @@
 #include "tally/pg.h"
 
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define NBUCKETS 4096
-#define PG_RETRY_MS 2000 /* a lookup waits at most this for PostgreSQL */
+#define PG_TIMEOUT_MS 1000 /* connect and statement timeout of a lookup */
+#define PG_WAIT_MS 20      /* a lookup waits at most this for the connection */
+#define PG_DOWN_MS 1000    /* after a failed lookup, 503 without trying */
 #define UNIT INT64_C(60000) /* one request, in bucket units: rate/min */
 
 typedef struct entry {
@@ -46,6 +55,7 @@ struct tally_relay__auth {
 	pthread_mutex_t pg_mu; /* pg, url */
 	tally_pg *pg;
 	char *url;
+	_Atomic int64_t down_until_ms; /* monotonic; lookups fail until then */
 };
 
 static int64_t mono_ms(void)
@@ -101,15 +111,27 @@ void tally_relay__auth_free(tally_relay__auth *a)
 static int fetch(tally_relay__auth *a, tally_api_key *out, const char *prefix)
 {
 	tally_error err = { 0 };
+	struct timespec until;
 	int rc;
 
-	pthread_mutex_lock(&a->pg_mu);
+	if (mono_ms() < a->down_until_ms)
+		return TALLY_ETRANSIENT;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += PG_WAIT_MS * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	if (pthread_mutex_timedlock(&a->pg_mu, &until) != 0)
+		return TALLY_ETRANSIENT; /* another lookup holds it: busy */
 	if (a->pg == NULL)
-		rc = tally_pg_connect(&a->pg, a->url, PG_RETRY_MS, &err);
+		rc = tally_pg_connect_once(&a->pg, a->url, PG_TIMEOUT_MS, &err);
 	else
 		rc = tally_pg_ensure(a->pg, &err);
 	if (rc == 0)
 		rc = tally_api_key_lookup(a->pg, out, prefix, &err);
+	if (rc != 0 && rc != TALLY_ENOTFOUND)
+		a->down_until_ms = mono_ms() + PG_DOWN_MS;
 	pthread_mutex_unlock(&a->pg_mu);
 	if (rc != 0 && rc != TALLY_ENOTFOUND)
 		tally_log(TALLY_WARN, "relay.key_lookup_failed",

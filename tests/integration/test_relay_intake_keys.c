@@ -3,10 +3,13 @@
  * end (see relay_intake_support.h): a key of another tenant, a revoked key
  * refused without a relay restart, `tally keys revoke` given a whole key
  * (cut to its prefix, its secret never echoed), the rate limit per key,
- * also when junk prefixes have filled the key cache.
+ * also when junk prefixes have filled the key cache, and a key database
+ * that does not answer stalling neither the intake nor the webhooks.
  */
 #define _DEFAULT_SOURCE
 #include "relay_intake_support.h"
+
+#include <pthread.h>
 
 START_TEST(test_intake_key_of_another_tenant)
 {
@@ -196,6 +199,67 @@ START_TEST(test_intake_rate_limit_with_full_key_cache)
 }
 END_TEST
 
+typedef struct asker {
+	const fixture *f;
+	int i;
+	long status;
+} asker;
+
+static void *ask(void *arg)
+{
+	asker *a = arg;
+	char key[128], body[512];
+	intake_resp *r = malloc(sizeof(*r));
+
+	ck_assert_ptr_nonnull(r);
+	snprintf(key, sizeof(key), "tly_%012x_%064d", 0xd00000 + a->i, 0);
+	usage(body, sizeof(body), "down", TENANT_A, 1);
+	post(r, a->f, JSON, key, body);
+	a->status = r->status;
+	free(r);
+	return NULL;
+}
+
+/* The key database refuses connections: intake requests get 503 at once
+ * and, with more of them than HTTP threads, a Stripe webhook on
+ * relay.path is still answered (400: unsigned) without waiting for them.
+ * The bound (5 s) is far above an answer and far below the stall of a
+ * lookup that retries for seconds per request. */
+START_TEST(test_webhook_answered_while_key_database_down)
+{
+	enum { ASKERS = 16 };
+	pthread_t t[ASKERS];
+	asker a[ASKERS];
+	intake_resp r;
+	fixture f;
+	int64_t t0, ms;
+	int i;
+
+	setup(&f, NULL);
+	start(&f, brokers, "database.url",
+	      "postgresql://nobody@127.0.0.1:1/none");
+	for (i = 0; i < ASKERS; i++) {
+		a[i].f = &f;
+		a[i].i = i;
+		a[i].status = 0;
+		ck_assert_int_eq(pthread_create(&t[i], NULL, ask, &a[i]), 0);
+	}
+	usleep(200000);
+	t0 = tally_now_ms();
+	intake_post(&r, f.port, "POST", tally_config_str(f.cfg, "relay.path"),
+		    "application/json", NULL, "{}");
+	ms = tally_now_ms() - t0;
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_msg(ms < 5000, "webhook answered after %lld ms",
+		      (long long)ms);
+	for (i = 0; i < ASKERS; i++) {
+		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+		ck_assert_int_eq(a[i].status, 503);
+	}
+	stop(&f);
+}
+END_TEST
+
 static Suite *tally_relay_intake_keys_suite(void)
 {
 	Suite *s = suite_create("relay_intake_keys");
@@ -208,6 +272,7 @@ static Suite *tally_relay_intake_keys_suite(void)
 	tcase_add_test(tc, test_keys_revoke_whole_key);
 	tcase_add_test(tc, test_intake_rate_limit_per_key);
 	tcase_add_test(tc, test_intake_rate_limit_with_full_key_cache);
+	tcase_add_test(tc, test_webhook_answered_while_key_database_down);
 	suite_add_tcase(s, tc);
 	return s;
 }
