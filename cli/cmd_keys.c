@@ -78,14 +78,15 @@ static int list(tally_pg *pg, const char *tenant)
 
 static int revoke(tally_pg *pg, const char *prefix)
 {
+	char bare[TALLY_API_KEY_PREFIX_LEN + 1];
 	tally_error err;
 
 	tally_error_clear(&err);
-	if (tally_api_key_revoke(pg, prefix, &err) != 0) {
+	if (tally_api_key_revoke(pg, prefix, bare, &err) != 0) {
 		fprintf(stderr, "tally keys: %s\n", err.msg);
 		return 1;
 	}
-	printf("keys: %s revoked\n", prefix);
+	printf("keys: tly_%s revoked\n", bare);
 	return 0;
 }
 

@@ -59,11 +59,16 @@ int tally_api_key_list(tally_pg *pg, PGresult **out, const char *tenant,
 		       tally_error *err) TALLY_MUSTCHECK;
 
 /**
- * Revoke the key with prefix (its 12 hex digits, or "tly_" + them).
- * @return 0 (revoked now or before), TALLY_ENOTFOUND, or a PG error
+ * Revoke the key named by prefix: its 12 hex digits, "tly_" + them, or
+ * the whole key (only its prefix is used or echoed in an error).
+ * @param[out] bare  the 12 hex digits used ("" when prefix is malformed):
+ *                   print these, never prefix
+ * @return 0 (revoked now or before), TALLY_EINVALID, TALLY_ENOTFOUND, or a
+ *         PG error
  */
-int tally_api_key_revoke(tally_pg *pg, const char *prefix, tally_error *err)
-	TALLY_MUSTCHECK;
+int tally_api_key_revoke(tally_pg *pg, const char *prefix,
+			 char bare[TALLY_API_KEY_PREFIX_LEN + 1],
+			 tally_error *err) TALLY_MUSTCHECK;
 
 /**
  * Read the key with prefix, its tenant's plan limits and whether it is

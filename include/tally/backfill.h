@@ -6,8 +6,9 @@
  * @brief JSON lines in, validated msgpack out, in parallel (`tally
  *        produce`): the calling thread reads the input in chunks cut at
  *        line boundaries, parser threads validate and send their chunks'
- *        lines through one producer. Order is not kept; every line is
- *        sent exactly once or rejected with its line number.
+ *        lines through one producer. Order is not kept (except for
+ *        commands: one parser thread, file order); every line is sent
+ *        exactly once or rejected with its line number.
  */
 
 #include <stdint.h>
@@ -22,7 +23,8 @@ typedef struct tally_backfill_opts {
 	tally_json_schema schema; /* what every line holds */
 	tally_producer *producer; /* borrowed; its opaque per message is the
 				   * line number (uintptr_t) */
-	int threads;              /* parser threads; 0: one per CPU */
+	int threads;              /* parser threads; 0: one per CPU;
+				   * commands always use one */
 	FILE *report;             /* rejections and progress (stderr) */
 	uint64_t max_reported;    /* rejections printed; the rest counted */
 } tally_backfill_opts;

@@ -37,6 +37,14 @@ int tally_pg_connect(tally_pg **out, const char *url, int retry_max_ms,
 int tally_pg_connect_cfg(tally_pg **out, const struct tally_config *cfg,
 			 tally_error *err) TALLY_MUSTCHECK;
 
+/**
+ * Connect for a request path that must not wait: one attempt, no retries
+ * (tally_pg_ensure and tally_pg_exec also try once), libpq's
+ * connect_timeout and the session's statement_timeout from timeout_ms.
+ */
+int tally_pg_connect_once(tally_pg **out, const char *url,
+			  int64_t timeout_ms, tally_error *err) TALLY_MUSTCHECK;
+
 void tally_pg_free(tally_pg *pg);
 
 /** The live connection (borrowed; changes after a reconnect). */

@@ -405,6 +405,10 @@ int tally_backfill_run(const tally_backfill_opts *opts,
 	int n = opts->threads > 0 ? opts->threads : (int)(ncpu > 0 ? ncpu : 1);
 	int i, rc;
 
+	/* commands in file order: a create_tenant before its tenant's later
+	 * commands (one parser takes the chunks as they are queued) */
+	if (opts->schema == TALLY_JSON_COMMAND)
+		n = 1;
 	if (n > MAX_THREADS)
 		n = MAX_THREADS;
 	memset(&b, 0, sizeof(b));

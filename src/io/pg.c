@@ -19,6 +19,7 @@ struct tally_pg {
 	char *url;
 	int retry_max_ms;
 	int64_t statement_timeout_ms; /* 0 = server default */
+	char connect_timeout[24];     /* seconds; "" = libpq's default */
 };
 
 static void notice_cb(void *payload, const char *msg)
@@ -62,8 +63,11 @@ static int try_connect(tally_pg *pg, tally_error *err)
 	/* application_name (unless the URL sets one): the program, which
 	 * the audit trail records as who made a change */
 	const char *const keys[] = { "dbname", "fallback_application_name",
+				     pg->connect_timeout[0] ? "connect_timeout"
+							    : NULL,
 				     NULL };
-	const char *const vals[] = { pg->url, tally_log_program(), NULL };
+	const char *const vals[] = { pg->url, tally_log_program(),
+				     pg->connect_timeout, NULL };
 	PGconn *conn = PQconnectdbParams(keys, vals, 1);
 
 	if (PQstatus(conn) != CONNECTION_OK) {
@@ -136,6 +140,28 @@ int tally_pg_connect(tally_pg **out, const char *url, int retry_max_ms,
 	pg->url = tally_xstrdup(url);
 	pg->retry_max_ms = retry_max_ms;
 	rc = reconnect(pg, err);
+	if (rc != 0) {
+		tally_pg_free(pg);
+		return rc;
+	}
+	*out = pg;
+	return 0;
+}
+
+int tally_pg_connect_once(tally_pg **out, const char *url,
+			  int64_t timeout_ms, tally_error *err)
+{
+	tally_pg *pg = tally_xcalloc(1, sizeof(*pg));
+	int rc;
+
+	pg->url = tally_xstrdup(url);
+	pg->retry_max_ms = 0;
+	pg->statement_timeout_ms = timeout_ms;
+	/* whole seconds, at least 1 (libpq waits at least 2) */
+	snprintf(pg->connect_timeout, sizeof(pg->connect_timeout), "%lld",
+		 (long long)((timeout_ms + 999) / 1000 > 0 ?
+			     (timeout_ms + 999) / 1000 : 1));
+	rc = try_connect(pg, err);
 	if (rc != 0) {
 		tally_pg_free(pg);
 		return rc;

@@ -117,10 +117,20 @@ int tally_api_key_create(tally_pg *pg, char key[TALLY_API_KEY_LEN + 1],
 	return rc;
 }
 
-/* a key's prefix given as "tly_" + 12 hex digits, or the 12 alone */
-static const char *bare_prefix(const char *s)
+/* A key's prefix from "tly_" + 12 hex digits, the 12 alone, or a whole
+ * key (cut to its prefix, so its secret is never echoed). */
+static int prefix_of(char out[TALLY_API_KEY_PREFIX_LEN + 1], const char *s)
 {
-	return strncmp(s, KEY_TAG, TAG_LEN) == 0 ? s + TAG_LEN : s;
+	uint8_t hash[TALLY_API_KEY_HASH_LEN];
+	const char *p = strncmp(s, KEY_TAG, TAG_LEN) == 0 ? s + TAG_LEN : s;
+
+	if (strlen(s) == TALLY_API_KEY_LEN)
+		return tally_api_key_parse(out, hash, s, TALLY_API_KEY_LEN);
+	if (strlen(p) != TALLY_API_KEY_PREFIX_LEN ||
+	    !all_hex(p, TALLY_API_KEY_PREFIX_LEN))
+		return TALLY_EINVALID;
+	memcpy(out, p, TALLY_API_KEY_PREFIX_LEN + 1);
+	return 0;
 }
 
 int tally_api_key_list(tally_pg *pg, PGresult **out, const char *tenant,
@@ -140,12 +150,20 @@ int tally_api_key_list(tally_pg *pg, PGresult **out, const char *tenant,
 		1, params, err);
 }
 
-int tally_api_key_revoke(tally_pg *pg, const char *prefix, tally_error *err)
+int tally_api_key_revoke(tally_pg *pg, const char *prefix,
+			 char bare[TALLY_API_KEY_PREFIX_LEN + 1],
+			 tally_error *err)
 {
-	const char *params[1] = { bare_prefix(prefix) };
+	const char *params[1] = { bare };
 	PGresult *res = NULL;
 	int rc, n;
 
+	bare[0] = '\0';
+	if (prefix_of(bare, prefix) != 0)
+		return tally_error_set(err, TALLY_EINVALID,
+				       "a key is named by its prefix (12 hex"
+				       " digits, tly_ optional) or the whole"
+				       " key");
 	rc = tally_pg_exec(pg, &res,
 			   "UPDATE api_keys SET revoked_at ="
 			   " coalesce(revoked_at, now()) WHERE prefix = $1",
@@ -156,7 +174,7 @@ int tally_api_key_revoke(tally_pg *pg, const char *prefix, tally_error *err)
 	PQclear(res);
 	if (n == 0)
 		return tally_error_set(err, TALLY_ENOTFOUND, "no key %s",
-				       params[0]);
+				       bare);
 	return 0;
 }
 

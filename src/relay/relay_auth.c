@@ -6,9 +6,17 @@
  * Keys are read from PostgreSQL (api_keys, as the engine role) and kept
  * for relay.key_ttl_ms, so a revoked key is refused within that time
  * without a restart; an unknown prefix is remembered as unknown for as
- * long, so junk keys cost one query per prefix and TTL. The bucket lives
- * in the cache entry and survives re-reads. Hashes are compared in
+ * long, so junk keys cost one query per prefix and TTL. Unknown prefixes
+ * have their own smaller share of the cache (a quarter), so junk cannot
+ * take the room of valid keys; a valid key that finds no room is refused
+ * (503), never served without its bucket. The bucket lives in the cache
+ * entry and survives re-reads. Hashes are compared in
  * constant time; the key itself is never kept or logged.
+ *
+ * Lookups run on the HTTP threads that also serve Stripe's webhooks, so
+ * they never wait long: one connection, taken within PG_WAIT_MS or the
+ * request gets 503; one attempt bounded by PG_TIMEOUT_MS, no retries; and
+ * after a failure every lookup answers 503 at once for PG_DOWN_MS.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
@@ -17,12 +25,16 @@
 #include "tally/pg.h"
 
 #include <openssl/crypto.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #define NBUCKETS 4096
-#define PG_RETRY_MS 2000 /* a lookup waits at most this for PostgreSQL */
+#define PG_TIMEOUT_MS 1000 /* connect and statement timeout of a lookup */
+#define PG_WAIT_MS 20      /* a lookup waits at most this for the connection */
+#define PG_DOWN_MS 1000    /* after a failed lookup, 503 without trying */
 #define UNIT INT64_C(60000) /* one request, in bucket units: rate/min */
 
 typedef struct entry {
@@ -37,11 +49,13 @@ typedef struct entry {
 struct tally_relay__auth {
 	pthread_mutex_t mu; /* the table */
 	entry *table[NBUCKETS];
-	size_t n, max;
+	size_t n, max;       /* found keys */
+	size_t nneg, max_neg; /* unknown prefixes */
 	int64_t ttl_ms;
 	pthread_mutex_t pg_mu; /* pg, url */
 	tally_pg *pg;
 	char *url;
+	_Atomic int64_t down_until_ms; /* monotonic; lookups fail until then */
 };
 
 static int64_t mono_ms(void)
@@ -68,6 +82,7 @@ tally_relay__auth *tally_relay__auth_new(const char *db_url, int64_t ttl_ms,
 	a->url = tally_xstrdup(db_url);
 	a->ttl_ms = ttl_ms;
 	a->max = max;
+	a->max_neg = max / 4 > 0 ? max / 4 : 1;
 	return a;
 }
 
@@ -96,15 +111,27 @@ void tally_relay__auth_free(tally_relay__auth *a)
 static int fetch(tally_relay__auth *a, tally_api_key *out, const char *prefix)
 {
 	tally_error err = { 0 };
+	struct timespec until;
 	int rc;
 
-	pthread_mutex_lock(&a->pg_mu);
+	if (mono_ms() < a->down_until_ms)
+		return TALLY_ETRANSIENT;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += PG_WAIT_MS * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	if (pthread_mutex_timedlock(&a->pg_mu, &until) != 0)
+		return TALLY_ETRANSIENT; /* another lookup holds it: busy */
 	if (a->pg == NULL)
-		rc = tally_pg_connect(&a->pg, a->url, PG_RETRY_MS, &err);
+		rc = tally_pg_connect_once(&a->pg, a->url, PG_TIMEOUT_MS, &err);
 	else
 		rc = tally_pg_ensure(a->pg, &err);
 	if (rc == 0)
 		rc = tally_api_key_lookup(a->pg, out, prefix, &err);
+	if (rc != 0 && rc != TALLY_ENOTFOUND)
+		a->down_until_ms = mono_ms() + PG_DOWN_MS;
 	pthread_mutex_unlock(&a->pg_mu);
 	if (rc != 0 && rc != TALLY_ENOTFOUND)
 		tally_log(TALLY_WARN, "relay.key_lookup_failed",
@@ -133,33 +160,59 @@ static void sweep(tally_relay__auth *a, int64_t now)
 		for (pp = &a->table[i]; (e = *pp) != NULL;) {
 			if (now - e->fetched_ms >= a->ttl_ms) {
 				*pp = e->next;
+				if (e->found)
+					a->n--;
+				else
+					a->nneg--;
 				free(e);
-				a->n--;
 			} else {
 				pp = &e->next;
 			}
 		}
 }
 
-/* Record what PostgreSQL said about prefix; NULL when the table is full
- * of fresh entries (then the caller works from *tmp, without a bucket). */
+/* Is there room for one more entry of this kind (found or unknown)? */
+static bool room(tally_relay__auth *a, bool found, int64_t now)
+{
+	if (found ? a->n >= a->max : a->nneg >= a->max_neg)
+		sweep(a, now);
+	return found ? a->n < a->max : a->nneg < a->max_neg;
+}
+
+/* Record what PostgreSQL said about prefix. An unknown prefix with no
+ * room is recorded in *tmp (it needs no bucket); a found key with no room
+ * gives NULL. */
 static entry *store(tally_relay__auth *a, const char *prefix, bool found,
 		    const tally_api_key *k, entry *tmp, int64_t now)
 {
 	entry *e = find(a, prefix);
 	unsigned s;
 
-	if (e == NULL) {
-		if (a->n >= a->max)
-			sweep(a, now);
-		if (a->n >= a->max) {
-			e = tmp;
+	if (e != NULL && e->found != found) {
+		/* the other kind now: counted there (may pass its cap by the
+		 * few prefixes that change kind within a TTL) */
+		if (found) {
+			a->n++;
+			a->nneg--;
 		} else {
+			a->n--;
+			a->nneg++;
+		}
+	}
+	if (e == NULL) {
+		if (room(a, found, now)) {
 			e = tally_xcalloc(1, sizeof(*e));
 			s = slot(prefix);
 			e->next = a->table[s];
 			a->table[s] = e;
-			a->n++;
+			if (found)
+				a->n++;
+			else
+				a->nneg++;
+		} else if (!found) {
+			e = tmp;
+		} else {
+			return NULL;
 		}
 		e->refill_ms = now;
 		e->tokens = -1; /* full once the limits are known */
@@ -249,6 +302,13 @@ tally_relay__outcome tally_relay__auth_check(tally_relay__auth *a,
 		pthread_mutex_lock(&a->mu);
 		now = mono_ms();
 		e = store(a, prefix, rc == 0, &k, &tmp, now);
+		if (e == NULL) {
+			pthread_mutex_unlock(&a->mu);
+			OPENSSL_cleanse(hash, sizeof(hash));
+			tally_log(TALLY_WARN, "relay.key_cache_full",
+				  TALLY_KV_STR("prefix", prefix));
+			return O_AUTH_UNAVAILABLE;
+		}
 	}
 	if (!e->found || e->key.revoked ||
 	    CRYPTO_memcmp(e->key.hash, hash, sizeof(hash)) != 0) {

@@ -40,6 +40,7 @@ typedef struct fixture {
 	tally_metrics *m;
 	tally_relay *r;
 	int port;
+	const char *set2_key, *set2_value; /* one more setting for start() */
 } fixture;
 
 /* --- HTTP --------------------------------------------------------------- */
@@ -211,6 +212,8 @@ static inline void start(fixture *f, const char *kafka, const char *set_key,
 	tally_config_set(f->cfg, "relay.key_ttl_ms", "500");
 	if (set_key != NULL)
 		tally_config_set(f->cfg, set_key, set_value);
+	if (f->set2_key != NULL)
+		tally_config_set(f->cfg, f->set2_key, f->set2_value);
 	f->m = tally_metrics_new();
 	ck_assert_msg(tally_relay_new(&f->r, f->cfg, f->m, &err) == 0,
 		      "relay start: %s", err.msg);

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "tally/codec.h"
+#include "tally/command.h"
 #include "tally/config.h"
 #include "tally/kafka.h"
 #include "tally/producer.h"
@@ -30,8 +31,8 @@ static tally_config *test_cfg(void)
 	return cfg;
 }
 
-static void make_topic(const tally_config *cfg, char *topic, size_t n,
-		       const char *prefix)
+static void make_topic_n(const tally_config *cfg, char *topic, size_t n,
+			 const char *prefix, int partitions)
 {
 	tally_producer *p = NULL;
 	tally_error err;
@@ -42,8 +43,15 @@ static void make_topic(const tally_config *cfg, char *topic, size_t n,
 	topics[1] = NULL;
 	ck_assert_int_eq(tally_producer_new(&p, cfg, NULL, &err), 0);
 	ck_assert_msg(tally_kafka_create_topics(tally_producer_rk(p), topics,
-						3, &err) == 0, "%s", err.msg);
+						partitions, &err) == 0, "%s",
+		      err.msg);
 	tally_producer_free(p);
+}
+
+static void make_topic(const tally_config *cfg, char *topic, size_t n,
+		       const char *prefix)
+{
+	make_topic_n(cfg, topic, n, prefix, 3);
 }
 
 typedef struct counts {
@@ -363,6 +371,61 @@ START_TEST(test_producer_cli_parallel_exactly_once)
 }
 END_TEST
 
+/*
+ * Commands keep the file's order: a create_tenant must reach the topic
+ * before a later command of the tenant. 30 000 commands (several 1 MiB
+ * chunks) with --threads 4 on a 1-partition topic arrive in file order.
+ */
+START_TEST(test_producer_cli_commands_in_file_order)
+{
+	enum { N = 30000 };
+	tally_config *cfg = test_cfg();
+	char topic[96], path[128], cmd[1024], out[8192];
+	rd_kafka_message_t **m = calloc(N + 100, sizeof(*m));
+	rd_kafka_t *rk = NULL;
+	int i, rc, prev = 0, out_of_order = 0;
+	size_t n, k;
+	FILE *fp;
+
+	ck_assert_ptr_nonnull(m);
+	make_topic_n(cfg, topic, sizeof(topic), "test_produce_cmd", 1);
+	snprintf(path, sizeof(path), "/tmp/%s.jsonl", topic);
+	fp = fopen(path, "w");
+	ck_assert_ptr_nonnull(fp);
+	for (i = 1; i <= N; i++)
+		fprintf(fp, "{\"id\":\"c-%d\",\"type\":\"sync_tenant\","
+			"\"tenant_id\":\"" TENANT "\",\"time\":%d}\n", i,
+			1764151200 + i);
+	fclose(fp);
+	snprintf(cmd, sizeof(cmd),
+		 "KAFKA_BROKERS='%s' %s/tally produce --schema command "
+		 "--threads 4 --topic %s %s 2>&1",
+		 getenv("TALLY_TEST_BROKERS"), TALLY_BINARY_DIR, topic, path);
+	rc = run(cmd, out, sizeof(out));
+	ck_assert_msg(rc == 0, "exit %d\n%s", rc, out);
+
+	n = topic_consume(&rk, m, N, getenv("TALLY_TEST_BROKERS"), topic,
+			  1, 30000);
+	ck_assert_int_eq((int)n, N);
+	for (k = 0; k < n; k++) {
+		tally_command c;
+		tally_codec_error ce;
+
+		ck_assert_int_eq(tally_codec_decode_command(&c, m[k]->payload,
+							    m[k]->len, &ce), 0);
+		i = atoi(c.id.ptr + 2);
+		out_of_order += i != prev + 1;
+		prev = i;
+	}
+	ck_assert_msg(out_of_order == 0, "%d commands out of file order",
+		      out_of_order);
+	topic_done(rk, m, n);
+	free(m);
+	unlink(path);
+	tally_config_free(cfg);
+}
+END_TEST
+
 static Suite *tally_producer_suite(void)
 {
 	Suite *s = suite_create("producer");
@@ -371,6 +434,7 @@ static Suite *tally_producer_suite(void)
 	tcase_add_test(tc, test_producer_round_trip);
 	tcase_add_test(tc, test_producer_cli_good_and_bad_lines);
 	tcase_add_test(tc, test_producer_cli_parallel_exactly_once);
+	tcase_add_test(tc, test_producer_cli_commands_in_file_order);
 	tcase_set_timeout(tc, 120);
 	suite_add_tcase(s, tc);
 	return s;
