@@ -32,7 +32,7 @@ fi
 # read by CMake): more sources under src/ and their pkg-config packages.
 extra_sources() {
 	case $1 in
-	config) echo base/config.c base/log.c base/kafka_props.c ;;
+	config) echo base/config.c base/alert_targets.c base/log.c base/kafka_props.c ;;
 	esac
 }
 extra_packages() {
