@@ -130,6 +130,13 @@ tally_agg_decoded *tally_agg_decoded_new(void);
 /** NULL is a no-op. */
 void tally_agg_decoded_free(tally_agg_decoded *d);
 
+/**
+ * Compute the dedupe keys of the next decodes into d with agg's key
+ * setting (tally_agg_timeled_from_ms). A new d computes them as on a
+ * database where every time-ordered id is time-led.
+ */
+void tally_agg_decoded_use(tally_agg_decoded *d, const tally_agg *agg);
+
 /** Decode msgs (views; they must outlive d's use) into d. */
 void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 		      size_t n);
@@ -236,9 +243,12 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
 int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 		       int retention_days, tally_error *err) TALLY_MUSTCHECK;
 
-/** 128-bit dedupe digest: md5(decimal len(source) ":" source id). */
-void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
-		      const char *id, size_t idlen);
+/**
+ * The time-led key setting (dedupe_settings.timeled_from, read by
+ * tally_agg_new) in unix ms, for tally_dedupe_key(); INT64_MIN when every
+ * time-ordered id is time-led.
+ */
+int64_t tally_agg_timeled_from_ms(const tally_agg *agg);
 
 
 /** The end of the times rerate accepts: 10000-01-01T00:00:00Z in unix ms. */
