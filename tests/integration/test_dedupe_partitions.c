@@ -10,6 +10,7 @@
  * timeled_from 40 days ahead (a fresh one: -infinity); SQL
  * tally_event_digest equals the C key on the same vectors.
  */
+#define _DEFAULT_SOURCE
 #include "aggregate_batch_support.h"
 #include "dedupe_key_vectors.h"
 #include "tally/migrate.h"
