@@ -155,8 +155,8 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
  * messages can be destroyed before the batch is processed (memory: a
  * Kafka message and its fetch buffer weigh more than the decoded event).
  * keep[i], for i in [from, to), tells which message must stay:
- * undecodable or outside the window (dead letters are copies of the
- * original message). Process the batch with the same now_ms. Reads only
+ * undecodable, outside the window, or with a time-led id made before the
+ * dedupe window (dead letters are copies of the original message). Process the batch with the same now_ms. Reads only
  * the window settings of agg (any thread). Returns the number detached.
  */
 size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
@@ -238,7 +238,8 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
 /**
  * Ledger housekeeping (tally_ledger_maintain in SQL): create the day
  * partitions from the lateness window to ahead_days ahead, drop the ones
- * older than retention_days, forget dedupe keys older than the window.
+ * older than retention_days, forget dedupe keys older than the window
+ * (usage_dedupe's day partitions: created ahead, dropped after it).
  */
 int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 		       int retention_days, tally_error *err) TALLY_MUSTCHECK;
