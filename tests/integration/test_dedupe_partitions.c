@@ -7,7 +7,9 @@
  * into its day when maintenance creates it; maintenance drops old day
  * partitions and an id older than the window is too_late; a database
  * upgraded from 0023 still catches re-sends of its stored events and sets
- * timeled_from 40 days ahead (a fresh one: -infinity); SQL
+ * timeled_from 40 days ahead (a fresh one: -infinity); maintenance
+ * skips a day whose default-partition keys are locked by a running
+ * transaction (dedupe_busy) and creates it on its next run; SQL
  * tally_event_digest equals the C key on the same vectors.
  */
 #define _DEFAULT_SOURCE
@@ -195,6 +197,63 @@ START_TEST(test_dedupe_drop_and_too_late)
 }
 END_TEST
 
+/* Rows (action, object) of tally_ledger_maintain as "action object;..." */
+static void maintain_rows(char *out, size_t n, int ahead)
+{
+	char sql[256];
+	PGresult *r;
+	size_t len = 0;
+	int i;
+
+	snprintf(sql, sizeof(sql), "SELECT action, object FROM"
+		 " tally_ledger_maintain(37, %d, 400, 37)"
+		 " WHERE object LIKE 'usage_dedupe%%'", ahead);
+	r = PQexec(chk, sql);
+	ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s",
+		      PQerrorMessage(chk));
+	out[0] = '\0';
+	for (i = 0; i < PQntuples(r) && len < n; i++)
+		len += (size_t)snprintf(out + len, n - len, "%s %s;",
+					PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+	PQclear(r);
+}
+
+/*
+ * A day partition is created while an aggregator's transaction holds a
+ * key it put in the default partition: maintenance waits at most its
+ * lock_timeout, leaves that day for the next run (dedupe_busy) and fails
+ * nothing; the next run creates it and moves the key.
+ */
+START_TEST(test_dedupe_maintain_busy)
+{
+	int64_t now = tally_now_ms();
+	PGconn *other = PQconnectdb(dsn);
+	PGresult *r;
+	char want[128], got[512], sql[512], v7[48];
+
+	ck_assert(PQstatus(other) == CONNECTION_OK);
+	uuid7(v7, now + 8 * DAY_MS, 7);
+	snprintf(sql, sizeof(sql), "BEGIN; INSERT INTO usage_dedupe VALUES"
+		 " (gen_random_uuid(), tally_event_digest('s', '%s'), now())",
+		 v7);
+	r = PQexec(other, sql);
+	ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK, "%s",
+		      PQerrorMessage(other));
+	PQclear(r);
+	maintain_rows(got, sizeof(got), 8);
+	snprintf(want, sizeof(want), "dedupe_busy %s;", day_of(now + 8 * DAY_MS));
+	ck_assert_str_eq(got, want);
+	r = PQexec(other, "COMMIT");
+	PQclear(r);
+	PQfinish(other);
+	maintain_rows(got, sizeof(got), 8);
+	snprintf(want, sizeof(want), "created %s;dedupe_moved %s:1;",
+		 day_of(now + 8 * DAY_MS), day_of(now + 8 * DAY_MS));
+	ck_assert_str_eq(got, want);
+	ck_assert_str_eq(key_partition("s", v7), day_of(now + 8 * DAY_MS));
+}
+END_TEST
+
 /* A copy of the migrations directory without 0024 and later. */
 static void migrations_upto_0023(char *dir, size_t n)
 {
@@ -362,6 +421,7 @@ static Suite *dedupe_partitions_suite(void)
 	tcase_add_test(tc, test_dedupe_resend_other_timestamp);
 	tcase_add_test(tc, test_dedupe_default_moves_to_new_day);
 	tcase_add_test(tc, test_dedupe_drop_and_too_late);
+	tcase_add_test(tc, test_dedupe_maintain_busy);
 	tcase_add_test(tc, test_dedupe_upgrade_from_0023);
 	tcase_add_test(tc, test_dedupe_sql_equals_c);
 	suite_add_tcase(s, tc);
