@@ -130,6 +130,13 @@ tally_agg_decoded *tally_agg_decoded_new(void);
 /** NULL is a no-op. */
 void tally_agg_decoded_free(tally_agg_decoded *d);
 
+/**
+ * Compute the dedupe keys of the next decodes into d with agg's key
+ * setting (tally_agg_timeled_from_ms). A new d computes them as on a
+ * database where every time-ordered id is time-led.
+ */
+void tally_agg_decoded_use(tally_agg_decoded *d, const tally_agg *agg);
+
 /** Decode msgs (views; they must outlive d's use) into d. */
 void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 		      size_t n);
@@ -148,8 +155,8 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
  * messages can be destroyed before the batch is processed (memory: a
  * Kafka message and its fetch buffer weigh more than the decoded event).
  * keep[i], for i in [from, to), tells which message must stay:
- * undecodable or outside the window (dead letters are copies of the
- * original message). Process the batch with the same now_ms. Reads only
+ * undecodable, outside the window, or with a time-led id made before the
+ * dedupe window (dead letters are copies of the original message). Process the batch with the same now_ms. Reads only
  * the window settings of agg (any thread). Returns the number detached.
  */
 size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
@@ -231,14 +238,18 @@ int tally_agg_storage_rollover(tally_agg *agg, int64_t now_ms, size_t *out,
 /**
  * Ledger housekeeping (tally_ledger_maintain in SQL): create the day
  * partitions from the lateness window to ahead_days ahead, drop the ones
- * older than retention_days, forget dedupe keys older than the window.
+ * older than retention_days, forget dedupe keys older than the window
+ * (usage_dedupe's day partitions: created ahead, dropped after it).
  */
 int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 		       int retention_days, tally_error *err) TALLY_MUSTCHECK;
 
-/** 128-bit dedupe digest: md5(decimal len(source) ":" source id). */
-void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
-		      const char *id, size_t idlen);
+/**
+ * The time-led key setting (dedupe_settings.timeled_from, read by
+ * tally_agg_new) in unix ms, for tally_dedupe_key(); INT64_MIN when every
+ * time-ordered id is time-led.
+ */
+int64_t tally_agg_timeled_from_ms(const tally_agg *agg);
 
 
 /** The end of the times rerate accepts: 10000-01-01T00:00:00Z in unix ms. */

@@ -160,6 +160,25 @@ void tally_gen_tenant(const tally_gen *g, uint32_t i, uint8_t out[16])
 	out[8] = (uint8_t)((out[8] & 0x3f) | 0x80); /* RFC 4122 variant */
 }
 
+/*
+ * Event u's id: a UUIDv7 (canonical text) whose time is the event's time
+ * t, as a producer makes it when the event happens; its 74 other bits a
+ * function of (seed, u), so a duplicate keeps its id and ids never repeat.
+ */
+static void gen_uuid7(char out[37], uint64_t seed, uint64_t u, int64_t t)
+{
+	uint64_t a = splitmix(seed ^ UINT64_C(0x1d7e5) ^ splitmix(u));
+	uint64_t b = splitmix(a ^ u);
+	uint64_t ms = (uint64_t)t & ((UINT64_C(1) << 48) - 1);
+
+	snprintf(out, 37, "%08llx-%04llx-7%03llx-%04llx-%012llx",
+		 (unsigned long long)(ms >> 16),
+		 (unsigned long long)(ms & 0xffff),
+		 (unsigned long long)(a & 0xfff),
+		 (unsigned long long)(0x8000 | ((a >> 12) & 0x3fff)),
+		 (unsigned long long)(b & UINT64_C(0xffffffffffff)));
+}
+
 /* Content of unique event u: a pure function of (seed, u). */
 static void derive(tally_gen *g, uint64_t u, tally_usage_event *ev,
 		   uint32_t *tenant, size_t *mi)
@@ -192,8 +211,7 @@ static void derive(tally_gen *g, uint64_t u, tally_usage_event *ev,
 		t = g->o.from_ms;
 	ev->time_ms = t;
 
-	snprintf(g->id, sizeof(g->id), "gen-%llx-%llu",
-		 (unsigned long long)g->o.seed, (unsigned long long)u);
+	gen_uuid7(g->id, g->o.seed, u, t);
 	ev->id.ptr = g->id;
 	ev->id.len = (uint32_t)strlen(g->id);
 	snprintf(g->source, sizeof(g->source), "workflow-engine/gen-%u",

@@ -13,19 +13,43 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_int.h"
+#include "tally/dedupe_key.h"
 #include "tally/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+/* dedupe_settings.timeled_from in ms (NULL: -infinity) */
+static int read_timeled_from(tally_pg *pg, int64_t *out, tally_error *err)
+{
+	PGresult *res = NULL;
+	int rc = tally_pg_exec(pg, &res,
+			       "SELECT tally_dedupe_timeled_from_ms()", 0, NULL,
+			       err);
+
+	if (rc != 0)
+		return rc;
+	*out = PQgetisnull(res, 0, 0)
+		       ? TALLY_DEDUPE_TIMELED_ALWAYS
+		       : strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	PQclear(res);
+	return 0;
+}
+
 int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 		  tally_error *err)
 {
-	tally_agg *agg = tally_xcalloc(1, sizeof(*agg));
+	tally_agg *agg;
+	int64_t timeled_from;
+	int rc = read_timeled_from(pg, &timeled_from, err);
 
-	(void)err;
+	if (rc != 0)
+		return rc;
+	agg = tally_xcalloc(1, sizeof(*agg));
 	agg->pg = pg;
+	agg->timeled_from_ms = timeled_from;
+	agg->own.timeled_from_ms = timeled_from;
 	agg->group = tally_xstrdup(opts->group);
 	agg->pos = tally_positions_new(opts->group);
 	agg->dead = tally_dead_letters_new();
@@ -161,7 +185,8 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	if (dec == NULL) {
 		dec = &agg->own;
 		tally_agg_decode(dec, msgs, n);
-	} else if (dec->msgs != msgs || dec->n != n) {
+	} else if (dec->msgs != msgs || dec->n != n ||
+		   dec->timeled_from_ms != agg->timeled_from_ms) {
 		/* its messages may be gone (tally_agg_detach_range): never re-decode */
 		return tally_error_set(err, TALLY_ERROR,
 				       "aggregate: decoded set is not this batch");
@@ -218,6 +243,11 @@ done:
 	if (stats != NULL)
 		*stats = agg->st;
 	return 0;
+}
+
+int64_t tally_agg_timeled_from_ms(const tally_agg *agg)
+{
+	return agg->timeled_from_ms;
 }
 
 void tally_agg_set_pricebook(tally_agg *agg,

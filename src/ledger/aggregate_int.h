@@ -98,6 +98,7 @@ struct tally_agg_decoded {
 	tally_codec_error *errs;  /* cap entries once one is undecodable */
 	char **blocks;            /* detached strings, one block per range */
 	size_t nblocks, capblocks;
+	int64_t timeled_from_ms;  /* dedupe keys: tally_dedupe_key() */
 };
 
 typedef struct acc_key {
@@ -172,6 +173,7 @@ struct tally_agg {
 	tally_pg *pg;
 	char *group, *dlq_topic, *totals_topic;
 	int64_t lateness_ms, future_ms;
+	int64_t timeled_from_ms; /* dedupe_settings, read by tally_agg_new */
 	rd_kafka_t *producer;
 	rd_kafka_t *consumer_rk; /* for the log start offsets; may be NULL */
 	size_t dlq_failed;       /* dead letters whose delivery failed */
@@ -303,6 +305,35 @@ int tally_agg__storage_reprice(tally_agg *agg, int64_t from_ms, int64_t to_ms,
 			       const uint8_t *tenant, int64_t now_ms,
 			       tally_agg_reprice_stats *out, tally_error *err);
 
+
+/* The dedupe window beyond the lateness window (tally_agg_maintain keeps
+ * keys for lateness_days + 2 days). */
+#define AGG_DEDUPE_MARGIN_MS (INT64_C(2) * 86400000)
+
+/* The id time of a time-led key (top bit 0: bytes 0-5), or -1 (md5 form). */
+static inline int64_t agg_key_time_ms(const item *it)
+{
+	const uint8_t *k = it->key + 16;
+	int64_t t = 0;
+	int i;
+
+	if (k[0] & 0x80)
+		return -1;
+	for (i = 0; i < 6; i++)
+		t = (t << 8) | k[i];
+	return t;
+}
+
+/* A time-led key whose id time is older than the dedupe window: its day
+ * partition may be dropped already, so a re-send could not be recognised
+ * (too_late, like an event time before the lateness window). */
+static inline bool agg_id_before_window(const tally_agg *agg, const item *it,
+					int64_t now_ms)
+{
+	int64_t t = agg_key_time_ms(it);
+
+	return t >= 0 && t < now_ms - agg->lateness_ms - AGG_DEDUPE_MARGIN_MS;
+}
 
 /* decode.c */
 const char *agg_item_detail(const tally_agg *agg, const item *it);

@@ -97,6 +97,8 @@ static void job_decode(lane *ln, job *j, size_t from, int64_t now_ms)
 	size_t i;
 
 	j->now_ms = now_ms;
+	if (from == 0)
+		tally_agg_decoded_use(j->dec, ln->agg);
 	tally_agg_decode_range(j->dec, j->views, from, j->n);
 	(void)tally_agg_detach_range(ln->agg, j->dec, now_ms, j->keep, from,
 				     j->n);

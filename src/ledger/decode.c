@@ -6,29 +6,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_int.h"
 #include "tally/codec.h"
+#include "tally/dedupe_key.h"
 
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-void tally_agg_digest(uint8_t out[16], const char *source, size_t slen,
-		      const char *id, size_t idlen)
-{
-	char buf[16 + TALLY_SOURCE_MAX + TALLY_ID_MAX];
-	unsigned int olen = 16;
-	int n = snprintf(buf, 16, "%zu:", slen);
-
-	if (slen > TALLY_SOURCE_MAX)
-		slen = TALLY_SOURCE_MAX; /* codec guarantees; be safe */
-	if (idlen > TALLY_ID_MAX)
-		idlen = TALLY_ID_MAX;
-	memcpy(buf + n, source, slen);
-	memcpy(buf + n + slen, id, idlen);
-	EVP_Digest(buf, (size_t)n + slen + idlen, out, &olen, EVP_md5(), NULL);
-}
 
 /*
  * Dead-letter details live in one buffer per batch (offset 0 is ""), so an
@@ -127,8 +111,9 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
 			continue;
 		}
 		memcpy(it->key, re.ev.tenant_id, 16);
-		tally_agg_digest(it->key + 16, re.ev.source.ptr,
-				 re.ev.source.len, re.ev.id.ptr, re.ev.id.len);
+		(void)tally_dedupe_key(it->key + 16, re.ev.source.ptr,
+				       re.ev.source.len, re.ev.id.ptr,
+				       re.ev.id.len, d->timeled_from_ms);
 		to_item(&it->re, &re);
 	}
 }
@@ -141,7 +126,15 @@ void tally_agg_decode(tally_agg_decoded *d, const tally_agg_msg *msgs,
 
 tally_agg_decoded *tally_agg_decoded_new(void)
 {
-	return tally_xcalloc(1, sizeof(tally_agg_decoded));
+	tally_agg_decoded *d = tally_xcalloc(1, sizeof(tally_agg_decoded));
+
+	d->timeled_from_ms = TALLY_DEDUPE_TIMELED_ALWAYS;
+	return d;
+}
+
+void tally_agg_decoded_use(tally_agg_decoded *d, const tally_agg *agg)
+{
+	d->timeled_from_ms = agg->timeled_from_ms;
 }
 
 void tally_agg_decoded_free(tally_agg_decoded *d)
@@ -176,7 +169,8 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 		/* the very test agg_classify() makes with the same now_ms */
 		keep[i] = d->items[i].bad ||
 			  ev->time_ms < now_ms - agg->lateness_ms ||
-			  ev->time_ms > now_ms + agg->future_ms;
+			  ev->time_ms > now_ms + agg->future_ms ||
+			  agg_id_before_window(agg, &d->items[i], now_ms);
 		if (!keep[i])
 			need += (size_t)ev->provider.len + ev->model.len +
 				ev->workflow_id.len + ev->subject.len;
@@ -249,6 +243,17 @@ void agg_classify(tally_agg *agg)
 			agg_item_set_detail(agg, it,
 				 "event time is %" PRId64 " s in the future",
 				 (t - agg->now_ms) / 1000);
+			continue;
+		}
+		if (agg_id_before_window(agg, it, agg->now_ms)) {
+			it->status = ST_DLQ;
+			it->reason = "too_late";
+			agg_item_set_detail(agg, it,
+				 "event id time is %" PRId64 " s before the "
+				 "dedupe window (id made %" PRId64 " s ago)",
+				 (agg->now_ms - agg->lateness_ms - AGG_DEDUPE_MARGIN_MS -
+				  agg_key_time_ms(it)) / 1000,
+				 (agg->now_ms - agg_key_time_ms(it)) / 1000);
 			continue;
 		}
 		if (tally_hashset_put(&agg->dedupe, (const uint8_t *)agg->items,

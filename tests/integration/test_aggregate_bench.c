@@ -18,6 +18,7 @@
 #include "aggregate_support.h"
 #include "check_main.h"
 #include "tally/aggregate.h"
+#include "tally/dedupe_key.h"
 #include "tally/kafka.h"
 #include "tally/money.h"
 
@@ -307,8 +308,9 @@ static void copy_baseline(int64_t n, int64_t base)
 		agg_gen_event(&g, 9, i, base);
 		ev = &g.re.ev;
 		tally_uuid_fmt(tid, ev->tenant_id);
-		tally_agg_digest(dg, ev->source.ptr, ev->source.len, ev->id.ptr,
-				 ev->id.len);
+		(void)tally_dedupe_key(dg, ev->source.ptr, ev->source.len,
+				       ev->id.ptr, ev->id.len,
+				       TALLY_DEDUPE_TIMELED_ALWAYS);
 		for (k = 0; k < 16; k++) {
 			hex[2 * k] = hx[dg[k] >> 4];
 			hex[2 * k + 1] = hx[dg[k] & 15];

@@ -115,19 +115,32 @@ START_TEST(test_retention_dedupe_keys)
 {
 	tally_error err;
 
+	/* md5-form keys (ids that carry no time) go by the event's time */
 	tally_test_exec(dsn,
 		"INSERT INTO usage_dedupe VALUES"
-		" (gen_random_uuid(), gen_random_uuid(),"
+		" (gen_random_uuid(), tally_event_digest('r', 'a'),"
 		"  now() - interval '37 days 1 hour'),"
-		" (gen_random_uuid(), gen_random_uuid(),"
+		" (gen_random_uuid(), tally_event_digest('r', 'b'),"
 		"  now() - interval '36 days 23 hours'),"
-		" (gen_random_uuid(), gen_random_uuid(), now())");
+		" (gen_random_uuid(), tally_event_digest('r', 'c'), now())");
+	/* time-led keys of days without a partition (the default one) go
+	 * by the id's time: older than the dropped days, or far ahead */
+	tally_test_exec(dsn,
+		"INSERT INTO usage_dedupe VALUES"
+		" (gen_random_uuid(), (lpad(to_hex((extract(epoch FROM now()"
+		"  - interval '39 days') * 1000)::bigint), 12, '0')"
+		"  || '00000000000000000000')::uuid, now()),"
+		" (gen_random_uuid(), (lpad(to_hex((extract(epoch FROM now()"
+		"  + interval '30 days') * 1000)::bigint), 12, '0')"
+		"  || '00000000000000000000')::uuid, now())");
+	ck_assert_int_eq(q_ll("SELECT count(*) FROM usage_dedupe_default"), 2);
 	ck_assert_msg(tally_agg_maintain(pg, 35, 7, 400, &err) == 0, "%s",
 		      err.msg);
 	/* window = lateness + 2 days = 37 days */
-	ck_assert_int_eq(q_ll("SELECT count(*) FROM usage_dedupe"), 2);
+	ck_assert_int_eq(q_ll("SELECT count(*) FROM usage_dedupe_md5"), 2);
 	ck_assert_int_eq(q_ll("SELECT count(*) FROM usage_dedupe WHERE"
 			      " occurred_at < now() - interval '37 days'"), 0);
+	ck_assert_int_eq(q_ll("SELECT count(*) FROM usage_dedupe_default"), 1);
 }
 END_TEST
 

@@ -31,13 +31,19 @@ int cmd_synth(int argc, char **argv)
 	msgpack_sbuffer_init(&sb);
 	for (int64_t i = 0; i < n; i++) {
 		tally_rated_event re;
-		char id[32], tid[37];
+		char id[48], tid[37];
 		int64_t t = i % 20 == 7 && i > 0 ? i - 1 : i; /* 5% dups */
 		memset(&re, 0, sizeof(re));
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
-		snprintf(id, sizeof(id), "ev-%" PRId64, t);
+		/* a UUIDv7 made at the event's time (base + t * 10 below);
+		 * a duplicate keeps its id */
+		snprintf(id, sizeof(id), "%08llx-%04llx-7000-8000-%012llx",
+			 (unsigned long long)(((uint64_t)(base + t * 10) >> 16) &
+					      0xffffffffu),
+			 (unsigned long long)((uint64_t)(base + t * 10) & 0xffff),
+			 (unsigned long long)((uint64_t)t & 0xffffffffffffu));
 		re.ev.id.ptr = id;
 		re.ev.id.len = (uint32_t)strlen(id);
 		re.ev.source.ptr = "bench/synth";
