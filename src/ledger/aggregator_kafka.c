@@ -98,7 +98,7 @@ static void conf_overrides(rd_kafka_conf_t *conf)
  * the consumer starves: 12 MiB per partition. With fetch.queue.backoff.ms
  * (librdkafka >= 2.2; ops/install-deps builds 2.12.1) 256 KiB is enough:
  * 1 MiB is as fast as 4 MiB and 10 MiB smaller; 256 KiB with fetches of
- * at most 1 MiB (256 KiB per partition) is as fast again and 3.3-4.5 MiB
+ * at most 1 MiB (256 KiB per partition) is as fast again and 2.3-4.5 MiB
  * smaller in peak RSS (docs/aggregate.md, "Performance"). A fetch buffer
  * lives until its last message is destroyed: small fetches, not 50 MiB.
  */
