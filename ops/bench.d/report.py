@@ -12,7 +12,7 @@ import sys
 ap = argparse.ArgumentParser()
 for a in ("out", "json", "png", "run", "start", "events", "tenants", "models", "dup",
           "ooo", "late", "partitions", "latency-events", "pg-version", "kafka-version",
-          "rdkafka-version", "quick", "broker-topics", "history"):
+          "rdkafka-version", "quick", "broker-topics", "history", "peer"):
     ap.add_argument("--" + a)
 A = ap.parse_args()
 D = A.out
@@ -133,8 +133,12 @@ lost = sum(int(num(v.get("lost"))) for v in [ver_e2e, ver_agg] + hv)
 doubled = sum(int(num(v.get("doubled"))) for v in [ver_e2e, ver_agg] + hv)
 correct = bool(ver_e2e.get("ok")) and bool(ver_agg.get("ok")) and all(v.get("ok") for v in hv)
 complete = rate["complete"] and agg["complete"] and e2e["complete"]
+# tally-alerts over the end-to-end stage's totals (alerts.json)
+alerts = load("alerts")
+alerts_rss = rss_mib(alerts, "alerts") if alerts else None
 rss_all = [x for f in (rate, agg, e2e) for p in ("rate", "aggregate") if p in f
            for x in (f[p]["peak_rss_mib"], f[p]["peak_rss_mib_paced"]) if x]
+rss_all += [alerts_rss] if alerts_rss else []
 max_rss = max(rss_all) if rss_all else None
 
 
@@ -199,12 +203,28 @@ out = {
     "verify": {"end_to_end": ver_e2e, "aggregate": ver_agg},
     "machine": machine,
 }
+# the peer (--peer connect): ops/bench-peer's figures, its keys as they are
+if A.peer:
+    peer = load("peer")
+    try:
+        peer_rc = int(open(os.path.join(D, "peer.rc")).read().strip())
+    except (OSError, ValueError):
+        peer_rc = None
+    out.update({k: v for k, v in peer.items() if k.startswith("peer_connect_")})
+    out["peer"] = dict(peer, name=A.peer, exit=peer_rc, ran=bool(peer))
+    out["ratios"]["end_to_end_vs_peer"] = ratio(e2e_eps, num(peer.get("peer_connect_rows_per_s")))
+    out["ratios"]["aggregate_vs_peer"] = ratio(out["aggregate_events_per_s"],
+                                               num(peer.get("peer_connect_rows_per_s")))
 g = out["ratios"]
 rate_cpu = rate["rate"]["cpu_s_per_million_events"]  # = CPU-µs per event
 out["rate_events_per_s_per_core"] = round(1e6 / rate_cpu, 1) if rate_cpu else None
 out["peak_rss_mib"] = {p: max([x for f in (rate, agg, e2e) if p in f
                                for x in (f[p]["peak_rss_mib"], f[p]["peak_rss_mib_paced"]) if x]
                               or [0]) or None for p in ("rate", "aggregate")}
+out["peak_rss_mib"]["alerts"] = alerts_rss
+out["stages"]["alerts"] = {"totals_messages": alerts.get("totals_messages"),
+                           "cpu_s": alerts.get("alerts_cpu_s"), "peak_rss_mib": alerts_rss,
+                           "seconds": alerts.get("seconds")}
 # the goals (docs/bench.md, "Goals"): each a figure and whether it is met
 p99h = out["p99_latency_ms_half_load"]
 out["goals"] = {
@@ -274,6 +294,23 @@ def row(name, f, procs, speed_ok=True):
 row("tally-rate alone", rate, ["rate"])
 row("tally-aggregate alone", agg, ["aggregate"], bool(ver_agg.get("ok")))
 row("end to end (rate+agg)", e2e, ["rate", "aggregate"], correct)
+if A.peer:
+    pr = out["peer"]
+    if pr["ran"]:
+        ok = pr.get("peer_connect_correct")
+        P(f"{'peer: Connect+Debezium':24}{k(pr.get('peer_connect_rows_per_s')):>11}"
+          f"{pr.get('peer_connect_cpu_s_per_m', 0):>12}{'%.1f+-' % num(pr.get('peer_connect_pg_cpu_s_per_m')):>10}"
+          f"{pr.get('peer_connect_peak_rss_mib', 0):>14}   steady {k(pr.get('peer_connect_steady_rows_per_s'))} rows/s,"
+          f" first row {pr.get('peer_connect_first_row_s')} s, {pr.get('peer_connect_tasks')} tasks,"
+          f" {'correct' if ok else RED + 'WRONG' + OFF} ({pr.get('peer_connect_rows')} rows of"
+          f" {pr.get('peer_connect_unique')} unique), at least once, no pricing;"
+          f" load {pr.get('load_before')} -> {pr.get('load_after')}")
+    else:
+        P(f"{'peer: Connect+Debezium':24}{RED}{'did not run':>11}{OFF}  (exit {pr['exit']}; see peer/bench-peer.log)")
+if alerts:
+    P(f"{'tally-alerts (totals)':24}{'-':>11}{'-':>12}{'-':>10}{alerts_rss or 0:>14}"
+      f"   {alerts.get('totals_messages')} totals messages of the end-to-end stage,"
+      f" {alerts.get('alerts_cpu_s')} CPU s")
 P(f"{'':24}events/s from the consumers' start; without startup (first to last "
   f"second with commits): rate {k(rate['steady_events_per_s'])}, aggregate "
   f"{k(agg['steady_events_per_s'])}, end to end {k(e2e['steady_events_per_s'])}")

@@ -44,7 +44,16 @@ FIGS = [
      ("p99_latency_ms_half_load",)),
     ("rate_peak_rss_mib", "peak RSS tally-rate, MiB", ("peak_rss_mib", "rate")),
     ("aggregate_peak_rss_mib", "peak RSS tally-aggregate, MiB", ("peak_rss_mib", "aggregate")),
+    ("alerts_peak_rss_mib", "peak RSS tally-alerts, MiB", ("peak_rss_mib", "alerts")),
 ]
+
+# the peer's (--peer connect), when the runs have it
+if any(load(path).get("peer_connect_rows_per_s") is not None for path in A.files):
+    FIGS += [
+        ("peer_connect_rows_per_s", "peer (Connect+Debezium), events/s", ("peer_connect_rows_per_s",)),
+        ("peer_connect_cpu_s_per_m", "peer, JVM CPU s per M events", ("peer_connect_cpu_s_per_m",)),
+        ("peer_connect_peak_rss_mib", "peer, peak RSS MiB", ("peer_connect_peak_rss_mib",)),
+    ]
 
 runs = []
 for path in A.files:
@@ -69,7 +78,8 @@ def spread(key):
 
 median = {key: med(key) for key, _, _ in FIGS}
 p99s = [r["p99_latency_ms_half_load"] for r in runs]
-rss = [x for r in runs for x in (r["rate_peak_rss_mib"], r["aggregate_peak_rss_mib"]) if x]
+rss = [x for r in runs for x in (r["rate_peak_rss_mib"], r["aggregate_peak_rss_mib"],
+                                 r["alerts_peak_rss_mib"]) if x]
 all_ok = bool(runs) and all(r["correct"] and r["complete"] for r in runs)
 
 

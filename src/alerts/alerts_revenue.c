@@ -31,34 +31,65 @@ static bool amount(tally_money128 *v, const char *s)
 	return tally_money_parse128(v, s, strlen(s)) == 0;
 }
 
+/* Applies a comparison rule to one row: its key columns come first. */
+typedef void (*compare_fn)(tally_alerts *a, const PGresult *res, int row,
+			   tally_money128 prev, tally_money128 cur,
+			   const tally_alert_thresholds *th, int64_t cur_ms);
+
+/* Runs sql (parameters: the months prev and cur as epoch ms) whose rows
+ * hold nkey key columns, then the amounts of prev and cur; fn judges each
+ * row whose amounts parse. */
+static int scan_compare(tally_alerts *a, const char *sql, int nkey,
+			compare_fn fn, const tally_alert_thresholds *th,
+			const char *prev, const char *cur, int64_t cur_ms,
+			tally_error *err)
+{
+	const char *params[2] = { prev, cur };
+	PGresult *res = NULL;
+	int rc, i;
+
+	rc = tally_pg_exec(a->pg, &res, sql, 2, params, err);
+	for (i = 0; rc == 0 && i < PQntuples(res); i++) {
+		tally_money128 p, c;
+
+		if (amount(&p, PQgetvalue(res, i, nkey)) &&
+		    amount(&c, PQgetvalue(res, i, nkey + 1)))
+			fn(a, res, i, p, c, th, cur_ms);
+	}
+	PQclear(res);
+	return rc;
+}
+
+static void eval_mrr(tally_alerts *a, const PGresult *res, int row,
+		     tally_money128 p, tally_money128 c,
+		     const tally_alert_thresholds *th, int64_t cur_ms)
+{
+	(void)tally_alerts_eval_mrr(&a->list, cur_ms, PQgetvalue(res, row, 0),
+				    p, c, th);
+}
+
+static void eval_plan(tally_alerts *a, const PGresult *res, int row,
+		      tally_money128 p, tally_money128 c,
+		      const tally_alert_thresholds *th, int64_t cur_ms)
+{
+	(void)tally_alerts_eval_plan_revenue(&a->list, cur_ms,
+		PQgetvalue(res, row, 0), PQgetvalue(res, row, 1), p, c, th);
+}
+
 /* Company MRR of month cur against prev, per currency (finance_mrr has a
  * row per month and currency; amounts are never added across them). */
 static int scan_mrr(tally_alerts *a, const tally_alert_thresholds *th,
 		    const char *prev, const char *cur, int64_t cur_ms,
 		    tally_error *err)
 {
-	const char *params[2] = { prev, cur };
-	PGresult *res = NULL;
-	int rc, i;
-
-	rc = tally_pg_exec(a->pg, &res,
+	return scan_compare(a,
 		"SELECT p.currency, p.mrr::text, coalesce(c.mrr, 0)::text FROM"
 		" (SELECT currency, sum(mrr) AS mrr FROM finance_mrr WHERE"
 		"  month = " MS_TS("$1") " GROUP BY currency) p LEFT JOIN"
 		" (SELECT currency, sum(mrr) AS mrr FROM finance_mrr WHERE"
 		"  month = " MS_TS("$2") " GROUP BY currency) c"
 		" ON c.currency = p.currency ORDER BY p.currency",
-		2, params, err);
-	for (i = 0; rc == 0 && i < PQntuples(res); i++) {
-		tally_money128 p, c;
-
-		if (amount(&p, PQgetvalue(res, i, 1)) &&
-		    amount(&c, PQgetvalue(res, i, 2)))
-			(void)tally_alerts_eval_mrr(&a->list, cur_ms,
-				PQgetvalue(res, i, 0), p, c, th);
-	}
-	PQclear(res);
-	return rc;
+		1, eval_mrr, th, prev, cur, cur_ms, err);
 }
 
 /* Each plan's revenue (plan_revenue + usage_revenue) of cur against prev,
@@ -67,11 +98,7 @@ static int scan_plans(tally_alerts *a, const tally_alert_thresholds *th,
 		      const char *prev, const char *cur, int64_t cur_ms,
 		      tally_error *err)
 {
-	const char *params[2] = { prev, cur };
-	PGresult *res = NULL;
-	int rc, i;
-
-	rc = tally_pg_exec(a->pg, &res,
+	return scan_compare(a,
 		"SELECT p.plan, p.currency, p.rev::text, coalesce(c.rev, 0)::text"
 		" FROM (SELECT plan, currency, sum(plan_revenue + usage_revenue)"
 		"  AS rev FROM finance_revenue_by_plan WHERE month = "
@@ -80,18 +107,8 @@ static int scan_plans(tally_alerts *a, const tally_alert_thresholds *th,
 		"  usage_revenue) AS rev FROM finance_revenue_by_plan WHERE"
 		"  month = " MS_TS("$2") " GROUP BY plan, currency) c"
 		" ON c.plan = p.plan AND c.currency = p.currency"
-		" ORDER BY p.plan, p.currency", 2, params, err);
-	for (i = 0; rc == 0 && i < PQntuples(res); i++) {
-		tally_money128 p, c;
-
-		if (amount(&p, PQgetvalue(res, i, 2)) &&
-		    amount(&c, PQgetvalue(res, i, 3)))
-			(void)tally_alerts_eval_plan_revenue(&a->list, cur_ms,
-				PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
-				p, c, th);
-	}
-	PQclear(res);
-	return rc;
+		" ORDER BY p.plan, p.currency",
+		2, eval_plan, th, prev, cur, cur_ms, err);
 }
 
 /* Each tenant's usage revenue of the months from..to against the monthly

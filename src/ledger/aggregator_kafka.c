@@ -96,10 +96,11 @@ static void conf_overrides(rd_kafka_conf_t *conf)
  * only after a fixed 1 s (issue #2879; 2.1 added fetch.queue.backoff.ms).
  * So the queue must hold about a second of consumption per partition or
  * the consumer starves: 12 MiB per partition. With fetch.queue.backoff.ms
- * (librdkafka >= 2.2; ops/install-deps builds 2.12.1) 1 MiB is enough:
- * measured at batch 5 000, 10 000 and 20 000 as fast as 4 MiB, and 10 MiB
- * smaller. Fetches of at most 2 MiB (512 KiB per partition) instead of
- * 50 MiB: a fetch buffer lives until its last message is destroyed.
+ * (librdkafka >= 2.2; ops/install-deps builds 2.12.1) 256 KiB is enough:
+ * 1 MiB is as fast as 4 MiB and 10 MiB smaller; 256 KiB with fetches of
+ * at most 1 MiB (256 KiB per partition) is as fast again and 2.3-4.5 MiB
+ * smaller in peak RSS (docs/aggregate.md, "Performance"). A fetch buffer
+ * lives until its last message is destroyed: small fetches, not 50 MiB.
  */
 static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 {
@@ -110,11 +111,11 @@ static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 	qbackoff = tally_kafka_conf_set(conf, "fetch.queue.backoff.ms", "10",
 					&qerr) == 0;
 	if (tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
-				 qbackoff ? "1024" : "12288", &err) != 0 ||
-	    tally_kafka_conf_set(conf, "fetch.max.bytes", "2097152",
+				 qbackoff ? "256" : "12288", &err) != 0 ||
+	    tally_kafka_conf_set(conf, "fetch.max.bytes", "1048576",
 				 &err) != 0 ||
 	    tally_kafka_conf_set(conf, "max.partition.fetch.bytes",
-				 "524288", &err) != 0 ||
+				 "262144", &err) != 0 ||
 	    tally_kafka_conf_set(conf, "fetch.wait.max.ms", "100",
 				 &err) != 0)
 		tally_log(TALLY_WARN, "kafka.conf",

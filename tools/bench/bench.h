@@ -38,6 +38,10 @@ int npartitions(rd_kafka_t *rk, const char *topic);
 void cons_destroy(rd_kafka_t *rk);
 int assign_all(rd_kafka_t *rk, const char *topic);
 void watermarks(rd_kafka_t *rk, const char *topic, int n, int64_t *hi);
+/* what a read_to_end callback did with a message (flags) */
+enum { READ_NEXT = 0, READ_KEEP = 1, READ_STOP = 2 };
+typedef int (*read_fn)(rd_kafka_message_t *m, void *ctx);
+void read_to_end(rd_kafka_t *rk, const char *topic, read_fn fn, void *ctx);
 
 /* ids */
 bool msg_id(const rd_kafka_message_t *m, bool rated, uint64_t *h,

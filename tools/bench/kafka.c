@@ -79,6 +79,44 @@ int assign_all(rd_kafka_t *rk, const char *topic)
 	return n;
 }
 
+/*
+ * Every message of topic from the beginning up to the high watermark each
+ * partition had when the read started, in the order the consumer delivers
+ * them: fn sees each message without an error; it returns READ_KEEP when it
+ * keeps the message (and destroys it later; else it is destroyed here) and
+ * READ_STOP to end the read early. rk is a consumer of mk_consumer().
+ */
+void read_to_end(rd_kafka_t *rk, const char *topic, read_fn fn, void *ctx)
+{
+	int n = assign_all(rk, topic), eofs = 0, r = READ_NEXT;
+	int64_t hi[MAXPART];
+	bool done[MAXPART] = { false };
+
+	watermarks(rk, topic, n, hi);
+	for (int p = 0; p < n; p++)
+		if (hi[p] == 0) {
+			done[p] = true;
+			eofs++;
+		}
+	while (eofs < n && !(r & READ_STOP)) {
+		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
+
+		if (m == NULL)
+			continue;
+		r = READ_NEXT;
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+			if (!done[m->partition] && m->offset >= hi[m->partition]) {
+				done[m->partition] = true;
+				eofs++;
+			}
+		} else if (m->err == 0) {
+			r = fn(m, ctx);
+		}
+		if (!(r & READ_KEEP))
+			rd_kafka_message_destroy(m);
+	}
+}
+
 /* high watermarks; partitions that are empty count as already at eof */
 void watermarks(rd_kafka_t *rk, const char *topic, int n, int64_t *hi)
 {

@@ -130,65 +130,57 @@ PGconn *pg_open(const char *dsn, const char *table)
 	return c;
 }
 
+typedef struct {
+	FILE *fp;
+	idmap seen;
+	int64_t rows, dups, bad;
+} ledger_out;
+
+/* one ledger row per unique rated event (tenant, source, id) */
+static int ledger_one(rd_kafka_message_t *m, void *ctx)
+{
+	ledger_out *o = ctx;
+	tally_rated_event re;
+	uint64_t h;
+
+	if (!msg_id(m, true, &h, &re)) {
+		o->bad++;
+		return READ_NEXT;
+	}
+	h ^= (uint64_t)re.ev.tenant_id[0] << 56 ^
+	     (uint64_t)re.ev.tenant_id[15] << 48;
+	slot *s = map_get(&o->seen, h ? h : 1, true);
+	if (s->seen++) {
+		o->dups++;
+	} else {
+		char cols[NCOLS][64];
+		const char *v[NCOLS];
+		ledger_row(&re, cols, v);
+		for (int i = 0; i < NCOLS; i++)
+			fprintf(o->fp, "%s%s", i ? "\t" : "",
+				v[i] ? v[i] : "\\N");
+		fputc('\n', o->fp);
+		o->rows++;
+	}
+	return READ_NEXT;
+}
+
 int cmd_ledger_rows(int argc, char **argv)
 {
 	const char *brokers = need(argc, argv, "-b");
 	const char *topic = need(argc, argv, "--topic");
 	const char *out = need(argc, argv, "--out");
-	FILE *fp = fopen(out, "w");
-	rd_kafka_t *rk = mk_consumer(brokers);
-	int n = assign_all(rk, topic), eofs = 0;
-	int64_t hi[MAXPART], rows = 0, dups = 0, bad = 0;
-	bool done[MAXPART] = {false};
-	idmap seen = {0};
-	tally_rated_event re;
+	ledger_out o = { fopen(out, "w"), { 0 }, 0, 0, 0 };
+	rd_kafka_t *rk;
 
-	if (fp == NULL)
+	if (o.fp == NULL)
 		die("cannot write %s", out);
-	watermarks(rk, topic, n, hi);
-	for (int p = 0; p < n; p++)
-		if (hi[p] == 0) {
-			done[p] = true;
-			eofs++;
-		}
-	while (eofs < n) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
-		uint64_t h;
-		if (m == NULL)
-			continue;
-		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-			if (!done[m->partition] && m->offset >= hi[m->partition]) {
-				done[m->partition] = true;
-				eofs++;
-			}
-		} else if (m->err == 0) {
-			if (!msg_id(m, true, &h, &re)) {
-				bad++;
-			} else {
-				/* dedupe on (tenant, source, id) */
-				h ^= (uint64_t)re.ev.tenant_id[0] << 56 ^
-				     (uint64_t)re.ev.tenant_id[15] << 48;
-				slot *s = map_get(&seen, h ? h : 1, true);
-				if (s->seen++) {
-					dups++;
-				} else {
-					char cols[NCOLS][64];
-					const char *v[NCOLS];
-					ledger_row(&re, cols, v);
-					for (int i = 0; i < NCOLS; i++)
-						fprintf(fp, "%s%s", i ? "\t" : "",
-							v[i] ? v[i] : "\\N");
-					fputc('\n', fp);
-					rows++;
-				}
-			}
-		}
-		rd_kafka_message_destroy(m);
-	}
-	fclose(fp);
+	rk = mk_consumer(brokers);
+	read_to_end(rk, topic, ledger_one, &o);
+	fclose(o.fp);
 	printf("{\"rows\":%" PRId64 ",\"duplicates\":%" PRId64
-	       ",\"undecodable\":%" PRId64 "}\n", rows, dups, bad);
-	free(seen.s);
+	       ",\"undecodable\":%" PRId64 "}\n", o.rows, o.dups, o.bad);
+	free(o.seen.s);
 	cons_destroy(rk);
 	return 0;
 }

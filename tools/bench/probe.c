@@ -53,6 +53,29 @@ static int64_t committed_at(const psteps *ps, int64_t off)
 	return lo < ps->n ? ps->v[lo].t_ms : -1;
 }
 
+/* the first two produce times of each event id of the source topic */
+typedef struct {
+	idmap *map;
+	bool rated;
+} produce_times;
+
+static int note_produce_time(rd_kafka_message_t *m, void *ctx)
+{
+	produce_times *pt = ctx;
+	tally_rated_event re;
+	rd_kafka_timestamp_type_t tt;
+	uint64_t h;
+
+	if (msg_id(m, pt->rated, &h, &re)) {
+		slot *s = map_get(pt->map, h, true);
+		if (s->seen < 2)
+			s->t[s->seen] = rd_kafka_message_timestamp(m, &tt);
+		if (s->seen < 255)
+			s->seen++;
+	}
+	return READ_NEXT;
+}
+
 static int cmp_i64(const void *a, const void *b)
 {
 	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
@@ -234,37 +257,9 @@ int cmd_probe(int argc, char **argv)
 	idmap map = {0};
 	if (!same) {
 		rd_kafka_t *rs = mk_consumer(brokers);
-		int n = assign_all(rs, src), eofs = 0;
-		int64_t hi[MAXPART];
-		bool done[MAXPART] = {false};
-		watermarks(rs, src, n, hi);
-		for (int p = 0; p < n; p++)
-			if (hi[p] == 0) {
-				done[p] = true;
-				eofs++;
-			}
-		while (eofs < n) {
-			rd_kafka_message_t *m = rd_kafka_consumer_poll(rs, 1000);
-			if (m == NULL)
-				continue;
-			if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-				if (!done[m->partition] && m->offset >= hi[m->partition]) {
-					done[m->partition] = true;
-					eofs++;
-				}
-			} else if (m->err == 0) {
-				uint64_t h;
-				rd_kafka_timestamp_type_t tt;
-				if (msg_id(m, src_rated, &h, &re)) {
-					slot *s = map_get(&map, h, true);
-					if (s->seen < 2)
-						s->t[s->seen] = rd_kafka_message_timestamp(m, &tt);
-					if (s->seen < 255)
-						s->seen++;
-				}
-			}
-			rd_kafka_message_destroy(m);
-		}
+		produce_times pt = { &map, src_rated };
+
+		read_to_end(rs, src, note_produce_time, &pt);
 		cons_destroy(rs);
 	}
 

@@ -64,44 +64,53 @@ int cmd_delete(int argc, char **argv)
 
 /* ---- count ------------------------------------------------------------ */
 
+typedef struct {
+	int64_t count, bytes;
+} counted;
+
+static int count_one(rd_kafka_message_t *m, void *ctx)
+{
+	counted *c = ctx;
+
+	c->count++;
+	c->bytes += (int64_t)m->len;
+	return READ_NEXT;
+}
+
 int cmd_count(int argc, char **argv)
 {
 	const char *brokers = need(argc, argv, "-b");
 	const char *topic = need(argc, argv, "--topic");
 	rd_kafka_t *rk = mk_consumer(brokers);
-	int n = assign_all(rk, topic), eofs = 0;
-	int64_t hi[MAXPART], count = 0, bytes = 0, t0 = tally_mono_ns();
-	bool done[MAXPART] = {false};
+	counted c = { 0, 0 };
+	int64_t t0 = tally_mono_ns();
 
-	watermarks(rk, topic, n, hi);
-	for (int p = 0; p < n; p++)
-		if (hi[p] == 0) {
-			done[p] = true;
-			eofs++;
-		}
-	while (eofs < n) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 1000);
-		if (m == NULL)
-			continue;
-		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-			if (!done[m->partition] && m->offset >= hi[m->partition]) {
-				done[m->partition] = true;
-				eofs++;
-			}
-		} else if (m->err == 0) {
-			count++;
-			bytes += (int64_t)m->len;
-		}
-		rd_kafka_message_destroy(m);
-	}
+	read_to_end(rk, topic, count_one, &c);
 	printf("{\"messages\":%" PRId64 ",\"bytes\":%" PRId64
 	       ",\"seconds\":%.3f}\n",
-	       count, bytes, (double)(tally_mono_ns() - t0) / 1e9);
+	       c.count, c.bytes, (double)(tally_mono_ns() - t0) / 1e9);
 	cons_destroy(rk);
 	return 0;
 }
 
 /* ---- copy (and paced replay) ----------------------------------------- */
+
+typedef struct {
+	rd_kafka_message_t **msgs;
+	size_t n, cap, max;
+} kept;
+
+static int keep_one(rd_kafka_message_t *m, void *ctx)
+{
+	kept *k = ctx;
+
+	if (k->n == k->cap) {
+		k->cap = k->cap ? k->cap * 2 : 65536;
+		k->msgs = tally_xrealloc(k->msgs, k->cap * sizeof(*k->msgs));
+	}
+	k->msgs[k->n++] = m;
+	return READ_KEEP | (k->n >= k->max ? READ_STOP : 0);
+}
 
 int cmd_copy(int argc, char **argv)
 {
@@ -117,39 +126,15 @@ int cmd_copy(int argc, char **argv)
 			     "queue.buffering.max.kbytes", "1048576",
 			     "enable.idempotence", "true", NULL};
 	rd_kafka_t *rp;
-	int n = assign_all(rc, from), eofs = 0;
-	int64_t hi[MAXPART];
-	bool done[MAXPART] = {false};
-	rd_kafka_message_t **msgs = NULL;
-	size_t nm = 0, cap = 0;
+	kept k = { NULL, 0, 0, max };
+	rd_kafka_message_t **msgs;
+	size_t nm;
 	int64_t t0, last = 0;
 
-	watermarks(rc, from, n, hi);
-	for (int p = 0; p < n; p++)
-		if (hi[p] == 0) {
-			done[p] = true;
-			eofs++;
-		}
-	while (eofs < n && nm < max) {
-		rd_kafka_message_t *m = rd_kafka_consumer_poll(rc, 1000);
-		if (m == NULL)
-			continue;
-		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
-			if (!done[m->partition] && m->offset >= hi[m->partition]) {
-				done[m->partition] = true;
-				eofs++;
-			}
-			rd_kafka_message_destroy(m);
-		} else if (m->err == 0) {
-			if (nm == cap) {
-				cap = cap ? cap * 2 : 65536;
-				msgs = tally_xrealloc(msgs, cap * sizeof(*msgs));
-			}
-			msgs[nm++] = m;
-		} else {
-			rd_kafka_message_destroy(m);
-		}
-	}
+	if (max > 0)
+		read_to_end(rc, from, keep_one, &k);
+	msgs = k.msgs;
+	nm = k.n;
 	/* interleave partitions in offset order as they were read: the queue
 	 * already mixes them; keep that order */
 	rp = mk_client(RD_KAFKA_PRODUCER, brokers, pkv);
