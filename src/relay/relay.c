@@ -100,6 +100,8 @@ static void register_metrics(tally_relay *r)
 			"status and reason.");
 	}
 	TALLY_METRICS_REGISTER(r->m, defs);
+	if (r->intake_path[0] != '\0')
+		tally_relay__intake_metrics(r);
 }
 
 /* The relay's settings from cfg, its locks and metrics. */
