@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
+#include "tally/codec.h"
 #include "tally/codec_json.h"
 #include "tally/log.h"
 
@@ -155,17 +156,22 @@ static bool is_batch(const tally_relay__req *rq, const json_t *root,
 }
 
 /* Produce the accepted events; the connection is suspended. Each queued
- * event holds one count of rq->outstanding until its report. */
+ * event holds one count of rq->outstanding until its report. The events
+ * are encoded into a buffer of this request's own, so the HTTP threads
+ * do not queue behind one lock of the producer. */
 static void produce(tally_relay *r, tally_relay__req *rq,
 		    const tally_usage_event *evs, size_t n)
 {
 	tally_error err = { 0 };
+	msgpack_sbuffer sb;
 	size_t i;
 	int rc;
 
+	msgpack_sbuffer_init(&sb);
 	for (i = 0; i < n; i++) {
 		atomic_fetch_add(&rq->outstanding, 1);
-		rc = tally_producer_send_usage(r->usage, &evs[i], rq, &err);
+		rc = tally_producer_send_usage_sb(r->usage, &evs[i], &sb, rq,
+						  &err);
 		if (rc != 0) {
 			if (rc == TALLY_ERROR) /* fatal: exit, be restarted */
 				atomic_store(&r->fatal, 1);
@@ -177,6 +183,7 @@ static void produce(tally_relay *r, tally_relay__req *rq,
 			break;
 		}
 	}
+	msgpack_sbuffer_destroy(&sb);
 }
 
 /* One report less; the last one answers. */
