@@ -176,7 +176,7 @@ tally_relay__outcome tally_relay__verify(tally_relay *r, tally_relay__req *rq,
 
 /* API keys (relay_auth.c) */
 tally_relay__auth *tally_relay__auth_new(const char *db_url, int64_t ttl_ms,
-					 size_t max);
+					 size_t max, tally_metrics *m);
 void tally_relay__auth_free(tally_relay__auth *a);
 /* O_OK with the key's tenant, O_NO_KEY, O_BAD_KEY, O_AUTH_UNAVAILABLE or
  * O_RATE_LIMITED with the seconds to wait. */
