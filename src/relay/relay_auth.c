@@ -50,7 +50,6 @@
 #define UNIT INT64_C(60000) /* one request, in bucket units: rate/min */
 #define REFRESH_MAX 1024    /* keys the refresher reads in one round */
 #define SCAN_SLICE 256      /* buckets scanned under one hold of the lock */
-#define CACHED 1            /* fetch(): another lookup has just stored it */
 
 typedef struct entry {
 	struct entry *next;
@@ -156,32 +155,29 @@ void tally_relay__auth_free(tally_relay__auth *a)
 }
 
 static entry *find(tally_relay__auth *a, const char *prefix);
+static entry *store(tally_relay__auth *a, const char *prefix, bool found,
+		    const tally_api_key *k, entry *tmp, int64_t now);
 
-/* Whether prefix has an entry within its TTL. */
-static bool fresh(tally_relay__auth *a, const char *prefix)
-{
-	entry *e;
-	bool yes;
-
-	pthread_mutex_lock(&a->mu);
-	e = find(a, prefix);
-	yes = e != NULL && mono_ms() - e->fetched_ms < a->ttl_ms;
-	pthread_mutex_unlock(&a->mu);
-	return yes;
-}
-
-/* The key's row from PostgreSQL: 0 (found), TALLY_ENOTFOUND, CACHED (the
- * lookup that held the connection before stored it: requests of one key
- * arriving together cost one query), or another error (the database
- * cannot answer now). */
-static int fetch(tally_relay__auth *a, tally_api_key *out, const char *prefix)
+/*
+ * Read prefix from PostgreSQL into the cache: 0 with a->mu held and *out
+ * its entry (NULL: a found key with no room), or TALLY_ETRANSIENT (the
+ * database cannot answer now). A lookup that waited for the connection
+ * first looks whether the one before it stored the key, and a result is
+ * stored before the connection is given back, so requests of one key
+ * arriving together cost one query. tmp as for store().
+ */
+static int fetch(tally_relay__auth *a, const char *prefix, entry *tmp,
+		 entry **out)
 {
 	tally_error err = { 0 };
 	struct timespec until;
+	tally_api_key k;
+	entry *e;
 	int rc;
 
 	if (mono_ms() < a->down_until_ms)
 		return TALLY_ETRANSIENT;
+	memset(&k, 0, sizeof(k));
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_nsec += PG_WAIT_MS * 1000000L;
 	if (until.tv_nsec >= 1000000000L) {
@@ -190,25 +186,34 @@ static int fetch(tally_relay__auth *a, tally_api_key *out, const char *prefix)
 	}
 	if (pthread_mutex_timedlock(&a->pg_mu, &until) != 0)
 		return TALLY_ETRANSIENT; /* another lookup holds it: busy */
-	if (fresh(a, prefix)) {
+	pthread_mutex_lock(&a->mu);
+	e = find(a, prefix);
+	if (e != NULL && mono_ms() - e->fetched_ms < a->ttl_ms) {
 		pthread_mutex_unlock(&a->pg_mu);
-		return CACHED;
+		*out = e;
+		return 0;
 	}
+	pthread_mutex_unlock(&a->mu);
 	tally_counter_add(a->lookups_request, 1);
 	if (a->pg == NULL)
 		rc = tally_pg_connect_once(&a->pg, a->url, PG_TIMEOUT_MS, &err);
 	else
 		rc = tally_pg_ensure(a->pg, &err);
 	if (rc == 0)
-		rc = tally_api_key_lookup(a->pg, out, prefix, &err);
-	if (rc != 0 && rc != TALLY_ENOTFOUND)
-		a->down_until_ms = mono_ms() + PG_DOWN_MS;
+		rc = tally_api_key_lookup(a->pg, &k, prefix, &err);
+	if (rc == 0 || rc == TALLY_ENOTFOUND) {
+		pthread_mutex_lock(&a->mu); /* order: pg_mu, then mu */
+		*out = store(a, prefix, rc == 0, &k, tmp, mono_ms());
+		pthread_mutex_unlock(&a->pg_mu);
+		OPENSSL_cleanse(&k, sizeof(k));
+		return 0;
+	}
+	a->down_until_ms = mono_ms() + PG_DOWN_MS;
 	pthread_mutex_unlock(&a->pg_mu);
-	if (rc != 0 && rc != TALLY_ENOTFOUND)
-		tally_log(TALLY_WARN, "relay.key_lookup_failed",
-			  TALLY_KV_STR("prefix", prefix),
-			  TALLY_KV_STR("error", err.msg));
-	return rc;
+	tally_log(TALLY_WARN, "relay.key_lookup_failed",
+		  TALLY_KV_STR("prefix", prefix),
+		  TALLY_KV_STR("error", err.msg));
+	return TALLY_ETRANSIENT;
 }
 
 static entry *find(tally_relay__auth *a, const char *prefix)
@@ -347,12 +352,10 @@ tally_relay__outcome tally_relay__auth_check(tally_relay__auth *a,
 {
 	char prefix[TALLY_API_KEY_PREFIX_LEN + 1];
 	uint8_t hash[TALLY_API_KEY_HASH_LEN];
-	tally_api_key k;
 	entry *e, tmp;
 	const char *key;
 	size_t len = 0;
 	int64_t now, wait;
-	int rc;
 
 	*retry_after_s = 0;
 	if (authorization == NULL)
@@ -367,18 +370,11 @@ tally_relay__outcome tally_relay__auth_check(tally_relay__auth *a,
 	e = find(a, prefix);
 	if (e == NULL || now - e->fetched_ms >= a->ttl_ms) {
 		pthread_mutex_unlock(&a->mu);
-		rc = fetch(a, &k, prefix);
-		if (rc != 0 && rc != TALLY_ENOTFOUND && rc != CACHED)
-			return O_AUTH_UNAVAILABLE;
-		pthread_mutex_lock(&a->mu);
-		now = mono_ms();
-		e = rc == CACHED ? find(a, prefix)
-				 : store(a, prefix, rc == 0, &k, &tmp, now);
-		if (e == NULL && rc == CACHED) { /* swept meanwhile */
-			pthread_mutex_unlock(&a->mu);
+		if (fetch(a, prefix, &tmp, &e) != 0) {
 			OPENSSL_cleanse(hash, sizeof(hash));
 			return O_AUTH_UNAVAILABLE;
 		}
+		now = mono_ms(); /* a->mu held again */
 		if (e == NULL) {
 			pthread_mutex_unlock(&a->mu);
 			OPENSSL_cleanse(hash, sizeof(hash));

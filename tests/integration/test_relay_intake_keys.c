@@ -309,6 +309,7 @@ END_TEST
 typedef struct burster {
 	const fixture *f;
 	const char *key;
+	pthread_barrier_t *go;
 	int i;
 	long status;
 } burster;
@@ -322,6 +323,7 @@ static void *burst(void *arg)
 	ck_assert_ptr_nonnull(r);
 	snprintf(id, sizeof(id), "burst-%d", b->i);
 	usage(body, sizeof(body), id, TENANT_A, 1);
+	pthread_barrier_wait(b->go); /* all at once */
 	post(r, b->f, JSON, b->key, body);
 	b->status = r->status;
 	free(r);
@@ -333,8 +335,9 @@ static void *burst(void *arg)
  * without it): one query in all, never one each. */
 START_TEST(test_intake_key_burst_one_lookup)
 {
-	enum { BURST = 16 };
+	enum { BURST = 32 };
 	pthread_t t[BURST];
+	pthread_barrier_t go;
 	burster b[BURST];
 	char key[128];
 	fixture f;
@@ -343,9 +346,11 @@ START_TEST(test_intake_key_burst_one_lookup)
 	setup(&f, NULL);
 	start(&f, brokers, "relay.key_ttl_ms", "600000");
 	new_key(&f, key, TENANT_A);
+	ck_assert_int_eq(pthread_barrier_init(&go, NULL, BURST), 0);
 	for (i = 0; i < BURST; i++) {
 		b[i].f = &f;
 		b[i].key = key;
+		b[i].go = &go;
 		b[i].i = i;
 		b[i].status = 0;
 		ck_assert_int_eq(pthread_create(&t[i], NULL, burst, &b[i]), 0);
@@ -356,6 +361,7 @@ START_TEST(test_intake_key_burst_one_lookup)
 			      "status %ld", b[i].status);
 		ok += b[i].status == 202;
 	}
+	pthread_barrier_destroy(&go);
 	ck_assert_int_ge(ok, 1);
 	ck_assert_int_eq(
 		metric(&f, "tally_relay_key_lookups_total{on=\"request\"}"),
