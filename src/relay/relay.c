@@ -100,6 +100,8 @@ static void register_metrics(tally_relay *r)
 			"status and reason.");
 	}
 	TALLY_METRICS_REGISTER(r->m, defs);
+	if (r->intake_path[0] != '\0')
+		tally_relay__intake_metrics(r);
 }
 
 /* The relay's settings from cfg, its locks and metrics. */
@@ -134,7 +136,8 @@ static void configure(tally_relay *r, const tally_config *cfg,
 		r->auth = tally_relay__auth_new(
 			tally_config_str(cfg, "database.url"),
 			tally_config_int(cfg, "relay.key_ttl_ms"),
-			(size_t)tally_config_int(cfg, "relay.key_cache_max"));
+			(size_t)tally_config_int(cfg, "relay.key_cache_max"),
+			m);
 	atomic_init(&r->buffered, 0);
 	s = tally_config_str(cfg, "relay.webhook_secret");
 	if (*s != '\0')

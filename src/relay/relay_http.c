@@ -29,6 +29,8 @@ static void record(tally_relay *r, tally_relay__outcome o,
 				r->request_lat,
 				(uint64_t)(tally_mono_ns() - rq->start_ns) /
 					1000);
+		if (rq != NULL && rq->kind != 0)
+			tally_relay__intake_observe(r, rq);
 	} else if (o != O_NOT_FOUND && o != O_METHOD) {
 		tally_log(o == O_KAFKA ? TALLY_WARN : TALLY_INFO,
 			  "relay.rejected",

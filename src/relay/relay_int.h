@@ -70,6 +70,18 @@ extern const struct tally_relay__answer {
 /* API keys and their buckets (relay_auth.c) */
 typedef struct tally_relay__auth tally_relay__auth;
 
+/* The stages of an answered intake request, one series each of
+ * tally_relay_intake_seconds (relay_intake.c). */
+typedef enum {
+	ST_READ = 0, /* headers read -> whole body read */
+	ST_VALIDATE, /* -> events parsed and judged */
+	ST_PRODUCE,  /* -> every accepted event queued in the producer */
+	ST_KAFKA,    /* -> the last delivery report */
+	ST_ANSWER,   /* -> the answer queued (connection resumed) */
+	ST_TOTAL,    /* headers read -> the answer queued */
+	ST__COUNT
+} tally_relay__stage;
+
 /* What the body of an intake request holds, by its Content-Type. */
 typedef enum {
 	K_JSON = 1,  /* application/json: one usage event or an array */
@@ -109,6 +121,7 @@ struct tally_relay {
 	bool usage_poller_started;
 	tally_relay__auth *auth;
 	tally_counter *events_accepted, *events_unavailable;
+	tally_histogram *intake_lat[ST__COUNT]; /* tally_relay_intake_seconds */
 
 	pthread_mutex_t mu; /* pending, stopping, stopped */
 	pthread_cond_t cv;
@@ -150,6 +163,9 @@ typedef struct tally_relay__req {
 	atomic_int outstanding; /* events without a report, + 1 while sending */
 	atomic_int failed;      /* an event Kafka did not take */
 	int accepted;           /* events produced */
+	int64_t body_ns;        /* the whole body read (monotonic) */
+	int64_t queued_ns;      /* every event queued */
+	int64_t reported_ns;    /* the last delivery report */
 	tally_strbuf answer;    /* the JSON answer when all are delivered */
 } tally_relay__req;
 
@@ -160,7 +176,7 @@ tally_relay__outcome tally_relay__verify(tally_relay *r, tally_relay__req *rq,
 
 /* API keys (relay_auth.c) */
 tally_relay__auth *tally_relay__auth_new(const char *db_url, int64_t ttl_ms,
-					 size_t max);
+					 size_t max, tally_metrics *m);
 void tally_relay__auth_free(tally_relay__auth *a);
 /* O_OK with the key's tenant, O_NO_KEY, O_BAD_KEY, O_AUTH_UNAVAILABLE or
  * O_RATE_LIMITED with the seconds to wait. */
@@ -177,6 +193,11 @@ tally_relay__kind tally_relay__intake_kind(const char *ctype);
 enum MHD_Result tally_relay__intake(tally_relay *r,
 				    struct MHD_Connection *conn,
 				    tally_relay__req *rq);
+/* The stages of an intake request answered 202/207, into
+ * tally_relay_intake_seconds. */
+void tally_relay__intake_observe(tally_relay *r, const tally_relay__req *rq);
+/* Register tally_relay_intake_seconds. */
+void tally_relay__intake_metrics(tally_relay *r);
 /* Delivery report of one intake event (the usage producer's poll thread) */
 void tally_relay__intake_delivered(const tally_delivery *dr, void *payload);
 

@@ -14,6 +14,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "relay/relay_int.h"
+#include "tally/codec.h"
 #include "tally/codec_json.h"
 #include "tally/log.h"
 
@@ -155,17 +156,22 @@ static bool is_batch(const tally_relay__req *rq, const json_t *root,
 }
 
 /* Produce the accepted events; the connection is suspended. Each queued
- * event holds one count of rq->outstanding until its report. */
+ * event holds one count of rq->outstanding until its report. The events
+ * are encoded into a buffer of this request's own, so the HTTP threads
+ * do not queue behind one lock of the producer. */
 static void produce(tally_relay *r, tally_relay__req *rq,
 		    const tally_usage_event *evs, size_t n)
 {
 	tally_error err = { 0 };
+	msgpack_sbuffer sb;
 	size_t i;
 	int rc;
 
+	msgpack_sbuffer_init(&sb);
 	for (i = 0; i < n; i++) {
 		atomic_fetch_add(&rq->outstanding, 1);
-		rc = tally_producer_send_usage(r->usage, &evs[i], rq, &err);
+		rc = tally_producer_send_usage_sb(r->usage, &evs[i], &sb, rq,
+						  &err);
 		if (rc != 0) {
 			if (rc == TALLY_ERROR) /* fatal: exit, be restarted */
 				atomic_store(&r->fatal, 1);
@@ -177,6 +183,7 @@ static void produce(tally_relay *r, tally_relay__req *rq,
 			break;
 		}
 	}
+	msgpack_sbuffer_destroy(&sb);
 }
 
 /* One report less; the last one answers. */
@@ -186,6 +193,7 @@ static void release(tally_relay__req *rq)
 
 	if (atomic_fetch_sub(&rq->outstanding, 1) != 1)
 		return;
+	rq->reported_ns = tally_mono_ns();
 	o = atomic_load(&rq->failed) ? O_KAFKA
 				     : (tally_relay__outcome)atomic_load(
 					       &rq->result);
@@ -214,6 +222,59 @@ void tally_relay__intake_delivered(const tally_delivery *dr, void *payload)
 	release(rq);
 }
 
+static const char *const stage_names[ST__COUNT] = {
+	[ST_READ] = "read",	  [ST_VALIDATE] = "validate",
+	[ST_PRODUCE] = "produce", [ST_KAFKA] = "kafka",
+	[ST_ANSWER] = "answer",	  [ST_TOTAL] = "total",
+};
+
+void tally_relay__intake_metrics(tally_relay *r)
+{
+	/* fine around the 1-100 ms an answer takes */
+	static const uint64_t bounds_us[] = {
+		100,   250,    500,    1000,   2000,    5000,    10000,
+		20000, 50000,  100000, 200000, 500000,  1000000, 2500000,
+		5000000, 10000000,
+	};
+	char labels[32];
+	int i;
+
+	for (i = 0; i < ST__COUNT; i++) {
+		snprintf(labels, sizeof(labels), "stage=\"%s\"",
+			 stage_names[i]);
+		r->intake_lat[i] = tally_metrics_histogram(
+			r->m, "tally_relay_intake_seconds", labels,
+			"Intake requests answered 202/207, by stage: read "
+			"(headers to whole body), validate (parse and judge), "
+			"produce (queue every event), kafka (to the last "
+			"delivery report), answer (to the answer queued), "
+			"total.",
+			bounds_us, sizeof(bounds_us) / sizeof(bounds_us[0]));
+	}
+}
+
+static void observe(tally_histogram *h, int64_t from_ns, int64_t to_ns)
+{
+	tally_histogram_observe(h, to_ns > from_ns
+					   ? (uint64_t)(to_ns - from_ns) / 1000
+					   : 0);
+}
+
+void tally_relay__intake_observe(tally_relay *r, const tally_relay__req *rq)
+{
+	int64_t now = tally_mono_ns();
+
+	if (rq->reported_ns == 0) /* answered without producing */
+		return;
+	observe(r->intake_lat[ST_READ], rq->start_ns, rq->body_ns);
+	observe(r->intake_lat[ST_VALIDATE], rq->body_ns, rq->produce_ns);
+	observe(r->intake_lat[ST_PRODUCE], rq->produce_ns, rq->queued_ns);
+	/* the last report may come before the last event is queued */
+	observe(r->intake_lat[ST_KAFKA], rq->queued_ns, rq->reported_ns);
+	observe(r->intake_lat[ST_ANSWER], rq->reported_ns, now);
+	observe(r->intake_lat[ST_TOTAL], rq->start_ns, now);
+}
+
 /* The answer's body: {"accepted":N,"rejected":[...]} */
 static void answer_body(tally_relay__req *rq, size_t accepted,
 			json_t *rejected)
@@ -239,6 +300,7 @@ enum MHD_Result tally_relay__intake(tally_relay *r,
 	size_t n, i, nacc = 0;
 	bool batch, ok;
 
+	rq->body_ns = tally_mono_ns();
 	root = json_loadb(tally_strbuf_cstr(&rq->body), rq->body.len,
 			  JSON_REJECT_DUPLICATES, &jerr);
 	batch = is_batch(rq, root, &ok);
@@ -277,6 +339,7 @@ enum MHD_Result tally_relay__intake(tally_relay *r,
 	MHD_suspend_connection(conn);
 	rq->produce_ns = tally_mono_ns();
 	produce(r, rq, evs, nacc);
+	rq->queued_ns = tally_mono_ns();
 	json_decref(root);
 	free(evs);
 	release(rq); /* rq may be gone from here on */

@@ -54,6 +54,11 @@ START_TEST(test_intake_every_content_type)
 				    ",reason=\"accepted\"}"), 4);
 	ck_assert_int_eq(metric(&f, "tally_relay_requests_total{status=\"415\""
 				    ",reason=\"unsupported_media_type\"}"), 2);
+	/* each request answered 202 once in every stage of its time */
+	ck_assert_int_eq(metric(&f, "tally_relay_intake_seconds_count{stage="
+				    "\"kafka\"}"), 4);
+	ck_assert_int_eq(metric(&f, "tally_relay_intake_seconds_count{stage="
+				    "\"total\"}"), 4);
 	stop(&f);
 }
 END_TEST

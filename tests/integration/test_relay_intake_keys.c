@@ -2,7 +2,9 @@
  * test_relay_intake_keys.c - API keys at tally-relay's HTTP intake end to
  * end (see relay_intake_support.h): a key of another tenant, a revoked key
  * refused without a relay restart, `tally keys revoke` given a whole key
- * (cut to its prefix, its secret never echoed), the rate limit per key,
+ * (cut to its prefix, its secret never echoed), a key in use read ahead
+ * of its TTL (and its revocation seen so), a burst of a new key's
+ * requests read with one query, the rate limit per key,
  * also when junk prefixes have filled the key cache, and a key database
  * that does not answer stalling neither the intake nor the webhooks.
  */
@@ -73,6 +75,50 @@ START_TEST(test_intake_revoked_key_refused_without_restart)
 	} while (r.status == 202 && tally_now_ms() < deadline);
 	ck_assert_int_eq(r.status, 401);
 	ck_assert_str_eq(r.body, "{\"error\":\"invalid_key\"}\n");
+	stop(&f);
+}
+END_TEST
+
+/* A key in use is read again by the refresher before its TTL ends, so its
+ * requests never wait for a lookup after the first; a revocation is seen
+ * by the refresher too. relay.key_ttl_ms of 5 s: the refresher (every
+ * 1.25 s, keys 2.5 s old) would have to stall for over a second for a
+ * request to find the entry expired. */
+START_TEST(test_intake_key_in_use_read_ahead)
+{
+	const char *req = "tally_relay_key_lookups_total{on=\"request\"}";
+	const char *ahead = "tally_relay_key_lookups_total{on=\"refresh\"}";
+	char key[128], prefix[32], args[64], body[512], id[32];
+	int64_t deadline;
+	intake_resp r;
+	fixture f;
+	int i = 0;
+
+	setup(&f, NULL);
+	start(&f, brokers, "relay.key_ttl_ms", "5000");
+	new_key(&f, key, TENANT_A);
+	deadline = tally_now_ms() + 30000;
+	do {
+		snprintf(id, sizeof(id), "ahead-%d", i++);
+		usage(body, sizeof(body), id, TENANT_A, 1);
+		post(&r, &f, JSON, key, body);
+		ck_assert_int_eq(r.status, 202);
+		usleep(100000);
+	} while (metric(&f, ahead) < 2 && tally_now_ms() < deadline);
+	ck_assert_int_ge(metric(&f, ahead), 2);
+	ck_assert_int_eq(metric(&f, req), 1);
+
+	snprintf(prefix, sizeof(prefix), "%.16s", key);
+	snprintf(args, sizeof(args), "keys revoke %s", prefix);
+	cli(&f, NULL, 0, args);
+	deadline = tally_now_ms() + 20000;
+	do {
+		usleep(100000);
+		usage(body, sizeof(body), "ahead-revoked", TENANT_A, 1);
+		post(&r, &f, JSON, key, body);
+	} while (r.status == 202 && tally_now_ms() < deadline);
+	ck_assert_int_eq(r.status, 401);
+	ck_assert_int_eq(metric(&f, req), 1);
 	stop(&f);
 }
 END_TEST
@@ -260,6 +306,70 @@ START_TEST(test_webhook_answered_while_key_database_down)
 }
 END_TEST
 
+typedef struct burster {
+	const fixture *f;
+	const char *key;
+	pthread_barrier_t *go;
+	int i;
+	long status;
+} burster;
+
+static void *burst(void *arg)
+{
+	burster *b = arg;
+	char body[512], id[32];
+	intake_resp *r = malloc(sizeof(*r));
+
+	ck_assert_ptr_nonnull(r);
+	snprintf(id, sizeof(id), "burst-%d", b->i);
+	usage(body, sizeof(body), id, TENANT_A, 1);
+	pthread_barrier_wait(b->go); /* all at once */
+	post(r, b->f, JSON, b->key, body);
+	b->status = r->status;
+	free(r);
+	return NULL;
+}
+
+/* Requests of a new key arriving together: the first reads it, the others
+ * find it stored once they get the connection (or answer 503 after 20 ms
+ * without it): one query in all, never one each. */
+START_TEST(test_intake_key_burst_one_lookup)
+{
+	enum { BURST = 32 };
+	pthread_t t[BURST];
+	pthread_barrier_t go;
+	burster b[BURST];
+	char key[128];
+	fixture f;
+	int i, ok = 0;
+
+	setup(&f, NULL);
+	start(&f, brokers, "relay.key_ttl_ms", "600000");
+	new_key(&f, key, TENANT_A);
+	ck_assert_int_eq(pthread_barrier_init(&go, NULL, BURST), 0);
+	for (i = 0; i < BURST; i++) {
+		b[i].f = &f;
+		b[i].key = key;
+		b[i].go = &go;
+		b[i].i = i;
+		b[i].status = 0;
+		ck_assert_int_eq(pthread_create(&t[i], NULL, burst, &b[i]), 0);
+	}
+	for (i = 0; i < BURST; i++) {
+		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+		ck_assert_msg(b[i].status == 202 || b[i].status == 503,
+			      "status %ld", b[i].status);
+		ok += b[i].status == 202;
+	}
+	pthread_barrier_destroy(&go);
+	ck_assert_int_ge(ok, 1);
+	ck_assert_int_eq(
+		metric(&f, "tally_relay_key_lookups_total{on=\"request\"}"),
+		1);
+	stop(&f);
+}
+END_TEST
+
 static Suite *tally_relay_intake_keys_suite(void)
 {
 	Suite *s = suite_create("relay_intake_keys");
@@ -269,6 +379,8 @@ static Suite *tally_relay_intake_keys_suite(void)
 	tcase_set_timeout(tc, 180);
 	tcase_add_test(tc, test_intake_key_of_another_tenant);
 	tcase_add_test(tc, test_intake_revoked_key_refused_without_restart);
+	tcase_add_test(tc, test_intake_key_in_use_read_ahead);
+	tcase_add_test(tc, test_intake_key_burst_one_lookup);
 	tcase_add_test(tc, test_keys_revoke_whole_key);
 	tcase_add_test(tc, test_intake_rate_limit_per_key);
 	tcase_add_test(tc, test_intake_rate_limit_with_full_key_cache);
