@@ -4,14 +4,15 @@
 # (KEYS 0: only build the layouts' tables; ROUNDS 0: only the retention.)
 # The dedupe store's cost per new key at the history already in DSN's
 # usage_dedupe (a clone of an `ops/bench-aggregate` ba_hist_N template: the
-# script adds tables to it), for the layouts compared in docs/aggregate.md
+# script adds tables of the same number of keys to it), for the layouts
+# compared in docs/aggregate.md
 # ("Dedupe at scale"), alternated ROUNDS times (default 2), KEYS new keys
 # each (default 1 000 000) in batches of 20 000 sorted by key, one
 # transaction per batch (as tally-aggregate writes them):
 #
-#   today     usage_dedupe as it is: PRIMARY KEY (tenant_id, digest),
-#             digest = md5 of (source, id): every new key lands on a random
-#             leaf of the whole window's index
+#   md5       one table, PRIMARY KEY (tenant_id, digest), digest = md5 of
+#             (source, id) (the key of ids that carry no time): every new
+#             key lands on a random leaf of the whole window's index
 #   ordered   the same table shape, digests whose first 48 bits are the
 #             producer id's own time (what a UUIDv7 / ULID id carries):
 #             new keys land on the right edge of each tenant's range
@@ -20,8 +21,8 @@
 #             index; every batch first probes the older partitions for its
 #             keys (read-only, the cost of the cross-partition check)
 #
-# Then retention at that size: DELETE of the oldest day from usage_dedupe
-# (today's maintenance) against DROP of the oldest partition of byday.
+# Then retention at that size: DELETE of the oldest day from dedupe_md5
+# against DROP of the oldest partition of byday.
 # Prints one line per measurement: layout, keys/s, WAL bytes per key, and
 # the load average; the WAL is the whole cluster's (use a PostgreSQL of
 # your own: TALLY_PG_PORT=... ops/services up pg).
@@ -33,9 +34,14 @@ load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 # the layouts' tables, from the history in usage_dedupe (once)
 if [ "$(q -c "SELECT to_regclass('dedupe_ordered') IS NOT NULL")" != t ]; then
-    echo "building dedupe_ordered and dedupe_byday from usage_dedupe" >&2
+    echo "building dedupe_md5, dedupe_ordered and dedupe_byday from usage_dedupe" >&2
     q <<'EOF'
 SET maintenance_work_mem = '512MB';
+CREATE TABLE dedupe_md5 (LIKE usage_dedupe);
+INSERT INTO dedupe_md5
+  SELECT tenant_id, md5(digest::text)::uuid, occurred_at FROM usage_dedupe ORDER BY 3;
+ALTER TABLE dedupe_md5 ADD PRIMARY KEY (tenant_id, digest);
+CREATE INDEX ON dedupe_md5 USING brin (occurred_at);
 CREATE TABLE dedupe_ordered (LIKE usage_dedupe);
 INSERT INTO dedupe_ordered
   SELECT tenant_id, (lpad(to_hex((extract(epoch FROM occurred_at) * 1000)::bigint), 12, '0')
@@ -55,7 +61,7 @@ BEGIN
 END $$;
 INSERT INTO dedupe_byday SELECT tenant_id, digest, occurred_at, occurred_at::date
   FROM usage_dedupe ORDER BY 3;
-VACUUM ANALYZE dedupe_ordered; VACUUM ANALYZE dedupe_byday;
+VACUUM ANALYZE dedupe_md5; VACUUM ANALYZE dedupe_ordered; VACUUM ANALYZE dedupe_byday;
 CREATE TABLE dedupe_tenants AS
   SELECT array_agg(DISTINCT tenant_id) AS t FROM (SELECT tenant_id FROM usage_dedupe LIMIT 200000) s;
 EOF
@@ -71,7 +77,7 @@ run() { # LAYOUT SALT
         FROM dedupe_tenants c, generate_series(b * $BATCH + 1, (b + 1) * $BATCH) i"
     local body
     case $layout in
-    today) body="INSERT INTO usage_dedupe SELECT * FROM ($keys) k ORDER BY 1, 2;" ;;
+    md5) body="INSERT INTO dedupe_md5 SELECT * FROM ($keys) k ORDER BY 1, 2;" ;;
     ordered) body="INSERT INTO dedupe_ordered SELECT tenant_id,
           (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
            || substr(replace(digest::text, '-', ''), 13))::uuid, occurred_at
@@ -106,16 +112,16 @@ EOF
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-    for layout in today ordered byday; do run "$layout" "r$r$$"; done
+    for layout in md5 ordered byday; do run "$layout" "r$r$$"; done
 done
-q -c "SELECT 'index sizes: today ' || pg_size_pretty(pg_indexes_size('usage_dedupe'))
+q -c "SELECT 'index sizes: md5 ' || pg_size_pretty(pg_indexes_size('dedupe_md5'))
       || ', ordered ' || pg_size_pretty(pg_indexes_size('dedupe_ordered'))"
 
 # retention: the keys of the oldest complete day
-day=$(q -c "SELECT min(occurred_at)::date + 1 FROM usage_dedupe")
+day=$(q -c "SELECT min(occurred_at)::date + 1 FROM dedupe_md5")
 q -c "CHECKPOINT" >/dev/null
 w0=$(q -c "SELECT pg_current_wal_lsn()"); t0=$(date +%s%N)
-n=$(q -c "WITH d AS (DELETE FROM usage_dedupe WHERE occurred_at >= '$day'::date
+n=$(q -c "WITH d AS (DELETE FROM dedupe_md5 WHERE occurred_at >= '$day'::date
                      AND occurred_at < '$day'::date + 1 RETURNING 1) SELECT count(*) FROM d")
 t1=$(date +%s%N); w1=$(q -c "SELECT pg_current_wal_lsn()")
 echo "retention DELETE: $n keys in $(( (t1 - t0) / 1000000 )) ms, WAL $(q -c "SELECT pg_size_pretty(pg_wal_lsn_diff('$w1', '$w0'))"); load $(load)"
