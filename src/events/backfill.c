@@ -115,7 +115,8 @@ typedef struct parser {
  * encodes to bytes that core accepts again unchanged
  * (test_codec_json_line), so the decode-back check of
  * tally_producer_send_*_sb is skipped: about a tenth of the parser
- * threads' CPU in a profile (docs/bench.md, "tally produce").
+ * threads' CPU in a profile (docs/bench.md, "What bounds `tally
+ * produce`").
  */
 static int send_event(parser *ps, void *opaque, tally_error *err)
 {
