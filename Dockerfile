@@ -38,7 +38,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
         libpq5 libconfig9 libjansson4 libcurl4 \
         libmicrohttpd12 libssl3 libuuid1 libsystemd0 \
-        libsasl2-2 libzstd1 liblz4-1 zlib1g \
+        libsasl2-2 libzstd1 liblz4-1 zlib1g libjemalloc2 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 tally \
  && useradd --system --uid 10001 --gid tally --home-dir /nonexistent \

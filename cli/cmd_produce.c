@@ -1,7 +1,8 @@
 /*
  * cmd_produce.c - `tally produce --topic T [FILE]`: JSON lines in, strictly
  * validated msgpack out, parsed by several threads (tally/backfill.h;
- * --threads, default one per CPU) and produced in large batches. The
+ * --threads, default one fewer than the CPUs, at least one) and produced
+ * in large batches. The
  * schema follows the topic (topics.commands -> command, topics.rated ->
  * rated usage, anything else -> usage event) unless --schema says
  * otherwise. A bad line is counted and reported with its line number and
@@ -33,7 +34,7 @@ typedef struct produce_opts {
 	const char *topic, *file, *schema;
 	bool skip_invalid;
 	int64_t partitions; /* --create-topic; 0: none */
-	int64_t threads;    /* --threads; 0: one per CPU */
+	int64_t threads;    /* --threads; 0: the backfill's default */
 } produce_opts;
 
 /* One run: the producer and the counts. */

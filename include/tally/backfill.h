@@ -23,8 +23,10 @@ typedef struct tally_backfill_opts {
 	tally_json_schema schema; /* what every line holds */
 	tally_producer *producer; /* borrowed; its opaque per message is the
 				   * line number (uintptr_t) */
-	int threads;              /* parser threads; 0: one per CPU;
-				   * commands always use one */
+	int threads;              /* parser threads; 0: one fewer than
+				   * the CPUs, at least one (librdkafka's
+				   * broker thread needs a core); commands
+				   * always use one */
 	FILE *report;             /* rejections and progress (stderr) */
 	uint64_t max_reported;    /* rejections printed; the rest counted */
 } tally_backfill_opts;

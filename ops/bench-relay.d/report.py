@@ -96,8 +96,14 @@ def main():
             label += suffix(r)
             eps, rps = r.get("events_per_s"), r.get("requests_per_s")
         else:
-            print(f"{'tally produce (lines)':<26}{k(r.get('lines_per_s')):>10}{'':>10}{'':>9}{'':>9}"
-                  f"{'':>9}{'':>9}{'':>9}  {r['load_before']} -> {r['load_after']}")
+            th = f" -T{r['threads']}" if r.get("threads") else ""
+            print(f"{'tally produce (lines)' + th:<26}{k(r.get('lines_per_s')):>10}{'':>10}{'':>9}{'':>9}"
+                  f"{'':>9}{r.get('peak_rss_mib') or 0:>9.1f}"
+                  f"{r.get('produce_cpu_s_per_million_lines') or 0:>9.1f}  "
+                  f"{r['load_before']} -> {r['load_after']}")
+            if r.get("broker_cpu_s_per_million_lines") is not None:
+                print(f"{'  broker JVM, same run':<26}{'':>10}{'':>10}{'':>9}{'':>9}{'':>9}{'':>9}"
+                      f"{r['broker_cpu_s_per_million_lines']:>9.1f}")
             continue
         print(f"{label:<26}{k(eps):>10}{k(rps):>10}{r.get('p50_ms', 0):>9.2f}{r.get('p99_ms', 0):>9.2f}"
               f"{r.get('max_ms', 0):>9.2f}{r.get('peak_rss_mib', 0):>9.1f}"

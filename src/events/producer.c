@@ -101,9 +101,13 @@ int tally_producer_new(tally_producer **out, const tally_config *cfg,
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "compression.codec", "lz4",
 					  err);
+	/* bulk: 100 000 queued (0.5 s at 200 K/s) bound the memory of a
+	 * backfill that parses faster than the broker takes (400+ MiB of
+	 * queued messages and headers at 1 000 000) */
 	if (rc == 0)
 		rc = tally_kafka_conf_set(conf, "queue.buffering.max.messages",
-					  "1000000", err);
+					  opts->bulk ? "100000" : "1000000",
+					  err);
 	if (rc < 0) {
 		rd_kafka_conf_destroy(conf);
 		goto cleanup;

@@ -245,11 +245,37 @@ START_TEST(test_producer_cli_good_and_bad_lines)
 	for (i = 0; i < n; i++) {
 		tally_usage_event ev;
 		tally_codec_error ce;
+		msgpack_sbuffer sb;
+		char hb[128], want[64];
 
 		ck_assert_int_eq(tally_codec_decode_usage(&ev, msgs[i]->payload,
 							  msgs[i]->len, &ce),
 				 0);
 		ck_assert_int_eq(ev.time_ms, INT64_C(1764151200000));
+		/* the documented key and headers, and the canonical body */
+		ck_assert_int_eq((int)msgs[i]->key_len, 36);
+		ck_assert(memcmp(msgs[i]->key, TENANT, 36) == 0);
+		snprintf(want, sizeof(want), "%.*s", (int)ev.id.len, ev.id.ptr);
+		ck_assert_str_eq(topic_header(msgs[i], "ce_id", hb, sizeof(hb)),
+				 want);
+		ck_assert_str_eq(topic_header(msgs[i], "ce_source", hb,
+					      sizeof(hb)), "s");
+		ck_assert_str_eq(topic_header(msgs[i], "ce_type", hb,
+					      sizeof(hb)),
+				 tally_meter_name(ev.meter));
+		ck_assert_str_eq(topic_header(msgs[i], "ce_time", hb,
+					      sizeof(hb)),
+				 "2025-11-26T10:00:00.000Z");
+		ck_assert_str_eq(topic_header(msgs[i], "ce_specversion", hb,
+					      sizeof(hb)), "1.0");
+		ck_assert_str_eq(topic_header(msgs[i], "content-type", hb,
+					      sizeof(hb)),
+				 "application/msgpack");
+		msgpack_sbuffer_init(&sb);
+		tally_codec_encode_usage(&sb, &ev);
+		ck_assert(sb.size == msgs[i]->len &&
+			  memcmp(sb.data, msgs[i]->payload, sb.size) == 0);
+		msgpack_sbuffer_destroy(&sb);
 		rd_kafka_message_destroy(msgs[i]);
 	}
 	topic_done(rk, NULL, 0); /* the messages are destroyed */
