@@ -29,6 +29,19 @@
 -- here with their top bit set (what the aggregator computes for them);
 -- ledger rows written before this migration keep the plain md5 digest.
 
+-- A tally-aggregate of an older version computes plain md5 keys, which
+-- the new store cannot match: every tally-aggregate must be stopped while
+-- this migration runs (docs/operations.md, "Upgrading").
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_stat_activity
+                WHERE datname = current_database()
+                  AND pid <> pg_backend_pid()
+                  AND application_name = 'tally-aggregate') THEN
+        RAISE EXCEPTION 'migration 0024 changes the dedupe key: stop every tally-aggregate first, then migrate, then start the new version';
+    END IF;
+END $$;
+
 CREATE TABLE dedupe_settings (
     only_row      boolean PRIMARY KEY DEFAULT true CHECK (only_row),
     timeled_from  timestamptz NOT NULL
@@ -121,28 +134,78 @@ SELECT tenant_id,
 ON CONFLICT DO NOTHING;
 DROP TABLE usage_dedupe_0023;
 
--- Day partitions of time-led keys for [today - dedupe_days, today +
--- ahead_days] (a day's keys that wait in usage_dedupe_default move into
--- its new partition before it is attached), drop the day partitions that
--- ended more than dedupe_days + 1 days ago, and forget older keys: md5 form
--- by the event's time, usage_dedupe_default by the id's time. tally-
--- aggregate dead-letters as too_late an event whose id time is older than
--- dedupe_days, so every key a re-send could still meet is kept. Each day
--- is its own step under a lock_timeout: a day whose locks are not granted
--- in time is left for the next run ('dedupe_busy'). Called by
--- tally_ledger_maintain (under its advisory lock).
-CREATE FUNCTION tally_dedupe_maintain(ahead_days integer, dedupe_days integer)
+-- Dedupe maintenance, in three steps that tally-aggregate runs as three
+-- transactions (tally_ledger_maintain_step), so that no lock one step
+-- takes is held while another works:
+-- * prune: forget old keys by rows (md5 form by the event's time, DEFAULT
+--   by the id's time); row locks only;
+-- * drop: DROP the day partitions that ended more than dedupe_days + 1
+--   days ago (ACCESS EXCLUSIVE on usage_dedupe for a few milliseconds;
+--   tally-aggregate refuses an id older than dedupe_days as id_too_old, so
+--   no re-send can need a dropped key);
+-- * create: the day partitions of [today - dedupe_days, today +
+--   ahead_days]; a day's keys waiting in DEFAULT move into its new table
+--   before the ATTACH (which refuses otherwise). DEFAULT is locked first,
+--   then the parent only in SHARE UPDATE EXCLUSIVE (ATTACH), which
+--   inserting transactions do not conflict with.
+-- Each DDL statement waits at most its lock_timeout (5 s, this
+-- transaction only); a day whose lock is not granted, or that loses a
+-- deadlock, is reported 'dedupe_busy' and left for the next run.
+CREATE FUNCTION tally_dedupe_prune(dedupe_days integer)
 RETURNS TABLE (action text, object text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    today   date := (now() AT TIME ZONE 'UTC')::date;
-    d       date;
-    nm      text;
-    lo      uuid;
-    hi      uuid;
-    r       record;
-    n       bigint;
-    old_lt  text := current_setting('lock_timeout');
+    today  date := (now() AT TIME ZONE 'UTC')::date;
+    n      bigint;
+BEGIN
+    DELETE FROM usage_dedupe_md5
+     WHERE occurred_at < now() - make_interval(days => dedupe_days);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        action := 'dedupe_pruned'; object := n::text; RETURN NEXT;
+    END IF;
+    DELETE FROM usage_dedupe_default
+     WHERE digest < tally_dedupe_day_bound(today - (dedupe_days + 1));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        action := 'dedupe_pruned_default'; object := n::text; RETURN NEXT;
+    END IF;
+END $$;
+
+CREATE FUNCTION tally_dedupe_drop(dedupe_days integer)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    today  date := (now() AT TIME ZONE 'UTC')::date;
+    r      record;
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+    FOR r IN SELECT c.relname FROM pg_inherits i
+             JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'usage_dedupe'::regclass
+               AND c.relname ~ '^usage_dedupe_d[0-9]{8}$'
+               AND to_date(substr(c.relname, 15), 'YYYYMMDD') + 1
+                   <= today - (dedupe_days + 1)
+             ORDER BY c.relname LOOP
+        BEGIN
+            EXECUTE format('DROP TABLE %I', r.relname);
+            action := 'dropped'; object := r.relname; RETURN NEXT;
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+            action := 'dedupe_busy'; object := r.relname; RETURN NEXT;
+        END;
+    END LOOP;
+END $$;
+
+CREATE FUNCTION tally_dedupe_create(ahead_days integer, dedupe_days integer)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    today  date := (now() AT TIME ZONE 'UTC')::date;
+    d      date;
+    nm     text;
+    lo     uuid;
+    hi     uuid;
+    n      bigint;
 BEGIN
     PERFORM set_config('lock_timeout', '5s', true);
     FOR d IN SELECT generate_series(today - dedupe_days, today + ahead_days,
@@ -152,8 +215,8 @@ BEGIN
         lo := tally_dedupe_day_bound(d);
         hi := tally_dedupe_day_bound(d + 1);
         BEGIN
-            -- no key of the day may reach the default partition between
-            -- the move and the attach (which would then fail)
+            -- no key of the day may reach DEFAULT between the move and
+            -- the attach (which would then fail)
             LOCK TABLE usage_dedupe_default IN ACCESS EXCLUSIVE MODE;
             EXECUTE format('CREATE TABLE %I (LIKE usage_dedupe INCLUDING DEFAULTS)', nm);
             EXECUTE format('WITH m AS (DELETE FROM usage_dedupe_default'
@@ -167,41 +230,27 @@ BEGIN
             IF n > 0 THEN
                 action := 'dedupe_moved'; object := nm || ':' || n; RETURN NEXT;
             END IF;
-        EXCEPTION WHEN lock_not_available THEN
+        EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
             action := 'dedupe_busy'; object := nm; RETURN NEXT;
         END;
     END LOOP;
-    FOR r IN SELECT c.relname FROM pg_inherits i
-             JOIN pg_class c ON c.oid = i.inhrelid
-             WHERE i.inhparent = 'usage_dedupe'::regclass
-               AND c.relname ~ '^usage_dedupe_d[0-9]{8}$'
-               AND to_date(substr(c.relname, 15), 'YYYYMMDD') + 1
-                   <= today - (dedupe_days + 1) LOOP
-        BEGIN
-            EXECUTE format('DROP TABLE %I', r.relname);
-            action := 'dropped'; object := r.relname; RETURN NEXT;
-        EXCEPTION WHEN lock_not_available THEN
-            action := 'dedupe_busy'; object := r.relname; RETURN NEXT;
-        END;
-    END LOOP;
-    DELETE FROM usage_dedupe_md5
-     WHERE occurred_at < now() - make_interval(days => dedupe_days);
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        action := 'dedupe_pruned'; object := n::text; RETURN NEXT;
-    END IF;
-    DELETE FROM usage_dedupe_default
-     WHERE digest < tally_dedupe_day_bound(today - (dedupe_days + 1));
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        action := 'dedupe_pruned_default'; object := n::text; RETURN NEXT;
-    END IF;
-    PERFORM set_config('lock_timeout', old_lt, true);
 END $$;
-REVOKE EXECUTE ON FUNCTION tally_dedupe_maintain(integer, integer) FROM PUBLIC;
 
--- 0010's function with the dedupe part replaced by tally_dedupe_maintain
--- (a DELETE by occurred_at would read every day partition).
+-- The three steps in one transaction (tests, scripts, this migration).
+CREATE FUNCTION tally_dedupe_maintain(ahead_days integer, dedupe_days integer)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM tally_dedupe_prune(dedupe_days);
+    RETURN QUERY SELECT * FROM tally_dedupe_drop(dedupe_days);
+    RETURN QUERY SELECT * FROM tally_dedupe_create(ahead_days, dedupe_days);
+END $$;
+REVOKE EXECUTE ON FUNCTION tally_dedupe_prune(integer),
+    tally_dedupe_drop(integer), tally_dedupe_create(integer, integer),
+    tally_dedupe_maintain(integer, integer) FROM PUBLIC;
+
+-- 0010's function without its dedupe part (a DELETE by occurred_at would
+-- read every day partition): the tally_dedupe_* steps below do it.
 CREATE OR REPLACE FUNCTION tally_ledger_maintain_0010(back_days integer, ahead_days integer,
                                       retention_days integer,
                                       dedupe_days integer)
@@ -240,8 +289,6 @@ BEGIN
         EXECUTE format('DROP TABLE %I', r.relname);
         action := 'dropped'; object := r.relname; RETURN NEXT;
     END LOOP;
-    RETURN QUERY SELECT m.action, m.object
-                   FROM tally_dedupe_maintain(ahead_days, dedupe_days) m;
     -- a snapshot older than the retention goes only once a later one at
     -- or before the bound supersedes it: each tenant's last one before
     -- the bound is the value that opens every period after it (a gauge
@@ -252,6 +299,64 @@ BEGIN
                     WHERE n.tenant_id = s.tenant_id
                       AND n.occurred_at > s.occurred_at
                       AND n.occurred_at <= bound);
+END $$;
+
+-- One step of the maintenance, for tally-aggregate (tally_agg_maintain
+-- runs 'ledger', 'prune', 'drop' and 'create', each its own transaction).
+-- 'ledger' is 0012's tally_ledger_maintain: the ledger's day partitions,
+-- the storage snapshots and the bound retention thinned them to.
+CREATE FUNCTION tally_ledger_maintain_step(back_days integer, ahead_days integer,
+                                           retention_days integer,
+                                           dedupe_days integer, step text)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF step = 'ledger' THEN
+        RETURN QUERY SELECT m.action, m.object
+                       FROM tally_ledger_maintain_0010(back_days, ahead_days,
+                                                       retention_days,
+                                                       dedupe_days) m;
+        INSERT INTO ledger_retention AS l (snapshots_thinned_before)
+        VALUES ((((now() AT TIME ZONE 'UTC')::date - retention_days)::timestamp
+                 AT TIME ZONE 'UTC'))
+        ON CONFLICT (only_row) DO UPDATE
+           SET snapshots_thinned_before = EXCLUDED.snapshots_thinned_before
+         WHERE l.snapshots_thinned_before < EXCLUDED.snapshots_thinned_before;
+    ELSIF step = 'prune' THEN
+        RETURN QUERY SELECT * FROM tally_dedupe_prune(dedupe_days);
+    ELSIF step = 'drop' THEN
+        RETURN QUERY SELECT * FROM tally_dedupe_drop(dedupe_days);
+    ELSIF step = 'create' THEN
+        RETURN QUERY SELECT * FROM tally_dedupe_create(ahead_days, dedupe_days);
+    ELSE
+        RAISE EXCEPTION 'tally_ledger_maintain_step: unknown step %', step;
+    END IF;
+END $$;
+REVOKE EXECUTE ON FUNCTION tally_ledger_maintain_step(integer, integer, integer,
+                                                      integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tally_ledger_maintain_step(integer, integer, integer,
+                                                     integer, text) TO tally_engine;
+
+-- Every step in one transaction (scripts, tests, `tally partitions` of an
+-- older CLI). A tally-aggregate that calls it predates this migration: it
+-- would write plain md5 keys the new key form never meets, so it is
+-- refused and exits at its start instead.
+CREATE OR REPLACE FUNCTION tally_ledger_maintain(back_days integer, ahead_days integer,
+                                                 retention_days integer,
+                                                 dedupe_days integer)
+RETURNS TABLE (action text, object text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    s text;
+BEGIN
+    IF current_setting('application_name') = 'tally-aggregate' THEN
+        RAISE EXCEPTION 'this tally-aggregate predates migration 0024 (dedupe keys led by the id''s time): deploy the tally-aggregate of the same version as the schema';
+    END IF;
+    FOREACH s IN ARRAY ARRAY['ledger', 'prune', 'drop', 'create'] LOOP
+        RETURN QUERY SELECT * FROM tally_ledger_maintain_step(back_days, ahead_days,
+                                                              retention_days,
+                                                              dedupe_days, s);
+    END LOOP;
 END $$;
 
 -- the days around today (the aggregator maintains them from its start)

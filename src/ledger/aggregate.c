@@ -259,9 +259,14 @@ void tally_agg_set_pricebook(tally_agg *agg,
 int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 		       int retention_days, tally_error *err)
 {
+	/* each step its own transaction: no lock of one is held during
+	 * another (migrations/0024_dedupe_partitions.sql) */
+	static const char *const steps[] = { "ledger", "prune", "drop",
+					     "create" };
 	char b[16], a[16], r[16], d[16];
-	const char *params[4];
+	const char *params[5];
 	PGresult *res = NULL;
+	size_t s;
 	int rc, i;
 
 	/* dedupe window: the lateness window plus two days of margin */
@@ -273,15 +278,19 @@ int tally_agg_maintain(tally_pg *pg, int lateness_days, int ahead_days,
 	params[1] = a;
 	params[2] = r;
 	params[3] = d;
-	rc = tally_pg_exec(pg, &res,
-			   "SELECT action, object FROM tally_ledger_maintain("
-			   "$1::int, $2::int, $3::int, $4::int)", 4, params, err);
-	if (rc != 0)
-		return rc;
-	for (i = 0; i < PQntuples(res); i++)
-		tally_log(TALLY_INFO, "aggregate.maintain",
-			  TALLY_KV_STR("action", PQgetvalue(res, i, 0)),
-			  TALLY_KV_STR("object", PQgetvalue(res, i, 1)));
-	PQclear(res);
+	for (s = 0; s < sizeof(steps) / sizeof(steps[0]); s++) {
+		params[4] = steps[s];
+		rc = tally_pg_exec(pg, &res,
+				   "SELECT action, object FROM"
+				   " tally_ledger_maintain_step($1::int, $2::int,"
+				   " $3::int, $4::int, $5)", 5, params, err);
+		if (rc != 0)
+			return rc;
+		for (i = 0; i < PQntuples(res); i++)
+			tally_log(TALLY_INFO, "aggregate.maintain",
+				  TALLY_KV_STR("action", PQgetvalue(res, i, 0)),
+				  TALLY_KV_STR("object", PQgetvalue(res, i, 1)));
+		PQclear(res);
+	}
 	return 0;
 }

@@ -335,6 +335,17 @@ static inline bool agg_id_before_window(const tally_agg *agg, const item *it,
 	return t >= 0 && t < now_ms - agg->lateness_ms - AGG_DEDUPE_MARGIN_MS;
 }
 
+/*
+ * A time-led key whose id time is past the future tolerance: refused like
+ * an event time in the future, so the DEFAULT partition of usage_dedupe
+ * (days without a partition) stays empty and a clock-skewed id is seen.
+ */
+static inline bool agg_id_in_future(const tally_agg *agg, const item *it,
+				    int64_t now_ms)
+{
+	return agg_key_time_ms(it) > now_ms + agg->future_ms;
+}
+
 /* decode.c */
 const char *agg_item_detail(const tally_agg *agg, const item *it);
 void agg_item_set_detail(tally_agg *agg, item *it, const char *fmt, ...)

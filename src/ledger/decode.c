@@ -170,7 +170,8 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 		keep[i] = d->items[i].bad ||
 			  ev->time_ms < now_ms - agg->lateness_ms ||
 			  ev->time_ms > now_ms + agg->future_ms ||
-			  agg_id_before_window(agg, &d->items[i], now_ms);
+			  agg_id_before_window(agg, &d->items[i], now_ms) ||
+			  agg_id_in_future(agg, &d->items[i], now_ms);
 		if (!keep[i])
 			need += (size_t)ev->provider.len + ev->model.len +
 				ev->workflow_id.len + ev->subject.len;
@@ -247,13 +248,21 @@ void agg_classify(tally_agg *agg)
 		}
 		if (agg_id_before_window(agg, it, agg->now_ms)) {
 			it->status = ST_DLQ;
-			it->reason = "too_late";
+			it->reason = "id_too_old";
 			agg_item_set_detail(agg, it,
 				 "event id time is %" PRId64 " s before the "
 				 "dedupe window (id made %" PRId64 " s ago)",
 				 (agg->now_ms - agg->lateness_ms - AGG_DEDUPE_MARGIN_MS -
 				  agg_key_time_ms(it)) / 1000,
 				 (agg->now_ms - agg_key_time_ms(it)) / 1000);
+			continue;
+		}
+		if (agg_id_in_future(agg, it, agg->now_ms)) {
+			it->status = ST_DLQ;
+			it->reason = "id_in_future";
+			agg_item_set_detail(agg, it,
+				 "event id time is %" PRId64 " s in the future",
+				 (agg_key_time_ms(it) - agg->now_ms) / 1000);
 			continue;
 		}
 		if (tally_hashset_put(&agg->dedupe, (const uint8_t *)agg->items,

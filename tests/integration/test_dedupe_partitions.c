@@ -5,7 +5,7 @@
  * once (UUIDv7 and md5-form ids, after a restart: PostgreSQL finds the
  * key); a key of a future id waits in the default partition and moves
  * into its day when maintenance creates it; maintenance drops old day
- * partitions and an id older than the window is too_late; a database
+ * partitions and an id older than the window is id_too_old; a database
  * upgraded from 0023 still catches re-sends of its stored events and sets
  * timeled_from 40 days ahead (a fresh one: -infinity); maintenance
  * skips a day whose default-partition keys are locked by a running
@@ -132,12 +132,23 @@ START_TEST(test_dedupe_default_moves_to_new_day)
 	tally_agg_stats st;
 	tally_error err;
 	agg_gen g;
-	char v7[48];
+	char v7[48], sql[256];
 
-	/* an id made 10 days ahead (beyond the 7 days of partitions) */
+	/* an id made 10 days ahead: refused like an event time in the
+	 * future, so no key of the aggregator waits in DEFAULT */
 	uuid7(v7, now + 10 * DAY_MS, 2);
 	ev_with_id(&g, 0, v7, now - 60000);
-	ck_assert_int_eq(one_event(agg, &g, 0, now, &st), 1);
+	ck_assert_int_eq(one_event(agg, &g, 0, now, &st), 0);
+	ck_assert_int_eq(st.dead_lettered, 1);
+	ck_assert_str_eq(agg_query1(chk, "SELECT reason FROM dead_letters"),
+			 "id_in_future");
+	ck_assert_str_eq(key_partition("gen/40", v7), "none");
+	/* a key beyond the created days (written by hand) waits in DEFAULT
+	 * and moves into its day when maintenance creates it */
+	snprintf(sql, sizeof(sql), "INSERT INTO usage_dedupe VALUES"
+		 " ('%s', tally_event_digest('gen/40', '%s'), now())",
+		 "00000000-0000-4000-8000-00000000a001", v7);
+	tally_test_exec(dsn, sql);
 	ck_assert_str_eq(key_partition("gen/40", v7), "usage_dedupe_default");
 	ck_assert_msg(tally_agg_maintain(pg, 35, 12, 400, &err) == 0, "%s",
 		      err.msg);
@@ -145,15 +156,16 @@ START_TEST(test_dedupe_default_moves_to_new_day)
 	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM"
 				       " usage_dedupe_default"), 0);
 	tally_agg_free(agg);
+	/* the event, once its id is no longer in the future, is a re-send */
 	agg = new_agg();
-	ev_with_id(&g, 0, v7, now - 120000);
-	ck_assert_int_eq(one_event(agg, &g, 1, now, &st), 0);
+	ev_with_id(&g, 0, v7, now + 10 * DAY_MS - 60000);
+	ck_assert_int_eq(one_event(agg, &g, 1, now + 10 * DAY_MS, &st), 0);
 	ck_assert_int_eq(st.duplicates, 1);
 	tally_agg_free(agg);
 }
 END_TEST
 
-START_TEST(test_dedupe_drop_and_too_late)
+START_TEST(test_dedupe_drop_and_id_too_old)
 {
 	int64_t now = tally_now_ms();
 	tally_agg *agg;
@@ -180,7 +192,7 @@ START_TEST(test_dedupe_drop_and_too_late)
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM pg_class WHERE"
 		 " relname = '%s'", day_name(-38));
 	ck_assert_int_eq(agg_query_i64(chk, sql), 1);
-	/* an id made before the window: too_late, whatever its event time */
+	/* an id made before the window: id_too_old, whatever its event time */
 	agg = new_agg();
 	ev_with_id(&g, 0, v7, now - 3600000);
 	ck_assert_int_eq(one_event(agg, &g, 0, now, &st), 0);
@@ -188,7 +200,7 @@ START_TEST(test_dedupe_drop_and_too_late)
 	ck_assert_str_eq(agg_query1(chk, "SELECT reason || ' ' || (detail LIKE"
 				    " 'event id time is % before the dedupe"
 				    " window%')::text FROM dead_letters"),
-			 "too_late true");
+			 "id_too_old true");
 	/* inside the window: accepted */
 	uuid7(v7, now - 36 * DAY_MS, 4);
 	ev_with_id(&g, 1, v7, now - 3600000);
@@ -300,7 +312,10 @@ START_TEST(test_dedupe_upgrade_from_0023)
 	int64_t now = tally_now_ms();
 	char name[64], udsn[512], dir[256], v7[48], v7b[48], sql[1024];
 	tally_pg *saved = pg, *up = NULL;
-	PGconn *saved_chk = chk;
+	PGconn *saved_chk = chk, *old_agg;
+	const char *old_keys[] = { "dbname", "application_name", NULL };
+	const char *old_vals[] = { NULL, "tally-aggregate", NULL };
+	PGresult *res;
 	tally_agg *agg;
 	tally_agg_stats st;
 	tally_error err;
@@ -311,6 +326,7 @@ START_TEST(test_dedupe_upgrade_from_0023)
 				    " dedupe_settings"), "-infinity");
 	tally_test_unique(name, sizeof(name), "dedupe_up");
 	tally_test_db_create(udsn, sizeof(udsn), name, 0);
+	old_vals[0] = udsn;
 	migrations_upto_0023(dir, sizeof(dir));
 	ck_assert(tally_pg_connect(&up, udsn, 10000, &err) == 0);
 	ck_assert_msg(tally_migrate(up, dir, NULL, &err) == 0, "%s", err.msg);
@@ -325,8 +341,25 @@ START_TEST(test_dedupe_upgrade_from_0023)
 		 "  tally_event_digest('gen/40', 'old-plain'),"
 		 "  now() - interval '1 hour')", v7);
 	tally_test_exec(udsn, sql);
+	/* refused while a tally-aggregate (of the old version) is connected */
+	old_agg = PQconnectdbParams(old_keys, old_vals, 1);
+	ck_assert(PQstatus(old_agg) == CONNECTION_OK);
+	ck_assert(tally_migrate(up, tally_migrate_default_dir(), NULL, &err) != 0);
+	ck_assert_msg(strstr(err.msg, "stop every tally-aggregate") != NULL, "%s",
+		      err.msg);
+	PQfinish(old_agg);
 	ck_assert_msg(tally_migrate(up, tally_migrate_default_dir(), NULL,
 				    &err) == 0, "%s", err.msg);
+	/* an old tally-aggregate starting afterwards is refused at its first
+	 * maintenance (the call it makes at start) */
+	old_agg = PQconnectdbParams(old_keys, old_vals, 1);
+	ck_assert(PQstatus(old_agg) == CONNECTION_OK);
+	res = PQexec(old_agg, "SELECT * FROM tally_ledger_maintain(37, 7, 400, 37)");
+	ck_assert_int_eq(PQresultStatus(res), PGRES_FATAL_ERROR);
+	ck_assert_msg(strstr(PQresultErrorMessage(res), "predates migration 0024")
+		      != NULL, "%s", PQresultErrorMessage(res));
+	PQclear(res);
+	PQfinish(old_agg);
 	pg = up;
 	chk = PQconnectdb(udsn);
 	ck_assert(PQstatus(chk) == CONNECTION_OK);
@@ -420,7 +453,7 @@ static Suite *dedupe_partitions_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_dedupe_resend_other_timestamp);
 	tcase_add_test(tc, test_dedupe_default_moves_to_new_day);
-	tcase_add_test(tc, test_dedupe_drop_and_too_late);
+	tcase_add_test(tc, test_dedupe_drop_and_id_too_old);
 	tcase_add_test(tc, test_dedupe_maintain_busy);
 	tcase_add_test(tc, test_dedupe_upgrade_from_0023);
 	tcase_add_test(tc, test_dedupe_sql_equals_c);
