@@ -50,7 +50,7 @@ static const char *key_partition(const char *source, const char *id)
 		 "SELECT coalesce((SELECT tableoid::regclass::text FROM"
 		 " usage_dedupe WHERE digest = tally_event_digest('%s', '%s')),"
 		 " 'none')", source, id);
-	snprintf(out, sizeof(out), "%s", agg_query1(chk, sql));
+	snprintf(out, sizeof(out), "%.63s", agg_query1(chk, sql));
 	return out;
 }
 
@@ -63,7 +63,7 @@ static const char *day_name(int days)
 	snprintf(sql, sizeof(sql),
 		 "SELECT 'usage_dedupe_d' || to_char((now() AT TIME ZONE 'UTC')"
 		 "::date + %d, 'YYYYMMDD')", days);
-	snprintf(out, sizeof(out), "%s", agg_query1(chk, sql));
+	snprintf(out, sizeof(out), "%.63s", agg_query1(chk, sql));
 	return out;
 }
 
@@ -76,7 +76,7 @@ static const char *day_of(int64_t t)
 	snprintf(sql, sizeof(sql),
 		 "SELECT 'usage_dedupe_d' || to_char((timestamptz 'epoch' + %"
 		 PRId64 " * interval '1 ms') AT TIME ZONE 'UTC', 'YYYYMMDD')", t);
-	snprintf(out, sizeof(out), "%s", agg_query1(chk, sql));
+	snprintf(out, sizeof(out), "%.63s", agg_query1(chk, sql));
 	return out;
 }
 
@@ -241,7 +241,7 @@ START_TEST(test_dedupe_maintain_busy)
 	int64_t now = tally_now_ms();
 	PGconn *other = PQconnectdb(dsn);
 	PGresult *r;
-	char want[128], got[512], sql[512], v7[48];
+	char want[640], got[512], sql[512], v7[48];
 
 	ck_assert(PQstatus(other) == CONNECTION_OK);
 	uuid7(v7, now + 8 * DAY_MS, 7);
