@@ -73,6 +73,7 @@ PGconn *pg_open(const char *dsn, const char *table);
 int cmd_topics(int argc, char **argv);
 int cmd_delete(int argc, char **argv);
 int cmd_count(int argc, char **argv);
+int cmd_group_ready(int argc, char **argv);
 int cmd_copy(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 int cmd_ledger_rows(int argc, char **argv);

@@ -17,6 +17,9 @@
  *   tally-bench pgcopy  --dsn D --table T --file FILE   timed COPY FROM STDIN
  *   tally-bench delete  -b B TOPIC...           delete topics
  *   tally-bench count   -b B --topic T              data messages in T
+ *   tally-bench group-ready -b B --group G --topic T [--timeout-s S]
+ *                       wait until group G is Stable and holds every
+ *                       partition of T (exit 1 at the timeout, default 60 s)
  *   tally-bench gen     --config CFG --topic T [--events N --tenants T --dup F
  *                       --ooo F --late F --models FILE --expected FILE]
  *                       the workload (tally_gen) through the producer API
@@ -35,7 +38,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2) {
 		fprintf(stderr, "usage: tally-bench topics|copy|probe|naive|"
-				"ledger-rows|pgcopy|count|synth ...\n");
+				"ledger-rows|pgcopy|count|group-ready|synth ...\n");
 		return 2;
 	}
 	argc--;
@@ -56,6 +59,8 @@ int main(int argc, char **argv)
 		return cmd_delete(argc, argv);
 	if (strcmp(argv[0], "count") == 0)
 		return cmd_count(argc, argv);
+	if (strcmp(argv[0], "group-ready") == 0)
+		return cmd_group_ready(argc, argv);
 	if (strcmp(argv[0], "gen") == 0)
 		return cmd_gen(argc, argv);
 	if (strcmp(argv[0], "synth") == 0)
