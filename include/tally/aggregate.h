@@ -54,6 +54,9 @@ typedef struct tally_agg_opts {
 	/* distinct provider/model names per tenant (tenant_models); an event
 	 * naming one more is a dead letter; 0 = 1000 */
 	size_t max_models_per_tenant;
+	/* distinct workflows and users known committed, kept in memory so a
+	 * batch sends only new ones (docs/aggregate.md); 0 = none kept */
+	size_t known_keys;
 } tally_agg_opts;
 
 /** One consumed message (a view: nothing is owned). */
@@ -66,6 +69,7 @@ typedef struct tally_agg_stats {
 	size_t dead_lettered; /* undecodable or out of the time window */
 	size_t published;     /* totals messages produced */
 	size_t gaps;          /* partitions whose next offsets retention deleted */
+	size_t known_skipped; /* workflows and users not sent: known committed */
 	size_t dedupe_fallbacks; /* batches whose plain dedupe insert met a key
 				  * already in PostgreSQL (then ON CONFLICT) */
 } tally_agg_stats;

@@ -16,6 +16,7 @@
 #include "tally/dedupe_key.h"
 #include "tally/log.h"
 
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 		  tally_error *err)
 {
 	tally_agg *agg;
+	uint8_t secret[16];
+	size_t opts_known = opts->known_keys;
 	int64_t timeled_from;
 	int rc = read_timeled_from(pg, &timeled_from, err);
 
@@ -67,6 +70,9 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 		agg->outbox = tally_outbox_new(agg->producer, agg->totals_topic,
 					       sizeof(totals_ack));
 	agg_seen_init(&agg->seen, opts->recent_keys);
+	if (RAND_bytes(secret, sizeof(secret)) != 1)
+		opts_known = 0; /* no secret, no cache: every key is sent */
+	tally_known_init(&agg->known, opts_known, secret);
 	{
 		const char *t = getenv("TALLY_AGG_TRACE");
 
@@ -96,6 +102,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->own.errs);
 	tally_hashset_free(&agg->dedupe);
 	free(agg->seen.keys);
+	tally_known_free(&agg->known);
 	tally_hashset_free(&agg->seen.h);
 	tally_strbuf_free(&agg->wf_t);
 	tally_strbuf_free(&agg->wf_p);
@@ -205,6 +212,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	if (rc != 0)
 		return rc;
 	agg_acks_committed(agg);
+	tally_known_commit(&agg->known);
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK)
 			agg_seen_add(&agg->seen, agg->items[i].key);

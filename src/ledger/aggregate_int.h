@@ -22,6 +22,7 @@
 #include "tally/money.h"
 #include "tally/positions.h"
 #include "base/hashset.h"
+#include "ledger/known_keys.h"
 #include "io/outbox.h"
 #include "base/strbuf.h"
 
@@ -231,6 +232,7 @@ struct tally_agg {
 	bool stage_pending;
 	bool trace;               /* TALLY_AGG_TRACE=1: per-phase timings */
 	seen_ring seen;       /* keys committed lately (dedupe()) */
+	tally_known_keys known; /* workflows and users known committed */
 	int dedupe_slow;      /* batches left on the ON CONFLICT path */
 	int dedupe_streak;    /* fallbacks since the last fast success */
 	/* distinct workflows of the batch (totals) */
@@ -354,6 +356,9 @@ void agg_classify(tally_agg *agg);
 
 /* dedupe.c */
 void agg_seen_init(seen_ring *r, size_t cap);
+/* the (tenant, period, id) of kind (TALLY_KNOWN_*) known committed:
+ * true; otherwise noted for tally_known_commit after the batch */
+bool agg_known(tally_agg *agg, int kind, const item *it, const tally_str *id);
 bool agg_seen_has(const seen_ring *r, const uint8_t *k);
 void agg_seen_add(seen_ring *r, const uint8_t *k);
 int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err);

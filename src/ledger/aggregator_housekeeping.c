@@ -141,6 +141,10 @@ void aggr_register_metrics(tally_aggregator *a)
 		  "Batches whose plain dedupe insert met a key already in"
 		  " PostgreSQL and were deduplicated with ON CONFLICT instead",
 		  &a->c_fallbacks },
+		{ "tally_aggregate_known_keys_skipped_total", NULL,
+		  "Distinct workflows and users not sent to PostgreSQL because"
+		  " this instance saw them committed (aggregate.known_keys)",
+		  &a->c_known },
 		{ "tally_aggregate_batch_seconds", NULL,
 		  "Time to process and commit one batch",
 		  .histogram = &a->h_batch },

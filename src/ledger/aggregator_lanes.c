@@ -140,6 +140,7 @@ static void batch_done(lane *ln, const job *j, const tally_agg_stats *st,
 	tally_counter_add(a->c_adj, st->adjusted);
 	tally_counter_add(a->c_gaps, st->gaps);
 	tally_counter_add(a->c_fallbacks, st->dedupe_fallbacks);
+	tally_counter_add(a->c_known, st->known_skipped);
 	ln->busy_ns = tally_mono_ns() - t0;
 	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));
 	observe_event_lag(a->h_event_lag, j);
@@ -305,5 +306,8 @@ int aggr_lane_open(tally_aggregator *a, lane *ln, int idx, tally_error *err)
 	/* a lane sees its share of the traffic: the same time span of
 	 * committed keys in its share of the default ring */
 	ao.recent_keys = 65536 / (size_t)a->nlanes;
+	ao.known_keys = (size_t)tally_config_int(a->cfg,
+						 "aggregate.known_keys") /
+			(size_t)a->nlanes;
 	return tally_agg_new(&ln->agg, ln->pg, &ao, err);
 }

@@ -340,6 +340,22 @@ static void build_apply(tally_agg *agg, tally_strbuf *q)
 	agg->ncols = np;
 }
 
+/* the key (tenant, period, id) known committed: not to be sent again */
+bool agg_known(tally_agg *agg, int kind, const item *it,
+	       const tally_str *id)
+{
+	uint8_t d[16];
+
+	if (agg->known.nbuckets == 0)
+		return false;
+	tally_known_digest(&agg->known, d, kind, it->re.ev.tenant_id, it->ps,
+			   id->ptr, id->len);
+	if (!tally_known_check(&agg->known, d))
+		return false;
+	agg->st.known_skipped++;
+	return true;
+}
+
 /*
  * Distinct workflows per tenant and open period (migrations/0007): the ids
  * of this batch's accepted workflow executions go in once each; only ids
@@ -362,7 +378,9 @@ static void collect_workflows(tally_agg *agg)
 		const agg_event *ev = &it->re.ev;
 
 		if (it->status != ST_OK || it->closed ||
-		    ev->meter != TALLY_METER_WORKFLOW || ev->workflow_id.len == 0)
+		    ev->meter != TALLY_METER_WORKFLOW ||
+		    ev->workflow_id.len == 0 ||
+		    agg_known(agg, TALLY_KNOWN_WORKFLOW, it, &ev->workflow_id))
 			continue;
 		agg_uuid_arr(t, ev->tenant_id, n == 0);
 		tally_strbuf_printf(p, "%s%" PRId64, n ? "," : "", it->ps);
@@ -471,6 +489,8 @@ static int apply_totals(tally_agg *agg, tally_error *err)
 		dist[4] = agg->us_p.p;
 		dist[5] = agg->us_s.p;
 		rc = agg_bump_versions(agg, &at, &ap, dist, NULL, err);
+	} else {
+		tally_known_reset_pending(&agg->known); /* nothing was sent */
 	}
 	tally_strbuf_free(&at);
 	tally_strbuf_free(&ap);
@@ -525,6 +545,8 @@ int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err)
 
 	(void)pg;
 	agg->phase_t = tally_mono_ns();
+	tally_known_reset_pending(&agg->known);
+	agg->st.known_skipped = 0;
 	rc = agg_apply_prepare(agg, err);
 	if (rc != 0)
 		return rc;

@@ -95,7 +95,8 @@ void agg_collect_users(tally_agg *agg)
 		const tally_str *sub = &it->re.ev.subject;
 
 		if (it->status != ST_OK || it->closed || sub->len == 0 ||
-		    !first_of_user(agg, i))
+		    !first_of_user(agg, i) ||
+		    agg_known(agg, TALLY_KNOWN_USER, it, sub))
 			continue;
 		agg_uuid_arr(t, it->re.ev.tenant_id, n == 0);
 		tally_strbuf_printf(p, "%s%" PRId64, n ? "," : "", it->ps);

@@ -66,6 +66,7 @@ static inline tally_agg *aggpg_new_cap(const tally_pricebook *pb,
 	o.future_ms = 300000;
 	o.pricebook = pb;
 	o.recent_keys = recent_keys;
+	o.known_keys = 4096; /* as tally-aggregate: known workflows and users */
 	o.max_models_per_tenant = max_models;
 	ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);
 	for (p = 0; p < 4; p++)

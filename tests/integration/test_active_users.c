@@ -3,7 +3,8 @@
  * billing period: exact under duplicates within a batch, re-sent events,
  * a replay by a new instance (the PostgreSQL dedupe path) and events
  * without a subject, counted in each period on either side of a period
- * boundary, closed periods left alone; and end to end through
+ * boundary, closed periods left alone, a user known committed not sent
+ * again; and end to end through
  * billing.totals into tally-alerts: max_users crossed raises its
  * plan_limit alert once, also when every totals message is replayed.
  */
@@ -141,6 +142,8 @@ START_TEST(test_active_users_exact)
 	run(agg, &b, now, &st);
 	ck_assert_int_eq(st.accepted, 7);
 	ck_assert_int_eq(st.adjusted, 1);
+	/* u2 of this period was committed by the first batch: not sent */
+	ck_assert_int_eq(st.known_skipped, 1);
 	batch_free(&b);
 	/* the period before, as the tenant's cycle puts it */
 	snprintf(sql, sizeof(sql), "SELECT (extract(epoch FROM"
@@ -307,6 +310,7 @@ START_TEST(test_active_users_max_users_alert_once)
 	o.producer = rk;
 	o.dlq_topic = dlq;
 	o.totals_topic = totals;
+	o.known_keys = 4096;
 	/* a first run, then a replay of the same events by a new instance */
 	for (k = 0; k < 2; k++) {
 		ck_assert(tally_agg_new(&agg, pg, &o, &err) == 0);

@@ -323,6 +323,8 @@ END_TEST
  * Distinct workflows per period: executions of wf-a, wf-a, wf-b in one
  * batch, then wf-b, wf-c and a re-sent duplicate in another, count 3
  * workflows (5 executions); the count travels in the totals' `workflows`.
+ * wf-b, known committed, is not sent again; a new instance sends it once
+ * (PostgreSQL has it: 3 workflows, 7 executions), then knows it.
  */
 START_TEST(test_aggregate_distinct_workflows)
 {
@@ -360,11 +362,28 @@ START_TEST(test_aggregate_distinct_workflows)
 	batch_add(&b, &g.re, 0);
 	ck_assert_int_eq(run(agg, &b, now, &st), 0);
 	ck_assert_int_eq(st.duplicates, 1);
+	/* wf-b was committed by the first batch: known, not sent again */
+	ck_assert_int_eq(st.known_skipped, 1);
 	batch_free(&b);
+	/* a new instance knows nothing yet: wf-b goes to PostgreSQL, which
+	 * has it; its next batch knows it */
+	tally_agg_free(agg);
+	agg = new_agg();
+	for (i = 0; i < 2; i++) {
+		agg_gen_event(&g, 7, 106 + i * 10, now - 3600000);
+		agg_tenant(g.re.ev.tenant_id, 0);
+		g.re.ev.workflow_id.ptr = "wf-b";
+		g.re.ev.workflow_id.len = 4;
+		batch_add(&b, &g.re, 1);
+		ck_assert_int_eq(run(agg, &b, now, &st), 0);
+		ck_assert_int_eq(st.accepted, 1);
+		ck_assert_int_eq(st.known_skipped, (size_t)i);
+		batch_free(&b);
+	}
 	snprintf(sql, sizeof(sql), "SELECT sum(workflows) * 1000 + "
 		 "sum(workflow_executions) FROM tenant_period_usage WHERE "
 		 "tenant_id = '%s'", tid);
-	ck_assert_int_eq(agg_query_i64(chk, sql), 3 * 1000 + 5);
+	ck_assert_int_eq(agg_query_i64(chk, sql), 3 * 1000 + 7);
 	snprintf(sql, sizeof(sql), "SELECT count(*) FROM "
 		 "tenant_period_workflows WHERE tenant_id = '%s'", tid);
 	ck_assert_int_eq(agg_query_i64(chk, sql), 3);
