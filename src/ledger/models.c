@@ -220,14 +220,18 @@ typedef struct pass_run {
 	tally_strbuf a[3];
 } pass_run;
 
+/* each tenant's pairs counted once, not once per entry */
 static const char STATE_SQL[] =
-	"SELECT x.i, p.id, m.id, tm.tenant_id IS NOT NULL,"
-	" (SELECT count(*) FROM tenant_models c WHERE c.tenant_id = x.t)"
-	" FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY"
-	" x(t, p, m, i) LEFT JOIN providers p ON p.name = x.p"
+	"WITH x AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])"
+	" WITH ORDINALITY x(t, p, m, i)),"
+	" c AS (SELECT c.tenant_id, count(*) AS n FROM tenant_models c"
+	" WHERE c.tenant_id IN (SELECT DISTINCT t FROM x) GROUP BY 1)"
+	" SELECT x.i, p.id, m.id, tm.tenant_id IS NOT NULL, coalesce(c.n, 0)"
+	" FROM x LEFT JOIN providers p ON p.name = x.p"
 	" LEFT JOIN models m ON m.provider_id = p.id AND m.name = x.m"
 	" LEFT JOIN tenant_models tm ON tm.tenant_id = x.t"
-	" AND tm.model_id = m.id ORDER BY x.i";
+	" AND tm.model_id = m.id LEFT JOIN c ON c.tenant_id = x.t"
+	" ORDER BY x.i";
 
 /*
  * Read which entries' pairs are in tenant_models (P_OK, with their ids).
