@@ -69,6 +69,9 @@ char *tally_xstrndup(const char *s, size_t n);
  */
 int tally_parse_i64(int64_t *out, const char *s) TALLY_MUSTCHECK;
 
+/** The value of hex digit c (either case), or -1. */
+int tally_hex_digit(char c);
+
 /** Current wall-clock time in unix milliseconds. */
 int64_t tally_now_ms(void);
 

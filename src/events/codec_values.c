@@ -161,17 +161,6 @@ int tally_codec__get_time(tally_codec__st *st, const char *field,
 		    "%s must be unix ms or an RFC 3339 string", field);
 }
 
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* 8-4-4-4-12 hex digits, either case (libuuid's uuid_parse is the same
  * grammar but several times slower on the hot path). */
 static int uuid_hex(uint8_t out[16], const char *s, uint32_t len)
@@ -189,8 +178,8 @@ static int uuid_hex(uint8_t out[16], const char *s, uint32_t len)
 			i++;
 			continue;
 		}
-		hi = hexval(s[i]);
-		lo = hexval(s[i + 1]);
+		hi = tally_hex_digit(s[i]);
+		lo = tally_hex_digit(s[i + 1]);
 		if (hi < 0 || lo < 0)
 			return -1;
 		out[k++] = (uint8_t)(hi << 4 | lo);

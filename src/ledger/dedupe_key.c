@@ -5,22 +5,12 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "tally/dedupe_key.h"
+#include "tally/common.h"
 #include "tally/event.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 /* Crockford base32 value of c (either case; I, L, O, U are not ULID
  * characters), or -1. */
@@ -46,7 +36,7 @@ static int64_t uuid7_time(const char *id)
 		if (i == 8 || i == 13 || i == 18 || i == 23) {
 			if (id[i] != '-')
 				return -1;
-		} else if (hexval(id[i]) < 0) {
+		} else if (tally_hex_digit(id[i]) < 0) {
 			return -1;
 		}
 	}
@@ -54,7 +44,7 @@ static int64_t uuid7_time(const char *id)
 		return -1;
 	for (i = 0; i < 13; i++)
 		if (i != 8)
-			t = t * 16 + hexval(id[i]);
+			t = t * 16 + tally_hex_digit(id[i]);
 	return t;
 }
 
