@@ -74,7 +74,7 @@ static const keydef keys[] = {
 	I("aggregate.batch_ms", 200, true, 1, 60000),
 	I("aggregate.lanes", 1, false, 1, 8),
 	/* distinct workflows + users kept in memory (8 bytes each) */
-	I("aggregate.known_keys", 262144, false, 0, 16777216),
+	I("aggregate.known_keys", 131072, false, 0, 16777216),
 	/* not reloadable: the lanes keep the window they started with, and
 	 * the dedupe keys are kept for it (a smaller window on reload would
 	 * drop keys of events still accepted) */
