@@ -9,6 +9,7 @@
 #include "tally/log.h"
 #include "tally/pg.h"
 #include "io/kafka_lag.h"
+#include "io/kafka_stall.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct tally_consumer {
 	unsigned generation;
 	/* start offsets of the current assignment (NULL when none) */
 	rd_kafka_topic_partition_list_t *assigned;
+	tally_kafka_stall stall; /* kafka.rejoin_timeout_ms */
 };
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -223,6 +225,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			rd_kafka_topic_partition_list_destroy(c->assigned);
 		c->assigned = rd_kafka_topic_partition_list_copy(parts);
 		rd_kafka_assign(rk, parts);
+		tally_kafka_stall_assigned(&c->stall);
 	} else {
 		if (c->opts.on_revoke != NULL)
 			c->opts.on_revoke(parts, c->opts.payload);
@@ -234,6 +237,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			rd_kafka_topic_partition_list_destroy(c->assigned);
 		c->assigned = NULL;
 		rd_kafka_assign(rk, NULL);
+		tally_kafka_stall_revoked(&c->stall, tally_mono_ns());
 	}
 }
 
@@ -296,6 +300,8 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 	}
 	rd_kafka_poll_set_consumer(c->rk);
 	c->q = rd_kafka_queue_get_consumer(c->rk);
+	tally_kafka_stall_init(&c->stall, opts->rejoin_timeout_ms,
+			       tally_mono_ns());
 	for (n = 0; opts->topics[n] != NULL; n++)
 		;
 	subs = rd_kafka_topic_partition_list_new(n);
@@ -397,12 +403,24 @@ size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 		}
 	}
 	free(last);
+	(void)tally_kafka_stall_check(&c->stall, c->rk, c->opts.group,
+				      c->opts.metrics);
 	return n;
 }
 
 unsigned tally_consumer_generation(const tally_consumer *c)
 {
 	return c->generation;
+}
+
+bool tally_consumer_stalled(const tally_consumer *c)
+{
+	return c->stall.fired;
+}
+
+bool tally_kafka_stalled(void)
+{
+	return tally_kafka_stall_seen();
 }
 
 void tally_offsets_note(rd_kafka_topic_partition_list_t *l, const char *topic,
@@ -458,10 +476,15 @@ void tally_consumer_free(tally_consumer *c)
 {
 	if (c == NULL)
 		return;
-	if (c->q != NULL)
-		rd_kafka_queue_destroy(c->q);
-	rd_kafka_consumer_close(c->rk);
-	rd_kafka_destroy(c->rk);
+	if (c->stall.fired) {
+		/* close and destroy wait for the rebalance that is stuck */
+		tally_kafka_stall_close(c->rk, c->q, 10000);
+	} else {
+		if (c->q != NULL)
+			rd_kafka_queue_destroy(c->q);
+		rd_kafka_consumer_close(c->rk);
+		rd_kafka_destroy(c->rk);
+	}
 	if (c->assigned != NULL)
 		rd_kafka_topic_partition_list_destroy(c->assigned);
 	free(c);
@@ -499,94 +522,4 @@ int tally_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
 				       rd_kafka_err2str(kerr));
 	}
 	return 0;
-}
-
-/*
- * A topic that CreateTopics just acknowledged may not have a leader for
- * every partition yet (NOT_LEADER_FOR_PARTITION on the first request): wait,
- * up to 30 s, until the metadata shows a leader everywhere.
- */
-static int wait_for_leaders(rd_kafka_t *rk, const char **topics, int n,
-			    tally_error *err)
-{
-	int64_t deadline = tally_mono_ns() + INT64_C(30000000000);
-	int i;
-
-	for (i = 0; i < n; i++) {
-		for (;;) {
-			const struct rd_kafka_metadata *md = NULL;
-			rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topics[i],
-								   NULL);
-			rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md,
-								  5000);
-			bool ready = false;
-			int p;
-
-			if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 &&
-			    md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-			    md->topics[0].partition_cnt > 0) {
-				ready = true;
-				for (p = 0; p < md->topics[0].partition_cnt; p++)
-					if (md->topics[0].partitions[p].leader < 0 ||
-					    md->topics[0].partitions[p].err != 0)
-						ready = false;
-			}
-			if (md != NULL)
-				rd_kafka_metadata_destroy(md);
-			rd_kafka_topic_destroy(rkt);
-			if (ready)
-				break;
-			if (tally_mono_ns() > deadline)
-				return tally_error_set(err, TALLY_ETRANSIENT,
-						       "topic %s: no leader after "
-						       "30 s", topics[i]);
-			tally_sleep_ms(100);
-		}
-	}
-	return 0;
-}
-
-int tally_kafka_create_topics(rd_kafka_t *rk, const char **topics,
-			      int partitions, tally_error *err)
-{
-	rd_kafka_NewTopic_t *nt[64];
-	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-	rd_kafka_event_t *ev;
-	char errstr[256];
-	int n, i, rc = 0;
-
-	for (n = 0; topics[n] != NULL && n < 64; n++)
-		nt[n] = rd_kafka_NewTopic_new(topics[n], partitions, 1, errstr,
-					      sizeof(errstr));
-	rd_kafka_CreateTopics(rk, nt, (size_t)n, NULL, q);
-	ev = rd_kafka_queue_poll(q, 30000);
-	if (ev == NULL) {
-		rc = tally_error_set(err, TALLY_ETRANSIENT,
-				     "create topics: timed out");
-	} else {
-		const rd_kafka_CreateTopics_result_t *res =
-			rd_kafka_event_CreateTopics_result(ev);
-		size_t cnt = 0;
-		const rd_kafka_topic_result_t **tr =
-			res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
-		if (res == NULL)
-			rc = tally_error_set(err, TALLY_ERROR, "create topics: %s",
-					     rd_kafka_event_error_string(ev));
-		for (i = 0; rc == 0 && i < (int)cnt; i++) {
-			rd_kafka_resp_err_t te = rd_kafka_topic_result_error(tr[i]);
-			if (te != RD_KAFKA_RESP_ERR_NO_ERROR &&
-			    te != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-				rc = tally_error_set(err, TALLY_ERROR,
-						     "create topic %s: %s",
-						     rd_kafka_topic_result_name(tr[i]),
-						     rd_kafka_err2str(te));
-		}
-		rd_kafka_event_destroy(ev);
-	}
-	for (i = 0; i < n; i++)
-		rd_kafka_NewTopic_destroy(nt[i]);
-	rd_kafka_queue_destroy(q);
-	if (rc == 0)
-		rc = wait_for_leaders(rk, topics, n, err);
-	return rc;
 }
