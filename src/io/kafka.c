@@ -199,6 +199,30 @@ int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 	return 0;
 }
 
+/*
+ * A lost assignment (session expired, member fenced) is revoked with the
+ * stored offsets still set, and the unassign commits them before the
+ * consumer may rejoin: to a coordinator that is just gone (a broker
+ * restart) that commit waits, and it would be refused anyway (the member
+ * is no longer in the group). Positions are in PostgreSQL (or re-read
+ * from Kafka's last commit, then redone idempotently), so they are
+ * forgotten instead: RD_KAFKA_OFFSET_INVALID is nothing to commit.
+ */
+static void forget_stored(rd_kafka_t *rk,
+			  const rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *l =
+		rd_kafka_topic_partition_list_copy(parts);
+	int i;
+
+	for (i = 0; i < l->cnt; i++)
+		l->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+	(void)rd_kafka_offsets_store(rk, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	tally_log(TALLY_WARN, "kafka.assignment_lost",
+		  TALLY_KV_INT("partitions", parts->cnt));
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			 rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -229,6 +253,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 	} else {
 		if (c->opts.on_revoke != NULL)
 			c->opts.on_revoke(parts, c->opts.payload);
+		/* after on_revoke: the batch it finishes may store offsets */
+		if (rd_kafka_assignment_lost(rk))
+			forget_stored(rk, parts);
 		for (i = 0; i < parts->cnt; i++)
 			tally_log(TALLY_INFO, "kafka.revoked",
 				  TALLY_KV_STR("topic", parts->elems[i].topic),

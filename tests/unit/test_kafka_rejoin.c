@@ -1,12 +1,18 @@
 /*
- * test_kafka_stall.c - the consumer liveness check (kafka.rejoin_timeout_ms,
- * src/io/kafka_stall.c) on librdkafka's in-process mock cluster:
+ * test_kafka_rejoin.c - a consumer gets back to an assignment after a
+ * rebalance that a coordinator does not serve, on librdkafka's in-process
+ * mock cluster (src/io/kafka.c, src/io/kafka_stall.c):
  *
- *  - a rebalance whose unassign waits for an offset commit the coordinator
- *    does not answer (the OffsetCommit response held 9 s) leaves the
- *    consumer in join state wait-unassign-to-complete with no assignment:
- *    past the limit, while the broker answers metadata, the consumer counts
- *    as stalled, counts it, and asks the loop to stop;
+ *  - a lost assignment (the coordinator no longer knows the member) is
+ *    revoked without committing its stored offsets: the consumer rejoins as
+ *    soon as the group lets it, not after the held OffsetCommit answer
+ *    (12 s);
+ *  - the liveness check (kafka.rejoin_timeout_ms): a rebalance whose
+ *    unassign waits for an offset commit the coordinator does not answer
+ *    (held 9 s) leaves the consumer in join state wait-unassign-to-complete
+ *    with no assignment; past the limit, while the broker answers
+ *    metadata, the consumer counts as stalled, counts it, and asks the loop
+ *    to stop;
  *  - a consumer that holds its assignment, and one whose broker is down
  *    longer than the limit (an outage, not a stall), never does.
  */
@@ -27,6 +33,8 @@
 #define GROUP "stall.g"
 #define APIKEY_OFFSET_COMMIT 8
 #define APIKEY_HEARTBEAT 12
+#define HELD_MS 9000
+#define LOST_HELD_MS 12000
 #define LIMIT_MS 1500
 #define MS INT64_C(1000000)
 
@@ -77,7 +85,7 @@ static int from_start(rd_kafka_topic_partition_list_t *parts, void *payload)
 	return 0;
 }
 
-static void start(fixture *f, int session_ms)
+static void start(fixture *f, int session_ms, int64_t limit_ms)
 {
 	static const char *topics[] = { TOPIC, NULL };
 	tally_consumer_opts co;
@@ -85,7 +93,7 @@ static void start(fixture *f, int session_ms)
 	tally_error err;
 	char v[16];
 
-	tally_log_init("test_kafka_stall", TALLY_ERR);
+	tally_log_init("test_kafka_rejoin", TALLY_ERR);
 	tally_signals_install();
 	f->mrk = bare(RD_KAFKA_PRODUCER, NULL);
 	f->mc = rd_kafka_mock_cluster_new(f->mrk, 1);
@@ -109,7 +117,7 @@ static void start(fixture *f, int session_ms)
 	co.topics = topics;
 	co.on_assign = from_start;
 	co.metrics = f->m;
-	co.rejoin_timeout_ms = LIMIT_MS;
+	co.rejoin_timeout_ms = limit_ms;
 	ck_assert_msg(tally_consumer_new(&f->c, conf, &co, &err) == 0, "%s",
 		      err.msg);
 }
@@ -153,13 +161,50 @@ static uint64_t stalls(fixture *f)
 		NULL));
 }
 
+START_TEST(test_lost_assignment_rejoins_without_commit)
+{
+	fixture f;
+	unsigned gen;
+	int64_t revoked = 0, assigned = 0, t;
+
+	/* 3 s sessions: the old member id the mock still holds expires
+	 * 3 s after the lost one, which the next assignment waits for */
+	start(&f, 3000, 0);
+	ck_assert_uint_eq(consume(&f, 20, 15000), 20);
+
+	/* the coordinator would hold the next OffsetCommit answer, and it
+	 * no longer knows the member: the assignment is lost */
+	ck_assert(rd_kafka_mock_broker_push_request_error_rtts(f.mc, 1,
+			APIKEY_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
+			LOST_HELD_MS) == RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_mock_push_request_errors(f.mc, APIKEY_HEARTBEAT, 1,
+		RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID);
+	gen = tally_consumer_generation(f.c);
+	t = tally_mono_ns();
+	while (tally_mono_ns() - t < 20000 * MS && assigned == 0) {
+		idle(&f, 50);
+		if (revoked == 0 && tally_consumer_generation(f.c) != gen)
+			revoked = tally_mono_ns();
+		if (tally_consumer_generation(f.c) - gen >= 2)
+			assigned = tally_mono_ns();
+	}
+	ck_assert_msg(revoked != 0, "the lost partitions were revoked");
+	ck_assert_msg(assigned != 0, "assigned again");
+	ck_assert_msg(assigned - revoked < 7000 * MS, "the rejoin waited "
+		      "%lld ms (for the commit of a lost assignment?)",
+		      (long long)((assigned - revoked) / MS));
+	ck_assert(!tally_consumer_stalled(f.c));
+	stop(&f);
+}
+END_TEST
+
 START_TEST(test_stuck_unassign_is_a_stall)
 {
 	fixture f;
 	unsigned gen;
 	int64_t revoked = 0, fired = 0, t;
 
-	start(&f, 6000);
+	start(&f, 6000, LIMIT_MS);
 	ck_assert_uint_eq(consume(&f, 20, 15000), 20);
 	ck_assert(!tally_consumer_stalled(f.c));
 
@@ -167,7 +212,7 @@ START_TEST(test_stuck_unassign_is_a_stall)
 	 * the revoked partitions' stored offsets) and asks for a rebalance */
 	ck_assert(rd_kafka_mock_broker_push_request_error_rtts(f.mc, 1,
 			APIKEY_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
-			9000) == RD_KAFKA_RESP_ERR_NO_ERROR);
+			HELD_MS) == RD_KAFKA_RESP_ERR_NO_ERROR);
 	rd_kafka_mock_push_request_errors(f.mc, APIKEY_HEARTBEAT, 1,
 		RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS);
 	gen = tally_consumer_generation(f.c);
@@ -184,7 +229,7 @@ START_TEST(test_stuck_unassign_is_a_stall)
 		      "the limit while the broker answers is stalled");
 	ck_assert_msg(fired - revoked >= LIMIT_MS * MS, "not before the limit"
 		      " (%lld ms)", (long long)((fired - revoked) / MS));
-	ck_assert_msg(fired - revoked < 9000 * MS, "while the unassign was "
+	ck_assert_msg(fired - revoked < HELD_MS * MS, "while the unassign was "
 		      "still stuck (%lld ms)", (long long)((fired - revoked) /
 							 MS));
 	ck_assert(tally_signals_stop_requested());
@@ -192,7 +237,7 @@ START_TEST(test_stuck_unassign_is_a_stall)
 	ck_assert_uint_eq(stalls(&f), 1);
 
 	/* once the answer comes the group settles; the close is bounded */
-	idle(&f, 9000);
+	idle(&f, HELD_MS);
 	ck_assert_uint_eq(stalls(&f), 1);
 	stop(&f);
 }
@@ -202,7 +247,7 @@ START_TEST(test_assigned_or_outage_is_no_stall)
 {
 	fixture f;
 
-	start(&f, 3000);
+	start(&f, 3000, LIMIT_MS);
 	ck_assert_uint_eq(consume(&f, 20, 15000), 20);
 	idle(&f, 3 * LIMIT_MS); /* holding the assignment */
 	ck_assert(!tally_consumer_stalled(f.c));
@@ -225,10 +270,11 @@ END_TEST
 
 static Suite *suite(void)
 {
-	Suite *s = suite_create("kafka_stall");
+	Suite *s = suite_create("kafka_rejoin");
 	TCase *tc = tcase_create("core");
 
 	tcase_set_timeout(tc, 55);
+	tcase_add_test(tc, test_lost_assignment_rejoins_without_commit);
 	tcase_add_test(tc, test_stuck_unassign_is_a_stall);
 	tcase_add_test(tc, test_assigned_or_outage_is_no_stall);
 	suite_add_tcase(s, tc);
