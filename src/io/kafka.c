@@ -202,9 +202,10 @@ int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 /*
  * A lost assignment (session expired, member fenced) is revoked with the
  * stored offsets still set, and the unassign commits them before the
- * consumer may rejoin: to a coordinator that is just gone (a broker
- * restart) that commit waits, and it would be refused anyway (the member
- * is no longer in the group). Positions are in PostgreSQL (or re-read
+ * consumer may rejoin (librdkafka clears the lost flag in assign(NULL)
+ * before it serves the removal; its #5585, after 2.12.1): to a coordinator
+ * that is just gone (a broker restart) that commit waits, and it would be
+ * refused anyway (the member is no longer in the group). Positions are in PostgreSQL (or re-read
  * from Kafka's last commit, then redone idempotently), so they are
  * forgotten instead: RD_KAFKA_OFFSET_INVALID is nothing to commit.
  */
