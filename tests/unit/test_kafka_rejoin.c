@@ -154,6 +154,20 @@ static void idle(fixture *f, int64_t ms)
 	(void)consume(f, (size_t)-1, ms);
 }
 
+/*
+ * The coordinator holds its next OffsetCommit answer for held_ms and
+ * answers the next Heartbeat with hb: a rebalance. Returns the generation
+ * before it.
+ */
+static unsigned rebalance(fixture *f, int held_ms, rd_kafka_resp_err_t hb)
+{
+	ck_assert(rd_kafka_mock_broker_push_request_error_rtts(f->mc, 1,
+			APIKEY_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
+			held_ms) == RD_KAFKA_RESP_ERR_NO_ERROR);
+	rd_kafka_mock_push_request_errors(f->mc, APIKEY_HEARTBEAT, 1, hb);
+	return tally_consumer_generation(f->c);
+}
+
 static uint64_t stalls(fixture *f)
 {
 	return tally_counter_get(tally_metrics_counter(f->m,
@@ -174,12 +188,7 @@ START_TEST(test_lost_assignment_rejoins_without_commit)
 
 	/* the coordinator would hold the next OffsetCommit answer, and it
 	 * no longer knows the member: the assignment is lost */
-	ck_assert(rd_kafka_mock_broker_push_request_error_rtts(f.mc, 1,
-			APIKEY_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
-			LOST_HELD_MS) == RD_KAFKA_RESP_ERR_NO_ERROR);
-	rd_kafka_mock_push_request_errors(f.mc, APIKEY_HEARTBEAT, 1,
-		RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID);
-	gen = tally_consumer_generation(f.c);
+	gen = rebalance(&f, LOST_HELD_MS, RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID);
 	t = tally_mono_ns();
 	while (tally_mono_ns() - t < 20000 * MS && assigned == 0) {
 		idle(&f, 50);
@@ -210,12 +219,7 @@ START_TEST(test_stuck_unassign_is_a_stall)
 
 	/* the coordinator holds the next OffsetCommit answer (the commit of
 	 * the revoked partitions' stored offsets) and asks for a rebalance */
-	ck_assert(rd_kafka_mock_broker_push_request_error_rtts(f.mc, 1,
-			APIKEY_OFFSET_COMMIT, 1, RD_KAFKA_RESP_ERR_NO_ERROR,
-			HELD_MS) == RD_KAFKA_RESP_ERR_NO_ERROR);
-	rd_kafka_mock_push_request_errors(f.mc, APIKEY_HEARTBEAT, 1,
-		RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS);
-	gen = tally_consumer_generation(f.c);
+	gen = rebalance(&f, HELD_MS, RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS);
 	t = tally_mono_ns();
 	while (tally_mono_ns() - t < 20000 * MS && fired == 0) {
 		idle(&f, 100);
