@@ -101,7 +101,7 @@ def write_cfg(path, svc, prefix, relay_port):
     with open(path, "w") as f:
         f.write("""log: { level = "info"; };
 kafka: { brokers = "%(b)s"; client_id = "tally-chaos"; session_timeout_ms = 6000;
-         rejoin_timeout_ms = 20000; };
+         rejoin_timeout_ms = 30000; };
 topics: { usage = "%(p)s.usage"; rated = "%(p)s.rated"; totals = "%(p)s.totals";
           commands = "%(p)s.commands"; stripe_events = "%(p)s.stripe";
           signals = "%(p)s.signals"; alerts = "%(p)s.alerts"; };

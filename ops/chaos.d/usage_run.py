@@ -28,7 +28,7 @@ def write_cfg(path, run, svc, prefix, name, rate_txid=""):
         f.write("""# written by ops/chaos for run %(run)s (%(name)s)
 log: { level = "info"; };
 kafka: { brokers = "%(brokers)s"; client_id = "tally-chaos"; session_timeout_ms = 6000;
-         rejoin_timeout_ms = 20000; };
+         rejoin_timeout_ms = 30000; };
 topics: { usage = "%(usage)s"; rated = "%(rated)s"; totals = "%(totals)s";
           commands = "%(commands)s"; stripe_events = "%(stripe)s";
           signals = "%(signals)s"; alerts = "%(alerts)s"; };
