@@ -289,6 +289,7 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 	tally_consumer *c = tally_xcalloc(1, sizeof(*c));
 	char errstr[512];
 	rd_kafka_topic_partition_list_t *subs = NULL;
+	rd_kafka_conf_t *probe;
 	rd_kafka_resp_err_t kerr;
 	int rc, n;
 
@@ -312,23 +313,30 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 		free(c);
 		return rc;
 	}
+	/* the liveness probe's own client: brokers, security, no group */
+	probe = opts->rejoin_timeout_ms > 0 ? tally_kafka_stall_conf(conf) :
+					      NULL;
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
 	rd_kafka_conf_set_opaque(conf, c);
 	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (c->rk == NULL) {
 		rd_kafka_conf_destroy(conf);
+		if (probe != NULL)
+			rd_kafka_conf_destroy(probe);
 		free(c);
 		return tally_error_set(err, TALLY_ERROR, "kafka consumer: %s",
 				       errstr);
 	}
 	if (preflight(c->rk, err) != 0) {
 		rd_kafka_destroy(c->rk);
+		if (probe != NULL)
+			rd_kafka_conf_destroy(probe);
 		free(c);
 		return TALLY_EINVALID;
 	}
 	rd_kafka_poll_set_consumer(c->rk);
 	c->q = rd_kafka_queue_get_consumer(c->rk);
-	tally_kafka_stall_init(&c->stall, opts->rejoin_timeout_ms,
+	tally_kafka_stall_init(&c->stall, opts->rejoin_timeout_ms, probe,
 			       tally_mono_ns());
 	for (n = 0; opts->topics[n] != NULL; n++)
 		;
@@ -431,7 +439,7 @@ size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 		}
 	}
 	free(last);
-	(void)tally_kafka_stall_check(&c->stall, c->rk, c->opts.group,
+	(void)tally_kafka_stall_check(&c->stall, c->opts.group,
 				      c->opts.metrics);
 	return n;
 }
@@ -515,6 +523,7 @@ void tally_consumer_free(tally_consumer *c)
 	}
 	if (c->assigned != NULL)
 		rd_kafka_topic_partition_list_destroy(c->assigned);
+	tally_kafka_stall_free(&c->stall);
 	free(c);
 }
 

@@ -20,9 +20,30 @@
 
 static atomic_bool stall_seen;
 
-void tally_kafka_stall_init(tally_kafka_stall *s, int64_t limit_ms,
-			    int64_t now)
+rd_kafka_conf_t *tally_kafka_stall_conf(const rd_kafka_conf_t *consumer)
 {
+	/* consumer-only properties would be warned about by a producer */
+	static const char *skip[] = {
+		"group.", "enable.auto.", "auto.", "isolation.", "statistics.",
+		"session.", "max.poll.", "heartbeat.", "partition.assignment",
+		"fetch.", "queued.", "enable.partition.eof", "check.crcs",
+	};
+
+	return rd_kafka_conf_dup_filter(consumer, sizeof(skip) /
+					sizeof(skip[0]), skip);
+}
+
+void tally_kafka_stall_free(tally_kafka_stall *s)
+{
+	if (s->probe != NULL)
+		rd_kafka_conf_destroy(s->probe);
+	s->probe = NULL;
+}
+
+void tally_kafka_stall_init(tally_kafka_stall *s, int64_t limit_ms,
+			    rd_kafka_conf_t *probe, int64_t now)
+{
+	s->probe = probe;
 	s->limit_ns = limit_ms > 0 ? limit_ms * NS_PER_MS : 0;
 	s->unassigned_since = now;
 	s->counted_from = now;
@@ -60,32 +81,46 @@ static void set_gauge(tally_kafka_stall *s, const char *group,
 		(now - s->unassigned_since) / (1000 * NS_PER_MS) : 0);
 }
 
-/* Whether a broker answers a metadata request now. */
-static bool broker_answers(rd_kafka_t *rk)
+/*
+ * Whether a broker answers a metadata request of a new client now. Not
+ * the consumer's handle: a stuck one may have no broker connection left
+ * (its group in query-coord with "no broker available" while Kafka is up).
+ */
+static bool broker_answers(const rd_kafka_conf_t *probe)
 {
 	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, NULL, &md,
-						  PROBE_TIMEOUT_MS);
+	rd_kafka_conf_t *conf = rd_kafka_conf_dup(probe);
+	rd_kafka_resp_err_t e;
+	char errstr[256];
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr,
+				      sizeof(errstr));
 
+	if (rk == NULL) {
+		rd_kafka_conf_destroy(conf);
+		return false;
+	}
+	e = rd_kafka_metadata(rk, 0, NULL, &md, PROBE_TIMEOUT_MS);
 	if (md != NULL)
 		rd_kafka_metadata_destroy(md);
+	rd_kafka_destroy(rk);
 	return e == RD_KAFKA_RESP_ERR_NO_ERROR;
 }
 
-bool tally_kafka_stall_check(tally_kafka_stall *s, rd_kafka_t *rk,
-			     const char *group, tally_metrics *m)
+bool tally_kafka_stall_check(tally_kafka_stall *s, const char *group,
+			     tally_metrics *m)
 {
 	int64_t now = tally_mono_ns(), waited;
 	char labels[160], g[128];
 
 	set_gauge(s, group, m, now);
-	if (s->limit_ns == 0 || s->fired || s->unassigned_since == 0)
+	if (s->limit_ns == 0 || s->probe == NULL || s->fired ||
+	    s->unassigned_since == 0)
 		return false;
 	if (now < s->next_probe)
 		return false;
 	s->next_probe = now + (s->limit_ns / 4 < PROBE_EVERY_NS ?
 			       s->limit_ns / 4 : PROBE_EVERY_NS);
-	if (!broker_answers(rk)) {
+	if (!broker_answers(s->probe)) {
 		/* an outage: the group gets the whole limit once Kafka is back */
 		s->counted_from = tally_mono_ns();
 		return false;

@@ -29,12 +29,22 @@ typedef struct tally_kafka_stall {
 				   * (restarts when a probe finds no broker) */
 	int64_t next_probe;       /* mono ns: no metadata probe before */
 	int64_t gauge_at;         /* mono ns of the last gauge update */
+	rd_kafka_conf_t *probe;   /* the probe client's conf (owned) */
 	bool fired;
 } tally_kafka_stall;
 
-/* Start without an assignment at now (the consumer subscribes). */
+/*
+ * The conf of the probe client from a consumer's conf (brokers, security,
+ * the log and error callbacks; none of the group's properties), or NULL.
+ */
+rd_kafka_conf_t *tally_kafka_stall_conf(const rd_kafka_conf_t *consumer);
+
+/* Start without an assignment at now (the consumer subscribes); probe is
+ * taken over (NULL only with the check off). */
 void tally_kafka_stall_init(tally_kafka_stall *s, int64_t limit_ms,
-			    int64_t now);
+			    rd_kafka_conf_t *probe, int64_t now);
+
+void tally_kafka_stall_free(tally_kafka_stall *s);
 
 /* The assign callback ran (an empty assignment counts: the group is
  * steady, this member simply has no partition). */
@@ -47,13 +57,14 @@ void tally_kafka_stall_revoked(tally_kafka_stall *s, int64_t now);
  * Called between polls. Updates the gauge
  * tally_kafka_consumer_unassigned_seconds{group} (m may be NULL). Without
  * an assignment, probes the brokers every quarter of the limit (at most
- * every 5 s; a metadata request, at most 2 s): when none answers, the
- * wait counts again from then, so that the group gets the whole limit to
- * settle once Kafka is back; past the limit with a broker answering, it
- * fires. Returns true when it fired now.
+ * every 5 s) with a client of its own (a metadata request, at most 2 s:
+ * the consumer's own handle may be the one that cannot reach them): when
+ * none answers, the wait counts again from then, so that the group gets
+ * the whole limit to settle once Kafka is back; past the limit with a
+ * broker answering, it fires. Returns true when it fired now.
  */
-bool tally_kafka_stall_check(tally_kafka_stall *s, rd_kafka_t *rk,
-			     const char *group, tally_metrics *m);
+bool tally_kafka_stall_check(tally_kafka_stall *s, const char *group,
+			     tally_metrics *m);
 
 /* True once any consumer of the process fired (the exit status). */
 bool tally_kafka_stall_seen(void);
