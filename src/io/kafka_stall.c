@@ -29,8 +29,12 @@ rd_kafka_conf_t *tally_kafka_stall_conf(const rd_kafka_conf_t *consumer)
 		"fetch.", "queued.", "enable.partition.eof", "check.crcs",
 	};
 
-	return rd_kafka_conf_dup_filter(consumer, sizeof(skip) /
-					sizeof(skip[0]), skip);
+	rd_kafka_conf_t *conf = rd_kafka_conf_dup_filter(consumer,
+		sizeof(skip) / sizeof(skip[0]), skip);
+
+	/* the topic defaults (auto.offset.reset) are not filtered above */
+	rd_kafka_conf_set_default_topic_conf(conf, rd_kafka_topic_conf_new());
+	return conf;
 }
 
 void tally_kafka_stall_free(tally_kafka_stall *s)
