@@ -161,6 +161,8 @@ typedef struct tally_rebalance_ops {
 	 *  what is retrying); NULL when batches run between polls */
 	void (*drain)(void *ctx, bool revoking);
 	void *ctx;
+	/* kafka.rejoin_timeout_ms (tally_consumer_opts); 0: no check */
+	int64_t rejoin_timeout_ms;
 } tally_rebalance_ops;
 
 /**

@@ -80,6 +80,10 @@ typedef struct tally_consumer_opts {
 	void *payload;
 	/* consumer lag gauges go here (src/io/kafka_lag.h); NULL: none */
 	tally_metrics *metrics;
+	/* kafka.rejoin_timeout_ms: longest wait for an assignment while a
+	 * broker answers before the consumer counts as stalled
+	 * (src/io/kafka_stall.h); 0: no such check */
+	int64_t rejoin_timeout_ms;
 } tally_consumer_opts;
 
 /** conf is taken over, even on error. */
@@ -101,6 +105,18 @@ size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 
 /** Incremented on every assignment change; lets callers detect rebalances. */
 unsigned tally_consumer_generation(const tally_consumer *c);
+
+/**
+ * True once the consumer held no assignment for longer than
+ * opts.rejoin_timeout_ms while a broker answered: it logged
+ * kafka.consumer_stalled and asked the loop to stop
+ * (tally_signals_request_stop()); tally_consumer_free() then closes it
+ * with a bounded wait.
+ */
+bool tally_consumer_stalled(const tally_consumer *c);
+
+/** True once any consumer of this process stalled (exit status 1). */
+bool tally_kafka_stalled(void);
 
 /**
  * Store (for the next Kafka commit) offset+1 of the last message of each

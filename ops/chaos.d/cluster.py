@@ -159,6 +159,7 @@ class Killer(threading.Thread):
     def run(self):
         while not self.halt.wait(self.rng.uniform(self.kill_min, self.kill_max)):
             if self.paused.is_set():
+                self.revive()
                 continue
             with self.lock:
                 v = self.rng.choice(self.victims)

@@ -257,6 +257,9 @@ def run(a, svc, out, log):
     watcher = threading.Thread(target=on_hold, daemon=True)
     watcher.start()
     for i, ev in enumerate(posts):
+        with plock:   # as a supervisor would (kafka.rejoin_timeout_ms)
+            if not stripe.alive():
+                stripe.start()
         post(url, secret, json.dumps(ev, separators=(",", ":")).encode())
         if i in kill_at:
             time.sleep(rng.uniform(0.2, 1.0))   # let it be mid-batch
@@ -270,6 +273,10 @@ def run(a, svc, out, log):
     n_events = len(events) + len(late)
     deadline = time.time() + 180
     while time.time() < deadline:
+        with plock:   # as a supervisor would (kafka.rejoin_timeout_ms)
+            for p in (relay, stripe, alerts):
+                if p.proc is not None and not p.alive():
+                    p.start()
         done = int(svc.psql("SELECT count(*) FROM stripe_events WHERE outcome <> 'unknown_tenant'",
                             db).strip() or 0)
         n_al = int(svc.psql("SELECT count(*) FROM alerts", db).strip() or 0)

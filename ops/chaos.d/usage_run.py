@@ -27,7 +27,8 @@ def write_cfg(path, run, svc, prefix, name, rate_txid=""):
     with open(path, "w") as f:
         f.write("""# written by ops/chaos for run %(run)s (%(name)s)
 log: { level = "info"; };
-kafka: { brokers = "%(brokers)s"; client_id = "tally-chaos"; session_timeout_ms = 6000; };
+kafka: { brokers = "%(brokers)s"; client_id = "tally-chaos"; session_timeout_ms = 6000;
+         rejoin_timeout_ms = 30000; };
 topics: { usage = "%(usage)s"; rated = "%(rated)s"; totals = "%(totals)s";
           commands = "%(commands)s"; stripe_events = "%(stripe)s";
           signals = "%(signals)s"; alerts = "%(alerts)s"; };
@@ -210,6 +211,7 @@ def run(a, svc, out, log):
     # the alerts: wait until every expected one is there (or the idle limit)
     t_wait = time.time()
     while time.time() - t_wait < a.idle_s:
+        killer.revive()   # as a supervisor would (kafka.rejoin_timeout_ms)
         n_alerts = svc.psql("SELECT count(*) FROM alerts WHERE kind = 'plan_limit'", db).strip()
         if int(n_alerts or 0) >= len(want_alerts):
             break

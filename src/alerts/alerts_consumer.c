@@ -497,6 +497,8 @@ int tally_alerts_consumer_new(tally_alerts_consumer **out, tally_config *cfg,
 	a->rb.assign = rb_assign;
 	a->rb.revoke = rb_revoke;
 	a->rb.ctx = a->alerts;
+	a->rb.rejoin_timeout_ms = tally_config_int(cfg,
+						   "kafka.rejoin_timeout_ms");
 	if (tally_loop_consumer_new(&a->consumer, tally_loop_consumer_conf(cfg),
 				    tally_config_str(cfg, "alerts.group"),
 				    topics, &a->rb, a->m, err) != 0)

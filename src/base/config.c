@@ -49,6 +49,7 @@ static const keydef keys[] = {
 	S("kafka.client_id", "tally", false, NULL),
 	S("kafka.dlq_suffix", ".dlq", false, NULL),
 	I("kafka.session_timeout_ms", 10000, false, 1000, 300000),
+	I("kafka.rejoin_timeout_ms", 120000, false, 0, 3600000),
 	SECRET("kafka.sasl_password", "KAFKA_SASL_PASSWORD"),
 	SECRET("kafka.ssl_key_password", "KAFKA_SSL_KEY_PASSWORD"),
 	S("topics.usage", "billing.usage", false, NULL),

@@ -243,6 +243,7 @@ int tally_loop_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 	co.on_assign = on_assign;
 	co.on_revoke = on_revoke;
 	co.payload = (void *)rb;
+	co.rejoin_timeout_ms = rb->rejoin_timeout_ms;
 	if (tally_consumer_new(out, conf, &co, err) != 0) {
 		tally_log(TALLY_FATAL, "kafka.consumer_failed",
 			  TALLY_KV_STR("error", err->msg));

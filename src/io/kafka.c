@@ -9,6 +9,7 @@
 #include "tally/log.h"
 #include "tally/pg.h"
 #include "io/kafka_lag.h"
+#include "io/kafka_stall.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct tally_consumer {
 	unsigned generation;
 	/* start offsets of the current assignment (NULL when none) */
 	rd_kafka_topic_partition_list_t *assigned;
+	tally_kafka_stall stall; /* kafka.rejoin_timeout_ms */
 };
 
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -197,6 +199,31 @@ int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 	return 0;
 }
 
+/*
+ * A lost assignment (session expired, member fenced) is revoked with the
+ * stored offsets still set, and the unassign commits them before the
+ * consumer may rejoin (librdkafka clears the lost flag in assign(NULL)
+ * before it serves the removal; its #5585, after 2.12.1): to a coordinator
+ * that is just gone (a broker restart) that commit waits, and it would be
+ * refused anyway (the member is no longer in the group). Positions are in PostgreSQL (or re-read
+ * from Kafka's last commit, then redone idempotently), so they are
+ * forgotten instead: RD_KAFKA_OFFSET_INVALID is nothing to commit.
+ */
+static void forget_stored(rd_kafka_t *rk,
+			  const rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *l =
+		rd_kafka_topic_partition_list_copy(parts);
+	int i;
+
+	for (i = 0; i < l->cnt; i++)
+		l->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+	(void)rd_kafka_offsets_store(rk, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	tally_log(TALLY_WARN, "kafka.assignment_lost",
+		  TALLY_KV_INT("partitions", parts->cnt));
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			 rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -223,9 +250,13 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			rd_kafka_topic_partition_list_destroy(c->assigned);
 		c->assigned = rd_kafka_topic_partition_list_copy(parts);
 		rd_kafka_assign(rk, parts);
+		tally_kafka_stall_assigned(&c->stall);
 	} else {
 		if (c->opts.on_revoke != NULL)
 			c->opts.on_revoke(parts, c->opts.payload);
+		/* after on_revoke: the batch it finishes may store offsets */
+		if (rd_kafka_assignment_lost(rk))
+			forget_stored(rk, parts);
 		for (i = 0; i < parts->cnt; i++)
 			tally_log(TALLY_INFO, "kafka.revoked",
 				  TALLY_KV_STR("topic", parts->elems[i].topic),
@@ -234,6 +265,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 			rd_kafka_topic_partition_list_destroy(c->assigned);
 		c->assigned = NULL;
 		rd_kafka_assign(rk, NULL);
+		tally_kafka_stall_revoked(&c->stall, tally_mono_ns());
 	}
 }
 
@@ -257,6 +289,7 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 	tally_consumer *c = tally_xcalloc(1, sizeof(*c));
 	char errstr[512];
 	rd_kafka_topic_partition_list_t *subs = NULL;
+	rd_kafka_conf_t *probe;
 	rd_kafka_resp_err_t kerr;
 	int rc, n;
 
@@ -280,22 +313,31 @@ int tally_consumer_new(tally_consumer **out, rd_kafka_conf_t *conf,
 		free(c);
 		return rc;
 	}
+	/* the liveness probe's own client: brokers, security, no group */
+	probe = opts->rejoin_timeout_ms > 0 ? tally_kafka_stall_conf(conf) :
+					      NULL;
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
 	rd_kafka_conf_set_opaque(conf, c);
 	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (c->rk == NULL) {
 		rd_kafka_conf_destroy(conf);
+		if (probe != NULL)
+			rd_kafka_conf_destroy(probe);
 		free(c);
 		return tally_error_set(err, TALLY_ERROR, "kafka consumer: %s",
 				       errstr);
 	}
 	if (preflight(c->rk, err) != 0) {
 		rd_kafka_destroy(c->rk);
+		if (probe != NULL)
+			rd_kafka_conf_destroy(probe);
 		free(c);
 		return TALLY_EINVALID;
 	}
 	rd_kafka_poll_set_consumer(c->rk);
 	c->q = rd_kafka_queue_get_consumer(c->rk);
+	tally_kafka_stall_init(&c->stall, opts->rejoin_timeout_ms, probe,
+			       tally_mono_ns());
 	for (n = 0; opts->topics[n] != NULL; n++)
 		;
 	subs = rd_kafka_topic_partition_list_new(n);
@@ -397,12 +439,24 @@ size_t tally_consumer_poll_batch(tally_consumer *c, rd_kafka_message_t **msgs,
 		}
 	}
 	free(last);
+	(void)tally_kafka_stall_check(&c->stall, c->opts.group,
+				      c->opts.metrics);
 	return n;
 }
 
 unsigned tally_consumer_generation(const tally_consumer *c)
 {
 	return c->generation;
+}
+
+bool tally_consumer_stalled(const tally_consumer *c)
+{
+	return c->stall.fired;
+}
+
+bool tally_kafka_stalled(void)
+{
+	return tally_kafka_stall_seen();
 }
 
 void tally_offsets_note(rd_kafka_topic_partition_list_t *l, const char *topic,
@@ -458,12 +512,18 @@ void tally_consumer_free(tally_consumer *c)
 {
 	if (c == NULL)
 		return;
-	if (c->q != NULL)
-		rd_kafka_queue_destroy(c->q);
-	rd_kafka_consumer_close(c->rk);
-	rd_kafka_destroy(c->rk);
+	if (c->stall.fired) {
+		/* close and destroy wait for the rebalance that is stuck */
+		tally_kafka_stall_close(c->rk, c->q, 10000);
+	} else {
+		if (c->q != NULL)
+			rd_kafka_queue_destroy(c->q);
+		rd_kafka_consumer_close(c->rk);
+		rd_kafka_destroy(c->rk);
+	}
 	if (c->assigned != NULL)
 		rd_kafka_topic_partition_list_destroy(c->assigned);
+	tally_kafka_stall_free(&c->stall);
 	free(c);
 }
 
@@ -499,94 +559,4 @@ int tally_dlq_send(rd_kafka_t *producer, const char *dlq_topic,
 				       rd_kafka_err2str(kerr));
 	}
 	return 0;
-}
-
-/*
- * A topic that CreateTopics just acknowledged may not have a leader for
- * every partition yet (NOT_LEADER_FOR_PARTITION on the first request): wait,
- * up to 30 s, until the metadata shows a leader everywhere.
- */
-static int wait_for_leaders(rd_kafka_t *rk, const char **topics, int n,
-			    tally_error *err)
-{
-	int64_t deadline = tally_mono_ns() + INT64_C(30000000000);
-	int i;
-
-	for (i = 0; i < n; i++) {
-		for (;;) {
-			const struct rd_kafka_metadata *md = NULL;
-			rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topics[i],
-								   NULL);
-			rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md,
-								  5000);
-			bool ready = false;
-			int p;
-
-			if (e == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1 &&
-			    md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR &&
-			    md->topics[0].partition_cnt > 0) {
-				ready = true;
-				for (p = 0; p < md->topics[0].partition_cnt; p++)
-					if (md->topics[0].partitions[p].leader < 0 ||
-					    md->topics[0].partitions[p].err != 0)
-						ready = false;
-			}
-			if (md != NULL)
-				rd_kafka_metadata_destroy(md);
-			rd_kafka_topic_destroy(rkt);
-			if (ready)
-				break;
-			if (tally_mono_ns() > deadline)
-				return tally_error_set(err, TALLY_ETRANSIENT,
-						       "topic %s: no leader after "
-						       "30 s", topics[i]);
-			tally_sleep_ms(100);
-		}
-	}
-	return 0;
-}
-
-int tally_kafka_create_topics(rd_kafka_t *rk, const char **topics,
-			      int partitions, tally_error *err)
-{
-	rd_kafka_NewTopic_t *nt[64];
-	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-	rd_kafka_event_t *ev;
-	char errstr[256];
-	int n, i, rc = 0;
-
-	for (n = 0; topics[n] != NULL && n < 64; n++)
-		nt[n] = rd_kafka_NewTopic_new(topics[n], partitions, 1, errstr,
-					      sizeof(errstr));
-	rd_kafka_CreateTopics(rk, nt, (size_t)n, NULL, q);
-	ev = rd_kafka_queue_poll(q, 30000);
-	if (ev == NULL) {
-		rc = tally_error_set(err, TALLY_ETRANSIENT,
-				     "create topics: timed out");
-	} else {
-		const rd_kafka_CreateTopics_result_t *res =
-			rd_kafka_event_CreateTopics_result(ev);
-		size_t cnt = 0;
-		const rd_kafka_topic_result_t **tr =
-			res ? rd_kafka_CreateTopics_result_topics(res, &cnt) : NULL;
-		if (res == NULL)
-			rc = tally_error_set(err, TALLY_ERROR, "create topics: %s",
-					     rd_kafka_event_error_string(ev));
-		for (i = 0; rc == 0 && i < (int)cnt; i++) {
-			rd_kafka_resp_err_t te = rd_kafka_topic_result_error(tr[i]);
-			if (te != RD_KAFKA_RESP_ERR_NO_ERROR &&
-			    te != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-				rc = tally_error_set(err, TALLY_ERROR,
-						     "create topic %s: %s",
-						     rd_kafka_topic_result_name(tr[i]),
-						     rd_kafka_err2str(te));
-		}
-		rd_kafka_event_destroy(ev);
-	}
-	for (i = 0; i < n; i++)
-		rd_kafka_NewTopic_destroy(nt[i]);
-	rd_kafka_queue_destroy(q);
-	if (rc == 0)
-		rc = wait_for_leaders(rk, topics, n, err);
-	return rc;
 }

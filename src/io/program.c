@@ -3,6 +3,7 @@
  * tally-aggregate, tally-stripe, tally-alerts and tally-relay.
  */
 #include "tally/program.h"
+#include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/signals.h"
 #include "io/sd_notify.h"
@@ -162,6 +163,13 @@ int tally_program_run_consumer(const tally_program_opts *o,
 		tally_log(TALLY_WARN, "metrics.serve_failed",
 			  TALLY_KV_STR("error", err.msg));
 	if (vt->run(c, &err) != 0) {
+		log_consumer(TALLY_FATAL, vt->name, "fatal", &err);
+		goto cleanup;
+	}
+	if (tally_kafka_stalled()) {
+		/* the supervisor starts it again with a new consumer */
+		tally_error_set(&err, TALLY_ERROR, "the Kafka consumer stalled"
+				" (kafka.consumer_stalled)");
 		log_consumer(TALLY_FATAL, vt->name, "fatal", &err);
 		goto cleanup;
 	}

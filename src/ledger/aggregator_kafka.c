@@ -136,6 +136,8 @@ int aggr_consumer_open(tally_aggregator *a, tally_error *err)
 	a->rb.revoke = lanes_revoke;
 	a->rb.drain = lanes_drain;
 	a->rb.ctx = a;
+	a->rb.rejoin_timeout_ms = tally_config_int(a->cfg,
+						   "kafka.rejoin_timeout_ms");
 	if (tally_loop_consumer_new(&a->consumer, consumer_conf(a->cfg),
 				    tally_config_str(a->cfg, "aggregate.group"),
 				    topics, &a->rb, a->m, err) != 0)

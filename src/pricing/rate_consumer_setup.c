@@ -236,6 +236,7 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 	co.topics = topics;
 	co.read_committed = true;
 	co.metrics = r->m; /* consumer lag gauges */
+	co.rejoin_timeout_ms = tally_config_int(cfg, "kafka.rejoin_timeout_ms");
 	rc = tally_consumer_new(&r->consumer, conf, &co, err);
 	if (rc != 0)
 		goto fail;

@@ -324,6 +324,8 @@ static int kafka_clients(tally_stripe_consumer *a, tally_error *err)
 	co.group = tally_config_str(a->cfg, "stripe.group");
 	co.topics = topics;
 	co.metrics = a->m; /* consumer lag gauges */
+	co.rejoin_timeout_ms = tally_config_int(a->cfg,
+						"kafka.rejoin_timeout_ms");
 	conf = tally_kafka_conf(a->cfg);
 	return tally_consumer_new(&a->consumer, conf, &co, err);
 }
