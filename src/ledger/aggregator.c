@@ -143,6 +143,19 @@ static int loop_step(void *ctx)
 	t0 = tally_mono_ns();
 	got = aggr_gather(a, a->next, bs, (int)tally_config_int(
 				  a->cfg, "aggregate.batch_ms"));
+	/*
+	 * While the batch in flight is still in its transactions, the next
+	 * one keeps gathering (up to batch_size): under load batches grow
+	 * with PostgreSQL's time, so its fixed cost per batch is paid less
+	 * often and no message waits a whole batch for nothing.
+	 */
+	while (got > 0 && got < bs && !a->discard_next && aggr_lanes_busy(a)) {
+		bool full = false;
+
+		got = aggr_gather_more(a, a->next, bs, 10, &full);
+		if (full)
+			break;
+	}
 	t1 = tally_mono_ns();
 	if (aggr_finish_batch(a, false) != 0 || a->fatal) {
 		for (l = 0; l < a->nlanes; l++)

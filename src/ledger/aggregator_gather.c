@@ -67,6 +67,7 @@ typedef struct gathering {
 	int slot;
 	size_t per_lane;  /* a lane's part of the batch at most */
 	int64_t now_ms;   /* the batch's clock, from its first messages */
+	bool clock_set;   /* now_ms is the batch's (a continued gathering) */
 } gathering;
 
 /* a whole poll may go to one lane */
@@ -121,7 +122,7 @@ static void gather_take(void *ctx, rd_kafka_message_t **msgs, size_t k,
 	size_t from[MAX_LANES], i;
 	int l;
 
-	if (first)
+	if (first && !g->clock_set)
 		g->now_ms = tally_now_ms();
 	for (l = 0; l < a->nlanes; l++)
 		from[l] = a->lanes[l].jobs[g->slot].n;
@@ -136,13 +137,35 @@ static void gather_take(void *ctx, rd_kafka_message_t **msgs, size_t k,
 
 size_t aggr_gather(tally_aggregator *a, int slot, size_t max, int timeout_ms)
 {
-	gathering g = { a, slot, aggr_lane_cap(a, max), 0 };
+	gathering g = { a, slot, aggr_lane_cap(a, max), 0, false };
 	tally_gather_ops ops = { gather_room, gather_take, gather_drop, &g };
 	int l;
 
 	for (l = 0; l < a->nlanes; l++)
 		a->lanes[l].jobs[slot].n = 0;
 	return tally_loop_gather(a->consumer, &ops, timeout_ms);
+}
+
+size_t aggr_gather_more(tally_aggregator *a, int slot, size_t max,
+			int timeout_ms, bool *full)
+{
+	gathering g = { a, slot, aggr_lane_cap(a, max), 0, false };
+	tally_gather_ops ops = { gather_room, gather_take, gather_drop, &g };
+	size_t n = 0;
+	int l;
+
+	/* the batch keeps the clock of its first messages */
+	for (l = 0; l < a->nlanes; l++)
+		if (a->lanes[l].jobs[slot].n > 0) {
+			g.now_ms = a->lanes[l].jobs[slot].now_ms;
+			g.clock_set = true;
+		}
+	*full = gather_room(&g) == 0;
+	if (!*full)
+		(void)tally_loop_gather(a->consumer, &ops, timeout_ms);
+	for (l = 0; l < a->nlanes; l++)
+		n += a->lanes[l].jobs[slot].n;
+	return n;
 }
 
 /* After the commit: the lane's next offsets, for lag monitoring. */

@@ -104,6 +104,13 @@ void aggr_start_batch(tally_aggregator *a, int slot);
 
 /* aggregator_gather.c */
 size_t aggr_gather(tally_aggregator *a, int slot, size_t max, int timeout_ms);
+/* go on gathering into jobs[slot] for at most timeout_ms (the batch's
+ * clock kept); returns the batch's messages so far (0 after a rebalance
+ * dropped them); *full: a lane's part is full, nothing was polled */
+size_t aggr_gather_more(tally_aggregator *a, int slot, size_t max,
+			int timeout_ms, bool *full);
+/* true while a lane is still in the batch handed over */
+bool aggr_lanes_busy(tally_aggregator *a);
 int aggr_store_offsets(tally_aggregator *a, const job *j, tally_error *err);
 void aggr_job_reserve(job *j, size_t cap);
 void aggr_job_clear(job *j);

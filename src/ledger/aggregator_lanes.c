@@ -207,6 +207,18 @@ void *aggr_worker_main(void *arg)
 	return NULL;
 }
 
+bool aggr_lanes_busy(tally_aggregator *a)
+{
+	bool busy = false;
+	int l;
+
+	pthread_mutex_lock(&a->mu);
+	for (l = 0; l < a->nlanes; l++)
+		busy = busy || a->lanes[l].state == W_BUSY;
+	pthread_mutex_unlock(&a->mu);
+	return busy;
+}
+
 /*
  * Poll thread: wait for the lanes of the batch in flight (if any) and
  * collect them. A committed lane's Kafka offsets are stored now (after its
