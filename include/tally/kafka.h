@@ -45,6 +45,16 @@ int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 			 const char *value, tally_error *err) TALLY_MUSTCHECK;
 
 /**
+ * A program's tuned default for one property: set unless the
+ * configuration's kafka.properties or the program's own list names it
+ * (an operator's value wins over the built-in tuning). Returns 0 or
+ * TALLY_EINVALID with librdkafka's text.
+ */
+int tally_kafka_conf_default(rd_kafka_conf_t *conf, const tally_config *cfg,
+			     const char *name, const char *value,
+			     tally_error *err) TALLY_MUSTCHECK;
+
+/**
  * Create a producer from conf (which it takes ownership of, even on error).
  * The idempotent producer is on unless the caller set it otherwise.
  * Like tally_consumer_new(), it first asks the broker for metadata (up to

@@ -167,6 +167,19 @@ int tally_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 	return 0;
 }
 
+int tally_kafka_conf_default(rd_kafka_conf_t *conf, const tally_config *cfg,
+			     const char *name, const char *value,
+			     tally_error *err)
+{
+	const char *n, *v;
+	size_t i;
+
+	for (i = 0; tally_config_kafka_property(cfg, i, &n, &v); i++)
+		if (strcmp(n, name) == 0)
+			return 0;
+	return tally_kafka_conf_set(conf, name, value, err);
+}
+
 int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 			     tally_error *err)
 {

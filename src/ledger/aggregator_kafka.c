@@ -101,25 +101,38 @@ static void conf_overrides(rd_kafka_conf_t *conf)
  * at most 1 MiB (256 KiB per partition) is as fast again and 2.3-4.5 MiB
  * smaller in peak RSS (docs/aggregate.md, "Performance"). A fetch buffer
  * lives until its last message is destroyed: small fetches, not 50 MiB.
+ *
+ * At a steady input rate a fetch would return as soon as one byte is
+ * there: hundreds of small read_committed fetches a second, which cost
+ * the broker more than the messages. The broker holds a fetch until
+ * 128 KiB (half of one partition's largest answer, so a fetch of a
+ * single partition can still reach it) or 100 ms; batches gather for
+ * aggregate.batch_ms anyway. Properties named in the configuration win.
  */
 static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 {
+	static const char *const tuned[][2] = {
+		{ "fetch.max.bytes", "1048576" },
+		{ "max.partition.fetch.bytes", "262144" },
+		{ "fetch.wait.max.ms", "100" },
+		{ "fetch.min.bytes", "131072" },
+	};
 	rd_kafka_conf_t *conf = tally_loop_consumer_conf(cfg);
 	tally_error err, qerr;
 	bool qbackoff;
+	size_t i;
 
-	qbackoff = tally_kafka_conf_set(conf, "fetch.queue.backoff.ms", "10",
-					&qerr) == 0;
-	if (tally_kafka_conf_set(conf, "queued.max.messages.kbytes",
-				 qbackoff ? "256" : "12288", &err) != 0 ||
-	    tally_kafka_conf_set(conf, "fetch.max.bytes", "1048576",
-				 &err) != 0 ||
-	    tally_kafka_conf_set(conf, "max.partition.fetch.bytes",
-				 "262144", &err) != 0 ||
-	    tally_kafka_conf_set(conf, "fetch.wait.max.ms", "100",
-				 &err) != 0)
+	qbackoff = tally_kafka_conf_default(conf, cfg, "fetch.queue.backoff.ms",
+					    "10", &qerr) == 0;
+	if (tally_kafka_conf_default(conf, cfg, "queued.max.messages.kbytes",
+				     qbackoff ? "256" : "12288", &err) != 0)
 		tally_log(TALLY_WARN, "kafka.conf",
 			  TALLY_KV_STR("error", err.msg));
+	for (i = 0; i < sizeof(tuned) / sizeof(tuned[0]); i++)
+		if (tally_kafka_conf_default(conf, cfg, tuned[i][0],
+					     tuned[i][1], &err) != 0)
+			tally_log(TALLY_WARN, "kafka.conf",
+				  TALLY_KV_STR("error", err.msg));
 	conf_overrides(conf);
 	return conf;
 }

@@ -136,7 +136,7 @@ static int consumer_conf(rd_kafka_conf_t *conf, tally_config *cfg,
 		int64_t pre = tally_config_int(cfg, "rate.prefetch_messages");
 		int64_t kb = pre / 2; /* ~0.5 KB per queued message */
 		tally_error qerr;
-		bool qbackoff = tally_kafka_conf_set(conf,
+		bool qbackoff = tally_kafka_conf_default(conf, cfg,
 			"fetch.queue.backoff.ms", "10", &qerr) == 0;
 
 		if (!qbackoff && kb < 65536)
@@ -155,12 +155,12 @@ static int consumer_conf(rd_kafka_conf_t *conf, tally_config *cfg,
 				  TALLY_KV_STR("librdkafka",
 					       rd_kafka_version_str()));
 		snprintf(v, sizeof(v), "%lld", (long long)pre);
-		rc = tally_kafka_conf_set(conf, "queued.min.messages", v, err);
+		rc = tally_kafka_conf_default(conf, cfg, "queued.min.messages",
+					      v, err);
 		snprintf(v, sizeof(v), "%lld", (long long)kb);
 		if (rc == 0)
-			rc = tally_kafka_conf_set(conf,
-						  "queued.max.messages.kbytes",
-						  v, err);
+			rc = tally_kafka_conf_default(
+				conf, cfg, "queued.max.messages.kbytes", v, err);
 		/*
 		 * Fetches of at most 2 MiB (512 KiB per partition) instead of
 		 * 50 MiB (1 MiB per partition): a fetch buffer lives until its
@@ -169,13 +169,28 @@ static int consumer_conf(rd_kafka_conf_t *conf, tally_config *cfg,
 		 * refetch waits ~1 s, so smaller fetches would starve us.
 		 */
 		if (rc == 0 && qbackoff)
-			rc = tally_kafka_conf_set(conf, "fetch.max.bytes",
-						  "2097152", err);
+			rc = tally_kafka_conf_default(conf, cfg,
+						      "fetch.max.bytes",
+						      "2097152", err);
 		if (rc == 0 && qbackoff)
-			rc = tally_kafka_conf_set(conf,
-						  "max.partition.fetch.bytes",
-						  "524288", err);
+			rc = tally_kafka_conf_default(
+				conf, cfg, "max.partition.fetch.bytes",
+				"524288", err);
 	}
+	/*
+	 * At a steady input rate a fetch would return as soon as one byte is
+	 * there: hundreds of small fetches a second, which cost the broker
+	 * more than the messages (measured in docs/pricing.md,
+	 * "Performance"). The broker holds a fetch until 256 KiB (half of
+	 * one partition's largest answer) or 50 ms; a batch gathers for
+	 * rate.batch_ms anyway.
+	 */
+	if (rc == 0)
+		rc = tally_kafka_conf_default(conf, cfg, "fetch.min.bytes",
+					      "262144", err);
+	if (rc == 0)
+		rc = tally_kafka_conf_default(conf, cfg, "fetch.wait.max.ms",
+					      "50", err);
 	return rc;
 }
 

@@ -2,7 +2,8 @@
  * test_kafka_conf.c - librdkafka properties from the config: kafka.properties
  * for every client, a program's own list merged over it, secrets only from
  * $KAFKA_SASL_PASSWORD / $KAFKA_SSL_KEY_PASSWORD (refused in the file, also
- * as a property), misspelt properties refused with file:line.
+ * as a property), misspelt properties refused with file:line, and a
+ * program's tuned defaults never over an operator's property.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
@@ -79,6 +80,52 @@ START_TEST(test_kafka_conf_program_list_merged_over_global)
 	tally_config_set_program(cfg, "aggregate");
 	conf_value(cfg, "sasl.username", v, sizeof(v));
 	ck_assert_str_eq(v, "all");
+	tally_config_free(cfg);
+}
+END_TEST
+
+/* the value after tally_kafka_conf_default(name, dflt) on cfg's conf */
+static void default_value(const tally_config *cfg, const char *name,
+			  const char *dflt, char *out, size_t n)
+{
+	rd_kafka_conf_t *conf = tally_kafka_conf(cfg);
+	tally_error err;
+
+	ck_assert_int_eq(tally_kafka_conf_default(conf, cfg, name, dflt, &err),
+			 0);
+	out[0] = '\0';
+	if (rd_kafka_conf_get(conf, name, out, &n) != RD_KAFKA_CONF_OK)
+		out[0] = '\0';
+	rd_kafka_conf_destroy(conf);
+}
+
+START_TEST(test_kafka_conf_default_yields_to_operator)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+	rd_kafka_conf_t *conf;
+	char v[64];
+
+	write_cfg("kafka: { brokers = \"b:9\";\n"
+		  "  properties = ( (\"fetch.wait.max.ms\", \"7\") ); };\n"
+		  "aggregate: { kafka: { properties = "
+		  "( (\"fetch.min.bytes\", \"1000\") ); }; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), 0);
+	tally_config_set_program(cfg, "aggregate");
+	default_value(cfg, "fetch.min.bytes", "131072", v, sizeof(v));
+	ck_assert_str_eq(v, "1000"); /* the program's own list */
+	default_value(cfg, "fetch.wait.max.ms", "100", v, sizeof(v));
+	ck_assert_str_eq(v, "7");    /* the global list */
+	default_value(cfg, "fetch.max.bytes", "1048576", v, sizeof(v));
+	ck_assert_str_eq(v, "1048576"); /* not named: the default */
+	tally_config_set_program(cfg, "rate");
+	default_value(cfg, "fetch.min.bytes", "262144", v, sizeof(v));
+	ck_assert_str_eq(v, "262144"); /* another program's list */
+	/* a bad default is an error, not a silent no-op */
+	conf = tally_kafka_conf(cfg);
+	ck_assert_int_ne(tally_kafka_conf_default(conf, cfg, "fetch.min.bytes",
+						  "-5", &err), 0);
+	rd_kafka_conf_destroy(conf);
 	tally_config_free(cfg);
 }
 END_TEST
@@ -169,6 +216,7 @@ static Suite *kafka_conf_suite(void)
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_kafka_conf_program_list_merged_over_global);
+	tcase_add_test(tc, test_kafka_conf_default_yields_to_operator);
 	tcase_add_test(tc, test_kafka_conf_secrets_from_env_only);
 	tcase_add_test(tc, test_kafka_conf_bad_property_has_file_and_line);
 	tcase_add_test(tc, test_kafka_conf_reload_keeps_properties);
