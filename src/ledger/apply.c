@@ -348,7 +348,7 @@ bool agg_known(tally_agg *agg, int kind, const item *it,
 
 	if (agg->known.nbuckets == 0)
 		return false;
-	tally_known_digest(&agg->known, d, kind, it->re.ev.tenant_id, it->ps,
+	tally_known_digest(&agg->known, d, kind, it->key, it->ps,
 			   id->ptr, id->len);
 	if (!tally_known_check(&agg->known, d))
 		return false;
@@ -382,7 +382,7 @@ static void collect_workflows(tally_agg *agg)
 		    ev->workflow_id.len == 0 ||
 		    agg_known(agg, TALLY_KNOWN_WORKFLOW, it, &ev->workflow_id))
 			continue;
-		agg_uuid_arr(t, ev->tenant_id, n == 0);
+		agg_uuid_arr(t, it->key, n == 0);
 		tally_strbuf_printf(p, "%s%" PRId64, n ? "," : "", it->ps);
 		if (n > 0)
 			tally_strbuf_add(w, ",", 1);

@@ -105,7 +105,7 @@ static void put_row(tally_strbuf *c, const tally_agg *agg, const item *it,
 		   4 * 3 + TALLY_PGNUMERIC_LEN);
 	if (kind == COPY_DEDUPE) {
 		be16(c, 3);
-		f_uuid(c, ev->tenant_id);
+		f_uuid(c, it->key);
 		f_uuid(c, it->key + 16);
 		f_ts(c, ev->time_ms);
 		return;
@@ -116,7 +116,7 @@ static void put_row(tally_strbuf *c, const tally_agg *agg, const item *it,
 		be16(c, STAGE_COLS);
 		f_i32(c, (int64_t)(it - agg->items));
 	}
-	f_uuid(c, ev->tenant_id);
+	f_uuid(c, it->key);
 	f_uuid(c, it->key + 16);
 	f_ts(c, ev->time_ms);
 	f_i16(c, (int64_t)ev->meter);

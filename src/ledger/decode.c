@@ -55,7 +55,6 @@ static void to_item(agg_rated *out, const tally_rated_event *re)
 	o->model = ev->model;
 	o->workflow_id = ev->workflow_id;
 	o->subject = ev->subject;
-	memcpy(o->tenant_id, ev->tenant_id, 16);
 	o->time_ms = ev->time_ms;
 	o->input_tokens = ev->input_tokens;
 	o->output_tokens = ev->output_tokens;

@@ -61,7 +61,7 @@ void agg_accumulate(tally_agg *agg)
 			continue;
 		if (ev->meter == TALLY_METER_STORAGE)
 			agg->nstorage++;
-		h = acc_get(&agg->hourly, ev->tenant_id,
+		h = acc_get(&agg->hourly, it->key,
 			    tally_floor_div(ev->time_ms, 3600000) * 3600000,
 			    (int)ev->meter, pid, mid);
 		h->events++;
@@ -78,10 +78,10 @@ void agg_accumulate(tally_agg *agg)
 		}
 		h->cost += it->re.cost;
 		if (it->closed)
-			p = acc_get(&agg->adj, ev->tenant_id, it->ps,
+			p = acc_get(&agg->adj, it->key, it->ps,
 				    (int)ev->meter, pid, mid);
 		else
-			p = acc_get(&agg->period, ev->tenant_id, it->ps, 0, 0, 0);
+			p = acc_get(&agg->period, it->key, it->ps, 0, 0, 0);
 		p->pe = it->pe;
 		p->accepted++;
 		p->events++;

@@ -446,12 +446,12 @@ static void collect(tally_agg *agg, pass *p, bool *more)
 		if (!needs_ids(it))
 			continue;
 		make_key(key, &it->re.ev);
-		if (cached(agg, it->re.ev.tenant_id, key, &it->provider_id,
+		if (cached(agg, it->key, key, &it->provider_id,
 			   &it->model_id))
 			continue;
 		if (p->v == NULL)
 			p->v = tally_xmalloc((PASS_MAX + 1) * sizeof(*p->v));
-		agg->model_slot[i] = pass_add(p, it->re.ev.tenant_id, key);
+		agg->model_slot[i] = pass_add(p, it->key, key);
 		if (agg->model_slot[i] == UINT32_MAX)
 			*more = true;
 	}

@@ -57,7 +57,7 @@ int agg_load_tenants(tally_agg *agg, tally_error *err)
 			mint = it->re.ev.time_ms;
 		ti = &agg->tenants[agg->ntenants];
 		memset(ti, 0, sizeof(*ti));
-		memcpy(ti->id, it->re.ev.tenant_id, 16);
+		memcpy(ti->id, it->key, 16);
 		if (tally_hashset_put(&agg->tenant_h, (const uint8_t *)agg->tenants,
 			     sizeof(tenant_info), 16, (uint32_t)agg->ntenants) ==
 		    (uint32_t)agg->ntenants) {
@@ -193,7 +193,7 @@ void agg_assign_periods(tally_agg *agg)
 			continue;
 		k = tally_hashset_find(&agg->tenant_h,
 				       (const uint8_t *)agg->tenants,
-				       sizeof(tenant_info), 16, it->re.ev.tenant_id);
+				       sizeof(tenant_info), 16, it->key);
 		assert(k != UINT32_MAX);
 		ti = &agg->tenants[k];
 		it->closed = false;

@@ -22,7 +22,7 @@ static uint64_t user_hash(const item *it)
 	uint8_t k[24];
 	const tally_str *s = &it->re.ev.subject;
 
-	memcpy(k, it->re.ev.tenant_id, 16);
+	memcpy(k, it->key, 16);
 	memcpy(k + 16, &it->ps, 8);
 	return tally_hash_bytes(k, sizeof(k)) ^
 	       (tally_hash_bytes((const uint8_t *)s->ptr, s->len) *
@@ -32,7 +32,7 @@ static uint64_t user_hash(const item *it)
 static bool same_user(const item *a, const item *b)
 {
 	return a->ps == b->ps && a->re.ev.subject.len == b->re.ev.subject.len &&
-	       memcmp(a->re.ev.tenant_id, b->re.ev.tenant_id, 16) == 0 &&
+	       memcmp(a->key, b->key, 16) == 0 &&
 	       memcmp(a->re.ev.subject.ptr, b->re.ev.subject.ptr,
 		      a->re.ev.subject.len) == 0;
 }
@@ -98,7 +98,7 @@ void agg_collect_users(tally_agg *agg)
 		    !first_of_user(agg, i) ||
 		    agg_known(agg, TALLY_KNOWN_USER, it, sub))
 			continue;
-		agg_uuid_arr(t, it->re.ev.tenant_id, n == 0);
+		agg_uuid_arr(t, it->key, n == 0);
 		tally_strbuf_printf(p, "%s%" PRId64, n ? "," : "", it->ps);
 		if (n > 0)
 			tally_strbuf_add(s, ",", 1);
