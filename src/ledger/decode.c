@@ -147,20 +147,75 @@ void tally_agg_decoded_free(tally_agg_decoded *d)
 	free(d);
 }
 
-static void detach_str(tally_str *s, char **pool)
+/*
+ * The strings of one range, each distinct value copied once: a batch's
+ * providers, models, workflows and users repeat (a few models, a
+ * tenant's users), and two batches of them are alive at a time. A
+ * direct-mapped table of the values copied so far; a collision only
+ * copies again.
+ */
+#define INTERN_SLOTS 512
+
+typedef struct interned {
+	const char *p;
+	size_t len;
+} interned;
+
+static size_t intern_slot(const char *s, size_t len)
 {
-	if (s->len > 0)
-		memcpy(*pool, s->ptr, s->len);
+	uint32_t h = 2166136261u; /* FNV-1a */
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		h = (h ^ (uint8_t)s[i]) * 16777619u;
+	return (h ^ (h >> 16)) % INTERN_SLOTS;
+}
+
+/* s's value is in tab already (a string of the range); else it is
+ * entered (at where, when given) and false is returned */
+static bool intern_seen(interned *tab, const tally_str *s, const char *where)
+{
+	interned *e = &tab[intern_slot(s->ptr, s->len)];
+
+	if (e->p != NULL && e->len == s->len &&
+	    memcmp(e->p, s->ptr, s->len) == 0)
+		return true;
+	e->p = where != NULL ? where : s->ptr;
+	e->len = s->len;
+	return false;
+}
+
+static void detach_str(tally_str *s, char **pool, interned *tab)
+{
+	interned *e;
+
+	if (s->len == 0) {
+		s->ptr = *pool;
+		return;
+	}
+	if (intern_seen(tab, s, *pool)) {
+		e = &tab[intern_slot(s->ptr, s->len)];
+		s->ptr = e->p;
+		return;
+	}
+	memcpy(*pool, s->ptr, s->len);
 	s->ptr = *pool;
 	*pool += s->len;
+}
+
+/* bytes s adds to the block: what detach_str will copy, as it decides */
+static size_t detach_need(const tally_str *s, interned *tab)
+{
+	return s->len == 0 || intern_seen(tab, s, NULL) ? 0 : s->len;
 }
 
 size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 			      int64_t now_ms, bool *keep, size_t from,
 			      size_t to)
 {
+	interned *tab = tally_xcalloc(INTERN_SLOTS, sizeof(*tab));
 	size_t i, need = 0, n = 0;
-	char *pool;
+	char *pool, *block;
 
 	for (i = from; i < to; i++) {
 		const agg_event *ev = &d->items[i].re.ev;
@@ -172,27 +227,34 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 			  agg_id_before_window(agg, &d->items[i], now_ms) ||
 			  agg_id_in_future(agg, &d->items[i], now_ms);
 		if (!keep[i])
-			need += (size_t)ev->provider.len + ev->model.len +
-				ev->workflow_id.len + ev->subject.len;
+			need += detach_need(&ev->provider, tab) +
+				detach_need(&ev->model, tab) +
+				detach_need(&ev->workflow_id, tab) +
+				detach_need(&ev->subject, tab);
 	}
-	/* a block per range: earlier ranges' strings never move */
+	/* a block per range: earlier ranges' strings never move; the same
+	 * values in the same order make the same decisions again */
 	if (d->nblocks == d->capblocks) {
 		d->capblocks = d->capblocks ? d->capblocks * 2 : 16;
 		d->blocks = tally_xrealloc(d->blocks,
 					   d->capblocks * sizeof(*d->blocks));
 	}
-	pool = d->blocks[d->nblocks++] = tally_xmalloc(need + 1);
+	pool = block = d->blocks[d->nblocks++] = tally_xmalloc(need + 1);
+	memset(tab, 0, INTERN_SLOTS * sizeof(*tab));
 	for (i = from; i < to; i++) {
 		agg_event *ev = &d->items[i].re.ev;
 
 		if (keep[i])
 			continue;
-		detach_str(&ev->provider, &pool);
-		detach_str(&ev->model, &pool);
-		detach_str(&ev->workflow_id, &pool);
-		detach_str(&ev->subject, &pool);
+		detach_str(&ev->provider, &pool, tab);
+		detach_str(&ev->model, &pool, tab);
+		detach_str(&ev->workflow_id, &pool, tab);
+		detach_str(&ev->subject, &pool, tab);
 		n++;
 	}
+	if ((size_t)(pool - block) != need)
+		abort(); /* the two passes decided differently: a bug */
+	free(tab);
 	return n;
 }
 
