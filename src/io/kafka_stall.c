@@ -44,16 +44,26 @@ void tally_kafka_stall_free(tally_kafka_stall *s)
 	s->probe = NULL;
 }
 
+/*
+ * A wait starts: the first probe a quarter of the limit later. Nearly
+ * every start and rebalance ends well before that, and a probe is a new
+ * client's metadata round trip on the poll thread.
+ */
+static void wait_starts(tally_kafka_stall *s, int64_t now)
+{
+	s->unassigned_since = now;
+	s->counted_from = now;
+	s->next_probe = now + s->limit_ns / 4;
+}
+
 void tally_kafka_stall_init(tally_kafka_stall *s, int64_t limit_ms,
 			    rd_kafka_conf_t *probe, int64_t now)
 {
 	s->probe = probe;
 	s->limit_ns = limit_ms > 0 ? limit_ms * NS_PER_MS : 0;
-	s->unassigned_since = now;
-	s->counted_from = now;
-	s->next_probe = 0;
 	s->gauge_at = 0;
 	s->fired = false;
+	wait_starts(s, now);
 }
 
 void tally_kafka_stall_assigned(tally_kafka_stall *s)
@@ -63,8 +73,7 @@ void tally_kafka_stall_assigned(tally_kafka_stall *s)
 
 void tally_kafka_stall_revoked(tally_kafka_stall *s, int64_t now)
 {
-	s->unassigned_since = now;
-	s->counted_from = now;
+	wait_starts(s, now);
 }
 
 static void set_gauge(tally_kafka_stall *s, const char *group,

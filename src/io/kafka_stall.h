@@ -56,8 +56,9 @@ void tally_kafka_stall_revoked(tally_kafka_stall *s, int64_t now);
 /*
  * Called between polls. Updates the gauge
  * tally_kafka_consumer_unassigned_seconds{group} (m may be NULL). Without
- * an assignment, probes the brokers every quarter of the limit (at most
- * every 5 s) with a client of its own (a metadata request, at most 2 s:
+ * an assignment, probes the brokers from a quarter of the limit after the
+ * wait began, then every quarter of the limit (at most every 5 s), with a
+ * client of its own (a metadata request, at most 2 s:
  * the consumer's own handle may be the one that cannot reach them): when
  * none answers, the wait counts again from then, so that the group gets
  * the whole limit to settle once Kafka is back; past the limit with a

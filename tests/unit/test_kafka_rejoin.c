@@ -18,6 +18,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
+#include "io/kafka_stall.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
 #include "tally/metrics.h"
@@ -277,12 +278,43 @@ START_TEST(test_assigned_or_outage_is_no_stall)
 }
 END_TEST
 
+/* No probe in the first quarter of the limit after a wait starts (a
+ * start, a revoke): a probe there would find the dead broker below and
+ * restart the count. */
+START_TEST(test_first_probe_after_a_quarter)
+{
+	rd_kafka_conf_t *probe = rd_kafka_conf_new();
+	tally_kafka_stall s;
+	char errstr[128];
+	int64_t t0;
+
+	ck_assert(rd_kafka_conf_set(probe, "bootstrap.servers", "127.0.0.1:1",
+				    errstr, sizeof(errstr)) ==
+		  RD_KAFKA_CONF_OK);
+	t0 = tally_mono_ns();
+	tally_kafka_stall_init(&s, 4000, probe, t0);
+	ck_assert(!tally_kafka_stall_check(&s, GROUP, NULL));
+	ck_assert_msg(s.counted_from == t0, "probed at the start of the wait");
+	tally_kafka_stall_assigned(&s);
+	t0 = tally_mono_ns();
+	tally_kafka_stall_revoked(&s, t0);
+	ck_assert(!tally_kafka_stall_check(&s, GROUP, NULL));
+	ck_assert_msg(s.counted_from == t0, "probed right after a revoke");
+	/* a quarter later it probes: nothing answers, the count restarts */
+	tally_sleep_ms(1100);
+	ck_assert(!tally_kafka_stall_check(&s, GROUP, NULL));
+	ck_assert(s.counted_from > t0);
+	tally_kafka_stall_free(&s);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("kafka_rejoin");
 	TCase *tc = tcase_create("core");
 
 	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_first_probe_after_a_quarter);
 	tcase_add_test(tc, test_lost_assignment_rejoins_without_commit);
 	tcase_add_test(tc, test_stuck_unassign_is_a_stall);
 	tcase_add_test(tc, test_assigned_or_outage_is_no_stall);
