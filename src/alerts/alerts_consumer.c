@@ -436,7 +436,8 @@ static int open_engine(tally_alerts_consumer *a, tally_error *err)
 	atomic_store(&a->pg_ok, 1);
 	conf = tally_kafka_conf(a->cfg);
 	tally_alerts_producer_conf(conf);
-	if (tally_kafka_conf_set(conf, "linger.ms", "5", err) != 0 ||
+	if (tally_kafka_conf_default(conf, a->cfg, "linger.ms", "5",
+				     err) != 0 ||
 	    tally_kafka_producer_new(&a->producer, conf, err) != 0) {
 		tally_log(TALLY_FATAL, "kafka.producer_failed",
 			  TALLY_KV_STR("error", err->msg));

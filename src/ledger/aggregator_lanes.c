@@ -311,7 +311,8 @@ int aggr_lane_open(tally_aggregator *a, lane *ln, int idx, tally_error *err)
 	conf = tally_kafka_conf(a->cfg);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
 	rd_kafka_conf_set_opaque(conf, ln);
-	if (tally_kafka_conf_set(conf, "linger.ms", "20", err) != 0 ||
+	if (tally_kafka_conf_default(conf, a->cfg, "linger.ms", "20",
+				     err) != 0 ||
 	    tally_kafka_producer_new(&ln->producer, conf, err) != 0)
 		return -1;
 	ao = agg_opts(a, ln->producer, dlq, sizeof(dlq));
