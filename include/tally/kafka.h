@@ -54,6 +54,12 @@ int tally_kafka_conf_default(rd_kafka_conf_t *conf, const tally_config *cfg,
 			     const char *name, const char *value,
 			     tally_error *err) TALLY_MUSTCHECK;
 
+/** tally_kafka_conf_default() for each {name, value} pair of kv, in
+ * order; stops at the first error. */
+int tally_kafka_conf_defaults(rd_kafka_conf_t *conf, const tally_config *cfg,
+			      const char *const kv[][2], size_t n,
+			      tally_error *err) TALLY_MUSTCHECK;
+
 /**
  * Create a producer from conf (which it takes ownership of, even on error).
  * The idempotent producer is on unless the caller set it otherwise.

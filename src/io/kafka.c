@@ -180,6 +180,19 @@ int tally_kafka_conf_default(rd_kafka_conf_t *conf, const tally_config *cfg,
 	return tally_kafka_conf_set(conf, name, value, err);
 }
 
+int tally_kafka_conf_defaults(rd_kafka_conf_t *conf, const tally_config *cfg,
+			      const char *const kv[][2], size_t n,
+			      tally_error *err)
+{
+	size_t i;
+	int rc = 0;
+
+	for (i = 0; i < n && rc == 0; i++)
+		rc = tally_kafka_conf_default(conf, cfg, kv[i][0], kv[i][1],
+					      err);
+	return rc;
+}
+
 int tally_kafka_producer_new(rd_kafka_t **out, rd_kafka_conf_t *conf,
 			     tally_error *err)
 {

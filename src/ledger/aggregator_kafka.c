@@ -120,7 +120,6 @@ static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 	rd_kafka_conf_t *conf = tally_loop_consumer_conf(cfg);
 	tally_error err, qerr;
 	bool qbackoff;
-	size_t i;
 
 	qbackoff = tally_kafka_conf_default(conf, cfg, "fetch.queue.backoff.ms",
 					    "10", &qerr) == 0;
@@ -128,11 +127,11 @@ static rd_kafka_conf_t *consumer_conf(tally_config *cfg)
 				     qbackoff ? "256" : "12288", &err) != 0)
 		tally_log(TALLY_WARN, "kafka.conf",
 			  TALLY_KV_STR("error", err.msg));
-	for (i = 0; i < sizeof(tuned) / sizeof(tuned[0]); i++)
-		if (tally_kafka_conf_default(conf, cfg, tuned[i][0],
-					     tuned[i][1], &err) != 0)
-			tally_log(TALLY_WARN, "kafka.conf",
-				  TALLY_KV_STR("error", err.msg));
+	if (tally_kafka_conf_defaults(conf, cfg, tuned,
+				      sizeof(tuned) / sizeof(tuned[0]),
+				      &err) != 0)
+		tally_log(TALLY_WARN, "kafka.conf",
+			  TALLY_KV_STR("error", err.msg));
 	conf_overrides(conf);
 	return conf;
 }

@@ -171,42 +171,51 @@ static size_t intern_slot(const char *s, size_t len)
 	return (h ^ (h >> 16)) % INTERN_SLOTS;
 }
 
-/* s's value is in tab already (a string of the range); else it is
- * entered (at where, when given) and false is returned */
-static bool intern_seen(interned *tab, const tally_str *s, const char *where)
+/* the slot of s's value: holding it already (a string of the range) or
+ * to be filled */
+static interned *intern_slot_of(interned *tab, const tally_str *s,
+				bool *seen)
 {
 	interned *e = &tab[intern_slot(s->ptr, s->len)];
 
-	if (e->p != NULL && e->len == s->len &&
-	    memcmp(e->p, s->ptr, s->len) == 0)
-		return true;
-	e->p = where != NULL ? where : s->ptr;
-	e->len = s->len;
-	return false;
+	*seen = e->p != NULL && e->len == s->len &&
+		memcmp(e->p, s->ptr, s->len) == 0;
+	return e;
 }
 
 static void detach_str(tally_str *s, char **pool, interned *tab)
 {
+	bool seen;
 	interned *e;
 
 	if (s->len == 0) {
 		s->ptr = *pool;
 		return;
 	}
-	if (intern_seen(tab, s, *pool)) {
-		e = &tab[intern_slot(s->ptr, s->len)];
-		s->ptr = e->p;
-		return;
+	e = intern_slot_of(tab, s, &seen);
+	if (!seen) {
+		memcpy(*pool, s->ptr, s->len);
+		e->p = *pool;
+		e->len = s->len;
+		*pool += s->len;
 	}
-	memcpy(*pool, s->ptr, s->len);
-	s->ptr = *pool;
-	*pool += s->len;
+	s->ptr = e->p;
 }
 
 /* bytes s adds to the block: what detach_str will copy, as it decides */
 static size_t detach_need(const tally_str *s, interned *tab)
 {
-	return s->len == 0 || intern_seen(tab, s, NULL) ? 0 : s->len;
+	bool seen;
+	interned *e;
+
+	if (s->len == 0)
+		return 0;
+	e = intern_slot_of(tab, s, &seen);
+	if (seen)
+		return 0;
+	e->p = s->ptr;
+	e->len = s->len;
+	return s->len;
 }
 
 size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,

@@ -55,6 +55,23 @@ static void register_metrics(tally_rater *r)
 	r->h_event_lag = tally_metrics_event_to_commit(r->m, "rate");
 }
 
+/*
+ * Measured on the 2-core box (docs/pricing.md): the broker's CPU per
+ * event is what bounds us, so we send fewer, fuller batches.
+ * commit_transaction() flushes at once whatever linger.ms says, so
+ * a long linger costs no latency at the end of a batch. No
+ * compression: on loopback lz4 made the broker (which decompresses
+ * to validate) use 60 % more CPU per event and cut throughput by a
+ * third. Defaults: a property in the configuration wins.
+ */
+static const char *const producer_tuning[][2] = {
+	{ "linger.ms", "100" },
+	{ "batch.num.messages", "100000" },
+	{ "compression.type", "none" },
+	{ "queue.buffering.max.messages", "2000000" },
+	{ "transaction.timeout.ms", "60000" },
+};
+
 /* the transactional producer, its transactions initialised */
 static int open_producer(tally_rater *r, tally_config *cfg, tally_error *err)
 {
@@ -66,32 +83,11 @@ static int open_producer(tally_rater *r, tally_config *cfg, tally_error *err)
 	rc = tally_kafka_conf_set(
 	    conf, "transactional.id",
 	    tally_config_str(cfg, "rate.transactional_id"), err);
-	/*
-	 * Measured on the 2-core box (docs/pricing.md): the broker's CPU per
-	 * event is what bounds us, so we send fewer, fuller batches.
-	 * commit_transaction() flushes at once whatever linger.ms says, so
-	 * a long linger costs no latency at the end of a batch. No
-	 * compression: on loopback lz4 made the broker (which decompresses
-	 * to validate) use 60 % more CPU per event and cut throughput by a
-	 * third. Defaults: a property in the configuration wins.
-	 */
 	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg, "linger.ms", "100",
-					      err);
-	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg, "batch.num.messages",
-					      "100000", err);
-	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg, "compression.type",
-					      "none", err);
-	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg,
-					      "queue.buffering.max.messages",
-					      "2000000", err);
-	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg,
-					      "transaction.timeout.ms", "60000",
-					      err);
+		rc = tally_kafka_conf_defaults(conf, cfg, producer_tuning,
+					       sizeof(producer_tuning) /
+						       sizeof(producer_tuning[0]),
+					       err);
 	if (rc != 0) {
 		rd_kafka_conf_destroy(conf);
 		return rc;
@@ -108,6 +104,19 @@ static int open_producer(tally_rater *r, tally_config *cfg, tally_error *err)
 	}
 	return rc;
 }
+
+/*
+ * At a steady input rate a fetch would return as soon as one byte is
+ * there: hundreds of small fetches a second, which cost the broker
+ * more than the messages (measured in docs/pricing.md,
+ * "Performance"). The broker holds a fetch until 256 KiB (half of
+ * one partition's largest answer) or 50 ms; a batch gathers for
+ * rate.batch_ms anyway.
+ */
+static const char *const fetch_tuning[][2] = {
+	{ "fetch.min.bytes", "262144" },
+	{ "fetch.wait.max.ms", "50" },
+};
 
 /* the consumer's settings: offsets are committed only through the
  * transaction; the prefetch depth below */
@@ -180,20 +189,11 @@ static int consumer_conf(rd_kafka_conf_t *conf, tally_config *cfg,
 				conf, cfg, "max.partition.fetch.bytes",
 				"524288", err);
 	}
-	/*
-	 * At a steady input rate a fetch would return as soon as one byte is
-	 * there: hundreds of small fetches a second, which cost the broker
-	 * more than the messages (measured in docs/pricing.md,
-	 * "Performance"). The broker holds a fetch until 256 KiB (half of
-	 * one partition's largest answer) or 50 ms; a batch gathers for
-	 * rate.batch_ms anyway.
-	 */
 	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg, "fetch.min.bytes",
-					      "262144", err);
-	if (rc == 0)
-		rc = tally_kafka_conf_default(conf, cfg, "fetch.wait.max.ms",
-					      "50", err);
+		rc = tally_kafka_conf_defaults(conf, cfg, fetch_tuning,
+					       sizeof(fetch_tuning) /
+						       sizeof(fetch_tuning[0]),
+					       err);
 	return rc;
 }
 
