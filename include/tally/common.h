@@ -69,8 +69,18 @@ char *tally_xstrndup(const char *s, size_t n);
  */
 int tally_parse_i64(int64_t *out, const char *s) TALLY_MUSTCHECK;
 
-/** The value of hex digit c (either case), or -1. */
-int tally_hex_digit(char c);
+/** The value of hex digit c (either case), or -1. Inline: the id and
+ * digest parsers call it for every character of every event. */
+static inline int tally_hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
 
 /** Current wall-clock time in unix milliseconds. */
 int64_t tally_now_ms(void);

@@ -96,17 +96,6 @@ char *tally_xstrndup(const char *s, size_t n)
 	return p;
 }
 
-int tally_hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 int tally_parse_i64(int64_t *out, const char *s)
 {
 	char *end = NULL;

@@ -32,10 +32,20 @@ static const char *const plan_names[] = {
 	"white_label_enterprise",
 };
 
+/* Each list of names also gives the names' lengths (NAME_LEN), so that a
+ * key is compared only with the names of its length. */
+#define NAME_STR(s) s,
+#define NAME_LEN(s) sizeof(s) - 1,
+
+#define COMP_NAMES(X) X("input") X("cache_read") X("cache_write") \
+	X("output") X("reasoning") X("requests") X("units")
+
 const char *const tally_codec__comp_names[TALLY_COMP_N] = {
-	"input", "cache_read", "cache_write", "output", "reasoning",
-	"requests", "units",
+	COMP_NAMES(NAME_STR)
 };
+static const uint8_t comp_lens[TALLY_COMP_N] = { COMP_NAMES(NAME_LEN) };
+_Static_assert(sizeof((uint8_t[]){ COMP_NAMES(NAME_LEN) }) == TALLY_COMP_N,
+	       "a name for every component");
 
 const char *tally_command_type_name(tally_command_type t)
 {
@@ -60,18 +70,27 @@ enum {
 	K_NAME, K_SLUG, K_DOMAIN, K_BUDGET, K_N
 };
 
-static const char *const key_names[K_N] = {
-	"id", "source", "type", "tenant_id", "time", "subject", "data",
-	"cost", "components", "currency", "price_id", "unpriced", "rated_at",
-	"plan", "trial_days", "payment_method_id", "proration",
-	"at_period_end", "email", "name", "slug", "domain", "budget",
-};
+#define KEY_NAMES(X) X("id") X("source") X("type") X("tenant_id") \
+	X("time") X("subject") X("data") X("cost") X("components") \
+	X("currency") X("price_id") X("unpriced") X("rated_at") X("plan") \
+	X("trial_days") X("payment_method_id") X("proration") \
+	X("at_period_end") X("email") X("name") X("slug") X("domain") \
+	X("budget")
 
-static const char *const data_names[DF_N] = {
-	"provider", "model", "workflow_id", "input_tokens", "output_tokens",
-	"cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-	"steps", "complexity", "bytes", "count",
-};
+static const char *const key_names[K_N] = { KEY_NAMES(NAME_STR) };
+static const uint8_t key_lens[K_N] = { KEY_NAMES(NAME_LEN) };
+_Static_assert(sizeof((uint8_t[]){ KEY_NAMES(NAME_LEN) }) == K_N,
+	       "a name for every key");
+
+#define DATA_NAMES(X) X("provider") X("model") X("workflow_id") \
+	X("input_tokens") X("output_tokens") X("cache_read_tokens") \
+	X("cache_write_tokens") X("reasoning_tokens") X("steps") \
+	X("complexity") X("bytes") X("count")
+
+static const char *const data_names[DF_N] = { DATA_NAMES(NAME_STR) };
+static const uint8_t data_lens[DF_N] = { DATA_NAMES(NAME_LEN) };
+_Static_assert(sizeof((uint8_t[]){ DATA_NAMES(NAME_LEN) }) == DF_N,
+	       "a name for every data field");
 
 static const char *const data_fields[DF_N] = {
 	"data.provider", "data.model", "data.workflow_id",
@@ -96,17 +115,18 @@ static bool key_applies(tally_codec__what w, int k)
 	}
 }
 
-static int lookup(const char *const *names, int n, const char *key,
-		  uint32_t klen)
+static int lookup(const char *const *names, const uint8_t *lens, int n,
+		  const char *key, uint32_t klen)
 {
 	int i;
 
 	if (klen == 0)
 		return -1; /* no name is empty */
-	/* the first byte inline: most names are ruled out without a call */
+	/* length and first byte inline: most names are ruled out without a
+	 * call */
 	for (i = 0; i < n; i++)
-		if (names[i][0] == key[0] &&
-		    tally_codec__str_is(key, klen, names[i]))
+		if (lens[i] == klen && names[i][0] == key[0] &&
+		    memcmp(names[i], key, klen) == 0)
 			return i;
 	return -1;
 }
@@ -304,6 +324,18 @@ static int top_command(tally_codec__st *st, int k, const tally_codec__val *v)
 	}
 }
 
+/* a rejected components.<name>: the field's name is formatted only here,
+ * not for every component of every event */
+static int comp_fail(tally_codec__st *st, const char *reason, int k,
+		     const char *what)
+{
+	char field[48];
+
+	snprintf(field, sizeof(field), "components.%s",
+		 tally_codec__comp_names[k]);
+	return FAIL(st, reason, field, "%s %s", field, what);
+}
+
 int tally_codec__field(tally_codec__st *st, tally_codec__scope sc,
 		       const char *key, uint32_t klen,
 		       const tally_codec__val *v)
@@ -311,7 +343,7 @@ int tally_codec__field(tally_codec__st *st, tally_codec__scope sc,
 	int k;
 
 	if (sc == TALLY_CODEC__DATA) {
-		k = lookup(data_names, DF_N, key, klen);
+		k = lookup(data_names, data_lens, DF_N, key, klen);
 		if (k < 0 || v->kind == TALLY_CV_NIL)
 			return 0;
 		if (st->dseen & (1u << k))
@@ -323,26 +355,22 @@ int tally_codec__field(tally_codec__st *st, tally_codec__scope sc,
 		return 0;
 	}
 	if (sc == TALLY_CODEC__COMPONENTS) {
-		char field[48];
-
-		k = lookup(tally_codec__comp_names, TALLY_COMP_N, key, klen);
+		k = lookup(tally_codec__comp_names, comp_lens, TALLY_COMP_N, key,
+			   klen);
 		if (k < 0)
 			return 0;
-		snprintf(field, sizeof(field), "components.%s",
-			 tally_codec__comp_names[k]);
 		if (st->cseen & (1u << k))
-			return FAIL(st, "duplicate_key", field,
-				    "%s appears twice", field);
+			return comp_fail(st, "duplicate_key", k, "appears twice");
 		st->cseen |= 1u << k;
 		if (v->kind != TALLY_CV_STR)
-			return FAIL(st, "wrong_type", field,
-				    "%s must be a decimal string", field);
+			return comp_fail(st, "wrong_type", k,
+					 "must be a decimal string");
 		if (tally_money_parse(&st->re->components[k], v->s, v->len))
-			return FAIL(st, "bad_decimal", field,
-				    "%s is not an exact decimal", field);
+			return comp_fail(st, "bad_decimal", k,
+					 "is not an exact decimal");
 		return 0;
 	}
-	k = lookup(key_names, K_N, key, klen);
+	k = lookup(key_names, key_lens, K_N, key, klen);
 	if (k < 0 || !key_applies(st->what, k) || v->kind == TALLY_CV_NIL)
 		return 0; /* unknown keys and nulls are ignored */
 	if (st->seen & (UINT64_C(1) << k))

@@ -161,22 +161,13 @@ typedef struct interned {
 	size_t len;
 } interned;
 
-static size_t intern_slot(const char *s, size_t len)
-{
-	uint32_t h = 2166136261u; /* FNV-1a */
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		h = (h ^ (uint8_t)s[i]) * 16777619u;
-	return (h ^ (h >> 16)) % INTERN_SLOTS;
-}
-
 /* the slot of s's value: holding it already (a string of the range) or
  * to be filled */
 static interned *intern_slot_of(interned *tab, const tally_str *s,
 				bool *seen)
 {
-	interned *e = &tab[intern_slot(s->ptr, s->len)];
+	interned *e = &tab[tally_hash_bytes((const uint8_t *)s->ptr, s->len) %
+			   INTERN_SLOTS];
 
 	*seen = e->p != NULL && e->len == s->len &&
 		memcmp(e->p, s->ptr, s->len) == 0;

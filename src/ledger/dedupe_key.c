@@ -6,10 +6,11 @@
 #define _POSIX_C_SOURCE 200809L
 #include "tally/dedupe_key.h"
 #include "tally/common.h"
+#include "tally/digest.h"
 #include "tally/event.h"
 
 #include <openssl/evp.h>
-#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* Crockford base32 value of c (either case; I, L, O, U are not ULID
@@ -72,6 +73,23 @@ int64_t tally_id_time_ms(const char *id, size_t len)
 	return -1;
 }
 
+/* "<len>:" in decimal (what printf's "%zu:" writes, without printf: this
+ * runs for every event); returns its length */
+static int len_prefix(char *buf, size_t len)
+{
+	char d[20];
+	int k = 0, n = 0;
+
+	do {
+		d[k++] = (char)('0' + len % 10);
+		len /= 10;
+	} while (len > 0);
+	while (k > 0)
+		buf[n++] = d[--k];
+	buf[n++] = ':';
+	return n;
+}
+
 int64_t tally_dedupe_key(uint8_t out[16], const char *source, size_t slen,
 			 const char *id, size_t idlen,
 			 int64_t timeled_from_ms)
@@ -86,10 +104,12 @@ int64_t tally_dedupe_key(uint8_t out[16], const char *source, size_t slen,
 		slen = TALLY_SOURCE_MAX; /* codec guarantees; be safe */
 	if (idlen > TALLY_ID_MAX)
 		idlen = TALLY_ID_MAX;
-	n = snprintf(buf, 24, "%zu:", slen);
+	n = len_prefix(buf, slen);
 	memcpy(buf + n, source, slen);
 	memcpy(buf + n + slen, id, idlen);
-	EVP_Digest(buf, (size_t)n + slen + idlen, md, &olen, EVP_md5(), NULL);
+	if (EVP_Digest(buf, (size_t)n + slen + idlen, md, &olen, tally_md5(),
+		       NULL) != 1)
+		abort(); /* MD5 of memory fails only without memory */
 	t = tally_id_time_ms(id, idlen);
 	lo = timeled_from_ms > TALLY_DEDUPE_TIMELED_MIN_MS
 		     ? timeled_from_ms

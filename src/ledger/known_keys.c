@@ -4,6 +4,7 @@
  */
 #include "ledger/known_keys.h"
 #include "tally/common.h"
+#include "tally/digest.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -57,7 +58,7 @@ void tally_known_digest(tally_known_keys *k, uint8_t out[16], int kind,
 		memset(out, 0, 16);
 		return;
 	}
-	if (EVP_DigestInit_ex(c, EVP_md5(), NULL) != 1 ||
+	if (EVP_DigestInit_ex(c, tally_md5(), NULL) != 1 ||
 	    EVP_DigestUpdate(c, head, sizeof(head)) != 1 ||
 	    EVP_DigestUpdate(c, id, len) != 1 ||
 	    EVP_DigestFinal_ex(c, out, &olen) != 1)
