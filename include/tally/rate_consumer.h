@@ -39,12 +39,22 @@ int tally_rater_new(tally_rater **out, tally_config *cfg, tally_metrics *m,
 		    tally_error *err) TALLY_MUSTCHECK;
 
 /**
- * Run one batch: poll, rate, produce, commit the transaction.
- * @param[out] n number of input messages handled (may be NULL)
+ * Run one step: poll a batch and rate it; commit the batch rated by the
+ * previous step in a transaction meanwhile. A batch that is not full is
+ * committed in the same step. Until the input stops, a full batch commits
+ * one step after it was polled.
+ * @param[out] n number of input messages committed (may be NULL)
  * @return 0, or TALLY_ERROR on a fatal producer error (exit and restart)
  */
 int tally_rater_step(tally_rater *r, size_t *n, tally_error *err)
 	TALLY_MUSTCHECK;
+
+/**
+ * The rated_at (ms) that the batches committed by the last step carry
+ * (every event of a batch the same: the time its rating began): at most 2.
+ * For tests that tell committed from aborted output without markers.
+ */
+size_t tally_rater_committed_stamps(const tally_rater *r, int64_t stamps[2]);
 
 /**
  * Loop over tally_rater_step() until SIGTERM/SIGINT (tally_signals); on

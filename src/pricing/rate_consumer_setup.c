@@ -16,6 +16,7 @@
 void tally_rater__read_opts(tally_rater *r)
 {
 	const char *u = tally_config_str(r->cfg, "rate.unpriced");
+	int i;
 
 	r->batch_size = (size_t)tally_config_int(r->cfg, "rate.batch_size");
 	r->batch_ms = (int)tally_config_int(r->cfg, "rate.batch_ms");
@@ -25,9 +26,16 @@ void tally_rater__read_opts(tally_rater *r)
 			  TALLY_KV_STR("error", "rate.unpriced must be "
 						"dead_letter or zero"),
 			  TALLY_KV_STR("using", "dead_letter"));
-	r->msgs = tally_xrealloc(r->msgs, r->batch_size * sizeof(*r->msgs));
-	r->event_ms = tally_xrealloc(r->event_ms,
-				     r->batch_size * sizeof(*r->event_ms));
+	for (i = 0; i < 2; i++) {
+		struct rate_batch *b = &r->batch[i];
+
+		/* a pending batch keeps its messages over a smaller size */
+		b->cap = r->batch_size > b->n ? r->batch_size : b->n;
+		b->msgs = tally_xrealloc(b->msgs, b->cap * sizeof(*b->msgs));
+		b->out = tally_xrealloc(b->out, b->cap * sizeof(*b->out));
+		b->event_ms = tally_xrealloc(b->event_ms,
+					     b->cap * sizeof(*b->event_ms));
+	}
 }
 
 static void register_metrics(tally_rater *r)
@@ -273,8 +281,12 @@ fail:
 
 void tally_rater_free(tally_rater *r)
 {
+	int i;
+
 	if (r == NULL)
 		return;
+	for (i = 0; i < 2; i++) /* their messages are the consumer's */
+		tally_rater__drop_batch(&r->batch[i]);
 	tally_consumer_free(r->consumer); /* leaves the group */
 	if (r->out_rkt != NULL)
 		rd_kafka_topic_destroy(r->out_rkt);
@@ -286,8 +298,11 @@ void tally_rater_free(tally_rater *r)
 	tally_rate_ctx_free(r->ctx);
 	tally_pg_free(r->pg);
 	msgpack_sbuffer_destroy(&r->sb);
-	free(r->msgs);
-	free(r->event_ms);
+	for (i = 0; i < 2; i++) {
+		free(r->batch[i].msgs);
+		free(r->batch[i].out);
+		free(r->batch[i].event_ms);
+	}
 	free(r);
 }
 

@@ -10,11 +10,9 @@
  * The mock of librdkafka 2.0.2 writes no transaction markers (a
  * read_committed reader also sees aborted messages) and ignores
  * TxnOffsetCommit, so the committed output is told apart here by rated_at:
- * every event of a transaction carries the time its batch began, and a
- * committed transaction's rated_at lies inside the [before, after] window
- * of the tally_rater_step() call that committed it; steps run one after
- * the other (2 ms apart), so an aborted batch's rated_at lies in no such
- * window. (On
+ * every event of a batch carries the time its rating began, a step rates
+ * at most one batch and steps run 2 ms apart, so each batch has its own
+ * rated_at; tally_rater_committed_stamps() names the committed ones. (On
  * the real broker, test_rate_consumer checks read_committed directly.)
  */
 #define _POSIX_C_SOURCE 200809L
@@ -176,22 +174,36 @@ static void produce_input(const char *bootstraps)
 	rd_kafka_destroy(rk);
 }
 
-typedef struct window {
-	int64_t from, to;
-} window;
-
-static bool in_windows(int64_t t, const window *w, int nw)
+static bool committed_stamp(int64_t t, const int64_t *w, int nw)
 {
 	int i;
 
 	for (i = 0; i < nw; i++)
-		if (t >= w[i].from && t <= w[i].to)
+		if (t == w[i])
 			return true;
 	return false;
 }
 
+/* one step; the rated_at of what it committed joins w */
+static size_t step(tally_rater *r, int64_t *w, int *nw, tally_error *err)
+{
+	int64_t stamps[2];
+	size_t got = 0, k, i;
+
+	ck_assert_msg(tally_rater_step(r, &got, err) == 0,
+		      "no fatal error: %s", err->msg);
+	k = tally_rater_committed_stamps(r, stamps);
+	ck_assert(k <= 2 && (k > 0) == (got > 0));
+	for (i = 0; i < k; i++) {
+		ck_assert(!committed_stamp(stamps[i], w, *nw));
+		w[(*nw)++] = stamps[i];
+	}
+	tally_sleep_ms(2); /* no two steps rate in the same ms */
+	return got;
+}
+
 /* committed rated events: counts[i] per input i; aborted ones in *aborted */
-static int read_rated(const char *bootstraps, int *counts, const window *w,
+static int read_rated(const char *bootstraps, int *counts, const int64_t *w,
 		      int nw, int *aborted)
 {
 	rd_kafka_t *rk = client(RD_KAFKA_CONSUMER, bootstraps, "abort.reader");
@@ -227,7 +239,7 @@ static int read_rated(const char *bootstraps, int *counts, const window *w,
 					(long long)idx, (int)m->partition,
 					(long long)m->offset,
 					(long long)re.rated_at_ms);
-			if (in_windows(re.rated_at_ms, w, nw)) {
+			if (committed_stamp(re.rated_at_ms, w, nw)) {
 				counts[idx]++;
 				n++;
 			} else {
@@ -253,9 +265,8 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 	tally_error err;
 	int *counts = tally_xcalloc(N, sizeof(int));
 	int i, steps, n, missing = 0, dup = 0, nw = 0, aborted = 0;
-	window w[512];
-	int64_t t0;
-	size_t done = 0, got;
+	int64_t w[512];
+	size_t done = 0;
 	uint64_t aborts, lag_n;
 	FILE *fp;
 
@@ -289,32 +300,16 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 	ck_assert_msg(tally_rater_new(&r, cfg, m, &err) == 0, "%s", err.msg);
 
 	/* one clean batch first, so that a rewind has a committed offset */
-	for (steps = 0; steps < 200 && done == 0; steps++) {
-		t0 = tally_now_ms();
-		ck_assert(tally_rater_step(r, &got, &err) == 0);
-		if (got > 0) {
-			w[nw].from = t0;
-			w[nw++].to = tally_now_ms();
-		}
-		tally_sleep_ms(2); /* windows of steps never share a ms */
-		done += got;
-	}
+	for (steps = 0; steps < 200 && done == 0; steps++)
+		done += step(r, w, &nw, &err);
 	ck_assert_msg(done > 0, "a first batch commits");
 
 	/* each failure hits one of the following transactions */
 	rd_kafka_mock_push_request_errors(
 		mc, APIKEY_PRODUCE, 1,
 		RD_KAFKA_RESP_ERR_INVALID_RECORD);
-	for (steps = 0; steps < 400 && done < N && nw < 512; steps++) {
-		t0 = tally_now_ms();
-		ck_assert_msg(tally_rater_step(r, &got, &err) == 0,
-			      "no fatal error: %s", err.msg);
-		if (got > 0) {
-			w[nw].from = t0;
-			w[nw++].to = tally_now_ms();
-		}
-		tally_sleep_ms(2); /* windows of steps never share a ms */
-		done += got;
+	for (steps = 0; steps < 400 && done < N && nw < 510; steps++) {
+		done += step(r, w, &nw, &err);
 		if (steps == 3)
 			rd_kafka_mock_push_request_errors(
 				mc, APIKEY_ADD_OFFSETS_TO_TXN, 1,
@@ -344,8 +339,8 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 	 * arrives, so a rewind that skipped the batch would leave done < N */
 	if (getenv("ABORT_DEBUG") != NULL)
 		for (i = 0; i < nw; i++)
-			fprintf(stderr, "win %lld %lld\n",
-				(long long)w[i].from, (long long)w[i].to);
+			fprintf(stderr, "committed rated_at %lld\n",
+				(long long)w[i]);
 	n = read_rated(bs, counts, w, nw, &aborted);
 	fprintf(stderr, "rate_abort: %d committed, %d aborted in the topic\n",
 		n, aborted);
