@@ -64,7 +64,7 @@ static const keydef keys[] = {
 	/* "": tally-rate-<hostname>-<pid> (instance_default()) */
 	S("rate.transactional_id", "", false, "TALLY_TRANSACTIONAL_ID"),
 	I("rate.batch_size", 10000, true, 1, 1000000),
-	I("rate.batch_ms", 100, true, 1, 60000),
+	I("rate.batch_ms", 50, true, 1, 60000),
 	S("rate.unpriced", "dead_letter", true, NULL),
 	I("rate.price_check_s", 5, true, 1, 3600),
 	I("rate.prefetch_messages", 5000, false, 1000, 10000000),
@@ -72,7 +72,7 @@ static const keydef keys[] = {
 	/* tally-aggregate */
 	S("aggregate.group", "tally.aggregate", false, NULL),
 	I("aggregate.batch_size", 30000, true, 1, 1000000),
-	I("aggregate.batch_ms", 200, true, 1, 60000),
+	I("aggregate.batch_ms", 100, true, 1, 60000),
 	I("aggregate.lanes", 1, false, 1, 8),
 	/* distinct workflows + users kept in memory (8 bytes each) */
 	I("aggregate.known_keys", 131072, false, 0, 16777216),
