@@ -228,7 +228,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	if (agg->trace) {
 		agg_trace(agg, 5);
 		/* asked for explicitly: shown whatever log.level says */
-		tally_log(TALLY_WARN, "aggregate.agg_trace",
+		tally_log(TALLY_WARN, "aggregate.trace",
 			  TALLY_KV_INT("n", n),
 			  TALLY_KV_INT("prep_us", agg->phase_us[0]),
 			  TALLY_KV_INT("copy_us", agg->phase_us[1]),
