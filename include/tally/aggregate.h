@@ -168,6 +168,20 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 			      size_t to);
 
 /**
+ * Register ahead the provider/model pairs of a decoded batch that agg has
+ * not cached, on pg (a connection other than agg's), so that its
+ * tally_agg_process_decoded() finds them cached. Safe while another thread
+ * is in tally_agg_process_decoded() on agg (the cache has its lock); one
+ * attempt; a failure leaves the work to the batch itself.
+ *
+ * @param now_ms      the batch's clock for the time window
+ * @param registered  the pairs of the batch now cached
+ */
+int tally_agg_prefetch_models(tally_agg *agg, tally_pg *pg,
+			      const tally_agg_decoded *dec, int64_t now_ms,
+			      size_t *registered, tally_error *err);
+
+/**
  * tally_agg_process() with the messages already decoded into dec by
  * tally_agg_decode(dec, msgs, n) (with dec NULL they are decoded here;
  * a dec of other msgs or n is an error). The same batch may be processed

@@ -69,6 +69,7 @@ int tally_agg_new(tally_agg **out, tally_pg *pg, const tally_agg_opts *opts,
 	if (agg->producer != NULL && agg->totals_topic != NULL)
 		agg->outbox = tally_outbox_new(agg->producer, agg->totals_topic,
 					       sizeof(totals_ack));
+	pthread_mutex_init(&agg->models_mu, NULL);
 	agg_seen_init(&agg->seen, opts->recent_keys);
 	if (RAND_bytes(secret, sizeof(secret)) != 1)
 		opts_known = 0; /* no secret, no cache: every key is sent */
@@ -90,6 +91,7 @@ void tally_agg_free(tally_agg *agg)
 		return;
 	tally_positions_free(agg->pos);
 	agg_models_free(agg);
+	pthread_mutex_destroy(&agg->models_mu);
 	agg_clear_totals(agg);
 	free(agg->totals);
 	free(agg->totals_key);
@@ -171,6 +173,24 @@ static int commit_batch(tally_agg *agg, tally_error *err)
 	}
 }
 
+/* TALLY_AGG_TRACE=1: where a batch's time went (docs/aggregate.md) */
+static void log_trace(tally_agg *agg, size_t n)
+{
+	agg_trace(agg, 7);
+	/* asked for explicitly: shown whatever log.level says */
+	tally_log(TALLY_WARN, "aggregate.trace",
+		  TALLY_KV_INT("n", n),
+		  TALLY_KV_INT("before_us", agg->phase_us[6]),
+		  TALLY_KV_INT("prep_us", agg->phase_us[0]),
+		  TALLY_KV_INT("copy_us", agg->phase_us[1]),
+		  TALLY_KV_INT("dedupe_us", agg->phase_us[2]),
+		  TALLY_KV_INT("apply_us", agg->phase_us[3]),
+		  TALLY_KV_INT("storage_us", agg->phase_us[4]),
+		  TALLY_KV_INT("totals_commit_us", agg->phase_us[5]),
+		  TALLY_KV_INT("after_us", agg->phase_us[7]));
+	memset(agg->phase_us, 0, sizeof(agg->phase_us));
+}
+
 int tally_agg_process(tally_agg *agg, const tally_agg_msg *msgs, size_t n,
 		      int64_t now_ms, tally_agg_stats *stats, tally_error *err)
 {
@@ -189,6 +209,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	memset(&agg->st, 0, sizeof(agg->st));
 	if (n == 0)
 		goto done;
+	agg->phase_t = tally_mono_ns();
 	if (dec == NULL) {
 		dec = &agg->own;
 		tally_agg_decode(dec, msgs, n);
@@ -225,19 +246,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	if (agg->storage_unpriced > 0)
 		tally_log(TALLY_WARN, "aggregate.storage_unpriced",
 			  TALLY_KV_INT("segments", agg->storage_unpriced));
-	if (agg->trace) {
-		agg_trace(agg, 5);
-		/* asked for explicitly: shown whatever log.level says */
-		tally_log(TALLY_WARN, "aggregate.trace",
-			  TALLY_KV_INT("n", n),
-			  TALLY_KV_INT("prep_us", agg->phase_us[0]),
-			  TALLY_KV_INT("copy_us", agg->phase_us[1]),
-			  TALLY_KV_INT("dedupe_us", agg->phase_us[2]),
-			  TALLY_KV_INT("apply_us", agg->phase_us[3]),
-			  TALLY_KV_INT("storage_us", agg->phase_us[4]),
-			  TALLY_KV_INT("totals_commit_us", agg->phase_us[5]));
-		memset(agg->phase_us, 0, sizeof(agg->phase_us));
-	}
+	agg_trace(agg, 5);
 	/* committed: this instance's view of its positions moves on */
 	tally_positions_committed(agg->pos, agg->posbuf,
 				  agg_batch_positions(agg, agg->posbuf));
@@ -247,6 +256,8 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 			agg->st.duplicates++;
 	agg->st.duplicates -= agg->st.accepted; /* the rest were seen before */
 	agg_publish_totals(agg);
+	if (agg->trace)
+		log_trace(agg, n);
 done:
 	if (stats != NULL)
 		*stats = agg->st;

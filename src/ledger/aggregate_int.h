@@ -26,6 +26,8 @@
 #include "io/outbox.h"
 #include "base/strbuf.h"
 
+#include <pthread.h>
+
 #include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -188,6 +190,9 @@ struct tally_agg {
 	tenant_model *tms;       /* pairs in tenant_models (models.c) */
 	size_t ntms, captms;
 	tally_hashset tms_h;
+	/* models, tms and their indexes: the lane's thread and the poll
+	 * thread's tally_agg_prefetch_models() both use them */
+	pthread_mutex_t models_mu;
 	size_t max_models;       /* per tenant */
 	uint32_t *model_slot;    /* per item: its pending pair (models.c) */
 	size_t cap_model_slot;
@@ -243,7 +248,7 @@ struct tally_agg {
 	tally_strbuf us_t, us_p, us_s;
 	uint32_t *us_idx;     /* their index: item + 1, 0 = empty */
 	size_t us_cap;
-	int64_t phase_us[6], phase_t;
+	int64_t phase_us[8], phase_t;
 };
 
 enum copy_kind { COPY_DEDUPE, COPY_LEDGER, COPY_STAGE, COPY_SNAPSHOTS };
@@ -350,6 +355,8 @@ static inline bool agg_id_in_future(const tally_agg *agg, const item *it,
 }
 
 /* decode.c */
+enum { WIN_OK, WIN_LATE, WIN_FUTURE, WIN_ID_OLD, WIN_ID_FUTURE };
+int agg_window_check(const tally_agg *agg, const item *it, int64_t now_ms);
 const char *agg_item_detail(const tally_agg *agg, const item *it);
 void agg_item_set_detail(tally_agg *agg, item *it, const char *fmt, ...)
 	TALLY_PRINTF(3, 4);

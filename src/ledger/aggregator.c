@@ -126,6 +126,31 @@ static void loop_trace(tally_aggregator *a, size_t got, int64_t t0,
 }
 
 /*
+ * While the lanes are in batch N, the gathered batch's new provider/model
+ * pairs are registered on the poll thread's own connection, so that their
+ * short transaction is not on a lane's path (docs/aggregate.md, "Provider
+ * and model names"). A failure costs nothing: the lane registers them.
+ */
+static void prefetch_models(tally_aggregator *a)
+{
+	tally_error err;
+	size_t reg;
+	int l;
+
+	for (l = 0; l < a->nlanes; l++) {
+		job *j = &a->lanes[l].jobs[a->next];
+
+		if (j->n == 0)
+			continue;
+		tally_error_clear(&err);
+		if (tally_agg_prefetch_models(a->lanes[l].agg, a->pg, j->dec,
+					      j->now_ms, &reg, &err) != 0)
+			tally_log(TALLY_DEBUG, "aggregate.models_ahead_failed",
+				  TALLY_KV_STR("error", err.msg));
+	}
+}
+
+/*
  * One turn of the poll loop: gather batch N+1 while batch N is in its
  * transactions, collect N, hand N+1 over. Returns -1 to stop (failure).
  */
@@ -156,6 +181,8 @@ static int loop_step(void *ctx)
 		if (full)
 			break;
 	}
+	if (got > 0 && !a->discard_next && aggr_lanes_busy(a))
+		prefetch_models(a);
 	t1 = tally_mono_ns();
 	if (aggr_finish_batch(a, false) != 0 || a->fatal) {
 		for (l = 0; l < a->nlanes; l++)

@@ -544,7 +544,7 @@ int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err)
 	int rc;
 
 	(void)pg;
-	agg->phase_t = tally_mono_ns();
+	agg_trace(agg, 6);
 	tally_known_reset_pending(&agg->known);
 	agg->st.known_skipped = 0;
 	rc = agg_apply_prepare(agg, err);

@@ -222,10 +222,7 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 
 		/* the very test agg_classify() makes with the same now_ms */
 		keep[i] = d->items[i].bad ||
-			  ev->time_ms < now_ms - agg->lateness_ms ||
-			  ev->time_ms > now_ms + agg->future_ms ||
-			  agg_id_before_window(agg, &d->items[i], now_ms) ||
-			  agg_id_in_future(agg, &d->items[i], now_ms);
+			  agg_window_check(agg, &d->items[i], now_ms) != WIN_OK;
 		if (!keep[i])
 			need += detach_need(&ev->provider, tab) +
 				detach_need(&ev->model, tab) +
@@ -256,6 +253,22 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
 		abort(); /* the two passes decided differently: a bug */
 	free(tab);
 	return n;
+}
+
+/* Where an item's event time and id time fall against the batch's clock. */
+int agg_window_check(const tally_agg *agg, const item *it, int64_t now_ms)
+{
+	int64_t t = it->re.ev.time_ms;
+
+	if (t < now_ms - agg->lateness_ms)
+		return WIN_LATE;
+	if (t > now_ms + agg->future_ms)
+		return WIN_FUTURE;
+	if (agg_id_before_window(agg, it, now_ms))
+		return WIN_ID_OLD;
+	if (agg_id_in_future(agg, it, now_ms))
+		return WIN_ID_FUTURE;
+	return WIN_OK;
 }
 
 /*
@@ -290,7 +303,10 @@ void agg_classify(tally_agg *agg)
 			continue;
 		}
 		t = it->re.ev.time_ms;
-		if (t < agg->now_ms - agg->lateness_ms) {
+		switch (agg_window_check(agg, it, agg->now_ms)) {
+		case WIN_OK:
+			break;
+		case WIN_LATE:
 			it->status = ST_DLQ;
 			it->reason = "too_late";
 			agg_item_set_detail(agg, it,
@@ -298,16 +314,14 @@ void agg_classify(tally_agg *agg)
 				 "lateness window", (agg->now_ms -
 				 agg->lateness_ms - t) / 1000);
 			continue;
-		}
-		if (t > agg->now_ms + agg->future_ms) {
+		case WIN_FUTURE:
 			it->status = ST_DLQ;
 			it->reason = "future_timestamp";
 			agg_item_set_detail(agg, it,
 				 "event time is %" PRId64 " s in the future",
 				 (t - agg->now_ms) / 1000);
 			continue;
-		}
-		if (agg_id_before_window(agg, it, agg->now_ms)) {
+		case WIN_ID_OLD:
 			it->status = ST_DLQ;
 			it->reason = "id_too_old";
 			agg_item_set_detail(agg, it,
@@ -317,8 +331,7 @@ void agg_classify(tally_agg *agg)
 				  agg_key_time_ms(it)) / 1000,
 				 (agg->now_ms - agg_key_time_ms(it)) / 1000);
 			continue;
-		}
-		if (agg_id_in_future(agg, it, agg->now_ms)) {
+		default: /* WIN_ID_FUTURE */
 			it->status = ST_DLQ;
 			it->reason = "id_in_future";
 			agg_item_set_detail(agg, it,

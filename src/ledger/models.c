@@ -215,6 +215,7 @@ static size_t pass_arrays(const pass *p, size_t from, size_t to, int state,
 /* The pass's entries [from, to) and what a transaction decided for them. */
 typedef struct pass_run {
 	tally_agg *agg;
+	tally_pg *pg;       /* the lane's, or the poll thread's (prefetch) */
 	pass *p;
 	size_t from, to;
 	tally_strbuf a[3];
@@ -251,7 +252,7 @@ static int read_state(pass_run *r, bool decide, tally_error *err)
 	params[0] = r->a[0].p;
 	params[1] = r->a[1].p;
 	params[2] = r->a[2].p;
-	rc = tally_pg_exec(r->agg->pg, &res, STATE_SQL, 3, params, err);
+	rc = tally_pg_exec(r->pg, &res, STATE_SQL, 3, params, err);
 	if (rc != 0)
 		return rc;
 	for (i = r->from; i < r->to; i++)
@@ -305,14 +306,14 @@ static int insert_admitted(pass_run *r, tally_error *err)
 	params[0] = r->a[0].p;
 	params[1] = r->a[1].p;
 	params[2] = r->a[2].p;
-	rc = tally_pg_exec(r->agg->pg, NULL,
+	rc = tally_pg_exec(r->pg, NULL,
 			   "INSERT INTO providers (name) SELECT DISTINCT x"
 			   " FROM unnest($1::text[]) x WHERE NOT EXISTS"
 			   " (SELECT 1 FROM providers p WHERE p.name = x)"
 			   " ORDER BY x ON CONFLICT (name) DO NOTHING", 1,
 			   params + 1, err);
 	if (rc == 0)
-		rc = tally_pg_exec(r->agg->pg, NULL,
+		rc = tally_pg_exec(r->pg, NULL,
 				   "INSERT INTO models (provider_id, name)"
 				   " SELECT DISTINCT p.id, x.m FROM unnest($1::text[],"
 				   " $2::text[]) x(p, m) JOIN providers p"
@@ -323,7 +324,7 @@ static int insert_admitted(pass_run *r, tally_error *err)
 				   " ON CONFLICT (provider_id, name) DO NOTHING",
 				   2, params + 1, err);
 	if (rc == 0)
-		rc = tally_pg_exec(r->agg->pg, NULL,
+		rc = tally_pg_exec(r->pg, NULL,
 				   "INSERT INTO tenant_models (tenant_id, model_id)"
 				   " SELECT DISTINCT x.t, m.id FROM unnest($1::uuid[],"
 				   " $2::text[], $3::text[]) x(t, p, m)"
@@ -344,7 +345,7 @@ static int pass_txn(tally_pg *pg, void *payload, tally_error *err)
 	(void)pg;
 	pass_arrays(r->p, r->from, r->to, -1, r->a);
 	param = r->a[0].p;
-	rc = tally_pg_exec(r->agg->pg, NULL,
+	rc = tally_pg_exec(r->pg, NULL,
 			   "SELECT pg_advisory_xact_lock(" CAP_LOCK_CLASS ","
 			   " hashtext(t::text)) FROM (SELECT DISTINCT t FROM"
 			   " unnest($1::uuid[]) t ORDER BY 1) s", 1, &param,
@@ -358,29 +359,40 @@ static int pass_txn(tally_pg *pg, void *payload, tally_error *err)
 	return rc;
 }
 
-/* Run the pass [from, to); a pair PostgreSQL refuses is tried alone. */
-static int run_pass(tally_agg *agg, pass *p, size_t from, size_t to,
-		    tally_error *err)
+/* The pass's registered pairs [from, to) into the cache. */
+static void cache_pass(tally_agg *agg, const pass *p, size_t from, size_t to)
 {
-	pass_run r = { .agg = agg, .p = p, .from = from, .to = to };
+	size_t i;
+
+	pthread_mutex_lock(&agg->models_mu);
+	for (i = from; i < to; i++)
+		if (p->v[i].state == P_OK) {
+			cache_model(agg, p->v[i].key, p->v[i].provider_id,
+				    p->v[i].model_id);
+			cache_pair(agg, p->v[i].tenant, p->v[i].model_id);
+		}
+	pthread_mutex_unlock(&agg->models_mu);
+}
+
+/*
+ * Run the pass [from, to) on pg, at most max_attempts times (0: as
+ * tally_pg_txn); a pair PostgreSQL refuses is tried alone when split.
+ */
+static int run_pass(tally_agg *agg, tally_pg *pg, pass *p, size_t from,
+		    size_t to, int max_attempts, bool split, tally_error *err)
+{
+	pass_run r = { .agg = agg, .pg = pg, .p = p, .from = from, .to = to };
 	size_t i;
 	int rc, k;
 
-	rc = tally_pg_txn(agg->pg, pass_txn, &r, 0, err);
+	rc = tally_pg_txn(pg, pass_txn, &r, max_attempts, err);
 	for (k = 0; k < 3; k++)
 		tally_strbuf_free(&r.a[k]);
 	if (rc == 0) {
-		for (i = from; i < to; i++)
-			if (p->v[i].state == P_OK) {
-				cache_model(agg, p->v[i].key,
-					    p->v[i].provider_id,
-					    p->v[i].model_id);
-				cache_pair(agg, p->v[i].tenant,
-					   p->v[i].model_id);
-			}
+		cache_pass(agg, p, from, to);
 		return 0;
 	}
-	if (!agg_refused_for_data(err))
+	if (!split || !agg_refused_for_data(err))
 		return rc;
 	if (to - from == 1) {
 		p->v[from].state = P_REFUSED;
@@ -388,7 +400,7 @@ static int run_pass(tally_agg *agg, pass *p, size_t from, size_t to,
 		return 0;
 	}
 	for (i = from; i < to; i++) {
-		rc = run_pass(agg, p, i, i + 1, err);
+		rc = run_pass(agg, pg, p, i, i + 1, max_attempts, true, err);
 		if (rc != 0)
 			return rc;
 	}
@@ -439,6 +451,7 @@ static void collect(tally_agg *agg, pass *p, bool *more)
 	p->n = 0;
 	tally_hashset_init(&p->h, PASS_MAX);
 	tally_hashset_init(&p->th, PASS_MAX);
+	pthread_mutex_lock(&agg->models_mu);
 	for (i = 0; i < agg->n; i++) {
 		item *it = &agg->items[i];
 
@@ -455,6 +468,7 @@ static void collect(tally_agg *agg, pass *p, bool *more)
 		if (agg->model_slot[i] == UINT32_MAX)
 			*more = true;
 	}
+	pthread_mutex_unlock(&agg->models_mu);
 }
 
 /*
@@ -478,7 +492,7 @@ int agg_resolve_models(tally_agg *agg, tally_error *err)
 		collect(agg, &p, &more);
 		if (p.n == 0)
 			break;
-		rc = run_pass(agg, &p, 0, p.n, err);
+		rc = run_pass(agg, agg->pg, &p, 0, p.n, 0, true, err);
 		if (rc != 0)
 			break;
 		for (i = 0; i < agg->n; i++)
@@ -487,6 +501,54 @@ int agg_resolve_models(tally_agg *agg, tally_error *err)
 				settle(agg, &agg->items[i], &p,
 				       &p.v[agg->model_slot[i]]);
 	} while (more);
+	free(p.v);
+	tally_hashset_free(&p.h);
+	tally_hashset_free(&p.th);
+	return rc;
+}
+
+/*
+ * The pairs of a gathered batch not cached yet, registered ahead on pg
+ * (the poll thread's connection) while the lane's thread is in the batch
+ * before: the same transaction as agg_resolve_models() runs, so its cap
+ * and locks hold, and what it registers is only cached. Items that
+ * agg_classify() will turn away (undecodable, outside the time window)
+ * are left out. One attempt and one pass of at most PASS_MAX pairs: what
+ * is left, refused or over a cap is the lane's to settle as before.
+ */
+int tally_agg_prefetch_models(tally_agg *agg, tally_pg *pg,
+			      const tally_agg_decoded *dec, int64_t now_ms,
+			      size_t *registered, tally_error *err)
+{
+	pass p = { .cap_max = PASS_MAX };
+	char key[AGG_MODEL_KEY];
+	int32_t pid, mid;
+	size_t i;
+	int rc = 0;
+
+	*registered = 0;
+	tally_hashset_init(&p.h, PASS_MAX);
+	tally_hashset_init(&p.th, PASS_MAX);
+	pthread_mutex_lock(&agg->models_mu);
+	for (i = 0; i < dec->n && p.n < PASS_MAX; i++) {
+		const item *it = &dec->items[i];
+
+		if (it->bad || it->re.ev.meter != TALLY_METER_AI_TOKENS ||
+		    agg_window_check(agg, it, now_ms) != WIN_OK)
+			continue;
+		make_key(key, &it->re.ev);
+		if (cached(agg, it->key, key, &pid, &mid))
+			continue;
+		if (p.v == NULL)
+			p.v = tally_xmalloc((PASS_MAX + 1) * sizeof(*p.v));
+		(void)pass_add(&p, it->key, key);
+	}
+	pthread_mutex_unlock(&agg->models_mu);
+	if (p.n > 0)
+		rc = run_pass(agg, pg, &p, 0, p.n, 1, false, err);
+	for (i = 0; rc == 0 && i < p.n; i++)
+		if (p.v[i].state == P_OK)
+			(*registered)++;
 	free(p.v);
 	tally_hashset_free(&p.h);
 	tally_hashset_free(&p.th);

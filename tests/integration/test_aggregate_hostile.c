@@ -5,7 +5,7 @@
  * an event whose addition would overflow a sum, or that PostgreSQL refuses
  * for its data, is dead-lettered alone and the rest of its batch commits;
  * a tenant past its cap of distinct models gets its new names
- * dead-lettered.
+ * dead-lettered, also when they were registered ahead.
  */
 #include "aggregate_pg_support.h"
 #include "check_main.h"
@@ -362,6 +362,70 @@ START_TEST(test_aggregate_hostile_model_cap)
 END_TEST
 
 /*
+ * Pairs registered ahead on another connection (the poll thread's, while
+ * a lane is in the batch before): under the cap of 3, tenant 0's m1, m2
+ * and tenant 1's m1..m3 are registered, its m4 and m5 are not, nor is the
+ * name of an event before the lateness window; the batch then commits as
+ * without the step: 5 accepted, m4, m5 too_many_models, the late one
+ * too_late. A second call finds everything cached and registers nothing.
+ */
+START_TEST(test_aggregate_hostile_models_ahead)
+{
+	int64_t now = tally_now_ms(), t = now - 3600000;
+	tally_agg *agg = aggpg_new_cap(NULL, 0, 3);
+	tally_agg_decoded *dec = tally_agg_decoded_new();
+	tally_agg_stats st;
+	tally_pg *pg2 = NULL;
+	tally_error err;
+	size_t reg = 99;
+	ai_ev late;
+	int m;
+
+	memset(next_off, 0, sizeof(next_off));
+	add_model_event(0, 0, 1, t);
+	add_model_event(1, 0, 2, t);
+	for (m = 1; m <= 5; m++)
+		add_model_event(10 + m, 1, m, t);
+	ai_event(&late, 2, 30, now - 36 * DAY_MS, "OpenAI", "m9", 10);
+	big_add(&late.re, 2);
+	ck_assert_msg(tally_pg_connect(&pg2, dsn, 10000, &err) == 0, "%s",
+		      err.msg);
+	tally_agg_decoded_use(dec, agg);
+	tally_agg_decode(dec, bm, bn);
+	ck_assert_msg(tally_agg_prefetch_models(agg, pg2, dec, now, &reg,
+						&err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(reg, 5);
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(n::text, ','"
+				    " ORDER BY n) FROM (SELECT count(*) n FROM"
+				    " tenant_models GROUP BY tenant_id) s"),
+			 "2,3");
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(name, ','"
+				    " ORDER BY name) FROM models"), "m1,m2,m3");
+	ck_assert_msg(tally_agg_prefetch_models(agg, pg2, dec, now, &reg,
+						&err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(reg, 0);
+	ck_assert_msg(tally_agg_process_decoded(agg, dec, bm, bn, now, &st,
+						&err) == 0, "%s", err.msg);
+	big_free();
+	ck_assert_int_eq(st.accepted, 5);
+	ck_assert_int_eq(st.dead_lettered, 3);
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
+				    " partition || '/' || \"offset\", ','"
+				    " ORDER BY partition, \"offset\")"
+				    " FROM dead_letters"),
+			 "too_many_models 1/3,too_many_models 1/4,"
+			 "too_late 2/0");
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(name, ','"
+				    " ORDER BY name) FROM models"), "m1,m2,m3");
+	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"),
+			 5);
+	tally_agg_decoded_free(dec);
+	tally_pg_free(pg2);
+	tally_agg_free(agg);
+}
+END_TEST
+
+/*
  * providers.id at the end of its smallint range: an event naming a new
  * provider is dead-lettered as out_of_range (PostgreSQL refuses the id,
  * 2200H), events with known names, and a known name's first use by
@@ -449,6 +513,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, test_aggregate_hostile_overflow_dead_lettered);
 	tcase_add_test(tc, test_aggregate_hostile_data_error_dead_lettered);
 	tcase_add_test(tc, test_aggregate_hostile_model_cap);
+	tcase_add_test(tc, test_aggregate_hostile_models_ahead);
 	tcase_add_test(tc, test_aggregate_hostile_provider_ids_exhausted);
 	tcase_add_test(tc, test_aggregate_hostile_rerate_model_spelling);
 	suite_add_tcase(s, tc);
