@@ -137,6 +137,9 @@ static void prefetch_models(tally_aggregator *a)
 	size_t reg;
 	int l;
 
+	/* a broken connection would reconnect here, on the poll thread */
+	if (PQstatus(tally_pg_conn(a->pg)) != CONNECTION_OK)
+		return;
 	for (l = 0; l < a->nlanes; l++) {
 		job *j = &a->lanes[l].jobs[a->next];
 
