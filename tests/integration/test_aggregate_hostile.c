@@ -302,6 +302,18 @@ static void add_model_event(int64_t id, int k, int m, int64_t t)
 	big_add(&e.re, k);
 }
 
+/* Tenant 0 naming m1, m2 and tenant 1 naming m1..m5 (ids 0, 1, 11-15). */
+static void add_cap_batch(int64_t t)
+{
+	int m;
+
+	memset(next_off, 0, sizeof(next_off));
+	add_model_event(0, 0, 1, t);
+	add_model_event(1, 0, 2, t);
+	for (m = 1; m <= 5; m++)
+		add_model_event(10 + m, 1, m, t);
+}
+
 /*
  * A cap of 3 distinct provider/model names per tenant: tenant 1 naming
  * m1..m5 keeps m1..m3, its m4 and m5 events are dead letters
@@ -315,13 +327,8 @@ START_TEST(test_aggregate_hostile_model_cap)
 	int64_t now = tally_now_ms(), t = now - 3600000;
 	tally_agg *agg = aggpg_new_cap(NULL, 0, 3);
 	tally_agg_stats st;
-	int m;
 
-	memset(next_off, 0, sizeof(next_off));
-	add_model_event(0, 0, 1, t);
-	add_model_event(1, 0, 2, t);
-	for (m = 1; m <= 5; m++)
-		add_model_event(10 + m, 1, m, t);
+	add_cap_batch(t);
 	add_model_event(21, 1, 1, t); /* "m1" spelt otherwise: known */
 	big_run(agg, now, &st);
 	ck_assert_int_eq(st.accepted, 6);
@@ -379,13 +386,8 @@ START_TEST(test_aggregate_hostile_models_ahead)
 	tally_error err;
 	size_t reg = 99;
 	ai_ev late;
-	int m;
 
-	memset(next_off, 0, sizeof(next_off));
-	add_model_event(0, 0, 1, t);
-	add_model_event(1, 0, 2, t);
-	for (m = 1; m <= 5; m++)
-		add_model_event(10 + m, 1, m, t);
+	add_cap_batch(t);
 	ai_event(&late, 2, 30, now - 36 * DAY_MS, "OpenAI", "m9", 10);
 	big_add(&late.re, 2);
 	ck_assert_msg(tally_pg_connect(&pg2, dsn, 10000, &err) == 0, "%s",
