@@ -72,8 +72,6 @@ typedef struct tally_agg_stats {
 	size_t known_skipped; /* workflows and users not sent: known committed */
 	size_t dedupe_fallbacks; /* batches whose plain dedupe insert met a key
 				  * already in PostgreSQL (then ON CONFLICT) */
-	size_t hourly_fallbacks; /* batches whose plain insert of new
-				  * usage_hourly cells met one (then upsert) */
 } tally_agg_stats;
 
 /**

@@ -92,7 +92,6 @@ void tally_agg_free(tally_agg *agg)
 	tally_positions_free(agg->pos);
 	agg_models_free(agg);
 	pthread_mutex_destroy(&agg->models_mu);
-	agg_hourly_free(agg);
 	agg_clear_totals(agg);
 	free(agg->totals);
 	free(agg->totals_key);
@@ -234,7 +233,6 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	if (rc != 0)
 		return rc;
 	agg_acks_committed(agg);
-	agg_hourly_committed(agg);
 	tally_known_commit(&agg->known);
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK)

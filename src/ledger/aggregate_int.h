@@ -118,7 +118,6 @@ typedef struct acc {
 	int64_t ai, wf, wu, api, ss;
 	tally_money128 cost;
 	size_t accepted;
-	bool fresh;          /* hourly: new to usage_hourly, inserted (hourly.c) */
 } acc;
 
 /* build_apply's parameters: one array per column of each delta table */
@@ -126,12 +125,6 @@ typedef struct acc {
 #define APPLY_PERIOD_COLS 14
 #define APPLY_ADJ_COLS 14
 #define APPLY_COLS (APPLY_HOURLY_COLS + APPLY_PERIOD_COLS + APPLY_ADJ_COLS)
-
-/* the latest hour of a tenant's usage_hourly cells known written */
-typedef struct hour_mark {
-	uint8_t tenant[16];
-	int64_t hour;         /* INT64_MIN: none */
-} hour_mark;
 
 typedef struct accmap {
 	acc *v;
@@ -256,11 +249,6 @@ struct tally_agg {
 	uint32_t *us_idx;     /* their index: item + 1, 0 = empty */
 	size_t us_cap;
 	int64_t phase_us[8], phase_t;
-	/* hourly.c: per tenant the latest hour known in usage_hourly */
-	hour_mark *marks;
-	size_t nmarks, capmarks;
-	tally_hashset marks_h;
-	unsigned hourly_slow, hourly_streak; /* after unique violations */
 };
 
 enum copy_kind { COPY_DEDUPE, COPY_LEDGER, COPY_STAGE, COPY_SNAPSHOTS };
@@ -365,13 +353,6 @@ static inline bool agg_id_in_future(const tally_agg *agg, const item *it,
 {
 	return agg_key_time_ms(it) > now_ms + agg->future_ms;
 }
-
-/* hourly.c */
-int agg_apply_hourly(tally_agg *agg, tally_strbuf *q, const char **sep,
-		     int np);
-int agg_hourly_fresh(tally_agg *agg, tally_error *err);
-void agg_hourly_committed(tally_agg *agg);
-void agg_hourly_free(tally_agg *agg);
 
 /* decode.c */
 enum { WIN_OK, WIN_LATE, WIN_FUTURE, WIN_ID_OLD, WIN_ID_FUTURE };

@@ -141,10 +141,6 @@ void aggr_register_metrics(tally_aggregator *a)
 		  "Batches whose plain dedupe insert met a key already in"
 		  " PostgreSQL and were deduplicated with ON CONFLICT instead",
 		  &a->c_fallbacks },
-		{ "tally_aggregate_hourly_fallbacks_total", NULL,
-		  "Batches whose plain insert of new usage_hourly cells met a"
-		  " cell written meanwhile and were upserted instead",
-		  &a->c_hourly_fallbacks },
 		{ "tally_aggregate_known_keys_skipped_total", NULL,
 		  "Distinct workflows and users not sent to PostgreSQL because"
 		  " this instance saw them committed (aggregate.known_keys)",

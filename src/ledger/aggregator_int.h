@@ -73,7 +73,7 @@ struct tally_aggregator {
 	int64_t last_maint, last_tick, empty_polls;
 	tally_counter *c_accepted, *c_dup, *c_dlq, *c_adj, *c_batches,
 		*c_fenced, *c_retries, *c_gaps, *c_fallbacks,
-		*c_hourly_fallbacks, *c_known;
+		*c_known;
 	tally_pricebook *pb;  /* storage GB-month prices */
 	int64_t pb_version;
 	tally_histogram *h_batch;

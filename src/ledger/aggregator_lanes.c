@@ -140,7 +140,6 @@ static void batch_done(lane *ln, const job *j, const tally_agg_stats *st,
 	tally_counter_add(a->c_adj, st->adjusted);
 	tally_counter_add(a->c_gaps, st->gaps);
 	tally_counter_add(a->c_fallbacks, st->dedupe_fallbacks);
-	tally_counter_add(a->c_hourly_fallbacks, st->hourly_fallbacks);
 	tally_counter_add(a->c_known, st->known_skipped);
 	ln->busy_ns = tally_mono_ns() - t0;
 	tally_histogram_observe(a->h_batch, (uint64_t)(ln->busy_ns / 1000));

@@ -3,8 +3,7 @@
  * PostgreSQL (no broker: messages are views built here): duplicates in one
  * batch, across batches and across a restart count once; the recent-keys
  * ring and its fallback; the ledger rows are exact; the fence stops a
- * zombie; distinct workflows are counted per period; new usage_hourly
- * cells are inserted, the others upserted.
+ * zombie; distinct workflows are counted per period.
  */
 #include "aggregate_batch_support.h"
 
@@ -68,75 +67,6 @@ START_TEST(test_aggregate_duplicates_count_once)
 	ck_assert_int_eq(run(agg, &b, now, &st), 0);
 	ck_assert_int_eq(st.accepted, 0);
 	batch_free(&b);
-	tally_agg_free(agg);
-}
-END_TEST
-
-/*
- * usage_hourly cells new to the table are inserted plainly and the others
- * upserted (src/ledger/hourly.c): batches reaching a new hour, an hour
- * already written and a late hour sum exactly. A cell someone else wrote
- * after the aggregator read its marks (here by SQL, with zero counts)
- * makes the plain insert fail once (hourly_fallbacks); the batch is then
- * upserted onto it, nothing lost or counted twice.
- */
-START_TEST(test_aggregate_hourly_new_cells)
-{
-	int64_t now = tally_now_ms();
-	int64_t h0 = now - now % 3600000 - 5 * 3600000;
-	tally_agg *agg = new_agg();
-	tally_agg_stats st;
-	agg_expect x = { 0 };
-	agg_gen g;
-	batch b = { 0 };
-	char tenant[37], sql[512];
-	int i;
-
-	memset(next_off, 0, sizeof(next_off));
-	for (i = 0; i < 20; i++) { /* hour h0: every cell new */
-		agg_gen_event(&g, 7, i, h0);
-		batch_add(&b, &g.re, i % 4);
-		agg_expect_add(&x, &g.re);
-	}
-	ck_assert_int_eq(run(agg, &b, now, &st), 0);
-	ck_assert_int_eq(st.accepted, 20);
-	batch_free(&b);
-	agg_check_totals(chk, &x, 20);
-	for (i = 20; i < 60; i++) { /* h0 again, then h0 + 1 h */
-		agg_gen_event(&g, 7, i, i < 40 ? h0 : h0 + 3600000);
-		batch_add(&b, &g.re, i % 4);
-		agg_expect_add(&x, &g.re);
-	}
-	ck_assert_int_eq(run(agg, &b, now, &st), 0);
-	ck_assert_int_eq(st.accepted, 40);
-	ck_assert_int_eq(st.hourly_fallbacks, 0);
-	batch_free(&b);
-	agg_check_totals(chk, &x, 60);
-	/* event 60 (AI, gpt-4o-mini) at h0 + 2 h: its cell written by
-	 * someone else first */
-	agg_gen_event(&g, 7, 60, h0 + 2 * 3600000);
-	tally_uuid_fmt(tenant, g.re.ev.tenant_id);
-	snprintf(sql, sizeof(sql), "INSERT INTO usage_hourly (tenant_id, hour,"
-		 " meter, provider, model) VALUES ('%s', timestamptz 'epoch'"
-		 " + %" PRId64 " * interval '1 ms', 'ai.tokens', 'openai',"
-		 " 'gpt-4o-mini')", tenant, h0 + 2 * 3600000);
-	tally_test_exec(dsn, sql);
-	for (i = 60; i < 80; i++) {
-		agg_gen_event(&g, 7, i, i < 70 ? h0 + 2 * 3600000
-					       : h0 - 2 * 3600000);
-		batch_add(&b, &g.re, i % 4);
-		agg_expect_add(&x, &g.re);
-	}
-	ck_assert_int_eq(run(agg, &b, now, &st), 0);
-	ck_assert_int_eq(st.accepted, 20);
-	ck_assert_int_eq(st.hourly_fallbacks, 1);
-	batch_free(&b);
-	agg_check_totals(chk, &x, 80);
-	snprintf(sql, sizeof(sql), "SELECT events FROM usage_hourly WHERE"
-		 " tenant_id = '%s' AND hour = timestamptz 'epoch' + %" PRId64
-		 " * interval '1 ms' AND model = 'gpt-4o-mini'", tenant,
-		 h0 + 2 * 3600000);
-	ck_assert_int_gt(agg_query_i64(chk, sql), 0);
 	tally_agg_free(agg);
 }
 END_TEST
@@ -470,7 +400,6 @@ static Suite *aggregate_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_aggregate_duplicates_count_once);
 	tcase_add_test(tc, test_aggregate_recent_keys_and_fallback);
-	tcase_add_test(tc, test_aggregate_hourly_new_cells);
 	tcase_add_test(tc, test_aggregate_ledger_rows_exact);
 	tcase_add_test(tc, test_aggregate_fence_stops_zombie);
 	tcase_add_test(tc, test_aggregate_distinct_workflows);
