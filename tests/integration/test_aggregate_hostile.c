@@ -104,6 +104,14 @@ static void spelling(char *out, unsigned v)
 	out[n] = '\0';
 }
 
+/* "reason partition/offset" of every dead letter, in offset order */
+static const char *dead_letters_seen(void)
+{
+	return agg_query1(chk, "SELECT string_agg(reason || ' ' || partition"
+			  " || '/' || \"offset\", ',' ORDER BY partition,"
+			  " \"offset\") FROM dead_letters");
+}
+
 static void setup(void)
 {
 	aggpg_setup("agghost");
@@ -218,9 +226,7 @@ START_TEST(test_aggregate_hostile_overflow_dead_lettered)
 	big_run(agg, now, &st);
 	ck_assert_int_eq(st.accepted, 32);
 	ck_assert_int_eq(st.dead_lettered, 1);
-	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
-				    " partition || '/' || \"offset\", ',')"
-				    " FROM dead_letters"), "out_of_range 1/1");
+	ck_assert_str_eq(dead_letters_seen(), "out_of_range 1/1");
 	snprintf(sql, sizeof(sql), "SELECT input_tokens::text FROM"
 		 " tenant_period_usage WHERE tenant_id = '%s'", tenant_text(1));
 	ck_assert_str_eq(agg_query1(chk, sql), "9223372036854775800");
@@ -348,10 +354,7 @@ START_TEST(test_aggregate_hostile_model_cap)
 	big_run(agg, now, &st);
 	ck_assert_int_eq(st.accepted, 1);
 	ck_assert_int_eq(st.dead_lettered, 1);
-	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
-				    " partition || '/' || \"offset\", ','"
-				    " ORDER BY partition, \"offset\")"
-				    " FROM dead_letters"),
+	ck_assert_str_eq(dead_letters_seen(),
 			 "too_many_models 0/3,too_many_models 1/3,"
 			 "too_many_models 1/4,too_many_models 1/7,"
 			 "too_many_models 1/8");
@@ -411,10 +414,7 @@ START_TEST(test_aggregate_hostile_models_ahead)
 	big_free();
 	ck_assert_int_eq(st.accepted, 5);
 	ck_assert_int_eq(st.dead_lettered, 3);
-	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(reason || ' ' ||"
-				    " partition || '/' || \"offset\", ','"
-				    " ORDER BY partition, \"offset\")"
-				    " FROM dead_letters"),
+	ck_assert_str_eq(dead_letters_seen(),
 			 "too_many_models 1/3,too_many_models 1/4,"
 			 "too_late 2/0");
 	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(name, ','"
