@@ -109,27 +109,15 @@ static inline void write_config(int batch_size)
 
 static inline void start(int slot)
 {
-	char log[300];
-	pid_t pid;
+	char log[300], url[640];
+	char *argv[] = { "tally-aggregate", "--config", cfgpath, NULL };
+	/* the file's url must win over the services' DATABASE_URL */
+	const char *set[] = { url, "ASAN_OPTIONS=detect_leaks=0", NULL };
 
 	snprintf(log, sizeof(log), "/tmp/%s.%d.log", db, slot);
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		/* the file's url must win over the services' DATABASE_URL */
-		setenv("DATABASE_URL", dsn, 1);
-		setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-		execl(TALLY_BINARY_DIR "/tally-aggregate", "tally-aggregate",
-		      "--config", cfgpath, (char *)NULL);
-		_exit(127);
-	}
-	procs[slot] = pid;
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", dsn);
+	procs[slot] = prog_spawn(TALLY_BINARY_DIR "/tally-aggregate", argv, log,
+				 set, NULL);
 }
 
 static inline void stop(int slot, int sig)
@@ -155,8 +143,11 @@ static inline void check_alive(void)
 	for (i = 0; i < MAXPROC; i++)
 		if (procs[i] > 0 && waitpid(procs[i], &status, WNOHANG) ==
 		    procs[i])
-			ck_abort_msg("instance %d died (status %d); see "
-				     "/tmp/%s.%d.log", i, status, db, i);
+			ck_abort_msg("instance %d died (%s %d); see "
+				     "/tmp/%s.%d.log", i,
+				     WIFSIGNALED(status) ? "signal" : "exit",
+				     WIFSIGNALED(status) ? WTERMSIG(status) :
+				     WEXITSTATUS(status), db, i);
 }
 
 /* Produce events [from, to) of the generator, re-sending every 97th. */

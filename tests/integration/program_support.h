@@ -5,14 +5,18 @@
  * program_support.h - for tests that run the programs as children: read a
  * whole log file, scrape a child's /metrics, and import the genai price
  * book into a database (what tally-rate needs to price the usual test
- * models).
+ * models), and start a program as a child.
  */
 
 #include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #include "tally/common.h"
 #include "tally/pg.h"
@@ -79,6 +83,75 @@ static inline void prog_import_prices(const char *dsn)
 		      "import: %s", err.msg);
 	free(text);
 	tally_pg_free(pg);
+}
+
+extern char **environ;
+
+/* Whether entry ("NAME=value") names one of the NULL-ended names. */
+static inline int prog_env_named(const char *entry, const char *const *names)
+{
+	size_t n = strcspn(entry, "=");
+
+	for (; names != NULL && *names != NULL; names++)
+		if (strlen(*names) == n && strncmp(entry, *names, n) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Start path with argv as a child whose stderr is appended to log (NULL:
+ * inherited), in our environment with set ("NAME=value", NULL-ended)
+ * added or replacing and unset (names, NULL-ended) removed. By
+ * posix_spawn with the environment built here: the test process has
+ * librdkafka's and libpq's threads, and a forked child of a threaded
+ * process may only make async-signal-safe calls before exec, which
+ * setenv is not. A child that cannot be started fails the test, saying
+ * why. The caller kills and reaps it.
+ */
+static inline pid_t prog_spawn(const char *path, char *const argv[],
+			       const char *log, const char *const set[],
+			       const char *const unset[])
+{
+	posix_spawn_file_actions_t fa;
+	const char *const none[] = { NULL };
+	size_t n = 0, k = 0, i;
+	char **envp;
+	pid_t pid = -1;
+	int rc, tries = 0;
+
+	set = set != NULL ? set : none;
+	while (environ[n] != NULL)
+		n++;
+	for (i = 0; set[i] != NULL; i++)
+		n++;
+	envp = tally_xcalloc(n + 1, sizeof(*envp));
+	for (i = 0; environ[i] != NULL; i++) {
+		/* a name in set is replaced below, one in unset dropped */
+		size_t m = strcspn(environ[i], "=");
+		int in_set = 0;
+
+		for (size_t j = 0; set[j] != NULL; j++)
+			if (strncmp(set[j], environ[i], m + 1) == 0)
+				in_set = 1;
+		if (!in_set && !prog_env_named(environ[i], unset))
+			envp[k++] = environ[i];
+	}
+	for (i = 0; set[i] != NULL; i++)
+		envp[k++] = (char *)set[i];
+	envp[k] = NULL;
+	ck_assert(posix_spawn_file_actions_init(&fa) == 0);
+	if (log != NULL)
+		ck_assert(posix_spawn_file_actions_addopen(
+				  &fa, 2, log, O_WRONLY | O_CREAT | O_APPEND,
+				  0644) == 0);
+	/* EAGAIN: out of processes for a moment; try for a few seconds */
+	while ((rc = posix_spawn(&pid, path, &fa, NULL, argv, envp)) ==
+		       EAGAIN && ++tries < 50)
+		tally_sleep_ms(100);
+	posix_spawn_file_actions_destroy(&fa);
+	free(envp);
+	ck_assert_msg(rc == 0, "cannot start %s: %s", path, strerror(rc));
+	return pid;
 }
 
 #endif /* TALLY_TESTS_PROGRAM_SUPPORT_H */

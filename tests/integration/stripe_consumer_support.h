@@ -8,6 +8,7 @@
 #ifndef TALLY_TEST_STRIPE_CONSUMER_SUPPORT_H
 #define TALLY_TEST_STRIPE_CONSUMER_SUPPORT_H
 
+#include "program_support.h"
 #include "stripe_proxy_support.h"
 #include "stripe_testdb.h"
 #include "tally/command.h"
@@ -65,36 +66,21 @@ static inline const char *binary(void)
 
 static inline pid_t start_consumer(void)
 {
-	char port[16];
-	pid_t pid;
+	char url[640], kb[300], base[64];
+	char *argv[] = { "tally-stripe", "--config", cfgpath, NULL };
+	/* the environment wins over the file: point it at ours */
+	const char *set[] = { url, kb, base, "STRIPE_SECRET_KEY=sk_test_123",
+			      "STRIPE_WEBHOOK_SECRET=" SECRET, NULL };
+	const char *unset[] = { "STRIPE_WEBHOOK_SECRET_PREVIOUS",
+				"STRIPE_PRICE_ID_STARTER",
+				"STRIPE_PRICE_ID_PROFESSIONAL",
+				"STRIPE_PRICE_ID_ENTERPRISE", NULL };
 
-	snprintf(port, sizeof(port), "%d", proxy_port);
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		char base[64];
-		int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0600);
-
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		/* the environment wins over the file: point it at ours */
-		snprintf(base, sizeof(base), "http://127.0.0.1:%s", port);
-		setenv("DATABASE_URL", dsn, 1);
-		setenv("KAFKA_BROKERS", brokers, 1);
-		setenv("STRIPE_API_BASE", base, 1);
-		setenv("STRIPE_SECRET_KEY", "sk_test_123", 1);
-		setenv("STRIPE_WEBHOOK_SECRET", SECRET, 1);
-		unsetenv("STRIPE_WEBHOOK_SECRET_PREVIOUS");
-		unsetenv("STRIPE_PRICE_ID_STARTER");
-		unsetenv("STRIPE_PRICE_ID_PROFESSIONAL");
-		unsetenv("STRIPE_PRICE_ID_ENTERPRISE");
-		execl(binary(), "tally-stripe", "--config", cfgpath,
-		      (char *)NULL);
-		_exit(127);
-	}
-	return pid;
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", dsn);
+	snprintf(kb, sizeof(kb), "KAFKA_BROKERS=%s", brokers);
+	snprintf(base, sizeof(base), "STRIPE_API_BASE=http://127.0.0.1:%d",
+		 proxy_port);
+	return prog_spawn(binary(), argv, logpath, set, unset);
 }
 
 /* SIGTERM: exit 0 within 10 s (the loop polls every 100 ms). */

@@ -17,6 +17,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_support.h"
 #include "check_main.h"
+#include "program_support.h"
 #include "tally/aggregate.h"
 #include "tally/dedupe_key.h"
 #include "tally/kafka.h"
@@ -218,8 +219,11 @@ static void run_consumer(int64_t n, int batch)
 	int64_t t_first = 0, t_end, c = 0, t0 = tally_mono_ns(), first_c = 0;
 	int64_t cpu0 = 0, cpu1, br0 = 0, br1, pg0 = 0, pg1;
 	long hwm = -1, h;
-	char path[64];
+	char path[64], url[600];
+	char *argv[] = { "tally-aggregate", "--config", cfgpath, NULL };
+	const char *set[] = { url, NULL };
 
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", dsn);
 	snprintf(group, sizeof(group), "bench.%s.%d", db, batch);
 	snprintf(cfgpath, sizeof(cfgpath), "/tmp/%s.cfg", db);
 	fp = fopen(cfgpath, "w");
@@ -236,14 +240,8 @@ static void run_consumer(int64_t n, int batch)
 	/* a fresh ledger for each run: TRUNCATE the usage tables */
 	tally_test_exec(dsn, "TRUNCATE usage_ledger, usage_dedupe, usage_hourly,"
 			     " tenant_period_usage");
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		setenv("DATABASE_URL", dsn, 1);
-		execl(TALLY_BINARY_DIR "/tally-aggregate", "tally-aggregate",
-		      "--config", cfgpath, (char *)NULL);
-		_exit(127);
-	}
+	pid = prog_spawn(TALLY_BINARY_DIR "/tally-aggregate", argv, NULL, set,
+			 NULL);
 	while (c < n && (tally_mono_ns() - t0) / 1000000000 < 600) {
 		c = committed();
 		if (c > 0 && t_first == 0) {

@@ -8,6 +8,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "aggregate_support.h"
 #include "check_main.h"
+#include "program_support.h"
 #include "tally/kafka.h"
 
 #include <signal.h>
@@ -29,16 +30,13 @@ static void produce_raw(rd_kafka_t *rk, const char *key, const void *v,
 
 static pid_t start_consumer(void)
 {
-	pid_t pid = fork();
+	char url[600];
+	char *argv[] = { "tally-aggregate", "--config", cfgpath, NULL };
+	const char *set[] = { url, NULL };
 
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		setenv("DATABASE_URL", dsn, 1);
-		execl(TALLY_BINARY_DIR "/tally-aggregate", "tally-aggregate",
-		      "--config", cfgpath, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", dsn);
+	return prog_spawn(TALLY_BINARY_DIR "/tally-aggregate", argv, NULL, set,
+			  NULL);
 }
 
 static void wait_committed(int64_t n)
