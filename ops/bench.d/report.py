@@ -71,15 +71,11 @@ def rss_mib(s, which):
 
 
 def steady(name):
-    """events/s between the first and the last second with commits (no startup)"""
-    try:
-        rows = [l.split("\t") for l in open(os.path.join(D, name + ".tsv")) if not l.startswith("#")]
-        sec = [(int(r[0]), int(r[1])) for r in rows if int(r[1]) > 0]
-        if len(sec) < 2:
-            return None
-        return round(sum(n for _, n in sec) / (sec[-1][0] - sec[0][0] + 1), 1)
-    except (OSError, ValueError, IndexError):
-        return None
+    """events/s of the second half of the events over their own time span
+    (the probe's steady_events_per_s: past the start-up, as the peer's
+    steady rows/s)"""
+    v = num(stages.get(name, {}).get("steady_events_per_s"))
+    return round(v, 1) if v > 0 else None
 
 
 def stage_fig(name, procs):
@@ -325,8 +321,8 @@ if alerts:
     P(f"{'tally-alerts (totals)':24}{'-':>11}{'-':>12}{'-':>10}{alerts_rss or 0:>14}"
       f"   {alerts.get('totals_messages')} totals messages of the end-to-end stage,"
       f" {alerts.get('alerts_cpu_s')} CPU s")
-P(f"{'':24}events/s from the consumers' start; without startup (first to last "
-  f"second with commits): rate {k(rate['steady_events_per_s'])}, aggregate "
+P(f"{'':24}events/s from the consumers' start; steady (the second half of the "
+  f"events, past start-up): rate {k(rate['steady_events_per_s'])}, aggregate "
   f"{k(agg['steady_events_per_s'])}, end to end {k(e2e['steady_events_per_s'])}")
 P("")
 P(f"{'raw limits':24}{'per s':>11}   tally as a ratio")

@@ -298,12 +298,18 @@ int cmd_probe(int argc, char **argv)
 		nl++;
 	}
 	double secs = (double)(t_last - t0) / 1000.0;
+	/* steady: the second half of the events over their own time span,
+	 * past the consumers' start-up (as the peer's steady rows/s) */
+	double steady = 0.0;
+	qsort(el, nl, sizeof(endlat), cmp_end);
+	if (nl >= 2 && t_last > el[nl / 2].end)
+		steady = (double)(nl - nl / 2) /
+			 ((double)(t_last - el[nl / 2].end) / 1000.0);
 	/* timeline: per second since t0: committed events, p50/p99 latency */
 	if (tl_path != NULL) {
 		FILE *fp = fopen(tl_path, "w");
 		if (fp == NULL)
 			die("cannot write %s", tl_path);
-		qsort(el, nl, sizeof(endlat), cmp_end);
 		fprintf(fp, "# t_s\tevents_per_s\tp50_ms\tp99_ms\n");
 		size_t i = 0;
 		int64_t *buf = tally_xcalloc(nl + 1, sizeof(int64_t));
@@ -324,11 +330,13 @@ int cmd_probe(int argc, char **argv)
 	qsort(lat, nl, sizeof(int64_t), cmp_i64);
 	printf("{\"events\":%zu,\"expected\":%" PRId64 ",\"complete\":%s,"
 	       "\"seconds\":%.3f,\"events_per_s\":%.1f,"
+	       "\"steady_events_per_s\":%.1f,"
 	       "\"latency_samples\":%zu,\"p50_ms\":%" PRId64 ",\"p99_ms\":%" PRId64
 	       ",\"max_ms\":%" PRId64 ",\"unmatched\":%" PRId64
 	       ",\"uncommitted\":%" PRId64 ",\"undecodable\":%" PRId64 "}\n",
 	       ns, expect, complete ? "true" : "false", secs,
 	       secs > 0 ? (double)(expect > 0 && complete ? expect : (int64_t)ns) / secs : 0.0,
+	       steady,
 	       nl, pct(lat, nl, 0.5), pct(lat, nl, 0.99),
 	       nl ? lat[nl - 1] : -1, unmatched, uncommitted, undecodable);
 	free(lat);
