@@ -141,13 +141,31 @@ static inline const char *pl_bin_dir(void)
 /* Start program `which` with the config file; stderr to its log. */
 static inline void pl_start(int which)
 {
-	char path[512];
+	char path[512], url[640], kb[300];
+	char *argv[] = { (char *)pl_names[which], "--config", pl.cfgpath,
+			 NULL };
+	/* the environment wins over the file: ours, or the file's */
+	const char *set[] = { url, kb, "STRIPE_SECRET_KEY=sk_test_pipeline",
+			      "STRIPE_WEBHOOK_SECRET=" PL_SECRET,
+			      "ASAN_OPTIONS=detect_leaks=0", NULL };
+	const char *unset[] = { "STRIPE_API_BASE",
+				"STRIPE_WEBHOOK_SECRET_PREVIOUS",
+				"STRIPE_PRICE_ID_STARTER",
+				"STRIPE_PRICE_ID_PROFESSIONAL",
+				"STRIPE_PRICE_ID_ENTERPRISE",
+				"TALLY_TRANSACTIONAL_ID", NULL };
+	char **envp;
 	pid_t pid;
 
 	snprintf(path, sizeof(path), "%s/%s", pl_bin_dir(), pl_names[which]);
+	snprintf(url, sizeof(url), "DATABASE_URL=%s", pl.dsn);
+	snprintf(kb, sizeof(kb), "KAFKA_BROKERS=%s",
+		 getenv("TALLY_TEST_BROKERS"));
+	envp = prog_env(set, unset);
 	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
+		/* async-signal-safe calls only (prog_env) */
 		int fd = open(pl.log[which], O_WRONLY | O_CREAT | O_APPEND,
 			      0600);
 
@@ -156,22 +174,10 @@ static inline void pl_start(int which)
 			dup2(fd, 2);
 			close(fd);
 		}
-		/* the environment wins over the file: ours, or the file's */
-		setenv("DATABASE_URL", pl.dsn, 1);
-		setenv("KAFKA_BROKERS", getenv("TALLY_TEST_BROKERS"), 1);
-		unsetenv("STRIPE_API_BASE");
-		setenv("STRIPE_SECRET_KEY", "sk_test_pipeline", 1);
-		setenv("STRIPE_WEBHOOK_SECRET", PL_SECRET, 1);
-		unsetenv("STRIPE_WEBHOOK_SECRET_PREVIOUS");
-		unsetenv("STRIPE_PRICE_ID_STARTER");
-		unsetenv("STRIPE_PRICE_ID_PROFESSIONAL");
-		unsetenv("STRIPE_PRICE_ID_ENTERPRISE");
-		unsetenv("TALLY_TRANSACTIONAL_ID");
-		setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-		execl(path, pl_names[which], "--config", pl.cfgpath,
-		      (char *)NULL);
+		execve(path, argv, envp);
 		_exit(127);
 	}
+	free(envp);
 	pl.pid[which] = pid;
 }
 

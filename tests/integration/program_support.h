@@ -99,25 +99,19 @@ static inline int prog_env_named(const char *entry, const char *const *names)
 }
 
 /*
- * Start path with argv as a child whose stderr is appended to log (NULL:
- * inherited), in our environment with set ("NAME=value", NULL-ended)
- * added or replacing and unset (names, NULL-ended) removed. By
- * posix_spawn with the environment built here: the test process has
- * librdkafka's and libpq's threads, and a forked child of a threaded
- * process may only make async-signal-safe calls before exec, which
- * setenv is not. A child that cannot be started fails the test, saying
- * why. The caller kills and reaps it.
+ * Our environment with set ("NAME=value", NULL-ended) added or replacing
+ * and unset (names, NULL-ended) removed, for execve() or posix_spawn():
+ * built before the child exists, since a forked child of the threaded
+ * test process (librdkafka's and libpq's threads) may only make
+ * async-signal-safe calls before exec, which setenv is not. The strings
+ * stay ours and set's; the caller frees the array.
  */
-static inline pid_t prog_spawn(const char *path, char *const argv[],
-			       const char *log, const char *const set[],
-			       const char *const unset[])
+static inline char **prog_env(const char *const set[],
+			      const char *const unset[])
 {
-	posix_spawn_file_actions_t fa;
 	const char *const none[] = { NULL };
 	size_t n = 0, k = 0, i;
 	char **envp;
-	pid_t pid = -1;
-	int rc, tries = 0;
 
 	set = set != NULL ? set : none;
 	while (environ[n] != NULL)
@@ -139,6 +133,24 @@ static inline pid_t prog_spawn(const char *path, char *const argv[],
 	for (i = 0; set[i] != NULL; i++)
 		envp[k++] = (char *)set[i];
 	envp[k] = NULL;
+	return envp;
+}
+
+/*
+ * Start path with argv as a child whose stderr is appended to log (NULL:
+ * inherited), in prog_env(set, unset), by posix_spawn. A child that
+ * cannot be started fails the test, saying why. The caller kills and
+ * reaps it.
+ */
+static inline pid_t prog_spawn(const char *path, char *const argv[],
+			       const char *log, const char *const set[],
+			       const char *const unset[])
+{
+	posix_spawn_file_actions_t fa;
+	char **envp = prog_env(set, unset);
+	pid_t pid = -1;
+	int rc, tries = 0;
+
 	ck_assert(posix_spawn_file_actions_init(&fa) == 0);
 	if (log != NULL)
 		ck_assert(posix_spawn_file_actions_addopen(

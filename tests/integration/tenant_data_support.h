@@ -12,6 +12,7 @@
 #ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE /* wait4, putenv */
 #endif
+#include "program_support.h"
 #include "test_support.h"
 
 #include <sys/resource.h>
@@ -204,24 +205,23 @@ static inline int td_run(char *const argv[], char *const env[],
 			 const char *out_path, const char *err_path,
 			 long *maxrss_kb)
 {
+	posix_spawn_file_actions_t fa;
+	char **envp = prog_env((const char *const *)env, NULL);
 	struct rusage ru;
-	int status = 0, i;
-	pid_t pid = fork();
+	int status = 0, rc;
+	pid_t pid = -1;
 
-	ck_assert_int_ge(pid, 0);
-	if (pid == 0) {
-		FILE *o = freopen(out_path ? out_path : "/dev/null", "w",
-				  stdout);
-		FILE *e = freopen(err_path ? err_path : "/dev/null", "w",
-				  stderr);
-
-		(void)o;
-		(void)e;
-		for (i = 0; env[i] != NULL; i++)
-			putenv(env[i]);
-		execv(argv[0], argv);
-		_exit(127);
-	}
+	ck_assert(posix_spawn_file_actions_init(&fa) == 0);
+	ck_assert(posix_spawn_file_actions_addopen(
+			  &fa, 1, out_path ? out_path : "/dev/null",
+			  O_WRONLY | O_CREAT | O_TRUNC, 0644) == 0);
+	ck_assert(posix_spawn_file_actions_addopen(
+			  &fa, 2, err_path ? err_path : "/dev/null",
+			  O_WRONLY | O_CREAT | O_TRUNC, 0644) == 0);
+	rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, envp);
+	posix_spawn_file_actions_destroy(&fa);
+	free(envp);
+	ck_assert_msg(rc == 0, "cannot start %s: %s", argv[0], strerror(rc));
 	ck_assert_int_eq(wait4(pid, &status, 0, &ru), pid);
 	if (maxrss_kb != NULL)
 		*maxrss_kb = ru.ru_maxrss;

@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
+#include "program_support.h"
 #include "tally/pg.h" /* tally_sleep_ms */
 
 #include <signal.h>
@@ -24,6 +25,11 @@
 START_TEST(test_dumpable_relay_not_dumpable)
 {
 	char cfg[64], proc[64];
+	char *argv[] = { "tally-relay", "--config", cfg, NULL };
+	const char *set[] = { "ASAN_OPTIONS=detect_leaks=0",
+			      "STRIPE_WEBHOOK_SECRET=whsec_dumpable_test", NULL };
+	const char *unset[] = { "KAFKA_BROKERS", NULL };
+	char **envp;
 	struct stat st;
 	FILE *fp;
 	pid_t pid;
@@ -36,19 +42,18 @@ START_TEST(test_dumpable_relay_not_dumpable)
 	      "relay: { listen = \"127.0.0.1:0\"; };\n", fp);
 	fclose(fp);
 	chmod(cfg, 0644);
+	envp = prog_env(set, unset);
 	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
+		/* async-signal-safe calls only (prog_env) */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (setgid(NOBODY) != 0 || setuid(NOBODY) != 0)
 			_exit(126);
-		unsetenv("KAFKA_BROKERS");
-		setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-		setenv("STRIPE_WEBHOOK_SECRET", "whsec_dumpable_test", 1);
-		execl(TALLY_BINARY_DIR "/tally-relay", "tally-relay", "--config",
-		      cfg, (char *)NULL);
+		execve(TALLY_BINARY_DIR "/tally-relay", argv, envp);
 		_exit(127);
 	}
+	free(envp);
 	/* running as nobody (exec done) before looking at /proc */
 	snprintf(proc, sizeof(proc), "/proc/%d/status", (int)pid);
 	for (i = 0; i < 100; i++) {

@@ -94,11 +94,19 @@ static void teardown(void)
 static pid_t start(const char *program, const char *cfg, const char *pw,
 		   const char *log)
 {
-	pid_t pid = fork();
+	char bin[512], pwv[300];
+	char *argv[] = { (char *)program, "--config", (char *)cfg, NULL };
+	const char *set[] = { pwv, "ASAN_OPTIONS=detect_leaks=0", NULL };
+	char **envp;
+	pid_t pid;
 
+	snprintf(bin, sizeof(bin), "%s/%s", TALLY_BINARY_DIR, program);
+	snprintf(pwv, sizeof(pwv), "KAFKA_SASL_PASSWORD=%s", pw);
+	envp = prog_env(set, NULL);
+	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
-		char bin[512];
+		/* async-signal-safe calls only (prog_env) */
 		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -106,12 +114,10 @@ static pid_t start(const char *program, const char *cfg, const char *pw,
 			dup2(fd, 2);
 			close(fd);
 		}
-		setenv("KAFKA_SASL_PASSWORD", pw, 1);
-		setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-		snprintf(bin, sizeof(bin), "%s/%s", TALLY_BINARY_DIR, program);
-		execl(bin, program, "--config", cfg, (char *)NULL);
+		execve(bin, argv, envp);
 		_exit(127);
 	}
+	free(envp);
 	return pid;
 }
 

@@ -75,12 +75,16 @@ static void teardown(void)
 
 static void start(int i)
 {
+	char *argv[] = { "tally-rate", "--config", cfgpath, NULL };
+	const char *set[] = { "ASAN_OPTIONS=detect_leaks=0", NULL };
+	char **envp = prog_env(set, NULL);
 	pid_t pid;
 
 	snprintf(logs[i], sizeof(logs[i]), "/tmp/%s.%d.log", db, i);
 	pid = fork();
 	ck_assert(pid >= 0);
 	if (pid == 0) {
+		/* async-signal-safe calls only (prog_env) */
 		int fd = open(logs[i], O_WRONLY | O_CREAT | O_TRUNC, 0644);
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -88,11 +92,10 @@ static void start(int i)
 			dup2(fd, 2);
 			close(fd);
 		}
-		setenv("ASAN_OPTIONS", "detect_leaks=0", 1);
-		execl(TALLY_BINARY_DIR "/tally-rate", "tally-rate", "--config",
-		      cfgpath, (char *)NULL);
+		execve(TALLY_BINARY_DIR "/tally-rate", argv, envp);
 		_exit(127);
 	}
+	free(envp);
 	procs[i] = pid;
 }
 

@@ -11,6 +11,7 @@
  */
 #define _DEFAULT_SOURCE
 #include "check_main.h"
+#include "program_support.h"
 #include "test_support.h"
 #include "tally/log.h"
 #include "tally/webhook.h"
@@ -82,25 +83,30 @@ static void write_cfg(relay *r, const char *extra)
 static void spawn(relay *r)
 {
 	char path[512];
+	char *argv[] = { "tally-relay", "--config", r->cfg, "--create-topic",
+			 "1", NULL };
+	/* ASan's quarantine would hide what the relay frees */
+	const char *set[] = { "STRIPE_WEBHOOK_SECRET=" SECRET,
+			      "ASAN_OPTIONS=detect_leaks=0:quarantine_size_mb=8",
+			      NULL };
+	const char *unset[] = { "KAFKA_BROKERS",
+				"STRIPE_WEBHOOK_SECRET_PREVIOUS", NULL };
+	char **envp = prog_env(set, unset);
 
 	snprintf(path, sizeof(path), "%s/tally-relay", bin_dir());
 	r->pid = fork();
 	ck_assert(r->pid >= 0);
 	if (r->pid == 0) {
+		/* async-signal-safe calls only (prog_env) */
 		int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (fd >= 0)
 			dup2(fd, 2);
-		unsetenv("KAFKA_BROKERS");
-		unsetenv("STRIPE_WEBHOOK_SECRET_PREVIOUS");
-		setenv("STRIPE_WEBHOOK_SECRET", SECRET, 1);
-		/* ASan's quarantine would hide what the relay frees */
-		setenv("ASAN_OPTIONS", "detect_leaks=0:quarantine_size_mb=8", 1);
-		execl(path, "tally-relay", "--config", r->cfg,
-		      "--create-topic", "1", (char *)NULL);
+		execve(path, argv, envp);
 		_exit(127);
 	}
+	free(envp);
 }
 
 static int json_int(const char *text, const char *key)
