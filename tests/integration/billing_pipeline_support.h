@@ -25,7 +25,6 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #define PL_SECRET "whsec_pipeline_test_secret"
@@ -154,31 +153,13 @@ static inline void pl_start(int which)
 				"STRIPE_PRICE_ID_PROFESSIONAL",
 				"STRIPE_PRICE_ID_ENTERPRISE",
 				"TALLY_TRANSACTIONAL_ID", NULL };
-	char **envp;
-	pid_t pid;
 
 	snprintf(path, sizeof(path), "%s/%s", pl_bin_dir(), pl_names[which]);
 	snprintf(url, sizeof(url), "DATABASE_URL=%s", pl.dsn);
 	snprintf(kb, sizeof(kb), "KAFKA_BROKERS=%s",
 		 getenv("TALLY_TEST_BROKERS"));
-	envp = prog_env(set, unset);
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		/* async-signal-safe calls only (prog_env) */
-		int fd = open(pl.log[which], O_WRONLY | O_CREAT | O_APPEND,
-			      0600);
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		execve(path, argv, envp);
-		_exit(127);
-	}
-	free(envp);
-	pl.pid[which] = pid;
+	pl.pid[which] = prog_fork_exec(path, argv, pl.log[which], O_APPEND,
+				       set, unset);
 }
 
 /* SIGKILL (a crash) or SIGTERM (a clean stop, exit 0 expected). */

@@ -5,18 +5,22 @@
  * program_support.h - for tests that run the programs as children: read a
  * whole log file, scrape a child's /metrics, and import the genai price
  * book into a database (what tally-rate needs to price the usual test
- * models), and start a program as a child.
+ * models), and start a program as a child (prog_spawn, or
+ * prog_fork_exec for one that must die with the test process).
  */
 
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "tally/common.h"
 #include "tally/pg.h"
@@ -163,6 +167,38 @@ static inline pid_t prog_spawn(const char *path, char *const argv[],
 	posix_spawn_file_actions_destroy(&fa);
 	free(envp);
 	ck_assert_msg(rc == 0, "cannot start %s: %s", path, strerror(rc));
+	return pid;
+}
+
+/*
+ * Like prog_spawn, but forked, and the child gets SIGKILL when the test
+ * process ends (PR_SET_PDEATHSIG, which posix_spawn cannot set): for
+ * children a failing test must not leave running. log is opened with
+ * O_WRONLY | O_CREAT | oflags (O_APPEND or O_TRUNC), mode 0600. Between
+ * fork and exec the child makes async-signal-safe calls only.
+ */
+static inline pid_t prog_fork_exec(const char *path, char *const argv[],
+				   const char *log, int oflags,
+				   const char *const set[],
+				   const char *const unset[])
+{
+	char **envp = prog_env(set, unset);
+	pid_t pid = fork();
+
+	ck_assert_msg(pid >= 0, "fork: %s", strerror(errno));
+	if (pid == 0) {
+		int fd = log != NULL ? open(log, O_WRONLY | O_CREAT | oflags,
+					    0600) : -1;
+
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (fd >= 0) {
+			dup2(fd, 2);
+			close(fd);
+		}
+		execve(path, argv, envp);
+		_exit(127);
+	}
+	free(envp);
 	return pid;
 }
 

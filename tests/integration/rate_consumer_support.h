@@ -11,6 +11,7 @@
 #define TALLY_TEST_RATE_CONSUMER_SUPPORT_H
 
 #include "check_main.h"
+#include "program_support.h"
 #include "tally/codec.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -24,7 +25,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -230,19 +230,13 @@ static inline void produce_all_topics_only(void)
 	rd_kafka_destroy(rk);
 }
 
+/* dies with the test process, even when a test fails */
 static inline pid_t start_rater(void)
 {
-	pid_t pid = fork();
+	char *argv[] = { "tally-rate", "--config", cfgpath, NULL };
 
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		/* dies with the test process, even when a test fails */
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		execl(TALLY_BINARY_DIR "/tally-rate", "tally-rate", "--config",
-		      cfgpath, (char *)NULL);
-		_exit(127);
-	}
-	return pid;
+	return prog_fork_exec(TALLY_BINARY_DIR "/tally-rate", argv, NULL, 0,
+			      NULL, NULL);
 }
 
 #endif

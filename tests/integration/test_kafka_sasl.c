@@ -21,7 +21,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
@@ -97,28 +96,10 @@ static pid_t start(const char *program, const char *cfg, const char *pw,
 	char bin[512], pwv[300];
 	char *argv[] = { (char *)program, "--config", (char *)cfg, NULL };
 	const char *set[] = { pwv, "ASAN_OPTIONS=detect_leaks=0", NULL };
-	char **envp;
-	pid_t pid;
 
 	snprintf(bin, sizeof(bin), "%s/%s", TALLY_BINARY_DIR, program);
 	snprintf(pwv, sizeof(pwv), "KAFKA_SASL_PASSWORD=%s", pw);
-	envp = prog_env(set, NULL);
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		/* async-signal-safe calls only (prog_env) */
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		execve(bin, argv, envp);
-		_exit(127);
-	}
-	free(envp);
-	return pid;
+	return prog_fork_exec(bin, argv, log, O_TRUNC, set, NULL);
 }
 
 /* No line of the log may hold a password (the real one or pw). */

@@ -17,7 +17,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
@@ -77,26 +76,10 @@ static void start(int i)
 {
 	char *argv[] = { "tally-rate", "--config", cfgpath, NULL };
 	const char *set[] = { "ASAN_OPTIONS=detect_leaks=0", NULL };
-	char **envp = prog_env(set, NULL);
-	pid_t pid;
 
 	snprintf(logs[i], sizeof(logs[i]), "/tmp/%s.%d.log", db, i);
-	pid = fork();
-	ck_assert(pid >= 0);
-	if (pid == 0) {
-		/* async-signal-safe calls only (prog_env) */
-		int fd = open(logs[i], O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0) {
-			dup2(fd, 2);
-			close(fd);
-		}
-		execve(TALLY_BINARY_DIR "/tally-rate", argv, envp);
-		_exit(127);
-	}
-	free(envp);
-	procs[i] = pid;
+	procs[i] = prog_fork_exec(TALLY_BINARY_DIR "/tally-rate", argv, logs[i],
+				  O_TRUNC, set, NULL);
 }
 
 static void both_alive(void)

@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -91,22 +90,9 @@ static void spawn(relay *r)
 			      NULL };
 	const char *unset[] = { "KAFKA_BROKERS",
 				"STRIPE_WEBHOOK_SECRET_PREVIOUS", NULL };
-	char **envp = prog_env(set, unset);
 
 	snprintf(path, sizeof(path), "%s/tally-relay", bin_dir());
-	r->pid = fork();
-	ck_assert(r->pid >= 0);
-	if (r->pid == 0) {
-		/* async-signal-safe calls only (prog_env) */
-		int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-		prctl(PR_SET_PDEATHSIG, SIGKILL);
-		if (fd >= 0)
-			dup2(fd, 2);
-		execve(path, argv, envp);
-		_exit(127);
-	}
-	free(envp);
+	r->pid = prog_fork_exec(path, argv, r->log, O_TRUNC, set, unset);
 }
 
 static int json_int(const char *text, const char *key)
