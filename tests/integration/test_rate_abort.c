@@ -4,8 +4,9 @@
  * an AddOffsetsToTxn and an EndTxn that fail make the batch's transaction
  * abort (tally_rate_aborts_total), the consumer rewinds to the batch's
  * first offsets, and the batch is redone: the committed output holds every
- * input exactly once. PostgreSQL holds the price book (integration label);
- * Kafka is the in-process mock.
+ * input exactly once; a coordinator that refuses the transactional id
+ * fails the start with init_transactions' error. PostgreSQL holds the
+ * price book (integration label); Kafka is the in-process mock.
  *
  * The mock of librdkafka 2.0.2 writes no transaction markers (a
  * read_committed reader also sees aborted messages) and ignores
@@ -36,6 +37,7 @@
 /* Kafka protocol ApiKeys (librdkafka keeps its RD_KAFKAP_* enum private) */
 #define APIKEY_PRODUCE 0
 #define APIKEY_ADD_OFFSETS_TO_TXN 25
+#define APIKEY_INIT_PRODUCER_ID 22
 #define APIKEY_END_TXN 26
 
 #define N 3000
@@ -254,6 +256,47 @@ static int read_rated(const char *bootstraps, int *counts, const int64_t *w,
 	return n;
 }
 
+/*
+ * A mock cluster (owned by *mrk) with the topics and the N input events,
+ * and the rater's config for it in *cfg.
+ */
+static rd_kafka_mock_cluster_t *mock_start(rd_kafka_t **mrk, const char **bs,
+					   tally_config **cfg)
+{
+	rd_kafka_mock_cluster_t *mc;
+	tally_error err;
+	FILE *fp;
+
+	/* a bare handle owning the mock cluster */
+	*mrk = client(RD_KAFKA_PRODUCER, "", NULL);
+	mc = rd_kafka_mock_cluster_new(*mrk, 1);
+	ck_assert(mc != NULL);
+	*bs = rd_kafka_mock_cluster_bootstraps(mc);
+	ck_assert(rd_kafka_mock_topic_create(mc, "abort.usage", PARTS, 1) == 0);
+	ck_assert(rd_kafka_mock_topic_create(mc, "abort.rated", PARTS, 1) == 0);
+	ck_assert(rd_kafka_mock_topic_create(mc, "abort.usage.dlq", PARTS,
+					     1) == 0);
+	produce_input(*bs);
+
+	fp = fopen(cfgpath, "w");
+	ck_assert(fp != NULL);
+	fprintf(fp,
+		"database: { url = \"%s\"; };\n"
+		"kafka: { brokers = \"%s\"; };\n"
+		"topics: { usage = \"abort.usage\"; rated = \"abort.rated\"; };\n"
+		"rate: { group = \"abort.rate\"; transactional_id = "
+		"\"abort.rate.0\"; batch_size = 500; batch_ms = 200; };\n"
+		"log: { level = \"error\"; };\n",
+		dsn, *bs);
+	fclose(fp);
+	setenv("DATABASE_URL", dsn, 1);
+	setenv("KAFKA_BROKERS", *bs, 1);
+	unsetenv("TALLY_TRANSACTIONAL_ID");
+	ck_assert_msg(tally_config_load(cfg, cfgpath, &err) == 0, "%s",
+		      err.msg);
+	return mc;
+}
+
 START_TEST(test_rate_abort_rewinds_exactly_once)
 {
 	rd_kafka_t *mrk;
@@ -268,35 +311,8 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 	int64_t w[512];
 	size_t done = 0;
 	uint64_t aborts, lag_n;
-	FILE *fp;
 
-	/* a bare handle owning the mock cluster */
-	mrk = client(RD_KAFKA_PRODUCER, "", NULL);
-	mc = rd_kafka_mock_cluster_new(mrk, 1);
-	ck_assert(mc != NULL);
-	bs = rd_kafka_mock_cluster_bootstraps(mc);
-	ck_assert(rd_kafka_mock_topic_create(mc, "abort.usage", PARTS, 1) == 0);
-	ck_assert(rd_kafka_mock_topic_create(mc, "abort.rated", PARTS, 1) == 0);
-	ck_assert(rd_kafka_mock_topic_create(mc, "abort.usage.dlq", PARTS,
-					     1) == 0);
-	produce_input(bs);
-
-	fp = fopen(cfgpath, "w");
-	ck_assert(fp != NULL);
-	fprintf(fp,
-		"database: { url = \"%s\"; };\n"
-		"kafka: { brokers = \"%s\"; };\n"
-		"topics: { usage = \"abort.usage\"; rated = \"abort.rated\"; };\n"
-		"rate: { group = \"abort.rate\"; transactional_id = "
-		"\"abort.rate.0\"; batch_size = 500; batch_ms = 200; };\n"
-		"log: { level = \"error\"; };\n",
-		dsn, bs);
-	fclose(fp);
-	setenv("DATABASE_URL", dsn, 1);
-	setenv("KAFKA_BROKERS", bs, 1);
-	unsetenv("TALLY_TRANSACTIONAL_ID");
-	ck_assert_msg(tally_config_load(&cfg, cfgpath, &err) == 0, "%s",
-		      err.msg);
+	mc = mock_start(&mrk, &bs, &cfg);
 	ck_assert_msg(tally_rater_new(&r, cfg, m, &err) == 0, "%s", err.msg);
 
 	/* one clean batch first, so that a rewind has a committed offset */
@@ -363,6 +379,38 @@ START_TEST(test_rate_abort_rewinds_exactly_once)
 }
 END_TEST
 
+/*
+ * A coordinator that refuses the transactional id: tally_rater_new fails
+ * with the init_transactions error (the program ends with it), and
+ * nothing is left running.
+ */
+START_TEST(test_rate_init_refused_fails_start)
+{
+	rd_kafka_t *mrk;
+	rd_kafka_mock_cluster_t *mc;
+	const char *bs;
+	tally_config *cfg = NULL;
+	tally_metrics *m = tally_metrics_new();
+	tally_rater *r = NULL;
+	tally_error err;
+
+	mc = mock_start(&mrk, &bs, &cfg);
+	rd_kafka_mock_push_request_errors(
+		mc, APIKEY_INIT_PRODUCER_ID, 1,
+		RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+	tally_error_clear(&err);
+	ck_assert(tally_rater_new(&r, cfg, m, &err) != 0);
+	ck_assert(r == NULL);
+	ck_assert_msg(strstr(err.msg, "init_transactions") != NULL &&
+			      strstr(err.msg, "uthorization") != NULL,
+		      "%s", err.msg);
+	tally_config_free(cfg);
+	tally_metrics_free(m);
+	rd_kafka_mock_cluster_destroy(mc);
+	rd_kafka_destroy(mrk);
+}
+END_TEST
+
 static Suite *tally_rate_abort_suite(void)
 {
 	Suite *s = suite_create("rate_abort");
@@ -370,6 +418,7 @@ static Suite *tally_rate_abort_suite(void)
 
 	tcase_add_unchecked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_rate_abort_rewinds_exactly_once);
+	tcase_add_test(tc, test_rate_init_refused_fails_start);
 	tcase_set_timeout(tc, 180);
 	suite_add_tcase(s, tc);
 	return s;
