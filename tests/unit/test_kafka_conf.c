@@ -3,7 +3,8 @@
  * for every client, a program's own list merged over it, secrets only from
  * $KAFKA_SASL_PASSWORD / $KAFKA_SSL_KEY_PASSWORD (refused in the file, also
  * as a property), misspelt properties refused with file:line, and a
- * program's tuned defaults never over an operator's property.
+ * program's tuned defaults never over an operator's property, and the
+ * shorter first reconnect backoff of every client unless named.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
@@ -130,6 +131,26 @@ START_TEST(test_kafka_conf_default_yields_to_operator)
 }
 END_TEST
 
+START_TEST(test_kafka_conf_reconnect_backoff_default)
+{
+	tally_config *cfg = NULL;
+	tally_error err;
+	char v[64];
+
+	write_cfg("kafka: { brokers = \"b:9\"; };\n"
+		  "rate: { kafka: { properties = "
+		  "( (\"reconnect.backoff.ms\", \"250\") ); }; };\n");
+	ck_assert_int_eq(tally_config_load(&cfg, path, &err), 0);
+	tally_config_set_program(cfg, "aggregate");
+	conf_value(cfg, "reconnect.backoff.ms", v, sizeof(v));
+	ck_assert_str_eq(v, "20");
+	tally_config_set_program(cfg, "rate");
+	conf_value(cfg, "reconnect.backoff.ms", v, sizeof(v));
+	ck_assert_str_eq(v, "250"); /* the operator's property wins */
+	tally_config_free(cfg);
+}
+END_TEST
+
 START_TEST(test_kafka_conf_secrets_from_env_only)
 {
 	tally_config *cfg = NULL;
@@ -217,6 +238,7 @@ static Suite *kafka_conf_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_kafka_conf_program_list_merged_over_global);
 	tcase_add_test(tc, test_kafka_conf_default_yields_to_operator);
+	tcase_add_test(tc, test_kafka_conf_reconnect_backoff_default);
 	tcase_add_test(tc, test_kafka_conf_secrets_from_env_only);
 	tcase_add_test(tc, test_kafka_conf_bad_property_has_file_and_line);
 	tcase_add_test(tc, test_kafka_conf_reload_keeps_properties);
