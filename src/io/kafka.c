@@ -10,6 +10,7 @@
 #include "tally/pg.h"
 #include "io/kafka_lag.h"
 #include "io/kafka_stall.h"
+#include "io/kafka_start.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,6 +278,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
 				  TALLY_KV_INT("wait_ms", wait));
 			tally_sleep_ms(wait);
 		}
+		(void)tally_kafka_start_unpositioned(rk, parts, 5000);
 		for (i = 0; i < parts->cnt; i++)
 			tally_log(TALLY_INFO, "kafka.assigned",
 				  TALLY_KV_STR("topic", parts->elems[i].topic),
