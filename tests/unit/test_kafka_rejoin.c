@@ -18,6 +18,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
+#include "kafka_mock_client.h"
 #include "io/kafka_stall.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -48,23 +49,9 @@ typedef struct fixture {
 	tally_consumer *c;
 } fixture;
 
-static rd_kafka_t *bare(rd_kafka_type_t type, const char *bs)
-{
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char errstr[256];
-	rd_kafka_t *rk;
-
-	if (bs != NULL)
-		rd_kafka_conf_set(conf, "bootstrap.servers", bs, errstr,
-				  sizeof(errstr));
-	rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
-	ck_assert_msg(rk != NULL, "%s", errstr);
-	return rk;
-}
-
 static void produce(const char *bs, int n)
 {
-	rd_kafka_t *p = bare(RD_KAFKA_PRODUCER, bs);
+	rd_kafka_t *p = mock_client(RD_KAFKA_PRODUCER, bs, NULL);
 	int i;
 
 	for (i = 0; i < n; i++)
@@ -97,7 +84,7 @@ static void start(fixture *f, int session_ms, int64_t limit_ms)
 
 	tally_log_init("test_kafka_rejoin", TALLY_ERR);
 	tally_signals_install();
-	f->mrk = bare(RD_KAFKA_PRODUCER, NULL);
+	f->mrk = mock_client(RD_KAFKA_PRODUCER, NULL, NULL);
 	f->mc = rd_kafka_mock_cluster_new(f->mrk, 1);
 	ck_assert(f->mc != NULL);
 	rd_kafka_mock_group_initial_rebalance_delay_ms(f->mc, 0);

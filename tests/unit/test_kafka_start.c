@@ -13,6 +13,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "check_main.h"
+#include "kafka_mock_client.h"
 #include "io/kafka_start.h"
 #include "tally/kafka.h"
 #include "tally/log.h"
@@ -34,37 +35,19 @@ typedef struct cluster {
 	const char *bs;
 } cluster;
 
-static rd_kafka_t *client(rd_kafka_type_t type, const char *bs,
-			  const char *group)
-{
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char errstr[256];
-	rd_kafka_t *rk;
-
-	if (bs != NULL)
-		rd_kafka_conf_set(conf, "bootstrap.servers", bs, errstr,
-				  sizeof(errstr));
-	if (group != NULL)
-		rd_kafka_conf_set(conf, "group.id", group, errstr,
-				  sizeof(errstr));
-	rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
-	ck_assert_msg(rk != NULL, "%s", errstr);
-	return rk;
-}
-
 static void cluster_up(cluster *c)
 {
 	rd_kafka_t *p;
 	int i;
 
 	tally_log_init("test_kafka_start", TALLY_ERR);
-	c->mrk = client(RD_KAFKA_PRODUCER, NULL, NULL);
+	c->mrk = mock_client(RD_KAFKA_PRODUCER, NULL, NULL);
 	c->mc = rd_kafka_mock_cluster_new(c->mrk, 1);
 	ck_assert(c->mc != NULL);
 	rd_kafka_mock_group_initial_rebalance_delay_ms(c->mc, 0);
 	c->bs = rd_kafka_mock_cluster_bootstraps(c->mc);
 	ck_assert(rd_kafka_mock_topic_create(c->mc, TOPIC, PARTS, 1) == 0);
-	p = client(RD_KAFKA_PRODUCER, c->bs, NULL);
+	p = mock_client(RD_KAFKA_PRODUCER, c->bs, NULL);
 	for (i = 0; i < PARTS * PER_PART; i++)
 		ck_assert(rd_kafka_producev(p, RD_KAFKA_V_TOPIC(TOPIC),
 				RD_KAFKA_V_PARTITION(i % PARTS),
@@ -84,7 +67,7 @@ static void cluster_down(cluster *c)
 /* the group's committed offset of partition 0: next */
 static void commit_p0(const cluster *c, const char *group, int64_t next)
 {
-	rd_kafka_t *rk = client(RD_KAFKA_CONSUMER, c->bs, group);
+	rd_kafka_t *rk = mock_client(RD_KAFKA_CONSUMER, c->bs, group);
 	rd_kafka_topic_partition_list_t *l =
 		rd_kafka_topic_partition_list_new(1);
 
@@ -117,7 +100,7 @@ START_TEST(test_never_committed_starts_at_beginning)
 
 	cluster_up(&c);
 	commit_p0(&c, "start.g1", 4);
-	rk = client(RD_KAFKA_CONSUMER, c.bs, "start.g1");
+	rk = mock_client(RD_KAFKA_CONSUMER, c.bs, "start.g1");
 	l = assignment();
 	ck_assert_int_eq(tally_kafka_start_unpositioned(rk, l, 5000), 1);
 	ck_assert_int_eq(l->elems[0].offset, RD_KAFKA_OFFSET_INVALID);
@@ -137,7 +120,7 @@ START_TEST(test_refused_lookup_changes_nothing)
 	rd_kafka_topic_partition_list_t *l;
 
 	cluster_up(&c);
-	rk = client(RD_KAFKA_CONSUMER, c.bs, "start.g2");
+	rk = mock_client(RD_KAFKA_CONSUMER, c.bs, "start.g2");
 	rd_kafka_mock_push_request_errors(c.mc, APIKEY_OFFSET_FETCH, 4,
 		RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
 		RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED,
