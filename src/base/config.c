@@ -63,7 +63,7 @@ static const keydef keys[] = {
 	S("rate.group", "tally.rate", false, NULL),
 	/* "": tally-rate-<hostname>-<pid> (instance_default()) */
 	S("rate.transactional_id", "", false, "TALLY_TRANSACTIONAL_ID"),
-	I("rate.batch_size", 10000, true, 1, 1000000),
+	I("rate.batch_size", 12000, true, 1, 1000000),
 	I("rate.batch_ms", 50, true, 1, 60000),
 	S("rate.unpriced", "dead_letter", true, NULL),
 	I("rate.price_check_s", 5, true, 1, 3600),
