@@ -154,7 +154,7 @@ rd_kafka_conf_t *tally_kafka_conf(const tally_config *cfg)
 		tally_log(TALLY_ERR, "kafka.conf", TALLY_KV_STR("error", errstr));
 	/*
 	 * librdkafka spaces a client's new connections by half of
-	 * reconnect.backoff.ms (100 ms by default), so each program waited
+	 * reconnect.backoff.ms (100 ms by default): each program would wait
 	 * ~50 ms for the broker it learned from the bootstrap one before its
 	 * first request. With 20 ms: 11 ms (its floor). Reconnects after a
 	 * failure still back off exponentially to reconnect.backoff.max.ms.

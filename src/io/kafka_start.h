@@ -9,8 +9,8 @@
  * the group's committed offset; when there is none it applies
  * auto.offset.reset, but only after a fixed 100 ms (its offset reset with
  * RD_KAFKA_RESP_ERR__NO_OFFSET schedules the ListOffsets request with a
- * 100 ms backoff). A group's first start paid that on every partition
- * before its first fetch. tally's consumers always reset to the earliest
+ * 100 ms backoff), so a new group would wait that long before its first
+ * fetch. tally's consumers always reset to the earliest
  * offset, so a partition the group has never committed is assigned at
  * RD_KAFKA_OFFSET_BEGINNING, which librdkafka looks up at once.
  */
