@@ -230,6 +230,8 @@ struct tally_agg {
 	item **sorted;        /* the batch in key order (agg_sort_batch) */
 	size_t cap_sorted, nsorted;
 	bool ledger_staged;   /* the ledger rows are in agg_stage, not written */
+	bool apply_ready;     /* deltas and apply statement built (copy waits) */
+	bool collected;       /* workflows and users collected (copy waits) */
 	size_t nstorage;
 	const struct tally_pricebook *pb; /* storage prices; may be NULL */
 	size_t storage_unpriced;
@@ -404,10 +406,12 @@ int agg_storage_tenants(tally_agg *agg, const char *after, PGresult **res,
 /* copy.c */
 int64_t agg_item_qty(const agg_event *ev);
 void agg_sort_batch(tally_agg *agg, size_t *n);
+/* C work run while PostgreSQL finishes a COPY already sent */
+typedef void (*agg_meanwhile)(tally_agg *agg);
 int agg_copy_rows(tally_agg *agg, enum copy_kind kind, size_t *rows,
-		  PGresult **res, tally_error *err);
+		  PGresult **res, agg_meanwhile meanwhile, tally_error *err);
 int agg_copy_all(tally_agg *agg, enum copy_kind kind, size_t *rows,
-		 tally_error *err);
+		 agg_meanwhile meanwhile, tally_error *err);
 
 /* deltas.c */
 void agg_accumulate(tally_agg *agg);
@@ -416,6 +420,8 @@ void agg_accumulate(tally_agg *agg);
 void agg_trace(tally_agg *agg, int phase);
 int agg_apply_prepare(tally_agg *agg, tally_error *err);
 int agg_apply_rows(tally_agg *agg, tally_error *err);
+void agg_apply_ahead(tally_agg *agg);
+void agg_collect_ahead(tally_agg *agg);
 int agg_apply_txn(tally_pg *pg, void *payload, tally_error *err);
 
 /* isolate.c */

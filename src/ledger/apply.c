@@ -498,8 +498,31 @@ static int apply_totals(tally_agg *agg, tally_error *err)
 }
 
 /*
+ * While PostgreSQL finishes the dedupe keys' COPY: the deltas and the apply
+ * statement, for the batch as it is if every key is new. The COPY's
+ * failure (a key seen before) clears apply_ready and they are built again.
+ */
+void agg_apply_ahead(tally_agg *agg)
+{
+	agg_accumulate(agg);
+	build_apply(agg, &agg->q3);
+	agg->apply_ready = true;
+}
+
+/* While PostgreSQL finishes the ledger's COPY (the keys are in, so the
+ * batch's accepted events are final): its new workflows and users. */
+void agg_collect_ahead(tally_agg *agg)
+{
+	collect_workflows(agg);
+	agg_collect_users(agg);
+	agg->collected = true;
+}
+
+/*
  * The batch's rows (its items ST_OK) after agg_apply_prepare: dedupe keys,
- * ledger, deltas, storage, versions and totals.
+ * ledger, deltas, storage, versions and totals. The fast path builds the
+ * deltas, the apply statement and the workflows and users while its COPYs
+ * finish (agg_apply_ahead, agg_collect_ahead); the ON CONFLICT path here.
  */
 int agg_apply_rows(tally_agg *agg, tally_error *err)
 {
@@ -514,7 +537,8 @@ int agg_apply_rows(tally_agg *agg, tally_error *err)
 	if (rc != 0)
 		return rc;
 	agg_trace(agg, 2);
-	agg_accumulate(agg);
+	if (!agg->apply_ready)
+		agg_accumulate(agg);
 	for (i = 0; i < agg->period.n; i++)
 		agg->st.accepted += agg->period.v[i].accepted;
 	for (i = 0; i < agg->adj.n; i++) {
@@ -523,14 +547,17 @@ int agg_apply_rows(tally_agg *agg, tally_error *err)
 	}
 	if (agg->st.accepted == 0)
 		return 0;
-	build_apply(agg, &agg->q3);
+	if (!agg->apply_ready)
+		build_apply(agg, &agg->q3);
 	rc = tally_pg_exec_bin(agg->pg, NULL, agg->q3.p, agg->ncols,
 			       (const char *const *)agg->colp, agg->coll,
 			       agg->colf, err);
 	if (rc != 0)
 		return rc;
-	collect_workflows(agg);
-	agg_collect_users(agg);
+	if (!agg->collected) {
+		collect_workflows(agg);
+		agg_collect_users(agg);
+	}
 	agg_trace(agg, 3);
 	rc = apply_totals(agg, err);
 	if (rc == 0)

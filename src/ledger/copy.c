@@ -175,9 +175,12 @@ static int ensure_stage(tally_agg *agg, tally_error *err)
  * *res is PQgetResult's after the end (NULL if the connection failed
  * before), so that the fast path can tell a unique violation from the
  * rest. *rows: the rows sent (0: nothing to send, no COPY, *res NULL).
+ * meanwhile (may be NULL) runs after the end is sent, before the result
+ * is read: the rows still in the socket are PostgreSQL's work, so C's
+ * work runs beside it instead of after it.
  */
 int agg_copy_rows(tally_agg *agg, enum copy_kind kind, size_t *rows,
-		     PGresult **res, tally_error *err)
+		     PGresult **res, agg_meanwhile meanwhile, tally_error *err)
 {
 	PGconn *conn = tally_pg_conn(agg->pg);
 	tally_strbuf *c = &agg->copy;
@@ -224,17 +227,19 @@ int agg_copy_rows(tally_agg *agg, enum copy_kind kind, size_t *rows,
 	    PQputCopyEnd(conn, NULL) != 1)
 		return tally_pg__classify(conn, NULL, err);
 	*rows = n;
+	if (meanwhile != NULL)
+		meanwhile(agg);
 	*res = PQgetResult(conn);
 	return 0;
 }
 
 /* agg_copy_rows whose every failure is the batch's (the result drained) */
 int agg_copy_all(tally_agg *agg, enum copy_kind kind, size_t *rows,
-		    tally_error *err)
+		    agg_meanwhile meanwhile, tally_error *err)
 {
 	PGconn *conn = tally_pg_conn(agg->pg);
 	PGresult *res, *more;
-	int rc = agg_copy_rows(agg, kind, rows, &res, err);
+	int rc = agg_copy_rows(agg, kind, rows, &res, meanwhile, err);
 
 	if (rc != 0 || *rows == 0)
 		return rc;

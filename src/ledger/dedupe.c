@@ -89,7 +89,8 @@ static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 	*done = false;
 	rc = tally_pg_exec_script(agg->pg, "SAVEPOINT agg_dedupe", err);
 	if (rc == 0)
-		rc = agg_copy_rows(agg, COPY_DEDUPE, &rows, &res, err);
+		rc = agg_copy_rows(agg, COPY_DEDUPE, &rows, &res,
+				   agg_apply_ahead, err);
 	if (rc != 0)
 		return rc;
 	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK) {
@@ -98,9 +99,10 @@ static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 			PQclear(more);
 		*done = true;
 		agg->dedupe_streak = 0;
-		rc = agg_copy_all(agg, COPY_LEDGER, &rows, err);
+		rc = agg_copy_all(agg, COPY_LEDGER, &rows, agg_collect_ahead,
+				  err);
 		if (rc == 0)
-			rc = agg_copy_all(agg, COPY_SNAPSHOTS, &rows, err);
+			rc = agg_copy_all(agg, COPY_SNAPSHOTS, &rows, NULL, err);
 		return rc;
 	}
 	state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -114,6 +116,7 @@ static int write_fast(tally_agg *agg, bool *done, tally_error *err)
 	PQclear(res);
 	while ((more = PQgetResult(conn)) != NULL)
 		PQclear(more);
+	agg->apply_ready = false; /* built for keys that were not all new */
 	agg->dedupe_slow = 1 << (agg->dedupe_streak < 6 ? agg->dedupe_streak : 6);
 	agg->dedupe_streak++;
 	agg->st.dedupe_fallbacks++;
@@ -197,6 +200,7 @@ int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err)
 	int rc;
 
 	agg->ledger_staged = false;
+	agg->apply_ready = agg->collected = false;
 	if (agg->dedupe_slow == 0) {
 		bool done;
 
@@ -205,7 +209,7 @@ int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err)
 			return rc;
 	}
 	agg->ledger_staged = true;
-	rc = agg_copy_all(agg, COPY_STAGE, &n, err);
+	rc = agg_copy_all(agg, COPY_STAGE, &n, NULL, err);
 	if (rc == 0)
 		rc = dedupe(agg, rows, err);
 	return rc;
