@@ -373,8 +373,9 @@ static void collect_workflows(tally_agg *agg)
 	tally_strbuf_puts(t, "{");
 	tally_strbuf_puts(p, "{");
 	tally_strbuf_puts(w, "{");
-	for (i = 0; i < agg->n; i++) {
-		const item *it = &agg->items[i];
+	/* in key order, as the users (users.c) */
+	for (i = 0; i < agg->nsorted; i++) {
+		const item *it = agg->sorted[i];
 		const agg_event *ev = &it->re.ev;
 
 		if (it->status != ST_OK || it->closed ||

@@ -43,15 +43,17 @@ void agg_clear_totals(tally_agg *agg)
 
 /*
  * Bump versions and budget state; return the totals to publish. The
- * batch's distinct workflows ($3..$5) go into tenant_period_workflows and
- * its distinct users ($6..$8, already distinct: users.c) into
- * tenant_period_users here too, and the new ones are counted into
- * workflows and users: one update of each tenant's row instead of three.
+ * batch's workflows ($3..$5; a repeated one is a conflict with the first,
+ * skipped) go into tenant_period_workflows and its distinct users ($6..$8,
+ * already distinct: users.c) into tenant_period_users here too, both in
+ * the order C gives (key order: no sort or hash here), and the new ones
+ * are counted into workflows and users: one update of each tenant's row
+ * instead of three.
  */
 static const char TOTALS_SQL[] =
 	"WITH ins AS (INSERT INTO tenant_period_workflows"
 	" (tenant_id, period_start, workflow_id)"
-	" SELECT DISTINCT t, timestamptz 'epoch' + p * interval '1 millisecond',"
+	" SELECT t, timestamptz 'epoch' + p * interval '1 millisecond',"
 	" w FROM unnest($3::uuid[], $4::bigint[], $5::text[]) x(t, p, w)"
 	" ON CONFLICT DO NOTHING RETURNING tenant_id, period_start),"
 	" wc AS (SELECT tenant_id, period_start, count(*) AS n FROM ins"

@@ -86,16 +86,18 @@ void agg_collect_users(tally_agg *agg)
 	tally_strbuf_puts(t, "{");
 	tally_strbuf_puts(p, "{");
 	tally_strbuf_puts(s, "{");
-	for (i = 0; i < agg->n && !any; i++)
-		any = agg->items[i].re.ev.subject.len > 0;
+	for (i = 0; i < agg->nsorted && !any; i++)
+		any = agg->sorted[i]->re.ev.subject.len > 0;
 	if (any)
 		reset_table(agg);
-	for (i = 0; any && i < agg->n; i++) {
-		const item *it = &agg->items[i];
+	/* in key order (tenant first): the inserts stay on the leaf pages
+	 * of one tenant after another instead of hopping between tenants */
+	for (i = 0; any && i < agg->nsorted; i++) {
+		const item *it = agg->sorted[i];
 		const tally_str *sub = &it->re.ev.subject;
 
 		if (it->status != ST_OK || it->closed || sub->len == 0 ||
-		    !first_of_user(agg, i) ||
+		    !first_of_user(agg, (size_t)(it - agg->items)) ||
 		    agg_known(agg, TALLY_KNOWN_USER, it, sub))
 			continue;
 		agg_uuid_arr(t, it->key, n == 0);
