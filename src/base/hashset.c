@@ -47,8 +47,17 @@ void tally_hashset_init(tally_hashset *h, size_t n)
 uint32_t tally_hashset_put(tally_hashset *h, const uint8_t *base,
 			   size_t stride, size_t klen, uint32_t idx)
 {
+	return tally_hashset_put_h(h, base, stride, klen, idx,
+				   (uint32_t)tally_hash_bytes(base + (size_t)idx *
+							      stride, klen));
+}
+
+uint32_t tally_hashset_put_h(tally_hashset *h, const uint8_t *base,
+			     size_t stride, size_t klen, uint32_t idx,
+			     uint32_t hash)
+{
 	const uint8_t *k = base + (size_t)idx * stride;
-	size_t m = h->cap - 1, i = (size_t)tally_hash_bytes(k, klen) & m;
+	size_t m = h->cap - 1, i = (size_t)hash & m;
 
 	for (;; i = (i + 1) & m) {
 		uint32_t s = h->slot[i];
@@ -65,7 +74,15 @@ uint32_t tally_hashset_put(tally_hashset *h, const uint8_t *base,
 uint32_t tally_hashset_find(const tally_hashset *h, const uint8_t *base,
 			    size_t stride, size_t klen, const uint8_t *k)
 {
-	size_t m = h->cap - 1, i = (size_t)tally_hash_bytes(k, klen) & m;
+	return tally_hashset_find_h(h, base, stride, klen, k,
+				    (uint32_t)tally_hash_bytes(k, klen));
+}
+
+uint32_t tally_hashset_find_h(const tally_hashset *h, const uint8_t *base,
+			      size_t stride, size_t klen, const uint8_t *k,
+			      uint32_t hash)
+{
+	size_t m = h->cap - 1, i = (size_t)hash & m;
 
 	for (;; i = (i + 1) & m) {
 		uint32_t s = h->slot[i];
@@ -93,6 +110,25 @@ void tally_hashset_del(tally_hashset *h, const uint8_t *base, size_t stride,
 	for (j = (i + 1) & m; h->slot[j] != 0; j = (j + 1) & m) {
 		size_t home = (size_t)tally_hash_bytes(base + (size_t)(h->slot[j] - 1) *
 						 stride, klen) & m;
+
+		if (((j - home) & m) >= ((j - i) & m)) {
+			h->slot[i] = h->slot[j];
+			i = j;
+		}
+	}
+	h->slot[i] = 0;
+}
+
+void tally_hashset_del_h(tally_hashset *h, uint32_t idx,
+			 const uint32_t *hashes)
+{
+	size_t m = h->cap - 1, i, j;
+
+	for (i = (size_t)hashes[idx] & m; h->slot[i] != idx + 1; i = (i + 1) & m)
+		if (h->slot[i] == 0)
+			return; /* not present */
+	for (j = (i + 1) & m; h->slot[j] != 0; j = (j + 1) & m) {
+		size_t home = (size_t)hashes[h->slot[j] - 1] & m;
 
 		if (((j - home) & m) >= ((j - i) & m)) {
 			h->slot[i] = h->slot[j];

@@ -39,6 +39,20 @@ uint32_t tally_hashset_find(const tally_hashset *h, const uint8_t *base,
 void tally_hashset_del(tally_hashset *h, const uint8_t *base, size_t stride,
 		       size_t klen, uint32_t idx);
 
+/*
+ * The same with the hashes computed once by the caller: hash is
+ * tally_hash_bytes(key, klen) (its low 32 bits are enough: the set never
+ * has more than 2^32 slots), and hashes[i] that of entry i.
+ */
+uint32_t tally_hashset_put_h(tally_hashset *h, const uint8_t *base,
+			     size_t stride, size_t klen, uint32_t idx,
+			     uint32_t hash);
+uint32_t tally_hashset_find_h(const tally_hashset *h, const uint8_t *base,
+			      size_t stride, size_t klen, const uint8_t *k,
+			      uint32_t hash);
+void tally_hashset_del_h(tally_hashset *h, uint32_t idx,
+			 const uint32_t *hashes);
+
 /** Free the memory; h is empty afterwards. */
 void tally_hashset_free(tally_hashset *h);
 

@@ -104,6 +104,7 @@ void tally_agg_free(tally_agg *agg)
 	free(agg->own.errs);
 	tally_hashset_free(&agg->dedupe);
 	free(agg->seen.keys);
+	free(agg->seen.hashes);
 	tally_known_free(&agg->known);
 	tally_hashset_free(&agg->seen.h);
 	tally_strbuf_free(&agg->wf_t);
@@ -236,7 +237,7 @@ int tally_agg_process_decoded(tally_agg *agg, tally_agg_decoded *dec,
 	tally_known_commit(&agg->known);
 	for (i = 0; i < n; i++)
 		if (agg->items[i].status == ST_OK)
-			agg_seen_add(&agg->seen, agg->items[i].key);
+			agg_seen_add(&agg->seen, &agg->items[i]);
 	if (agg->dedupe_slow > 0)
 		agg->dedupe_slow--;
 	if (agg->stage_pending) {

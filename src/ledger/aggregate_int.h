@@ -48,6 +48,7 @@
  */
 typedef struct seen_ring {
 	uint8_t (*keys)[32];  /* the ring */
+	uint32_t *hashes;     /* their item khash, for the index's deletions */
 	tally_hashset h;      /* index into it */
 	uint32_t cap, head, n;
 } seen_ring;
@@ -91,6 +92,7 @@ typedef struct item {
 	bool dup_db;    /* seen in an earlier batch (set by dedupe()) */
 	bool bad;       /* undecodable (the codec error is in the decoded set) */
 	bool dl_sent;   /* dead letter produced (this attempt at the batch) */
+	uint32_t khash; /* tally_hash_bytes(key, 32), computed once at decode */
 } item;
 
 /* Messages decoded ahead (tally_agg_decode): the items and, for the
@@ -369,8 +371,8 @@ void agg_seen_init(seen_ring *r, size_t cap);
 /* the (tenant, period, id) of kind (TALLY_KNOWN_*) known committed:
  * true; otherwise noted for tally_known_commit after the batch */
 bool agg_known(tally_agg *agg, int kind, const item *it, const tally_str *id);
-bool agg_seen_has(const seen_ring *r, const uint8_t *k);
-void agg_seen_add(seen_ring *r, const uint8_t *k);
+bool agg_seen_has(const seen_ring *r, const item *it);
+void agg_seen_add(seen_ring *r, const item *it);
 int agg_write_batch(tally_agg *agg, size_t rows, tally_error *err);
 
 /* models.c */

@@ -37,11 +37,26 @@ int64_t agg_item_qty(const agg_event *ev)
 	}
 }
 
+/* memcmp's order of the 32-byte keys, a big-endian word at a time */
 static int cmp_key(const void *a, const void *b)
 {
 	const item *x = *(const item *const *)a, *y = *(const item *const *)b;
+	int w;
 
-	return memcmp(x->key, y->key, 32);
+	for (w = 0; w < 32; w += 8) {
+		uint64_t u, v;
+
+		memcpy(&u, x->key + w, 8);
+		memcpy(&v, y->key + w, 8);
+		if (u != v) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+			u = __builtin_bswap64(u);
+			v = __builtin_bswap64(v);
+#endif
+			return u < v ? -1 : 1;
+		}
+	}
+	return 0;
 }
 
 /*

@@ -113,6 +113,7 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
 		(void)tally_dedupe_key(it->key + 16, re.ev.source.ptr,
 				       re.ev.source.len, re.ev.id.ptr,
 				       re.ev.id.len, d->timeled_from_ms);
+		it->khash = (uint32_t)tally_hash_bytes(it->key, 32);
 		to_item(&it->re, &re);
 	}
 }
@@ -339,9 +340,10 @@ void agg_classify(tally_agg *agg)
 				 (agg_key_time_ms(it) - agg->now_ms) / 1000);
 			continue;
 		}
-		if (tally_hashset_put(&agg->dedupe, (const uint8_t *)agg->items,
-			     sizeof(item), 32, (uint32_t)i) != (uint32_t)i ||
-		    agg_seen_has(&agg->seen, it->key))
+		if (tally_hashset_put_h(&agg->dedupe, (const uint8_t *)agg->items,
+					sizeof(item), 32, (uint32_t)i,
+					it->khash) != (uint32_t)i ||
+		    agg_seen_has(&agg->seen, it))
 			it->status = ST_DUP;
 	}
 }

@@ -19,30 +19,34 @@ void agg_seen_init(seen_ring *r, size_t cap)
 	r->cap = (uint32_t)cap;
 }
 
-bool agg_seen_has(const seen_ring *r, const uint8_t *k)
+bool agg_seen_has(const seen_ring *r, const item *it)
 {
 	return r->keys != NULL &&
-	       tally_hashset_find(&r->h, (const uint8_t *)r->keys, 32, 32, k) !=
-		       UINT32_MAX;
+	       tally_hashset_find_h(&r->h, (const uint8_t *)r->keys, 32, 32,
+				    it->key, it->khash) != UINT32_MAX;
 }
 
-void agg_seen_add(seen_ring *r, const uint8_t *k)
+/* the item's key as committed; the oldest key makes room when full */
+void agg_seen_add(seen_ring *r, const item *it)
 {
 	uint32_t pos;
 
 	if (r->keys == NULL) {
 		r->keys = tally_xcalloc(r->cap, sizeof(*r->keys));
+		r->hashes = tally_xcalloc(r->cap, sizeof(*r->hashes));
 		tally_hashset_init(&r->h, r->cap);
 	}
-	if (agg_seen_has(r, k))
+	if (agg_seen_has(r, it))
 		return;
 	pos = r->head;
 	if (r->n == r->cap)
-		tally_hashset_del(&r->h, (const uint8_t *)r->keys, 32, 32, pos);
+		tally_hashset_del_h(&r->h, pos, r->hashes);
 	else
 		r->n++;
-	memcpy(r->keys[pos], k, 32);
-	(void)tally_hashset_put(&r->h, (const uint8_t *)r->keys, 32, 32, pos);
+	memcpy(r->keys[pos], it->key, 32);
+	r->hashes[pos] = it->khash;
+	(void)tally_hashset_put_h(&r->h, (const uint8_t *)r->keys, 32, 32, pos,
+				  it->khash);
 	r->head = (pos + 1) % r->cap;
 }
 
