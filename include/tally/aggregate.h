@@ -153,6 +153,14 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
 			    size_t from, size_t to);
 
 /**
+ * Sort d's decodable events by dedupe key, on the thread that decoded
+ * them (while the batch before is in its transaction): the batch's COPYs
+ * then only leave out the events that do not go in. Decoding more into
+ * d undoes it.
+ */
+void tally_agg_order_decoded(tally_agg_decoded *d);
+
+/**
  * Copy the few strings the batch still needs (provider, model,
  * workflow_id) out of the messages [from, to) of d (decoded already) whose
  * event time lies inside the time window at now_ms, so that those
@@ -172,13 +180,15 @@ size_t tally_agg_detach_range(const tally_agg *agg, tally_agg_decoded *d,
  * not cached, on pg (a connection other than agg's), so that its
  * tally_agg_process_decoded() finds them cached. Safe while another thread
  * is in tally_agg_process_decoded() on agg (the cache has its lock); one
- * attempt; a failure leaves the work to the batch itself.
+ * attempt; a failure leaves the work to the batch itself. The events of
+ * pairs cached already get their ids here, so that the batch looks up
+ * only the rest.
  *
  * @param now_ms      the batch's clock for the time window
  * @param registered  the pairs of the batch now cached
  */
 int tally_agg_prefetch_models(tally_agg *agg, tally_pg *pg,
-			      const tally_agg_decoded *dec, int64_t now_ms,
+			      tally_agg_decoded *dec, int64_t now_ms,
 			      size_t *registered, tally_error *err);
 
 /**

@@ -101,6 +101,7 @@ void tally_agg_free(tally_agg *agg)
 		free(agg->own.blocks[i]);
 	free(agg->own.blocks);
 	free(agg->own.items);
+	free(agg->own.order);
 	free(agg->own.errs);
 	tally_hashset_free(&agg->dedupe);
 	free(agg->seen.keys);

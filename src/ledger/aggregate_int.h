@@ -105,6 +105,9 @@ struct tally_agg_decoded {
 	char **blocks;            /* detached strings, one block per range */
 	size_t nblocks, capblocks;
 	int64_t timeled_from_ms;  /* dedupe keys: tally_dedupe_key() */
+	item **order;             /* decodable items in key order, if ordered */
+	size_t norder, cap_order;
+	bool ordered;             /* order is of the items as they are now */
 };
 
 typedef struct acc_key {

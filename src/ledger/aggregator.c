@@ -184,8 +184,15 @@ static int loop_step(void *ctx)
 		if (full)
 			break;
 	}
-	if (got > 0 && !a->discard_next && aggr_lanes_busy(a))
-		prefetch_models(a);
+	if (got > 0 && !a->discard_next) {
+		/* in key order here, not in the lane with PostgreSQL idle */
+		for (l = 0; l < a->nlanes; l++)
+			if (a->lanes[l].jobs[a->next].n > 0)
+				tally_agg_order_decoded(
+					a->lanes[l].jobs[a->next].dec);
+		if (aggr_lanes_busy(a))
+			prefetch_models(a);
+	}
 	t1 = tally_mono_ns();
 	if (aggr_finish_batch(a, false) != 0 || a->fatal) {
 		for (l = 0; l < a->nlanes; l++)

@@ -88,11 +88,30 @@ static const char *const COPY_SQL[] = {
 	[COPY_SNAPSHOTS] = "COPY agg_stage FROM STDIN (FORMAT binary)",
 };
 
+void tally_agg_order_decoded(tally_agg_decoded *d)
+{
+	size_t i;
+
+	if (d->cap_order < d->n) {
+		free(d->order);
+		d->cap_order = d->n;
+		d->order = tally_xmalloc(d->n * sizeof(item *));
+	}
+	d->norder = 0;
+	for (i = 0; i < d->n; i++)
+		if (!d->items[i].bad)
+			d->order[d->norder++] = &d->items[i];
+	qsort(d->order, d->norder, sizeof(item *), cmp_key);
+	d->ordered = true;
+}
+
 /* The batch's accepted-so-far items in key order: agg->sorted[0, *n). In
  * key order, the dedupe index takes the batch in one ordered pass over
- * its leaf pages instead of random hops. */
+ * its leaf pages instead of random hops. A batch ordered ahead
+ * (tally_agg_order_decoded) is only filtered. */
 void agg_sort_batch(tally_agg *agg, size_t *n)
 {
+	const tally_agg_decoded *d = agg->dec;
 	size_t i, nsort = 0;
 
 	if (agg->cap_sorted < agg->n) {
@@ -100,10 +119,16 @@ void agg_sort_batch(tally_agg *agg, size_t *n)
 		agg->cap_sorted = agg->n;
 		agg->sorted = tally_xmalloc(agg->n * sizeof(item *));
 	}
-	for (i = 0; i < agg->n; i++)
-		if (agg->items[i].status == ST_OK)
-			agg->sorted[nsort++] = &agg->items[i];
-	qsort(agg->sorted, nsort, sizeof(item *), cmp_key);
+	if (d != NULL && d->ordered && d->items == agg->items) {
+		for (i = 0; i < d->norder; i++)
+			if (d->order[i]->status == ST_OK)
+				agg->sorted[nsort++] = d->order[i];
+	} else {
+		for (i = 0; i < agg->n; i++)
+			if (agg->items[i].status == ST_OK)
+				agg->sorted[nsort++] = &agg->items[i];
+		qsort(agg->sorted, nsort, sizeof(item *), cmp_key);
+	}
 	agg->nsorted = nsort;
 	*n = nsort;
 }

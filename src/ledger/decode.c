@@ -79,6 +79,7 @@ void tally_agg_decode_range(tally_agg_decoded *d, const tally_agg_msg *msgs,
 
 	if (from == 0)
 		decoded_reset(d);
+	d->ordered = false;
 	if (d->cap < to) {
 		size_t cap = d->cap ? d->cap : 1024;
 
@@ -145,6 +146,7 @@ void tally_agg_decoded_free(tally_agg_decoded *d)
 	free(d->blocks);
 	free(d->items);
 	free(d->errs);
+	free(d->order);
 	free(d);
 }
 
@@ -291,7 +293,10 @@ void agg_classify(tally_agg *agg)
 		it->status = ST_OK;
 		it->reason = NULL;
 		it->detail = 0;
-		it->provider_id = it->model_id = 0;
+		/* provider_id and model_id stay: set by the decoder's
+		 * thread ahead (tally_agg_prefetch_models) or by an earlier
+		 * attempt at this batch, they name a pair registered for
+		 * good (models.c); 0 is looked up */
 		it->ps = it->pe = 0;
 		it->closed = it->dup_db = it->dl_sent = false;
 		if (it->bad) {

@@ -517,7 +517,7 @@ int agg_resolve_models(tally_agg *agg, tally_error *err)
  * is left, refused or over a cap is the lane's to settle as before.
  */
 int tally_agg_prefetch_models(tally_agg *agg, tally_pg *pg,
-			      const tally_agg_decoded *dec, int64_t now_ms,
+			      tally_agg_decoded *dec, int64_t now_ms,
 			      size_t *registered, tally_error *err)
 {
 	pass p = { .cap_max = PASS_MAX };
@@ -531,14 +531,19 @@ int tally_agg_prefetch_models(tally_agg *agg, tally_pg *pg,
 	tally_hashset_init(&p.th, PASS_MAX);
 	pthread_mutex_lock(&agg->models_mu);
 	for (i = 0; i < dec->n && p.n < PASS_MAX; i++) {
-		const item *it = &dec->items[i];
+		item *it = &dec->items[i];
 
 		if (it->bad || it->re.ev.meter != TALLY_METER_AI_TOKENS ||
 		    agg_window_check(agg, it, now_ms) != WIN_OK)
 			continue;
 		make_key(key, &it->re.ev);
-		if (cached(agg, it->key, key, &pid, &mid))
+		if (cached(agg, it->key, key, &pid, &mid)) {
+			/* ids of a cached pair never change: the lane
+			 * keeps them (agg_classify leaves them) */
+			it->provider_id = pid;
+			it->model_id = mid;
 			continue;
+		}
 		if (p.v == NULL)
 			p.v = tally_xmalloc((PASS_MAX + 1) * sizeof(*p.v));
 		(void)pass_add(&p, it->key, key);

@@ -377,7 +377,8 @@ END_TEST
  * and tenant 1's m1..m3 are registered, its m4 and m5 are not, nor is the
  * name of an event before the lateness window; the batch then commits as
  * without the step: 5 accepted, m4, m5 too_many_models, the late one
- * too_late. A second call finds everything cached and registers nothing.
+ * too_late. A second call finds everything cached, registers nothing
+ * and gives the events their ids.
  */
 START_TEST(test_aggregate_hostile_models_ahead)
 {
@@ -421,6 +422,16 @@ START_TEST(test_aggregate_hostile_models_ahead)
 				    " ORDER BY name) FROM models"), "m1,m2,m3");
 	ck_assert_int_eq(agg_query_i64(chk, "SELECT count(*) FROM usage_ledger"),
 			 5);
+	/* the second call gave the events of cached pairs their ids: each
+	 * ledger row and hourly cell names its event's own model */
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(m.name, ','"
+				    " ORDER BY l.tenant_id, m.name) FROM"
+				    " usage_ledger l JOIN models m ON m.id ="
+				    " l.model_id AND m.provider_id ="
+				    " l.provider_id"), "m1,m2,m1,m2,m3");
+	ck_assert_str_eq(agg_query1(chk, "SELECT string_agg(model, ','"
+				    " ORDER BY tenant_id, model) FROM"
+				    " usage_hourly"), "m1,m2,m1,m2,m3");
 	tally_agg_decoded_free(dec);
 	tally_pg_free(pg2);
 	tally_agg_free(agg);
