@@ -94,31 +94,11 @@ uint32_t tally_hashset_find_h(const tally_hashset *h, const uint8_t *base,
 }
 
 /*
- * Remove idx (whose key is still at base + idx * stride) by backward-shift
- * deletion: later entries of its probe run move into the hole unless their
- * home slot lies after it, so lookups never stop at a false empty slot.
+ * Remove idx by backward-shift deletion: later entries of its probe run
+ * move into the hole unless their home slot lies after it, so lookups
+ * never stop at a false empty slot. Homes come from the callers' hashes
+ * (hashes[i]: entry i's), not from hashing the keys again.
  */
-void tally_hashset_del(tally_hashset *h, const uint8_t *base, size_t stride,
-		       size_t klen, uint32_t idx)
-{
-	size_t m = h->cap - 1, i, j;
-
-	i = (size_t)tally_hash_bytes(base + (size_t)idx * stride, klen) & m;
-	for (; h->slot[i] != idx + 1; i = (i + 1) & m)
-		if (h->slot[i] == 0)
-			return; /* not present */
-	for (j = (i + 1) & m; h->slot[j] != 0; j = (j + 1) & m) {
-		size_t home = (size_t)tally_hash_bytes(base + (size_t)(h->slot[j] - 1) *
-						 stride, klen) & m;
-
-		if (((j - home) & m) >= ((j - i) & m)) {
-			h->slot[i] = h->slot[j];
-			i = j;
-		}
-	}
-	h->slot[i] = 0;
-}
-
 void tally_hashset_del_h(tally_hashset *h, uint32_t idx,
 			 const uint32_t *hashes)
 {

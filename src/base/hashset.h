@@ -35,14 +35,11 @@ uint32_t tally_hashset_put(tally_hashset *h, const uint8_t *base,
 uint32_t tally_hashset_find(const tally_hashset *h, const uint8_t *base,
 			    size_t stride, size_t klen, const uint8_t *k);
 
-/** Remove idx (its key must still be at base + idx * stride). */
-void tally_hashset_del(tally_hashset *h, const uint8_t *base, size_t stride,
-		       size_t klen, uint32_t idx);
-
 /*
  * The same with the hashes computed once by the caller: hash is
  * tally_hash_bytes(key, klen) (its low 32 bits are enough: the set never
- * has more than 2^32 slots), and hashes[i] that of entry i.
+ * has more than 2^32 slots). Deletion (of idx) needs every entry's:
+ * hashes[i] is entry i's.
  */
 uint32_t tally_hashset_put_h(tally_hashset *h, const uint8_t *base,
 			     size_t stride, size_t klen, uint32_t idx,

@@ -499,9 +499,11 @@ static int apply_totals(tally_agg *agg, tally_error *err)
 }
 
 /*
- * While PostgreSQL finishes the dedupe keys' COPY: the deltas and the apply
- * statement, for the batch as it is if every key is new. The COPY's
- * failure (a key seen before) clears apply_ready and they are built again.
+ * The deltas and the apply statement of the batch's accepted events. The
+ * fast path runs it while PostgreSQL finishes the dedupe keys' COPY, for
+ * the batch as it is if every key is new; the COPY's failure (a key seen
+ * before) clears apply_ready and the ON CONFLICT path runs it again after
+ * the dedupe.
  */
 void agg_apply_ahead(tally_agg *agg)
 {
@@ -510,8 +512,8 @@ void agg_apply_ahead(tally_agg *agg)
 	agg->apply_ready = true;
 }
 
-/* While PostgreSQL finishes the ledger's COPY (the keys are in, so the
- * batch's accepted events are final): its new workflows and users. */
+/* The batch's new workflows and users, once its accepted events are
+ * final: on the fast path while PostgreSQL finishes the ledger's COPY. */
 void agg_collect_ahead(tally_agg *agg)
 {
 	collect_workflows(agg);
@@ -539,7 +541,7 @@ int agg_apply_rows(tally_agg *agg, tally_error *err)
 		return rc;
 	agg_trace(agg, 2);
 	if (!agg->apply_ready)
-		agg_accumulate(agg);
+		agg_apply_ahead(agg);
 	for (i = 0; i < agg->period.n; i++)
 		agg->st.accepted += agg->period.v[i].accepted;
 	for (i = 0; i < agg->adj.n; i++) {
@@ -548,17 +550,13 @@ int agg_apply_rows(tally_agg *agg, tally_error *err)
 	}
 	if (agg->st.accepted == 0)
 		return 0;
-	if (!agg->apply_ready)
-		build_apply(agg, &agg->q3);
 	rc = tally_pg_exec_bin(agg->pg, NULL, agg->q3.p, agg->ncols,
 			       (const char *const *)agg->colp, agg->coll,
 			       agg->colf, err);
 	if (rc != 0)
 		return rc;
-	if (!agg->collected) {
-		collect_workflows(agg);
-		agg_collect_users(agg);
-	}
+	if (!agg->collected)
+		agg_collect_ahead(agg);
 	agg_trace(agg, 3);
 	rc = apply_totals(agg, err);
 	if (rc == 0)

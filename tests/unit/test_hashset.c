@@ -1,10 +1,10 @@
 /*
  * test_hashset.c - the open-addressing index of src/base/hashset.c: put
  * finds an equal key instead of inserting it twice, find answers exactly
- * the present keys, and deletion by backward shift (with the keys' hashes
- * computed again, or given by the caller: the _h variants) keeps every
- * other key findable, used as the aggregator uses it: a ring of the last
- * N keys in which each new key pushes out the oldest.
+ * the present keys (with the hash computed or given), and deletion by
+ * backward shift with the callers' hashes keeps every other key findable,
+ * used as the aggregator uses it: a ring of the last N keys in which each
+ * new key pushes out the oldest.
  */
 #include "check_main.h"
 #include "base/hashset.h"
@@ -58,8 +58,8 @@ START_TEST(test_hashset_put_find)
 END_TEST
 
 /* A ring of RING keys over KEYS insertions: after each, exactly the last
- * RING keys are found (given: the deletions take the stored hashes). */
-static void ring_run(bool given)
+ * RING keys are found. */
+START_TEST(test_hashset_ring_del_given_hashes)
 {
 	static uint8_t ring[RING][32];
 	static uint32_t hashes[RING];
@@ -71,13 +71,8 @@ static void ring_run(bool given)
 	for (n = 0; n < KEYS; n++) {
 		uint32_t pos = n % RING;
 
-		if (n >= RING) {
-			if (given)
-				tally_hashset_del_h(&h, pos, hashes);
-			else
-				tally_hashset_del(&h, (const uint8_t *)ring, 32,
-						  32, pos);
-		}
+		if (n >= RING)
+			tally_hashset_del_h(&h, pos, hashes);
 		key_of(ring[pos], n);
 		hashes[pos] = h32(ring[pos]);
 		ck_assert_uint_eq(tally_hashset_put_h(&h, (const uint8_t *)ring,
@@ -96,17 +91,6 @@ static void ring_run(bool given)
 	}
 	tally_hashset_free(&h);
 }
-
-START_TEST(test_hashset_ring_del)
-{
-	ring_run(false);
-}
-END_TEST
-
-START_TEST(test_hashset_ring_del_given_hashes)
-{
-	ring_run(true);
-}
 END_TEST
 
 static Suite *hashset_suite(void)
@@ -115,7 +99,6 @@ static Suite *hashset_suite(void)
 	TCase *tc = tcase_create("Core");
 
 	tcase_add_test(tc, test_hashset_put_find);
-	tcase_add_test(tc, test_hashset_ring_del);
 	tcase_add_test(tc, test_hashset_ring_del_given_hashes);
 	tcase_set_timeout(tc, 60);
 	suite_add_tcase(s, tc);
